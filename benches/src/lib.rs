@@ -1,0 +1,1 @@
+//! Benchmarks and scenario runner.

@@ -1,0 +1,909 @@
+//! Signed documents: a deterministic-CBOR payload in an envelope with the signer's ed25519
+//! public key and a domain-separated signature.
+//!
+//! Envelope (CBOR array): `[1, doc-type, signer-key (32 bytes), payload (bytes), signature (64 bytes)]`.
+//! The signature covers `"cairn/v1/" ++ doc-type ++ 0x00 ++ payload`, so a signature over one
+//! kind of document can never be replayed as another. A document's id is the BLAKE3 hash of the
+//! whole envelope. Documents are kept and sent as the bytes that were signed; nothing is ever
+//! re-encoded after signing.
+//!
+//! Invariant: a [`SignedDocument`] value exists only for bytes that passed every check in
+//! [`SignedDocument::decode`] (envelope form, versions, signature, canonical payload).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::cbor::{self, CborError};
+use crate::Hash;
+
+/// The envelope layout version this code reads and writes.
+pub const ENVELOPE_VERSION: u64 = 1;
+/// The payload schema version this code reads and writes (the `v` field of every payload).
+pub const PAYLOAD_VERSION: u64 = 1;
+/// Largest envelope accepted, checked before decoding.
+pub const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+
+/// The kinds of signed document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DocType {
+    /// A package version in a feed: its files (by blob hash) and metadata.
+    Manifest,
+    /// The deletion of a feed entry.
+    Tombstone,
+    /// A vulnerability record (OSV schema).
+    Vulnerability,
+    /// A decision about a vulnerability.
+    Assessment,
+    /// A kind of decision (Ignore, Caution, Blocked, custom).
+    AssessmentType,
+    /// Rules for applying assessments to feeds.
+    Policy,
+    /// A feed's signed state: root, count and change-log position.
+    Checkpoint,
+}
+
+impl DocType {
+    /// Every type, for tables and tests.
+    pub const ALL: [DocType; 7] = [
+        DocType::Manifest,
+        DocType::Tombstone,
+        DocType::Vulnerability,
+        DocType::Assessment,
+        DocType::AssessmentType,
+        DocType::Policy,
+        DocType::Checkpoint,
+    ];
+
+    /// The name used in envelopes and in the signature's domain separator.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DocType::Manifest => "manifest",
+            DocType::Tombstone => "tombstone",
+            DocType::Vulnerability => "vulnerability",
+            DocType::Assessment => "assessment",
+            DocType::AssessmentType => "assessment-type",
+            DocType::Policy => "policy",
+            DocType::Checkpoint => "checkpoint",
+        }
+    }
+
+    /// Parses an envelope type name.
+    pub fn from_name(name: &str) -> Option<DocType> {
+        DocType::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+}
+
+impl fmt::Display for DocType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An ed25519 public key; its 64-hex-digit form is the fingerprint that peers pin.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublicKey([u8; 32]);
+
+impl PublicKey {
+    /// The raw key bytes.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Wraps raw bytes; `None` if they are not a valid ed25519 point.
+    pub fn from_bytes(bytes: [u8; 32]) -> Option<PublicKey> {
+        VerifyingKey::from_bytes(&bytes)
+            .ok()
+            .map(|_| PublicKey(bytes))
+    }
+
+    /// The fingerprint: 64 lowercase hex digits of the key.
+    pub fn fingerprint(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// The first 12 hex digits, for logs.
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..6])
+    }
+
+    fn verifying_key(&self) -> Option<VerifyingKey> {
+        VerifyingKey::from_bytes(&self.0).ok()
+    }
+}
+
+impl From<&SigningKey> for PublicKey {
+    fn from(k: &SigningKey) -> PublicKey {
+        PublicKey(k.verifying_key().to_bytes())
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.fingerprint())
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({})", self.short())
+    }
+}
+
+/// A string that is not a valid key fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not an ed25519 key fingerprint (expected the 64 hex digits that `cairn key show` prints)")]
+pub struct ParseKeyError(pub String);
+
+impl FromStr for PublicKey {
+    type Err = ParseKeyError;
+    fn from_str(s: &str) -> Result<PublicKey, ParseKeyError> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s.trim(), &mut out)
+            .ok()
+            .and_then(|()| PublicKey::from_bytes(out))
+            .ok_or_else(|| ParseKeyError(s.chars().take(80).collect()))
+    }
+}
+
+/// Why bytes are not an acceptable signed document. Each check has its own variant.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DocumentError {
+    /// Larger than [`MAX_DOCUMENT_BYTES`].
+    #[error("document of {len} bytes is over the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    /// The envelope is not the five-element array it must be.
+    #[error("malformed document envelope: {0}")]
+    MalformedEnvelope(String),
+    /// An envelope version this code does not know.
+    #[error(
+        "unknown document envelope version {found} (this build reads version {ENVELOPE_VERSION})"
+    )]
+    UnknownEnvelopeVersion { found: u64 },
+    /// A document type this code does not know.
+    #[error("unknown document type `{found}`")]
+    UnknownType { found: String },
+    /// The signer key is not a valid ed25519 key.
+    #[error("document signer key is not a valid ed25519 key")]
+    InvalidKey,
+    /// The signature does not verify for the envelope's key and payload.
+    #[error("bad signature on {doc_type} document signed by {signer}")]
+    BadSignature { doc_type: DocType, signer: String },
+    /// The payload is not in deterministic CBOR.
+    #[error("{doc_type} payload is not canonical cbor: {source}")]
+    NonCanonicalPayload {
+        doc_type: DocType,
+        #[source]
+        source: CborError,
+    },
+    /// A payload schema version this code does not know.
+    #[error(
+        "unknown {doc_type} payload version {found} (this build reads version {PAYLOAD_VERSION})"
+    )]
+    UnknownPayloadVersion { doc_type: DocType, found: u64 },
+    /// The payload is canonical CBOR but not a valid document of its type.
+    #[error("invalid {doc_type} payload: {reason}")]
+    InvalidPayload { doc_type: DocType, reason: String },
+    /// The document is of another type than the caller asked for.
+    #[error("expected a {expected} document, found a {found}")]
+    WrongType { expected: DocType, found: DocType },
+    /// Signed by a key that is not trusted for the scope (feed or system).
+    #[error("document signed by key {signer} which is not trusted for {scope}; add it with `cairn trust add {signer} --feed {scope}` if it should be")]
+    UntrustedSigner { signer: String, scope: String },
+}
+
+/// A payload type that can be signed into a document.
+pub trait Payload: Serialize + DeserializeOwned {
+    /// The envelope type this payload travels as.
+    const TYPE: DocType;
+}
+
+/// A verified signed document: the exact envelope bytes and what they say.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SignedDocument {
+    bytes: Vec<u8>,
+    id: Hash,
+    doc_type: DocType,
+    signer: PublicKey,
+    payload: Vec<u8>,
+}
+
+impl fmt::Debug for SignedDocument {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignedDocument")
+            .field("id", &self.id)
+            .field("type", &self.doc_type)
+            .field("signer", &self.signer)
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireEnvelope(
+    u64,
+    String,
+    #[serde(with = "serde_bytes_array")] [u8; 32],
+    #[serde(with = "serde_bytes_vec")] Vec<u8>,
+    #[serde(with = "serde_bytes_vec")] Vec<u8>,
+);
+
+fn signing_message(doc_type: DocType, payload: &[u8]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(16 + payload.len());
+    msg.extend_from_slice(b"cairn/v1/");
+    msg.extend_from_slice(doc_type.as_str().as_bytes());
+    msg.push(0);
+    msg.extend_from_slice(payload);
+    msg
+}
+
+impl SignedDocument {
+    /// Encodes `payload` deterministically and signs it with `key`.
+    pub fn sign<P: Payload>(payload: &P, key: &SigningKey) -> Result<SignedDocument, CborError> {
+        let payload_bytes = cbor::to_canonical(payload)?;
+        let signature = key.sign(&signing_message(P::TYPE, &payload_bytes));
+        let signer = PublicKey::from(key);
+        let env = WireEnvelope(
+            ENVELOPE_VERSION,
+            P::TYPE.as_str().to_owned(),
+            signer.0,
+            payload_bytes.clone(),
+            signature.to_bytes().to_vec(),
+        );
+        let bytes = cbor::to_canonical(&env)?;
+        Ok(SignedDocument {
+            id: Hash::of(&bytes),
+            bytes,
+            doc_type: P::TYPE,
+            signer,
+            payload: payload_bytes,
+        })
+    }
+
+    /// Checks `bytes` completely: size, envelope form and version, known type, valid key,
+    /// signature, canonical payload, payload version. Trust is checked separately with
+    /// [`SignedDocument::check_trusted`] because it depends on the scope.
+    pub fn decode(bytes: &[u8]) -> Result<SignedDocument, DocumentError> {
+        if bytes.len() > MAX_DOCUMENT_BYTES {
+            return Err(DocumentError::TooLarge {
+                len: bytes.len(),
+                max: MAX_DOCUMENT_BYTES,
+            });
+        }
+        // Peek at the version before insisting on the v1 shape, so a future envelope layout
+        // is reported as an unknown version rather than as garbage.
+        let value = cbor::decode_canonical_value(bytes, MAX_DOCUMENT_BYTES)
+            .map_err(|e| DocumentError::MalformedEnvelope(e.to_string()))?;
+        let version = value
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|v| v.as_integer())
+            .and_then(|i| u64::try_from(i).ok())
+            .ok_or_else(|| {
+                DocumentError::MalformedEnvelope("not an array led by a version".into())
+            })?;
+        if version != ENVELOPE_VERSION {
+            return Err(DocumentError::UnknownEnvelopeVersion { found: version });
+        }
+        let WireEnvelope(_, type_name, key, payload, sig) = value
+            .deserialized()
+            .map_err(|e| DocumentError::MalformedEnvelope(e.to_string()))?;
+        let doc_type =
+            DocType::from_name(&type_name).ok_or_else(|| DocumentError::UnknownType {
+                found: type_name.chars().take(64).collect(),
+            })?;
+        let signer = PublicKey::from_bytes(key).ok_or(DocumentError::InvalidKey)?;
+        let sig: [u8; 64] = sig
+            .as_slice()
+            .try_into()
+            .map_err(|_| DocumentError::MalformedEnvelope("signature is not 64 bytes".into()))?;
+        let verifying = signer.verifying_key().ok_or(DocumentError::InvalidKey)?;
+        verifying
+            .verify(
+                &signing_message(doc_type, &payload),
+                &Signature::from_bytes(&sig),
+            )
+            .map_err(|_| DocumentError::BadSignature {
+                doc_type,
+                signer: signer.fingerprint(),
+            })?;
+        let payload_value = cbor::decode_canonical_value(&payload, MAX_DOCUMENT_BYTES)
+            .map_err(|source| DocumentError::NonCanonicalPayload { doc_type, source })?;
+        let found = payload_value
+            .as_map()
+            .and_then(|m| {
+                m.iter()
+                    .find(|(k, _)| k.as_text() == Some("v"))
+                    .and_then(|(_, v)| v.as_integer())
+                    .and_then(|i| u64::try_from(i).ok())
+            })
+            .ok_or_else(|| DocumentError::InvalidPayload {
+                doc_type,
+                reason: "payload is not a map with a version field `v`".into(),
+            })?;
+        if found != PAYLOAD_VERSION {
+            return Err(DocumentError::UnknownPayloadVersion { doc_type, found });
+        }
+        Ok(SignedDocument {
+            id: Hash::of(bytes),
+            bytes: bytes.to_vec(),
+            doc_type,
+            signer,
+            payload,
+        })
+    }
+
+    /// The envelope bytes, exactly as signed.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// BLAKE3 of the envelope.
+    pub fn id(&self) -> Hash {
+        self.id
+    }
+
+    /// What kind of document this is.
+    pub fn doc_type(&self) -> DocType {
+        self.doc_type
+    }
+
+    /// Who signed it.
+    pub fn signer(&self) -> PublicKey {
+        self.signer
+    }
+
+    /// The canonical payload bytes.
+    pub fn payload_bytes(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// Decodes the payload as `P`, which must match the envelope type.
+    pub fn payload<P: Payload>(&self) -> Result<P, DocumentError> {
+        if P::TYPE != self.doc_type {
+            return Err(DocumentError::WrongType {
+                expected: P::TYPE,
+                found: self.doc_type,
+            });
+        }
+        cbor::from_canonical(&self.payload, MAX_DOCUMENT_BYTES).map_err(|e| {
+            DocumentError::InvalidPayload {
+                doc_type: self.doc_type,
+                reason: e.to_string(),
+            }
+        })
+    }
+
+    /// Fails with [`DocumentError::UntrustedSigner`] unless `trusted` accepts the signer.
+    pub fn check_trusted(
+        &self,
+        scope: &str,
+        trusted: impl FnOnce(&PublicKey) -> bool,
+    ) -> Result<(), DocumentError> {
+        if trusted(&self.signer) {
+            Ok(())
+        } else {
+            Err(DocumentError::UntrustedSigner {
+                signer: self.signer.fingerprint(),
+                scope: scope.to_owned(),
+            })
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Payloads
+
+/// Which client ecosystem a feed serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ecosystem {
+    /// Plain files by name and version.
+    Raw,
+    /// Python packages (wheels, sdists).
+    Pypi,
+    /// npm tarballs.
+    Npm,
+    /// Rust crates.
+    Cargo,
+}
+
+impl Ecosystem {
+    /// Every ecosystem.
+    pub const ALL: [Ecosystem; 4] = [
+        Ecosystem::Raw,
+        Ecosystem::Pypi,
+        Ecosystem::Npm,
+        Ecosystem::Cargo,
+    ];
+
+    /// The lowercase name used in configs and on the command line.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Ecosystem::Raw => "raw",
+            Ecosystem::Pypi => "pypi",
+            Ecosystem::Npm => "npm",
+            Ecosystem::Cargo => "cargo",
+        }
+    }
+}
+
+impl fmt::Display for Ecosystem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Ecosystem {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Ecosystem, String> {
+        Ecosystem::ALL
+            .into_iter()
+            .find(|e| e.as_str() == s)
+            .ok_or_else(|| format!("unknown feed type `{s}` (expected raw, pypi, npm or cargo)"))
+    }
+}
+
+/// One file of a package version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    /// File name as clients see it (no path separators).
+    pub name: String,
+    /// The blob holding the bytes.
+    pub blob: Hash,
+    /// Length in bytes.
+    pub size: u64,
+    /// Ecosystem digests the clients check, by algorithm (`sha256`, `sha512`, `sha1`), lowercase hex.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub digests: BTreeMap<String, String>,
+}
+
+/// A package version in a feed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Payload version, [`PAYLOAD_VERSION`].
+    pub v: u64,
+    /// The feed it belongs to.
+    pub feed: String,
+    /// The feed's ecosystem.
+    pub ecosystem: Ecosystem,
+    /// Package name as published.
+    pub name: String,
+    /// Version string.
+    pub version: String,
+    /// The files, each by blob hash.
+    pub files: Vec<FileEntry>,
+    /// Ecosystem metadata taken from the package (summary, dependencies, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, ciborium::Value>,
+    /// Hybrid logical clock at publication.
+    pub hlc: u64,
+}
+
+impl Payload for Manifest {
+    const TYPE: DocType = DocType::Manifest;
+}
+
+/// The deletion of a feed entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tombstone {
+    /// Payload version.
+    pub v: u64,
+    /// Feed (or `@system`) the entry was in.
+    pub feed: String,
+    /// The deleted entry's key.
+    pub key: String,
+    /// Hybrid logical clock at deletion.
+    pub hlc: u64,
+    /// Id of the document the entry held when it was deleted, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Hash>,
+}
+
+impl Payload for Tombstone {
+    const TYPE: DocType = DocType::Tombstone;
+}
+
+/// OSV `affected[].package`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OsvPackage {
+    /// OSV ecosystem (`PyPI`, `npm`, `crates.io`, ...).
+    pub ecosystem: String,
+    /// Package name.
+    pub name: String,
+    /// Package URL, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purl: Option<String>,
+}
+
+/// OSV `affected[].ranges[].events[]`: exactly one of the fields is set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OsvEvent {
+    /// Affected from this version on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub introduced: Option<String>,
+    /// Fixed in this version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed: Option<String>,
+    /// Last affected version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_affected: Option<String>,
+    /// Upper limit of the range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+}
+
+/// OSV `affected[].ranges[]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OsvRange {
+    /// `SEMVER`, `ECOSYSTEM` or `GIT`.
+    #[serde(rename = "type")]
+    pub range_type: String,
+    /// Repository, for `GIT` ranges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    /// Range events in order.
+    #[serde(default)]
+    pub events: Vec<OsvEvent>,
+}
+
+/// OSV `affected[]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OsvAffected {
+    /// The package.
+    pub package: OsvPackage,
+    /// Version ranges.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranges: Vec<OsvRange>,
+    /// Explicit versions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<String>,
+}
+
+/// OSV `severity[]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OsvSeverity {
+    /// `CVSS_V3`, `CVSS_V4`, ...
+    #[serde(rename = "type")]
+    pub severity_type: String,
+    /// The score vector.
+    pub score: String,
+}
+
+/// OSV `references[]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OsvReference {
+    /// `ADVISORY`, `WEB`, `FIX`, ...
+    #[serde(rename = "type")]
+    pub reference_type: String,
+    /// Where.
+    pub url: String,
+}
+
+/// A vulnerability record: the OSV schema's fields that Cairn uses and re-serves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vulnerability {
+    /// Payload version.
+    pub v: u64,
+    /// OSV id (`GHSA-...`, `PYSEC-...`, `CVE-...`).
+    pub id: String,
+    /// RFC 3339 time of last modification.
+    pub modified: String,
+    /// RFC 3339 publication time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<String>,
+    /// RFC 3339 withdrawal time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withdrawn: Option<String>,
+    /// Other ids for the same vulnerability.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// One line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// Longer text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<String>,
+    /// Severity scores.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub severity: Vec<OsvSeverity>,
+    /// What it affects.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub affected: Vec<OsvAffected>,
+    /// Links.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub references: Vec<OsvReference>,
+}
+
+impl Payload for Vulnerability {
+    const TYPE: DocType = DocType::Vulnerability;
+}
+
+/// A decision about one vulnerability.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Assessment {
+    /// Payload version.
+    pub v: u64,
+    /// Assessment id (unique per system set).
+    pub id: String,
+    /// The vulnerability's OSV id.
+    pub vulnerability: String,
+    /// Name of an assessment type.
+    pub assessment_type: String,
+    /// Why.
+    #[serde(default)]
+    pub comment: String,
+    /// Who decided.
+    pub author: String,
+    /// Unix seconds when it was made.
+    pub created: u64,
+    /// Unix seconds after which it no longer applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
+    /// Hybrid logical clock at creation.
+    pub hlc: u64,
+}
+
+impl Payload for Assessment {
+    const TYPE: DocType = DocType::Assessment;
+}
+
+/// A kind of assessment; `blocking` types make downloads of affected versions fail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssessmentType {
+    /// Payload version.
+    pub v: u64,
+    /// Name (`Ignore`, `Caution`, `Blocked`, or custom).
+    pub name: String,
+    /// Whether downloads of affected versions are refused.
+    pub blocking: bool,
+    /// What it means.
+    #[serde(default)]
+    pub description: String,
+    /// Hybrid logical clock at creation.
+    pub hlc: u64,
+}
+
+impl Payload for AssessmentType {
+    const TYPE: DocType = DocType::AssessmentType;
+}
+
+/// How assessments apply to feeds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Payload version.
+    pub v: u64,
+    /// Name.
+    pub name: String,
+    /// Feeds it applies to; empty means every feed.
+    #[serde(default)]
+    pub feeds: Vec<String>,
+    /// Assessment type applied to vulnerabilities that have no assessment yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unassessed: Option<String>,
+    /// Hybrid logical clock at creation.
+    pub hlc: u64,
+}
+
+impl Payload for Policy {
+    const TYPE: DocType = DocType::Policy;
+}
+
+/// A feed's state as signed by its authority, for auditing replicas.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    /// Payload version.
+    pub v: u64,
+    /// Feed name (or `@system`).
+    pub feed: String,
+    /// Merkle root fingerprint.
+    pub root: Hash,
+    /// Number of entries (tombstones included).
+    pub count: u64,
+    /// Change-log epoch.
+    pub epoch: u64,
+    /// Change-log sequence number.
+    pub seq: u64,
+    /// Unix seconds when signed.
+    pub time: u64,
+    /// Unix seconds after which it should not be relied on.
+    pub expires: u64,
+}
+
+impl Payload for Checkpoint {
+    const TYPE: DocType = DocType::Checkpoint;
+}
+
+mod serde_bytes_vec {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+mod serde_bytes_array {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let v = super::serde_bytes_vec::deserialize(d)?;
+        <[u8; 32]>::try_from(v.as_slice())
+            .map_err(|_| serde::de::Error::invalid_length(v.len(), &"32 bytes"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    fn tombstone() -> Tombstone {
+        Tombstone {
+            v: PAYLOAD_VERSION,
+            feed: "demo".into(),
+            key: "x/1".into(),
+            hlc: 42,
+            previous: None,
+        }
+    }
+
+    /// Re-encodes an envelope with `edit` applied to its fields (the payload left as bytes).
+    fn reenvelope(doc: &SignedDocument, edit: impl FnOnce(&mut WireEnvelope)) -> Vec<u8> {
+        let mut env: WireEnvelope = cbor::from_canonical(doc.bytes(), MAX_DOCUMENT_BYTES).unwrap();
+        edit(&mut env);
+        cbor::to_canonical(&env).unwrap()
+    }
+
+    #[test]
+    fn sign_then_decode_round_trips() {
+        let doc = SignedDocument::sign(&tombstone(), &key(1)).unwrap();
+        let back = SignedDocument::decode(doc.bytes()).unwrap();
+        assert_eq!(back, doc);
+        assert_eq!(back.id(), Hash::of(doc.bytes()));
+        assert_eq!(back.payload::<Tombstone>().unwrap(), tombstone());
+        assert!(matches!(
+            back.payload::<Manifest>(),
+            Err(DocumentError::WrongType { .. })
+        ));
+    }
+
+    #[test]
+    fn flipped_signature_bit_is_a_bad_signature() {
+        let doc = SignedDocument::sign(&tombstone(), &key(1)).unwrap();
+        let bytes = reenvelope(&doc, |e| e.4[10] ^= 1);
+        assert!(matches!(
+            SignedDocument::decode(&bytes),
+            Err(DocumentError::BadSignature { .. })
+        ));
+    }
+
+    #[test]
+    fn flipped_payload_bit_is_a_bad_signature() {
+        let doc = SignedDocument::sign(&tombstone(), &key(1)).unwrap();
+        let bytes = reenvelope(&doc, |e| {
+            let last = e.3.len() - 1;
+            e.3[last] ^= 1
+        });
+        assert!(matches!(
+            SignedDocument::decode(&bytes),
+            Err(DocumentError::BadSignature { .. })
+        ));
+    }
+
+    #[test]
+    fn other_key_is_untrusted() {
+        let doc = SignedDocument::sign(&tombstone(), &key(1)).unwrap();
+        let trusted = PublicKey::from(&key(2));
+        let err = doc.check_trusted("demo", |k| *k == trusted).unwrap_err();
+        assert!(matches!(err, DocumentError::UntrustedSigner { .. }));
+        assert!(err.to_string().contains("not trusted for demo"));
+    }
+
+    #[test]
+    fn signature_does_not_transfer_between_types() {
+        // Same payload bytes and signature, relabelled as a manifest: domain separation fails it.
+        let doc = SignedDocument::sign(&tombstone(), &key(1)).unwrap();
+        let bytes = reenvelope(&doc, |e| e.1 = "manifest".into());
+        assert!(matches!(
+            SignedDocument::decode(&bytes),
+            Err(DocumentError::BadSignature { .. })
+        ));
+    }
+
+    #[test]
+    fn non_canonical_payload_is_rejected_even_when_signed() {
+        // Sign a payload whose map keys are out of order: the signature is good, the encoding is not.
+        let k = key(1);
+        let payload = hex::decode("a2617601616100").unwrap(); // {"v":1,"a":0}, keys unsorted
+        let sig = k.sign(&signing_message(DocType::Tombstone, &payload));
+        let env = WireEnvelope(
+            1,
+            "tombstone".into(),
+            PublicKey::from(&k).0,
+            payload,
+            sig.to_bytes().to_vec(),
+        );
+        let bytes = cbor::to_canonical(&env).unwrap();
+        assert!(matches!(
+            SignedDocument::decode(&bytes),
+            Err(DocumentError::NonCanonicalPayload { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_versions_are_distinct_errors() {
+        let doc = SignedDocument::sign(&tombstone(), &key(1)).unwrap();
+        let bytes = reenvelope(&doc, |e| e.0 = 2);
+        assert!(matches!(
+            SignedDocument::decode(&bytes),
+            Err(DocumentError::UnknownEnvelopeVersion { found: 2 })
+        ));
+        let mut t = tombstone();
+        t.v = 9;
+        let doc = SignedDocument::sign(&t, &key(1)).unwrap();
+        assert!(matches!(
+            SignedDocument::decode(doc.bytes()),
+            Err(DocumentError::UnknownPayloadVersion { found: 9, .. })
+        ));
+        let bytes = reenvelope(&doc, |e| e.1 = "mystery".into());
+        assert!(matches!(
+            SignedDocument::decode(&bytes),
+            Err(DocumentError::UnknownType { .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_and_oversized_input_are_errors() {
+        for bytes in [&b""[..], b"\xff", b"\x85\x01", &[0x40; 3]] {
+            assert!(SignedDocument::decode(bytes).is_err());
+        }
+        let big = vec![0u8; MAX_DOCUMENT_BYTES + 1];
+        assert!(matches!(
+            SignedDocument::decode(&big),
+            Err(DocumentError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn public_key_parses_its_fingerprint() {
+        let pk = PublicKey::from(&key(3));
+        assert_eq!(pk.fingerprint().parse::<PublicKey>().unwrap(), pk);
+        assert!("zz".parse::<PublicKey>().is_err());
+    }
+}

@@ -1,0 +1,1988 @@
+//! The store: RocksDB for every index and document, a [`BlobBackend`] for large blob bytes.
+//!
+//! Column families:
+//! - `meta`: schema version, hybrid logical clock, next feed id, trust list;
+//! - `feeds`: feed name -> [`FeedRecord`] (id, kind, change-log position);
+//! - `entries`: feed id ++ key -> [`EntryValue`] (kind, document id, hlc);
+//! - `keyhash`: feed id ++ BLAKE3(key) -> key, the entries in trie order;
+//! - `merkle`: feed id ++ depth ++ prefix -> [`NodeSummary`];
+//! - `changelog`: feed id ++ seq -> change;
+//! - `docs`: document id -> envelope bytes;
+//! - `blobs`: blob hash -> size and, for small blobs, the bytes.
+//!
+//! Invariant: every write that changes what a reader can see (an entry, its Merkle nodes, its
+//! change-log record, its document, the feed's sequence number) goes into one RocksDB write
+//! batch, so after a crash the store holds either the state before or the state after.
+//! Invariant: an entry's manifest refers only to blobs whose index records are committed
+//! before or with it; large blob files are fsynced and renamed before their record is written.
+//! Invariant: all writers take `write` (a short mutex, never held across I/O other than the
+//! batch write); the WAL fsync that makes a commit durable happens after it is released, so
+//! concurrent publishers share fsyncs.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options, PrefixRange, ReadOptions,
+    WriteBatch, WriteOptions, DB,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::blob::{self, BlobBackend, CorruptBlob, Ingested, LocalFiles, VerifyingReader};
+use crate::cbor;
+use crate::doc::{
+    DocType, DocumentError, Ecosystem, FileEntry, Manifest, PublicKey, SignedDocument, Tombstone,
+    PAYLOAD_VERSION,
+};
+use crate::hlc;
+use crate::identity::{Identity, IdentityError};
+use crate::merkle::{self, NodeSummary, MAX_DEPTH};
+use crate::names::{self, NameError};
+use crate::Hash;
+
+/// The reserved feed that holds system documents (assessments, types, policies, vulnerabilities).
+pub const SYSTEM_FEED: &str = "@system";
+const SYSTEM_FEED_ID: u32 = 0;
+const SCHEMA_VERSION: u64 = 1;
+/// Trust scope that covers every feed and the system set.
+pub const TRUST_ALL: &str = "*";
+
+const CF_META: &str = "meta";
+const CF_FEEDS: &str = "feeds";
+const CF_ENTRIES: &str = "entries";
+const CF_KEYHASH: &str = "keyhash";
+const CF_MERKLE: &str = "merkle";
+const CF_CHANGELOG: &str = "changelog";
+const CF_DOCS: &str = "docs";
+const CF_BLOBS: &str = "blobs";
+const ALL_CFS: [&str; 8] = [
+    CF_META,
+    CF_FEEDS,
+    CF_ENTRIES,
+    CF_KEYHASH,
+    CF_MERKLE,
+    CF_CHANGELOG,
+    CF_DOCS,
+    CF_BLOBS,
+];
+
+const META_SCHEMA: &[u8] = b"schema";
+const META_HLC: &[u8] = b"hlc";
+const META_NEXT_FEED: &[u8] = b"next-feed-id";
+const META_TRUST: &[u8] = b"trust\0";
+
+/// Everything that can go wrong in the store, each with the evidence.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// RocksDB failed.
+    #[error("database error: {0}")]
+    Db(#[from] rocksdb::Error),
+    /// Another process has the data directory open.
+    #[error("data directory {path} is in use by another cairn process")]
+    Locked { path: PathBuf },
+    /// No store in this directory.
+    #[error("no cairn store at {path}; run `cairn init` first")]
+    NotInitialized { path: PathBuf },
+    /// `init` on an existing store.
+    #[error("a cairn store already exists at {path}")]
+    AlreadyInitialized { path: PathBuf },
+    /// Filesystem failure.
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading the caller's input failed.
+    #[error("reading input: {0}")]
+    Input(#[source] std::io::Error),
+    /// The instance key.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// A stored record does not parse: the database was damaged or written by something else.
+    #[error("corrupt {what} record in the store: {detail}")]
+    CorruptRecord { what: &'static str, detail: String },
+    /// A blob's bytes do not match its hash.
+    #[error(transparent)]
+    CorruptBlob(#[from] CorruptBlob),
+    /// A document failed its checks.
+    #[error(transparent)]
+    Document(#[from] DocumentError),
+    /// A name failed validation.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// No such feed.
+    #[error("feed `{feed}` does not exist; create it with `cairn feed create {feed} --type TYPE`")]
+    FeedNotFound { feed: String },
+    /// Feed name taken.
+    #[error("feed `{feed}` already exists")]
+    FeedExists { feed: String },
+    /// No such blob.
+    #[error("blob {hash} is not in the store")]
+    BlobNotFound { hash: Hash },
+    /// The index names a blob file that is gone.
+    #[error("blob {hash} is indexed but its file {location} is missing")]
+    BlobFileMissing { hash: Hash, location: String },
+    /// A manifest names a blob with another size than the stored one.
+    #[error("file `{file}` declares {declared} bytes but blob {hash} has {actual}")]
+    BlobSizeMismatch {
+        file: String,
+        hash: Hash,
+        declared: u64,
+        actual: u64,
+    },
+    /// No such package version.
+    #[error("`{key}` is not in feed `{feed}`")]
+    EntryNotFound { feed: String, key: String },
+    /// The version exists with other content.
+    #[error("{name} {version} already exists in feed `{feed}` with a different file `{file}`; versions are immutable, publish a new version")]
+    VersionExists {
+        feed: String,
+        name: String,
+        version: String,
+        file: String,
+    },
+    /// A package version lists no files, or one file twice.
+    #[error("invalid package: {0}")]
+    InvalidPackage(String),
+    /// Operation not allowed on this feed.
+    #[error("{0}")]
+    WrongFeedKind(String),
+}
+
+impl StoreError {
+    fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+        let path = path.to_owned();
+        move |source| StoreError::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+type KeyValue = (Box<[u8]>, Box<[u8]>);
+
+/// Tunables.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// fsync the write-ahead log before a publish or delete returns (durable across power loss;
+    /// without it a commit survives a process crash but not a power cut).
+    pub sync_writes: bool,
+    /// Change-log records kept per feed; a peer further behind gets a full diff.
+    pub change_log_retain: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            sync_writes: true,
+            change_log_retain: 1_000_000,
+        }
+    }
+}
+
+/// What a feed holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeedKind {
+    /// Package versions of one ecosystem.
+    Package(Ecosystem),
+    /// The system documents.
+    System,
+}
+
+/// A feed's stored record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedRecord {
+    /// Internal id, the prefix of all its keys; never reused.
+    pub id: u32,
+    /// Name.
+    pub name: String,
+    /// What it holds.
+    pub kind: FeedKind,
+    /// Creation time, Unix milliseconds.
+    pub created_ms: u64,
+    /// Change-log epoch: random, new for every incarnation of the feed.
+    pub epoch: u64,
+    /// Sequence number of the last change.
+    pub seq: u64,
+    /// Changes with sequence numbers up to this one have been trimmed from the log.
+    pub log_floor: u64,
+}
+
+impl FeedRecord {
+    /// The ecosystem, for package feeds.
+    pub fn ecosystem(&self) -> Option<Ecosystem> {
+        match self.kind {
+            FeedKind::Package(e) => Some(e),
+            FeedKind::System => None,
+        }
+    }
+
+    /// Where the change log stands.
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            epoch: self.epoch,
+            seq: self.seq,
+        }
+    }
+}
+
+/// A position in a feed's change log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Cursor {
+    /// Epoch of the feed incarnation.
+    pub epoch: u64,
+    /// Last change seen.
+    pub seq: u64,
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}:{}", self.epoch, self.seq)
+    }
+}
+
+/// What an entry holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// A package manifest.
+    Manifest,
+    /// A deletion.
+    Tombstone,
+    /// A system document (assessment, type, policy, vulnerability).
+    Document,
+}
+
+/// The value of a feed entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EntryValue {
+    /// What the document is.
+    pub kind: EntryKind,
+    /// The document's id.
+    pub doc: Hash,
+    /// Its hybrid logical clock.
+    pub hlc: u64,
+}
+
+impl EntryValue {
+    fn encode(&self) -> [u8; 41] {
+        let mut out = [0u8; 41];
+        out[0] = match self.kind {
+            EntryKind::Manifest => 1,
+            EntryKind::Tombstone => 2,
+            EntryKind::Document => 3,
+        };
+        out[1..33].copy_from_slice(self.doc.as_bytes());
+        out[33..].copy_from_slice(&self.hlc.to_be_bytes());
+        out
+    }
+
+    fn decode(b: &[u8]) -> Result<EntryValue> {
+        let bad = || StoreError::CorruptRecord {
+            what: "entry",
+            detail: format!("{} bytes", b.len()),
+        };
+        if b.len() != 41 {
+            return Err(bad());
+        }
+        let kind = match b[0] {
+            1 => EntryKind::Manifest,
+            2 => EntryKind::Tombstone,
+            3 => EntryKind::Document,
+            _ => return Err(bad()),
+        };
+        let doc = Hash::from_slice(&b[1..33]).ok_or_else(bad)?;
+        let hlc = u64::from_be_bytes(b[33..41].try_into().map_err(|_| bad())?);
+        Ok(EntryValue { kind, doc, hlc })
+    }
+}
+
+/// One entry of a feed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The key (`name/version` for packages).
+    pub key: String,
+    /// What it holds.
+    pub value: EntryValue,
+}
+
+/// One change-log record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// Its sequence number.
+    pub seq: u64,
+    /// The entry's key.
+    pub key: String,
+    /// The new value; `None` when the entry was removed outright.
+    pub value: Option<EntryValue>,
+}
+
+/// Answer to "what changed since this cursor".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangesSince {
+    /// The changes after the cursor, oldest first, and the cursor after the last one returned.
+    Changes {
+        changes: Vec<Change>,
+        next: Cursor,
+        complete: bool,
+    },
+    /// The cursor is from another epoch or older than the retained log: do a full diff.
+    FullDiffNeeded { reason: String },
+}
+
+/// A feed, its size and root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedSummary {
+    /// The record.
+    pub feed: FeedRecord,
+    /// Root node (fingerprint and count, tombstones included).
+    pub root: NodeSummary,
+}
+
+/// A file of a package being published.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewFile {
+    /// File name.
+    pub name: String,
+    /// Blob with its bytes (already stored).
+    pub blob: Hash,
+    /// Its size.
+    pub size: u64,
+    /// Ecosystem digests.
+    pub digests: BTreeMap<String, String>,
+}
+
+/// A package version being published.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewPackage {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Files.
+    pub files: Vec<NewFile>,
+    /// Metadata from the package.
+    pub metadata: BTreeMap<String, ciborium::Value>,
+}
+
+/// What a publish did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// A new version.
+    Created,
+    /// New files were added to an existing version.
+    FilesAdded,
+    /// Everything was already there.
+    Unchanged,
+}
+
+/// Result of a publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// Entry key.
+    pub key: String,
+    /// Manifest id.
+    pub doc: Hash,
+    /// What happened.
+    pub outcome: PublishOutcome,
+}
+
+/// A blob just stored, pinned against garbage collection until dropped.
+#[derive(Debug)]
+pub struct StoredBlob {
+    /// Its hash.
+    pub hash: Hash,
+    /// Its size.
+    pub size: u64,
+    /// Whether it was already in the store.
+    pub existed: bool,
+    _pin: BlobPin,
+}
+
+/// Holds a blob out of garbage collection while it is not yet referenced by a manifest.
+pub struct BlobPin {
+    pins: Arc<Mutex<HashMap<Hash, usize>>>,
+    hash: Hash,
+}
+
+impl fmt::Debug for BlobPin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BlobPin({})", self.hash.short())
+    }
+}
+
+impl Drop for BlobPin {
+    fn drop(&mut self) {
+        let mut pins = self.pins.lock();
+        if let Some(n) = pins.get_mut(&self.hash) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&self.hash);
+            }
+        }
+    }
+}
+
+/// What garbage collection did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GcReport {
+    /// Blobs referenced by live manifests.
+    pub blobs_live: u64,
+    /// Unreferenced blobs removed.
+    pub blobs_removed: u64,
+    /// Bytes they held.
+    pub bytes_freed: u64,
+    /// Blob files with no index record removed (left by a crash).
+    pub orphan_files_removed: u64,
+    /// Unreferenced documents removed.
+    pub docs_removed: u64,
+}
+
+/// One problem found by [`Store::verify`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// Short kind: `blob`, `document`, `entry`, `merkle`, `index`.
+    pub kind: &'static str,
+    /// What it is about (a blob hash, a feed and key, ...).
+    pub subject: String,
+    /// What is wrong.
+    pub detail: String,
+}
+
+/// What [`Store::verify`] checked and found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Blobs rehashed.
+    pub blobs: u64,
+    /// Bytes rehashed.
+    pub blob_bytes: u64,
+    /// Documents whose signatures were checked.
+    pub documents: u64,
+    /// Entries checked.
+    pub entries: u64,
+    /// Feeds whose Merkle nodes were recomputed (the system set included).
+    pub feeds: u64,
+    /// Everything wrong.
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    /// True when nothing is wrong.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+struct WriteState {
+    hlc: u64,
+    /// While a GC runs: blobs and documents committed since its snapshot, which it must keep.
+    gc_protect: Option<HashSet<Hash>>,
+}
+
+/// A Cairn data directory: identity, RocksDB and blob files.
+pub struct Store {
+    dir: PathBuf,
+    db: DB,
+    files: Box<dyn BlobBackend>,
+    tmp_dir: PathBuf,
+    identity: Identity,
+    options: StoreOptions,
+    write: Mutex<WriteState>,
+    pins: Arc<Mutex<HashMap<Hash, usize>>>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn random_u64() -> Result<u64> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| StoreError::Io {
+        action: "getting randomness for",
+        path: PathBuf::from("feed epoch"),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(u64::from_le_bytes(b))
+}
+
+fn feed_prefix(id: u32) -> [u8; 4] {
+    id.to_be_bytes()
+}
+
+fn entry_key(feed: u32, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + key.len());
+    k.extend_from_slice(&feed_prefix(feed));
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn keyhash_key(feed: u32, kh: &Hash) -> Vec<u8> {
+    let mut k = Vec::with_capacity(36);
+    k.extend_from_slice(&feed_prefix(feed));
+    k.extend_from_slice(kh.as_bytes());
+    k
+}
+
+fn merkle_key(feed: u32, prefix: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + prefix.len());
+    k.extend_from_slice(&feed_prefix(feed));
+    k.push(prefix.len() as u8);
+    k.extend_from_slice(prefix);
+    k
+}
+
+fn changelog_key(feed: u32, seq: u64) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&feed_prefix(feed));
+    k[4..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn trust_key(scope: &str, key: &PublicKey) -> Vec<u8> {
+    let mut k = META_TRUST.to_vec();
+    k.extend_from_slice(scope.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+#[derive(Serialize, Deserialize)]
+struct ChangeRecord {
+    key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    value: Option<Vec<u8>>,
+}
+
+const BLOB_INLINE: u8 = 0;
+const BLOB_BACKEND: u8 = 1;
+
+fn blob_record(size: u64, inline: Option<&[u8]>) -> Vec<u8> {
+    let mut v = Vec::with_capacity(9 + inline.map_or(0, <[u8]>::len));
+    v.push(if inline.is_some() {
+        BLOB_INLINE
+    } else {
+        BLOB_BACKEND
+    });
+    v.extend_from_slice(&size.to_be_bytes());
+    if let Some(b) = inline {
+        v.extend_from_slice(b);
+    }
+    v
+}
+
+/// A decoded blob index record.
+enum BlobRecord {
+    Inline(Vec<u8>),
+    Backend(u64),
+}
+
+impl BlobRecord {
+    fn decode(b: &[u8]) -> Result<BlobRecord> {
+        let bad = || StoreError::CorruptRecord {
+            what: "blob",
+            detail: format!("{} bytes", b.len()),
+        };
+        let size = u64::from_be_bytes(b.get(1..9).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+        match b.first() {
+            Some(&BLOB_INLINE) if b.len() as u64 == 9 + size => {
+                Ok(BlobRecord::Inline(b[9..].to_vec()))
+            }
+            Some(&BLOB_BACKEND) if b.len() == 9 => Ok(BlobRecord::Backend(size)),
+            _ => Err(bad()),
+        }
+    }
+
+    fn size(&self) -> u64 {
+        match self {
+            BlobRecord::Inline(b) => b.len() as u64,
+            BlobRecord::Backend(s) => *s,
+        }
+    }
+}
+
+impl Store {
+    /// Creates a new store in `dir`: instance key, database, the system feed, and trust in the
+    /// instance's own key for every feed.
+    pub fn init(dir: &Path, options: StoreOptions) -> Result<Store> {
+        if dir.join("db").join("CURRENT").exists() || crate::identity::key_path(dir).exists() {
+            return Err(StoreError::AlreadyInitialized {
+                path: dir.to_owned(),
+            });
+        }
+        fs::create_dir_all(dir).map_err(StoreError::io("creating", dir))?;
+        let identity = Identity::create(dir)?;
+        let store = Store::open_with(dir, identity, options, true)?;
+        let me = store.identity.public_key();
+        store.trust_add(TRUST_ALL, &me)?;
+        Ok(store)
+    }
+
+    /// Opens an existing store.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Store> {
+        if !dir.join("db").join("CURRENT").exists() {
+            return Err(StoreError::NotInitialized {
+                path: dir.to_owned(),
+            });
+        }
+        let identity = Identity::load(dir)?;
+        Store::open_with(dir, identity, options, false)
+    }
+
+    fn open_with(
+        dir: &Path,
+        identity: Identity,
+        options: StoreOptions,
+        create: bool,
+    ) -> Result<Store> {
+        let db_dir = dir.join("db");
+        let mut opts = Options::default();
+        opts.create_if_missing(create);
+        opts.create_missing_column_families(true);
+        opts.increase_parallelism(2);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts.set_keep_log_file_num(4);
+        let cfs = ALL_CFS.iter().map(|name| {
+            let mut o = Options::default();
+            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            ColumnFamilyDescriptor::new(*name, o)
+        });
+        let db = DB::open_cf_descriptors(&opts, &db_dir, cfs).map_err(|e| {
+            if e.as_ref().contains("lock") {
+                StoreError::Locked {
+                    path: dir.to_owned(),
+                }
+            } else {
+                StoreError::Db(e)
+            }
+        })?;
+        let tmp_dir = dir.join("tmp");
+        // Startup cleans what a crash left: temp files of blobs that were never installed.
+        if tmp_dir.exists() {
+            fs::remove_dir_all(&tmp_dir).map_err(StoreError::io("cleaning", &tmp_dir))?;
+        }
+        fs::create_dir_all(&tmp_dir).map_err(StoreError::io("creating", &tmp_dir))?;
+        let files = LocalFiles::new(dir.join("blobs"))
+            .map_err(StoreError::io("creating", &dir.join("blobs")))?;
+        let mut store = Store {
+            dir: dir.to_owned(),
+            db,
+            files: Box::new(files),
+            tmp_dir,
+            identity,
+            options,
+            write: Mutex::new(WriteState {
+                hlc: 0,
+                gc_protect: None,
+            }),
+            pins: Arc::new(Mutex::new(HashMap::new())),
+        };
+        store.write.get_mut().hlc = store.meta_u64(META_HLC)?.unwrap_or(0);
+        match store.meta_u64(META_SCHEMA)? {
+            Some(SCHEMA_VERSION) => {}
+            None if create => store.bootstrap()?,
+            None => {
+                return Err(StoreError::CorruptRecord {
+                    what: "meta",
+                    detail: "schema version missing".into(),
+                })
+            }
+            Some(other) => {
+                return Err(StoreError::CorruptRecord {
+                    what: "meta",
+                    detail: format!("schema version {other}, this build reads {SCHEMA_VERSION}"),
+                })
+            }
+        }
+        Ok(store)
+    }
+
+    fn bootstrap(&self) -> Result<()> {
+        let system = FeedRecord {
+            id: SYSTEM_FEED_ID,
+            name: SYSTEM_FEED.into(),
+            kind: FeedKind::System,
+            created_ms: now_ms(),
+            epoch: random_u64()?,
+            seq: 0,
+            log_floor: 0,
+        };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_FEEDS), SYSTEM_FEED, self.encode_feed(&system)?);
+        batch.put_cf(self.cf(CF_META), META_NEXT_FEED, 1u64.to_be_bytes());
+        batch.put_cf(self.cf(CF_META), META_SCHEMA, SCHEMA_VERSION.to_be_bytes());
+        self.db.write(batch)?;
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Basics
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The instance identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The large-blob backend.
+    pub fn backend(&self) -> &dyn BlobBackend {
+        self.files.as_ref()
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        // Every name in ALL_CFS is opened (and created if missing) in `open_with`.
+        #[allow(clippy::expect_used)]
+        self.db
+            .cf_handle(name)
+            .expect("column family opened at start")
+    }
+
+    fn meta_u64(&self, key: &[u8]) -> Result<Option<u64>> {
+        match self.db.get_pinned_cf(self.cf(CF_META), key)? {
+            None => Ok(None),
+            Some(v) => {
+                let b: [u8; 8] = v
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::CorruptRecord {
+                        what: "meta",
+                        detail: String::from_utf8_lossy(key).into_owned(),
+                    })?;
+                Ok(Some(u64::from_be_bytes(b)))
+            }
+        }
+    }
+
+    fn encode_feed(&self, f: &FeedRecord) -> Result<Vec<u8>> {
+        cbor::to_canonical(f).map_err(|e| StoreError::CorruptRecord {
+            what: "feed",
+            detail: e.to_string(),
+        })
+    }
+
+    fn decode_feed(b: &[u8]) -> Result<FeedRecord> {
+        cbor::from_canonical(b, 4096).map_err(|e| StoreError::CorruptRecord {
+            what: "feed",
+            detail: e.to_string(),
+        })
+    }
+
+    /// Iterates `(key, value)` of a column family under a prefix, in key order.
+    fn scan<'a>(
+        &'a self,
+        cf: &str,
+        prefix: &[u8],
+        snapshot: Option<&'a rocksdb::Snapshot<'a>>,
+    ) -> impl Iterator<Item = Result<KeyValue>> + 'a {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_range(PrefixRange(prefix.to_vec()));
+        if let Some(s) = snapshot {
+            ro.set_snapshot(s);
+        }
+        self.db
+            .iterator_cf_opt(self.cf(cf), ro, IteratorMode::Start)
+            .map(|r| r.map_err(StoreError::from))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Trust
+
+    /// Trusts `key` to sign for `scope` (a feed name, [`SYSTEM_FEED`], or [`TRUST_ALL`]).
+    pub fn trust_add(&self, scope: &str, key: &PublicKey) -> Result<()> {
+        if scope != TRUST_ALL && scope != SYSTEM_FEED {
+            names::check_feed_name(scope)?;
+        }
+        self.db
+            .put_cf(self.cf(CF_META), trust_key(scope, key), b"")?;
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+
+    /// Removes trust in `key` for `scope`; false if it was not trusted there.
+    pub fn trust_remove(&self, scope: &str, key: &PublicKey) -> Result<bool> {
+        let k = trust_key(scope, key);
+        let had = self.db.get_pinned_cf(self.cf(CF_META), &k)?.is_some();
+        self.db.delete_cf(self.cf(CF_META), k)?;
+        self.db.flush_wal(true)?;
+        Ok(had)
+    }
+
+    /// Every `(scope, key)` trusted.
+    pub fn trust_list(&self) -> Result<Vec<(String, PublicKey)>> {
+        let mut out = Vec::new();
+        for item in self.scan(CF_META, META_TRUST, None) {
+            let (k, _) = item?;
+            let rest = &k[META_TRUST.len()..];
+            let bad = || StoreError::CorruptRecord {
+                what: "trust",
+                detail: format!("{} bytes", rest.len()),
+            };
+            let split = rest.len().checked_sub(33).ok_or_else(bad)?;
+            let scope = std::str::from_utf8(&rest[..split]).map_err(|_| bad())?;
+            let key: [u8; 32] = rest[split + 1..].try_into().map_err(|_| bad())?;
+            out.push((
+                scope.to_owned(),
+                PublicKey::from_bytes(key).ok_or_else(bad)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Whether `key` may sign documents for `scope`.
+    pub fn is_trusted(&self, scope: &str, key: &PublicKey) -> Result<bool> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_META), trust_key(scope, key))?
+            .is_some()
+            || self
+                .db
+                .get_pinned_cf(self.cf(CF_META), trust_key(TRUST_ALL, key))?
+                .is_some())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Blobs
+
+    /// Stores a blob from a reader, hashing as it writes. Identical content is stored once.
+    /// The returned value pins the blob against GC until it is dropped.
+    pub fn put_blob(&self, reader: impl Read) -> Result<StoredBlob> {
+        let ingested = blob::ingest(reader, &self.tmp_dir).map_err(StoreError::Input)?;
+        let hash = ingested.hash();
+        let size = ingested.size();
+        let pin = self.pin(hash);
+        let existed = self
+            .db
+            .get_pinned_cf(self.cf(CF_BLOBS), hash.as_bytes())?
+            .is_some();
+        if !existed {
+            let record = match ingested {
+                Ingested::Inline { bytes, .. } => blob_record(size, Some(&bytes)),
+                Ingested::Staged(staged) => {
+                    let path = staged.data_path().to_owned();
+                    self.files
+                        .install(staged)
+                        .map_err(StoreError::io("installing blob", &path))?;
+                    blob_record(size, None)
+                }
+            };
+            let _w = self.write.lock();
+            self.db.put_cf(self.cf(CF_BLOBS), hash.as_bytes(), record)?;
+        }
+        Ok(StoredBlob {
+            hash,
+            size,
+            existed,
+            _pin: pin,
+        })
+    }
+
+    /// Pins `hash` against GC until the returned guard is dropped.
+    pub fn pin(&self, hash: Hash) -> BlobPin {
+        *self.pins.lock().entry(hash).or_insert(0) += 1;
+        BlobPin {
+            pins: self.pins.clone(),
+            hash,
+        }
+    }
+
+    fn blob_record(&self, hash: &Hash) -> Result<Option<BlobRecord>> {
+        match self.db.get_pinned_cf(self.cf(CF_BLOBS), hash.as_bytes())? {
+            None => Ok(None),
+            Some(v) => BlobRecord::decode(&v).map(Some),
+        }
+    }
+
+    /// Whether the blob is stored.
+    pub fn has_blob(&self, hash: &Hash) -> Result<bool> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_BLOBS), hash.as_bytes())?
+            .is_some())
+    }
+
+    /// The blob's size, if stored.
+    pub fn blob_size(&self, hash: &Hash) -> Result<Option<u64>> {
+        Ok(self.blob_record(hash)?.map(|r| r.size()))
+    }
+
+    /// Opens a blob for reading; every chunk group is verified before it is returned.
+    pub fn blob_reader(&self, hash: &Hash) -> Result<VerifyingReader> {
+        match self.blob_record(hash)? {
+            None => Err(StoreError::BlobNotFound { hash: *hash }),
+            Some(BlobRecord::Inline(bytes)) => Ok(VerifyingReader::inline(*hash, bytes)?),
+            Some(BlobRecord::Backend(size)) => {
+                let (data, outboard) = self.files.open(hash).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        StoreError::BlobFileMissing {
+                            hash: *hash,
+                            location: self.files.describe(hash),
+                        }
+                    } else {
+                        StoreError::Io {
+                            action: "opening blob",
+                            path: PathBuf::from(self.files.describe(hash)),
+                            source: e,
+                        }
+                    }
+                })?;
+                Ok(VerifyingReader::tree(
+                    *hash,
+                    size,
+                    data,
+                    outboard,
+                    self.files.describe(hash),
+                ))
+            }
+        }
+    }
+
+    /// Copies a verified blob into `out`; on corruption, fails before writing the bad group.
+    pub fn read_blob_to(&self, hash: &Hash, out: &mut impl std::io::Write) -> Result<u64> {
+        let mut r = self.blob_reader(hash)?;
+        std::io::copy(&mut r, out).map_err(|e| match blob::as_corrupt(&e) {
+            Some(c) => StoreError::CorruptBlob(c.clone()),
+            None => StoreError::Io {
+                action: "copying blob",
+                path: PathBuf::from(hash.to_hex()),
+                source: e,
+            },
+        })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Documents
+
+    /// A stored document by id (checked again on the way out).
+    pub fn document(&self, id: &Hash) -> Result<Option<SignedDocument>> {
+        match self.db.get_pinned_cf(self.cf(CF_DOCS), id.as_bytes())? {
+            None => Ok(None),
+            Some(b) => Ok(Some(SignedDocument::decode(&b)?)),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Feeds
+
+    /// Creates a package feed.
+    pub fn create_feed(&self, name: &str, ecosystem: Ecosystem) -> Result<FeedRecord> {
+        names::check_feed_name(name)?;
+        let _w = self.write.lock();
+        if self.db.get_pinned_cf(self.cf(CF_FEEDS), name)?.is_some() {
+            return Err(StoreError::FeedExists { feed: name.into() });
+        }
+        let id = self.meta_u64(META_NEXT_FEED)?.unwrap_or(1);
+        let id32 = u32::try_from(id).map_err(|_| StoreError::CorruptRecord {
+            what: "meta",
+            detail: "feed ids exhausted".into(),
+        })?;
+        let rec = FeedRecord {
+            id: id32,
+            name: name.into(),
+            kind: FeedKind::Package(ecosystem),
+            created_ms: now_ms(),
+            epoch: random_u64()?,
+            seq: 0,
+            log_floor: 0,
+        };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_FEEDS), name, self.encode_feed(&rec)?);
+        batch.put_cf(self.cf(CF_META), META_NEXT_FEED, (id + 1).to_be_bytes());
+        self.db.write(batch)?;
+        drop(_w);
+        self.sync()?;
+        Ok(rec)
+    }
+
+    /// A feed's record (the system feed included).
+    pub fn feed(&self, name: &str) -> Result<FeedRecord> {
+        match self.db.get_pinned_cf(self.cf(CF_FEEDS), name)? {
+            Some(b) => Store::decode_feed(&b),
+            None => Err(StoreError::FeedNotFound { feed: name.into() }),
+        }
+    }
+
+    /// Every package feed, by name.
+    pub fn list_feeds(&self) -> Result<Vec<FeedRecord>> {
+        let mut out = Vec::new();
+        for item in self.scan(CF_FEEDS, b"", None) {
+            let (_, v) = item?;
+            let f = Store::decode_feed(&v)?;
+            if f.kind != FeedKind::System {
+                out.push(f);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a feed and all its entries, nodes and log; its blobs go at the next GC.
+    pub fn delete_feed(&self, name: &str) -> Result<()> {
+        let _w = self.write.lock();
+        let f = self.feed(name)?;
+        if f.kind == FeedKind::System {
+            return Err(StoreError::WrongFeedKind(
+                "the system feed cannot be deleted".into(),
+            ));
+        }
+        let mut batch = WriteBatch::default();
+        let start = feed_prefix(f.id).to_vec();
+        let end = feed_prefix(f.id + 1).to_vec();
+        for cf in [CF_ENTRIES, CF_KEYHASH, CF_MERKLE, CF_CHANGELOG] {
+            batch.delete_range_cf(self.cf(cf), &start, &end);
+        }
+        batch.delete_cf(self.cf(CF_FEEDS), name);
+        self.db.write(batch)?;
+        drop(_w);
+        self.sync()
+    }
+
+    /// A feed's record and root.
+    pub fn feed_summary(&self, name: &str) -> Result<FeedSummary> {
+        let feed = self.feed(name)?;
+        let root = self.node(feed.id, &[])?;
+        Ok(FeedSummary { feed, root })
+    }
+
+    fn node(&self, feed: u32, prefix: &[u8]) -> Result<NodeSummary> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(CF_MERKLE), merkle_key(feed, prefix))?
+        {
+            None => Ok(NodeSummary::default()),
+            Some(b) => NodeSummary::decode(&b).ok_or_else(|| StoreError::CorruptRecord {
+                what: "merkle node",
+                detail: format!("{} bytes", b.len()),
+            }),
+        }
+    }
+
+    /// The summary of the trie node at `prefix` (0 to [`MAX_DEPTH`] bytes of BLAKE3(key)).
+    pub fn merkle_node(&self, feed: &str, prefix: &[u8]) -> Result<NodeSummary> {
+        let f = self.feed(feed)?;
+        if prefix.len() > MAX_DEPTH {
+            let mut n = NodeSummary::default();
+            for e in self.entries_under(feed, prefix)? {
+                n.insert(&merkle::leaf(&e.1.key, &e.1.value.doc));
+            }
+            return Ok(n);
+        }
+        self.node(f.id, prefix)
+    }
+
+    /// The non-empty children of the node at `prefix` (which must be shorter than
+    /// [`MAX_DEPTH`]), as `(next byte, summary)` in byte order.
+    pub fn merkle_children(&self, feed: &str, prefix: &[u8]) -> Result<Vec<(u8, NodeSummary)>> {
+        let f = self.feed(feed)?;
+        if prefix.len() >= MAX_DEPTH {
+            return Err(StoreError::WrongFeedKind(format!(
+                "merkle nodes are stored to depth {MAX_DEPTH}; list entries under deeper prefixes"
+            )));
+        }
+        let mut child_prefix = merkle_key(f.id, prefix);
+        child_prefix[4] += 1;
+        let mut out = Vec::new();
+        for item in self.scan(CF_MERKLE, &child_prefix, None) {
+            let (k, v) = item?;
+            let n = NodeSummary::decode(&v).ok_or_else(|| StoreError::CorruptRecord {
+                what: "merkle node",
+                detail: format!("{} bytes", v.len()),
+            })?;
+            if n.count > 0 {
+                if let Some(&b) = k.last() {
+                    out.push((b, n));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Entries whose BLAKE3(key) starts with `prefix`, in trie order, with their key hashes.
+    pub fn entries_under(&self, feed: &str, prefix: &[u8]) -> Result<Vec<(Hash, Entry)>> {
+        let f = self.feed(feed)?;
+        let mut p = feed_prefix(f.id).to_vec();
+        p.extend_from_slice(prefix);
+        let mut out = Vec::new();
+        for item in self.scan(CF_KEYHASH, &p, None) {
+            let (k, v) = item?;
+            let kh = Hash::from_slice(&k[4..]).ok_or_else(|| StoreError::CorruptRecord {
+                what: "keyhash",
+                detail: format!("{} bytes", k.len()),
+            })?;
+            let key = String::from_utf8(v.to_vec()).map_err(|_| StoreError::CorruptRecord {
+                what: "keyhash",
+                detail: "key is not utf-8".into(),
+            })?;
+            let value = self
+                .entry_by_id(f.id, &key)?
+                .ok_or_else(|| StoreError::CorruptRecord {
+                    what: "keyhash",
+                    detail: format!("`{key}` indexed but has no entry"),
+                })?;
+            out.push((kh, Entry { key, value }));
+        }
+        Ok(out)
+    }
+
+    fn entry_by_id(&self, feed: u32, key: &str) -> Result<Option<EntryValue>> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(CF_ENTRIES), entry_key(feed, key))?
+        {
+            None => Ok(None),
+            Some(b) => EntryValue::decode(&b).map(Some),
+        }
+    }
+
+    /// One entry.
+    pub fn entry(&self, feed: &str, key: &str) -> Result<Option<EntryValue>> {
+        let f = self.feed(feed)?;
+        self.entry_by_id(f.id, key)
+    }
+
+    /// Every entry of a feed in key order (tombstones included).
+    pub fn entries(&self, feed: &str) -> Result<Vec<Entry>> {
+        let f = self.feed(feed)?;
+        let mut out = Vec::new();
+        for item in self.scan(CF_ENTRIES, &feed_prefix(f.id), None) {
+            let (k, v) = item?;
+            let key =
+                String::from_utf8(k[4..].to_vec()).map_err(|_| StoreError::CorruptRecord {
+                    what: "entry",
+                    detail: "key is not utf-8".into(),
+                })?;
+            out.push(Entry {
+                key,
+                value: EntryValue::decode(&v)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The live manifest of a package version.
+    pub fn manifest(
+        &self,
+        feed: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<(Hash, Manifest)>> {
+        let key = names::package_key(name, version);
+        match self.entry(feed, &key)? {
+            Some(EntryValue {
+                kind: EntryKind::Manifest,
+                doc,
+                ..
+            }) => {
+                let d = self
+                    .document(&doc)?
+                    .ok_or_else(|| StoreError::CorruptRecord {
+                        what: "entry",
+                        detail: format!("`{key}` names missing document {doc}"),
+                    })?;
+                Ok(Some((doc, d.payload()?)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Changes after `cursor`, at most `limit` of them.
+    pub fn changes_since(&self, feed: &str, cursor: Cursor, limit: usize) -> Result<ChangesSince> {
+        let f = self.feed(feed)?;
+        if cursor.epoch != f.epoch {
+            return Ok(ChangesSince::FullDiffNeeded {
+                reason: format!(
+                    "cursor epoch {:016x} is not the feed's epoch {:016x}",
+                    cursor.epoch, f.epoch
+                ),
+            });
+        }
+        if cursor.seq > f.seq {
+            return Ok(ChangesSince::FullDiffNeeded {
+                reason: format!("cursor seq {} is ahead of the feed's {}", cursor.seq, f.seq),
+            });
+        }
+        if cursor.seq < f.log_floor {
+            return Ok(ChangesSince::FullDiffNeeded {
+                reason: format!(
+                    "changes up to {} have been trimmed from the log",
+                    f.log_floor
+                ),
+            });
+        }
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_range(
+            changelog_key(f.id, cursor.seq + 1).to_vec()..changelog_key(f.id + 1, 0).to_vec(),
+        );
+        let mut changes = Vec::new();
+        let mut next = cursor;
+        let mut complete = true;
+        for item in self
+            .db
+            .iterator_cf_opt(self.cf(CF_CHANGELOG), ro, IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            if changes.len() >= limit {
+                complete = false;
+                break;
+            }
+            let seq =
+                u64::from_be_bytes(k[4..12].try_into().map_err(|_| StoreError::CorruptRecord {
+                    what: "changelog",
+                    detail: "bad key".into(),
+                })?);
+            let rec: ChangeRecord =
+                cbor::from_canonical(&v, 4096).map_err(|e| StoreError::CorruptRecord {
+                    what: "changelog",
+                    detail: e.to_string(),
+                })?;
+            let value = rec.value.as_deref().map(EntryValue::decode).transpose()?;
+            changes.push(Change {
+                seq,
+                key: rec.key,
+                value,
+            });
+            next.seq = seq;
+        }
+        Ok(ChangesSince::Changes {
+            changes,
+            next,
+            complete,
+        })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Writes
+
+    /// Makes committed writes durable (fsyncs the WAL) when `sync_writes` is on.
+    pub fn sync(&self) -> Result<()> {
+        if self.options.sync_writes {
+            self.db.flush_wal(true)?;
+        }
+        Ok(())
+    }
+
+    /// Publishes one package version: checks every file's blob is stored with the declared
+    /// size, signs a manifest and makes it visible in one write batch.
+    pub fn publish(&self, feed: &str, package: NewPackage) -> Result<Published> {
+        let mut out = self.publish_many(feed, vec![package])?;
+        out.pop()
+            .ok_or_else(|| StoreError::InvalidPackage("nothing published".into()))
+    }
+
+    /// Publishes several package versions in one commit (all or none).
+    pub fn publish_many(&self, feed: &str, packages: Vec<NewPackage>) -> Result<Vec<Published>> {
+        let f = self.feed(feed)?;
+        let ecosystem = f.ecosystem().ok_or_else(|| {
+            StoreError::WrongFeedKind("packages cannot be published to the system feed".into())
+        })?;
+        for p in &packages {
+            names::check_package_name(ecosystem, &p.name)?;
+            names::check_version(&p.version)?;
+            if p.files.is_empty() {
+                return Err(StoreError::InvalidPackage(format!(
+                    "{} {} has no files",
+                    p.name, p.version
+                )));
+            }
+            let mut seen = HashSet::new();
+            for file in &p.files {
+                names::check_file_name(&file.name)?;
+                if !seen.insert(&file.name) {
+                    return Err(StoreError::InvalidPackage(format!(
+                        "file `{}` listed twice",
+                        file.name
+                    )));
+                }
+            }
+        }
+        let mut results = Vec::with_capacity(packages.len());
+        let mut w = self.write.lock();
+        let mut txn = Txn::new(self, w.hlc);
+        for p in packages {
+            for file in &p.files {
+                match self.blob_record(&file.blob)? {
+                    None => return Err(StoreError::BlobNotFound { hash: file.blob }),
+                    Some(r) if r.size() != file.size => {
+                        return Err(StoreError::BlobSizeMismatch {
+                            file: file.name.clone(),
+                            hash: file.blob,
+                            declared: file.size,
+                            actual: r.size(),
+                        })
+                    }
+                    Some(_) => {}
+                }
+            }
+            results.push(txn.publish(&f.name, ecosystem, p)?);
+        }
+        txn.commit(&mut w)?;
+        drop(w);
+        self.sync()?;
+        Ok(results)
+    }
+
+    /// Deletes a package version by writing a signed tombstone.
+    pub fn delete(&self, feed: &str, name: &str, version: &str) -> Result<Published> {
+        let f = self.feed(feed)?;
+        let key = names::package_key(name, version);
+        let mut w = self.write.lock();
+        let mut txn = Txn::new(self, w.hlc);
+        let feed_id = f.id;
+        let previous = match txn.entry(feed_id, &key)? {
+            Some(v) if v.kind != EntryKind::Tombstone => v.doc,
+            _ => {
+                return Err(StoreError::EntryNotFound {
+                    feed: feed.into(),
+                    key,
+                })
+            }
+        };
+        let hlc = txn.tick();
+        let doc = SignedDocument::sign(
+            &Tombstone {
+                v: PAYLOAD_VERSION,
+                feed: feed.into(),
+                key: key.clone(),
+                hlc,
+                previous: Some(previous),
+            },
+            self.identity.signing_key(),
+        )
+        .map_err(|e| StoreError::CorruptRecord {
+            what: "tombstone",
+            detail: e.to_string(),
+        })?;
+        let id = doc.id();
+        txn.put_doc(&doc);
+        txn.set_entry(
+            &f.name,
+            &key,
+            Some(EntryValue {
+                kind: EntryKind::Tombstone,
+                doc: id,
+                hlc,
+            }),
+        )?;
+        txn.commit(&mut w)?;
+        drop(w);
+        self.sync()?;
+        Ok(Published {
+            key,
+            doc: id,
+            outcome: PublishOutcome::Created,
+        })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Garbage collection
+
+    /// Removes blobs that no live manifest references, documents no entry references, and blob
+    /// files left without an index record by a crash. Safe to run while publishing: blobs
+    /// pinned by an unfinished publish and everything committed after the mark started are kept.
+    pub fn gc(&self) -> Result<GcReport> {
+        struct Reset<'a>(&'a Mutex<WriteState>);
+        impl Drop for Reset<'_> {
+            fn drop(&mut self) {
+                self.0.lock().gc_protect = None;
+            }
+        }
+        let mut report = GcReport::default();
+        self.write.lock().gc_protect = Some(HashSet::new());
+        let _reset = Reset(&self.write);
+        let snapshot = self.db.snapshot();
+
+        // Mark.
+        let mut live_blobs = HashSet::new();
+        let mut live_docs = HashSet::new();
+        for item in self.scan(CF_ENTRIES, b"", Some(&snapshot)) {
+            let (_, v) = item?;
+            let value = EntryValue::decode(&v)?;
+            live_docs.insert(value.doc);
+            if value.kind == EntryKind::Manifest {
+                let bytes = snapshot
+                    .get_cf(self.cf(CF_DOCS), value.doc.as_bytes())?
+                    .ok_or_else(|| StoreError::CorruptRecord {
+                        what: "entry",
+                        detail: format!("names missing document {}", value.doc),
+                    })?;
+                let m: Manifest = SignedDocument::decode(&bytes)?.payload()?;
+                live_blobs.extend(m.files.iter().map(|f| f.blob));
+            }
+        }
+        report.blobs_live = live_blobs.len() as u64;
+
+        // Sweep blobs and documents, a few at a time under the write lock.
+        for (cf, live) in [(CF_BLOBS, &live_blobs), (CF_DOCS, &live_docs)] {
+            let mut candidates = Vec::new();
+            for item in self.scan(cf, b"", Some(&snapshot)) {
+                let (k, _) = item?;
+                if let Some(h) = Hash::from_slice(&k) {
+                    if !live.contains(&h) {
+                        candidates.push(h);
+                    }
+                }
+            }
+            for chunk in candidates.chunks(256) {
+                let w = self.write.lock();
+                let pins = self.pins.lock();
+                let protect = w.gc_protect.as_ref();
+                let mut batch = WriteBatch::default();
+                let mut removed_files = Vec::new();
+                for h in chunk {
+                    if pins.contains_key(h) || protect.is_some_and(|p| p.contains(h)) {
+                        continue;
+                    }
+                    if cf == CF_BLOBS {
+                        match self.blob_record(h)? {
+                            None => continue,
+                            Some(r) => {
+                                report.blobs_removed += 1;
+                                report.bytes_freed += r.size();
+                                if matches!(r, BlobRecord::Backend(_)) {
+                                    removed_files.push(*h);
+                                }
+                            }
+                        }
+                    } else {
+                        report.docs_removed += 1;
+                    }
+                    batch.delete_cf(self.cf(cf), h.as_bytes());
+                }
+                self.db.write(batch)?;
+                self.sync()?;
+                for h in removed_files {
+                    self.files.remove(&h).map_err(StoreError::io(
+                        "removing blob",
+                        Path::new(&self.files.describe(&h)),
+                    ))?;
+                }
+                drop(pins);
+                drop(w);
+            }
+        }
+
+        // Orphan files: installed by a put that crashed before writing its record.
+        let on_disk = self
+            .files
+            .list()
+            .map_err(StoreError::io("listing blobs in", &self.dir.join("blobs")))?;
+        for h in on_disk {
+            let _w = self.write.lock();
+            let pinned = self.pins.lock().contains_key(&h);
+            if !pinned && !self.has_blob(&h)? {
+                self.files.remove(&h).map_err(StoreError::io(
+                    "removing blob",
+                    Path::new(&self.files.describe(&h)),
+                ))?;
+                report.orphan_files_removed += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Verification
+
+    /// Rehashes every blob, checks every document's signature and trust, every entry against
+    /// its document, and recomputes every Merkle node. Reports each problem found.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let mut report = VerifyReport::default();
+        let problem = |kind, subject: String, detail: String| Problem {
+            kind,
+            subject,
+            detail,
+        };
+        let mut problems = Vec::new();
+
+        // Blobs.
+        for item in self.scan(CF_BLOBS, b"", None) {
+            let (k, v) = item?;
+            let Some(hash) = Hash::from_slice(&k) else {
+                problems.push(problem(
+                    "index",
+                    hex::encode(&k),
+                    "blob key is not a hash".into(),
+                ));
+                continue;
+            };
+            report.blobs += 1;
+            let size = match BlobRecord::decode(&v) {
+                Ok(r) => r.size(),
+                Err(e) => {
+                    problems.push(problem("blob", hash.to_hex(), e.to_string()));
+                    continue;
+                }
+            };
+            let mut sink = CountingSink(0);
+            match self.read_blob_to(&hash, &mut sink) {
+                Ok(n) if n == size => report.blob_bytes += n,
+                Ok(n) => problems.push(problem(
+                    "blob",
+                    hash.to_hex(),
+                    format!("read {n} bytes, index says {size}"),
+                )),
+                Err(e) => problems.push(problem("blob", hash.to_hex(), e.to_string())),
+            }
+        }
+
+        // Documents.
+        let feeds: Vec<FeedRecord> = {
+            let mut v = self.list_feeds()?;
+            v.push(self.feed(SYSTEM_FEED)?);
+            v
+        };
+        let mut docs = HashMap::new();
+        for item in self.scan(CF_DOCS, b"", None) {
+            let (k, v) = item?;
+            report.documents += 1;
+            let id = Hash::from_slice(&k).unwrap_or_default();
+            match SignedDocument::decode(&v) {
+                Ok(d) if d.id() == id => {
+                    docs.insert(id, d);
+                }
+                Ok(d) => problems.push(problem(
+                    "document",
+                    id.to_hex(),
+                    format!("stored under the wrong id (content is {})", d.id()),
+                )),
+                Err(e) => problems.push(problem("document", id.to_hex(), e.to_string())),
+            }
+        }
+
+        // Entries and Merkle nodes, feed by feed.
+        for f in &feeds {
+            report.feeds += 1;
+            let mut expected: HashMap<Vec<u8>, NodeSummary> = HashMap::new();
+            for item in self.scan(CF_ENTRIES, &feed_prefix(f.id), None) {
+                let (k, v) = item?;
+                report.entries += 1;
+                let key = String::from_utf8_lossy(&k[4..]).into_owned();
+                let subject = format!("{}/{}", f.name, key);
+                let value = match EntryValue::decode(&v) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        problems.push(problem("entry", subject, e.to_string()));
+                        continue;
+                    }
+                };
+                let kh = merkle::key_hash(&key);
+                let leaf = merkle::leaf(&key, &value.doc);
+                for depth in 0..=MAX_DEPTH {
+                    expected
+                        .entry(merkle_key(f.id, &kh.as_bytes()[..depth]))
+                        .or_default()
+                        .insert(&leaf);
+                }
+                if self
+                    .db
+                    .get_pinned_cf(self.cf(CF_KEYHASH), keyhash_key(f.id, &kh))?
+                    .as_deref()
+                    != Some(key.as_bytes())
+                {
+                    problems.push(problem(
+                        "index",
+                        subject.clone(),
+                        "missing from the key-hash index".into(),
+                    ));
+                }
+                let Some(doc) = docs.get(&value.doc) else {
+                    problems.push(problem(
+                        "entry",
+                        subject,
+                        format!("document {} is missing or invalid", value.doc),
+                    ));
+                    continue;
+                };
+                if let Err(e) = self.check_entry_doc(f, &key, &value, doc) {
+                    problems.push(problem("entry", subject, e));
+                }
+            }
+            let mut stored = 0usize;
+            for item in self.scan(CF_MERKLE, &feed_prefix(f.id), None) {
+                let (k, v) = item?;
+                let Some(n) = NodeSummary::decode(&v) else {
+                    problems.push(problem("merkle", f.name.clone(), "unreadable node".into()));
+                    continue;
+                };
+                if n.count == 0 && n.fingerprint == merkle::Fingerprint::ZERO {
+                    continue;
+                }
+                stored += 1;
+                if expected.get(k.as_ref()) != Some(&n) {
+                    problems.push(problem(
+                        "merkle",
+                        format!("{} node {}", f.name, hex::encode(&k[5..])),
+                        "stored node does not match the entries below it".into(),
+                    ));
+                }
+            }
+            if stored != expected.len() {
+                problems.push(problem(
+                    "merkle",
+                    f.name.clone(),
+                    format!(
+                        "{} nodes stored, {} expected from the entries",
+                        stored,
+                        expected.len()
+                    ),
+                ));
+            }
+        }
+        report.problems = problems;
+        Ok(report)
+    }
+
+    fn check_entry_doc(
+        &self,
+        f: &FeedRecord,
+        key: &str,
+        value: &EntryValue,
+        doc: &SignedDocument,
+    ) -> Result<(), String> {
+        let trusted = self
+            .is_trusted(&f.name, &doc.signer())
+            .map_err(|e| e.to_string())?;
+        if !trusted {
+            return Err(format!("signed by untrusted key {}", doc.signer()));
+        }
+        match (value.kind, doc.doc_type()) {
+            (EntryKind::Manifest, DocType::Manifest) => {
+                let m: Manifest = doc.payload().map_err(|e| e.to_string())?;
+                if m.feed != f.name
+                    || names::package_key(&m.name, &m.version) != key
+                    || m.hlc != value.hlc
+                {
+                    return Err("manifest does not match its entry".into());
+                }
+                for file in &m.files {
+                    match self.blob_size(&file.blob) {
+                        Ok(Some(s)) if s == file.size => {}
+                        Ok(Some(s)) => {
+                            return Err(format!(
+                                "file `{}` is {} bytes, blob has {s}",
+                                file.name, file.size
+                            ))
+                        }
+                        Ok(None) => {
+                            return Err(format!(
+                                "file `{}` blob {} is missing",
+                                file.name, file.blob
+                            ))
+                        }
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+                Ok(())
+            }
+            (EntryKind::Tombstone, DocType::Tombstone) => {
+                let t: Tombstone = doc.payload().map_err(|e| e.to_string())?;
+                if t.feed != f.name || t.key != key || t.hlc != value.hlc {
+                    return Err("tombstone does not match its entry".into());
+                }
+                Ok(())
+            }
+            (EntryKind::Document, t)
+                if f.kind == FeedKind::System
+                    && t != DocType::Manifest
+                    && t != DocType::Tombstone =>
+            {
+                Ok(())
+            }
+            (kind, t) => Err(format!("entry of kind {kind:?} holds a {t} document")),
+        }
+    }
+}
+
+struct CountingSink(u64);
+
+impl std::io::Write for CountingSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One write batch being built under the write lock, with overlays so that several changes in
+/// the same batch see each other.
+struct Txn<'s> {
+    store: &'s Store,
+    batch: WriteBatch,
+    hlc: u64,
+    feeds: HashMap<String, FeedRecord>,
+    nodes: HashMap<Vec<u8>, NodeSummary>,
+    entries: HashMap<Vec<u8>, Option<EntryValue>>,
+    docs: HashMap<Hash, SignedDocument>,
+    protect: Vec<Hash>,
+}
+
+impl<'s> Txn<'s> {
+    fn new(store: &'s Store, hlc: u64) -> Txn<'s> {
+        Txn {
+            store,
+            batch: WriteBatch::default(),
+            hlc,
+            feeds: HashMap::new(),
+            nodes: HashMap::new(),
+            entries: HashMap::new(),
+            docs: HashMap::new(),
+            protect: Vec::new(),
+        }
+    }
+
+    fn tick(&mut self) -> u64 {
+        self.hlc = hlc::tick(self.hlc, now_ms());
+        self.hlc
+    }
+
+    fn feed(&mut self, name: &str) -> Result<&mut FeedRecord> {
+        if !self.feeds.contains_key(name) {
+            let f = self.store.feed(name)?;
+            self.feeds.insert(name.to_owned(), f);
+        }
+        self.feeds
+            .get_mut(name)
+            .ok_or_else(|| StoreError::FeedNotFound { feed: name.into() })
+    }
+
+    fn entry(&self, feed: u32, key: &str) -> Result<Option<EntryValue>> {
+        match self.entries.get(&entry_key(feed, key)) {
+            Some(v) => Ok(*v),
+            None => self.store.entry_by_id(feed, key),
+        }
+    }
+
+    fn doc(&self, id: &Hash) -> Result<Option<SignedDocument>> {
+        match self.docs.get(id) {
+            Some(d) => Ok(Some(d.clone())),
+            None => self.store.document(id),
+        }
+    }
+
+    fn put_doc(&mut self, doc: &SignedDocument) {
+        self.batch
+            .put_cf(self.store.cf(CF_DOCS), doc.id().as_bytes(), doc.bytes());
+        self.protect.push(doc.id());
+        self.docs.insert(doc.id(), doc.clone());
+    }
+
+    /// Sets (or with `None` removes) an entry: Merkle nodes, key-hash index, change log and
+    /// the feed's sequence number move with it.
+    fn set_entry(&mut self, feed: &str, key: &str, new: Option<EntryValue>) -> Result<()> {
+        let retain = self.store.options.change_log_retain;
+        let (feed_id, seq, floor) = {
+            let f = self.feed(feed)?;
+            (f.id, f.seq, f.log_floor)
+        };
+        let old = self.entry(feed_id, key)?;
+        if old == new {
+            return Ok(());
+        }
+        let kh = merkle::key_hash(key);
+        for depth in 0..=MAX_DEPTH {
+            let nk = merkle_key(feed_id, &kh.as_bytes()[..depth]);
+            let mut node = match self.nodes.get(&nk) {
+                Some(n) => *n,
+                None => self.store.node(feed_id, &kh.as_bytes()[..depth])?,
+            };
+            if let Some(o) = &old {
+                node.remove(&merkle::leaf(key, &o.doc));
+            }
+            if let Some(n) = &new {
+                node.insert(&merkle::leaf(key, &n.doc));
+            }
+            self.nodes.insert(nk, node);
+        }
+        let ek = entry_key(feed_id, key);
+        let cf_entries = self.store.cf(CF_ENTRIES);
+        let cf_keyhash = self.store.cf(CF_KEYHASH);
+        match &new {
+            Some(v) => self.batch.put_cf(cf_entries, &ek, v.encode()),
+            None => self.batch.delete_cf(cf_entries, &ek),
+        }
+        match (&old, &new) {
+            (None, Some(_)) => self
+                .batch
+                .put_cf(cf_keyhash, keyhash_key(feed_id, &kh), key),
+            (Some(_), None) => self.batch.delete_cf(cf_keyhash, keyhash_key(feed_id, &kh)),
+            _ => {}
+        }
+        self.entries.insert(ek, new);
+        let seq = seq + 1;
+        let rec = ChangeRecord {
+            key: key.to_owned(),
+            value: new.map(|v| v.encode().to_vec()),
+        };
+        let rec = cbor::to_canonical(&rec).map_err(|e| StoreError::CorruptRecord {
+            what: "changelog",
+            detail: e.to_string(),
+        })?;
+        let cf_log = self.store.cf(CF_CHANGELOG);
+        self.batch.put_cf(cf_log, changelog_key(feed_id, seq), rec);
+        let mut new_floor = floor;
+        // Trim in steps so most writes add one record and delete nothing.
+        if seq.saturating_sub(floor) > retain + retain / 8 + 1 {
+            new_floor = seq - retain;
+            self.batch.delete_range_cf(
+                cf_log,
+                changelog_key(feed_id, floor + 1),
+                changelog_key(feed_id, new_floor + 1),
+            );
+        }
+        let f = self.feed(feed)?;
+        f.seq = seq;
+        f.log_floor = new_floor;
+        Ok(())
+    }
+
+    fn publish(&mut self, feed: &str, ecosystem: Ecosystem, p: NewPackage) -> Result<Published> {
+        let feed_id = self.feed(feed)?.id;
+        let key = names::package_key(&p.name, &p.version);
+        let new_files: Vec<FileEntry> = p
+            .files
+            .into_iter()
+            .map(|f| FileEntry {
+                name: f.name,
+                blob: f.blob,
+                size: f.size,
+                digests: f.digests,
+            })
+            .collect();
+        let (files, metadata, outcome) = match self.entry(feed_id, &key)? {
+            Some(EntryValue {
+                kind: EntryKind::Manifest,
+                doc,
+                ..
+            }) => {
+                let existing: Manifest = self
+                    .doc(&doc)?
+                    .ok_or_else(|| StoreError::CorruptRecord {
+                        what: "entry",
+                        detail: format!("`{key}` names missing document {doc}"),
+                    })?
+                    .payload()?;
+                let mut files = existing.files.clone();
+                let mut added = false;
+                for nf in new_files {
+                    match files.iter().find(|f| f.name == nf.name) {
+                        Some(f) if f.blob == nf.blob => {}
+                        Some(_) => {
+                            return Err(StoreError::VersionExists {
+                                feed: feed.into(),
+                                name: p.name,
+                                version: p.version,
+                                file: nf.name,
+                            })
+                        }
+                        // One file per version in npm and cargo.
+                        None if matches!(ecosystem, Ecosystem::Npm | Ecosystem::Cargo) => {
+                            return Err(StoreError::VersionExists {
+                                feed: feed.into(),
+                                name: p.name,
+                                version: p.version,
+                                file: nf.name,
+                            })
+                        }
+                        None => {
+                            files.push(nf);
+                            added = true;
+                        }
+                    }
+                }
+                if !added {
+                    return Ok(Published {
+                        key,
+                        doc,
+                        outcome: PublishOutcome::Unchanged,
+                    });
+                }
+                let mut metadata = existing.metadata;
+                for (k, v) in p.metadata {
+                    metadata.entry(k).or_insert(v);
+                }
+                (files, metadata, PublishOutcome::FilesAdded)
+            }
+            _ => (new_files, p.metadata, PublishOutcome::Created),
+        };
+        let hlc = self.tick();
+        self.protect.extend(files.iter().map(|f| f.blob));
+        let manifest = Manifest {
+            v: PAYLOAD_VERSION,
+            feed: feed.into(),
+            ecosystem,
+            name: p.name,
+            version: p.version,
+            files,
+            metadata,
+            hlc,
+        };
+        let doc = SignedDocument::sign(&manifest, self.store.identity.signing_key())
+            .map_err(|e| StoreError::InvalidPackage(format!("metadata cannot be encoded: {e}")))?;
+        let id = doc.id();
+        self.put_doc(&doc);
+        self.set_entry(
+            feed,
+            &key,
+            Some(EntryValue {
+                kind: EntryKind::Manifest,
+                doc: id,
+                hlc,
+            }),
+        )?;
+        Ok(Published {
+            key,
+            doc: id,
+            outcome,
+        })
+    }
+
+    /// Writes the batch; the caller syncs after releasing the lock.
+    fn commit(mut self, state: &mut WriteState) -> Result<()> {
+        let store = self.store;
+        for (k, n) in &self.nodes {
+            self.batch.put_cf(store.cf(CF_MERKLE), k, n.encode());
+        }
+        for f in self.feeds.values() {
+            self.batch
+                .put_cf(store.cf(CF_FEEDS), &f.name, store.encode_feed(f)?);
+        }
+        self.batch
+            .put_cf(store.cf(CF_META), META_HLC, self.hlc.to_be_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(false);
+        store.db.write_opt(self.batch, &wo)?;
+        state.hlc = self.hlc;
+        if let Some(p) = state.gc_protect.as_mut() {
+            p.extend(self.protect);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,438 @@
+//! Store-level tests: publishing, Merkle summaries, change log, GC, verification, bad input.
+
+use std::collections::BTreeMap;
+use std::fs;
+
+use proptest::prelude::*;
+
+use crate::blob::CHUNK_GROUP_BYTES;
+use crate::*;
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::init(dir.path(), StoreOptions::default()).unwrap();
+    (dir, s)
+}
+
+fn package(s: &Store, name: &str, version: &str, content: &[u8]) -> NewPackage {
+    let b = s.put_blob(content).unwrap();
+    NewPackage {
+        name: name.into(),
+        version: version.into(),
+        files: vec![NewFile {
+            name: format!("{name}-{version}.bin"),
+            blob: b.hash,
+            size: b.size,
+            digests: BTreeMap::new(),
+        }],
+        metadata: BTreeMap::new(),
+    }
+}
+
+fn read(s: &Store, hash: &Hash) -> Result<Vec<u8>, StoreError> {
+    let mut out = Vec::new();
+    s.read_blob_to(hash, &mut out)?;
+    Ok(out)
+}
+
+#[test]
+fn publish_get_and_dedup() {
+    let (_d, s) = store();
+    s.create_feed("demo", Ecosystem::Raw).unwrap();
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let p = s.publish("demo", package(&s, "x", "1", &big)).unwrap();
+    assert_eq!(p.outcome, PublishOutcome::Created);
+    let (_, m) = s.manifest("demo", "x", "1").unwrap().unwrap();
+    assert_eq!(m.files[0].blob, Hash::of(&big));
+    assert_eq!(read(&s, &m.files[0].blob).unwrap(), big);
+    // The same bytes again are stored once.
+    let again = s.put_blob(&big[..]).unwrap();
+    assert!(again.existed);
+    assert_eq!(s.backend().list().unwrap(), vec![Hash::of(&big)]);
+    // Re-publishing identical content is a no-op; different content for the version is refused.
+    let same = s.publish("demo", package(&s, "x", "1", &big)).unwrap();
+    assert_eq!(same.outcome, PublishOutcome::Unchanged);
+    let err = s
+        .publish("demo", package(&s, "x", "1", b"other"))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::VersionExists { .. }), "{err}");
+    assert!(s.verify().unwrap().ok());
+}
+
+#[test]
+fn pypi_versions_gain_files() {
+    let (_d, s) = store();
+    s.create_feed("py", Ecosystem::Pypi).unwrap();
+    s.publish("py", package(&s, "pkg", "1.0", b"wheel"))
+        .unwrap();
+    let mut sdist = package(&s, "pkg", "1.0", b"sdist");
+    sdist.files[0].name = "pkg-1.0.tar.gz".into();
+    assert_eq!(
+        s.publish("py", sdist).unwrap().outcome,
+        PublishOutcome::FilesAdded
+    );
+    let (_, m) = s.manifest("py", "pkg", "1.0").unwrap().unwrap();
+    assert_eq!(m.files.len(), 2);
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let (_d, s) = store();
+    s.create_feed("demo", Ecosystem::Raw).unwrap();
+    let before = s.feed_summary("demo").unwrap();
+    for name in ["a/b", "../x", "..", "x\u{0}", "x\ny", "/abs"] {
+        let err = s.publish("demo", package(&s, name, "1", b"z")).unwrap_err();
+        assert!(matches!(err, StoreError::Name(_)), "{name:?}: {err}");
+    }
+    let mut p = package(&s, "ok", "1", b"z");
+    p.files[0].name = "../../etc/passwd".into();
+    assert!(matches!(
+        s.publish("demo", p).unwrap_err(),
+        StoreError::Name(_)
+    ));
+    let err = s.publish("nope", package(&s, "ok", "1", b"z")).unwrap_err();
+    assert!(matches!(err, StoreError::FeedNotFound { .. }));
+    assert!(err.to_string().contains("cairn feed create nope"));
+    let mut p = package(&s, "ok", "1", b"z");
+    p.files[0].blob = Hash::of(b"never stored");
+    assert!(matches!(
+        s.publish("demo", p).unwrap_err(),
+        StoreError::BlobNotFound { .. }
+    ));
+    let mut p = package(&s, "ok", "1", b"z");
+    p.files[0].size = 99;
+    assert!(matches!(
+        s.publish("demo", p).unwrap_err(),
+        StoreError::BlobSizeMismatch { .. }
+    ));
+    assert_eq!(s.feed_summary("demo").unwrap(), before);
+    assert!(s.entries("demo").unwrap().is_empty());
+}
+
+#[test]
+fn delete_writes_a_tombstone_that_changes_the_root() {
+    let (_d, s) = store();
+    s.create_feed("demo", Ecosystem::Raw).unwrap();
+    s.publish("demo", package(&s, "x", "1", b"one")).unwrap();
+    let r1 = s.feed_summary("demo").unwrap().root;
+    let del = s.delete("demo", "x", "1").unwrap();
+    let r2 = s.feed_summary("demo").unwrap().root;
+    assert_ne!(r1.fingerprint, r2.fingerprint);
+    assert_eq!(r2.count, 1, "the tombstone is an entry");
+    let e = s.entry("demo", "x/1").unwrap().unwrap();
+    assert_eq!(e.kind, EntryKind::Tombstone);
+    assert_eq!(e.doc, del.doc);
+    assert!(s.manifest("demo", "x", "1").unwrap().is_none());
+    assert!(matches!(
+        s.delete("demo", "x", "1").unwrap_err(),
+        StoreError::EntryNotFound { .. }
+    ));
+    assert!(s.verify().unwrap().ok());
+}
+
+#[test]
+fn change_log_returns_changes_since_a_cursor() {
+    let (_d, s) = store();
+    s.create_feed("demo", Ecosystem::Raw).unwrap();
+    s.publish("demo", package(&s, "a", "1", b"a")).unwrap();
+    let c1 = s.feed("demo").unwrap().cursor();
+    s.publish("demo", package(&s, "b", "1", b"b")).unwrap();
+    s.delete("demo", "a", "1").unwrap();
+    match s.changes_since("demo", c1, 10).unwrap() {
+        ChangesSince::Changes {
+            changes,
+            next,
+            complete,
+        } => {
+            let keys: Vec<_> = changes.iter().map(|c| c.key.as_str()).collect();
+            assert_eq!(keys, ["b/1", "a/1"]);
+            assert_eq!(changes[1].value.unwrap().kind, EntryKind::Tombstone);
+            assert_eq!(next, s.feed("demo").unwrap().cursor());
+            assert!(complete);
+        }
+        other => panic!("{other:?}"),
+    }
+    let foreign = Cursor {
+        epoch: c1.epoch ^ 1,
+        seq: 1,
+    };
+    assert!(matches!(
+        s.changes_since("demo", foreign, 10).unwrap(),
+        ChangesSince::FullDiffNeeded { .. }
+    ));
+}
+
+#[test]
+fn change_log_is_trimmed_and_old_cursors_need_a_full_diff() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        change_log_retain: 4,
+        ..StoreOptions::default()
+    };
+    let s = Store::init(dir.path(), opts).unwrap();
+    s.create_feed("demo", Ecosystem::Raw).unwrap();
+    let start = s.feed("demo").unwrap().cursor();
+    for i in 0..20 {
+        s.publish("demo", package(&s, "p", &i.to_string(), &[i as u8]))
+            .unwrap();
+    }
+    let f = s.feed("demo").unwrap();
+    assert!(f.log_floor > 0);
+    assert!(matches!(
+        s.changes_since("demo", start, 100).unwrap(),
+        ChangesSince::FullDiffNeeded { .. }
+    ));
+    let recent = Cursor {
+        epoch: f.epoch,
+        seq: f.seq - 2,
+    };
+    match s.changes_since("demo", recent, 100).unwrap() {
+        ChangesSince::Changes { changes, .. } => assert_eq!(changes.len(), 2),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn merkle_children_and_entries_under_prefix() {
+    let (_d, s) = store();
+    s.create_feed("demo", Ecosystem::Raw).unwrap();
+    let pkgs: Vec<_> = (0..300)
+        .map(|i| package(&s, "p", &i.to_string(), b"same"))
+        .collect();
+    s.publish_many("demo", pkgs).unwrap();
+    let root = s.merkle_node("demo", &[]).unwrap();
+    assert_eq!(root.count, 300);
+    let children = s.merkle_children("demo", &[]).unwrap();
+    assert_eq!(children.iter().map(|c| c.1.count).sum::<u64>(), 300);
+    let mut sum = merkle::NodeSummary::default();
+    for (b, n) in &children {
+        sum.fingerprint = sum.fingerprint.add(&n.fingerprint);
+        let under = s.entries_under("demo", &[*b]).unwrap();
+        assert_eq!(under.len() as u64, n.count);
+        assert!(under
+            .iter()
+            .all(|(kh, e)| kh.as_bytes()[0] == *b && merkle::key_hash(&e.key) == *kh));
+    }
+    assert_eq!(sum.fingerprint, root.fingerprint);
+    // Deeper than the stored nodes: computed from the entries.
+    let (b, _) = children[0];
+    let deep = s.entries_under("demo", &[b]).unwrap()[0].0;
+    let n = s.merkle_node("demo", &deep.as_bytes()[..5]).unwrap();
+    assert_eq!(n.count, 1);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+    #[test]
+    fn root_is_independent_of_order_and_tracks_every_change(
+        versions in proptest::collection::btree_set(0u16..2000, 2..40),
+        seed in any::<u64>(),
+    ) {
+        let versions: Vec<u16> = versions.into_iter().collect();
+        let mut shuffled = versions.clone();
+        // Deterministic shuffle from the seed.
+        let mut x = seed | 1;
+        for i in (1..shuffled.len()).rev() {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        let (_d1, a) = store();
+        let (_d2, b) = store();
+        // Same signer so the documents are byte-identical apart from their clocks: compare the
+        // root over (key, doc) sets rebuilt from scratch rather than across stores.
+        for (s, order) in [(&a, &versions), (&b, &shuffled)] {
+            s.create_feed("f", Ecosystem::Raw).unwrap();
+            for v in order.iter() {
+                s.publish("f", package(s, "p", &v.to_string(), &v.to_le_bytes())).unwrap();
+            }
+        }
+        for s in [&a, &b] {
+            let entries = s.entries("f").unwrap();
+            let fresh = merkle::summarize(entries.iter().map(|e| (e.key.as_str(), &e.value.doc)));
+            prop_assert_eq!(s.feed_summary("f").unwrap().root, fresh);
+        }
+        // The root must not depend on the order: rebuild a's entry set in b's order.
+        let ea = a.entries("f").unwrap();
+        let mut reordered: Vec<_> = ea.iter().collect();
+        reordered.reverse();
+        let r1 = merkle::summarize(ea.iter().map(|e| (e.key.as_str(), &e.value.doc)));
+        let r2 = merkle::summarize(reordered.iter().map(|e| (e.key.as_str(), &e.value.doc)));
+        prop_assert_eq!(r1, r2);
+        // Any change moves the root.
+        let before = a.feed_summary("f").unwrap().root;
+        a.delete("f", "p", &versions[0].to_string()).unwrap();
+        prop_assert_ne!(a.feed_summary("f").unwrap().root.fingerprint, before.fingerprint);
+        prop_assert!(a.verify().unwrap().ok());
+    }
+}
+
+#[test]
+fn same_documents_in_any_order_give_the_same_stored_root() {
+    // Two feeds in one store fed the same signed manifests in opposite orders.
+    let (_d, s) = store();
+    s.create_feed("one", Ecosystem::Raw).unwrap();
+    s.create_feed("two", Ecosystem::Raw).unwrap();
+    let pkgs: Vec<_> = (0..50)
+        .map(|i| package(&s, "p", &i.to_string(), &[i]))
+        .collect();
+    s.publish_many("one", pkgs.clone()).unwrap();
+    let docs: Vec<_> = s.entries("one").unwrap();
+    // Rebuild "two" from "one"'s (key, doc) pairs in reverse through the Merkle summary.
+    let forward = merkle::summarize(docs.iter().map(|e| (e.key.as_str(), &e.value.doc)));
+    let backward = merkle::summarize(docs.iter().rev().map(|e| (e.key.as_str(), &e.value.doc)));
+    assert_eq!(forward, backward);
+    assert_eq!(s.feed_summary("one").unwrap().root, forward);
+}
+
+#[test]
+fn tampered_blob_file_fails_get_and_verify_names_it() {
+    let (_d, s) = store();
+    s.create_feed("demo", Ecosystem::Raw).unwrap();
+    let big = vec![7u8; 5 * CHUNK_GROUP_BYTES];
+    s.publish("demo", package(&s, "x", "1", &big)).unwrap();
+    let hash = Hash::of(&big);
+    let path = s.backend().describe(&hash);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[3 * CHUNK_GROUP_BYTES] ^= 1;
+    fs::write(&path, bytes).unwrap();
+    let err = read(&s, &hash).unwrap_err();
+    assert!(matches!(err, StoreError::CorruptBlob(_)), "{err}");
+    assert!(err.to_string().contains(&hash.to_hex()));
+    let report = s.verify().unwrap();
+    assert!(!report.ok());
+    assert!(report
+        .problems
+        .iter()
+        .any(|p| p.kind == "blob" && p.subject == hash.to_hex() && p.detail.contains(&path)));
+}
+
+#[test]
+fn deleted_blob_file_is_reported() {
+    let (_d, s) = store();
+    s.create_feed("demo", Ecosystem::Raw).unwrap();
+    let big = vec![9u8; 3 * CHUNK_GROUP_BYTES];
+    s.publish("demo", package(&s, "x", "1", &big)).unwrap();
+    let hash = Hash::of(&big);
+    fs::remove_file(s.backend().describe(&hash)).unwrap();
+    assert!(matches!(
+        read(&s, &hash).unwrap_err(),
+        StoreError::BlobFileMissing { .. }
+    ));
+    assert!(!s.verify().unwrap().ok());
+}
+
+#[test]
+fn gc_removes_only_unreferenced_blobs() {
+    let (_d, s) = store();
+    s.create_feed("demo", Ecosystem::Raw).unwrap();
+    let keep = vec![1u8; 2 * CHUNK_GROUP_BYTES];
+    let drop_me = vec![2u8; 2 * CHUNK_GROUP_BYTES];
+    s.publish("demo", package(&s, "keep", "1", &keep)).unwrap();
+    s.publish("demo", package(&s, "gone", "1", &drop_me))
+        .unwrap();
+    s.delete("demo", "gone", "1").unwrap();
+    let loose = s.put_blob(&b"never published"[..]).unwrap();
+    let loose_hash = loose.hash;
+    // Pinned: kept.
+    let r = s.gc().unwrap();
+    assert_eq!(r.blobs_removed, 1);
+    assert!(s.has_blob(&loose_hash).unwrap());
+    drop(loose);
+    let r = s.gc().unwrap();
+    assert_eq!(r.blobs_removed, 1);
+    assert!(!s.has_blob(&loose_hash).unwrap());
+    assert!(s.has_blob(&Hash::of(&keep)).unwrap());
+    assert!(!s.has_blob(&Hash::of(&drop_me)).unwrap());
+    assert_eq!(s.backend().list().unwrap(), vec![Hash::of(&keep)]);
+    assert!(s.verify().unwrap().ok());
+}
+
+#[test]
+fn gc_running_beside_publishers_never_removes_a_referenced_blob() {
+    let (_d, s) = store();
+    s.create_feed("demo", Ecosystem::Raw).unwrap();
+    std::thread::scope(|scope| {
+        let publisher = scope.spawn(|| {
+            for i in 0..200u32 {
+                let content = [i.to_le_bytes().as_slice(), &[0u8; 20_000]].concat();
+                s.publish("demo", package(&s, "p", &i.to_string(), &content))
+                    .unwrap();
+            }
+        });
+        for _ in 0..20 {
+            s.gc().unwrap();
+        }
+        publisher.join().unwrap();
+    });
+    s.gc().unwrap();
+    let report = s.verify().unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(s.entries("demo").unwrap().len(), 200);
+}
+
+#[test]
+fn reopen_keeps_everything_and_cleans_temp_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = {
+        let s = Store::init(dir.path(), StoreOptions::default()).unwrap();
+        s.create_feed("demo", Ecosystem::Raw).unwrap();
+        s.publish("demo", package(&s, "x", "1", b"abc")).unwrap();
+        s.feed_summary("demo").unwrap()
+    };
+    fs::write(dir.path().join("tmp").join("leftover.data"), b"junk").unwrap();
+    let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(s.feed_summary("demo").unwrap(), root);
+    assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    assert!(matches!(
+        Store::init(dir.path(), StoreOptions::default()).unwrap_err(),
+        StoreError::AlreadyInitialized { .. }
+    ));
+    // A second open of the same directory is refused while the first holds it.
+    assert!(matches!(
+        Store::open(dir.path(), StoreOptions::default()).unwrap_err(),
+        StoreError::Locked { .. }
+    ));
+}
+
+#[test]
+fn untrusted_signer_is_reported_by_verify() {
+    let (_d, s) = store();
+    s.create_feed("demo", Ecosystem::Raw).unwrap();
+    s.publish("demo", package(&s, "x", "1", b"abc")).unwrap();
+    let me = s.identity().public_key();
+    assert!(s.trust_remove(TRUST_ALL, &me).unwrap());
+    let report = s.verify().unwrap();
+    assert!(report
+        .problems
+        .iter()
+        .any(|p| p.detail.contains("untrusted")));
+    s.trust_add("demo", &me).unwrap();
+    assert!(s.verify().unwrap().ok());
+    assert!(s.trust_list().unwrap().contains(&("demo".to_string(), me)));
+}
+
+#[test]
+fn feed_lifecycle() {
+    let (_d, s) = store();
+    s.create_feed("demo", Ecosystem::Npm).unwrap();
+    assert!(matches!(
+        s.create_feed("demo", Ecosystem::Raw).unwrap_err(),
+        StoreError::FeedExists { .. }
+    ));
+    assert!(matches!(
+        s.create_feed("../x", Ecosystem::Raw).unwrap_err(),
+        StoreError::Name(_)
+    ));
+    let mut p = package(&s, "@acme/x", "1.0.0", b"t");
+    p.files[0].name = "x-1.0.0.tgz".into();
+    s.publish("demo", p).unwrap();
+    assert_eq!(s.list_feeds().unwrap().len(), 1);
+    let old_epoch = s.feed("demo").unwrap().epoch;
+    s.delete_feed("demo").unwrap();
+    assert!(s.list_feeds().unwrap().is_empty());
+    s.create_feed("demo", Ecosystem::Npm).unwrap();
+    assert_ne!(s.feed("demo").unwrap().epoch, old_epoch);
+    assert!(s.entries("demo").unwrap().is_empty());
+    assert_eq!(s.feed_summary("demo").unwrap().root.count, 0);
+    assert!(s.verify().unwrap().ok());
+}

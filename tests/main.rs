@@ -1,0 +1,6 @@
+//! End-to-end tests: the real `cairn` binary, run as separate processes on real data
+//! directories. One test binary with modules.
+
+mod cli;
+mod crash;
+mod util;

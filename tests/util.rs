@@ -1,0 +1,123 @@
+//! Helpers for running `cairn` and reporting failures with everything needed to debug them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `cairn` binary under test.
+pub fn cairn_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cairn"))
+}
+
+/// An instance in a temporary data directory.
+pub struct Instance {
+    pub dir: tempfile::TempDir,
+}
+
+impl Instance {
+    /// A fresh, initialised instance.
+    pub fn new() -> Instance {
+        let inst = Instance {
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        inst.ok(&["init"]);
+        inst
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// A path inside the temp dir (outside the data directory).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A `cairn` command on this instance.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(cairn_bin());
+        c.arg("--data-dir").arg(self.data()).args(args);
+        c.env_remove("CAIRN_DATA_DIR");
+        c
+    }
+
+    /// Runs `cairn ARGS` and returns its output whatever the exit code.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("spawn cairn")
+    }
+
+    /// Runs `cairn ARGS`, which must succeed; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        if !out.status.success() {
+            panic!("{}", self.report(args, &out));
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `cairn ARGS`, which must fail with `code`; returns stderr.
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.run(args);
+        if out.status.code() != Some(code) {
+            panic!("expected exit code {code}\n{}", self.report(args, &out));
+        }
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Command, status, stdout, stderr and the data directory listing.
+    pub fn report(&self, args: &[&str], out: &Output) -> String {
+        format!(
+            "command: cairn --data-dir {} {}\nstatus: {}\n--- stdout\n{}\n--- stderr\n{}\n--- data dir\n{}",
+            self.data().display(),
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            listing(&self.data()),
+        )
+    }
+
+    /// `cairn ls FEED --json --all` parsed.
+    pub fn ls(&self, feed: &str) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ok(&["ls", feed, "--json", "--all"])).expect("ls --json")
+    }
+
+    /// `cairn root FEED --json` parsed.
+    pub fn root(&self, feed: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["root", feed, "--json"])).expect("root --json")
+    }
+}
+
+/// Every file below `dir` with its size.
+pub fn listing(dir: &Path) -> String {
+    let mut out = String::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                out.push_str(&format!("{} {len}\n", p.display()));
+            }
+        }
+    }
+    out
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

@@ -1,0 +1,622 @@
+//! `cairn`: the command line of a Cairn instance.
+//!
+//! Exit codes: 0 success; 1 `verify` found problems; 2 any error (bad arguments included).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context, Result};
+use cairn_store::doc::{Manifest, PublicKey};
+use cairn_store::package::{self, DigestingReader, PackageFormat};
+use cairn_store::{
+    names, Ecosystem, EntryKind, NewFile, NewPackage, PublishOutcome, Store, StoreOptions,
+    TRUST_ALL,
+};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Content-addressed package store with replication"
+)]
+struct Cli {
+    /// Data directory of the instance.
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_DATA_DIR",
+        default_value = "./cairn-data"
+    )]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a new instance: key pair, store and trust in its own key.
+    Init,
+    /// Show the instance key.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Manage which keys may sign documents for which feeds.
+    Trust {
+        #[command(subcommand)]
+        command: TrustCommand,
+    },
+    /// Create, list and remove feeds.
+    Feed {
+        #[command(subcommand)]
+        command: FeedCommand,
+    },
+    /// Publish files to a feed. Name and version come from the flags, or from the file itself
+    /// for wheels, sdists, npm tarballs and .crate files.
+    Push {
+        /// Feed name.
+        feed: String,
+        /// Files to publish.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Package name (all files go into this package).
+        #[arg(long)]
+        name: Option<String>,
+        /// Package version (all files go into this version).
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// List the package versions of a feed.
+    Ls {
+        /// Feed name.
+        feed: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Include deleted versions (tombstones).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Write a file of a package version out, verified.
+    Get {
+        /// Feed name.
+        feed: String,
+        /// Package name.
+        name: String,
+        /// Version.
+        version: String,
+        /// File name (needed when the version has more than one file).
+        file: Option<String>,
+        /// Output path, or `-` for standard output.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Delete a package version (writes a signed tombstone).
+    Rm {
+        /// Feed name.
+        feed: String,
+        /// Package name.
+        name: String,
+        /// Version.
+        version: String,
+    },
+    /// Rehash every blob, check every signature, recompute every Merkle root.
+    Verify {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove blobs no live manifest references.
+    Gc {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a feed's Merkle root, entry count and change-log cursor.
+    Root {
+        /// Feed name.
+        feed: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCommand {
+    /// Print the instance's public key fingerprint (what peers pin).
+    Show,
+}
+
+#[derive(Subcommand, Debug)]
+enum TrustCommand {
+    /// Trust a key to sign for a feed (or `*` for all feeds, `@system` for system documents).
+    Add {
+        /// Key fingerprint as `cairn key show` prints it.
+        key: String,
+        /// Feed the key may sign for.
+        #[arg(long, default_value = TRUST_ALL)]
+        feed: String,
+    },
+    /// Stop trusting a key for a feed.
+    Rm {
+        /// Key fingerprint.
+        key: String,
+        /// Feed.
+        #[arg(long, default_value = TRUST_ALL)]
+        feed: String,
+    },
+    /// List trusted keys.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum FeedCommand {
+    /// Create a feed.
+    Create {
+        /// Feed name (a-z, 0-9, '.', '_', '-').
+        name: String,
+        /// Feed type: raw, pypi, npm or cargo.
+        #[arg(long = "type", value_parser = parse_ecosystem)]
+        ecosystem: Ecosystem,
+    },
+    /// List feeds.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a feed and its entries.
+    Rm {
+        /// Feed name.
+        name: String,
+    },
+}
+
+fn parse_ecosystem(s: &str) -> Result<Ecosystem, String> {
+    s.parse()
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn open(dir: &Path) -> Result<Store> {
+    Ok(Store::open(dir, StoreOptions::default())?)
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let dir = cli.data_dir.as_path();
+    match cli.command {
+        Command::Init => {
+            let store = Store::init(dir, StoreOptions::default())?;
+            println!("initialised {}", dir.display());
+            println!("key {}", store.identity().public_key());
+        }
+        Command::Key {
+            command: KeyCommand::Show,
+        } => {
+            let id = cairn_store::identity::Identity::load(dir)?;
+            println!("{}", id.public_key());
+        }
+        Command::Trust { command } => trust(&open(dir)?, command)?,
+        Command::Feed { command } => feed(&open(dir)?, command)?,
+        Command::Push {
+            feed,
+            files,
+            name,
+            version,
+        } => push(&open(dir)?, &feed, &files, name, version)?,
+        Command::Ls { feed, json, all } => ls(&open(dir)?, &feed, json, all)?,
+        Command::Get {
+            feed,
+            name,
+            version,
+            file,
+            output,
+        } => get(
+            &open(dir)?,
+            &feed,
+            &name,
+            &version,
+            file.as_deref(),
+            &output,
+        )?,
+        Command::Rm {
+            feed,
+            name,
+            version,
+        } => {
+            let d = open(dir)?.delete(&feed, &name, &version)?;
+            println!("deleted {name} {version} from {feed} (tombstone {})", d.doc);
+        }
+        Command::Verify { json } => return verify(&open(dir)?, json),
+        Command::Gc { json } => {
+            let r = open(dir)?.gc()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "removed {} blobs ({} bytes), {} orphan files, {} documents; {} blobs live",
+                    r.blobs_removed,
+                    r.bytes_freed,
+                    r.orphan_files_removed,
+                    r.docs_removed,
+                    r.blobs_live
+                );
+            }
+        }
+        Command::Root { feed, json } => {
+            let s = open(dir)?.feed_summary(&feed)?;
+            let cursor = s.feed.cursor();
+            if json {
+                let v = serde_json::json!({
+                    "feed": feed,
+                    "root": s.root.fingerprint.to_hex(),
+                    "count": s.root.count,
+                    "epoch": format!("{:016x}", cursor.epoch),
+                    "seq": cursor.seq,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("root   {}", s.root.fingerprint);
+                println!("count  {}", s.root.count);
+                println!("cursor {cursor}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn trust(store: &Store, command: TrustCommand) -> Result<()> {
+    match command {
+        TrustCommand::Add { key, feed } => {
+            let k: PublicKey = key.parse()?;
+            store.trust_add(&feed, &k)?;
+            println!("trusted {} for {feed}", k.short());
+        }
+        TrustCommand::Rm { key, feed } => {
+            let k: PublicKey = key.parse()?;
+            if !store.trust_remove(&feed, &k)? {
+                bail!("key {} was not trusted for {feed}", k.short());
+            }
+            println!("no longer trusting {} for {feed}", k.short());
+        }
+        TrustCommand::List => {
+            for (scope, key) in store.trust_list()? {
+                println!("{key} {scope}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn feed(store: &Store, command: FeedCommand) -> Result<()> {
+    match command {
+        FeedCommand::Create { name, ecosystem } => {
+            store.create_feed(&name, ecosystem)?;
+            println!("created {ecosystem} feed {name}");
+        }
+        FeedCommand::List { json } => {
+            let mut rows = Vec::new();
+            for f in store.list_feeds()? {
+                let s = store.feed_summary(&f.name)?;
+                rows.push(serde_json::json!({
+                    "name": f.name,
+                    "type": f.ecosystem().map(|e| e.as_str()).unwrap_or("system"),
+                    "entries": s.root.count,
+                    "root": s.root.fingerprint.to_hex(),
+                }));
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                for r in rows {
+                    println!(
+                        "{:<24} {:<6} {:>8} entries  root {}",
+                        r["name"].as_str().unwrap_or(""),
+                        r["type"].as_str().unwrap_or(""),
+                        r["entries"],
+                        &r["root"].as_str().unwrap_or("")[..12]
+                    );
+                }
+            }
+        }
+        FeedCommand::Rm { name } => {
+            store.delete_feed(&name)?;
+            println!("removed feed {name}; run `cairn gc` to free its blobs");
+        }
+    }
+    Ok(())
+}
+
+fn push(
+    store: &Store,
+    feed: &str,
+    files: &[PathBuf],
+    name: Option<String>,
+    version: Option<String>,
+) -> Result<()> {
+    let ecosystem = store
+        .feed(feed)?
+        .ecosystem()
+        .ok_or_else(|| anyhow!("cannot push to the system feed"))?;
+    if name.is_some() != version.is_some() {
+        bail!("give both --name and --version, or neither");
+    }
+    // Check every input before storing anything.
+    let mut plans = Vec::new();
+    for path in files {
+        let file_name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| anyhow!("{} has no usable file name", path.display()))?
+            .to_owned();
+        names::check_file_name(&file_name)?;
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        if !meta.is_file() {
+            bail!("{} is not a regular file", path.display());
+        }
+        let (pkg_name, pkg_version, metadata) = match (&name, &version) {
+            (Some(n), Some(v)) => (n.clone(), v.clone(), BTreeMap::new()),
+            _ => {
+                let format = detect_format(ecosystem, &file_name).ok_or_else(|| {
+                    anyhow!(
+                        "cannot tell the name and version of {}; pass --name and --version",
+                        path.display()
+                    )
+                })?;
+                let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+                let info = package::inspect(format, BufReader::new(f))
+                    .with_context(|| format!("reading package metadata from {}", path.display()))?;
+                (info.name, info.version, info.metadata)
+            }
+        };
+        names::check_package_name(ecosystem, &pkg_name)?;
+        names::check_version(&pkg_version)?;
+        plans.push((path, file_name, pkg_name, pkg_version, metadata));
+    }
+    let mut pins = Vec::new();
+    let mut packages: Vec<NewPackage> = Vec::new();
+    for (path, file_name, pkg_name, pkg_version, metadata) in plans {
+        let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut reader = DigestingReader::new(f, ecosystem);
+        let stored = store
+            .put_blob(&mut reader)
+            .with_context(|| format!("storing {}", path.display()))?;
+        let new_file = NewFile {
+            name: file_name,
+            blob: stored.hash,
+            size: stored.size,
+            digests: reader.finish(),
+        };
+        pins.push(stored);
+        match packages
+            .iter_mut()
+            .find(|p| p.name == pkg_name && p.version == pkg_version)
+        {
+            Some(p) => {
+                p.files.push(new_file);
+                p.metadata.extend(metadata);
+            }
+            None => packages.push(NewPackage {
+                name: pkg_name,
+                version: pkg_version,
+                files: vec![new_file],
+                metadata,
+            }),
+        }
+    }
+    let summary: Vec<(String, String, usize)> = packages
+        .iter()
+        .map(|p| (p.name.clone(), p.version.clone(), p.files.len()))
+        .collect();
+    let results = store.publish_many(feed, packages)?;
+    drop(pins);
+    for ((n, v, count), r) in summary.into_iter().zip(results) {
+        let what = match r.outcome {
+            PublishOutcome::Created => "published",
+            PublishOutcome::FilesAdded => "added files to",
+            PublishOutcome::Unchanged => "unchanged",
+        };
+        println!(
+            "{what} {n} {v} ({count} file{}) manifest {}",
+            if count == 1 { "" } else { "s" },
+            r.doc.short()
+        );
+    }
+    Ok(())
+}
+
+fn detect_format(ecosystem: Ecosystem, file_name: &str) -> Option<PackageFormat> {
+    PackageFormat::from_file_name(ecosystem, file_name).or_else(|| {
+        // A raw feed may hold package files too; read them by their extension.
+        Ecosystem::ALL
+            .into_iter()
+            .find_map(|e| PackageFormat::from_file_name(e, file_name))
+    })
+}
+
+fn ls(store: &Store, feed: &str, json: bool, all: bool) -> Result<()> {
+    let mut rows = Vec::new();
+    for entry in store.entries(feed)? {
+        let (name, version) = names::split_package_key(&entry.key).unwrap_or((&entry.key, ""));
+        let mut row = serde_json::json!({
+            "key": entry.key,
+            "name": name,
+            "version": version,
+            "kind": match entry.value.kind {
+                EntryKind::Manifest => "manifest",
+                EntryKind::Tombstone => "tombstone",
+                EntryKind::Document => "document",
+            },
+            "doc": entry.value.doc.to_hex(),
+            "hlc": entry.value.hlc,
+        });
+        match entry.value.kind {
+            EntryKind::Manifest => {
+                let doc = store.document(&entry.value.doc)?.ok_or_else(|| {
+                    anyhow!(
+                        "document {} of {} is missing; run `cairn verify`",
+                        entry.value.doc,
+                        entry.key
+                    )
+                })?;
+                let m: Manifest = doc.payload()?;
+                row["files"] = m
+                    .files
+                    .iter()
+                    .map(|f| serde_json::json!({"name": f.name, "blob": f.blob.to_hex(), "size": f.size, "digests": f.digests}))
+                    .collect();
+                row["metadata"] = m
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| (k.clone(), package::cbor_to_json(v)))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into();
+            }
+            _ if !all => continue,
+            _ => {}
+        }
+        rows.push(row);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let mut out = io::stdout().lock();
+    for r in rows {
+        let files = r["files"].as_array().map(|a| a.len()).unwrap_or(0);
+        let size: u64 = r["files"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|f| f["size"].as_u64()).sum())
+            .unwrap_or(0);
+        writeln!(
+            out,
+            "{:<32} {:<16} {:<10} {} file(s) {} bytes",
+            r["name"].as_str().unwrap_or(""),
+            r["version"].as_str().unwrap_or(""),
+            r["kind"].as_str().unwrap_or(""),
+            files,
+            size
+        )?;
+    }
+    Ok(())
+}
+
+fn get(
+    store: &Store,
+    feed: &str,
+    name: &str,
+    version: &str,
+    file: Option<&str>,
+    output: &Path,
+) -> Result<()> {
+    let (_, m) = store
+        .manifest(feed, name, version)?
+        .ok_or_else(|| anyhow!("{name} {version} is not in feed `{feed}`"))?;
+    let f = match file {
+        Some(want) => m.files.iter().find(|f| f.name == want).ok_or_else(|| {
+            anyhow!(
+                "{name} {version} has no file `{want}`; it has: {}",
+                file_list(&m)
+            )
+        })?,
+        None if m.files.len() == 1 => &m.files[0],
+        None => bail!(
+            "{name} {version} has {} files; name one of: {}",
+            m.files.len(),
+            file_list(&m)
+        ),
+    };
+    if output == Path::new("-") {
+        let mut out = io::stdout().lock();
+        store.read_blob_to(&f.blob, &mut out)?;
+        return Ok(());
+    }
+    // Write beside the target and rename, so a failed verification leaves no partial file.
+    let tmp = output.with_file_name(format!(
+        ".{}.partial",
+        output
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("cairn-get")
+    ));
+    let result = (|| -> Result<()> {
+        let mut out = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        store.read_blob_to(&f.blob, &mut out)?;
+        out.sync_all()?;
+        std::fs::rename(&tmp, output).with_context(|| format!("writing {}", output.display()))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn file_list(m: &Manifest) -> String {
+    m.files
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn verify(store: &Store, json: bool) -> Result<ExitCode> {
+    let report = store.verify()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for p in &report.problems {
+            println!("problem: {} {}: {}", p.kind, p.subject, p.detail);
+        }
+        println!(
+            "checked {} blobs ({} bytes), {} documents, {} entries, {} feeds: {}",
+            report.blobs,
+            report.blob_bytes,
+            report.documents,
+            report.entries,
+            report.feeds,
+            if report.ok() {
+                "ok".to_string()
+            } else {
+                format!("{} problems", report.problems.len())
+            }
+        );
+    }
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
