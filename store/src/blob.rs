@@ -262,23 +262,41 @@ pub fn ingest(mut reader: impl Read, tmp_dir: &Path) -> io::Result<Ingested> {
         data: data_path,
         outboard: outboard_path,
     };
-    let mut out = BufWriter::with_capacity(IO_BUFFER, data_file);
     let mut groups = ChunkGroupHasher::default();
-    out.write_all(&head)?;
     groups.update(&head);
-    let mut buf = vec![0u8; IO_BUFFER];
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        out.write_all(&buf[..n])?;
-        groups.update(&buf[..n]);
-    }
-    let data_file = out.into_inner().map_err(|e| e.into_error())?;
-    data_file.sync_all()?;
+    // Hashing runs here while a writer thread writes and flushes behind it, so the two cores
+    // overlap and the final fsync finds little left to do.
+    let _synced_data: File = std::thread::scope(|scope| -> io::Result<File> {
+        let (to_writer, from_reader) = std::sync::mpsc::sync_channel::<Vec<u8>>(WRITE_QUEUE);
+        let (recycle, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
+        let writer = scope.spawn(move || write_behind(data_file, from_reader, recycle));
+        let mut first = Some(head);
+        let result = (|| -> io::Result<()> {
+            if let Some(h) = first.take() {
+                to_writer.send(h).map_err(|_| writer_gone())?;
+            }
+            loop {
+                let mut buf = recycled.try_recv().unwrap_or_default();
+                buf.resize(WRITE_BLOCK, 0);
+                let n = read_full(&mut reader, &mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.truncate(n);
+                groups.update(&buf);
+                to_writer.send(buf).map_err(|_| writer_gone())?;
+                if n < WRITE_BLOCK {
+                    return Ok(());
+                }
+            }
+        })();
+        drop(to_writer);
+        let written = writer
+            .join()
+            .map_err(|_| io::Error::other("blob writer thread panicked"))?;
+        result?;
+        written
+    })?;
     let (size, leaves) = groups.finish();
     let tree = BaoTree::new(size, BLOCK_SIZE);
     let mut ob = BufWriter::with_capacity(IO_BUFFER, outboard_file);
@@ -288,6 +306,51 @@ pub fn ingest(mut reader: impl Read, tmp_dir: &Path) -> io::Result<Ingested> {
     staged.hash = root;
     staged.size = size;
     Ok(Ingested::Staged(staged))
+}
+
+/// Bytes per buffer handed to the writer thread.
+const WRITE_BLOCK: usize = 1 << 20;
+/// Buffers in flight to the writer thread (bounds ingest memory to about 8 MiB).
+const WRITE_QUEUE: usize = 8;
+/// The writer starts writeback of what it has written every this many bytes.
+const FLUSH_EVERY: u64 = 32 << 20;
+
+fn writer_gone() -> io::Error {
+    io::Error::other("blob writer stopped early")
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Writes buffers in order, flushing to disk as it goes, and fsyncs at the end.
+fn write_behind(
+    mut file: File,
+    buffers: std::sync::mpsc::Receiver<Vec<u8>>,
+    recycle: std::sync::mpsc::Sender<Vec<u8>>,
+) -> io::Result<File> {
+    let mut since_flush = 0u64;
+    for buf in buffers {
+        file.write_all(&buf)?;
+        since_flush += buf.len() as u64;
+        if since_flush >= FLUSH_EVERY {
+            file.sync_data()?;
+            since_flush = 0;
+        }
+        let _ = recycle.send(buf);
+    }
+    file.sync_all()?;
+    Ok(file)
 }
 
 fn temp_file(dir: &Path, suffix: &str) -> io::Result<(PathBuf, File)> {

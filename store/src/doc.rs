@@ -627,6 +627,53 @@ impl Payload for Vulnerability {
     const TYPE: DocType = DocType::Vulnerability;
 }
 
+/// OSV top-level fields a [`Vulnerability`] keeps; others (`schema_version`,
+/// `database_specific`, `credits`, ...) are dropped on import.
+const OSV_FIELDS: [&str; 10] = [
+    "id",
+    "modified",
+    "published",
+    "withdrawn",
+    "aliases",
+    "summary",
+    "details",
+    "severity",
+    "affected",
+    "references",
+];
+
+impl Vulnerability {
+    /// Reads an OSV JSON record (<https://ossf.github.io/osv-schema/>), keeping the fields Cairn
+    /// uses and re-serves.
+    pub fn from_osv_json(text: &str) -> Result<Vulnerability, String> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format!("not json: {e}"))?;
+        let mut obj = match value {
+            serde_json::Value::Object(o) => o,
+            _ => return Err("an OSV record is a JSON object".into()),
+        };
+        obj.retain(|k, _| OSV_FIELDS.contains(&k.as_str()));
+        // Drop fields that OSV allows inside nested objects but Cairn does not keep.
+        if let Some(serde_json::Value::Array(affected)) = obj.get_mut("affected") {
+            for a in affected.iter_mut() {
+                if let serde_json::Value::Object(a) = a {
+                    a.retain(|k, _| ["package", "ranges", "versions"].contains(&k.as_str()));
+                    if let Some(serde_json::Value::Array(ranges)) = a.get_mut("ranges") {
+                        for r in ranges.iter_mut() {
+                            if let serde_json::Value::Object(r) = r {
+                                r.retain(|k, _| ["type", "repo", "events"].contains(&k.as_str()));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        obj.insert("v".into(), PAYLOAD_VERSION.into());
+        serde_json::from_value(serde_json::Value::Object(obj))
+            .map_err(|e| format!("invalid OSV record: {e}"))
+    }
+}
+
 /// A decision about one vulnerability.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -898,6 +945,55 @@ mod tests {
             SignedDocument::decode(&big),
             Err(DocumentError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn osv_records_import_and_sign() {
+        let osv = r#"{
+            "schema_version": "1.6.0",
+            "id": "GHSA-xxxx-yyyy-zzzz",
+            "modified": "2024-01-02T03:04:05Z",
+            "aliases": ["CVE-2024-0001"],
+            "summary": "bad thing",
+            "severity": [{"type": "CVSS_V3", "score": "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"}],
+            "affected": [{
+                "package": {"ecosystem": "PyPI", "name": "demo-pkg"},
+                "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "1.2.0"}]}],
+                "versions": ["1.0.0", "1.1.0"],
+                "database_specific": {"score": 9.8}
+            }],
+            "database_specific": {"cwe_ids": ["CWE-79"], "weight": 0.5}
+        }"#;
+        let v = Vulnerability::from_osv_json(osv).unwrap();
+        assert_eq!(v.id, "GHSA-xxxx-yyyy-zzzz");
+        assert_eq!(
+            v.affected[0].ranges[0].events[1].fixed.as_deref(),
+            Some("1.2.0")
+        );
+        let doc = SignedDocument::sign(&v, &key(4)).unwrap();
+        let back: Vulnerability = SignedDocument::decode(doc.bytes())
+            .unwrap()
+            .payload()
+            .unwrap();
+        assert_eq!(back, v);
+        assert!(Vulnerability::from_osv_json("[1]").is_err());
+        assert!(Vulnerability::from_osv_json(r#"{"id": "X"}"#).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_never_panics_on_garbage(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = SignedDocument::decode(&bytes);
+        }
+
+        #[test]
+        fn any_single_byte_change_is_rejected(pos in 0usize..10_000, xor in 1u8..=255) {
+            let doc = SignedDocument::sign(&tombstone(), &key(1)).unwrap();
+            let mut bytes = doc.bytes().to_vec();
+            let i = pos % bytes.len();
+            bytes[i] ^= xor;
+            proptest::prop_assert!(SignedDocument::decode(&bytes).is_err());
+        }
     }
 
     #[test]
