@@ -10,4 +10,7 @@
 //!   the replication log.
 //!
 //! The normative description of the wire format is in `wire-spec/` at the repository root.
-//! Nothing is implemented here yet; the store already exposes what the protocol reads.
+//! What exists: [`iblt`], the invertible Bloom lookup tables that find the entries two feeds
+//! disagree on in one message whose size grows with the difference, not the feed.
+
+pub mod iblt;
