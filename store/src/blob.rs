@@ -93,6 +93,21 @@ pub struct StagedBlob {
 }
 
 impl StagedBlob {
+    /// Takes ownership of two fsynced files holding a blob and its post-order outboard.
+    pub(crate) fn from_parts(
+        hash: Hash,
+        size: u64,
+        data: PathBuf,
+        outboard: PathBuf,
+    ) -> StagedBlob {
+        StagedBlob {
+            hash,
+            size,
+            data,
+            outboard,
+        }
+    }
+
     /// The fsynced temp file holding the bytes.
     pub fn data_path(&self) -> &Path {
         &self.data

@@ -621,6 +621,9 @@ pub struct Vulnerability {
     /// Links.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub references: Vec<OsvReference>,
+    /// Hybrid logical clock when this copy was imported (orders re-imports of one id).
+    #[serde(default)]
+    pub hlc: u64,
 }
 
 impl Payload for Vulnerability {
@@ -669,6 +672,7 @@ impl Vulnerability {
             }
         }
         obj.insert("v".into(), PAYLOAD_VERSION.into());
+        obj.insert("hlc".into(), 0.into());
         serde_json::from_value(serde_json::Value::Object(obj))
             .map_err(|e| format!("invalid OSV record: {e}"))
     }

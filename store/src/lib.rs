@@ -11,6 +11,8 @@
 //! - [`names`]: validation of feed, package, version and file names.
 //! - [`hlc`]: the hybrid logical clock.
 //! - [`package`]: reading name, version and metadata out of wheels, sdists, npm tarballs and crates.
+//! - [`replica`]: what replication needs: applying received documents, removing entries,
+//!   system documents, blob transfer in verified, resumable pieces.
 //! - [`store`]: the [`Store`] itself: feeds, publishing, change log, GC, verification.
 //!
 //! The store knows nothing of QUIC or HTTP.
@@ -49,6 +51,7 @@ pub mod identity;
 pub mod merkle;
 pub mod names;
 pub mod package;
+pub mod replica;
 pub mod store;
 
 #[cfg(test)]

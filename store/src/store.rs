@@ -34,7 +34,9 @@ use rocksdb::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::blob::{self, BlobBackend, CorruptBlob, Ingested, LocalFiles, VerifyingReader};
+use crate::blob::{
+    self, BlobBackend, CorruptBlob, Ingested, LocalFiles, StagedBlob, VerifyingReader,
+};
 use crate::cbor;
 use crate::doc::{
     DocType, DocumentError, Ecosystem, FileEntry, Manifest, PublicKey, SignedDocument, Tombstone,
@@ -55,8 +57,8 @@ pub const TRUST_ALL: &str = "*";
 
 const CF_META: &str = "meta";
 const CF_FEEDS: &str = "feeds";
-const CF_ENTRIES: &str = "entries";
-const CF_KEYHASH: &str = "keyhash";
+pub(crate) const CF_ENTRIES: &str = "entries";
+pub(crate) const CF_KEYHASH: &str = "keyhash";
 const CF_MERKLE: &str = "merkle";
 const CF_CHANGELOG: &str = "changelog";
 const CF_DOCS: &str = "docs";
@@ -153,13 +155,30 @@ pub enum StoreError {
     /// A package version lists no files, or one file twice.
     #[error("invalid package: {0}")]
     InvalidPackage(String),
+    /// A document received from a peer does not fit where it was sent.
+    #[error("rejected document {doc} for feed `{feed}`: {reason}")]
+    RemoteRejected {
+        feed: String,
+        doc: Hash,
+        reason: String,
+    },
+    /// A received manifest names blobs that are not stored yet.
+    #[error("`{key}` in feed `{feed}` names {} blob(s) not stored yet", missing.len())]
+    MissingBlobs {
+        feed: String,
+        key: String,
+        missing: Vec<Hash>,
+    },
     /// Operation not allowed on this feed.
     #[error("{0}")]
     WrongFeedKind(String),
 }
 
 impl StoreError {
-    fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    pub(crate) fn io(
+        action: &'static str,
+        path: &Path,
+    ) -> impl FnOnce(std::io::Error) -> StoreError {
         let path = path.to_owned();
         move |source| StoreError::Io {
             action,
@@ -485,21 +504,21 @@ impl VerifyReport {
     }
 }
 
-struct WriteState {
-    hlc: u64,
+pub(crate) struct WriteState {
+    pub(crate) hlc: u64,
     /// While a GC runs: blobs and documents committed since its snapshot, which it must keep.
-    gc_protect: Option<HashSet<Hash>>,
+    pub(crate) gc_protect: Option<HashSet<Hash>>,
 }
 
 /// A Cairn data directory: identity, RocksDB and blob files.
 pub struct Store {
     dir: PathBuf,
-    db: DB,
-    files: Box<dyn BlobBackend>,
-    tmp_dir: PathBuf,
+    pub(crate) db: DB,
+    pub(crate) files: Box<dyn BlobBackend>,
+    pub(crate) tmp_dir: PathBuf,
     identity: Identity,
-    options: StoreOptions,
-    write: Mutex<WriteState>,
+    pub(crate) options: StoreOptions,
+    pub(crate) write: Mutex<WriteState>,
     pins: Arc<Mutex<HashMap<Hash, usize>>>,
 }
 
@@ -512,7 +531,7 @@ impl fmt::Debug for Store {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -529,7 +548,7 @@ fn random_u64() -> Result<u64> {
     Ok(u64::from_le_bytes(b))
 }
 
-fn feed_prefix(id: u32) -> [u8; 4] {
+pub(crate) fn feed_prefix(id: u32) -> [u8; 4] {
     id.to_be_bytes()
 }
 
@@ -595,7 +614,7 @@ fn blob_record(size: u64, inline: Option<&[u8]>) -> Vec<u8> {
 }
 
 /// A decoded blob index record.
-enum BlobRecord {
+pub(crate) enum BlobRecord {
     Inline(Vec<u8>),
     Backend(u64),
 }
@@ -616,7 +635,7 @@ impl BlobRecord {
         }
     }
 
-    fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         match self {
             BlobRecord::Inline(b) => b.len() as u64,
             BlobRecord::Backend(s) => *s,
@@ -757,7 +776,7 @@ impl Store {
         self.files.as_ref()
     }
 
-    fn cf(&self, name: &str) -> &ColumnFamily {
+    pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
         // Every name in ALL_CFS is opened (and created if missing) in `open_with`.
         #[allow(clippy::expect_used)]
         self.db
@@ -796,7 +815,7 @@ impl Store {
     }
 
     /// Iterates `(key, value)` of a column family under a prefix, in key order.
-    fn scan<'a>(
+    pub(crate) fn scan<'a>(
         &'a self,
         cf: &str,
         prefix: &[u8],
@@ -878,23 +897,43 @@ impl Store {
         let hash = ingested.hash();
         let size = ingested.size();
         let pin = self.pin(hash);
-        let existed = self
-            .db
-            .get_pinned_cf(self.cf(CF_BLOBS), hash.as_bytes())?
-            .is_some();
+        let existed = self.has_blob(&hash)?;
         if !existed {
             let record = match ingested {
                 Ingested::Inline { bytes, .. } => blob_record(size, Some(&bytes)),
                 Ingested::Staged(staged) => {
-                    let path = staged.data_path().to_owned();
-                    self.files
-                        .install(staged)
-                        .map_err(StoreError::io("installing blob", &path))?;
+                    self.install_files(staged)?;
                     blob_record(size, None)
                 }
             };
             let _w = self.write.lock();
             self.db.put_cf(self.cf(CF_BLOBS), hash.as_bytes(), record)?;
+        }
+        Ok(StoredBlob {
+            hash,
+            size,
+            existed,
+            _pin: pin,
+        })
+    }
+
+    fn install_files(&self, staged: StagedBlob) -> Result<()> {
+        let path = staged.data_path().to_owned();
+        self.files
+            .install(staged)
+            .map_err(StoreError::io("installing blob", &path))
+    }
+
+    /// Stores a staged large blob (already verified against its hash) and returns it pinned.
+    pub(crate) fn install_staged(&self, staged: StagedBlob) -> Result<StoredBlob> {
+        let (hash, size) = (staged.hash, staged.size);
+        let pin = self.pin(hash);
+        let existed = self.has_blob(&hash)?;
+        if !existed {
+            self.install_files(staged)?;
+            let _w = self.write.lock();
+            self.db
+                .put_cf(self.cf(CF_BLOBS), hash.as_bytes(), blob_record(size, None))?;
         }
         Ok(StoredBlob {
             hash,
@@ -913,7 +952,7 @@ impl Store {
         }
     }
 
-    fn blob_record(&self, hash: &Hash) -> Result<Option<BlobRecord>> {
+    pub(crate) fn blob_record(&self, hash: &Hash) -> Result<Option<BlobRecord>> {
         match self.db.get_pinned_cf(self.cf(CF_BLOBS), hash.as_bytes())? {
             None => Ok(None),
             Some(v) => BlobRecord::decode(&v).map(Some),
@@ -1070,7 +1109,7 @@ impl Store {
         Ok(FeedSummary { feed, root })
     }
 
-    fn node(&self, feed: u32, prefix: &[u8]) -> Result<NodeSummary> {
+    pub(crate) fn node(&self, feed: u32, prefix: &[u8]) -> Result<NodeSummary> {
         match self
             .db
             .get_pinned_cf(self.cf(CF_MERKLE), merkle_key(feed, prefix))?
@@ -1150,7 +1189,7 @@ impl Store {
         Ok(out)
     }
 
-    fn entry_by_id(&self, feed: u32, key: &str) -> Result<Option<EntryValue>> {
+    pub(crate) fn entry_by_id(&self, feed: u32, key: &str) -> Result<Option<EntryValue>> {
         match self
             .db
             .get_pinned_cf(self.cf(CF_ENTRIES), entry_key(feed, key))?
@@ -1733,19 +1772,19 @@ impl std::io::Write for CountingSink {
 
 /// One write batch being built under the write lock, with overlays so that several changes in
 /// the same batch see each other.
-struct Txn<'s> {
+pub(crate) struct Txn<'s> {
     store: &'s Store,
     batch: WriteBatch,
-    hlc: u64,
+    pub(crate) hlc: u64,
     feeds: HashMap<String, FeedRecord>,
     nodes: HashMap<Vec<u8>, NodeSummary>,
     entries: HashMap<Vec<u8>, Option<EntryValue>>,
     docs: HashMap<Hash, SignedDocument>,
-    protect: Vec<Hash>,
+    pub(crate) protect: Vec<Hash>,
 }
 
 impl<'s> Txn<'s> {
-    fn new(store: &'s Store, hlc: u64) -> Txn<'s> {
+    pub(crate) fn new(store: &'s Store, hlc: u64) -> Txn<'s> {
         Txn {
             store,
             batch: WriteBatch::default(),
@@ -1758,12 +1797,12 @@ impl<'s> Txn<'s> {
         }
     }
 
-    fn tick(&mut self) -> u64 {
+    pub(crate) fn tick(&mut self) -> u64 {
         self.hlc = hlc::tick(self.hlc, now_ms());
         self.hlc
     }
 
-    fn feed(&mut self, name: &str) -> Result<&mut FeedRecord> {
+    pub(crate) fn feed(&mut self, name: &str) -> Result<&mut FeedRecord> {
         if !self.feeds.contains_key(name) {
             let f = self.store.feed(name)?;
             self.feeds.insert(name.to_owned(), f);
@@ -1773,7 +1812,7 @@ impl<'s> Txn<'s> {
             .ok_or_else(|| StoreError::FeedNotFound { feed: name.into() })
     }
 
-    fn entry(&self, feed: u32, key: &str) -> Result<Option<EntryValue>> {
+    pub(crate) fn entry(&self, feed: u32, key: &str) -> Result<Option<EntryValue>> {
         match self.entries.get(&entry_key(feed, key)) {
             Some(v) => Ok(*v),
             None => self.store.entry_by_id(feed, key),
@@ -1787,7 +1826,7 @@ impl<'s> Txn<'s> {
         }
     }
 
-    fn put_doc(&mut self, doc: &SignedDocument) {
+    pub(crate) fn put_doc(&mut self, doc: &SignedDocument) {
         self.batch
             .put_cf(self.store.cf(CF_DOCS), doc.id().as_bytes(), doc.bytes());
         self.protect.push(doc.id());
@@ -1796,7 +1835,12 @@ impl<'s> Txn<'s> {
 
     /// Sets (or with `None` removes) an entry: Merkle nodes, key-hash index, change log and
     /// the feed's sequence number move with it.
-    fn set_entry(&mut self, feed: &str, key: &str, new: Option<EntryValue>) -> Result<()> {
+    pub(crate) fn set_entry(
+        &mut self,
+        feed: &str,
+        key: &str,
+        new: Option<EntryValue>,
+    ) -> Result<()> {
         let retain = self.store.options.change_log_retain;
         let (feed_id, seq, floor) = {
             let f = self.feed(feed)?;
@@ -1965,7 +2009,7 @@ impl<'s> Txn<'s> {
     }
 
     /// Writes the batch; the caller syncs after releasing the lock.
-    fn commit(mut self, state: &mut WriteState) -> Result<()> {
+    pub(crate) fn commit(mut self, state: &mut WriteState) -> Result<()> {
         let store = self.store;
         for (k, n) in &self.nodes {
             self.batch.put_cf(store.cf(CF_MERKLE), k, n.encode());

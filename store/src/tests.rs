@@ -436,3 +436,245 @@ fn feed_lifecycle() {
     assert_eq!(s.feed_summary("demo").unwrap().root.count, 0);
     assert!(s.verify().unwrap().ok());
 }
+
+mod replication {
+    use super::*;
+    use crate::doc::{AssessmentType, PAYLOAD_VERSION};
+    use crate::replica::{group_count, Applied, ApplyRule};
+
+    /// Copies every entry of `feed` from `a` to `b` the way a replication would: blobs in
+    /// verified pieces, then the documents.
+    fn copy_feed(
+        a: &Store,
+        b: &Store,
+        feed: &str,
+        rule: ApplyRule,
+    ) -> Vec<Result<(String, Applied), StoreError>> {
+        let mut docs = Vec::new();
+        for e in a.entries(feed).unwrap() {
+            let doc = a.document(&e.value.doc).unwrap().unwrap();
+            if e.value.kind == EntryKind::Manifest {
+                let m: doc::Manifest = doc.payload().unwrap();
+                for f in m.files {
+                    let mut incoming = b.receive_blob(f.blob, f.size).unwrap();
+                    for (start, end) in incoming.missing() {
+                        let mut piece = Vec::new();
+                        a.encode_blob(&f.blob, &[(start, end)], &mut piece).unwrap();
+                        incoming.write_piece(&[(start, end)], &piece).unwrap();
+                    }
+                    b.finish_blob(incoming).unwrap();
+                }
+            }
+            docs.push(doc.bytes().to_vec());
+        }
+        b.apply_remote(feed, &docs, rule).unwrap()
+    }
+
+    fn pair() -> (tempfile::TempDir, Store, tempfile::TempDir, Store) {
+        let (da, a) = store();
+        let (db, b) = store();
+        b.trust_add("demo", &a.identity().public_key()).unwrap();
+        a.create_feed("demo", Ecosystem::Raw).unwrap();
+        b.create_feed("demo", Ecosystem::Raw).unwrap();
+        (da, a, db, b)
+    }
+
+    #[test]
+    fn applied_documents_reproduce_the_root() {
+        let (_da, a, _db, b) = pair();
+        a.publish("demo", package(&a, "big", "1", &vec![3u8; 200_000]))
+            .unwrap();
+        a.publish("demo", package(&a, "small", "1", b"tiny"))
+            .unwrap();
+        a.publish("demo", package(&a, "gone", "1", b"bye")).unwrap();
+        a.delete("demo", "gone", "1").unwrap();
+        let results = copy_feed(&a, &b, "demo", ApplyRule::Authoritative);
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Ok((_, Applied::Inserted)))),
+            "{results:?}"
+        );
+        assert_eq!(
+            a.feed_summary("demo").unwrap().root,
+            b.feed_summary("demo").unwrap().root
+        );
+        assert!(b.verify().unwrap().ok());
+        // Applying again changes nothing.
+        let again = copy_feed(&a, &b, "demo", ApplyRule::Authoritative);
+        assert!(again
+            .iter()
+            .all(|r| matches!(r, Ok((_, Applied::Unchanged)))));
+    }
+
+    #[test]
+    fn untrusted_tampered_and_incomplete_documents_are_refused() {
+        let (_da, a, _db, b) = pair();
+        a.publish("demo", package(&a, "x", "1", b"data")).unwrap();
+        let e = &a.entries("demo").unwrap()[0];
+        let doc = a.document(&e.value.doc).unwrap().unwrap().bytes().to_vec();
+        // Blob not there yet.
+        let r = b
+            .apply_remote("demo", std::slice::from_ref(&doc), ApplyRule::Authoritative)
+            .unwrap();
+        assert!(
+            matches!(r[0], Err(StoreError::MissingBlobs { .. })),
+            "{r:?}"
+        );
+        // A flipped bit anywhere.
+        let mut bad = doc.clone();
+        let n = bad.len();
+        bad[n - 3] ^= 1;
+        let r = b
+            .apply_remote("demo", &[bad], ApplyRule::Authoritative)
+            .unwrap();
+        assert!(matches!(r[0], Err(StoreError::Document(_))), "{r:?}");
+        // Signed by a key `b` does not trust for this feed.
+        let (_dc, c) = store();
+        c.create_feed("demo", Ecosystem::Raw).unwrap();
+        c.publish("demo", package(&c, "y", "1", b"data")).unwrap();
+        let foreign = c
+            .document(&c.entries("demo").unwrap()[0].value.doc)
+            .unwrap()
+            .unwrap();
+        b.put_blob(&b"data"[..]).unwrap();
+        let r = b
+            .apply_remote(
+                "demo",
+                &[foreign.bytes().to_vec()],
+                ApplyRule::Authoritative,
+            )
+            .unwrap();
+        assert!(
+            matches!(
+                r[0],
+                Err(StoreError::Document(
+                    crate::doc::DocumentError::UntrustedSigner { .. }
+                ))
+            ),
+            "{r:?}"
+        );
+        // A manifest for another feed.
+        b.create_feed("other", Ecosystem::Raw).unwrap();
+        b.trust_add("other", &a.identity().public_key()).unwrap();
+        let r = b
+            .apply_remote("other", &[doc], ApplyRule::Authoritative)
+            .unwrap();
+        assert!(
+            matches!(r[0], Err(StoreError::RemoteRejected { .. })),
+            "{r:?}"
+        );
+        assert!(b.entries("demo").unwrap().is_empty());
+        assert!(b.entries("other").unwrap().is_empty());
+    }
+
+    #[test]
+    fn last_writer_wins_and_a_tombstone_wins_a_tie() {
+        let (_da, a, _db, b) = pair();
+        a.trust_add("demo", &b.identity().public_key()).unwrap();
+        b.publish("demo", package(&b, "x", "1", b"old")).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        a.publish("demo", package(&a, "x", "1", b"new")).unwrap();
+        // a's manifest is later: it replaces b's under LWW; b's does not replace a's.
+        let r = copy_feed(&a, &b, "demo", ApplyRule::LastWriterWins);
+        assert!(matches!(r[0], Ok((_, Applied::Replaced))), "{r:?}");
+        let r = copy_feed(&b, &a, "demo", ApplyRule::LastWriterWins);
+        assert!(matches!(r[0], Ok((_, Applied::Unchanged))), "{r:?}");
+        assert_eq!(
+            a.feed_summary("demo").unwrap().root,
+            b.feed_summary("demo").unwrap().root
+        );
+        let t = EntryValue {
+            kind: EntryKind::Tombstone,
+            doc: Hash::of(b"t"),
+            hlc: 5,
+        };
+        let m = EntryValue {
+            kind: EntryKind::Manifest,
+            doc: Hash::of(b"m"),
+            hlc: 5,
+        };
+        assert!(crate::replica::wins(&t, &m));
+        assert!(!crate::replica::wins(&m, &t));
+    }
+
+    #[test]
+    fn blob_transfer_resumes_and_rejects_tampered_pieces() {
+        let (_da, a, _db, b) = pair();
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let stored = a.put_blob(&data[..]).unwrap();
+        let groups = group_count(stored.size);
+        {
+            let mut incoming = b.receive_blob(stored.hash, stored.size).unwrap();
+            let mut piece = Vec::new();
+            a.encode_blob(&stored.hash, &[(0, groups / 2)], &mut piece)
+                .unwrap();
+            incoming.write_piece(&[(0, groups / 2)], &piece).unwrap();
+            // A tampered piece is refused and changes nothing.
+            let mut bad = Vec::new();
+            a.encode_blob(&stored.hash, &[(groups / 2, groups / 2 + 3)], &mut bad)
+                .unwrap();
+            let last = bad.len() - 100;
+            bad[last] ^= 1;
+            assert!(matches!(
+                incoming.write_piece(&[(groups / 2, groups / 2 + 3)], &bad),
+                Err(StoreError::CorruptBlob(_))
+            ));
+            // Dropped here: the process "dies" half way.
+        }
+        let mut incoming = b.receive_blob(stored.hash, stored.size).unwrap();
+        assert_eq!(incoming.missing(), vec![(groups / 2, groups)]);
+        assert_eq!(
+            incoming.bytes_present(),
+            groups / 2 * CHUNK_GROUP_BYTES as u64
+        );
+        let mut rest = Vec::new();
+        a.encode_blob(&stored.hash, &incoming.missing(), &mut rest)
+            .unwrap();
+        let missing = incoming.missing();
+        incoming.write_piece(&missing, &rest).unwrap();
+        assert!(incoming.is_complete());
+        let got = b.finish_blob(incoming).unwrap();
+        assert_eq!(got.hash, stored.hash);
+        assert_eq!(read(&b, &stored.hash).unwrap(), data);
+    }
+
+    #[test]
+    fn system_documents_publish_replicate_and_delete() {
+        let (_da, a, _db, b) = pair();
+        b.trust_add(SYSTEM_FEED, &a.identity().public_key())
+            .unwrap();
+        let (key, _) = a
+            .publish_system(AssessmentType {
+                v: PAYLOAD_VERSION,
+                name: "Blocked".into(),
+                blocking: true,
+                description: "downloads refused".into(),
+                hlc: 0,
+            })
+            .unwrap();
+        assert_eq!(key, "assessment-type/Blocked");
+        let r = copy_feed(&a, &b, SYSTEM_FEED, ApplyRule::Authoritative);
+        assert!(matches!(r[0], Ok((_, Applied::Inserted))), "{r:?}");
+        assert_eq!(
+            a.feed_summary(SYSTEM_FEED).unwrap().root,
+            b.feed_summary(SYSTEM_FEED).unwrap().root
+        );
+        a.delete_system(&key).unwrap();
+        copy_feed(&a, &b, SYSTEM_FEED, ApplyRule::Authoritative);
+        assert_eq!(
+            b.entry(SYSTEM_FEED, &key).unwrap().unwrap().kind,
+            EntryKind::Tombstone
+        );
+        assert!(a.verify().unwrap().ok());
+        assert!(b.verify().unwrap().ok());
+        // Pull replicas drop what upstream never had.
+        b.create_feed("extra", Ecosystem::Raw).unwrap();
+        b.publish("extra", package(&b, "local", "1", b"l")).unwrap();
+        assert_eq!(
+            b.remove_entries("extra", &["local/1".to_string()]).unwrap(),
+            1
+        );
+        assert_eq!(b.feed_summary("extra").unwrap().root.count, 0);
+    }
+}

@@ -1,0 +1,721 @@
+//! What replication needs from the store beyond local publishing: applying documents received
+//! from a peer, removing entries outright, creating system documents, and moving blobs in
+//! verifiable pieces that survive a crash and resume.
+//!
+//! Invariant: a received document is stored only after every check a local one would pass:
+//! envelope and signature, trust for the feed, consistency of its payload with the feed and
+//! key, and presence of every blob it names.
+//! Invariant: a received blob piece is written only after `bao-tree` has verified it against
+//! the blob's hash; the `.have` log lists only pieces that are on disk and synced.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use bao_tree::io::outboard::PostOrderOutboard;
+use bao_tree::io::sync::{
+    encode_ranges_validated, DecodeResponseIter, Outboard, OutboardMut, ReadAt,
+};
+use bao_tree::io::BaoContentItem;
+use bao_tree::{BaoTree, ChunkNum, ChunkRanges, TreeNode};
+
+use crate::blob::{
+    self, RandomAccess, StagedBlob, BLOCK_SIZE, CHUNK_GROUP_BYTES, CHUNK_GROUP_LOG, INLINE_MAX,
+};
+use crate::doc::{
+    Assessment, AssessmentType, DocType, Manifest, Payload, Policy, SignedDocument, Tombstone,
+    Vulnerability, PAYLOAD_VERSION,
+};
+use crate::hlc;
+use crate::names;
+use crate::store::{now_ms, BlobRecord, EntryKind, EntryValue, FeedKind, StoreError, Txn};
+use crate::{Hash, Store, SYSTEM_FEED};
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// How a received entry meets the one already held for its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApplyRule {
+    /// The sender is authoritative (pull and push): its entry replaces ours.
+    Authoritative,
+    /// Mirror: the later hybrid logical clock wins; on a tie a tombstone wins, then the larger
+    /// document id.
+    LastWriterWins,
+}
+
+/// What applying one received entry did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// A key that was absent.
+    Inserted,
+    /// A key that held something else.
+    Replaced,
+    /// The same document was already there.
+    Unchanged,
+    /// Lost to the entry already held (mirror mode).
+    Superseded,
+}
+
+/// Whether `new` beats `old` under last-writer-wins.
+pub fn wins(new: &EntryValue, old: &EntryValue) -> bool {
+    let rank = |v: &EntryValue| (v.hlc, v.kind == EntryKind::Tombstone, v.doc);
+    rank(new) > rank(old)
+}
+
+/// The key a system document lives under in the system set.
+pub fn system_key(doc: &SignedDocument) -> Result<String> {
+    let bad = |e: crate::doc::DocumentError| StoreError::Document(e);
+    Ok(match doc.doc_type() {
+        DocType::Vulnerability => format!(
+            "vulnerability/{}",
+            doc.payload::<Vulnerability>().map_err(bad)?.id
+        ),
+        DocType::Assessment => format!(
+            "assessment/{}",
+            doc.payload::<Assessment>().map_err(bad)?.id
+        ),
+        DocType::AssessmentType => format!(
+            "assessment-type/{}",
+            doc.payload::<AssessmentType>().map_err(bad)?.name
+        ),
+        DocType::Policy => format!("policy/{}", doc.payload::<Policy>().map_err(bad)?.name),
+        DocType::Tombstone => doc.payload::<Tombstone>().map_err(bad)?.key,
+        other => {
+            return Err(StoreError::WrongFeedKind(format!(
+                "a {other} document is not a system document"
+            )))
+        }
+    })
+}
+
+/// A payload that lives in the system set; its clock is set when it is signed.
+pub trait SystemPayload: Payload {
+    /// Sets the hybrid logical clock before signing.
+    fn set_hlc(&mut self, hlc: u64);
+}
+
+impl SystemPayload for Vulnerability {
+    fn set_hlc(&mut self, hlc: u64) {
+        self.hlc = hlc;
+    }
+}
+impl SystemPayload for Assessment {
+    fn set_hlc(&mut self, hlc: u64) {
+        self.hlc = hlc;
+    }
+}
+impl SystemPayload for AssessmentType {
+    fn set_hlc(&mut self, hlc: u64) {
+        self.hlc = hlc;
+    }
+}
+impl SystemPayload for Policy {
+    fn set_hlc(&mut self, hlc: u64) {
+        self.hlc = hlc;
+    }
+}
+
+struct Checked {
+    key: String,
+    value: EntryValue,
+    blobs: Vec<(Hash, u64)>,
+    hlc: u64,
+}
+
+impl Store {
+    fn check_received(&self, feed: &crate::FeedRecord, doc: &SignedDocument) -> Result<Checked> {
+        let scope = feed.name.as_str();
+        let trusted = self.is_trusted(scope, &doc.signer())?;
+        doc.check_trusted(scope, |_| trusted)?;
+        let mismatch = |why: String| StoreError::RemoteRejected {
+            feed: feed.name.clone(),
+            doc: doc.id(),
+            reason: why,
+        };
+        let (key, kind, hlc, blobs) = match (feed.kind, doc.doc_type()) {
+            (FeedKind::Package(ecosystem), DocType::Manifest) => {
+                let m: Manifest = doc.payload()?;
+                if m.feed != feed.name || m.ecosystem != ecosystem {
+                    return Err(mismatch(format!(
+                        "manifest is for {} feed `{}`",
+                        m.ecosystem, m.feed
+                    )));
+                }
+                names::check_package_name(ecosystem, &m.name)?;
+                names::check_version(&m.version)?;
+                for f in &m.files {
+                    names::check_file_name(&f.name)?;
+                }
+                let blobs = m.files.iter().map(|f| (f.blob, f.size)).collect();
+                (
+                    names::package_key(&m.name, &m.version),
+                    EntryKind::Manifest,
+                    m.hlc,
+                    blobs,
+                )
+            }
+            (_, DocType::Tombstone) => {
+                let t: Tombstone = doc.payload()?;
+                if t.feed != feed.name {
+                    return Err(mismatch(format!("tombstone is for feed `{}`", t.feed)));
+                }
+                (t.key, EntryKind::Tombstone, t.hlc, Vec::new())
+            }
+            (
+                FeedKind::System,
+                DocType::Vulnerability
+                | DocType::Assessment
+                | DocType::AssessmentType
+                | DocType::Policy,
+            ) => {
+                let hlc = match doc.doc_type() {
+                    DocType::Vulnerability => doc.payload::<Vulnerability>()?.hlc,
+                    DocType::Assessment => doc.payload::<Assessment>()?.hlc,
+                    DocType::AssessmentType => doc.payload::<AssessmentType>()?.hlc,
+                    _ => doc.payload::<Policy>()?.hlc,
+                };
+                (system_key(doc)?, EntryKind::Document, hlc, Vec::new())
+            }
+            (kind, t) => {
+                return Err(mismatch(format!(
+                    "a {t} document does not belong in a {kind:?} feed"
+                )))
+            }
+        };
+        Ok(Checked {
+            key,
+            value: EntryValue {
+                kind,
+                doc: doc.id(),
+                hlc,
+            },
+            blobs,
+            hlc,
+        })
+    }
+
+    /// Applies documents received from a peer to `feed`. Each is checked completely first; a
+    /// document that fails is reported in its slot and not stored, the others are committed
+    /// together. A manifest whose blobs are not all stored fails with
+    /// [`StoreError::MissingBlobs`].
+    pub fn apply_remote(
+        &self,
+        feed: &str,
+        docs: &[Vec<u8>],
+        rule: ApplyRule,
+    ) -> Result<Vec<Result<(String, Applied)>>> {
+        let f = self.feed(feed)?;
+        let mut checked = Vec::with_capacity(docs.len());
+        for bytes in docs {
+            checked.push(
+                SignedDocument::decode(bytes)
+                    .map_err(StoreError::from)
+                    .and_then(|d| {
+                        let c = self.check_received(&f, &d)?;
+                        Ok((d, c))
+                    }),
+            );
+        }
+        let mut w = self.write.lock();
+        let mut txn = Txn::new(self, w.hlc);
+        let mut out = Vec::with_capacity(docs.len());
+        for item in checked {
+            let (doc, c) = match item {
+                Ok(x) => x,
+                Err(e) => {
+                    out.push(Err(e));
+                    continue;
+                }
+            };
+            let mut missing = Vec::new();
+            for (hash, size) in &c.blobs {
+                match self.blob_record(hash)? {
+                    Some(r) if r.size() == *size => {}
+                    _ => missing.push(*hash),
+                }
+            }
+            if !missing.is_empty() {
+                out.push(Err(StoreError::MissingBlobs {
+                    feed: feed.into(),
+                    key: c.key,
+                    missing,
+                }));
+                continue;
+            }
+            let old = txn.entry(f.id, &c.key)?;
+            let applied = match old {
+                None => Applied::Inserted,
+                Some(o) if o.doc == c.value.doc => Applied::Unchanged,
+                Some(o) if rule == ApplyRule::LastWriterWins && !wins(&c.value, &o) => {
+                    Applied::Superseded
+                }
+                Some(_) => Applied::Replaced,
+            };
+            if matches!(applied, Applied::Inserted | Applied::Replaced) {
+                txn.hlc = hlc::observe(txn.hlc, c.hlc, now_ms());
+                txn.put_doc(&doc);
+                txn.protect_blobs(c.blobs.iter().map(|b| b.0));
+                txn.set_entry(feed, &c.key, Some(c.value))?;
+            }
+            out.push(Ok((c.key, applied)));
+        }
+        txn.commit(&mut w)?;
+        drop(w);
+        self.sync()?;
+        Ok(out)
+    }
+
+    /// Removes entries outright (no tombstone): for a pull replica dropping what its upstream
+    /// never had. Returns how many were present.
+    pub fn remove_entries(&self, feed: &str, keys: &[String]) -> Result<u64> {
+        let f = self.feed(feed)?;
+        let mut w = self.write.lock();
+        let mut txn = Txn::new(self, w.hlc);
+        let mut n = 0;
+        for key in keys {
+            if txn.entry(f.id, key)?.is_some() {
+                txn.set_entry(feed, key, None)?;
+                n += 1;
+            }
+        }
+        txn.commit(&mut w)?;
+        drop(w);
+        self.sync()?;
+        Ok(n)
+    }
+
+    /// Signs a system document (vulnerability, assessment, type, policy) with the instance key
+    /// and stores it in the system set, replacing what its key held.
+    pub fn publish_system<P: SystemPayload>(&self, mut payload: P) -> Result<(String, Hash)> {
+        let mut w = self.write.lock();
+        let mut txn = Txn::new(self, w.hlc);
+        let hlc = txn.tick();
+        payload.set_hlc(hlc);
+        let doc = SignedDocument::sign(&payload, self.identity().signing_key())
+            .map_err(|e| StoreError::InvalidPackage(format!("document cannot be encoded: {e}")))?;
+        let key = system_key(&doc)?;
+        txn.put_doc(&doc);
+        txn.set_entry(
+            SYSTEM_FEED,
+            &key,
+            Some(EntryValue {
+                kind: EntryKind::Document,
+                doc: doc.id(),
+                hlc,
+            }),
+        )?;
+        txn.commit(&mut w)?;
+        drop(w);
+        self.sync()?;
+        Ok((key, doc.id()))
+    }
+
+    /// Deletes a system document by key with a signed tombstone.
+    pub fn delete_system(&self, key: &str) -> Result<Hash> {
+        let f = self.feed(SYSTEM_FEED)?;
+        let mut w = self.write.lock();
+        let mut txn = Txn::new(self, w.hlc);
+        let previous = match txn.entry(f.id, key)? {
+            Some(v) if v.kind != EntryKind::Tombstone => v.doc,
+            _ => {
+                return Err(StoreError::EntryNotFound {
+                    feed: SYSTEM_FEED.into(),
+                    key: key.into(),
+                })
+            }
+        };
+        let hlc = txn.tick();
+        let doc = SignedDocument::sign(
+            &Tombstone {
+                v: PAYLOAD_VERSION,
+                feed: SYSTEM_FEED.into(),
+                key: key.into(),
+                hlc,
+                previous: Some(previous),
+            },
+            self.identity().signing_key(),
+        )
+        .map_err(|e| StoreError::InvalidPackage(e.to_string()))?;
+        txn.put_doc(&doc);
+        txn.set_entry(
+            SYSTEM_FEED,
+            key,
+            Some(EntryValue {
+                kind: EntryKind::Tombstone,
+                doc: doc.id(),
+                hlc,
+            }),
+        )?;
+        txn.commit(&mut w)?;
+        drop(w);
+        self.sync()?;
+        Ok(doc.id())
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Blob transfer
+
+    /// Encodes the chunk groups `groups` of a stored blob for sending: the `bao-tree` encoding
+    /// of those ranges (the parent hashes on their paths and the verified data). Small blobs are
+    /// sent whole as their bytes.
+    pub fn encode_blob(&self, hash: &Hash, groups: &[(u64, u64)], out: &mut Vec<u8>) -> Result<()> {
+        match self.blob_record(hash)? {
+            None => Err(StoreError::BlobNotFound { hash: *hash }),
+            Some(BlobRecord::Inline(bytes)) => {
+                if Hash::of(&bytes) != *hash {
+                    return Err(StoreError::CorruptBlob(blob::CorruptBlob {
+                        hash: *hash,
+                        offset: 0,
+                        location: "inline".into(),
+                    }));
+                }
+                out.extend_from_slice(&bytes);
+                Ok(())
+            }
+            Some(BlobRecord::Backend(size)) => {
+                let (data, outboard) = self.files.open(hash).map_err(StoreError::io(
+                    "opening blob",
+                    Path::new(&self.files.describe(hash)),
+                ))?;
+                let tree = BaoTree::new(size, BLOCK_SIZE);
+                let ob = PostOrderOutboard {
+                    root: (*hash).into(),
+                    tree,
+                    data: Dyn(outboard),
+                };
+                encode_ranges_validated(Dyn(data), ob, &group_ranges(groups), out).map_err(|e| {
+                    StoreError::CorruptBlob(blob::CorruptBlob {
+                        hash: *hash,
+                        offset: 0,
+                        location: format!("{} ({e})", self.files.describe(hash)),
+                    })
+                })
+            }
+        }
+    }
+
+    /// Opens (or resumes) the reception of a blob of `size` bytes.
+    pub fn receive_blob(&self, hash: Hash, size: u64) -> Result<IncomingBlob> {
+        IncomingBlob::open(&self.dir().join("partial"), hash, size)
+    }
+
+    /// Stores a completed incoming blob and returns it pinned.
+    pub fn finish_blob(&self, incoming: IncomingBlob) -> Result<crate::StoredBlob> {
+        match incoming.finish()? {
+            Finished::Inline(bytes) => self.put_blob(&bytes[..]),
+            Finished::Staged(staged) => self.install_staged(staged),
+        }
+    }
+}
+
+impl Txn<'_> {
+    fn protect_blobs(&mut self, blobs: impl Iterator<Item = Hash>) {
+        self.protect.extend(blobs);
+    }
+}
+
+struct Dyn(Box<dyn RandomAccess>);
+
+impl ReadAt for Dyn {
+    fn read_at(&self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read_at(pos, buf)
+    }
+}
+
+/// Chunk ranges from chunk-group ranges.
+pub fn group_ranges(groups: &[(u64, u64)]) -> ChunkRanges {
+    let mut r = ChunkRanges::empty();
+    for &(a, b) in groups {
+        if a < b {
+            r |= ChunkRanges::from(
+                ChunkNum(a << CHUNK_GROUP_LOG)..ChunkNum(b.saturating_mul(1 << CHUNK_GROUP_LOG)),
+            );
+        }
+    }
+    r
+}
+
+/// Number of chunk groups in a blob of `size` bytes.
+pub fn group_count(size: u64) -> u64 {
+    size.div_ceil(CHUNK_GROUP_BYTES as u64).max(1)
+}
+
+/// A blob being received: data and outboard written as verified pieces arrive, with a log of
+/// the pieces that are on disk so a restarted transfer asks only for the rest.
+#[derive(Debug)]
+pub struct IncomingBlob {
+    hash: Hash,
+    size: u64,
+    data_path: PathBuf,
+    outboard_path: PathBuf,
+    have_path: PathBuf,
+    have: Vec<bool>,
+    small: Option<Vec<u8>>,
+}
+
+enum Finished {
+    Inline(Vec<u8>),
+    Staged(StagedBlob),
+}
+
+struct FileOutboard<'a> {
+    root: blake3::Hash,
+    tree: BaoTree,
+    file: &'a File,
+}
+
+impl Outboard for FileOutboard<'_> {
+    fn root(&self) -> blake3::Hash {
+        self.root
+    }
+    fn tree(&self) -> BaoTree {
+        self.tree
+    }
+    fn load(&self, node: TreeNode) -> io::Result<Option<(blake3::Hash, blake3::Hash)>> {
+        let Some(offset) = self.tree.post_order_offset(node) else {
+            return Ok(None);
+        };
+        let mut buf = [0u8; 64];
+        std::os::unix::fs::FileExt::read_exact_at(self.file, &mut buf, offset.value() * 64)?;
+        let mut l = [0u8; 32];
+        let mut r = [0u8; 32];
+        l.copy_from_slice(&buf[..32]);
+        r.copy_from_slice(&buf[32..]);
+        Ok(Some((
+            blake3::Hash::from_bytes(l),
+            blake3::Hash::from_bytes(r),
+        )))
+    }
+}
+
+impl OutboardMut for FileOutboard<'_> {
+    fn save(&mut self, node: TreeNode, pair: &(blake3::Hash, blake3::Hash)) -> io::Result<()> {
+        let Some(offset) = self.tree.post_order_offset(node) else {
+            return Ok(());
+        };
+        let mut buf = [0u8; 64];
+        buf[..32].copy_from_slice(pair.0.as_bytes());
+        buf[32..].copy_from_slice(pair.1.as_bytes());
+        std::os::unix::fs::FileExt::write_all_at(self.file, &buf, offset.value() * 64)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+impl IncomingBlob {
+    fn open(dir: &Path, hash: Hash, size: u64) -> Result<IncomingBlob> {
+        let hex = hash.to_hex();
+        let data_path = dir.join(format!("{hex}.data"));
+        let outboard_path = dir.join(format!("{hex}.obao"));
+        let have_path = dir.join(format!("{hex}.have"));
+        let groups = usize::try_from(group_count(size))
+            .map_err(|_| StoreError::InvalidPackage(format!("blob size {size} too large")))?;
+        let mut incoming = IncomingBlob {
+            hash,
+            size,
+            data_path,
+            outboard_path,
+            have_path,
+            have: vec![false; groups],
+            small: None,
+        };
+        if size <= INLINE_MAX {
+            return Ok(incoming);
+        }
+        fs::create_dir_all(dir).map_err(StoreError::io("creating", dir))?;
+        // A previous attempt's log: 16-byte records of (start group, end group), big-endian.
+        if let Ok(log) = fs::read(&incoming.have_path) {
+            for rec in log.chunks_exact(16) {
+                let a = u64::from_be_bytes(rec[..8].try_into().unwrap_or_default());
+                let b = u64::from_be_bytes(rec[8..].try_into().unwrap_or_default());
+                for g in a..b.min(groups as u64) {
+                    incoming.have[g as usize] = true;
+                }
+            }
+        }
+        for p in [&incoming.data_path, &incoming.outboard_path] {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(StoreError::io("opening", p))?;
+        }
+        Ok(incoming)
+    }
+
+    /// The blob.
+    pub fn hash(&self) -> Hash {
+        self.hash
+    }
+
+    /// Its size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Chunk-group ranges still missing.
+    pub fn missing(&self) -> Vec<(u64, u64)> {
+        if self.size <= INLINE_MAX {
+            return if self.small.is_some() {
+                vec![]
+            } else {
+                vec![(0, 1)]
+            };
+        }
+        let mut out = Vec::new();
+        let mut start = None;
+        for (i, have) in self.have.iter().enumerate() {
+            match (have, start) {
+                (false, None) => start = Some(i as u64),
+                (true, Some(s)) => {
+                    out.push((s, i as u64));
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = start {
+            out.push((s, self.have.len() as u64));
+        }
+        out
+    }
+
+    /// Bytes already received and kept.
+    pub fn bytes_present(&self) -> u64 {
+        if self.size <= INLINE_MAX {
+            return if self.small.is_some() { self.size } else { 0 };
+        }
+        let full = self.have.iter().filter(|h| **h).count() as u64 * CHUNK_GROUP_BYTES as u64;
+        full.min(self.size)
+    }
+
+    /// Verifies and writes one piece, the encoding of chunk groups `groups` (as produced by
+    /// [`Store::encode_blob`]). Nothing of a piece that fails verification is kept.
+    pub fn write_piece(&mut self, groups: &[(u64, u64)], encoded: &[u8]) -> Result<()> {
+        let corrupt = |offset: u64, why: String| {
+            StoreError::CorruptBlob(blob::CorruptBlob {
+                hash: self.hash,
+                offset,
+                location: format!("received piece ({why})"),
+            })
+        };
+        if self.size <= INLINE_MAX {
+            if encoded.len() as u64 != self.size || Hash::of(encoded) != self.hash {
+                return Err(corrupt(0, "bytes do not match the hash".into()));
+            }
+            self.small = Some(encoded.to_vec());
+            return Ok(());
+        }
+        let tree = BaoTree::new(self.size, BLOCK_SIZE);
+        let ranges = group_ranges(groups);
+        // Decode into memory first: only a piece that verifies completely touches the files.
+        let mut leaves = Vec::new();
+        let mut parents = Vec::new();
+        for item in DecodeResponseIter::new(self.hash.into(), tree, encoded, &ranges) {
+            match item {
+                Ok(BaoContentItem::Parent(p)) => parents.push(p),
+                Ok(BaoContentItem::Leaf(l)) => leaves.push(l),
+                Err(e) => {
+                    return Err(corrupt(
+                        leaves.last().map_or(0, |l| l.offset),
+                        e.to_string(),
+                    ))
+                }
+            }
+        }
+        let data = OpenOptions::new()
+            .write(true)
+            .open(&self.data_path)
+            .map_err(StoreError::io("opening", &self.data_path))?;
+        let ob_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.outboard_path)
+            .map_err(StoreError::io("opening", &self.outboard_path))?;
+        let mut ob = FileOutboard {
+            root: self.hash.into(),
+            tree,
+            file: &ob_file,
+        };
+        for p in &parents {
+            ob.save(p.node, &p.pair)
+                .map_err(StoreError::io("writing", &self.outboard_path))?;
+        }
+        for l in &leaves {
+            std::os::unix::fs::FileExt::write_all_at(&data, &l.data, l.offset)
+                .map_err(StoreError::io("writing", &self.data_path))?;
+        }
+        data.sync_data()
+            .map_err(StoreError::io("syncing", &self.data_path))?;
+        ob_file
+            .sync_data()
+            .map_err(StoreError::io("syncing", &self.outboard_path))?;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.have_path)
+            .map_err(StoreError::io("opening", &self.have_path))?;
+        for &(a, b) in groups {
+            let b = b.min(self.have.len() as u64);
+            if a >= b {
+                continue;
+            }
+            let mut rec = [0u8; 16];
+            rec[..8].copy_from_slice(&a.to_be_bytes());
+            rec[8..].copy_from_slice(&b.to_be_bytes());
+            log.write_all(&rec)
+                .map_err(StoreError::io("writing", &self.have_path))?;
+            for g in a..b {
+                self.have[g as usize] = true;
+            }
+        }
+        log.sync_data()
+            .map_err(StoreError::io("syncing", &self.have_path))?;
+        Ok(())
+    }
+
+    /// True when every chunk group is present.
+    pub fn is_complete(&self) -> bool {
+        self.missing().is_empty()
+    }
+
+    fn finish(self) -> Result<Finished> {
+        if let Some(b) = self.small {
+            return Ok(Finished::Inline(b));
+        }
+        if !self.is_complete() {
+            return Err(StoreError::InvalidPackage(format!(
+                "blob {} is incomplete",
+                self.hash
+            )));
+        }
+        // Check the assembled file once more end to end before it becomes a stored blob.
+        let data =
+            File::open(&self.data_path).map_err(StoreError::io("opening", &self.data_path))?;
+        let ob = File::open(&self.outboard_path)
+            .map_err(StoreError::io("opening", &self.outboard_path))?;
+        let mut reader = blob::VerifyingReader::tree(
+            self.hash,
+            self.size,
+            Box::new(data),
+            Box::new(ob),
+            self.data_path.display().to_string(),
+        );
+        io::copy(&mut reader, &mut io::sink()).map_err(|e| match blob::as_corrupt(&e) {
+            Some(c) => StoreError::CorruptBlob(c.clone()),
+            None => StoreError::Io {
+                action: "verifying",
+                path: self.data_path.clone(),
+                source: e,
+            },
+        })?;
+        let _ = fs::remove_file(&self.have_path);
+        Ok(Finished::Staged(StagedBlob::from_parts(
+            self.hash,
+            self.size,
+            self.data_path,
+            self.outboard_path,
+        )))
+    }
+}
