@@ -14,3 +14,5 @@
 //! disagree on in one message whose size grows with the difference, not the feed.
 
 pub mod iblt;
+pub mod proto;
+pub mod wire;

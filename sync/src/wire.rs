@@ -1,0 +1,417 @@
+//! Wire types of `cairn/sync/1` and their framing: a 4-byte big-endian length, then one CBOR
+//! item. The length is checked against [`MAX_FRAME`] before anything is allocated. These types
+//! are only for the wire; [`crate::proto`] converts them to and from store types explicitly.
+//! `wire-spec/README.md` is the normative description.
+
+use serde::{Deserialize, Serialize};
+
+/// Protocol version carried in HELLO (and in the ALPN `cairn/sync/1`).
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The ALPN of this protocol version.
+pub const ALPN: &[u8] = b"cairn/sync/1";
+/// Largest frame body accepted.
+pub const MAX_FRAME: usize = 8 << 20;
+/// Nesting limit for frame bodies.
+pub const MAX_NESTING: usize = 16;
+/// Bytes of one level-1 summary record: count (u32 BE) and 8 bytes of fingerprint.
+pub const L1_RECORD: usize = 12;
+/// Bytes of one packed IBLT cell: count (u32 BE), key, leaf, check (u64 BE each).
+pub const CELL_BYTES: usize = 28;
+
+/// Where content flows, from the initiator's point of view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The responder is authoritative; the initiator becomes a copy of it.
+    Pull,
+    /// The initiator is authoritative; the responder becomes a copy of it.
+    Push,
+    /// Both ways; last writer wins.
+    Mirror,
+}
+
+/// A change-log position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireCursor {
+    /// Epoch.
+    pub epoch: u64,
+    /// Sequence number.
+    pub seq: u64,
+}
+
+/// One feed's state as announced in HELLO.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedHello {
+    /// Feed name (or `@system`).
+    pub feed: String,
+    /// Merkle root fingerprint.
+    #[serde(with = "serde_bytes")]
+    pub root: [u8; 32],
+    /// Entry count.
+    pub count: u64,
+    /// The responder's cursor as of the last completed pull of this feed, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<WireCursor>,
+}
+
+/// One changed entry: key and document envelope, or `None` for an entry removed outright.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireChange {
+    /// Entry key.
+    pub key: String,
+    /// The document's envelope bytes.
+    #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
+    pub doc: Option<Vec<u8>>,
+}
+
+/// The responder's answer for one feed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeedStatus {
+    /// Same root: nothing to do.
+    Equal {
+        /// The responder's cursor.
+        cursor: WireCursor,
+    },
+    /// The change-log suffix since the initiator's cursor (pull only).
+    Log {
+        /// The responder's root after these changes.
+        #[serde(with = "serde_bytes")]
+        root: [u8; 32],
+        /// Its count.
+        count: u64,
+        /// Its cursor.
+        cursor: WireCursor,
+        /// The current value of every key changed since the cursor.
+        changes: Vec<WireChange>,
+    },
+    /// The responder's level-1 summary: 256 records of [`L1_RECORD`] bytes.
+    Summary {
+        /// Root.
+        #[serde(with = "serde_bytes")]
+        root: [u8; 32],
+        /// Count.
+        count: u64,
+        /// Cursor.
+        cursor: WireCursor,
+        /// Packed level-1 records, bucket 0 first.
+        #[serde(with = "serde_bytes")]
+        l1: Vec<u8>,
+    },
+    /// This feed cannot be replicated with this peer.
+    Refused {
+        /// An error code.
+        code: u32,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Everything that travels on the control stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Frame {
+    /// Initiator -> responder: who, how, and the state of each feed.
+    Hello {
+        /// [`PROTOCOL_VERSION`].
+        version: u32,
+        /// Replication token.
+        token: String,
+        /// Direction of content.
+        mode: Mode,
+        /// The feeds to replicate.
+        feeds: Vec<FeedHello>,
+    },
+    /// Responder -> initiator: one status per feed, in HELLO's order.
+    HelloReply {
+        /// Statuses.
+        feeds: Vec<FeedStatus>,
+    },
+    /// Ask for the level-1 summary of a feed again (after applying a log that did not converge).
+    SummaryRequest {
+        /// Feed.
+        feed: String,
+    },
+    /// The level-1 summary, answering [`Frame::SummaryRequest`].
+    Summary {
+        /// Feed.
+        feed: String,
+        /// Status (always `Summary`).
+        status: FeedStatus,
+    },
+    /// An IBLT of the sender's items in the named level-1 buckets.
+    Sketch {
+        /// Feed.
+        feed: String,
+        /// 256-bit bitmap of the buckets covered.
+        #[serde(with = "serde_bytes")]
+        buckets: Vec<u8>,
+        /// Table seed.
+        seed: u64,
+        /// Packed cells, [`CELL_BYTES`] each.
+        #[serde(with = "serde_bytes")]
+        cells: Vec<u8>,
+    },
+    /// The sketch did not decode; send a larger one or a list.
+    SketchFailed {
+        /// Feed.
+        feed: String,
+    },
+    /// Every item of the sender in the named buckets, 16 bytes each (key hash 8, leaf 8).
+    ItemList {
+        /// Feed.
+        feed: String,
+        /// Bitmap of buckets.
+        #[serde(with = "serde_bytes")]
+        buckets: Vec<u8>,
+        /// Packed items.
+        #[serde(with = "serde_bytes")]
+        items: Vec<u8>,
+    },
+    /// Result of reconciliation as the decoding side sends it.
+    Diff {
+        /// Feed.
+        feed: String,
+        /// Documents the receiver lacks (for it to apply).
+        docs: Vec<serde_bytes::ByteBuf>,
+        /// Key hashes (8 bytes each) the receiver should remove (pull: not upstream).
+        #[serde(with = "serde_bytes")]
+        remove: Vec<u8>,
+        /// Key hashes (8 bytes each) whose documents the sender wants.
+        #[serde(with = "serde_bytes")]
+        want: Vec<u8>,
+        /// No DOCS frames follow for this feed.
+        last: bool,
+    },
+    /// Documents sent on request.
+    Docs {
+        /// Feed.
+        feed: String,
+        /// Envelopes.
+        docs: Vec<serde_bytes::ByteBuf>,
+        /// The last DOCS frame the sender will send for this feed in this run.
+        last: bool,
+    },
+    /// The sender stops working on one feed (the rest of the run goes on).
+    FeedFailed {
+        /// Feed.
+        feed: String,
+        /// Error code.
+        code: u32,
+        /// Why.
+        reason: String,
+    },
+    /// Ask for blob ranges.
+    WantBlobs {
+        /// Requests.
+        blobs: Vec<BlobRequest>,
+    },
+    /// A verified-streaming piece of a blob.
+    BlobPiece {
+        /// Blob hash.
+        #[serde(with = "serde_bytes")]
+        hash: [u8; 32],
+        /// Blob size.
+        size: u64,
+        /// Chunk-group ranges encoded.
+        groups: Vec<(u64, u64)>,
+        /// `bao-tree` encoding of those ranges (or the whole bytes of a small blob).
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// The sender has finished with a feed; its root and count now.
+    Done {
+        /// Feed.
+        feed: String,
+        /// Root.
+        #[serde(with = "serde_bytes")]
+        root: [u8; 32],
+        /// Count.
+        count: u64,
+    },
+    /// A fatal error; the connection closes after it.
+    Error {
+        /// Error code (see the wire spec).
+        code: u32,
+        /// Human-readable reason.
+        reason: String,
+    },
+}
+
+/// A request for ranges of one blob.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRequest {
+    /// Blob hash.
+    #[serde(with = "serde_bytes")]
+    pub hash: [u8; 32],
+    /// Its size, as the manifest says.
+    pub size: u64,
+    /// Chunk-group ranges wanted.
+    pub groups: Vec<(u64, u64)>,
+}
+
+/// Error codes carried in [`Frame::Error`] and [`FeedStatus::Refused`].
+pub mod code {
+    /// Malformed or oversized frame.
+    pub const PROTOCOL: u32 = 1;
+    /// Protocol version not supported.
+    pub const VERSION: u32 = 2;
+    /// Token missing, wrong, or not valid for this feed.
+    pub const UNAUTHORIZED: u32 = 3;
+    /// No such feed here.
+    pub const NO_SUCH_FEED: u32 = 4;
+    /// The mode is not allowed for this token or feed.
+    pub const MODE_NOT_ALLOWED: u32 = 5;
+    /// The peer sent data that failed verification.
+    pub const BAD_DATA: u32 = 6;
+    /// A local failure.
+    pub const INTERNAL: u32 = 7;
+    /// The guard rail stopped a plan that would delete too much.
+    pub const GUARD_RAIL: u32 = 8;
+}
+
+/// Why bytes are not a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The length prefix is over the limit.
+    #[error("frame of {len} bytes is over the limit of {MAX_FRAME}")]
+    TooLarge { len: usize },
+    /// The body is not a frame.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// Encodes a frame with its length prefix.
+pub fn encode(frame: &Frame) -> Vec<u8> {
+    let mut body = Vec::new();
+    // Serialising these plain data types into a Vec cannot fail.
+    if let Err(e) = ciborium::ser::into_writer(frame, &mut body) {
+        tracing::error!("frame encoding failed: {e}");
+    }
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Decodes one frame body (without its length prefix).
+pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
+    if body.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge { len: body.len() });
+    }
+    let mut rest = body;
+    let frame = ciborium::de::from_reader_with_recursion_limit(&mut rest, MAX_NESTING)
+        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(FrameError::Malformed(format!("{} trailing bytes", rest.len())));
+    }
+    Ok(frame)
+}
+
+/// Splits a byte stream into frames as bytes arrive.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    /// Adds received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame, `Ok(None)` if more bytes are needed. An error is final: the
+    /// stream is out of step and must be closed.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        let Some(prefix) = self.buf.get(..4) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+        if len > MAX_FRAME {
+            return Err(FrameError::TooLarge { len });
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let frame = decode_body(&self.buf[4..4 + len]);
+        self.buf.drain(..4 + len);
+        frame.map(Some)
+    }
+
+    /// Bytes buffered but not yet a frame.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hello() -> Frame {
+        Frame::Hello {
+            version: PROTOCOL_VERSION,
+            token: "t".into(),
+            mode: Mode::Pull,
+            feeds: vec![FeedHello {
+                feed: "demo".into(),
+                root: [7; 32],
+                count: 3,
+                since: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_in_pieces() {
+        let bytes = [encode(&hello()), encode(&Frame::SketchFailed { feed: "x".into() })].concat();
+        let mut r = FrameReader::default();
+        let mut got = Vec::new();
+        for b in bytes.chunks(3) {
+            r.push(b);
+            while let Some(f) = r.next_frame().unwrap() {
+                got.push(f);
+            }
+        }
+        assert_eq!(got, vec![hello(), Frame::SketchFailed { feed: "x".into() }]);
+        assert_eq!(r.pending(), 0);
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_reading_the_body() {
+        let mut r = FrameReader::default();
+        r.push(&((MAX_FRAME as u32) + 1).to_be_bytes());
+        assert_eq!(r.next_frame(), Err(FrameError::TooLarge { len: MAX_FRAME + 1 }));
+    }
+
+    #[test]
+    fn truncated_and_garbage_frames_are_errors() {
+        let bytes = encode(&hello());
+        let mut r = FrameReader::default();
+        r.push(&bytes[..bytes.len() - 1]);
+        assert_eq!(r.next_frame(), Ok(None), "truncated: wait for more");
+        let mut body = bytes[4..].to_vec();
+        body.truncate(body.len() - 1);
+        assert!(matches!(decode_body(&body), Err(FrameError::Malformed(_))));
+        assert!(matches!(decode_body(&[0xff, 0x00]), Err(FrameError::Malformed(_))));
+        let mut trailing = bytes[4..].to_vec();
+        trailing.push(0);
+        assert!(matches!(decode_body(&trailing), Err(FrameError::Malformed(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut r = FrameReader::default();
+            r.push(&bytes);
+            for _ in 0..4 {
+                match r.next_frame() {
+                    Ok(Some(_)) => continue,
+                    _ => break,
+                }
+            }
+        }
+    }
+}
