@@ -15,4 +15,8 @@
 
 pub mod iblt;
 pub mod proto;
+pub mod sim;
 pub mod wire;
+
+#[cfg(test)]
+mod tests;

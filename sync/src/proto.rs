@@ -27,7 +27,7 @@ use serde_bytes::ByteBuf;
 
 use crate::iblt::{self, Cell, Iblt, Item};
 use crate::wire::{
-    self, code, BlobRequest, FeedHello, FeedStatus, Frame, Mode, WireChange, WireCursor,
+    self, code, BlobRequest, FeedHello, FeedStatus, Frame, Mode, SmallBlob, WireChange, WireCursor,
     CELL_BYTES, L1_RECORD,
 };
 
@@ -188,6 +188,8 @@ pub struct SessionStats {
 struct Batch {
     docs: Vec<Vec<u8>>,
     waiting: HashSet<Hash>,
+    /// Small blobs received with the batch, held out of GC until it is applied.
+    _pins: Vec<cairn_store::StoredBlob>,
 }
 
 #[derive(Default)]
@@ -268,7 +270,9 @@ fn pack_u64s(v: impl IntoIterator<Item = u64>) -> Vec<u8> {
 
 fn unpack_u64s(b: &[u8]) -> Result<Vec<u64>, SessionError> {
     if b.len() % 8 != 0 {
-        return Err(SessionError::Protocol("packed key list is not a multiple of 8 bytes".into()));
+        return Err(SessionError::Protocol(
+            "packed key list is not a multiple of 8 bytes".into(),
+        ));
     }
     Ok(b.chunks_exact(8)
         .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
@@ -285,15 +289,20 @@ fn bitmap(buckets: &[u8]) -> Vec<u8> {
 
 fn from_bitmap(m: &[u8]) -> Result<Vec<u8>, SessionError> {
     if m.len() != 32 {
-        return Err(SessionError::Protocol("bucket bitmap is not 32 bytes".into()));
+        return Err(SessionError::Protocol(
+            "bucket bitmap is not 32 bytes".into(),
+        ));
     }
-    Ok((0..=255u8).filter(|b| m[(b / 8) as usize] & (1 << (b % 8)) != 0).collect())
+    Ok((0..=255u8)
+        .filter(|b| m[(b / 8) as usize] & (1 << (b % 8)) != 0)
+        .collect())
 }
 
 fn pack_cells(t: &Iblt) -> Vec<u8> {
     let mut out = Vec::with_capacity(t.cells().len() * CELL_BYTES);
     for c in t.cells() {
-        out.extend_from_slice(&(c.count.clamp(0, u32::MAX as i64) as u32).to_be_bytes());
+        // Counts travel modulo 2^16: a pure cell of the difference is still exactly +1 or -1.
+        out.extend_from_slice(&(c.count as u16).to_be_bytes());
         out.extend_from_slice(&c.key_sum.to_be_bytes());
         out.extend_from_slice(&c.leaf_sum.to_be_bytes());
         out.extend_from_slice(&c.check_sum.to_be_bytes());
@@ -303,29 +312,52 @@ fn pack_cells(t: &Iblt) -> Vec<u8> {
 
 fn unpack_cells(b: &[u8]) -> Result<Vec<Cell>, SessionError> {
     if b.len() % CELL_BYTES != 0 || b.len() / CELL_BYTES > iblt::MAX_CELLS {
-        return Err(SessionError::Protocol("sketch cells malformed or too many".into()));
+        return Err(SessionError::Protocol(
+            "sketch cells malformed or too many".into(),
+        ));
     }
-    let u64_at = |c: &[u8], i: usize| u64::from_be_bytes([c[i], c[i + 1], c[i + 2], c[i + 3], c[i + 4], c[i + 5], c[i + 6], c[i + 7]]);
+    let u64_at = |c: &[u8], i: usize| {
+        u64::from_be_bytes([
+            c[i],
+            c[i + 1],
+            c[i + 2],
+            c[i + 3],
+            c[i + 4],
+            c[i + 5],
+            c[i + 6],
+            c[i + 7],
+        ])
+    };
     Ok(b.chunks_exact(CELL_BYTES)
         .map(|c| Cell {
-            count: i64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]])),
-            key_sum: u64_at(c, 4),
-            leaf_sum: u64_at(c, 12),
-            check_sum: u64_at(c, 20),
+            count: i64::from(u16::from_be_bytes([c[0], c[1]])),
+            key_sum: u64_at(c, 2),
+            leaf_sum: u64_at(c, 10),
+            check_sum: u64_at(c, 18),
         })
         .collect())
 }
 
 fn pack_items(items: &[Item]) -> Vec<u8> {
-    items.iter().flat_map(|i| [i.key.to_be_bytes(), i.leaf.to_be_bytes()].concat()).collect()
+    items
+        .iter()
+        .flat_map(|i| [i.key.to_be_bytes(), i.leaf.to_be_bytes()].concat())
+        .collect()
 }
 
 fn unpack_items(b: &[u8]) -> Result<Vec<Item>, SessionError> {
     let v = unpack_u64s(b)?;
     if v.len() % 2 != 0 {
-        return Err(SessionError::Protocol("item list is not a multiple of 16 bytes".into()));
+        return Err(SessionError::Protocol(
+            "item list is not a multiple of 16 bytes".into(),
+        ));
     }
-    Ok(v.chunks_exact(2).map(|p| Item { key: p[0], leaf: p[1] }).collect())
+    Ok(v.chunks_exact(2)
+        .map(|p| Item {
+            key: p[0],
+            leaf: p[1],
+        })
+        .collect())
 }
 
 fn sketch_seed(feed: &str, root: &[u8; 32]) -> u64 {
@@ -354,7 +386,11 @@ impl Session {
         };
         for name in &config.feeds {
             let sum = store.feed_summary(name).map_err(store_err)?;
-            let since = if config.mode == Mode::Pull { config.since.get(name).copied() } else { None };
+            let since = if config.mode == Mode::Pull {
+                config.since.get(name).copied()
+            } else {
+                None
+            };
             feeds.push(FeedHello {
                 feed: name.clone(),
                 root: *sum.root.fingerprint.as_bytes(),
@@ -366,9 +402,16 @@ impl Session {
                 name.clone(),
                 FeedJob {
                     name: name.clone(),
-                    report: FeedReport { feed: name.clone(), ..FeedReport::default() },
+                    report: FeedReport {
+                        feed: name.clone(),
+                        ..FeedReport::default()
+                    },
                     sink,
-                    rule: sink.then_some(if config.mode == Mode::Mirror { ApplyRule::LastWriterWins } else { ApplyRule::Authoritative }),
+                    rule: sink.then_some(if config.mode == Mode::Mirror {
+                        ApplyRule::LastWriterWins
+                    } else {
+                        ApplyRule::Authoritative
+                    }),
                     guard: config.guard,
                     dry_run: config.dry_run,
                     ..FeedJob::default()
@@ -419,12 +462,21 @@ impl Session {
     /// (or the session failed).
     pub fn is_finished(&self) -> bool {
         self.error.is_some()
-            || (self.hello_done && self.outbox.is_empty() && self.jobs.values().all(|j| j.failed || (j.local_done && j.peer_done)))
+            || (self.hello_done
+                && self.outbox.is_empty()
+                && self
+                    .jobs
+                    .values()
+                    .all(|j| j.failed || (j.local_done && j.peer_done)))
     }
 
     /// Per-feed reports, in HELLO order.
     pub fn reports(&self) -> Vec<FeedReport> {
-        self.order.iter().filter_map(|n| self.jobs.get(n)).map(|j| j.report.clone()).collect()
+        self.order
+            .iter()
+            .filter_map(|n| self.jobs.get(n))
+            .map(|j| j.report.clone())
+            .collect()
     }
 
     /// The replication token the peer presented (responder side).
@@ -446,7 +498,10 @@ impl Session {
             SessionError::Peer { .. } => 0,
         };
         if code != 0 {
-            self.outbox.push_back(Frame::Error { code, reason: e.to_string() });
+            self.outbox.push_back(Frame::Error {
+                code,
+                reason: e.to_string(),
+            });
         }
         self.error = Some(e);
     }
@@ -462,29 +517,51 @@ impl Session {
     }
 
     fn job(&mut self, feed: &str) -> Result<&mut FeedJob, SessionError> {
-        self.jobs
-            .get_mut(feed)
-            .ok_or_else(|| SessionError::Protocol(format!("frame for feed `{feed}` that is not in this run")))
+        self.jobs.get_mut(feed).ok_or_else(|| {
+            SessionError::Protocol(format!("frame for feed `{feed}` that is not in this run"))
+        })
     }
 
-    fn dispatch(&mut self, store: &Store, frame: Frame, authorizer: Option<&dyn Authorizer>) -> Result<(), SessionError> {
+    fn dispatch(
+        &mut self,
+        store: &Store,
+        frame: Frame,
+        authorizer: Option<&dyn Authorizer>,
+    ) -> Result<(), SessionError> {
         match (self.role, frame) {
             (_, Frame::Error { code, reason }) => Err(SessionError::Peer { code, reason }),
-            (Role::Responder, Frame::Hello { version, token, mode, feeds }) => {
+            (
+                Role::Responder,
+                Frame::Hello {
+                    version,
+                    token,
+                    mode,
+                    feeds,
+                },
+            ) => {
                 if self.hello_done {
                     return Err(SessionError::Protocol("second HELLO".into()));
                 }
                 self.hello_done = true;
                 if version != wire::PROTOCOL_VERSION {
-                    self.outbox.push_back(Frame::Error { code: code::VERSION, reason: format!("protocol version {version} is not supported; this peer speaks {}", wire::PROTOCOL_VERSION) });
-                    return Err(SessionError::Protocol(format!("peer speaks protocol version {version}")));
+                    self.outbox.push_back(Frame::Error {
+                        code: code::VERSION,
+                        reason: format!(
+                            "protocol version {version} is not supported; this peer speaks {}",
+                            wire::PROTOCOL_VERSION
+                        ),
+                    });
+                    return Err(SessionError::Protocol(format!(
+                        "peer speaks protocol version {version}"
+                    )));
                 }
                 self.mode = mode;
                 self.token = token.clone();
                 let guard = authorizer.map(|a| a.guard()).unwrap_or_default();
                 let mut statuses = Vec::new();
                 for h in feeds {
-                    let status = self.responder_hello(store, &token, mode, guard, &h, authorizer)?;
+                    let status =
+                        self.responder_hello(store, &token, mode, guard, &h, authorizer)?;
                     statuses.push(status);
                 }
                 self.outbox.push_back(Frame::HelloReply { feeds: statuses });
@@ -510,29 +587,62 @@ impl Session {
                 self.outbox.push_back(Frame::Summary { feed, status });
                 Ok(())
             }
-            (Role::Initiator, Frame::Summary { feed, status }) => self.initiator_status(store, &feed, status),
-            (Role::Responder, Frame::Sketch { feed, buckets, seed, cells }) => {
+            (Role::Initiator, Frame::Summary { feed, status }) => {
+                self.initiator_status(store, &feed, status)
+            }
+            (
+                Role::Responder,
+                Frame::Sketch {
+                    feed,
+                    buckets,
+                    seed,
+                    cells,
+                },
+            ) => {
                 let buckets = from_bitmap(&buckets)?;
-                let theirs = Iblt::from_cells(unpack_cells(&cells)?, seed).map_err(|e| SessionError::Protocol(e.to_string()))?;
+                let theirs = Iblt::from_cells(unpack_cells(&cells)?, seed)
+                    .map_err(|e| SessionError::Protocol(e.to_string()))?;
                 self.job(&feed)?.report.sketch_cells += theirs.cells().len() as u64;
                 self.job(&feed)?.report.path = Path::Sketch;
                 collect_items(store, self.job(&feed)?, &buckets)?;
                 let job = self.job(&feed)?;
-                let mut mine = Iblt::new(theirs.cells().len(), seed).map_err(|e| SessionError::Protocol(e.to_string()))?;
+                let mut mine = Iblt::new(theirs.cells().len(), seed)
+                    .map_err(|e| SessionError::Protocol(e.to_string()))?;
                 for i in &job.local_items {
                     mine.insert(i);
                 }
-                let mut diff = theirs;
-                diff.subtract(&mine).map_err(|e| SessionError::Protocol(e.to_string()))?;
+                // Subtract with counts modulo 2^16, as they travelled.
+                let cells: Vec<Cell> = theirs
+                    .cells()
+                    .iter()
+                    .zip(mine.cells())
+                    .map(|(t, m)| Cell {
+                        count: i64::from((t.count as u16).wrapping_sub(m.count as u16) as i16),
+                        key_sum: t.key_sum ^ m.key_sum,
+                        leaf_sum: t.leaf_sum ^ m.leaf_sum,
+                        check_sum: t.check_sum ^ m.check_sum,
+                    })
+                    .collect();
+                let diff = Iblt::from_cells(cells, seed)
+                    .map_err(|e| SessionError::Protocol(e.to_string()))?;
                 match diff.decode() {
-                    Ok((theirs_only, mine_only)) => self.responder_resolve(store, &feed, &theirs_only, &mine_only),
+                    Ok((theirs_only, mine_only)) => {
+                        self.responder_resolve(store, &feed, &theirs_only, &mine_only)
+                    }
                     Err(_) => {
                         self.outbox.push_back(Frame::SketchFailed { feed });
                         Ok(())
                     }
                 }
             }
-            (Role::Responder, Frame::ItemList { feed, buckets, items }) => {
+            (
+                Role::Responder,
+                Frame::ItemList {
+                    feed,
+                    buckets,
+                    items,
+                },
+            ) => {
                 let buckets = from_bitmap(&buckets)?;
                 let theirs: HashSet<Item> = unpack_items(&items)?.into_iter().collect();
                 self.job(&feed)?.report.path = Path::List;
@@ -547,7 +657,11 @@ impl Session {
                 let job = self.job(&feed)?;
                 job.sketch_retries += 1;
                 if job.sketch_retries > MAX_SKETCH_RETRIES {
-                    let frame = Frame::ItemList { feed, buckets: bitmap(&job.buckets), items: pack_items(&job.local_items) };
+                    let frame = Frame::ItemList {
+                        feed,
+                        buckets: bitmap(&job.buckets),
+                        items: pack_items(&job.local_items),
+                    };
                     job.report.path = Path::List;
                     self.outbox.push_back(frame);
                 } else {
@@ -557,7 +671,17 @@ impl Session {
                 }
                 Ok(())
             }
-            (Role::Initiator, Frame::Diff { feed, docs, remove, want, last }) => {
+            (
+                Role::Initiator,
+                Frame::Diff {
+                    feed,
+                    docs,
+                    remove,
+                    want,
+                    blobs,
+                    last,
+                },
+            ) => {
                 let removals = unpack_u64s(&remove)?;
                 let wants = unpack_u64s(&want)?;
                 let mode = self.mode;
@@ -569,7 +693,9 @@ impl Session {
                 }
                 if !wants.is_empty() {
                     if mode == Mode::Pull {
-                        return Err(SessionError::Protocol("a pull responder asked for documents".into()));
+                        return Err(SessionError::Protocol(
+                            "a pull responder asked for documents".into(),
+                        ));
                     }
                     self.send_docs_by_key8(store, &feed, &wants)?;
                 }
@@ -578,15 +704,33 @@ impl Session {
                 job.expect_docs = Some(mode != Mode::Push);
                 job.docs_complete = last;
                 if !docs.is_empty() {
-                    self.receive_docs(store, &feed, docs.into_iter().map(ByteBuf::into_vec).collect())?;
+                    self.receive_docs(
+                        store,
+                        &feed,
+                        docs.into_iter().map(ByteBuf::into_vec).collect(),
+                        blobs,
+                    )?;
                 }
                 self.maybe_done(store, &feed)
             }
-            (_, Frame::Docs { feed, docs, last }) => {
+            (
+                _,
+                Frame::Docs {
+                    feed,
+                    docs,
+                    blobs,
+                    last,
+                },
+            ) => {
                 if last {
                     self.job(&feed)?.docs_complete = true;
                 }
-                self.receive_docs(store, &feed, docs.into_iter().map(ByteBuf::into_vec).collect())?;
+                self.receive_docs(
+                    store,
+                    &feed,
+                    docs.into_iter().map(ByteBuf::into_vec).collect(),
+                    blobs,
+                )?;
                 self.maybe_done(store, &feed)
             }
             (_, Frame::FeedFailed { feed, code, reason }) => {
@@ -596,14 +740,25 @@ impl Session {
                 Ok(())
             }
             (_, Frame::WantBlobs { blobs }) => self.serve_blobs(store, &blobs),
-            (_, Frame::BlobPiece { hash, size, groups, data }) => self.receive_piece(store, Hash::from_bytes(hash), size, &groups, &data),
+            (
+                _,
+                Frame::BlobPiece {
+                    hash,
+                    size,
+                    groups,
+                    data,
+                },
+            ) => self.receive_piece(store, Hash::from_bytes(hash), size, &groups, &data),
             (_, Frame::Done { feed, root, count }) => {
                 let job = self.job(&feed)?;
                 job.peer_done = true;
                 job.report.peer_root = Some((root, count));
                 self.maybe_done(store, &feed)
             }
-            (role, other) => Err(SessionError::Protocol(format!("{role:?} cannot receive {}", frame_name(&other)))),
+            (role, other) => Err(SessionError::Protocol(format!(
+                "{role:?} cannot receive {}",
+                frame_name(&other)
+            ))),
         }
     }
 
@@ -618,7 +773,10 @@ impl Session {
     ) -> Result<FeedStatus, SessionError> {
         let mut job = FeedJob {
             name: h.feed.clone(),
-            report: FeedReport { feed: h.feed.clone(), ..FeedReport::default() },
+            report: FeedReport {
+                feed: h.feed.clone(),
+                ..FeedReport::default()
+            },
             sink: mode != Mode::Pull,
             rule: match mode {
                 Mode::Pull => None,
@@ -637,32 +795,43 @@ impl Session {
         let status = match authorizer.map(|a| a.authorize(token, &h.feed, mode)) {
             Some(Err((code, reason))) => refuse(&mut job, code, reason),
             _ => match store.feed_summary(&h.feed) {
-                Err(StoreError::FeedNotFound { .. }) => refuse(&mut job, code::NO_SUCH_FEED, format!("feed `{}` does not exist on this peer", h.feed)),
+                Err(StoreError::FeedNotFound { .. }) => refuse(
+                    &mut job,
+                    code::NO_SUCH_FEED,
+                    format!("feed `{}` does not exist on this peer", h.feed),
+                ),
                 Err(e) => return Err(store_err(e)),
-                Ok(sum) if sum.root.fingerprint.as_bytes() == &h.root && sum.root.count == h.count => {
+                Ok(sum)
+                    if sum.root.fingerprint.as_bytes() == &h.root && sum.root.count == h.count =>
+                {
                     job.report.path = Path::Equal;
                     job.local_done = true;
                     job.peer_done = true;
                     job.report.local_root = Some((h.root, h.count));
                     job.report.peer_root = Some((h.root, h.count));
-                    FeedStatus::Equal { cursor: cursor_to_wire(sum.feed.cursor()) }
+                    FeedStatus::Equal {
+                        cursor: cursor_to_wire(sum.feed.cursor()),
+                    }
                 }
                 Ok(sum) => match (mode, h.since) {
-                    (Mode::Pull, Some(since)) => match log_suffix(store, &h.feed, cursor_from_wire(since))? {
-                        Some(changes) => {
-                            job.report.path = Path::Log;
-                            job.report.docs_sent += changes.iter().filter(|c| c.doc.is_some()).count() as u64;
-                            job.sent_all = true;
-                            job.expect_docs = Some(false);
-                            FeedStatus::Log {
-                                root: *sum.root.fingerprint.as_bytes(),
-                                count: sum.root.count,
-                                cursor: cursor_to_wire(sum.feed.cursor()),
-                                changes,
+                    (Mode::Pull, Some(since)) => {
+                        match log_suffix(store, &h.feed, cursor_from_wire(since))? {
+                            Some(changes) => {
+                                job.report.path = Path::Log;
+                                job.report.docs_sent +=
+                                    changes.iter().filter(|c| c.doc.is_some()).count() as u64;
+                                job.sent_all = true;
+                                job.expect_docs = Some(false);
+                                FeedStatus::Log {
+                                    root: *sum.root.fingerprint.as_bytes(),
+                                    count: sum.root.count,
+                                    cursor: cursor_to_wire(sum.feed.cursor()),
+                                    changes,
+                                }
                             }
+                            None => summary(store, &h.feed)?,
                         }
-                        None => summary(store, &h.feed)?,
-                    },
+                    }
                     _ => summary(store, &h.feed)?,
                 },
             },
@@ -671,7 +840,12 @@ impl Session {
         Ok(status)
     }
 
-    fn initiator_status(&mut self, store: &Store, feed: &str, status: FeedStatus) -> Result<(), SessionError> {
+    fn initiator_status(
+        &mut self,
+        store: &Store,
+        feed: &str,
+        status: FeedStatus,
+    ) -> Result<(), SessionError> {
         match status {
             FeedStatus::Refused { code, reason } => {
                 let job = self.job(feed)?;
@@ -691,7 +865,12 @@ impl Session {
                 job.peer_done = true;
                 Ok(())
             }
-            FeedStatus::Log { root, count, cursor, changes } => {
+            FeedStatus::Log {
+                root,
+                count,
+                cursor,
+                changes,
+            } => {
                 {
                     let job = self.job(feed)?;
                     job.report.path = Path::Log;
@@ -701,19 +880,30 @@ impl Session {
                     job.expect_docs = Some(true);
                     job.docs_complete = true;
                 }
-                let removed: Vec<String> = changes.iter().filter(|c| c.doc.is_none()).map(|c| c.key.clone()).collect();
+                let removed: Vec<String> = changes
+                    .iter()
+                    .filter(|c| c.doc.is_none())
+                    .map(|c| c.key.clone())
+                    .collect();
                 if !removed.is_empty() && !self.remove_keys(store, feed, &removed)? {
                     return Ok(());
                 }
                 let docs: Vec<Vec<u8>> = changes.into_iter().filter_map(|c| c.doc).collect();
                 if !docs.is_empty() {
-                    self.receive_docs(store, feed, docs)?;
+                    self.receive_docs(store, feed, docs, Vec::new())?;
                 }
                 self.maybe_done(store, feed)
             }
-            FeedStatus::Summary { root, count, cursor, l1 } => {
+            FeedStatus::Summary {
+                root,
+                count,
+                cursor,
+                l1,
+            } => {
                 if l1.len() != 256 * L1_RECORD {
-                    return Err(SessionError::Protocol("level-1 summary is not 256 records".into()));
+                    return Err(SessionError::Protocol(
+                        "level-1 summary is not 256 records".into(),
+                    ));
                 }
                 let mine = pack_l1(store, feed)?;
                 let job = self.job(feed)?;
@@ -723,7 +913,10 @@ impl Session {
                 let mut mismatched = Vec::new();
                 let mut count_diff = 0u64;
                 for b in 0..256usize {
-                    let (a, z) = (&mine[b * L1_RECORD..(b + 1) * L1_RECORD], &l1[b * L1_RECORD..(b + 1) * L1_RECORD]);
+                    let (a, z) = (
+                        &mine[b * L1_RECORD..(b + 1) * L1_RECORD],
+                        &l1[b * L1_RECORD..(b + 1) * L1_RECORD],
+                    );
                     if a != z {
                         mismatched.push(b as u8);
                         let ca = u32::from_be_bytes([a[0], a[1], a[2], a[3]]);
@@ -735,16 +928,29 @@ impl Session {
                     // Same level-1 summary but different roots: a fingerprint prefix collision.
                     mismatched = (0..=255).collect();
                 }
+                // Differing keys from the share of mismatched buckets (balls in bins); a key whose
+                // entry changed is two items of the symmetric difference, an added or removed
+                // key (seen in the count differences) is one.
                 let m = mismatched.len() as f64;
-                let per_bucket = if mismatched.len() >= 256 { 6.0 } else { -(1.0 - m / 256.0).ln() };
-                let estimate = ((2.0 * 256.0 * per_bucket).max(count_diff as f64) * 1.25).ceil() as usize + 4;
+                let per_bucket = if mismatched.len() >= 256 {
+                    6.0
+                } else {
+                    -(1.0 - m / 256.0).ln()
+                };
+                let keys = (256.0 * per_bucket).max(count_diff as f64);
+                let items = (2.0 * keys - count_diff as f64).max(count_diff as f64);
+                let estimate = (items * 1.15).ceil() as usize + 4;
                 job.buckets = mismatched.clone();
                 collect_items(store, job, &mismatched)?;
                 job.sketch_cells = iblt::cells_for(estimate);
                 // A plain list is cheaper when our side of the buckets is small.
                 let frame = if job.local_items.len() * 16 <= job.sketch_cells * CELL_BYTES {
                     job.report.path = Path::List;
-                    Frame::ItemList { feed: feed.to_owned(), buckets: bitmap(&job.buckets), items: pack_items(&job.local_items) }
+                    Frame::ItemList {
+                        feed: feed.to_owned(),
+                        buckets: bitmap(&job.buckets),
+                        items: pack_items(&job.local_items),
+                    }
                 } else {
                     job.report.path = Path::Sketch;
                     sketch_frame(job)?
@@ -757,19 +963,36 @@ impl Session {
 
     /// The responder knows the exact difference: act on it according to the mode.
     /// The responder knows the exact difference: act on it according to the mode.
-    fn responder_resolve(&mut self, store: &Store, feed: &str, theirs_only: &[Item], mine_only: &[Item]) -> Result<(), SessionError> {
+    fn responder_resolve(
+        &mut self,
+        store: &Store,
+        feed: &str,
+        theirs_only: &[Item],
+        mine_only: &[Item],
+    ) -> Result<(), SessionError> {
         let mode = self.mode;
         let their_keys: HashSet<u64> = theirs_only.iter().map(|i| i.key).collect();
         let my_keys: HashSet<u64> = mine_only.iter().map(|i| i.key).collect();
         let mut docs = Vec::new();
         if mode != Mode::Push {
             let job = self.job(feed)?;
-            let keys: Vec<String> = mine_only.iter().flat_map(|i| job.local_keys.get(&i.key).cloned().unwrap_or_default()).collect();
+            let keys: Vec<String> = mine_only
+                .iter()
+                .flat_map(|i| job.local_keys.get(&i.key).cloned().unwrap_or_default())
+                .collect();
             docs = current_docs(store, feed, &keys)?;
             self.job(feed)?.report.docs_sent += docs.len() as u64;
         }
-        let remove: Vec<u64> = if mode == Mode::Pull { their_keys.difference(&my_keys).copied().collect() } else { Vec::new() };
-        let want: Vec<u64> = if mode == Mode::Pull { Vec::new() } else { their_keys.iter().copied().collect() };
+        let remove: Vec<u64> = if mode == Mode::Pull {
+            their_keys.difference(&my_keys).copied().collect()
+        } else {
+            Vec::new()
+        };
+        let want: Vec<u64> = if mode == Mode::Pull {
+            Vec::new()
+        } else {
+            their_keys.iter().copied().collect()
+        };
         if mode == Mode::Push {
             // We become a copy of the initiator: drop what it does not have at all.
             let extras: Vec<u64> = my_keys.difference(&their_keys).copied().collect();
@@ -777,13 +1000,25 @@ impl Session {
                 return Ok(());
             }
         }
-        let mut batches = doc_batches(docs).into_iter();
-        let first = batches.next().unwrap_or_default();
-        let rest: Vec<Vec<ByteBuf>> = batches.collect();
-        self.outbox.push_back(Frame::Diff { feed: feed.to_owned(), docs: first, remove: pack_u64s(remove), want: pack_u64s(want.iter().copied()), last: rest.is_empty() });
+        let mut batches = doc_batches(store, docs)?.into_iter();
+        let (first, first_blobs) = batches.next().unwrap_or_default();
+        let rest: Vec<_> = batches.collect();
+        self.outbox.push_back(Frame::Diff {
+            feed: feed.to_owned(),
+            docs: first,
+            remove: pack_u64s(remove),
+            want: pack_u64s(want.iter().copied()),
+            blobs: first_blobs,
+            last: rest.is_empty(),
+        });
         let n = rest.len();
-        for (i, chunk) in rest.into_iter().enumerate() {
-            self.outbox.push_back(Frame::Docs { feed: feed.to_owned(), docs: chunk, last: i + 1 == n });
+        for (i, (chunk, blobs)) in rest.into_iter().enumerate() {
+            self.outbox.push_back(Frame::Docs {
+                feed: feed.to_owned(),
+                docs: chunk,
+                blobs,
+                last: i + 1 == n,
+            });
         }
         let job = self.job(feed)?;
         job.sent_all = true;
@@ -792,7 +1027,12 @@ impl Session {
     }
 
     /// Removes keys after the guard rail allows it; false when the guard rail stopped the feed.
-    fn remove_keys(&mut self, store: &Store, feed: &str, keys: &[String]) -> Result<bool, SessionError> {
+    fn remove_keys(
+        &mut self,
+        store: &Store,
+        feed: &str,
+        keys: &[String],
+    ) -> Result<bool, SessionError> {
         let total = store.feed_summary(feed).map_err(store_err)?.root.count;
         if !self.check_guard(feed, total, keys.len() as u64)? {
             return Ok(false);
@@ -825,14 +1065,26 @@ impl Session {
         tracing::warn!(feed, "{reason}");
         job.failed = true;
         job.report.error = Some(reason.clone());
-        self.outbox.push_back(Frame::FeedFailed { feed: feed.to_owned(), code: code::GUARD_RAIL, reason });
+        self.outbox.push_back(Frame::FeedFailed {
+            feed: feed.to_owned(),
+            code: code::GUARD_RAIL,
+            reason,
+        });
         Ok(false)
     }
 
-    fn remove_by_key8(&mut self, store: &Store, feed: &str, key8s: &[u64]) -> Result<bool, SessionError> {
+    fn remove_by_key8(
+        &mut self,
+        store: &Store,
+        feed: &str,
+        key8s: &[u64],
+    ) -> Result<bool, SessionError> {
         let mut keys = Vec::new();
         for k in key8s {
-            for (_, e) in store.entries_under(feed, &k.to_be_bytes()).map_err(store_err)? {
+            for (_, e) in store
+                .entries_under(feed, &k.to_be_bytes())
+                .map_err(store_err)?
+            {
                 keys.push(e.key);
             }
         }
@@ -842,38 +1094,79 @@ impl Session {
         self.remove_keys(store, feed, &keys)
     }
 
-    fn send_docs_by_key8(&mut self, store: &Store, feed: &str, key8s: &[u64]) -> Result<(), SessionError> {
+    fn send_docs_by_key8(
+        &mut self,
+        store: &Store,
+        feed: &str,
+        key8s: &[u64],
+    ) -> Result<(), SessionError> {
         let mut keys = Vec::new();
         for k in key8s {
-            for (_, e) in store.entries_under(feed, &k.to_be_bytes()).map_err(store_err)? {
+            for (_, e) in store
+                .entries_under(feed, &k.to_be_bytes())
+                .map_err(store_err)?
+            {
                 keys.push(e.key);
             }
         }
         let docs = current_docs(store, feed, &keys)?;
         self.job(feed)?.report.docs_sent += docs.len() as u64;
-        let batches = doc_batches(docs);
+        let batches = doc_batches(store, docs)?;
         let n = batches.len().max(1);
         let mut batches = batches.into_iter();
         for i in 0..n {
-            let chunk = batches.next().unwrap_or_default();
-            self.outbox.push_back(Frame::Docs { feed: feed.to_owned(), docs: chunk, last: i + 1 == n });
+            let (chunk, blobs) = batches.next().unwrap_or_default();
+            self.outbox.push_back(Frame::Docs {
+                feed: feed.to_owned(),
+                docs: chunk,
+                blobs,
+                last: i + 1 == n,
+            });
         }
         Ok(())
     }
 
-    fn receive_docs(&mut self, store: &Store, feed: &str, docs: Vec<Vec<u8>>) -> Result<(), SessionError> {
+    fn receive_docs(
+        &mut self,
+        store: &Store,
+        feed: &str,
+        docs: Vec<Vec<u8>>,
+        small: Vec<SmallBlob>,
+    ) -> Result<(), SessionError> {
         let job = self.job(feed)?;
         if !job.sink {
-            return Err(SessionError::Protocol(format!("documents for `{feed}` sent to a side that does not receive in this mode")));
+            return Err(SessionError::Protocol(format!(
+                "documents for `{feed}` sent to a side that does not receive in this mode"
+            )));
         }
         if job.failed {
             return Ok(());
+        }
+        // Small blobs first: each is checked against its hash as it is stored.
+        let mut pins = Vec::with_capacity(small.len());
+        if !job.dry_run {
+            for b in small {
+                let want = Hash::from_bytes(b.hash);
+                if b.data.len() as u64 > cairn_store::blob::INLINE_MAX || Hash::of(&b.data) != want
+                {
+                    tracing::warn!(blob = %want, "peer sent a small blob whose bytes do not match its hash");
+                    return Err(SessionError::BadData(format!(
+                        "blob {want} does not match its hash"
+                    )));
+                }
+                let stored = store.put_blob(&b.data[..]).map_err(store_err)?;
+                job.report.blobs_received += 1;
+                job.report.blob_bytes_received += stored.size;
+                pins.push(stored);
+            }
         }
         // Deletions the batch would cause count against the guard rail.
         let mut deletes = 0u64;
         let mut wanted: BTreeMap<Hash, u64> = BTreeMap::new();
         for bytes in &docs {
-            let Ok(doc) = SignedDocument::decode(bytes) else { continue };
+            let Ok(doc) = SignedDocument::decode(bytes) else {
+                continue;
+            };
             match doc.doc_type() {
                 DocType::Manifest => {
                     if let Ok(m) = doc.payload::<Manifest>() {
@@ -886,7 +1179,8 @@ impl Session {
                 }
                 DocType::Tombstone => {
                     if let Ok(t) = doc.payload::<cairn_store::doc::Tombstone>() {
-                        if matches!(store.entry(feed, &t.key).map_err(store_err)?, Some(v) if v.kind != EntryKind::Tombstone) {
+                        if matches!(store.entry(feed, &t.key).map_err(store_err)?, Some(v) if v.kind != EntryKind::Tombstone)
+                        {
                             deletes += 1;
                         }
                     }
@@ -908,33 +1202,62 @@ impl Session {
         let mut requests = Vec::new();
         let mut waiting = HashSet::new();
         for (hash, size) in wanted {
-            if !job.incoming.contains_key(&hash) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = job.incoming.entry(hash) {
                 let incoming = store.receive_blob(hash, size).map_err(store_err)?;
-                let groups = incoming.missing();
-                requests.push(BlobRequest { hash: *hash.as_bytes(), size, groups });
-                job.incoming.insert(hash, incoming);
+                requests.push(BlobRequest {
+                    hash: *hash.as_bytes(),
+                    size,
+                    groups: incoming.missing(),
+                });
+                slot.insert(incoming);
             }
             waiting.insert(hash);
         }
-        job.batches.push(Batch { docs, waiting });
+        job.batches.push(Batch {
+            docs,
+            waiting,
+            _pins: pins,
+        });
         if !requests.is_empty() {
             self.outbox.push_back(Frame::WantBlobs { blobs: requests });
         }
         self.apply_ready(store, feed)
     }
 
-    fn receive_piece(&mut self, store: &Store, hash: Hash, size: u64, groups: &[(u64, u64)], data: &[u8]) -> Result<(), SessionError> {
-        let Some((feed, mut incoming)) = self.jobs.iter_mut().find_map(|(n, j)| j.incoming.remove(&hash).map(|i| (n.clone(), i))) else {
-            return Err(SessionError::Protocol(format!("blob piece for {hash} that was not asked for")));
+    fn receive_piece(
+        &mut self,
+        store: &Store,
+        hash: Hash,
+        size: u64,
+        groups: &[(u64, u64)],
+        data: &[u8],
+    ) -> Result<(), SessionError> {
+        let Some((feed, mut incoming)) = self
+            .jobs
+            .iter_mut()
+            .find_map(|(n, j)| j.incoming.remove(&hash).map(|i| (n.clone(), i)))
+        else {
+            return Err(SessionError::Protocol(format!(
+                "blob piece for {hash} that was not asked for"
+            )));
         };
         if incoming.size() != size {
-            return Err(SessionError::Protocol(format!("blob {hash} announced as {size} bytes, asked for {}", incoming.size())));
+            return Err(SessionError::Protocol(format!(
+                "blob {hash} announced as {size} bytes, asked for {}",
+                incoming.size()
+            )));
         }
         if let Err(e) = incoming.write_piece(groups, data) {
             tracing::warn!(blob = %hash, "peer sent a blob piece that failed verification: {e}");
-            return Err(SessionError::BadData(format!("blob {hash} failed verification: {e}")));
+            return Err(SessionError::BadData(format!(
+                "blob {hash} failed verification: {e}"
+            )));
         }
-        let piece_bytes = groups.iter().map(|(a, b)| b.saturating_sub(*a) * cairn_store::blob::CHUNK_GROUP_BYTES as u64).sum::<u64>().min(size);
+        let piece_bytes = groups
+            .iter()
+            .map(|(a, b)| b.saturating_sub(*a) * cairn_store::blob::CHUNK_GROUP_BYTES as u64)
+            .sum::<u64>()
+            .min(size);
         let job = self.job(&feed)?;
         job.report.blob_bytes_received += piece_bytes;
         if incoming.is_complete() {
@@ -954,10 +1277,14 @@ impl Session {
     fn apply_ready(&mut self, store: &Store, feed: &str) -> Result<(), SessionError> {
         let job = self.job(feed)?;
         let rule = job.rule.unwrap_or(ApplyRule::Authoritative);
-        let (ready, waiting): (Vec<Batch>, Vec<Batch>) = std::mem::take(&mut job.batches).into_iter().partition(|b| b.waiting.is_empty());
+        let (ready, waiting): (Vec<Batch>, Vec<Batch>) = std::mem::take(&mut job.batches)
+            .into_iter()
+            .partition(|b| b.waiting.is_empty());
         job.batches = waiting;
         for batch in ready {
-            let results = store.apply_remote(feed, &batch.docs, rule).map_err(store_err)?;
+            let results = store
+                .apply_remote(feed, &batch.docs, rule)
+                .map_err(store_err)?;
             let job = self.job(feed)?;
             for r in results {
                 match r {
@@ -966,7 +1293,9 @@ impl Session {
                     Ok((_, Applied::Unchanged)) => {}
                     Err(e) => {
                         tracing::warn!(feed, "rejected a document from the peer: {e}");
-                        return Err(SessionError::BadData(format!("document for `{feed}` rejected: {e}")));
+                        return Err(SessionError::BadData(format!(
+                            "document for `{feed}` rejected: {e}"
+                        )));
                     }
                 }
             }
@@ -996,26 +1325,41 @@ impl Session {
         let root = (*sum.root.fingerprint.as_bytes(), sum.root.count);
         let job = self.job(feed)?;
         // A pull by log that did not reach the upstream root (local extras): reconcile fully.
-        if role == Role::Initiator && job.report.path == Path::Log && job.report.peer_root.is_some_and(|p| p != root) && !job.dry_run {
+        if role == Role::Initiator
+            && job.report.path == Path::Log
+            && job.report.peer_root.is_some_and(|p| p != root)
+            && !job.dry_run
+        {
             job.report.path = Path::Sketch;
             job.sent_all = false;
             job.expect_docs = None;
             job.docs_complete = false;
-            self.outbox.push_back(Frame::SummaryRequest { feed: feed.to_owned() });
+            self.outbox.push_back(Frame::SummaryRequest {
+                feed: feed.to_owned(),
+            });
             return Ok(());
         }
         job.local_done = true;
         job.report.local_root = Some(root);
-        self.outbox.push_back(Frame::Done { feed: feed.to_owned(), root: root.0, count: root.1 });
+        self.outbox.push_back(Frame::Done {
+            feed: feed.to_owned(),
+            root: root.0,
+            count: root.1,
+        });
         Ok(())
     }
 
     fn serve_blobs(&mut self, store: &Store, blobs: &[BlobRequest]) -> Result<(), SessionError> {
         for req in blobs {
             let hash = Hash::from_bytes(req.hash);
-            let size = store.blob_size(&hash).map_err(store_err)?.ok_or_else(|| SessionError::Protocol(format!("peer asked for blob {hash} which is not here")))?;
+            let size = store.blob_size(&hash).map_err(store_err)?.ok_or_else(|| {
+                SessionError::Protocol(format!("peer asked for blob {hash} which is not here"))
+            })?;
             if size != req.size {
-                return Err(SessionError::Protocol(format!("peer asked for blob {hash} as {} bytes; it has {size}", req.size)));
+                return Err(SessionError::Protocol(format!(
+                    "peer asked for blob {hash} as {} bytes; it has {size}",
+                    req.size
+                )));
             }
             let groups = group_count(size);
             for &(a, b) in &req.groups {
@@ -1024,9 +1368,17 @@ impl Session {
                 while start < b {
                     let end = (start + PIECE_GROUPS).min(b);
                     let mut data = Vec::new();
-                    store.encode_blob(&hash, &[(start, end)], &mut data).map_err(store_err)?;
-                    let payload = ((end - start) * cairn_store::blob::CHUNK_GROUP_BYTES as u64).min(size);
-                    self.outbox.push_back(Frame::BlobPiece { hash: req.hash, size, groups: vec![(start, end)], data });
+                    store
+                        .encode_blob(&hash, &[(start, end)], &mut data)
+                        .map_err(store_err)?;
+                    let payload =
+                        ((end - start) * cairn_store::blob::CHUNK_GROUP_BYTES as u64).min(size);
+                    self.outbox.push_back(Frame::BlobPiece {
+                        hash: req.hash,
+                        size,
+                        groups: vec![(start, end)],
+                        data,
+                    });
                     self.stats.pieces_sent += 1;
                     self.stats.blob_bytes_sent += payload;
                     start = end;
@@ -1056,7 +1408,6 @@ fn frame_name(f: &Frame) -> &'static str {
     }
 }
 
-
 fn pack_l1(store: &Store, feed: &str) -> Result<Vec<u8>, SessionError> {
     let mut out = vec![0u8; 256 * L1_RECORD];
     for (b, n) in store.merkle_children(feed, &[]).map_err(store_err)? {
@@ -1078,18 +1429,41 @@ fn summary(store: &Store, feed: &str) -> Result<FeedStatus, SessionError> {
 }
 
 /// The current value of every key changed since `since`, or `None` when a log cannot answer.
-fn log_suffix(store: &Store, feed: &str, since: Cursor) -> Result<Option<Vec<WireChange>>, SessionError> {
-    match store.changes_since(feed, since, MAX_LOG_CHANGES + 1).map_err(store_err)? {
+fn log_suffix(
+    store: &Store,
+    feed: &str,
+    since: Cursor,
+) -> Result<Option<Vec<WireChange>>, SessionError> {
+    match store
+        .changes_since(feed, since, MAX_LOG_CHANGES + 1)
+        .map_err(store_err)?
+    {
         ChangesSince::FullDiffNeeded { .. } => Ok(None),
-        ChangesSince::Changes { changes, complete, .. } => {
+        ChangesSince::Changes {
+            changes, complete, ..
+        } => {
             if !complete || changes.len() > MAX_LOG_CHANGES {
                 return Ok(None);
             }
-            let keys: Vec<String> = changes.iter().map(|c| c.key.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+            let keys: Vec<String> = changes
+                .iter()
+                .map(|c| c.key.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
             let mut out = Vec::with_capacity(keys.len());
             for key in keys {
                 let doc = match store.entry(feed, &key).map_err(store_err)? {
-                    Some(v) => Some(store.document(&v.doc).map_err(store_err)?.ok_or_else(|| SessionError::Store(format!("document {} missing", v.doc)))?.bytes().to_vec()),
+                    Some(v) => Some(
+                        store
+                            .document(&v.doc)
+                            .map_err(store_err)?
+                            .ok_or_else(|| {
+                                SessionError::Store(format!("document {} missing", v.doc))
+                            })?
+                            .bytes()
+                            .to_vec(),
+                    ),
                     None => None,
                 };
                 out.push(WireChange { key, doc });
@@ -1116,39 +1490,70 @@ fn collect_items(store: &Store, job: &mut FeedJob, buckets: &[u8]) -> Result<(),
 
 fn sketch_frame(job: &mut FeedJob) -> Result<Frame, SessionError> {
     let seed = sketch_seed(&job.name, &[job.sketch_retries as u8; 32]);
-    let mut t = Iblt::new(job.sketch_cells, seed).map_err(|e| SessionError::Protocol(e.to_string()))?;
+    let mut t =
+        Iblt::new(job.sketch_cells, seed).map_err(|e| SessionError::Protocol(e.to_string()))?;
     for i in &job.local_items {
         t.insert(i);
     }
     job.report.sketch_cells += t.cells().len() as u64;
-    Ok(Frame::Sketch { feed: job.name.clone(), buckets: bitmap(&job.buckets), seed, cells: pack_cells(&t) })
+    Ok(Frame::Sketch {
+        feed: job.name.clone(),
+        buckets: bitmap(&job.buckets),
+        seed,
+        cells: pack_cells(&t),
+    })
 }
 
 fn current_docs(store: &Store, feed: &str, keys: &[String]) -> Result<Vec<Vec<u8>>, SessionError> {
     let mut out = Vec::with_capacity(keys.len());
     for key in keys {
         if let Some(v) = store.entry(feed, key).map_err(store_err)? {
-            let d = store.document(&v.doc).map_err(store_err)?.ok_or_else(|| SessionError::Store(format!("document {} missing", v.doc)))?;
+            let d = store
+                .document(&v.doc)
+                .map_err(store_err)?
+                .ok_or_else(|| SessionError::Store(format!("document {} missing", v.doc)))?;
             out.push(d.bytes().to_vec());
         }
     }
     Ok(out)
 }
 
-fn doc_batches(docs: Vec<Vec<u8>>) -> Vec<Vec<ByteBuf>> {
+/// Documents for one frame and the small blobs they name.
+type DocBatch = (Vec<ByteBuf>, Vec<SmallBlob>);
+
+/// Splits documents into frame-sized batches, each with the small blobs its manifests name.
+fn doc_batches(store: &Store, docs: Vec<Vec<u8>>) -> Result<Vec<DocBatch>, SessionError> {
     let mut out = Vec::new();
     let mut cur = Vec::new();
+    let mut cur_blobs: Vec<SmallBlob> = Vec::new();
+    let mut seen = HashSet::new();
     let mut bytes = 0;
     for d in docs {
-        if bytes + d.len() > DOC_BATCH_BYTES && !cur.is_empty() {
-            out.push(std::mem::take(&mut cur));
+        let mut small = Vec::new();
+        if let Ok(m) = SignedDocument::decode(&d).and_then(|doc| doc.payload::<Manifest>()) {
+            for f in m.files {
+                if f.size <= cairn_store::blob::INLINE_MAX && !seen.contains(&f.blob) {
+                    let mut data = Vec::with_capacity(f.size as usize);
+                    store.read_blob_to(&f.blob, &mut data).map_err(store_err)?;
+                    seen.insert(f.blob);
+                    small.push(SmallBlob {
+                        hash: *f.blob.as_bytes(),
+                        data,
+                    });
+                }
+            }
+        }
+        let size = d.len() + small.iter().map(|b| b.data.len() + 40).sum::<usize>();
+        if bytes + size > DOC_BATCH_BYTES && !cur.is_empty() {
+            out.push((std::mem::take(&mut cur), std::mem::take(&mut cur_blobs)));
             bytes = 0;
         }
-        bytes += d.len();
+        bytes += size;
         cur.push(ByteBuf::from(d));
+        cur_blobs.extend(small);
     }
     if !cur.is_empty() {
-        out.push(cur);
+        out.push((cur, cur_blobs));
     }
-    out
+    Ok(out)
 }

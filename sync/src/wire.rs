@@ -15,8 +15,8 @@ pub const MAX_FRAME: usize = 8 << 20;
 pub const MAX_NESTING: usize = 16;
 /// Bytes of one level-1 summary record: count (u32 BE) and 8 bytes of fingerprint.
 pub const L1_RECORD: usize = 12;
-/// Bytes of one packed IBLT cell: count (u32 BE), key, leaf, check (u64 BE each).
-pub const CELL_BYTES: usize = 28;
+/// Bytes of one packed IBLT cell: count modulo 2^16 (u16 BE), key, leaf, check (u64 BE each).
+pub const CELL_BYTES: usize = 26;
 
 /// Where content flows, from the initiator's point of view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,6 +180,9 @@ pub enum Frame {
         /// Key hashes (8 bytes each) whose documents the sender wants.
         #[serde(with = "serde_bytes")]
         want: Vec<u8>,
+        /// Small blobs the documents name, sent unasked.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        blobs: Vec<SmallBlob>,
         /// No DOCS frames follow for this feed.
         last: bool,
     },
@@ -189,6 +192,9 @@ pub enum Frame {
         feed: String,
         /// Envelopes.
         docs: Vec<serde_bytes::ByteBuf>,
+        /// Small blobs the documents name, sent unasked.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        blobs: Vec<SmallBlob>,
         /// The last DOCS frame the sender will send for this feed in this run.
         last: bool,
     },
@@ -236,6 +242,17 @@ pub enum Frame {
         /// Human-readable reason.
         reason: String,
     },
+}
+
+/// A small blob (at most one chunk group) sent whole beside the documents that name it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SmallBlob {
+    /// Blob hash; the receiver checks the bytes against it.
+    #[serde(with = "serde_bytes")]
+    pub hash: [u8; 32],
+    /// The bytes.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
 }
 
 /// A request for ranges of one blob.
@@ -304,7 +321,10 @@ pub fn decode_body(body: &[u8]) -> Result<Frame, FrameError> {
     let frame = ciborium::de::from_reader_with_recursion_limit(&mut rest, MAX_NESTING)
         .map_err(|e| FrameError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(FrameError::Malformed(format!("{} trailing bytes", rest.len())));
+        return Err(FrameError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
     }
     Ok(frame)
 }
@@ -366,7 +386,11 @@ mod tests {
 
     #[test]
     fn frames_round_trip_in_pieces() {
-        let bytes = [encode(&hello()), encode(&Frame::SketchFailed { feed: "x".into() })].concat();
+        let bytes = [
+            encode(&hello()),
+            encode(&Frame::SketchFailed { feed: "x".into() }),
+        ]
+        .concat();
         let mut r = FrameReader::default();
         let mut got = Vec::new();
         for b in bytes.chunks(3) {
@@ -383,7 +407,10 @@ mod tests {
     fn oversized_length_is_refused_before_reading_the_body() {
         let mut r = FrameReader::default();
         r.push(&((MAX_FRAME as u32) + 1).to_be_bytes());
-        assert_eq!(r.next_frame(), Err(FrameError::TooLarge { len: MAX_FRAME + 1 }));
+        assert_eq!(
+            r.next_frame(),
+            Err(FrameError::TooLarge { len: MAX_FRAME + 1 })
+        );
     }
 
     #[test]
@@ -395,10 +422,16 @@ mod tests {
         let mut body = bytes[4..].to_vec();
         body.truncate(body.len() - 1);
         assert!(matches!(decode_body(&body), Err(FrameError::Malformed(_))));
-        assert!(matches!(decode_body(&[0xff, 0x00]), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            decode_body(&[0xff, 0x00]),
+            Err(FrameError::Malformed(_))
+        ));
         let mut trailing = bytes[4..].to_vec();
         trailing.push(0);
-        assert!(matches!(decode_body(&trailing), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            decode_body(&trailing),
+            Err(FrameError::Malformed(_))
+        ));
     }
 
     proptest! {

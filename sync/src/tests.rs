@@ -1,0 +1,464 @@
+//! Protocol tests on a simulated pair: real stores, virtual time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::OnceLock;
+
+use cairn_store::doc::{AssessmentType, PAYLOAD_VERSION};
+use cairn_store::{Ecosystem, NewFile, NewPackage, Store, StoreOptions, SYSTEM_FEED};
+
+use crate::proto::{Authorizer, GuardRail, InitiatorConfig, Path as SyncPath};
+use crate::sim::{self, Link, Outcome};
+use crate::wire::{code, Mode};
+
+struct AllowAll;
+impl Authorizer for AllowAll {
+    fn authorize(&self, token: &str, _feed: &str, _mode: Mode) -> Result<(), (u32, String)> {
+        if token == "good" {
+            Ok(())
+        } else {
+            Err((code::UNAUTHORIZED, "bad token".into()))
+        }
+    }
+}
+
+fn opts() -> StoreOptions {
+    StoreOptions {
+        sync_writes: false,
+        ..StoreOptions::default()
+    }
+}
+
+fn new_store(dir: &Path) -> Store {
+    Store::init(dir, opts()).unwrap()
+}
+
+fn trust_each_other(a: &Store, b: &Store) {
+    a.trust_add("*", &b.identity().public_key()).unwrap();
+    b.trust_add("*", &a.identity().public_key()).unwrap();
+}
+
+fn packages(s: &Store, from: u64, to: u64, size: usize) -> Vec<NewPackage> {
+    (from..to)
+        .map(|i| {
+            let content: Vec<u8> = (0..size)
+                .map(|j| (i as usize * 31 + j) as u8)
+                .chain(i.to_le_bytes())
+                .collect();
+            let b = s.put_blob(&content[..]).unwrap();
+            NewPackage {
+                name: format!("p{}", i % 997),
+                version: format!("1.{i}"),
+                files: vec![NewFile {
+                    name: format!("p-{i}.tgz"),
+                    blob: b.hash,
+                    size: b.size,
+                    digests: BTreeMap::new(),
+                }],
+                metadata: BTreeMap::new(),
+            }
+        })
+        .collect()
+}
+
+fn publish(s: &Store, feed: &str, from: u64, to: u64, size: usize) {
+    let mut i = from;
+    while i < to {
+        let end = (i + 5000).min(to);
+        s.publish_many(feed, packages(s, i, end, size)).unwrap();
+        i = end;
+    }
+}
+
+fn config(mode: Mode, feeds: &[&str]) -> InitiatorConfig {
+    InitiatorConfig {
+        token: "good".into(),
+        mode,
+        feeds: feeds.iter().map(|f| f.to_string()).collect(),
+        since: HashMap::new(),
+        guard: GuardRail::default(),
+        dry_run: false,
+    }
+}
+
+fn lan() -> Link {
+    Link {
+        rtt_us: 1_000,
+        bandwidth_bps: 1_000_000_000,
+        loss: 0.0,
+        seed: 1,
+    }
+}
+
+fn root(s: &Store, feed: &str) -> cairn_store::merkle::NodeSummary {
+    s.feed_summary(feed).unwrap().root
+}
+
+fn assert_converged(o: &Outcome, a: &Store, b: &Store, feed: &str) {
+    assert!(
+        o.initiator_error.is_none() && o.responder_error.is_none(),
+        "{:?} / {:?}",
+        o.initiator_error,
+        o.responder_error
+    );
+    assert_eq!(root(a, feed), root(b, feed), "roots differ after {o:?}");
+    assert!(
+        o.initiator.iter().all(|r| r.converged()),
+        "{:?}",
+        o.initiator
+    );
+}
+
+/// A hub with 100,000 entries and a spoke that pulled all of it, built once and copied per test.
+fn big_pair() -> &'static (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    static PAIR: OnceLock<(tempfile::TempDir, std::path::PathBuf, std::path::PathBuf)> =
+        OnceLock::new();
+    PAIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (ha, sa) = (dir.path().join("hub"), dir.path().join("spoke"));
+        {
+            let hub = new_store(&ha);
+            let spoke = new_store(&sa);
+            trust_each_other(&hub, &spoke);
+            hub.create_feed("demo", Ecosystem::Raw).unwrap();
+            spoke.create_feed("demo", Ecosystem::Raw).unwrap();
+            publish(&hub, "demo", 0, 100_000, 24);
+            let o = sim::run(
+                &spoke,
+                &hub,
+                config(Mode::Pull, &["demo"]),
+                &AllowAll,
+                lan(),
+            );
+            assert_converged(&o, &spoke, &hub, "demo");
+        }
+        (dir, ha, sa)
+    })
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+fn big_copy() -> (tempfile::TempDir, Store, Store) {
+    let (_, ha, sa) = big_pair();
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(ha, &dir.path().join("hub"));
+    copy_dir(sa, &dir.path().join("spoke"));
+    let hub = Store::open(&dir.path().join("hub"), opts()).unwrap();
+    let spoke = Store::open(&dir.path().join("spoke"), opts()).unwrap();
+    (dir, hub, spoke)
+}
+
+#[test]
+fn noop_between_equal_feeds_of_100k_is_one_round_trip_under_1kb() {
+    let (_d, hub, spoke) = big_copy();
+    let o = sim::run(
+        &spoke,
+        &hub,
+        config(Mode::Pull, &["demo"]),
+        &AllowAll,
+        Link::far_lossy(),
+    );
+    assert_converged(&o, &spoke, &hub, "demo");
+    assert_eq!(o.round_trips, 1, "{o:?}");
+    assert!(
+        o.bytes[0] + o.bytes[1] < 1024,
+        "{} bytes",
+        o.bytes[0] + o.bytes[1]
+    );
+    assert_eq!(o.initiator[0].path, SyncPath::Equal);
+}
+
+#[test]
+fn hundred_differences_among_100k_cost_at_most_3_round_trips_and_200_bytes_each() {
+    let (_d, hub, spoke) = big_copy();
+    publish(&hub, "demo", 200_000, 200_060, 24);
+    for i in 0..40u64 {
+        hub.delete("demo", &format!("p{}", i % 997), &format!("1.{i}"))
+            .unwrap();
+    }
+    let d = 100;
+    let o = sim::run(
+        &spoke,
+        &hub,
+        config(Mode::Pull, &["demo"]),
+        &AllowAll,
+        Link::far_lossy(),
+    );
+    assert_converged(&o, &spoke, &hub, "demo");
+    assert!(o.round_trips <= 3, "{} round trips", o.round_trips);
+    let per_diff = o.protocol_bytes() / d;
+    assert!(
+        per_diff < 200,
+        "{per_diff} protocol bytes per difference ({o:?})"
+    );
+    let r = &o.initiator[0];
+    assert_eq!(r.docs_applied, 100);
+    assert_eq!(r.blobs_received, 60);
+}
+
+#[test]
+fn second_pull_uses_the_change_log() {
+    let (_d, hub, spoke) = big_copy();
+    let cursor = hub.feed("demo").unwrap().cursor();
+    publish(&hub, "demo", 300_000, 300_010, 24);
+    let mut c = config(Mode::Pull, &["demo"]);
+    c.since.insert("demo".into(), cursor);
+    let o = sim::run(&spoke, &hub, c, &AllowAll, Link::far_lossy());
+    assert_converged(&o, &spoke, &hub, "demo");
+    assert_eq!(o.initiator[0].path, SyncPath::Log);
+    assert!(o.round_trips <= 2, "{} round trips", o.round_trips);
+    assert_eq!(
+        o.initiator[0].peer_cursor,
+        Some(hub.feed("demo").unwrap().cursor())
+    );
+}
+
+fn small_pair() -> (tempfile::TempDir, Store, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let a = new_store(&dir.path().join("a"));
+    let b = new_store(&dir.path().join("b"));
+    trust_each_other(&a, &b);
+    a.create_feed("demo", Ecosystem::Raw).unwrap();
+    b.create_feed("demo", Ecosystem::Raw).unwrap();
+    (dir, a, b)
+}
+
+#[test]
+fn pull_replaces_local_extras_and_large_blobs_arrive_verified() {
+    let (_d, hub, spoke) = small_pair();
+    publish(&hub, "demo", 0, 200, 100);
+    publish(&hub, "demo", 1000, 1003, 3_000_000);
+    let o = sim::run(
+        &spoke,
+        &hub,
+        config(Mode::Pull, &["demo"]),
+        &AllowAll,
+        Link::far_lossy(),
+    );
+    assert_converged(&o, &spoke, &hub, "demo");
+    assert!(o.round_trips <= 3, "{o:?}");
+    publish(&spoke, "demo", 5000, 5010, 10);
+    let o = sim::run(
+        &spoke,
+        &hub,
+        config(Mode::Pull, &["demo"]),
+        &AllowAll,
+        Link::far_lossy(),
+    );
+    assert_converged(&o, &spoke, &hub, "demo");
+    assert_eq!(o.initiator[0].deletions, 10);
+    assert!(spoke.verify().unwrap().ok());
+    // Deletions travel as tombstones.
+    for i in 0..20u64 {
+        hub.delete("demo", &format!("p{}", i % 997), &format!("1.{i}"))
+            .unwrap();
+    }
+    let o = sim::run(
+        &spoke,
+        &hub,
+        config(Mode::Pull, &["demo"]),
+        &AllowAll,
+        Link::far_lossy(),
+    );
+    assert_converged(&o, &spoke, &hub, "demo");
+    assert!(spoke.manifest("demo", "p0", "1.0").unwrap().is_none());
+}
+
+#[test]
+fn push_makes_the_responder_a_copy() {
+    let (_d, hub, spoke) = small_pair();
+    publish(&hub, "demo", 0, 150, 50);
+    publish(&hub, "demo", 1000, 1002, 2_000_000);
+    let o = sim::run(
+        &hub,
+        &spoke,
+        config(Mode::Push, &["demo"]),
+        &AllowAll,
+        Link::far_lossy(),
+    );
+    assert_converged(&o, &hub, &spoke, "demo");
+    publish(&spoke, "demo", 900, 905, 50);
+    hub.delete("demo", "p3", "1.3").unwrap();
+    let o = sim::run(
+        &hub,
+        &spoke,
+        config(Mode::Push, &["demo"]),
+        &AllowAll,
+        Link::far_lossy(),
+    );
+    assert_converged(&o, &hub, &spoke, "demo");
+    assert_eq!(root(&spoke, "demo").count, 152);
+    assert!(spoke.manifest("demo", "p3", "1.3").unwrap().is_none());
+    assert!(spoke.verify().unwrap().ok());
+}
+
+#[test]
+fn mirror_converges_with_changes_on_both_sides() {
+    let (_d, a, b) = small_pair();
+    publish(&a, "demo", 0, 100, 30);
+    let o = sim::run(&a, &b, config(Mode::Mirror, &["demo"]), &AllowAll, lan());
+    assert_converged(&o, &a, &b, "demo");
+    // Both sides change, including the same key.
+    publish(&a, "demo", 100, 130, 30);
+    publish(&b, "demo", 200, 220, 30);
+    a.delete("demo", "p1", "1.1").unwrap();
+    b.delete("demo", "p2", "1.2").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(3));
+    b.delete("demo", "p1", "1.1").unwrap();
+    let o = sim::run(
+        &a,
+        &b,
+        config(Mode::Mirror, &["demo"]),
+        &AllowAll,
+        Link::far_lossy(),
+    );
+    assert_converged(&o, &a, &b, "demo");
+    assert_eq!(root(&a, "demo").count, 150);
+    assert!(a.manifest("demo", "p2", "1.2").unwrap().is_none());
+}
+
+#[test]
+fn system_documents_replicate() {
+    let (_d, hub, spoke) = small_pair();
+    hub.publish_system(AssessmentType {
+        v: PAYLOAD_VERSION,
+        name: "Blocked".into(),
+        blocking: true,
+        description: String::new(),
+        hlc: 0,
+    })
+    .unwrap();
+    let o = sim::run(
+        &spoke,
+        &hub,
+        config(Mode::Pull, &[SYSTEM_FEED]),
+        &AllowAll,
+        lan(),
+    );
+    assert_converged(&o, &spoke, &hub, SYSTEM_FEED);
+    assert!(spoke
+        .entry(SYSTEM_FEED, "assessment-type/Blocked")
+        .unwrap()
+        .is_some());
+}
+
+#[test]
+fn guard_rail_stops_a_pull_that_would_delete_most_entries_and_dry_run_only_plans() {
+    let (_d, hub, spoke) = small_pair();
+    publish(&spoke, "demo", 0, 50, 10);
+    publish(&hub, "demo", 0, 5, 10);
+    let before = root(&spoke, "demo");
+    let mut dry = config(Mode::Pull, &["demo"]);
+    dry.dry_run = true;
+    dry.guard.allow = true;
+    let o = sim::run(&spoke, &hub, dry, &AllowAll, lan());
+    assert_eq!(root(&spoke, "demo"), before, "a dry run changes nothing");
+    // Five keys exist on both sides with other documents: those are replaced, not deleted.
+    assert_eq!(o.initiator[0].plan_deletes, 45);
+    assert_eq!(o.initiator[0].plan_adds, 5);
+    let o = sim::run(
+        &spoke,
+        &hub,
+        config(Mode::Pull, &["demo"]),
+        &AllowAll,
+        lan(),
+    );
+    let err = o.initiator[0].error.clone().unwrap_or_default();
+    assert!(err.contains("guard rail"), "{o:?}");
+    assert_eq!(root(&spoke, "demo"), before);
+    let mut allow = config(Mode::Pull, &["demo"]);
+    allow.guard.allow = true;
+    let o = sim::run(&spoke, &hub, allow, &AllowAll, lan());
+    assert_converged(&o, &spoke, &hub, "demo");
+}
+
+#[test]
+fn wrong_token_and_missing_feed_are_refused_and_nothing_is_written() {
+    let (_d, hub, spoke) = small_pair();
+    publish(&hub, "demo", 0, 5, 10);
+    let mut c = config(Mode::Pull, &["demo"]);
+    c.token = "bad".into();
+    let o = sim::run(&spoke, &hub, c, &AllowAll, lan());
+    assert!(
+        o.initiator[0]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("bad token"),
+        "{o:?}"
+    );
+    assert_eq!(root(&spoke, "demo").count, 0);
+    spoke.create_feed("nothere", Ecosystem::Raw).unwrap();
+    let o = sim::run(
+        &spoke,
+        &hub,
+        config(Mode::Pull, &["nothere"]),
+        &AllowAll,
+        lan(),
+    );
+    assert!(
+        o.initiator[0]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("does not exist"),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn a_tampered_blob_is_rejected_and_nothing_of_it_is_stored() {
+    let (_d, hub, spoke) = small_pair();
+    publish(&hub, "demo", 0, 1, 500_000);
+    let m = hub.entries("demo").unwrap();
+    let doc = hub.document(&m[0].value.doc).unwrap().unwrap();
+    let man: cairn_store::doc::Manifest = doc.payload().unwrap();
+    let path = hub.backend().describe(&man.files[0].blob);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[300_000] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let o = sim::run(
+        &spoke,
+        &hub,
+        config(Mode::Pull, &["demo"]),
+        &AllowAll,
+        lan(),
+    );
+    assert!(
+        o.initiator_error.is_some() || o.responder_error.is_some(),
+        "{o:?}"
+    );
+    assert_eq!(root(&spoke, "demo").count, 0);
+    assert!(!spoke.has_blob(&man.files[0].blob).unwrap());
+}
+
+#[test]
+fn untrusted_documents_fail_the_run_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = new_store(&dir.path().join("a"));
+    let spoke = new_store(&dir.path().join("b"));
+    hub.create_feed("demo", Ecosystem::Raw).unwrap();
+    spoke.create_feed("demo", Ecosystem::Raw).unwrap();
+    publish(&hub, "demo", 0, 3, 10);
+    let o = sim::run(
+        &spoke,
+        &hub,
+        config(Mode::Pull, &["demo"]),
+        &AllowAll,
+        lan(),
+    );
+    let err = o.initiator_error.map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("not trusted"), "{err}");
+    assert_eq!(root(&spoke, "demo").count, 0);
+}
