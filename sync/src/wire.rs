@@ -448,3 +448,213 @@ mod tests {
         }
     }
 }
+
+/// The frames whose encodings are published in `wire-spec/vectors/frames.txt`, one of each
+/// kind with fixed contents.
+pub fn vector_frames() -> Vec<(&'static str, Frame)> {
+    let cursor = WireCursor {
+        epoch: 0x0123_4567_89ab_cdef,
+        seq: 42,
+    };
+    vec![
+        (
+            "hello",
+            Frame::Hello {
+                version: PROTOCOL_VERSION,
+                token: "cairn_rt_example".into(),
+                mode: Mode::Pull,
+                feeds: vec![FeedHello {
+                    feed: "pypi".into(),
+                    root: [0x11; 32],
+                    count: 3,
+                    since: Some(cursor),
+                }],
+            },
+        ),
+        (
+            "hello-reply-equal",
+            Frame::HelloReply {
+                feeds: vec![FeedStatus::Equal { cursor }],
+            },
+        ),
+        (
+            "hello-reply-log",
+            Frame::HelloReply {
+                feeds: vec![FeedStatus::Log {
+                    root: [0x22; 32],
+                    count: 4,
+                    cursor,
+                    changes: vec![
+                        WireChange {
+                            key: "x/1".into(),
+                            doc: Some(vec![0x85, 0x01]),
+                        },
+                        WireChange {
+                            key: "y/2".into(),
+                            doc: None,
+                        },
+                    ],
+                }],
+            },
+        ),
+        (
+            "hello-reply-summary",
+            Frame::HelloReply {
+                feeds: vec![FeedStatus::Summary {
+                    root: [0x22; 32],
+                    count: 4,
+                    cursor,
+                    l1: vec![0; 12],
+                }],
+            },
+        ),
+        (
+            "hello-reply-refused",
+            Frame::HelloReply {
+                feeds: vec![FeedStatus::Refused {
+                    code: code::UNAUTHORIZED,
+                    reason: "bad token".into(),
+                }],
+            },
+        ),
+        (
+            "summary-request",
+            Frame::SummaryRequest {
+                feed: "pypi".into(),
+            },
+        ),
+        (
+            "sketch",
+            Frame::Sketch {
+                feed: "pypi".into(),
+                buckets: vec![0x01; 32],
+                seed: 7,
+                cells: vec![0; CELL_BYTES],
+            },
+        ),
+        (
+            "sketch-failed",
+            Frame::SketchFailed {
+                feed: "pypi".into(),
+            },
+        ),
+        (
+            "item-list",
+            Frame::ItemList {
+                feed: "pypi".into(),
+                buckets: vec![0x80; 32],
+                items: vec![0xaa; 16],
+            },
+        ),
+        (
+            "diff",
+            Frame::Diff {
+                feed: "pypi".into(),
+                docs: vec![serde_bytes::ByteBuf::from(vec![0x85, 0x01])],
+                remove: vec![0x01; 8],
+                want: vec![],
+                blobs: vec![SmallBlob {
+                    hash: [0x33; 32],
+                    data: b"hi".to_vec(),
+                }],
+                last: true,
+            },
+        ),
+        (
+            "docs",
+            Frame::Docs {
+                feed: "pypi".into(),
+                docs: vec![serde_bytes::ByteBuf::from(vec![0x85, 0x01])],
+                blobs: vec![],
+                last: true,
+            },
+        ),
+        (
+            "want-blobs",
+            Frame::WantBlobs {
+                blobs: vec![BlobRequest {
+                    hash: [0x44; 32],
+                    size: 100_000,
+                    groups: vec![(0, 7)],
+                }],
+            },
+        ),
+        (
+            "blob-piece",
+            Frame::BlobPiece {
+                hash: [0x44; 32],
+                size: 100_000,
+                groups: vec![(0, 1)],
+                data: vec![0x55; 4],
+            },
+        ),
+        (
+            "done",
+            Frame::Done {
+                feed: "pypi".into(),
+                root: [0x22; 32],
+                count: 4,
+            },
+        ),
+        (
+            "feed-failed",
+            Frame::FeedFailed {
+                feed: "pypi".into(),
+                code: code::GUARD_RAIL,
+                reason: "would delete 90%".into(),
+            },
+        ),
+        (
+            "error",
+            Frame::Error {
+                code: code::VERSION,
+                reason: "protocol version 2 is not supported".into(),
+            },
+        ),
+    ]
+}
+
+/// The vector file's text: `name: hex` per line, length prefix included.
+pub fn vector_text() -> String {
+    let mut out = String::from("# cairn/sync/1 frame vectors: name, then the frame with its 4-byte length prefix, in hex.\n# Generated by `CAIRN_BLESS=1 cargo test -p cairn-sync vectors`; checked byte for byte by that test.\n");
+    for (name, frame) in vector_frames() {
+        out.push_str(name);
+        out.push_str(": ");
+        for b in encode(&frame) {
+            out.push_str(&format!("{b:02x}"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod vector_tests {
+    use super::*;
+
+    #[test]
+    fn vectors_are_fresh_and_decode_to_their_frames() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../wire-spec/vectors/frames.txt");
+        let text = vector_text();
+        if std::env::var_os("CAIRN_BLESS").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &text).unwrap();
+        }
+        let on_disk = std::fs::read_to_string(&path).expect("wire-spec/vectors/frames.txt exists");
+        assert_eq!(on_disk, text, "wire-spec/vectors/frames.txt is stale: run CAIRN_BLESS=1 cargo test -p cairn-sync vectors and review the change");
+        for ((name, frame), line) in vector_frames()
+            .into_iter()
+            .zip(on_disk.lines().filter(|l| !l.starts_with('#')))
+        {
+            let hex = line.strip_prefix(&format!("{name}: ")).unwrap();
+            let bytes: Vec<u8> = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect();
+            let mut r = FrameReader::default();
+            r.push(&bytes);
+            assert_eq!(r.next_frame().unwrap(), Some(frame), "{name}");
+        }
+    }
+}
