@@ -369,3 +369,48 @@ fn key_and_trust() {
     let err = c.fails(&["init"], 2);
     assert!(err.contains("already exists"), "{err}");
 }
+
+#[test]
+fn tokens_peers_and_the_replication_log() {
+    let c = Instance::new();
+    let out = c
+        .cmd(&[
+            "token",
+            "create",
+            "--scope",
+            "replicate:*",
+            "--label",
+            "spoke",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let secret = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(secret.starts_with("cairn_"), "{secret}");
+    let list = c.ok(&["token", "list"]);
+    assert!(
+        list.contains("replicate:*") && !list.contains(&secret),
+        "{list}"
+    );
+    let err = c.fails(&["token", "create", "--scope", "replicate:../x"], 2);
+    assert!(err.contains("invalid scope"), "{err}");
+    let other = Instance::new();
+    let key = other.ok(&["key", "show"]).trim().to_owned();
+    c.ok(&["peer", "add", "hub", "127.0.0.1:7443", "--key", &key]);
+    assert!(c
+        .ok(&["peer", "list"])
+        .contains(&format!("hub 127.0.0.1:7443 {key}")));
+    let err = c.fails(
+        &["peer", "add", "hub2", "127.0.0.1:7443", "--key", "abc"],
+        2,
+    );
+    assert!(err.contains("fingerprint"), "{err}");
+    let err = c.fails(&["peer", "add", "hub3", "not-an-address", "--key", &key], 2);
+    assert!(err.contains("host:port"), "{err}");
+    assert!(c
+        .ok(&["replication", "log"])
+        .contains("no replication runs yet"));
+    let id = list.split_whitespace().next().unwrap().to_owned();
+    c.ok(&["token", "revoke", &id]);
+    assert!(!c.ok(&["token", "list"]).contains(&id));
+}

@@ -1,5 +1,6 @@
 //! `cairn-store`: Cairn's bytes and documents at rest.
 //!
+//! - [`admin`]: tokens (hashed, scoped), peers, the replication log, checkpoints.
 //! - [`hash`]: BLAKE3 hashes, the names of blobs and documents.
 //! - [`blob`]: ingest (hash while writing), the [`blob::BlobBackend`] seam for large blobs,
 //!   verified-streaming outboards and the [`blob::VerifyingReader`].
@@ -42,6 +43,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod admin;
 pub mod blob;
 pub mod cbor;
 pub mod doc;

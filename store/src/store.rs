@@ -55,13 +55,13 @@ const SCHEMA_VERSION: u64 = 1;
 /// Trust scope that covers every feed and the system set.
 pub const TRUST_ALL: &str = "*";
 
-const CF_META: &str = "meta";
+pub(crate) const CF_META: &str = "meta";
 const CF_FEEDS: &str = "feeds";
 pub(crate) const CF_ENTRIES: &str = "entries";
 pub(crate) const CF_KEYHASH: &str = "keyhash";
 const CF_MERKLE: &str = "merkle";
 const CF_CHANGELOG: &str = "changelog";
-const CF_DOCS: &str = "docs";
+pub(crate) const CF_DOCS: &str = "docs";
 const CF_BLOBS: &str = "blobs";
 const ALL_CFS: [&str; 8] = [
     CF_META,
@@ -1458,7 +1458,7 @@ impl Store {
 
         // Mark.
         let mut live_blobs = HashSet::new();
-        let mut live_docs = HashSet::new();
+        let mut live_docs: HashSet<Hash> = self.checkpoint_doc_ids()?.into_iter().collect();
         for item in self.scan(CF_ENTRIES, b"", Some(&snapshot)) {
             let (_, v) = item?;
             let value = EntryValue::decode(&v)?;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
+use cairn_store::admin::{Peer, Scope};
 use cairn_store::doc::{Manifest, PublicKey};
 use cairn_store::package::{self, DigestingReader, PackageFormat};
 use cairn_store::{
@@ -116,6 +117,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Create, list and revoke access tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Peers this instance replicates with, each pinned by its key.
+    Peer {
+        #[command(subcommand)]
+        command: PeerCommand,
+    },
+    /// The replication log.
+    Replication {
+        #[command(subcommand)]
+        command: ReplicationCommand,
+    },
     /// Print a feed's Merkle root, entry count and change-log cursor.
     Root {
         /// Feed name.
@@ -124,6 +140,64 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Create a token; its secret is printed once.
+    Create {
+        /// read:FEED, publish:FEED, replicate:FEED, replicate:system, replicate:* or admin (repeatable).
+        #[arg(long = "scope", required = true, value_parser = parse_scope)]
+        scopes: Vec<Scope>,
+        /// A note on what it is for.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List tokens (ids and scopes, never secrets).
+    List,
+    /// Revoke a token by id.
+    Revoke {
+        /// Token id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PeerCommand {
+    /// Add (or replace) a peer: its replication address and the key fingerprint it must present.
+    Add {
+        /// Local name of the peer.
+        name: String,
+        /// host:port of its replication endpoint.
+        addr: String,
+        /// Its key fingerprint, as its `cairn key show` prints.
+        #[arg(long)]
+        key: String,
+    },
+    /// List peers.
+    List,
+    /// Remove a peer.
+    Rm {
+        /// Peer name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ReplicationCommand {
+    /// Show the newest runs.
+    Log {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_scope(s: &str) -> Result<Scope, String> {
+    s.parse()
 }
 
 #[derive(Subcommand, Debug)]
@@ -274,6 +348,37 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
         }
+        Command::Token { command } => token(&open(dir)?, command)?,
+        Command::Peer { command } => peer(&open(dir)?, command)?,
+        Command::Replication {
+            command: ReplicationCommand::Log { limit, json },
+        } => {
+            let log = open(dir)?.replication_log(limit)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&log)?);
+            } else if log.is_empty() {
+                println!("no replication runs yet");
+            } else {
+                for r in log {
+                    println!(
+                        "#{} {} {} with {} [{}] {} ms: {} docs in, {} out, {} blobs in, {} deletions, {} bytes in, {} out{}",
+                        r.seq,
+                        r.replication,
+                        r.mode,
+                        r.peer,
+                        r.feeds.join(","),
+                        r.ended_ms.saturating_sub(r.started_ms),
+                        r.docs_received,
+                        r.docs_sent,
+                        r.blobs_received,
+                        r.deletions,
+                        r.bytes_received,
+                        r.bytes_sent,
+                        if r.outcome == "ok" { String::new() } else { format!(": FAILED {}", r.error) }
+                    );
+                }
+            }
+        }
         Command::Root { feed, json } => {
             let s = open(dir)?.feed_summary(&feed)?;
             let cursor = s.feed.cursor();
@@ -314,6 +419,65 @@ fn trust(store: &Store, command: TrustCommand) -> Result<()> {
             for (scope, key) in store.trust_list()? {
                 println!("{key} {scope}");
             }
+        }
+    }
+    Ok(())
+}
+
+fn token(store: &Store, command: TokenCommand) -> Result<()> {
+    match command {
+        TokenCommand::Create { scopes, label } => {
+            let (secret, info) = store.token_create(scopes, &label)?;
+            eprintln!(
+                "created token {} ({}); the secret is shown only now:",
+                info.id,
+                info.scopes
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            println!("{secret}");
+        }
+        TokenCommand::List => {
+            for t in store.token_list()? {
+                let scopes: Vec<String> = t.scopes.iter().map(|s| s.to_string()).collect();
+                println!("{} {} {}", t.id, scopes.join(","), t.label);
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            if !store.token_revoke(&id)? {
+                bail!("no token with id {id}");
+            }
+            println!("revoked {id}");
+        }
+    }
+    Ok(())
+}
+
+fn peer(store: &Store, command: PeerCommand) -> Result<()> {
+    match command {
+        PeerCommand::Add { name, addr, key } => {
+            let key: PublicKey = key.parse()?;
+            addr.parse::<std::net::SocketAddr>()
+                .with_context(|| format!("`{addr}` is not host:port with a numeric address"))?;
+            store.peer_add(&Peer {
+                name: name.clone(),
+                addr,
+                key,
+            })?;
+            println!("peer {name} pinned to key {}", key.short());
+        }
+        PeerCommand::List => {
+            for p in store.peer_list()? {
+                println!("{} {} {}", p.name, p.addr, p.key);
+            }
+        }
+        PeerCommand::Rm { name } => {
+            if !store.peer_remove(&name)? {
+                bail!("no peer named {name}");
+            }
+            println!("removed peer {name}");
         }
     }
     Ok(())
