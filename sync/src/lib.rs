@@ -16,6 +16,7 @@
 pub mod iblt;
 pub mod proto;
 pub mod sim;
+pub mod transport;
 pub mod wire;
 
 #[cfg(test)]

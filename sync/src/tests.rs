@@ -462,3 +462,120 @@ fn untrusted_documents_fail_the_run_cleanly() {
     assert!(err.contains("not trusted"), "{err}");
     assert_eq!(root(&spoke, "demo").count, 0);
 }
+
+mod quic {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::transport;
+
+    fn serve(
+        store: Arc<Store>,
+        allowed: Vec<cairn_store::PublicKey>,
+    ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let filter: transport::PeerFilter = Arc::new(move |k| allowed.contains(k));
+        let endpoint =
+            transport::server("127.0.0.1:0".parse().unwrap(), store.identity(), filter).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    if let Ok(conn) = incoming.await {
+                        if let Err(e) = transport::run_responder(&store, &conn, &AllowAll).await {
+                            eprintln!("responder: {e}");
+                        }
+                    }
+                });
+            }
+        });
+        (addr, task)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pull_over_real_quic_on_loopback() {
+        let (_d, hub, spoke) = small_pair();
+        publish(&hub, "demo", 0, 200, 100);
+        publish(&hub, "demo", 1000, 1002, 3_000_000);
+        let hub = Arc::new(hub);
+        let (addr, server) = serve(hub.clone(), vec![spoke.identity().public_key()]);
+        let conn = transport::connect(spoke.identity(), addr, hub.identity().public_key())
+            .await
+            .unwrap();
+        assert_eq!(
+            transport::peer_key(&conn),
+            Some(hub.identity().public_key())
+        );
+        let (reports, stats) =
+            transport::run_initiator(&spoke, &conn, config(Mode::Pull, &["demo"]))
+                .await
+                .unwrap();
+        assert!(reports[0].converged(), "{reports:?}");
+        assert_eq!(root(&spoke, "demo"), root(&hub, "demo"));
+        assert!(stats.bytes_received > 6_000_000, "{stats:?}");
+        assert!(spoke.verify().unwrap().ok());
+        // A second run finds the feeds equal.
+        let conn = transport::connect(spoke.identity(), addr, hub.identity().public_key())
+            .await
+            .unwrap();
+        let (reports, stats) =
+            transport::run_initiator(&spoke, &conn, config(Mode::Pull, &["demo"]))
+                .await
+                .unwrap();
+        assert_eq!(reports[0].path, crate::proto::Path::Equal);
+        assert!(stats.bytes_sent + stats.bytes_received < 1024, "{stats:?}");
+        server.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wrong_or_unknown_keys_are_refused_in_the_handshake() {
+        let (_d, hub, spoke) = small_pair();
+        let (_e, stranger, _) = small_pair();
+        let hub = Arc::new(hub);
+        let (addr, server) = serve(hub.clone(), vec![spoke.identity().public_key()]);
+        // The spoke pinned another key for this address.
+        let err = transport::connect(spoke.identity(), addr, stranger.identity().public_key())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("pinned"), "{err}");
+        // The hub does not know the stranger.
+        let result =
+            transport::connect(stranger.identity(), addr, hub.identity().public_key()).await;
+        let refused = match result {
+            Err(_) => true,
+            // With TLS 1.3 the client may finish before the server rejects its certificate;
+            // then the first stream fails.
+            Ok(conn) => transport::run_initiator(&stranger, &conn, config(Mode::Pull, &["demo"]))
+                .await
+                .is_err(),
+        };
+        assert!(refused);
+        assert_eq!(root(&stranger, "demo").count, 0);
+        server.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bad_token_is_refused_over_quic() {
+        let (_d, hub, spoke) = small_pair();
+        publish(&hub, "demo", 0, 3, 10);
+        let hub = Arc::new(hub);
+        let (addr, server) = serve(hub.clone(), vec![spoke.identity().public_key()]);
+        let conn = transport::connect(spoke.identity(), addr, hub.identity().public_key())
+            .await
+            .unwrap();
+        let mut c = config(Mode::Pull, &["demo"]);
+        c.token = "wrong".into();
+        let (reports, _) = transport::run_initiator(&spoke, &conn, c).await.unwrap();
+        assert!(
+            reports[0]
+                .error
+                .as_deref()
+                .unwrap_or("")
+                .contains("bad token"),
+            "{reports:?}"
+        );
+        assert_eq!(root(&spoke, "demo").count, 0);
+        server.abort();
+    }
+}
