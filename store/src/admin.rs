@@ -16,6 +16,7 @@ const PEER_PREFIX: &[u8] = b"peer\0";
 const LOG_PREFIX: &[u8] = b"replog\0";
 const CHECKPOINT_PREFIX: &[u8] = b"checkpoint\0";
 const LOG_NEXT: &[u8] = b"replog-next";
+const CURSOR_PREFIX: &[u8] = b"cursor\0";
 
 /// Replication log records kept; older ones are dropped.
 pub const REPLICATION_LOG_CAP: u64 = 1000;
@@ -388,6 +389,46 @@ impl Store {
         all.reverse();
         all.truncate(limit);
         Ok(all)
+    }
+
+    /// The upstream cursor remembered for `(replication, feed)` after its last complete pull.
+    pub fn replication_cursor(
+        &self,
+        replication: &str,
+        feed: &str,
+    ) -> Result<Option<crate::Cursor>> {
+        let key = [
+            CURSOR_PREFIX,
+            replication.as_bytes(),
+            b"\0",
+            feed.as_bytes(),
+        ]
+        .concat();
+        match self.db.get_pinned_cf(self.cf(CF_META), key)? {
+            None => Ok(None),
+            Some(b) => Ok(Some(
+                cbor::from_canonical(&b, 256).map_err(meta_err("cursor"))?,
+            )),
+        }
+    }
+
+    /// Remembers the upstream cursor for `(replication, feed)`.
+    pub fn set_replication_cursor(
+        &self,
+        replication: &str,
+        feed: &str,
+        cursor: crate::Cursor,
+    ) -> Result<()> {
+        let key = [
+            CURSOR_PREFIX,
+            replication.as_bytes(),
+            b"\0",
+            feed.as_bytes(),
+        ]
+        .concat();
+        let bytes = cbor::to_canonical(&cursor).map_err(meta_err("cursor"))?;
+        self.db.put_cf(self.cf(CF_META), key, bytes)?;
+        Ok(())
     }
 
     // ---------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ use cairn_store::{
 };
 use clap::{Parser, Subcommand};
 
+mod serve;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "cairn",
@@ -33,6 +35,9 @@ struct Cli {
         default_value = "./cairn-data"
     )]
     data_dir: PathBuf,
+    /// Configuration file (default: cairn.toml in the data directory, if present).
+    #[arg(long, global = true, env = "CAIRN_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,6 +46,22 @@ struct Cli {
 enum Command {
     /// Create a new instance: key pair, store and trust in its own key.
     Init,
+    /// Run the instance: the QUIC replication endpoint and the configured replications.
+    Serve,
+    /// Run a configured replication now (through the running server, if there is one).
+    Replicate {
+        /// Replication name from the configuration.
+        name: String,
+        /// Print the plan (adds, deletes, bytes) without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Let the run delete more than the guard rail allows.
+        #[arg(long)]
+        allow_deletes: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the instance key.
     Key {
         #[command(subcommand)]
@@ -185,6 +206,8 @@ enum PeerCommand {
 
 #[derive(Subcommand, Debug)]
 enum ReplicationCommand {
+    /// The configured replications.
+    List,
     /// Show the newest runs.
     Log {
         /// How many.
@@ -289,11 +312,44 @@ fn open(dir: &Path) -> Result<Store> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let dir = cli.data_dir.as_path();
+    let config_path = cli.config.clone();
     match cli.command {
         Command::Init => {
             let store = Store::init(dir, StoreOptions::default())?;
             println!("initialised {}", dir.display());
             println!("key {}", store.identity().public_key());
+        }
+        Command::Serve => {
+            let config = serve::load_config(dir, config_path.as_deref())?;
+            serve::serve(dir, config)?;
+        }
+        Command::Replicate {
+            name,
+            dry_run,
+            allow_deletes,
+            json,
+        } => {
+            let config = serve::load_config(dir, config_path.as_deref())?;
+            let s = serve::replicate(dir, &config, &name, dry_run, allow_deletes)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print_summary(&s, dry_run);
+            }
+            if !s.ok(dry_run) {
+                return Ok(ExitCode::from(2));
+            }
+        }
+        Command::Replication {
+            command: ReplicationCommand::List,
+        } => {
+            let config = serve::load_config(dir, config_path.as_deref())?;
+            if config.replications.is_empty() {
+                println!("no replications configured");
+            }
+            for r in &config.replications {
+                println!("{}", serve::describe(r));
+            }
         }
         Command::Key {
             command: KeyCommand::Show,
@@ -422,6 +478,39 @@ fn trust(store: &Store, command: TrustCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_summary(s: &serve::RunSummary, dry_run: bool) {
+    if let Some(e) = &s.error {
+        eprintln!("error: replication `{}` failed: {e}", s.replication);
+        return;
+    }
+    for f in &s.feeds {
+        if let Some(e) = &f.error {
+            eprintln!("error: {}: {e}", f.feed);
+            continue;
+        }
+        match (dry_run, f.plan) {
+            (true, Some((adds, deletes, bytes))) => println!("{}: would add or replace {adds}, delete {deletes}, fetch {bytes} bytes", f.feed),
+            _ => println!(
+                "{}: {} via {}; {} applied, {} sent, {} deleted, {} blobs ({} bytes) received; root {} ({} entries)",
+                f.feed,
+                if f.converged { "converged" } else { "NOT converged" },
+                f.path,
+                f.docs_applied,
+                f.docs_sent,
+                f.deletions,
+                f.blobs_received,
+                f.blob_bytes_received,
+                f.root.get(..12).unwrap_or(""),
+                f.count
+            ),
+        }
+    }
+    println!(
+        "{} {} with {}: {} bytes sent, {} received in {} ms",
+        s.replication, s.mode, s.peer, s.bytes_sent, s.bytes_received, s.elapsed_ms
+    );
 }
 
 fn token(store: &Store, command: TokenCommand) -> Result<()> {

@@ -1,0 +1,234 @@
+//! Hub and spokes as separate `cairn serve` processes replicating over QUIC on loopback.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::Instance;
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `cairn serve`, stopped on drop.
+struct Server {
+    child: Child,
+}
+
+impl Server {
+    fn start(inst: &Instance) -> Server {
+        let mut child = inst
+            .cmd(&["serve"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("cairn serving") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("cairn serve did not start within 30 s");
+        Server { child }
+    }
+
+    fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+fn replicate(inst: &Instance, name: &str) -> serde_json::Value {
+    let out = inst.run(&["replicate", name, "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", inst.report(&["replicate", name, "--json"], &out)));
+    json
+}
+
+fn write_config(inst: &Instance, text: &str) {
+    std::fs::write(inst.data().join("cairn.toml"), text).unwrap();
+}
+
+struct Site {
+    inst: Instance,
+    port: u16,
+    key: String,
+}
+
+fn site() -> Site {
+    let inst = Instance::new();
+    let key = inst.ok(&["key", "show"]).trim().to_owned();
+    Site {
+        inst,
+        port: free_udp_port(),
+        key,
+    }
+}
+
+#[test]
+fn hub_and_two_spokes_converge_over_quic() {
+    let hub = site();
+    let spokes = [site(), site()];
+    hub.inst.ok(&["feed", "create", "demo", "--type", "raw"]);
+    for i in 0..200 {
+        let f = hub.inst.path(&format!("f{i}.bin"));
+        std::fs::write(
+            &f,
+            crate::util::bytes(i, if i % 50 == 0 { 300_000 } else { 2_000 }),
+        )
+        .unwrap();
+        hub.inst.ok(&[
+            "push",
+            "demo",
+            f.to_str().unwrap(),
+            "--name",
+            &format!("p{i}"),
+            "--version",
+            "1",
+        ]);
+    }
+    let out = hub
+        .inst
+        .cmd(&["token", "create", "--scope", "replicate:*"])
+        .output()
+        .unwrap();
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    write_config(
+        &hub.inst,
+        &format!("[sync]\nlisten = \"127.0.0.1:{}\"\n", hub.port),
+    );
+    for (i, s) in spokes.iter().enumerate() {
+        hub.inst.ok(&[
+            "peer",
+            "add",
+            &format!("spoke{i}"),
+            &format!("127.0.0.1:{}", s.port),
+            "--key",
+            &s.key,
+        ]);
+        s.inst.ok(&["feed", "create", "demo", "--type", "raw"]);
+        s.inst.ok(&["trust", "add", &hub.key]);
+        s.inst.ok(&[
+            "peer",
+            "add",
+            "hub",
+            &format!("127.0.0.1:{}", hub.port),
+            "--key",
+            &hub.key,
+        ]);
+        write_config(
+            &s.inst,
+            &format!(
+                "[sync]\nlisten = \"127.0.0.1:{}\"\n\n[[replication]]\nname = \"from-hub\"\npeer = \"hub\"\ntoken = \"{token}\"\nfeeds = [\"demo\", \"@system\"]\nmode = \"pull\"\ninterval_secs = 3600\n\n[[replication]]\nname = \"bad-token\"\npeer = \"hub\"\ntoken = \"cairn_000000000000_nope\"\nfeeds = [\"demo\"]\nmode = \"pull\"\ninterval_secs = 3600\n",
+                s.port
+            ),
+        );
+    }
+    let hub_root = hub.inst.root("demo");
+    let hub_server = Server::start(&hub.inst);
+    let servers: Vec<Server> = spokes.iter().map(|s| Server::start(&s.inst)).collect();
+
+    // Both spokes converge to the hub's root.
+    for s in &spokes {
+        let r = replicate(&s.inst, "from-hub");
+        assert_eq!(r["error"], serde_json::Value::Null, "{r}");
+        assert_eq!(r["feeds"][0]["converged"], true, "{r}");
+        assert_eq!(r["feeds"][0]["root"], hub_root["root"], "{r}");
+        assert_eq!(r["feeds"][0]["count"], 200);
+        // A wrong token is refused and writes nothing.
+        let bad = s.inst.run(&["replicate", "bad-token", "--json"]);
+        assert_eq!(bad.status.code(), Some(2));
+        let bad: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
+        assert!(
+            bad["feeds"][0]["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("invalid replication token"),
+            "{bad}"
+        );
+    }
+    // A no-op run is equal.
+    let r = replicate(&spokes[0].inst, "from-hub");
+    assert_eq!(r["feeds"][0]["path"], "equal", "{r}");
+
+    // Deletions on the hub reach both spokes.
+    hub_server.stop();
+    for i in 0..20 {
+        hub.inst.ok(&["rm", "demo", &format!("p{i}"), "1"]);
+    }
+    let hub_root = hub.inst.root("demo");
+    let hub_server = Server::start(&hub.inst);
+    for s in &spokes {
+        let r = replicate(&s.inst, "from-hub");
+        assert_eq!(r["feeds"][0]["converged"], true, "{r}");
+        assert_eq!(r["feeds"][0]["root"], hub_root["root"], "{r}");
+    }
+
+    // A pull replica with local extras ends with exactly the hub's set.
+    drop(servers);
+    let extra = spokes[1].inst.path("extra.bin");
+    std::fs::write(&extra, b"local only").unwrap();
+    spokes[1].inst.ok(&[
+        "push",
+        "demo",
+        extra.to_str().unwrap(),
+        "--name",
+        "local",
+        "--version",
+        "1",
+    ]);
+    let r = replicate(&spokes[1].inst, "from-hub");
+    assert_eq!(r["feeds"][0]["converged"], true, "{r}");
+    assert_eq!(r["feeds"][0]["deletions"], 1, "{r}");
+    hub_server.stop();
+    for s in &spokes {
+        assert_eq!(s.inst.root("demo")["root"], hub_root["root"]);
+        assert!(s.inst.ok(&["verify"]).contains(": ok"));
+        let log: Vec<serde_json::Value> =
+            serde_json::from_str(&s.inst.ok(&["replication", "log", "--json"])).unwrap();
+        assert!(log
+            .iter()
+            .any(|r| r["replication"] == "from-hub" && r["outcome"] == "ok"));
+        assert!(log
+            .iter()
+            .any(|r| r["replication"] == "bad-token" && r["outcome"] == "failed"));
+    }
+    let hub_log: Vec<serde_json::Value> =
+        serde_json::from_str(&hub.inst.ok(&["replication", "log", "--json"])).unwrap();
+    assert!(
+        hub_log
+            .iter()
+            .any(|r| r["replication"] == "incoming" && r["peer"] == "spoke0"),
+        "{hub_log:?}"
+    );
+}

@@ -1,0 +1,561 @@
+//! `cairn serve` and `cairn replicate`: the replication endpoint, scheduled outgoing
+//! replications, and a control socket through which `cairn replicate NAME` asks a running
+//! server to run a replication now.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use cairn_store::admin::ReplicationRecord;
+use cairn_store::{Store, StoreOptions};
+use cairn_sync::proto::{Authorizer, FeedReport, GuardRail, InitiatorConfig};
+use cairn_sync::transport;
+use cairn_sync::wire::{code, Mode};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// The TOML configuration (`--config`, default `<data-dir>/cairn.toml`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The replication endpoint.
+    #[serde(default)]
+    pub sync: SyncConfig,
+    /// Configured replications.
+    #[serde(default, rename = "replication")]
+    pub replications: Vec<ReplicationConfig>,
+}
+
+/// `[sync]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// UDP address of the QUIC endpoint.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for SyncConfig {
+    fn default() -> SyncConfig {
+        SyncConfig {
+            listen: default_listen(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7443))
+}
+
+/// Who dials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// This instance dials the peer and runs the replication.
+    Outgoing,
+    /// The peer dials this instance; listed for reference, run by the peer.
+    Incoming,
+}
+
+/// `[[replication]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// Name, used by `cairn replicate NAME` and in the log.
+    pub name: String,
+    /// A peer added with `cairn peer add`.
+    pub peer: String,
+    /// The replication token the peer issued to this instance.
+    #[serde(default)]
+    pub token: String,
+    /// Feeds; `*` for every local package feed, `@system` for system replication.
+    pub feeds: Vec<String>,
+    /// `pull`, `push` or `mirror`.
+    pub mode: Mode,
+    /// `outgoing` (default) or `incoming`.
+    #[serde(default = "default_direction")]
+    pub direction: Direction,
+    /// Seconds between scheduled runs.
+    #[serde(default = "default_interval")]
+    pub interval_secs: u64,
+    /// Largest share of local entries one run may delete before it stops.
+    #[serde(default = "default_share")]
+    pub max_delete_share: f64,
+}
+
+fn default_direction() -> Direction {
+    Direction::Outgoing
+}
+fn default_interval() -> u64 {
+    60
+}
+fn default_share() -> f64 {
+    0.5
+}
+
+/// Reads the configuration: `path` if given, else `<data-dir>/cairn.toml` if it exists.
+pub fn load_config(data_dir: &Path, path: Option<&Path>) -> Result<Config> {
+    let (path, required) = match path {
+        Some(p) => (p.to_path_buf(), true),
+        None => (data_dir.join("cairn.toml"), false),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+            return Ok(Config::default())
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let config: Config =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let mut names = std::collections::HashSet::new();
+    for r in &config.replications {
+        if !names.insert(&r.name) {
+            bail!(
+                "{}: replication `{}` is defined twice",
+                path.display(),
+                r.name
+            );
+        }
+        if !(0.0..=1.0).contains(&r.max_delete_share) {
+            bail!(
+                "{}: replication `{}`: max_delete_share must be between 0 and 1",
+                path.display(),
+                r.name
+            );
+        }
+        if r.feeds.is_empty() {
+            bail!(
+                "{}: replication `{}` names no feeds",
+                path.display(),
+                r.name
+            );
+        }
+    }
+    Ok(config)
+}
+
+/// What one run did, as `cairn replicate` prints it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// Replication name.
+    pub replication: String,
+    /// Peer.
+    pub peer: String,
+    /// Mode.
+    pub mode: String,
+    /// Per feed.
+    pub feeds: Vec<FeedSummaryOut>,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Wall time.
+    pub elapsed_ms: u64,
+    /// Set when the run as a whole failed.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// One feed of a run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FeedSummaryOut {
+    /// Feed.
+    pub feed: String,
+    /// equal, log, sketch or list.
+    pub path: String,
+    /// Same root on both sides at the end.
+    pub converged: bool,
+    /// Root here, hex.
+    pub root: String,
+    /// Entries here.
+    pub count: u64,
+    /// Documents applied here.
+    pub docs_applied: u64,
+    /// Documents sent.
+    pub docs_sent: u64,
+    /// Deletions applied here.
+    pub deletions: u64,
+    /// Blobs received.
+    pub blobs_received: u64,
+    /// Blob bytes received.
+    pub blob_bytes_received: u64,
+    /// Dry run: adds, deletes, bytes.
+    pub plan: Option<(u64, u64, u64)>,
+    /// Error.
+    pub error: Option<String>,
+}
+
+impl RunSummary {
+    /// True when every feed converged (or, for a dry run, was planned without error).
+    pub fn ok(&self, dry_run: bool) -> bool {
+        self.error.is_none()
+            && self
+                .feeds
+                .iter()
+                .all(|f| f.error.is_none() && (dry_run || f.converged))
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Pull => "pull",
+        Mode::Push => "push",
+        Mode::Mirror => "mirror",
+    }
+}
+
+fn feed_out(r: &FeedReport, dry_run: bool) -> FeedSummaryOut {
+    FeedSummaryOut {
+        feed: r.feed.clone(),
+        path: format!("{:?}", r.path).to_lowercase(),
+        converged: r.converged(),
+        root: r
+            .local_root
+            .map(|(root, _)| root.iter().map(|b| format!("{b:02x}")).collect())
+            .unwrap_or_default(),
+        count: r.local_root.map(|(_, c)| c).unwrap_or_default(),
+        docs_applied: r.docs_applied,
+        docs_sent: r.docs_sent,
+        deletions: r.deletions,
+        blobs_received: r.blobs_received,
+        blob_bytes_received: r.blob_bytes_received,
+        plan: dry_run.then_some((r.plan_adds, r.plan_deletes, r.plan_bytes)),
+        error: r.error.clone(),
+    }
+}
+
+/// Runs one configured replication now.
+pub async fn run_replication(
+    store: &Store,
+    rep: &ReplicationConfig,
+    dry_run: bool,
+    allow_deletes: bool,
+) -> RunSummary {
+    let started = now_ms();
+    let mut summary = RunSummary {
+        replication: rep.name.clone(),
+        peer: rep.peer.clone(),
+        mode: mode_name(rep.mode).into(),
+        ..RunSummary::default()
+    };
+    let result = async {
+        if rep.direction == Direction::Incoming {
+            bail!(
+                "replication `{}` is incoming: the peer `{}` runs it",
+                rep.name,
+                rep.peer
+            );
+        }
+        let peer = store.peer(&rep.peer)?.ok_or_else(|| {
+            anyhow!(
+                "no peer named `{}`; add it with `cairn peer add {} ADDR --key FINGERPRINT`",
+                rep.peer,
+                rep.peer
+            )
+        })?;
+        let mut feeds = Vec::new();
+        for f in &rep.feeds {
+            if f == "*" {
+                feeds.extend(store.list_feeds()?.into_iter().map(|f| f.name));
+            } else {
+                store.feed(f)?;
+                feeds.push(f.clone());
+            }
+        }
+        let mut since = HashMap::new();
+        if rep.mode == Mode::Pull {
+            for f in &feeds {
+                if let Some(c) = store.replication_cursor(&rep.name, f)? {
+                    since.insert(f.clone(), c);
+                }
+            }
+        }
+        let addr: SocketAddr = peer
+            .addr
+            .parse()
+            .with_context(|| format!("peer `{}` address `{}`", peer.name, peer.addr))?;
+        let conn = transport::connect(store.identity(), addr, peer.key).await?;
+        let config = InitiatorConfig {
+            token: rep.token.clone(),
+            mode: rep.mode,
+            feeds: feeds.clone(),
+            since,
+            guard: GuardRail {
+                max_delete_share: rep.max_delete_share,
+                allow: allow_deletes,
+            },
+            dry_run,
+        };
+        let (reports, stats) = transport::run_initiator(store, &conn, config).await?;
+        anyhow::Ok((reports, stats))
+    }
+    .await;
+    match result {
+        Ok((reports, stats)) => {
+            for r in &reports {
+                if rep.mode == Mode::Pull && r.converged() && !dry_run {
+                    if let Some(c) = r.peer_cursor {
+                        let _ = store.set_replication_cursor(&rep.name, &r.feed, c);
+                    }
+                }
+            }
+            summary.feeds = reports.iter().map(|r| feed_out(r, dry_run)).collect();
+            summary.bytes_sent = stats.bytes_sent;
+            summary.bytes_received = stats.bytes_received;
+        }
+        Err(e) => summary.error = Some(format!("{e:#}")),
+    }
+    summary.elapsed_ms = now_ms().saturating_sub(started);
+    if !dry_run {
+        let record = ReplicationRecord {
+            seq: 0,
+            replication: rep.name.clone(),
+            peer: rep.peer.clone(),
+            mode: summary.mode.clone(),
+            feeds: summary.feeds.iter().map(|f| f.feed.clone()).collect(),
+            started_ms: started,
+            ended_ms: started + summary.elapsed_ms,
+            rounds: 0,
+            bytes_sent: summary.bytes_sent,
+            bytes_received: summary.bytes_received,
+            docs_sent: summary.feeds.iter().map(|f| f.docs_sent).sum(),
+            docs_received: summary.feeds.iter().map(|f| f.docs_applied).sum(),
+            blobs_sent: 0,
+            blobs_received: summary.feeds.iter().map(|f| f.blobs_received).sum(),
+            deletions: summary.feeds.iter().map(|f| f.deletions).sum(),
+            outcome: if summary.ok(false) {
+                "ok".into()
+            } else {
+                "failed".into()
+            },
+            error: summary
+                .error
+                .clone()
+                .or_else(|| summary.feeds.iter().find_map(|f| f.error.clone()))
+                .unwrap_or_default(),
+        };
+        if let Err(e) = store.replication_log_append(record) {
+            tracing::error!("writing the replication log: {e}");
+        }
+    }
+    summary
+}
+
+/// Tokens decide what an incoming peer may replicate.
+struct TokenAuthorizer {
+    store: Arc<Store>,
+}
+
+impl Authorizer for TokenAuthorizer {
+    fn authorize(&self, token: &str, feed: &str, _mode: Mode) -> Result<(), (u32, String)> {
+        match self.store.token_check(token) {
+            Ok(Some(t)) if t.may_replicate(feed) => Ok(()),
+            Ok(Some(_)) => Err((
+                code::UNAUTHORIZED,
+                format!("the token does not allow replicating `{feed}`"),
+            )),
+            Ok(None) => Err((
+                code::UNAUTHORIZED,
+                "missing or invalid replication token".into(),
+            )),
+            Err(e) => Err((code::INTERNAL, e.to_string())),
+        }
+    }
+}
+
+/// Where the control socket lives.
+pub fn control_socket(data_dir: &Path) -> PathBuf {
+    data_dir.join("control.sock")
+}
+
+/// Runs the server until interrupted.
+pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let store = Arc::new(Store::open(data_dir, StoreOptions::default())?);
+        let filter_store = store.clone();
+        let filter: transport::PeerFilter = Arc::new(move |k| filter_store.peer_list().map(|peers| peers.iter().any(|p| p.key == *k)).unwrap_or(false));
+        let endpoint = transport::server(config.sync.listen, store.identity(), filter)?;
+        let local = endpoint.local_addr()?;
+        println!("cairn serving {} on {} (replication, QUIC); key {}", data_dir.display(), local, store.identity().public_key());
+        let accept_store = store.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                let store = accept_store.clone();
+                tokio::spawn(async move {
+                    let Ok(conn) = incoming.await else { return };
+                    let peer = transport::peer_key(&conn)
+                        .and_then(|k| store.peer_list().ok()?.into_iter().find(|p| p.key == k).map(|p| p.name))
+                        .unwrap_or_else(|| "unknown".into());
+                    let started = now_ms();
+                    let auth = TokenAuthorizer { store: store.clone() };
+                    let result = transport::run_responder(&store, &conn, &auth).await;
+                    let mut record = ReplicationRecord { replication: "incoming".into(), peer, started_ms: started, ended_ms: now_ms(), ..Default::default() };
+                    match result {
+                        Ok((session, stats)) => {
+                            record.mode = mode_name(session.mode()).into();
+                            let reports = session.reports();
+                            record.feeds = reports.iter().map(|r| r.feed.clone()).collect();
+                            record.docs_sent = reports.iter().map(|r| r.docs_sent).sum();
+                            record.docs_received = reports.iter().map(|r| r.docs_applied).sum();
+                            record.blobs_received = reports.iter().map(|r| r.blobs_received).sum();
+                            record.blobs_sent = session.stats().pieces_sent;
+                            record.deletions = reports.iter().map(|r| r.deletions).sum();
+                            record.bytes_sent = stats.bytes_sent;
+                            record.bytes_received = stats.bytes_received;
+                            let failed = reports.iter().find_map(|r| r.error.clone());
+                            record.outcome = if failed.is_none() && session.error().is_none() { "ok".into() } else { "failed".into() };
+                            record.error = session.error().map(|e| e.to_string()).or(failed).unwrap_or_default();
+                        }
+                        Err(e) => {
+                            record.outcome = "failed".into();
+                            record.error = e.to_string();
+                        }
+                    }
+                    record.ended_ms = now_ms();
+                    if let Err(e) = store.replication_log_append(record) {
+                        tracing::error!("writing the replication log: {e}");
+                    }
+                });
+            }
+        });
+        // One lock per replication: a run never overlaps another run of the same replication.
+        let locks: HashMap<String, Arc<tokio::sync::Mutex<()>>> = config.replications.iter().map(|r| (r.name.clone(), Arc::new(tokio::sync::Mutex::new(())))).collect();
+        let locks = Arc::new(locks);
+        for rep in config.replications.iter().filter(|r| r.direction == Direction::Outgoing).cloned() {
+            let store = store.clone();
+            let lock = locks[&rep.name].clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(rep.interval_secs.max(1)));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let _guard = lock.lock().await;
+                    let s = run_replication(&store, &rep, false, false).await;
+                    if !s.ok(false) {
+                        tracing::warn!(replication = %rep.name, "scheduled run failed: {}", s.error.clone().unwrap_or_else(|| format!("{:?}", s.feeds)));
+                    }
+                }
+            });
+        }
+        let sock = control_socket(data_dir);
+        let _ = std::fs::remove_file(&sock);
+        let listener = tokio::net::UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
+        let reps: Arc<Vec<ReplicationConfig>> = Arc::new(config.replications.clone());
+        let control_store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (store, reps, locks) = (control_store.clone(), reps.clone(), locks.clone());
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut line = String::new();
+                    if BufReader::new(read).read_line(&mut line).await.is_err() {
+                        return;
+                    }
+                    let words: Vec<&str> = line.split_whitespace().collect();
+                    let reply = match words.as_slice() {
+                        ["replicate", name, flags @ ..] => match reps.iter().find(|r| r.name == *name) {
+                            Some(rep) => {
+                                let _guard = locks[&rep.name].lock().await;
+                                let s = run_replication(&store, rep, flags.contains(&"dry-run"), flags.contains(&"allow-deletes")).await;
+                                serde_json::to_string(&s).unwrap_or_default()
+                            }
+                            None => serde_json::to_string(&RunSummary { replication: name.to_string(), error: Some(format!("no replication named `{name}` in the configuration")), ..Default::default() }).unwrap_or_default(),
+                        },
+                        _ => serde_json::to_string(&RunSummary { error: Some("unknown control command".into()), ..Default::default() }).unwrap_or_default(),
+                    };
+                    let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
+                });
+            }
+        });
+        shutdown_signal().await;
+        let _ = std::fs::remove_file(&sock);
+        println!("cairn stopped");
+        anyhow::Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// `cairn replicate NAME`: through the running server if there is one, else directly.
+pub fn replicate(
+    data_dir: &Path,
+    config: &Config,
+    name: &str,
+    dry_run: bool,
+    allow_deletes: bool,
+) -> Result<RunSummary> {
+    let sock = control_socket(data_dir);
+    if let Ok(mut stream) = std::os::unix::net::UnixStream::connect(&sock) {
+        use std::io::{BufRead, Write};
+        let mut line = format!("replicate {name}");
+        if dry_run {
+            line.push_str(" dry-run");
+        }
+        if allow_deletes {
+            line.push_str(" allow-deletes");
+        }
+        line.push('\n');
+        stream.write_all(line.as_bytes())?;
+        let mut reply = String::new();
+        std::io::BufReader::new(stream).read_line(&mut reply)?;
+        return serde_json::from_str(&reply)
+            .with_context(|| "reading the server's answer".to_string());
+    }
+    let rep = config
+        .replications
+        .iter()
+        .find(|r| r.name == name)
+        .ok_or_else(|| anyhow!("no replication named `{name}` in the configuration"))?
+        .clone();
+    let store = Store::open(data_dir, StoreOptions::default())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    Ok(runtime.block_on(run_replication(&store, &rep, dry_run, allow_deletes)))
+}
+
+/// For `replication list`.
+pub fn describe(r: &ReplicationConfig) -> String {
+    let dir = match r.direction {
+        Direction::Outgoing => "outgoing",
+        Direction::Incoming => "incoming",
+    };
+    format!(
+        "{} {} {} {} [{}] every {}s",
+        r.name,
+        dir,
+        mode_name(r.mode),
+        r.peer,
+        r.feeds.join(","),
+        r.interval_secs
+    )
+}
