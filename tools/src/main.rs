@@ -46,7 +46,8 @@ struct Cli {
 enum Command {
     /// Create a new instance: key pair, store and trust in its own key.
     Init,
-    /// Run the instance: the QUIC replication endpoint and the configured replications.
+    /// Run the instance: the QUIC replication endpoint and the configured replications
+    /// (creates the instance first if the data directory has none).
     Serve,
     /// Run a configured replication now (through the running server, if there is one).
     Replicate {
@@ -321,6 +322,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Serve => {
             let config = serve::load_config(dir, config_path.as_deref())?;
+            if !dir.join("db").join("CURRENT").exists()
+                && !cairn_store::identity::key_path(dir).exists()
+            {
+                let store = Store::init(dir, StoreOptions::default())?;
+                println!(
+                    "initialised {} with key {}",
+                    dir.display(),
+                    store.identity().public_key()
+                );
+            }
             serve::serve(dir, config)?;
         }
         Command::Replicate {
