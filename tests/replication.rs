@@ -232,3 +232,98 @@ fn hub_and_two_spokes_converge_over_quic() {
         "{hub_log:?}"
     );
 }
+
+#[test]
+fn push_and_mirror_between_serving_instances() {
+    let hub = site();
+    let spoke = site();
+    for s in [&hub, &spoke] {
+        s.inst.ok(&["feed", "create", "demo", "--type", "raw"]);
+        s.inst.ok(&["feed", "create", "shared", "--type", "raw"]);
+    }
+    hub.inst.ok(&["trust", "add", &spoke.key]);
+    spoke.inst.ok(&["trust", "add", &hub.key]);
+    hub.inst.ok(&[
+        "peer",
+        "add",
+        "spoke",
+        &format!("127.0.0.1:{}", spoke.port),
+        "--key",
+        &spoke.key,
+    ]);
+    spoke.inst.ok(&[
+        "peer",
+        "add",
+        "hub",
+        &format!("127.0.0.1:{}", hub.port),
+        "--key",
+        &hub.key,
+    ]);
+    let out = spoke
+        .inst
+        .cmd(&["token", "create", "--scope", "replicate:*"])
+        .output()
+        .unwrap();
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let push = |inst: &Instance, name: &str, content: &[u8], feed: &str| {
+        let f = inst.path(&format!("{name}.bin"));
+        std::fs::write(&f, content).unwrap();
+        inst.ok(&[
+            "push",
+            feed,
+            f.to_str().unwrap(),
+            "--name",
+            name,
+            "--version",
+            "1",
+        ]);
+    };
+    for i in 0..30 {
+        push(
+            &hub.inst,
+            &format!("h{i}"),
+            &crate::util::bytes(i, 5_000),
+            "demo",
+        );
+    }
+    push(&hub.inst, "from-hub", b"h", "shared");
+    push(&spoke.inst, "from-spoke", b"s", "shared");
+    write_config(
+        &hub.inst,
+        &format!(
+            "[sync]\nlisten = \"127.0.0.1:{}\"\n\n[[replication]]\nname = \"to-spoke\"\npeer = \"spoke\"\ntoken = \"{token}\"\nfeeds = [\"demo\"]\nmode = \"push\"\ninterval_secs = 3600\n\n[[replication]]\nname = \"both-ways\"\npeer = \"spoke\"\ntoken = \"{token}\"\nfeeds = [\"shared\"]\nmode = \"mirror\"\ninterval_secs = 3600\n",
+            hub.port
+        ),
+    );
+    write_config(
+        &spoke.inst,
+        &format!("[sync]\nlisten = \"127.0.0.1:{}\"\n", spoke.port),
+    );
+    let hub_demo = hub.inst.root("demo");
+    let spoke_server = Server::start(&spoke.inst);
+    // Runs without a hub server: `cairn replicate` opens the hub's store itself.
+    let r = replicate(&hub.inst, "to-spoke");
+    assert_eq!(r["feeds"][0]["converged"], true, "{r}");
+    // Content only the spoke has is removed by the next push.
+    spoke_server.stop();
+    push(&spoke.inst, "stale", b"spoke only", "demo");
+    let spoke_server = Server::start(&spoke.inst);
+    let r = replicate(&hub.inst, "to-spoke");
+    assert_eq!(r["feeds"][0]["converged"], true, "{r}");
+    let r = replicate(&hub.inst, "both-ways");
+    assert_eq!(r["feeds"][0]["converged"], true, "{r}");
+    spoke_server.stop();
+    assert_eq!(
+        spoke.inst.root("demo")["root"],
+        hub_demo["root"],
+        "push makes the spoke a copy"
+    );
+    assert!(spoke.inst.ls("demo").iter().all(|e| e["name"] != "stale"));
+    let shared = hub.inst.root("shared");
+    assert_eq!(shared["count"], 2);
+    assert_eq!(
+        spoke.inst.root("shared")["root"],
+        shared["root"],
+        "mirror converges both ways"
+    );
+}
