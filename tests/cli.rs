@@ -414,3 +414,66 @@ fn tokens_peers_and_the_replication_log() {
     c.ok(&["token", "revoke", &id]);
     assert!(!c.ok(&["token", "list"]).contains(&id));
 }
+
+#[test]
+fn vulnerabilities_and_assessments() {
+    let c = Instance::new();
+    let osv = c.path("osv.json");
+    fs::write(&osv, r#"[{"id": "PYSEC-1", "modified": "2026-01-01T00:00:00Z", "summary": "one", "database_specific": {"x": 1.5}},
+                       {"id": "PYSEC-2", "modified": "2026-01-02T00:00:00Z"}]"#).unwrap();
+    c.ok(&["vuln", "import", osv.to_str().unwrap()]);
+    let list = c.ok(&["vuln", "list"]);
+    assert!(
+        list.contains("PYSEC-1") && list.contains("PYSEC-2"),
+        "{list}"
+    );
+    let bad = c.path("bad.json");
+    fs::write(&bad, r#"{"summary": "no id"}"#).unwrap();
+    assert!(c
+        .fails(&["vuln", "import", bad.to_str().unwrap()], 2)
+        .contains("invalid OSV record"));
+    let err = c.fails(
+        &[
+            "assessment",
+            "create",
+            "--vuln",
+            "PYSEC-1",
+            "--type",
+            "Blocked",
+        ],
+        2,
+    );
+    assert!(err.contains("no assessment type `Blocked`"), "{err}");
+    c.ok(&["assessment-type", "create", "Blocked", "--blocking"]);
+    let err = c.fails(
+        &[
+            "assessment",
+            "create",
+            "--vuln",
+            "NOPE",
+            "--type",
+            "Blocked",
+        ],
+        2,
+    );
+    assert!(err.contains("no vulnerability"), "{err}");
+    let id = c
+        .ok(&[
+            "assessment",
+            "create",
+            "--vuln",
+            "PYSEC-1",
+            "--type",
+            "Blocked",
+            "--comment",
+            "no",
+        ])
+        .trim()
+        .to_owned();
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&c.ok(&["assessment", "list", "--json"])).unwrap();
+    assert_eq!(list[0]["id"], id.as_str());
+    c.ok(&["assessment", "rm", &id]);
+    assert_eq!(c.ok(&["assessment", "list"]).trim(), "");
+    assert!(c.ok(&["verify"]).contains(": ok"));
+}

@@ -154,6 +154,31 @@ fn hub_and_two_spokes_converge_over_quic() {
             ),
         );
     }
+    // Security staff assess a vulnerability on the hub.
+    let osv = hub.inst.path("osv.json");
+    std::fs::write(
+        &osv,
+        r#"{"id": "GHSA-test-0001", "modified": "2026-01-01T00:00:00Z", "summary": "bad",
+            "affected": [{"package": {"ecosystem": "PyPI", "name": "p1"}, "versions": ["1"]}]}"#,
+    )
+    .unwrap();
+    hub.inst.ok(&["vuln", "import", osv.to_str().unwrap()]);
+    hub.inst
+        .ok(&["assessment-type", "create", "Blocked", "--blocking"]);
+    let assessment = hub
+        .inst
+        .ok(&[
+            "assessment",
+            "create",
+            "--vuln",
+            "GHSA-test-0001",
+            "--type",
+            "Blocked",
+            "--comment",
+            "do not use",
+        ])
+        .trim()
+        .to_owned();
     let hub_root = hub.inst.root("demo");
     let hub_server = Server::start(&hub.inst);
     let servers: Vec<Server> = spokes.iter().map(|s| Server::start(&s.inst)).collect();
@@ -165,6 +190,8 @@ fn hub_and_two_spokes_converge_over_quic() {
         assert_eq!(r["feeds"][0]["converged"], true, "{r}");
         assert_eq!(r["feeds"][0]["root"], hub_root["root"], "{r}");
         assert_eq!(r["feeds"][0]["count"], 200);
+        assert_eq!(r["feeds"][1]["feed"], "@system");
+        assert_eq!(r["feeds"][1]["converged"], true, "{r}");
         // A wrong token is refused and writes nothing.
         let bad = s.inst.run(&["replicate", "bad-token", "--json"]);
         assert_eq!(bad.status.code(), Some(2));
@@ -214,6 +241,15 @@ fn hub_and_two_spokes_converge_over_quic() {
     for s in &spokes {
         assert_eq!(s.inst.root("demo")["root"], hub_root["root"]);
         assert!(s.inst.ok(&["verify"]).contains(": ok"));
+        let assessments: Vec<serde_json::Value> =
+            serde_json::from_str(&s.inst.ok(&["assessment", "list", "--json"])).unwrap();
+        assert_eq!(
+            assessments.len(),
+            1,
+            "the hub's assessment reached the spoke"
+        );
+        assert_eq!(assessments[0]["id"], assessment.as_str());
+        assert_eq!(assessments[0]["type"], "Blocked");
         let log: Vec<serde_json::Value> =
             serde_json::from_str(&s.inst.ok(&["replication", "log", "--json"])).unwrap();
         assert!(log

@@ -19,6 +19,7 @@ use cairn_store::{
 use clap::{Parser, Subcommand};
 
 mod serve;
+mod system;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -154,6 +155,21 @@ enum Command {
         #[command(subcommand)]
         command: ReplicationCommand,
     },
+    /// Vulnerability records (OSV JSON), kept in the system set.
+    Vuln {
+        #[command(subcommand)]
+        command: VulnCommand,
+    },
+    /// Kinds of assessment (Ignore, Caution, Blocked, or custom).
+    AssessmentType {
+        #[command(subcommand)]
+        command: AssessmentTypeCommand,
+    },
+    /// Decisions about vulnerabilities, replicated to every site by system replication.
+    Assessment {
+        #[command(subcommand)]
+        command: AssessmentCommand,
+    },
     /// Print a feed's Merkle root, entry count and change-log cursor.
     Root {
         /// Feed name.
@@ -217,6 +233,68 @@ enum ReplicationCommand {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum VulnCommand {
+    /// Import OSV JSON records (one record per file, or a JSON array of records).
+    Import {
+        /// Files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List vulnerability records.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum AssessmentTypeCommand {
+    /// Create or replace an assessment type.
+    Create {
+        /// Name.
+        name: String,
+        /// Downloads of affected versions are refused.
+        #[arg(long)]
+        blocking: bool,
+        /// What it means.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List assessment types.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum AssessmentCommand {
+    /// Record a decision about a vulnerability.
+    Create {
+        /// Vulnerability id (as imported).
+        #[arg(long = "vuln")]
+        vulnerability: String,
+        /// Assessment type name.
+        #[arg(long = "type")]
+        assessment_type: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        comment: String,
+        /// Who decided.
+        #[arg(long, default_value = "admin")]
+        author: String,
+        /// Days until it no longer applies.
+        #[arg(long)]
+        expires_days: Option<u64>,
+    },
+    /// List assessments.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete an assessment (a signed tombstone replicates the deletion).
+    Rm {
+        /// Assessment id.
+        id: String,
     },
 }
 
@@ -416,6 +494,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Token { command } => token(&open(dir)?, command)?,
+        Command::Vuln { command } => system::vuln(&open(dir)?, command)?,
+        Command::AssessmentType { command } => system::assessment_type(&open(dir)?, command)?,
+        Command::Assessment { command } => system::assessment(&open(dir)?, command)?,
         Command::Peer { command } => peer(&open(dir)?, command)?,
         Command::Replication {
             command: ReplicationCommand::Log { limit, json },
