@@ -452,10 +452,9 @@ impl Store {
             .map_err(|e| StoreError::InvalidPackage(e.to_string()))
     }
 
-    /// Accepts an upstream checkpoint for `feed`: signed by a key trusted for the feed, for
-    /// this feed, matching this replica's recomputed root and count, and not older than the
-    /// one held (a rollback is refused).
-    pub fn accept_checkpoint(&self, feed: &str, bytes: &[u8]) -> Result<Checkpoint> {
+    /// Checks an upstream checkpoint for `feed` before applying anything: signed by a key
+    /// trusted for the feed, for this feed, and not older than the one held (a rollback).
+    pub fn check_checkpoint(&self, feed: &str, bytes: &[u8]) -> Result<Checkpoint> {
         let doc = SignedDocument::decode(bytes)?;
         let trusted = self.is_trusted(feed, &doc.signer())?;
         doc.check_trusted(feed, |_| trusted)?;
@@ -468,12 +467,6 @@ impl Store {
         if cp.feed != feed {
             return Err(reject(format!("checkpoint is for feed `{}`", cp.feed)));
         }
-        let s = self.feed_summary(feed)?;
-        if cp.root.as_bytes() != s.root.fingerprint.as_bytes() || cp.count != s.root.count {
-            return Err(reject(
-                "checkpoint root does not match this replica's recomputed root".into(),
-            ));
-        }
         if let Some((held, _)) = self.checkpoint(feed)? {
             if (cp.epoch == held.epoch && cp.seq < held.seq)
                 || (cp.epoch == held.epoch && cp.seq == held.seq && cp.time < held.time)
@@ -483,6 +476,22 @@ impl Store {
                     cp.seq, held.seq
                 )));
             }
+        }
+        Ok(cp)
+    }
+
+    /// Accepts an upstream checkpoint for `feed`: everything [`Store::check_checkpoint`]
+    /// checks, and it must match this replica's recomputed root and count.
+    pub fn accept_checkpoint(&self, feed: &str, bytes: &[u8]) -> Result<Checkpoint> {
+        let cp = self.check_checkpoint(feed, bytes)?;
+        let doc = SignedDocument::decode(bytes)?;
+        let s = self.feed_summary(feed)?;
+        if cp.root.as_bytes() != s.root.fingerprint.as_bytes() || cp.count != s.root.count {
+            return Err(StoreError::RemoteRejected {
+                feed: feed.into(),
+                doc: doc.id(),
+                reason: "checkpoint root does not match this replica's recomputed root".into(),
+            });
         }
         let mut batch = rocksdb::WriteBatch::default();
         batch.put_cf(

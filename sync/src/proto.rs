@@ -39,6 +39,8 @@ pub const PIECE_GROUPS: u64 = 64;
 pub const DOC_BATCH_BYTES: usize = 2 << 20;
 /// Sketch retries before falling back to the item list.
 pub const MAX_SKETCH_RETRIES: u32 = 2;
+/// How long a checkpoint signed for a run stays valid.
+pub const CHECKPOINT_TTL_SECS: u64 = 7 * 24 * 3600;
 
 /// Which end of the connection this session is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -216,6 +218,8 @@ struct FeedJob {
     expect_docs: Option<bool>,
     /// The peer's last DOCS (or DIFF) frame has arrived.
     docs_complete: bool,
+    /// The authoritative side's signed checkpoint, accepted once our state is final.
+    checkpoint: Option<Vec<u8>>,
     peer_done: bool,
     local_done: bool,
     failed: bool,
@@ -396,6 +400,17 @@ impl Session {
                 root: *sum.root.fingerprint.as_bytes(),
                 count: sum.root.count,
                 since: since.map(cursor_to_wire),
+                checkpoint: if config.mode == Mode::Push {
+                    Some(
+                        store
+                            .sign_checkpoint(name, CHECKPOINT_TTL_SECS)
+                            .map_err(store_err)?
+                            .bytes()
+                            .to_vec(),
+                    )
+                } else {
+                    None
+                },
             });
             let sink = config.mode != Mode::Push;
             s.jobs.insert(
@@ -582,7 +597,7 @@ impl Session {
                 Ok(())
             }
             (Role::Responder, Frame::SummaryRequest { feed }) => {
-                let status = summary(store, &feed)?;
+                let status = summary(store, &feed, None)?;
                 self.job(&feed)?;
                 self.outbox.push_back(Frame::Summary { feed, status });
                 Ok(())
@@ -762,6 +777,42 @@ impl Session {
         }
     }
 
+    /// Checks an announced checkpoint against rollback; false (feed failed) when refused.
+    fn take_checkpoint(
+        &self,
+        store: &Store,
+        job: &mut FeedJob,
+        checkpoint: Option<Vec<u8>>,
+    ) -> bool {
+        let Some(cp) = checkpoint else { return true };
+        match store.check_checkpoint(&job.name, &cp) {
+            Ok(_) => {
+                job.checkpoint = Some(cp);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(feed = %job.name, "refusing the peer's checkpoint: {e}");
+                job.failed = true;
+                job.report.error = Some(format!("checkpoint refused: {e}"));
+                false
+            }
+        }
+    }
+
+    fn take_checkpoint_for(
+        &mut self,
+        store: &Store,
+        feed: &str,
+        checkpoint: Option<Vec<u8>>,
+    ) -> Result<bool, SessionError> {
+        let mut job = self.jobs.remove(feed).ok_or_else(|| {
+            SessionError::Protocol(format!("frame for feed `{feed}` that is not in this run"))
+        })?;
+        let ok = self.take_checkpoint(store, &mut job, checkpoint);
+        self.jobs.insert(feed.to_owned(), job);
+        Ok(ok)
+    }
+
     fn responder_hello(
         &mut self,
         store: &Store,
@@ -801,6 +852,15 @@ impl Session {
                     format!("feed `{}` does not exist on this peer", h.feed),
                 ),
                 Err(e) => return Err(store_err(e)),
+                Ok(_)
+                    if mode == Mode::Push
+                        && !self.take_checkpoint(store, &mut job, h.checkpoint.clone()) =>
+                {
+                    FeedStatus::Refused {
+                        code: code::BAD_DATA,
+                        reason: job.report.error.clone().unwrap_or_default(),
+                    }
+                }
                 Ok(sum)
                     if sum.root.fingerprint.as_bytes() == &h.root && sum.root.count == h.count =>
                 {
@@ -809,8 +869,14 @@ impl Session {
                     job.peer_done = true;
                     job.report.local_root = Some((h.root, h.count));
                     job.report.peer_root = Some((h.root, h.count));
+                    if let Some(cp) = job.checkpoint.take() {
+                        if let Err(e) = store.accept_checkpoint(&h.feed, &cp) {
+                            job.report.error = Some(format!("checkpoint: {e}"));
+                        }
+                    }
                     FeedStatus::Equal {
                         cursor: cursor_to_wire(sum.feed.cursor()),
+                        checkpoint: pull_checkpoint(store, mode, &h.feed)?,
                     }
                 }
                 Ok(sum) => match (mode, h.since) {
@@ -827,12 +893,15 @@ impl Session {
                                     count: sum.root.count,
                                     cursor: cursor_to_wire(sum.feed.cursor()),
                                     changes,
+                                    checkpoint: pull_checkpoint(store, mode, &h.feed)?,
                                 }
                             }
-                            None => summary(store, &h.feed)?,
+                            None => {
+                                summary(store, &h.feed, pull_checkpoint(store, mode, &h.feed)?)?
+                            }
                         }
                     }
-                    _ => summary(store, &h.feed)?,
+                    _ => summary(store, &h.feed, pull_checkpoint(store, mode, &h.feed)?)?,
                 },
             },
         };
@@ -853,8 +922,22 @@ impl Session {
                 job.report.error = Some(format!("refused by peer (code {code}): {reason}"));
                 Ok(())
             }
-            FeedStatus::Equal { cursor } => {
+            FeedStatus::Equal { cursor, checkpoint } => {
                 let sum = store.feed_summary(feed).map_err(store_err)?;
+                let mut job = self.jobs.remove(feed).ok_or_else(|| {
+                    SessionError::Protocol(format!(
+                        "frame for feed `{feed}` that is not in this run"
+                    ))
+                })?;
+                let ok = self.take_checkpoint(store, &mut job, checkpoint);
+                if ok {
+                    if let Some(cp) = job.checkpoint.take() {
+                        if let Err(e) = store.accept_checkpoint(feed, &cp) {
+                            job.report.error = Some(format!("checkpoint: {e}"));
+                        }
+                    }
+                }
+                self.jobs.insert(feed.to_owned(), job);
                 let job = self.job(feed)?;
                 job.report.path = Path::Equal;
                 job.report.peer_cursor = Some(cursor_from_wire(cursor));
@@ -870,7 +953,11 @@ impl Session {
                 count,
                 cursor,
                 changes,
+                checkpoint,
             } => {
+                if !self.take_checkpoint_for(store, feed, checkpoint)? {
+                    return Ok(());
+                }
                 {
                     let job = self.job(feed)?;
                     job.report.path = Path::Log;
@@ -899,7 +986,11 @@ impl Session {
                 count,
                 cursor,
                 l1,
+                checkpoint,
             } => {
+                if checkpoint.is_some() && !self.take_checkpoint_for(store, feed, checkpoint)? {
+                    return Ok(());
+                }
                 if l1.len() != 256 * L1_RECORD {
                     return Err(SessionError::Protocol(
                         "level-1 summary is not 256 records".into(),
@@ -1341,6 +1432,14 @@ impl Session {
         }
         job.local_done = true;
         job.report.local_root = Some(root);
+        if let Some(cp) = job.checkpoint.take() {
+            if !job.dry_run {
+                if let Err(e) = store.accept_checkpoint(feed, &cp) {
+                    tracing::warn!(feed, "upstream checkpoint not accepted: {e}");
+                    job.report.error = Some(format!("checkpoint: {e}"));
+                }
+            }
+        }
         self.outbox.push_back(Frame::Done {
             feed: feed.to_owned(),
             root: root.0,
@@ -1418,14 +1517,33 @@ fn pack_l1(store: &Store, feed: &str) -> Result<Vec<u8>, SessionError> {
     Ok(out)
 }
 
-fn summary(store: &Store, feed: &str) -> Result<FeedStatus, SessionError> {
+fn summary(
+    store: &Store,
+    feed: &str,
+    checkpoint: Option<Vec<u8>>,
+) -> Result<FeedStatus, SessionError> {
     let sum = store.feed_summary(feed).map_err(store_err)?;
     Ok(FeedStatus::Summary {
         root: *sum.root.fingerprint.as_bytes(),
         count: sum.root.count,
         cursor: cursor_to_wire(sum.feed.cursor()),
         l1: pack_l1(store, feed)?,
+        checkpoint,
     })
+}
+
+/// In a pull the responder is authoritative and signs its state for the replica to keep.
+fn pull_checkpoint(store: &Store, mode: Mode, feed: &str) -> Result<Option<Vec<u8>>, SessionError> {
+    if mode != Mode::Pull {
+        return Ok(None);
+    }
+    Ok(Some(
+        store
+            .sign_checkpoint(feed, CHECKPOINT_TTL_SECS)
+            .map_err(store_err)?
+            .bytes()
+            .to_vec(),
+    ))
 }
 
 /// The current value of every key changed since `since`, or `None` when a log cannot answer.

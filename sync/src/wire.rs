@@ -52,6 +52,9 @@ pub struct FeedHello {
     /// The responder's cursor as of the last completed pull of this feed, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<WireCursor>,
+    /// Push: the initiator's signed checkpoint of this feed.
+    #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Vec<u8>>,
 }
 
 /// One changed entry: key and document envelope, or `None` for an entry removed outright.
@@ -72,6 +75,9 @@ pub enum FeedStatus {
     Equal {
         /// The responder's cursor.
         cursor: WireCursor,
+        /// Pull: the responder's signed checkpoint.
+        #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
+        checkpoint: Option<Vec<u8>>,
     },
     /// The change-log suffix since the initiator's cursor (pull only).
     Log {
@@ -84,6 +90,9 @@ pub enum FeedStatus {
         cursor: WireCursor,
         /// The current value of every key changed since the cursor.
         changes: Vec<WireChange>,
+        /// Pull: the responder's signed checkpoint.
+        #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
+        checkpoint: Option<Vec<u8>>,
     },
     /// The responder's level-1 summary: 256 records of [`L1_RECORD`] bytes.
     Summary {
@@ -97,6 +106,9 @@ pub enum FeedStatus {
         /// Packed level-1 records, bucket 0 first.
         #[serde(with = "serde_bytes")]
         l1: Vec<u8>,
+        /// Pull: the responder's signed checkpoint.
+        #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
+        checkpoint: Option<Vec<u8>>,
     },
     /// This feed cannot be replicated with this peer.
     Refused {
@@ -380,6 +392,7 @@ mod tests {
                 root: [7; 32],
                 count: 3,
                 since: None,
+                checkpoint: None,
             }],
         }
     }
@@ -468,13 +481,17 @@ pub fn vector_frames() -> Vec<(&'static str, Frame)> {
                     root: [0x11; 32],
                     count: 3,
                     since: Some(cursor),
+                    checkpoint: None,
                 }],
             },
         ),
         (
             "hello-reply-equal",
             Frame::HelloReply {
-                feeds: vec![FeedStatus::Equal { cursor }],
+                feeds: vec![FeedStatus::Equal {
+                    cursor,
+                    checkpoint: Some(vec![0x85, 0x01]),
+                }],
             },
         ),
         (
@@ -494,6 +511,7 @@ pub fn vector_frames() -> Vec<(&'static str, Frame)> {
                             doc: None,
                         },
                     ],
+                    checkpoint: None,
                 }],
             },
         ),
@@ -505,6 +523,7 @@ pub fn vector_frames() -> Vec<(&'static str, Frame)> {
                     count: 4,
                     cursor,
                     l1: vec![0; 12],
+                    checkpoint: None,
                 }],
             },
         ),
