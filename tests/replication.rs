@@ -363,3 +363,104 @@ fn push_and_mirror_between_serving_instances() {
         "mirror converges both ways"
     );
 }
+
+#[test]
+fn a_run_cut_by_killing_the_hub_resumes_and_converges() {
+    let hub = site();
+    let spoke = site();
+    hub.inst.ok(&["feed", "create", "demo", "--type", "raw"]);
+    spoke.inst.ok(&["feed", "create", "demo", "--type", "raw"]);
+    let big = hub.inst.path("big.bin");
+    let size = 256usize << 20;
+    std::fs::write(&big, crate::util::bytes(9, size)).unwrap();
+    hub.inst.ok(&[
+        "push",
+        "demo",
+        big.to_str().unwrap(),
+        "--name",
+        "big",
+        "--version",
+        "1",
+    ]);
+    std::fs::remove_file(&big).unwrap();
+    let out = hub
+        .inst
+        .cmd(&["token", "create", "--scope", "replicate:demo"])
+        .output()
+        .unwrap();
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    hub.inst.ok(&[
+        "peer",
+        "add",
+        "spoke",
+        &format!("127.0.0.1:{}", spoke.port),
+        "--key",
+        &spoke.key,
+    ]);
+    spoke.inst.ok(&["trust", "add", &hub.key]);
+    spoke.inst.ok(&[
+        "peer",
+        "add",
+        "hub",
+        &format!("127.0.0.1:{}", hub.port),
+        "--key",
+        &hub.key,
+    ]);
+    write_config(
+        &hub.inst,
+        &format!("[sync]\nlisten = \"127.0.0.1:{}\"\n", hub.port),
+    );
+    write_config(
+        &spoke.inst,
+        &format!("[[replication]]\nname = \"from-hub\"\npeer = \"hub\"\ntoken = \"{token}\"\nfeeds = [\"demo\"]\nmode = \"pull\"\n"),
+    );
+    let hub_root = hub.inst.root("demo");
+    let mut hub_server = Server::start(&hub.inst);
+    // The spoke replicates without a server of its own; kill the hub once pieces are landing.
+    let mut run = spoke
+        .inst
+        .cmd(&["replicate", "from-hub", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let partial = spoke.inst.data().join("partial");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut killed = false;
+    while Instant::now() < deadline {
+        let landed = std::fs::read_dir(&partial)
+            .map(|d| {
+                d.flatten().any(|e| {
+                    e.file_name().to_string_lossy().ends_with(".have")
+                        && e.metadata().map(|m| m.len() >= 16).unwrap_or(false)
+                })
+            })
+            .unwrap_or(false);
+        if landed {
+            let _ = hub_server.child.kill();
+            let _ = hub_server.child.wait();
+            killed = true;
+            break;
+        }
+        if let Ok(Some(_)) = run.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(killed, "the transfer finished before it could be cut");
+    let first = run.wait_with_output().unwrap();
+    assert_eq!(first.status.code(), Some(2), "the cut run reports failure");
+    // Nothing half-written is visible.
+    assert_eq!(spoke.inst.root("demo")["count"], 0);
+    drop(hub_server);
+    let _hub_server = Server::start(&hub.inst);
+    let r = replicate(&spoke.inst, "from-hub");
+    assert_eq!(r["feeds"][0]["converged"], true, "{r}");
+    assert_eq!(r["feeds"][0]["root"], hub_root["root"]);
+    let resent = r["feeds"][0]["blob_bytes_received"].as_u64().unwrap();
+    assert!(
+        resent < size as u64,
+        "the second run fetched only what was missing ({resent} of {size} bytes)"
+    );
+    assert!(spoke.inst.ok(&["verify"]).contains(": ok"));
+}

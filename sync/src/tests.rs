@@ -459,7 +459,11 @@ fn untrusted_documents_fail_the_run_cleanly() {
         lan(),
     );
     // The hub's checkpoint is the first thing signed by the untrusted key that arrives.
-    let err = o.initiator_error.map(|e| e.to_string()).or(o.initiator[0].error.clone()).unwrap_or_default();
+    let err = o
+        .initiator_error
+        .map(|e| e.to_string())
+        .or(o.initiator[0].error.clone())
+        .unwrap_or_default();
     assert!(err.contains("not trusted"), "{err}");
     assert_eq!(root(&spoke, "demo").count, 0);
 }
@@ -596,11 +600,23 @@ fn a_pull_keeps_the_upstream_checkpoint_and_refuses_a_rollback() {
     copy_dir(&hub_dir, &old_dir);
     let hub = Store::open(&hub_dir, opts()).unwrap();
     publish(&hub, "demo", 5, 10, 10);
-    let o = sim::run(&spoke, &hub, config(Mode::Pull, &["demo"]), &AllowAll, lan());
+    let o = sim::run(
+        &spoke,
+        &hub,
+        config(Mode::Pull, &["demo"]),
+        &AllowAll,
+        lan(),
+    );
     assert_converged(&o, &spoke, &hub, "demo");
-    let (cp, _) = spoke.checkpoint("demo").unwrap().expect("the pull stored the hub's checkpoint");
+    let (cp, _) = spoke
+        .checkpoint("demo")
+        .unwrap()
+        .expect("the pull stored the hub's checkpoint");
     assert_eq!(cp.seq, hub.feed("demo").unwrap().seq);
-    assert_eq!(cp.root.as_bytes(), root(&hub, "demo").fingerprint.as_bytes());
+    assert_eq!(
+        cp.root.as_bytes(),
+        root(&hub, "demo").fingerprint.as_bytes()
+    );
     // The hub restored from an old backup: same key, older state.
     let old = Store::open(&old_dir, opts()).unwrap();
     let before = root(&spoke, "demo");
@@ -609,5 +625,9 @@ fn a_pull_keeps_the_upstream_checkpoint_and_refuses_a_rollback() {
     let o = sim::run(&spoke, &old, c, &AllowAll, lan());
     let err = o.initiator[0].error.clone().unwrap_or_default();
     assert!(err.contains("rollback"), "{o:?}");
-    assert_eq!(root(&spoke, "demo"), before, "nothing of the rolled-back state was applied");
+    assert_eq!(
+        root(&spoke, "demo"),
+        before,
+        "nothing of the rolled-back state was applied"
+    );
 }

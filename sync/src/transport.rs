@@ -215,8 +215,10 @@ pub fn transport_config() -> quinn::TransportConfig {
     t.receive_window(quinn::VarInt::from_u32(64 << 20));
     t.send_window(64 << 20);
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(256));
-    t.keep_alive_interval(Some(Duration::from_secs(10)));
-    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(60)) {
+    // A peer that vanishes (killed, partitioned) is given up on after 20 s of silence; the
+    // keep-alive keeps a healthy but quiet connection well inside that.
+    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(20)) {
         t.max_idle_timeout(Some(idle));
     }
     t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
