@@ -631,3 +631,65 @@ fn a_pull_keeps_the_upstream_checkpoint_and_refuses_a_rollback() {
         "nothing of the rolled-back state was applied"
     );
 }
+
+#[test]
+fn a_protocol_version_mismatch_is_refused_and_nothing_is_written() {
+    let (_d, hub, _spoke) = small_pair();
+    let mut responder = crate::proto::Session::responder();
+    let hello = crate::wire::Frame::Hello {
+        version: 2,
+        token: "good".into(),
+        mode: Mode::Pull,
+        feeds: vec![],
+    };
+    responder.handle(&hub, hello, Some(&AllowAll));
+    match responder.poll_transmit() {
+        Some(crate::wire::Frame::Error { code: c, reason }) => {
+            assert_eq!(c, code::VERSION);
+            assert!(reason.contains("version 2 is not supported"), "{reason}");
+        }
+        other => panic!("expected a VERSION error, got {other:?}"),
+    }
+    assert!(responder.error().is_some() && responder.is_finished());
+    assert_eq!(root(&hub, "demo").count, 0);
+}
+
+#[test]
+fn a_token_scoped_to_another_feed_is_refused_for_this_one() {
+    struct OnlyOther;
+    impl Authorizer for OnlyOther {
+        fn authorize(&self, _: &str, feed: &str, _: Mode) -> Result<(), (u32, String)> {
+            if feed == "other" {
+                Ok(())
+            } else {
+                Err((
+                    code::UNAUTHORIZED,
+                    format!("the token does not allow replicating `{feed}`"),
+                ))
+            }
+        }
+    }
+    let (_d, hub, spoke) = small_pair();
+    hub.create_feed("other", Ecosystem::Raw).unwrap();
+    spoke.create_feed("other", Ecosystem::Raw).unwrap();
+    publish(&hub, "demo", 0, 3, 10);
+    publish(&hub, "other", 0, 3, 10);
+    let o = sim::run(
+        &spoke,
+        &hub,
+        config(Mode::Pull, &["demo", "other"]),
+        &OnlyOther,
+        lan(),
+    );
+    assert!(
+        o.initiator[0]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("does not allow replicating `demo`"),
+        "{o:?}"
+    );
+    assert_eq!(root(&spoke, "demo").count, 0);
+    assert!(o.initiator[1].converged(), "{o:?}");
+    assert_eq!(root(&spoke, "other"), root(&hub, "other"));
+}
