@@ -52,6 +52,8 @@ use crate::Hash;
 pub const SYSTEM_FEED: &str = "@system";
 const SYSTEM_FEED_ID: u32 = 0;
 const SCHEMA_VERSION: u64 = 1;
+/// Tombstones are kept at least this long unless every known peer has synced past them.
+pub const DEFAULT_TOMBSTONE_HORIZON_MS: u64 = 30 * 24 * 3600 * 1000;
 /// Trust scope that covers every feed and the system set.
 pub const TRUST_ALL: &str = "*";
 
@@ -467,6 +469,8 @@ pub struct GcReport {
     pub orphan_files_removed: u64,
     /// Unreferenced documents removed.
     pub docs_removed: u64,
+    /// Tombstones removed (past the horizon, or synced by every known peer).
+    pub tombstones_removed: u64,
 }
 
 /// One problem found by [`Store::verify`].
@@ -1445,6 +1449,70 @@ impl Store {
     /// files left without an index record by a crash. Safe to run while publishing: blobs
     /// pinned by an unfinished publish and everything committed after the mark started are kept.
     pub fn gc(&self) -> Result<GcReport> {
+        self.gc_with(DEFAULT_TOMBSTONE_HORIZON_MS)
+    }
+
+    /// Garbage collection with an explicit tombstone horizon: a tombstone this instance signed
+    /// is removed once it is older than the horizon, or once every known peer has completed a replication since it
+    /// was written (a peer that never did holds every tombstone until the horizon). Removal is
+    /// recorded in the change log, so peers that follow it drop the tombstone too; a peer older
+    /// than the log gets the full reconciliation, which is authoritative.
+    pub fn gc_with(&self, tombstone_horizon_ms: u64) -> Result<GcReport> {
+        let mut report = self.gc_blobs_and_docs()?;
+        report.tombstones_removed = self.collect_tombstones(tombstone_horizon_ms)?;
+        if report.tombstones_removed > 0 {
+            // The tombstones' documents are unreferenced now.
+            report.docs_removed += self.gc_blobs_and_docs()?.docs_removed;
+        }
+        Ok(report)
+    }
+
+    fn collect_tombstones(&self, horizon_ms: u64) -> Result<u64> {
+        let now = now_ms();
+        let mut cutoff = now.saturating_sub(horizon_ms);
+        let peers = self.peer_list()?;
+        if !peers.is_empty() {
+            let log = self.replication_log(usize::MAX)?;
+            let synced_by_all = peers
+                .iter()
+                .map(|p| {
+                    log.iter()
+                        .filter(|r| r.peer == p.name && r.outcome == "ok")
+                        .map(|r| r.started_ms)
+                        .max()
+                        .unwrap_or(0)
+                })
+                .min()
+                .unwrap_or(0);
+            cutoff = cutoff.max(synced_by_all);
+        }
+        let mut removed = 0;
+        let mut feeds = self.list_feeds()?;
+        feeds.push(self.feed(SYSTEM_FEED)?);
+        for f in feeds {
+            // Only this instance's own deletions: a replica drops an upstream's tombstone when
+            // the upstream's change log or reconciliation says so, never on its own.
+            let me = self.identity.public_key();
+            let mut old = Vec::new();
+            for e in self.entries(&f.name)? {
+                if e.value.kind != EntryKind::Tombstone || hlc::unix_ms(e.value.hlc) >= cutoff {
+                    continue;
+                }
+                if self
+                    .document(&e.value.doc)?
+                    .is_some_and(|d| d.signer() == me)
+                {
+                    old.push(e.key);
+                }
+            }
+            if !old.is_empty() {
+                removed += self.remove_entries(&f.name, &old)?;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn gc_blobs_and_docs(&self) -> Result<GcReport> {
         struct Reset<'a>(&'a Mutex<WriteState>);
         impl Drop for Reset<'_> {
             fn drop(&mut self) {

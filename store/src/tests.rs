@@ -678,3 +678,67 @@ mod replication {
         assert_eq!(b.feed_summary("extra").unwrap().root.count, 0);
     }
 }
+
+#[test]
+fn tombstones_are_collected_past_the_horizon_or_once_every_peer_synced() {
+    let (_d, s) = store();
+    s.create_feed("demo", Ecosystem::Raw).unwrap();
+    s.publish("demo", package(&s, "x", "1", b"one")).unwrap();
+    s.delete("demo", "x", "1").unwrap();
+    // A known peer that never synced holds the tombstone until the horizon.
+    s.peer_add(&admin::Peer {
+        name: "spoke".into(),
+        addr: "127.0.0.1:1".into(),
+        key: s.identity().public_key(),
+    })
+    .unwrap();
+    assert_eq!(s.gc().unwrap().tombstones_removed, 0);
+    assert_eq!(
+        s.entry("demo", "x/1").unwrap().unwrap().kind,
+        EntryKind::Tombstone
+    );
+    // Once it has synced after the deletion, the tombstone can go.
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    s.replication_log_append(admin::ReplicationRecord {
+        peer: "spoke".into(),
+        outcome: "ok".into(),
+        started_ms: store::now_ms(),
+        ..Default::default()
+    })
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let r = s.gc().unwrap();
+    assert_eq!(r.tombstones_removed, 1);
+    assert!(s.entry("demo", "x/1").unwrap().is_none());
+    assert!(s.verify().unwrap().ok());
+    // Without peers, the horizon alone decides.
+    s.peer_remove("spoke").unwrap();
+    s.publish("demo", package(&s, "y", "1", b"two")).unwrap();
+    s.delete("demo", "y", "1").unwrap();
+    assert_eq!(s.gc().unwrap().tombstones_removed, 0);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    assert_eq!(s.gc_with(1).unwrap().tombstones_removed, 1);
+}
+
+#[test]
+fn a_replica_never_collects_an_upstream_tombstone_on_its_own() {
+    use crate::replica::ApplyRule;
+    let (_da, hub) = store();
+    let (_db, spoke) = store();
+    spoke
+        .trust_add("demo", &hub.identity().public_key())
+        .unwrap();
+    hub.create_feed("demo", Ecosystem::Raw).unwrap();
+    spoke.create_feed("demo", Ecosystem::Raw).unwrap();
+    hub.publish("demo", package(&hub, "x", "1", b"one"))
+        .unwrap();
+    hub.delete("demo", "x", "1").unwrap();
+    let e = hub.entry("demo", "x/1").unwrap().unwrap();
+    let doc = hub.document(&e.doc).unwrap().unwrap();
+    spoke
+        .apply_remote("demo", &[doc.bytes().to_vec()], ApplyRule::Authoritative)
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    assert_eq!(spoke.gc_with(1).unwrap().tombstones_removed, 0);
+    assert_eq!(hub.gc_with(1).unwrap().tombstones_removed, 1);
+}

@@ -5,6 +5,10 @@
 //! difference exactly when the table is large enough (about 1.5 cells per differing item, plus
 //! a small constant). Cost is linear in the difference, not in the feed.
 //!
+//! Each item goes into one cell of each of [`HASH_COUNT`] partitions; with four, two items
+//! that share all their cells (the usual way peeling gets stuck on small tables) are rare
+//! enough that a table sized 1.5x the difference almost always decodes.
+//!
 //! An item is 16 bytes: the first 8 bytes of `BLAKE3(key)` (to find the entry again) and the
 //! first 8 bytes of the entry's Merkle leaf (to tell a changed entry from an unchanged one).
 //! Both halves are outputs of a hash, so items are uniformly distributed and the table needs no
@@ -16,7 +20,7 @@
 use std::collections::HashSet;
 
 /// Number of cells each item is added to.
-pub const HASH_COUNT: usize = 3;
+pub const HASH_COUNT: usize = 4;
 /// Largest table accepted from a peer, checked before allocating.
 pub const MAX_CELLS: usize = 1 << 22;
 
@@ -286,7 +290,7 @@ mod tests {
         assert!(Iblt::new(10, 1).is_err());
         assert!(Iblt::new(MAX_CELLS + 3, 1).is_err());
         let mut a = Iblt::new(12, 1).unwrap();
-        assert!(a.subtract(&Iblt::new(15, 1).unwrap()).is_err());
+        assert!(a.subtract(&Iblt::new(16, 1).unwrap()).is_err());
         assert!(a.subtract(&Iblt::new(12, 2).unwrap()).is_err());
         assert!(Iblt::from_cells(vec![Cell::default(); 7], 1).is_err());
     }
@@ -314,8 +318,8 @@ mod tests {
         }
 
         #[test]
-        fn garbage_cells_never_panic(cells in proptest::collection::vec((any::<i64>(), any::<u64>(), any::<u64>(), any::<u64>()), 3..60)) {
-            let n = cells.len() / 3 * 3;
+        fn garbage_cells_never_panic(cells in proptest::collection::vec((any::<i64>(), any::<u64>(), any::<u64>(), any::<u64>()), 4..60)) {
+            let n = cells.len() / HASH_COUNT * HASH_COUNT;
             let cells: Vec<Cell> = cells[..n].iter().map(|&(count, key_sum, leaf_sum, check_sum)| Cell { count, key_sum, leaf_sum, check_sum }).collect();
             let t = Iblt::from_cells(cells, 7).unwrap();
             let _ = t.decode();

@@ -680,7 +680,7 @@ impl Session {
                     job.report.path = Path::List;
                     self.outbox.push_back(frame);
                 } else {
-                    job.sketch_cells = iblt::cells_for(job.sketch_cells.saturating_mul(4));
+                    job.sketch_cells = iblt::cells_for(job.sketch_cells.saturating_mul(2));
                     let frame = sketch_frame(job)?;
                     self.outbox.push_back(frame);
                 }

@@ -135,10 +135,15 @@ enum Command {
         json: bool,
     },
     /// Remove blobs no live manifest references.
+    /// (Also removes this instance's tombstones once every known peer has synced past them
+    /// or the horizon has passed.)
     Gc {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Days a tombstone is kept at least (unless every known peer synced past it).
+        #[arg(long, default_value_t = 30)]
+        tombstone_horizon_days: u64,
     },
     /// Create, list and revoke access tokens.
     Token {
@@ -478,17 +483,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("deleted {name} {version} from {feed} (tombstone {})", d.doc);
         }
         Command::Verify { json } => return verify(&open(dir)?, json),
-        Command::Gc { json } => {
-            let r = open(dir)?.gc()?;
+        Command::Gc {
+            json,
+            tombstone_horizon_days,
+        } => {
+            let r = open(dir)?.gc_with(tombstone_horizon_days.saturating_mul(86_400_000))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 println!(
-                    "removed {} blobs ({} bytes), {} orphan files, {} documents; {} blobs live",
+                    "removed {} blobs ({} bytes), {} orphan files, {} documents, {} tombstones; {} blobs live",
                     r.blobs_removed,
                     r.bytes_freed,
                     r.orphan_files_removed,
                     r.docs_removed,
+                    r.tombstones_removed,
                     r.blobs_live
                 );
             }
