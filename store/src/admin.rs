@@ -281,11 +281,7 @@ impl Store {
 
     /// Revokes a token by id; false if there was none.
     pub fn token_revoke(&self, id: &str) -> Result<bool> {
-        let key = prefixed(TOKEN_PREFIX, id.as_bytes());
-        let had = self.db.get_pinned_cf(self.cf(CF_META), &key)?.is_some();
-        self.db.delete_cf(self.cf(CF_META), key)?;
-        self.db.flush_wal(true)?;
-        Ok(had)
+        self.remove_meta(&prefixed(TOKEN_PREFIX, id.as_bytes()))
     }
 
     // ---------------------------------------------------------------------------------------
@@ -332,11 +328,7 @@ impl Store {
 
     /// Removes a peer; false if there was none.
     pub fn peer_remove(&self, name: &str) -> Result<bool> {
-        let key = prefixed(PEER_PREFIX, name.as_bytes());
-        let had = self.db.get_pinned_cf(self.cf(CF_META), &key)?.is_some();
-        self.db.delete_cf(self.cf(CF_META), key)?;
-        self.db.flush_wal(true)?;
-        Ok(had)
+        self.remove_meta(&prefixed(PEER_PREFIX, name.as_bytes()))
     }
 
     // ---------------------------------------------------------------------------------------

@@ -851,9 +851,13 @@ impl Store {
 
     /// Removes trust in `key` for `scope`; false if it was not trusted there.
     pub fn trust_remove(&self, scope: &str, key: &PublicKey) -> Result<bool> {
-        let k = trust_key(scope, key);
-        let had = self.db.get_pinned_cf(self.cf(CF_META), &k)?.is_some();
-        self.db.delete_cf(self.cf(CF_META), k)?;
+        self.remove_meta(&trust_key(scope, key))
+    }
+
+    /// Deletes one `meta` record durably; false if it was not there.
+    pub(crate) fn remove_meta(&self, key: &[u8]) -> Result<bool> {
+        let had = self.db.get_pinned_cf(self.cf(CF_META), key)?.is_some();
+        self.db.delete_cf(self.cf(CF_META), key)?;
         self.db.flush_wal(true)?;
         Ok(had)
     }
