@@ -207,6 +207,7 @@ fn hub_and_two_spokes_converge_over_quic() {
     // A no-op run is equal.
     let r = replicate(&spokes[0].inst, "from-hub");
     assert_eq!(r["feeds"][0]["path"], "equal", "{r}");
+    assert_eq!(r["rounds"], 1, "a no-op is one round trip: {r}");
 
     // Deletions on the hub reach both spokes.
     hub_server.stop();

@@ -160,7 +160,7 @@ pub struct ReplicationRecord {
     pub started_ms: u64,
     /// End, Unix milliseconds.
     pub ended_ms: u64,
-    /// Round trips (causal, counted by the initiator).
+    /// Round trips this side waited for (sent, then heard back).
     pub rounds: u64,
     /// Bytes sent on the connection.
     pub bytes_sent: u64,

@@ -131,10 +131,6 @@ pub struct FeedReport {
     pub blobs_received: u64,
     /// Blob bytes received (payload).
     pub blob_bytes_received: u64,
-    /// Blob pieces sent.
-    pub pieces_sent: u64,
-    /// Blob bytes sent (payload).
-    pub blob_bytes_sent: u64,
     /// Sketch cells sent or received.
     pub sketch_cells: u64,
     /// Root and count at the end, here and at the peer.
@@ -209,7 +205,6 @@ struct FeedJob {
     buckets: Vec<u8>,
     sketch_cells: usize,
     sketch_retries: u32,
-    peer_summary: Option<Vec<u8>>,
     batches: Vec<Batch>,
     incoming: HashMap<Hash, IncomingBlob>,
     /// This side has sent everything it will send unasked for this feed.
@@ -1000,7 +995,6 @@ impl Session {
                 let job = self.job(feed)?;
                 job.report.peer_cursor = Some(cursor_from_wire(cursor));
                 job.report.peer_root = Some((root, count));
-                job.peer_summary = Some(l1.clone());
                 let mut mismatched = Vec::new();
                 let mut count_diff = 0u64;
                 for b in 0..256usize {
@@ -1170,15 +1164,7 @@ impl Session {
         feed: &str,
         key8s: &[u64],
     ) -> Result<bool, SessionError> {
-        let mut keys = Vec::new();
-        for k in key8s {
-            for (_, e) in store
-                .entries_under(feed, &k.to_be_bytes())
-                .map_err(store_err)?
-            {
-                keys.push(e.key);
-            }
-        }
+        let keys = keys_by_key8(store, feed, key8s)?;
         if keys.is_empty() {
             return Ok(true);
         }
@@ -1191,15 +1177,7 @@ impl Session {
         feed: &str,
         key8s: &[u64],
     ) -> Result<(), SessionError> {
-        let mut keys = Vec::new();
-        for k in key8s {
-            for (_, e) in store
-                .entries_under(feed, &k.to_be_bytes())
-                .map_err(store_err)?
-            {
-                keys.push(e.key);
-            }
-        }
+        let keys = keys_by_key8(store, feed, key8s)?;
         let docs = current_docs(store, feed, &keys)?;
         self.job(feed)?.report.docs_sent += docs.len() as u64;
         let batches = doc_batches(store, docs)?;
@@ -1620,6 +1598,20 @@ fn sketch_frame(job: &mut FeedJob) -> Result<Frame, SessionError> {
         seed,
         cells: pack_cells(&t),
     })
+}
+
+/// The local keys whose key hash starts with each of the 8-byte prefixes.
+fn keys_by_key8(store: &Store, feed: &str, key8s: &[u64]) -> Result<Vec<String>, SessionError> {
+    let mut keys = Vec::new();
+    for k in key8s {
+        for (_, e) in store
+            .entries_under(feed, &k.to_be_bytes())
+            .map_err(store_err)?
+        {
+            keys.push(e.key);
+        }
+    }
+    Ok(keys)
 }
 
 fn current_docs(store: &Store, feed: &str, keys: &[String]) -> Result<Vec<Vec<u8>>, SessionError> {

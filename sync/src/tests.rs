@@ -530,6 +530,7 @@ mod quic {
                 .unwrap();
         assert_eq!(reports[0].path, crate::proto::Path::Equal);
         assert!(stats.bytes_sent + stats.bytes_received < 1024, "{stats:?}");
+        assert_eq!(stats.rounds, 1, "a no-op is one round trip: {stats:?}");
         server.abort();
     }
 

@@ -308,6 +308,8 @@ pub struct RunStats {
     pub frames_sent: u64,
     /// Frames received.
     pub frames_received: u64,
+    /// Round trips as this side saw them: how often it sent and then heard back.
+    pub rounds: u64,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -351,9 +353,12 @@ async fn drive(
     let (tx, mut rx) = mpsc::channel::<Incoming>(64);
     let mut reader = FrameReader::default();
     let mut buf = vec![0u8; 64 * 1024];
+    // Set when this side has sent something and not yet heard back: each answer is one round.
+    let mut awaiting = false;
     loop {
         // Flush whatever the session wants to say.
         while let Some(frame) = session.poll_transmit() {
+            awaiting = true;
             let bytes = wire::encode(&frame);
             stats.bytes_sent += bytes.len() as u64;
             stats.frames_sent += 1;
@@ -422,6 +427,10 @@ async fn drive(
                     return Err(TransportError::Session(SessionError::Protocol(reason)));
                 }
             }
+        }
+        if awaiting && !frames.is_empty() {
+            stats.rounds += 1;
+            awaiting = false;
         }
         for f in frames {
             stats.frames_received += 1;

@@ -153,6 +153,9 @@ pub struct RunSummary {
     pub bytes_sent: u64,
     /// Bytes received.
     pub bytes_received: u64,
+    /// Round trips the initiator waited for.
+    #[serde(default)]
+    pub rounds: u64,
     /// Wall time.
     pub elapsed_ms: u64,
     /// Set when the run as a whole failed.
@@ -313,6 +316,7 @@ pub async fn run_replication(
             summary.feeds = reports.iter().map(|r| feed_out(r, dry_run)).collect();
             summary.bytes_sent = stats.bytes_sent;
             summary.bytes_received = stats.bytes_received;
+            summary.rounds = stats.rounds;
         }
         Err(e) => summary.error = Some(format!("{e:#}")),
     }
@@ -326,7 +330,7 @@ pub async fn run_replication(
             feeds: summary.feeds.iter().map(|f| f.feed.clone()).collect(),
             started_ms: started,
             ended_ms: started + summary.elapsed_ms,
-            rounds: 0,
+            rounds: summary.rounds,
             bytes_sent: summary.bytes_sent,
             bytes_received: summary.bytes_received,
             docs_sent: summary.feeds.iter().map(|f| f.docs_sent).sum(),
@@ -417,6 +421,7 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
                             record.deletions = reports.iter().map(|r| r.deletions).sum();
                             record.bytes_sent = stats.bytes_sent;
                             record.bytes_received = stats.bytes_received;
+                            record.rounds = stats.rounds;
                             let failed = reports.iter().find_map(|r| r.error.clone());
                             record.outcome = if failed.is_none() && session.error().is_none() { "ok".into() } else { "failed".into() };
                             record.error = session.error().map(|e| e.to_string()).or(failed).unwrap_or_default();
