@@ -270,98 +270,176 @@ fn hub_and_two_spokes_converge_over_quic() {
     );
 }
 
+fn push_file(inst: &Instance, feed: &str, name: &str, content: &[u8]) {
+    let f = inst.path(&format!("{feed}-{name}.bin"));
+    std::fs::write(&f, content).unwrap();
+    inst.ok(&[
+        "push",
+        feed,
+        f.to_str().unwrap(),
+        "--name",
+        name,
+        "--version",
+        "1",
+    ]);
+}
+
+fn names(inst: &Instance, feed: &str) -> Vec<String> {
+    let mut v: Vec<String> = inst
+        .ls(feed)
+        .iter()
+        .filter(|e| e["kind"] == "manifest")
+        .map(|e| e["name"].as_str().unwrap_or("").to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The hub dials both spokes (outgoing) and pushes one feed to them and mirrors another with
+/// them; the spokes only answer. Three `cairn serve` processes throughout.
 #[test]
-fn push_and_mirror_between_serving_instances() {
+fn hub_pushes_to_and_mirrors_with_two_spokes() {
     let hub = site();
-    let spoke = site();
-    for s in [&hub, &spoke] {
-        s.inst.ok(&["feed", "create", "demo", "--type", "raw"]);
+    let spokes = [site(), site()];
+    for s in std::iter::once(&hub).chain(&spokes) {
+        s.inst.ok(&["feed", "create", "pushed", "--type", "raw"]);
         s.inst.ok(&["feed", "create", "shared", "--type", "raw"]);
     }
-    hub.inst.ok(&["trust", "add", &spoke.key]);
-    spoke.inst.ok(&["trust", "add", &hub.key]);
-    hub.inst.ok(&[
-        "peer",
-        "add",
-        "spoke",
-        &format!("127.0.0.1:{}", spoke.port),
-        "--key",
-        &spoke.key,
-    ]);
-    spoke.inst.ok(&[
-        "peer",
-        "add",
-        "hub",
-        &format!("127.0.0.1:{}", hub.port),
-        "--key",
-        &hub.key,
-    ]);
-    let out = spoke
-        .inst
-        .cmd(&["token", "create", "--scope", "replicate:*"])
-        .output()
-        .unwrap();
-    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let push = |inst: &Instance, name: &str, content: &[u8], feed: &str| {
-        let f = inst.path(&format!("{name}.bin"));
-        std::fs::write(&f, content).unwrap();
-        inst.ok(&[
-            "push",
-            feed,
-            f.to_str().unwrap(),
-            "--name",
-            name,
-            "--version",
-            "1",
+    let mut config = format!("[sync]\nlisten = \"127.0.0.1:{}\"\n", hub.port);
+    for (i, s) in spokes.iter().enumerate() {
+        hub.inst.ok(&["trust", "add", &s.key]);
+        s.inst.ok(&["trust", "add", &hub.key]);
+        hub.inst.ok(&[
+            "peer",
+            "add",
+            &format!("spoke{i}"),
+            &format!("127.0.0.1:{}", s.port),
+            "--key",
+            &s.key,
         ]);
-    };
-    for i in 0..30 {
-        push(
-            &hub.inst,
-            &format!("h{i}"),
-            &crate::util::bytes(i, 5_000),
-            "demo",
+        s.inst.ok(&[
+            "peer",
+            "add",
+            "hub",
+            &format!("127.0.0.1:{}", hub.port),
+            "--key",
+            &hub.key,
+        ]);
+        let out = s
+            .inst
+            .cmd(&["token", "create", "--scope", "replicate:*"])
+            .output()
+            .unwrap();
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        for (mode, feed) in [("push", "pushed"), ("mirror", "shared")] {
+            config.push_str(&format!(
+                "\n[[replication]]\nname = \"{mode}-{i}\"\npeer = \"spoke{i}\"\ntoken = \"{token}\"\nfeeds = [\"{feed}\"]\nmode = \"{mode}\"\ninterval_secs = 3600\n"
+            ));
+        }
+        // Both spokes trust each other too: mirrored entries signed by one reach the other.
+        write_config(
+            &s.inst,
+            &format!("[sync]\nlisten = \"127.0.0.1:{}\"\n", s.port),
         );
     }
-    push(&hub.inst, "from-hub", b"h", "shared");
-    push(&spoke.inst, "from-spoke", b"s", "shared");
-    write_config(
-        &hub.inst,
-        &format!(
-            "[sync]\nlisten = \"127.0.0.1:{}\"\n\n[[replication]]\nname = \"to-spoke\"\npeer = \"spoke\"\ntoken = \"{token}\"\nfeeds = [\"demo\"]\nmode = \"push\"\ninterval_secs = 3600\n\n[[replication]]\nname = \"both-ways\"\npeer = \"spoke\"\ntoken = \"{token}\"\nfeeds = [\"shared\"]\nmode = \"mirror\"\ninterval_secs = 3600\n",
-            hub.port
-        ),
-    );
-    write_config(
-        &spoke.inst,
-        &format!("[sync]\nlisten = \"127.0.0.1:{}\"\n", spoke.port),
-    );
-    let hub_demo = hub.inst.root("demo");
-    let spoke_server = Server::start(&spoke.inst);
-    // Runs without a hub server: `cairn replicate` opens the hub's store itself.
-    let r = replicate(&hub.inst, "to-spoke");
-    assert_eq!(r["feeds"][0]["converged"], true, "{r}");
-    // Content only the spoke has is removed by the next push.
-    spoke_server.stop();
-    push(&spoke.inst, "stale", b"spoke only", "demo");
-    let spoke_server = Server::start(&spoke.inst);
-    let r = replicate(&hub.inst, "to-spoke");
-    assert_eq!(r["feeds"][0]["converged"], true, "{r}");
-    let r = replicate(&hub.inst, "both-ways");
-    assert_eq!(r["feeds"][0]["converged"], true, "{r}");
-    spoke_server.stop();
-    assert_eq!(
-        spoke.inst.root("demo")["root"],
-        hub_demo["root"],
-        "push makes the spoke a copy"
-    );
-    assert!(spoke.inst.ls("demo").iter().all(|e| e["name"] != "stale"));
-    let shared = hub.inst.root("shared");
-    assert_eq!(shared["count"], 2);
-    assert_eq!(
-        spoke.inst.root("shared")["root"],
-        shared["root"],
-        "mirror converges both ways"
+    spokes[0].inst.ok(&["trust", "add", &spokes[1].key]);
+    spokes[1].inst.ok(&["trust", "add", &spokes[0].key]);
+    write_config(&hub.inst, &config);
+    for i in 0..200u64 {
+        let size = if i % 50 == 0 { 300_000 } else { 2_000 };
+        push_file(
+            &hub.inst,
+            "pushed",
+            &format!("p{i}"),
+            &crate::util::bytes(i, size),
+        );
+    }
+    for i in 0..40u64 {
+        push_file(
+            &hub.inst,
+            "shared",
+            &format!("h{i}"),
+            &crate::util::bytes(1000 + i, 3_000),
+        );
+    }
+    for (n, s) in spokes.iter().enumerate() {
+        for i in 0..10u64 {
+            push_file(
+                &s.inst,
+                "shared",
+                &format!("s{n}-{i}"),
+                &crate::util::bytes(2000 + 10 * n as u64 + i, 3_000),
+            );
+        }
+    }
+    let all_runs = |hub: &Site| {
+        for name in ["push-0", "push-1", "mirror-0", "mirror-1", "mirror-0"] {
+            let r = replicate(&hub.inst, name);
+            assert_eq!(r["error"], serde_json::Value::Null, "{name}: {r}");
+            assert_eq!(r["feeds"][0]["converged"], true, "{name}: {r}");
+        }
+    };
+    let check = |hub: &Site, pushed: usize, shared: usize| {
+        let (p, s) = (hub.inst.root("pushed"), hub.inst.root("shared"));
+        assert_eq!(names(&hub.inst, "pushed").len(), pushed);
+        assert_eq!(names(&hub.inst, "shared").len(), shared);
+        for sp in &spokes {
+            assert_eq!(
+                sp.inst.root("pushed")["root"],
+                p["root"],
+                "push makes each spoke a copy"
+            );
+            assert_eq!(
+                sp.inst.root("shared")["root"],
+                s["root"],
+                "mirror converges all three"
+            );
+            assert_eq!(names(&sp.inst, "shared"), names(&hub.inst, "shared"));
+            assert!(sp.inst.ok(&["verify"]).contains(": ok"));
+        }
+    };
+
+    let servers: Vec<Server> = std::iter::once(&hub)
+        .chain(&spokes)
+        .map(|s| Server::start(&s.inst))
+        .collect();
+    all_runs(&hub);
+    drop(servers);
+    check(&hub, 200, 60);
+
+    // Deletions: 20 on the hub in each feed, 2 on spoke 0 in the mirrored feed.
+    for i in 0..20 {
+        hub.inst.ok(&["rm", "pushed", &format!("p{i}"), "1"]);
+        hub.inst.ok(&["rm", "shared", &format!("h{i}"), "1"]);
+    }
+    for i in 0..2 {
+        spokes[0]
+            .inst
+            .ok(&["rm", "shared", &format!("s0-{i}"), "1"]);
+    }
+    let servers: Vec<Server> = std::iter::once(&hub)
+        .chain(&spokes)
+        .map(|s| Server::start(&s.inst))
+        .collect();
+    all_runs(&hub);
+    drop(servers);
+    check(&hub, 180, 38);
+    assert!(!names(&spokes[1].inst, "pushed").contains(&"local".to_string()));
+    for sp in &spokes {
+        let shared = names(&sp.inst, "shared");
+        assert!(!shared.contains(&"h0".to_string()) && !shared.contains(&"s0-1".to_string()));
+        assert!(shared.contains(&"s1-9".to_string()) && shared.contains(&"h39".to_string()));
+    }
+    let log: Vec<serde_json::Value> =
+        serde_json::from_str(&hub.inst.ok(&["replication", "log", "--json"])).unwrap();
+    let pushed_blobs: u64 = log
+        .iter()
+        .filter(|r| r["replication"] == "push-0")
+        .map(|r| r["blobs_sent"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(
+        pushed_blobs >= 4,
+        "the 300 KB files travelled as blobs: {log:?}"
     );
 }
 

@@ -284,6 +284,28 @@ impl Store {
         Ok(n)
     }
 
+    /// Removes collected tombstones: each only if the key still holds exactly that value (a
+    /// newer write in between wins), raising the feed's collected clock. Returns how many went.
+    pub(crate) fn collect_entries(&self, feed: &str, old: &[(String, EntryValue)]) -> Result<u64> {
+        let f = self.feed(feed)?;
+        let mut w = self.write.lock();
+        let mut txn = Txn::new(self, w.hlc);
+        let mut n = 0;
+        let mut high = f.collected_hlc;
+        for (key, value) in old {
+            if txn.entry(f.id, key)?.as_ref() == Some(value) {
+                txn.set_entry(feed, key, None)?;
+                high = high.max(value.hlc);
+                n += 1;
+            }
+        }
+        txn.feed(feed)?.collected_hlc = high;
+        txn.commit(&mut w)?;
+        drop(w);
+        self.sync()?;
+        Ok(n)
+    }
+
     /// Signs a system document (vulnerability, assessment, type, policy) with the instance key
     /// and stores it in the system set, replacing what its key held.
     pub fn publish_system<P: SystemPayload>(&self, mut payload: P) -> Result<(String, Hash)> {

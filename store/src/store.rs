@@ -239,6 +239,11 @@ pub struct FeedRecord {
     pub seq: u64,
     /// Changes with sequence numbers up to this one have been trimmed from the log.
     pub log_floor: u64,
+    /// The highest clock of a tombstone this instance has collected from the feed. A mirror
+    /// peer's entry for a key absent here with a clock at or below it may be one whose
+    /// deletion was collected, so it is not taken back (see wire-spec section 9).
+    #[serde(default)]
+    pub collected_hlc: u64,
 }
 
 impl FeedRecord {
@@ -752,6 +757,7 @@ impl Store {
             epoch: random_u64()?,
             seq: 0,
             log_floor: 0,
+            collected_hlc: 0,
         };
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_FEEDS), SYSTEM_FEED, self.encode_feed(&system)?);
@@ -1058,6 +1064,7 @@ impl Store {
             epoch: random_u64()?,
             seq: 0,
             log_floor: 0,
+            collected_hlc: 0,
         };
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_FEEDS), name, self.encode_feed(&rec)?);
@@ -1506,11 +1513,11 @@ impl Store {
                     .document(&e.value.doc)?
                     .is_some_and(|d| d.signer() == me)
                 {
-                    old.push(e.key);
+                    old.push((e.key, e.value));
                 }
             }
             if !old.is_empty() {
-                removed += self.remove_entries(&f.name, &old)?;
+                removed += self.collect_entries(&f.name, &old)?;
             }
         }
         Ok(removed)

@@ -179,8 +179,36 @@ pub enum SessionError {
 pub struct SessionStats {
     /// Blob pieces sent.
     pub pieces_sent: u64,
+    /// Blobs the peer asked for (each sent whole or from where its copy stopped).
+    pub blobs_sent: u64,
     /// Blob payload bytes sent.
     pub blob_bytes_sent: u64,
+    /// Blob payload bytes the peer asked this side for (sending) plus those this side asked
+    /// the peer for (receiving): the total a progress display works towards.
+    pub blob_bytes_due: u64,
+    /// Blob payload bytes received and verified.
+    pub blob_bytes_received: u64,
+}
+
+/// Payload bytes of chunk-group ranges of a blob of `size` bytes.
+fn range_bytes(groups: &[(u64, u64)], size: u64) -> u64 {
+    let g = cairn_store::blob::CHUNK_GROUP_BYTES as u64;
+    groups
+        .iter()
+        .map(|&(a, b)| {
+            b.saturating_mul(g)
+                .min(size)
+                .saturating_sub(a.saturating_mul(g).min(size))
+        })
+        .sum()
+}
+
+/// One blob piece owed to the peer: chunk groups `start..end` of `hash`.
+struct PendingPiece {
+    hash: Hash,
+    size: u64,
+    start: u64,
+    end: u64,
 }
 
 struct Batch {
@@ -197,6 +225,8 @@ struct FeedJob {
     /// This side receives documents for this feed.
     sink: bool,
     rule: Option<ApplyRule>,
+    /// Mirror: the peer's collected-tombstone clock for this feed.
+    peer_collected: u64,
     guard: GuardRail,
     dry_run: bool,
     /// Key prefixes (8 bytes of key hash) to our keys, for the buckets in play.
@@ -226,6 +256,9 @@ pub struct Session {
     mode: Mode,
     token: String,
     outbox: VecDeque<Frame>,
+    /// Blob pieces asked for and not yet encoded: read from the store one at a time as the
+    /// transport takes them, so a large blob is never held in memory whole.
+    pieces: VecDeque<PendingPiece>,
     jobs: BTreeMap<String, FeedJob>,
     order: Vec<String>,
     error: Option<SessionError>,
@@ -377,6 +410,7 @@ impl Session {
             mode: config.mode,
             token: config.token.clone(),
             outbox: VecDeque::new(),
+            pieces: VecDeque::new(),
             jobs: BTreeMap::new(),
             order: Vec::new(),
             error: None,
@@ -405,6 +439,11 @@ impl Session {
                     )
                 } else {
                     None
+                },
+                collected: if config.mode == Mode::Mirror {
+                    sum.feed.collected_hlc
+                } else {
+                    0
                 },
             });
             let sink = config.mode != Mode::Push;
@@ -445,6 +484,7 @@ impl Session {
             mode: Mode::Pull,
             token: String::new(),
             outbox: VecDeque::new(),
+            pieces: VecDeque::new(),
             jobs: BTreeMap::new(),
             order: Vec::new(),
             error: None,
@@ -458,9 +498,36 @@ impl Session {
         &self.stats
     }
 
-    /// The next frame to send, if any.
-    pub fn poll_transmit(&mut self) -> Option<Frame> {
-        self.outbox.pop_front()
+    /// The next frame to send, if any. Control frames go first; blob pieces are read from
+    /// `store` only when asked for, so the caller's pace bounds the memory they take.
+    pub fn poll_transmit(&mut self, store: &Store) -> Option<Frame> {
+        if let Some(f) = self.outbox.pop_front() {
+            return Some(f);
+        }
+        if self.error.is_some() {
+            self.pieces.clear();
+            return None;
+        }
+        let p = self.pieces.pop_front()?;
+        let mut data = Vec::new();
+        if let Err(e) = store.encode_blob(&p.hash, &[(p.start, p.end)], &mut data) {
+            self.fail(store_err(e));
+            return self.outbox.pop_front();
+        }
+        let payload = range_bytes(&[(p.start, p.end)], p.size);
+        self.stats.pieces_sent += 1;
+        self.stats.blob_bytes_sent += payload;
+        Some(Frame::BlobPiece {
+            hash: *p.hash.as_bytes(),
+            size: p.size,
+            groups: vec![(p.start, p.end)],
+            data,
+        })
+    }
+
+    /// Whether blob pieces are still waiting to be sent.
+    pub fn has_pending_pieces(&self) -> bool {
+        !self.pieces.is_empty()
     }
 
     /// The fatal error, if the session failed.
@@ -474,6 +541,7 @@ impl Session {
         self.error.is_some()
             || (self.hello_done
                 && self.outbox.is_empty()
+                && self.pieces.is_empty()
                 && self
                     .jobs
                     .values()
@@ -592,7 +660,7 @@ impl Session {
                 Ok(())
             }
             (Role::Responder, Frame::SummaryRequest { feed }) => {
-                let status = summary(store, &feed, None)?;
+                let status = summary(store, &feed, self.mode, None)?;
                 self.job(&feed)?;
                 self.outbox.push_back(Frame::Summary { feed, status });
                 Ok(())
@@ -688,12 +756,34 @@ impl Session {
                     docs,
                     remove,
                     want,
+                    absent,
                     blobs,
                     last,
                 },
             ) => {
                 let removals = unpack_u64s(&remove)?;
-                let wants = unpack_u64s(&want)?;
+                let mut wants = unpack_u64s(&want)?;
+                let absent: HashSet<u64> = unpack_u64s(&absent)?.into_iter().collect();
+                if self.mode == Mode::Mirror && !absent.is_empty() {
+                    let peer_collected = self.job(&feed)?.peer_collected;
+                    let absent_keys: Vec<u64> = wants
+                        .iter()
+                        .copied()
+                        .filter(|k| absent.contains(k))
+                        .collect();
+                    let keys = keys_by_key8(store, &feed, &absent_keys)?;
+                    let stale = stale_for_peer(store, &feed, &keys, peer_collected)?;
+                    if !stale.is_empty() {
+                        if !self.remove_keys(store, &feed, &stale)? {
+                            return Ok(());
+                        }
+                        let gone: HashSet<u64> = stale
+                            .iter()
+                            .map(|k| key8(&cairn_store::merkle::key_hash(k)))
+                            .collect();
+                        wants.retain(|k| !gone.contains(k));
+                    }
+                }
                 let mode = self.mode;
                 if self.job(&feed)?.failed {
                     return Ok(());
@@ -830,6 +920,7 @@ impl Session {
                 Mode::Mirror => Some(ApplyRule::LastWriterWins),
             },
             guard,
+            peer_collected: h.collected,
             ..FeedJob::default()
         };
         self.order.push(h.feed.clone());
@@ -891,12 +982,15 @@ impl Session {
                                     checkpoint: pull_checkpoint(store, mode, &h.feed)?,
                                 }
                             }
-                            None => {
-                                summary(store, &h.feed, pull_checkpoint(store, mode, &h.feed)?)?
-                            }
+                            None => summary(
+                                store,
+                                &h.feed,
+                                mode,
+                                pull_checkpoint(store, mode, &h.feed)?,
+                            )?,
                         }
                     }
-                    _ => summary(store, &h.feed, pull_checkpoint(store, mode, &h.feed)?)?,
+                    _ => summary(store, &h.feed, mode, pull_checkpoint(store, mode, &h.feed)?)?,
                 },
             },
         };
@@ -982,7 +1076,9 @@ impl Session {
                 cursor,
                 l1,
                 checkpoint,
+                collected,
             } => {
+                self.job(feed)?.peer_collected = collected;
                 if checkpoint.is_some() && !self.take_checkpoint_for(store, feed, checkpoint)? {
                     return Ok(());
                 }
@@ -1061,10 +1157,24 @@ impl Session {
         let mut docs = Vec::new();
         if mode != Mode::Push {
             let job = self.job(feed)?;
-            let keys: Vec<String> = mine_only
+            let mut keys: Vec<String> = mine_only
                 .iter()
                 .flat_map(|i| job.local_keys.get(&i.key).cloned().unwrap_or_default())
                 .collect();
+            if mode == Mode::Mirror {
+                let only_here: Vec<String> = mine_only
+                    .iter()
+                    .filter(|i| !their_keys.contains(&i.key))
+                    .flat_map(|i| job.local_keys.get(&i.key).cloned().unwrap_or_default())
+                    .collect();
+                let stale = stale_for_peer(store, feed, &only_here, job.peer_collected)?;
+                if !stale.is_empty() {
+                    if !self.remove_keys(store, feed, &stale)? {
+                        return Ok(());
+                    }
+                    keys.retain(|k| !stale.contains(k));
+                }
+            }
             docs = current_docs(store, feed, &keys)?;
             self.job(feed)?.report.docs_sent += docs.len() as u64;
         }
@@ -1088,11 +1198,17 @@ impl Session {
         let mut batches = doc_batches(store, docs)?.into_iter();
         let (first, first_blobs) = batches.next().unwrap_or_default();
         let rest: Vec<_> = batches.collect();
+        let absent: Vec<u64> = if mode == Mode::Mirror {
+            their_keys.difference(&my_keys).copied().collect()
+        } else {
+            Vec::new()
+        };
         self.outbox.push_back(Frame::Diff {
             feed: feed.to_owned(),
             docs: first,
             remove: pack_u64s(remove),
             want: pack_u64s(want.iter().copied()),
+            absent: pack_u64s(absent),
             blobs: first_blobs,
             last: rest.is_empty(),
         });
@@ -1270,13 +1386,16 @@ impl Session {
         }
         let mut requests = Vec::new();
         let mut waiting = HashSet::new();
+        let mut due = 0;
         for (hash, size) in wanted {
             if let std::collections::hash_map::Entry::Vacant(slot) = job.incoming.entry(hash) {
                 let incoming = store.receive_blob(hash, size).map_err(store_err)?;
+                let missing = incoming.missing();
+                due += range_bytes(&missing, size);
                 requests.push(BlobRequest {
                     hash: *hash.as_bytes(),
                     size,
-                    groups: incoming.missing(),
+                    groups: missing,
                 });
                 slot.insert(incoming);
             }
@@ -1287,6 +1406,7 @@ impl Session {
             waiting,
             _pins: pins,
         });
+        self.stats.blob_bytes_due += due;
         if !requests.is_empty() {
             self.outbox.push_back(Frame::WantBlobs { blobs: requests });
         }
@@ -1322,11 +1442,8 @@ impl Session {
                 "blob {hash} failed verification: {e}"
             )));
         }
-        let piece_bytes = groups
-            .iter()
-            .map(|(a, b)| b.saturating_sub(*a) * cairn_store::blob::CHUNK_GROUP_BYTES as u64)
-            .sum::<u64>()
-            .min(size);
+        let piece_bytes = range_bytes(groups, size);
+        self.stats.blob_bytes_received += piece_bytes;
         let job = self.job(&feed)?;
         job.report.blob_bytes_received += piece_bytes;
         if incoming.is_complete() {
@@ -1439,25 +1556,19 @@ impl Session {
                 )));
             }
             let groups = group_count(size);
+            self.stats.blobs_sent += 1;
             for &(a, b) in &req.groups {
                 let (a, b) = (a.min(groups), b.min(groups));
                 let mut start = a;
                 while start < b {
                     let end = (start + PIECE_GROUPS).min(b);
-                    let mut data = Vec::new();
-                    store
-                        .encode_blob(&hash, &[(start, end)], &mut data)
-                        .map_err(store_err)?;
-                    let payload =
-                        ((end - start) * cairn_store::blob::CHUNK_GROUP_BYTES as u64).min(size);
-                    self.outbox.push_back(Frame::BlobPiece {
-                        hash: req.hash,
+                    self.stats.blob_bytes_due += range_bytes(&[(start, end)], size);
+                    self.pieces.push_back(PendingPiece {
+                        hash,
                         size,
-                        groups: vec![(start, end)],
-                        data,
+                        start,
+                        end,
                     });
-                    self.stats.pieces_sent += 1;
-                    self.stats.blob_bytes_sent += payload;
                     start = end;
                 }
             }
@@ -1498,6 +1609,7 @@ fn pack_l1(store: &Store, feed: &str) -> Result<Vec<u8>, SessionError> {
 fn summary(
     store: &Store,
     feed: &str,
+    mode: Mode,
     checkpoint: Option<Vec<u8>>,
 ) -> Result<FeedStatus, SessionError> {
     let sum = store.feed_summary(feed).map_err(store_err)?;
@@ -1507,7 +1619,35 @@ fn summary(
         cursor: cursor_to_wire(sum.feed.cursor()),
         l1: pack_l1(store, feed)?,
         checkpoint,
+        collected: if mode == Mode::Mirror {
+            sum.feed.collected_hlc
+        } else {
+            0
+        },
     })
+}
+
+/// Mirror: of `keys` (entries here that the peer holds nothing for), those the peer may have
+/// deleted and since collected the tombstone of: live entries whose clock is at or below the
+/// peer's collected clock. They are removed here rather than offered back (wire-spec 9).
+fn stale_for_peer(
+    store: &Store,
+    feed: &str,
+    keys: &[String],
+    peer_collected: u64,
+) -> Result<Vec<String>, SessionError> {
+    if peer_collected == 0 {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for k in keys {
+        if let Some(v) = store.entry(feed, k).map_err(store_err)? {
+            if v.kind != EntryKind::Tombstone && v.hlc <= peer_collected {
+                out.push(k.clone());
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// In a pull the responder is authoritative and signs its state for the replica to keep.

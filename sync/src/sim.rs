@@ -127,6 +127,7 @@ pub fn run(
             return out;
         }
     };
+    let stores = [initiator, responder];
     let mut queue = BinaryHeap::new();
     let mut link_free = [0u64; 2];
     let mut last_scheduled = [0u64; 2];
@@ -139,7 +140,7 @@ pub fn run(
                     queue: &mut BinaryHeap<InFlight>,
                     sessions: &mut [Session; 2],
                     out: &mut Outcome| {
-        while let Some(frame) = sessions[side].poll_transmit() {
+        while let Some(frame) = sessions[side].poll_transmit(stores[side]) {
             let bytes = wire::encode(&frame);
             out.frames[side] += 1;
             out.bytes[side] += bytes.len() as u64;

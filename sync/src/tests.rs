@@ -328,6 +328,63 @@ fn mirror_converges_with_changes_on_both_sides() {
     assert!(a.manifest("demo", "p2", "1.2").unwrap().is_none());
 }
 
+/// A mirror peer that was away while the other side deleted an entry and then collected the
+/// tombstone (the horizon passed) must not bring the entry back; what it published since stays.
+#[test]
+fn a_collected_deletion_does_not_come_back_from_a_stale_mirror_peer() {
+    for hub_dials in [false, true] {
+        let (_d, hub, spoke) = small_pair();
+        publish(&hub, "demo", 0, 20, 30);
+        let o = sim::run(
+            &spoke,
+            &hub,
+            config(Mode::Mirror, &["demo"]),
+            &AllowAll,
+            lan(),
+        );
+        assert_converged(&o, &spoke, &hub, "demo");
+        hub.delete("demo", "p3", "1.3").unwrap();
+        hub.delete("demo", "p4", "1.4").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(hub.gc_with(1).unwrap().tombstones_removed, 2);
+        // Published on the spoke after the collection: new content, kept.
+        publish(&spoke, "demo", 100, 103, 30);
+        let o = if hub_dials {
+            sim::run(
+                &hub,
+                &spoke,
+                config(Mode::Mirror, &["demo"]),
+                &AllowAll,
+                lan(),
+            )
+        } else {
+            sim::run(
+                &spoke,
+                &hub,
+                config(Mode::Mirror, &["demo"]),
+                &AllowAll,
+                lan(),
+            )
+        };
+        let (a, b) = if hub_dials {
+            (&hub, &spoke)
+        } else {
+            (&spoke, &hub)
+        };
+        assert_converged(&o, a, b, "demo");
+        for s in [&hub, &spoke] {
+            assert!(
+                s.manifest("demo", "p3", "1.3").unwrap().is_none(),
+                "hub dials: {hub_dials}"
+            );
+            assert!(s.manifest("demo", "p4", "1.4").unwrap().is_none());
+            assert!(s.manifest("demo", "p102", "1.102").unwrap().is_some());
+            assert!(s.manifest("demo", "p5", "1.5").unwrap().is_some());
+        }
+        assert_eq!(root(&hub, "demo").count, 21);
+    }
+}
+
 #[test]
 fn system_documents_replicate() {
     let (_d, hub, spoke) = small_pair();
@@ -644,7 +701,7 @@ fn a_protocol_version_mismatch_is_refused_and_nothing_is_written() {
         feeds: vec![],
     };
     responder.handle(&hub, hello, Some(&AllowAll));
-    match responder.poll_transmit() {
+    match responder.poll_transmit(&hub) {
         Some(crate::wire::Frame::Error { code: c, reason }) => {
             assert_eq!(c, code::VERSION);
             assert!(reason.contains("version 2 is not supported"), "{reason}");

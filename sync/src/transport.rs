@@ -18,6 +18,7 @@
 //! loss where loss-based controllers back off. The link benchmark measures these choices.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -308,10 +309,40 @@ pub struct RunStats {
     pub frames_sent: u64,
     /// Frames received.
     pub frames_received: u64,
+    /// Blobs sent (asked for by the peer).
+    pub blobs_sent: u64,
+    /// Blob payload bytes sent.
+    pub blob_bytes_sent: u64,
     /// Round trips as this side saw them: how often it sent and then heard back.
     pub rounds: u64,
     /// Wall time.
     pub elapsed: Duration,
+}
+
+/// Live counters of a run, for a progress display; updated by the driver as it goes.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Bytes written to the connection.
+    pub bytes_sent: AtomicU64,
+    /// Bytes read from it.
+    pub bytes_received: AtomicU64,
+    /// Blob payload bytes to move, both directions (grows as wants are learnt).
+    pub blob_bytes_due: AtomicU64,
+    /// Blob payload bytes moved so far, both directions.
+    pub blob_bytes_done: AtomicU64,
+}
+
+impl Progress {
+    fn update(&self, stats: &RunStats, session: &Session) {
+        let s = session.stats();
+        self.bytes_sent.store(stats.bytes_sent, Ordering::Relaxed);
+        self.bytes_received
+            .store(stats.bytes_received, Ordering::Relaxed);
+        self.blob_bytes_due
+            .store(s.blob_bytes_due, Ordering::Relaxed);
+        self.blob_bytes_done
+            .store(s.blob_bytes_sent + s.blob_bytes_received, Ordering::Relaxed);
+    }
 }
 
 enum Incoming {
@@ -347,6 +378,7 @@ async fn drive(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     authorizer: Option<&(dyn Authorizer + Sync)>,
+    progress: &Progress,
 ) -> Result<(Session, RunStats), TransportError> {
     let start = Instant::now();
     let mut stats = RunStats::default();
@@ -357,7 +389,7 @@ async fn drive(
     let mut awaiting = false;
     loop {
         // Flush whatever the session wants to say.
-        while let Some(frame) = session.poll_transmit() {
+        while let Some(frame) = tokio::task::block_in_place(|| session.poll_transmit(store)) {
             awaiting = true;
             let bytes = wire::encode(&frame);
             stats.bytes_sent += bytes.len() as u64;
@@ -377,6 +409,7 @@ async fn drive(
                     .map_err(|e| TransportError::Connection(e.to_string()))?;
             }
         }
+        progress.update(&stats, &session);
         if session.is_finished() {
             break;
         }
@@ -439,12 +472,15 @@ async fn drive(
         }
     }
     // Say the last words before the session's error, if any, ends the run.
-    while let Some(frame) = session.poll_transmit() {
+    while let Some(frame) = session.poll_transmit(store) {
         let bytes = wire::encode(&frame);
         let _ = send.write_all(&bytes).await;
     }
     let _ = send.finish();
     stats.elapsed = start.elapsed();
+    stats.blobs_sent = session.stats().blobs_sent;
+    stats.blob_bytes_sent = session.stats().blob_bytes_sent;
+    progress.update(&stats, &session);
     Ok((session, stats))
 }
 
@@ -454,12 +490,22 @@ pub async fn run_initiator(
     conn: &quinn::Connection,
     config: InitiatorConfig,
 ) -> Result<(Vec<FeedReport>, RunStats), TransportError> {
+    run_initiator_with_progress(store, conn, config, &Progress::default()).await
+}
+
+/// [`run_initiator`], keeping `progress` current as the run goes.
+pub async fn run_initiator_with_progress(
+    store: &Store,
+    conn: &quinn::Connection,
+    config: InitiatorConfig,
+    progress: &Progress,
+) -> Result<(Vec<FeedReport>, RunStats), TransportError> {
     let session = tokio::task::block_in_place(|| Session::initiator(store, config))?;
     let (send, recv) = conn
         .open_bi()
         .await
         .map_err(|e| TransportError::Connection(e.to_string()))?;
-    let (session, stats) = drive(store, session, conn, send, recv, None).await?;
+    let (session, stats) = drive(store, session, conn, send, recv, None, progress).await?;
     if let Some(e) = session.error() {
         conn.close(quinn::VarInt::from_u32(1), e.to_string().as_bytes());
         return Err(TransportError::Session(e.clone()));
@@ -487,6 +533,7 @@ pub async fn run_responder(
         send,
         recv,
         Some(authorizer),
+        &Progress::default(),
     )
     .await;
     if let Err(e) = &result {

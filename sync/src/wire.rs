@@ -55,6 +55,13 @@ pub struct FeedHello {
     /// Push: the initiator's signed checkpoint of this feed.
     #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<Vec<u8>>,
+    /// Mirror: the highest clock of a tombstone the initiator has collected from this feed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub collected: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One changed entry: key and document envelope, or `None` for an entry removed outright.
@@ -109,6 +116,9 @@ pub enum FeedStatus {
         /// Pull: the responder's signed checkpoint.
         #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
         checkpoint: Option<Vec<u8>>,
+        /// Mirror: the highest clock of a tombstone the responder has collected from this feed.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        collected: u64,
     },
     /// This feed cannot be replicated with this peer.
     Refused {
@@ -192,6 +202,9 @@ pub enum Frame {
         /// Key hashes (8 bytes each) whose documents the sender wants.
         #[serde(with = "serde_bytes")]
         want: Vec<u8>,
+        /// Mirror: the subset of `want` the sender holds no entry for at all.
+        #[serde(default, with = "serde_bytes", skip_serializing_if = "Vec::is_empty")]
+        absent: Vec<u8>,
         /// Small blobs the documents name, sent unasked.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         blobs: Vec<SmallBlob>,
@@ -393,6 +406,7 @@ mod tests {
                 count: 3,
                 since: None,
                 checkpoint: None,
+                collected: 0,
             }],
         }
     }
@@ -482,6 +496,7 @@ pub fn vector_frames() -> Vec<(&'static str, Frame)> {
                     count: 3,
                     since: Some(cursor),
                     checkpoint: None,
+                    collected: 0,
                 }],
             },
         ),
@@ -524,6 +539,7 @@ pub fn vector_frames() -> Vec<(&'static str, Frame)> {
                     cursor,
                     l1: vec![0; 12],
                     checkpoint: None,
+                    collected: 0,
                 }],
             },
         ),
@@ -572,10 +588,39 @@ pub fn vector_frames() -> Vec<(&'static str, Frame)> {
                 docs: vec![serde_bytes::ByteBuf::from(vec![0x85, 0x01])],
                 remove: vec![0x01; 8],
                 want: vec![],
+                absent: vec![],
                 blobs: vec![SmallBlob {
                     hash: [0x33; 32],
                     data: b"hi".to_vec(),
                 }],
+                last: true,
+            },
+        ),
+        (
+            "hello-mirror",
+            Frame::Hello {
+                version: PROTOCOL_VERSION,
+                token: "cairn_rt_example".into(),
+                mode: Mode::Mirror,
+                feeds: vec![FeedHello {
+                    feed: "pypi".into(),
+                    root: [0x11; 32],
+                    count: 3,
+                    since: None,
+                    checkpoint: None,
+                    collected: 0x0001_9a00_0000_0005,
+                }],
+            },
+        ),
+        (
+            "diff-mirror",
+            Frame::Diff {
+                feed: "pypi".into(),
+                docs: vec![],
+                remove: vec![],
+                want: vec![0x02; 16],
+                absent: vec![0x02; 8],
+                blobs: vec![],
                 last: true,
             },
         ),

@@ -609,8 +609,16 @@ fn print_summary(s: &serve::RunSummary, dry_run: bool) {
         }
     }
     println!(
-        "{} {} with {}: {} bytes sent, {} received in {} ms",
-        s.replication, s.mode, s.peer, s.bytes_sent, s.bytes_received, s.elapsed_ms
+        "{} {} with {}: {} round trips, {} bytes sent, {} received, {} blobs ({} bytes) sent, in {} ms",
+        s.replication,
+        s.mode,
+        s.peer,
+        s.rounds,
+        s.bytes_sent,
+        s.bytes_received,
+        s.blobs_sent,
+        s.blob_bytes_sent,
+        s.elapsed_ms
     );
 }
 

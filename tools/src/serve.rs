@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use cairn_store::admin::ReplicationRecord;
 use cairn_store::{Store, StoreOptions};
 use cairn_sync::proto::{Authorizer, FeedReport, GuardRail, InitiatorConfig};
-use cairn_sync::transport;
+use cairn_sync::transport::{self, Progress};
 use cairn_sync::wire::{code, Mode};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -156,6 +156,12 @@ pub struct RunSummary {
     /// Round trips the initiator waited for.
     #[serde(default)]
     pub rounds: u64,
+    /// Blobs sent to the peer.
+    #[serde(default)]
+    pub blobs_sent: u64,
+    /// Blob payload bytes sent.
+    #[serde(default)]
+    pub blob_bytes_sent: u64,
     /// Wall time.
     pub elapsed_ms: u64,
     /// Set when the run as a whole failed.
@@ -244,6 +250,7 @@ pub async fn run_replication(
     rep: &ReplicationConfig,
     dry_run: bool,
     allow_deletes: bool,
+    progress: &Progress,
 ) -> RunSummary {
     let started = now_ms();
     let mut summary = RunSummary {
@@ -300,7 +307,8 @@ pub async fn run_replication(
             },
             dry_run,
         };
-        let (reports, stats) = transport::run_initiator(store, &conn, config).await?;
+        let (reports, stats) =
+            transport::run_initiator_with_progress(store, &conn, config, progress).await?;
         anyhow::Ok((reports, stats))
     }
     .await;
@@ -317,6 +325,8 @@ pub async fn run_replication(
             summary.bytes_sent = stats.bytes_sent;
             summary.bytes_received = stats.bytes_received;
             summary.rounds = stats.rounds;
+            summary.blobs_sent = stats.blobs_sent;
+            summary.blob_bytes_sent = stats.blob_bytes_sent;
         }
         Err(e) => summary.error = Some(format!("{e:#}")),
     }
@@ -335,7 +345,7 @@ pub async fn run_replication(
             bytes_received: summary.bytes_received,
             docs_sent: summary.feeds.iter().map(|f| f.docs_sent).sum(),
             docs_received: summary.feeds.iter().map(|f| f.docs_applied).sum(),
-            blobs_sent: 0,
+            blobs_sent: summary.blobs_sent,
             blobs_received: summary.feeds.iter().map(|f| f.blobs_received).sum(),
             deletions: summary.feeds.iter().map(|f| f.deletions).sum(),
             outcome: if summary.ok(false) {
@@ -450,7 +460,7 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
                 loop {
                     tick.tick().await;
                     let _guard = lock.lock().await;
-                    let s = run_replication(&store, &rep, false, false).await;
+                    let s = run_replication(&store, &rep, false, false, &Progress::default()).await;
                     if !s.ok(false) {
                         tracing::warn!(replication = %rep.name, "scheduled run failed: {}", s.error.clone().unwrap_or_else(|| format!("{:?}", s.feeds)));
                     }
@@ -477,7 +487,22 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
                         ["replicate", name, flags @ ..] => match reps.iter().find(|r| r.name == *name) {
                             Some(rep) => {
                                 let _guard = locks[&rep.name].lock().await;
-                                let s = run_replication(&store, rep, flags.contains(&"dry-run"), flags.contains(&"allow-deletes")).await;
+                                let progress = Progress::default();
+                                let run = run_replication(&store, rep, flags.contains(&"dry-run"), flags.contains(&"allow-deletes"), &progress);
+                                tokio::pin!(run);
+                                // Progress lines every 200 ms until the summary is ready.
+                                let mut tick = tokio::time::interval(Duration::from_millis(200));
+                                let s = loop {
+                                    tokio::select! {
+                                        s = &mut run => break s,
+                                        _ = tick.tick() => {
+                                            let line = format!("progress {}\n", progress_words(&progress));
+                                            if write.write_all(line.as_bytes()).await.is_err() {
+                                                // The client went away; the run still finishes and is logged.
+                                            }
+                                        }
+                                    }
+                                };
                                 serde_json::to_string(&s).unwrap_or_default()
                             }
                             None => serde_json::to_string(&RunSummary { replication: name.to_string(), error: Some(format!("no replication named `{name}` in the configuration")), ..Default::default() }).unwrap_or_default(),
@@ -509,7 +534,68 @@ async fn shutdown_signal() {
     }
 }
 
-/// `cairn replicate NAME`: through the running server if there is one, else directly.
+/// The four progress counters as the control socket sends them.
+fn progress_words(p: &Progress) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    format!(
+        "{} {} {} {}",
+        p.blob_bytes_done.load(Relaxed),
+        p.blob_bytes_due.load(Relaxed),
+        p.bytes_sent.load(Relaxed),
+        p.bytes_received.load(Relaxed)
+    )
+}
+
+/// A progress bar on stderr (drawn only when stderr is a terminal): blob bytes moved against
+/// blob bytes due, with the connection's bytes each way.
+struct Bar(indicatif::ProgressBar);
+
+impl Bar {
+    fn new(name: &str) -> Bar {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(0),
+            indicatif::ProgressDrawTarget::stderr_with_hz(5),
+        );
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(name.to_string());
+        Bar(bar)
+    }
+
+    fn set(&self, done: u64, due: u64, sent: u64, received: u64) {
+        self.0.set_length(due.max(done));
+        self.0.set_position(done);
+        self.0.set_message(format!(
+            "(sent {}, received {})",
+            indicatif::HumanBytes(sent),
+            indicatif::HumanBytes(received)
+        ));
+    }
+
+    fn set_from(&self, p: &Progress) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.set(
+            p.blob_bytes_done.load(Relaxed),
+            p.blob_bytes_due.load(Relaxed),
+            p.bytes_sent.load(Relaxed),
+            p.bytes_received.load(Relaxed),
+        );
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// `cairn replicate NAME`: through the running server if there is one, else directly. Shows
+/// a progress bar on a terminal.
 pub fn replicate(
     data_dir: &Path,
     config: &Config,
@@ -529,10 +615,27 @@ pub fn replicate(
         }
         line.push('\n');
         stream.write_all(line.as_bytes())?;
-        let mut reply = String::new();
-        std::io::BufReader::new(stream).read_line(&mut reply)?;
-        return serde_json::from_str(&reply)
-            .with_context(|| "reading the server's answer".to_string());
+        let bar = Bar::new(name);
+        let mut reader = std::io::BufReader::new(stream);
+        loop {
+            let mut reply = String::new();
+            if reader.read_line(&mut reply)? == 0 {
+                bail!("the server closed the control socket without an answer");
+            }
+            if let Some(words) = reply.strip_prefix("progress ") {
+                let n: Vec<u64> = words
+                    .split_whitespace()
+                    .filter_map(|w| w.parse().ok())
+                    .collect();
+                if let [done, due, sent, received] = n[..] {
+                    bar.set(done, due, sent, received);
+                }
+                continue;
+            }
+            drop(bar);
+            return serde_json::from_str(&reply)
+                .with_context(|| "reading the server's answer".to_string());
+        }
     }
     let rep = config
         .replications
@@ -545,7 +648,19 @@ pub fn replicate(
         .worker_threads(2)
         .enable_all()
         .build()?;
-    Ok(runtime.block_on(run_replication(&store, &rep, dry_run, allow_deletes)))
+    let progress = Progress::default();
+    let bar = Bar::new(name);
+    Ok(runtime.block_on(async {
+        let run = run_replication(&store, &rep, dry_run, allow_deletes, &progress);
+        tokio::pin!(run);
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                s = &mut run => break s,
+                _ = tick.tick() => bar.set_from(&progress),
+            }
+        }
+    }))
 }
 
 /// For `replication list`.
