@@ -3,5 +3,6 @@
 
 mod cli;
 mod crash;
+mod link;
 mod replication;
 mod util;
