@@ -209,6 +209,34 @@ impl ClientCertVerifier for PinnedClients {
     }
 }
 
+/// The congestion controllers quinn offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    /// BBR (the default): paces at the measured bottleneck rate, not backing off on random loss.
+    Bbr,
+    /// CUBIC.
+    Cubic,
+    /// NewReno.
+    NewReno,
+}
+
+static CONGESTION: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Chooses the congestion controller of connections made from now on in this process.
+pub fn set_congestion(c: Congestion) {
+    CONGESTION.store(c as u8, Ordering::Relaxed);
+}
+
+/// The congestion controller in use.
+pub fn congestion() -> Congestion {
+    match CONGESTION.load(Ordering::Relaxed) {
+        1 => Congestion::Cubic,
+        2 => Congestion::NewReno,
+        _ => Congestion::Bbr,
+    }
+}
+
 /// Transport settings for links up to about 1 Gbit/s at 300 ms.
 pub fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
@@ -222,7 +250,17 @@ pub fn transport_config() -> quinn::TransportConfig {
     if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(20)) {
         t.max_idle_timeout(Some(idle));
     }
-    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    match congestion() {
+        Congestion::Bbr => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+        }
+        Congestion::Cubic => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
+        }
+        Congestion::NewReno => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default()))
+        }
+    };
     t
 }
 
@@ -387,6 +425,7 @@ async fn drive(
     let mut buf = vec![0u8; 64 * 1024];
     // Set when this side has sent something and not yet heard back: each answer is one round.
     let mut awaiting = false;
+    let mut pieces_opened = 0u64;
     loop {
         // Flush whatever the session wants to say.
         while let Some(frame) = tokio::task::block_in_place(|| session.poll_transmit(store)) {
@@ -399,6 +438,11 @@ async fn drive(
                     .open_uni()
                     .await
                     .map_err(|e| TransportError::Connection(e.to_string()))?;
+                // Pieces go out one after another rather than interleaved, so when a run is
+                // cut the receiver holds whole verified pieces, not many partial ones; control
+                // frames (priority 0) still go first.
+                pieces_opened += 1;
+                let _ = uni.set_priority(-(pieces_opened.min(i32::MAX as u64) as i32));
                 uni.write_all(&bytes)
                     .await
                     .map_err(|e| TransportError::Connection(e.to_string()))?;

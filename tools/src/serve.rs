@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use cairn_store::admin::ReplicationRecord;
 use cairn_store::{Store, StoreOptions};
 use cairn_sync::proto::{Authorizer, FeedReport, GuardRail, InitiatorConfig};
-use cairn_sync::transport::{self, Progress};
+use cairn_sync::transport::{self, Congestion, Progress};
 use cairn_sync::wire::{code, Mode};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -36,14 +36,22 @@ pub struct SyncConfig {
     /// UDP address of the QUIC endpoint.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// QUIC congestion controller: bbr, cubic or newreno.
+    #[serde(default = "default_congestion")]
+    pub congestion: Congestion,
 }
 
 impl Default for SyncConfig {
     fn default() -> SyncConfig {
         SyncConfig {
             listen: default_listen(),
+            congestion: default_congestion(),
         }
     }
+}
+
+fn default_congestion() -> Congestion {
+    Congestion::Bbr
 }
 
 fn default_listen() -> SocketAddr {
@@ -111,6 +119,7 @@ pub fn load_config(data_dir: &Path, path: Option<&Path>) -> Result<Config> {
     };
     let config: Config =
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    transport::set_congestion(config.sync.congestion);
     let mut names = std::collections::HashSet::new();
     for r in &config.replications {
         if !names.insert(&r.name) {

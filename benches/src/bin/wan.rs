@@ -1,0 +1,1154 @@
+//! The WAN scenario runner: Cairn against rsync (daemon mode and over ssh) over the same
+//! emulated link (`cairn-link`), one results table per run. Linux, as root.
+//!
+//! The hub (Cairn `serve`, the rsync daemon, sshd) runs in namespace `<link>-b` (10.77.0.2), the
+//! spoke in `<link>-a` (10.77.0.1). Every figure comes from this run: time to consistency (wall
+//! time of the client command), bytes each way as the link counted them, goodput (payload over
+//! time, and the median of the per-second samples after slow start) as a share of the link
+//! rate, client and server CPU seconds, client peak RSS, and for Cairn its round trips.
+//!
+//! `wan --profile P1 --scenarios cold-L,noop-T,incr-T` (see `--help`); `--quick` uses small
+//! corpora and P1 only, for CI.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use cairn_store::{NewFile, NewPackage, Store, StoreOptions};
+use clap::Parser;
+use serde::Serialize;
+
+#[derive(Parser, Debug)]
+#[command(about = "Cairn against rsync over an emulated WAN link")]
+struct Args {
+    /// Link profile: P1, P2, P3.
+    #[arg(long, default_value = "P1")]
+    profile: String,
+    /// Scenarios, comma-separated: cold-M, cold-L, noop-T, incr-T, resume-L, loss-L.
+    #[arg(long, value_delimiter = ',', default_values_t = vec!["cold-L".to_string(), "noop-T".to_string(), "incr-T".to_string()])]
+    scenarios: Vec<String>,
+    /// Tools, comma-separated: cairn, rsyncd, rsync-ssh.
+    #[arg(long, value_delimiter = ',', default_values_t = vec!["cairn".to_string(), "rsyncd".to_string(), "rsync-ssh".to_string()])]
+    tools: Vec<String>,
+    /// Small corpora (M: 200 files, T: 1,000, L: 2 x 8 MiB), P1 only: a smoke test.
+    #[arg(long)]
+    quick: bool,
+    /// Where corpora, instances and results go.
+    #[arg(long, default_value = "bench-scratch/wan")]
+    dir: PathBuf,
+    /// Corpus seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+const LINK: &str = "cairnbench";
+
+/// What a replica check says: consistent, round trips (Cairn), a note.
+type Checked = Result<(bool, Option<u64>, String)>;
+const HUB_ADDR: &str = "10.77.0.2";
+
+fn sibling(name: &str) -> Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let p = me.with_file_name(name);
+    ensure!(
+        p.exists(),
+        "{} is missing: build the workspace first (cargo build --release --workspace)",
+        p.display()
+    );
+    Ok(p)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Corpora
+
+#[derive(Clone, Debug)]
+struct Corpus {
+    name: String,
+    dir: PathBuf,
+    /// Relative path, size, content seed.
+    files: Vec<(String, u64, u64)>,
+}
+
+impl Corpus {
+    fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.1).sum()
+    }
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn normal(&mut self) -> f64 {
+        let (u, v) = (self.unit().max(1e-12), self.unit());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+}
+
+fn corpus_spec(name: &str, quick: bool, seed: u64) -> Result<Vec<(String, u64, u64)>> {
+    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let path = |i: usize| format!("d{:03}/f{i:06}.bin", i / 1000);
+    let seed_of = |i: usize| seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
+    Ok(match name {
+        // Log-normal, median 40 KiB, clamped to 1 KiB..10 MiB: about 2 GiB for 20,000 files.
+        "M" => (0..if quick { 200 } else { 20_000 })
+            .map(|i| {
+                let size = (40_960.0 * (1.38 * rng.normal()).exp()).clamp(1024.0, 10_485_760.0);
+                (path(i), size as u64, seed_of(i))
+            })
+            .collect(),
+        "T" => (0..if quick { 1_000 } else { 100_000 })
+            .map(|i| (path(i), 1024 + (rng.unit() * 3072.0) as u64, seed_of(i)))
+            .collect(),
+        "L" => (0..if quick { 2 } else { 8 })
+            .map(|i| (path(i), if quick { 8 << 20 } else { 128 << 20 }, seed_of(i)))
+            .collect(),
+        other => bail!("unknown corpus `{other}`"),
+    })
+}
+
+fn write_file(path: &Path, size: u64, seed: u64) -> Result<()> {
+    if let Some(p) = path.parent() {
+        fs::create_dir_all(p)?;
+    }
+    let mut f = std::io::BufWriter::new(fs::File::create(path)?);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut left = size;
+    let mut s = seed;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        cairn_benches::fill_bytes(s, &mut buf[..n]);
+        s = s.wrapping_add(1);
+        f.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+fn make_corpus(root: &Path, name: &str, quick: bool, seed: u64) -> Result<Corpus> {
+    let dir = root.join(format!("corpus-{name}"));
+    let files = corpus_spec(name, quick, seed)?;
+    let stamp = dir.join(".complete");
+    if !stamp.exists() {
+        if dir.exists() {
+            fs::remove_dir_all(&dir)?;
+        }
+        eprintln!("wan: writing corpus {name} ({} files)", files.len());
+        for (p, size, s) in &files {
+            write_file(&dir.join(p), *size, *s)?;
+        }
+        fs::write(&stamp, b"")?;
+    }
+    Ok(Corpus {
+        name: name.to_string(),
+        dir,
+        files,
+    })
+}
+
+/// BLAKE3 over every regular file under `dir` (sorted by path, names and contents), skipping
+/// dot-files: equal for two trees with the same files.
+fn tree_digest(dir: &Path) -> Result<(u64, String)> {
+    let mut paths = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d)? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            if e.file_type()?.is_dir() {
+                stack.push(e.path());
+            } else {
+                paths.push(e.path());
+            }
+        }
+    }
+    paths.sort();
+    let mut h = blake3::Hasher::new();
+    for p in &paths {
+        h.update(p.strip_prefix(dir)?.to_string_lossy().as_bytes());
+        h.update(&[0]);
+        h.update_reader(fs::File::open(p)?)?;
+    }
+    Ok((paths.len() as u64, h.finalize().to_hex().to_string()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+/// A child stopped (SIGTERM, then SIGKILL) on drop.
+struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ns_cmd(side: char, program: &Path) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &format!("{LINK}-{side}")])
+        .arg(program);
+    c
+}
+
+/// Starts `cmd` and waits (at most 60 s) for a line of its stdout containing `ready`.
+fn start_until(mut cmd: Command, ready: &str) -> Result<Proc> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ready = ready.to_string();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains(&ready) {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let proc = Proc { child };
+    rx.recv_timeout(Duration::from_secs(60))
+        .map_err(|_| anyhow!("{cmd:?} did not become ready"))?;
+    Ok(proc)
+}
+
+/// CPU seconds a process and its reaped children have used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some(after) = stat.rsplit_once(')').map(|(_, a)| a) else {
+        return 0.0;
+    };
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|w| w.parse().unwrap_or(0))
+        .collect();
+    // After the command name: state is field 3, utime 14, stime 15, cutime 16, cstime 17.
+    if f.len() < 15 {
+        return 0.0;
+    }
+    (f[11] + f[12] + f[13] + f[14]) as f64 / 100.0
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Timed {
+    wall: f64,
+    cpu: f64,
+    rss_mb: f64,
+    code: i32,
+}
+
+/// Runs `cmd` under GNU time; returns its stdout and the figures.
+fn timed(side: char, program: &Path, args: &[&str], scratch: &Path) -> Result<(String, Timed)> {
+    let tfile = scratch.join("time.txt");
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &format!("{LINK}-{side}")])
+        .args(["/usr/bin/time", "-f", "%e %U %S %M", "-o"])
+        .arg(&tfile)
+        .arg(program)
+        .args(args);
+    let out = c
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {c:?}"))?;
+    let text = fs::read_to_string(&tfile).unwrap_or_default();
+    let last = text.lines().last().unwrap_or("");
+    let v: Vec<f64> = last
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let t = match v[..] {
+        [e, u, s, m] => Timed {
+            wall: e,
+            cpu: u + s,
+            rss_mb: m / 1024.0,
+            code: out.status.code().unwrap_or(-1),
+        },
+        _ => Timed {
+            code: out.status.code().unwrap_or(-1),
+            ..Timed::default()
+        },
+    };
+    Ok((String::from_utf8_lossy(&out.stdout).into_owned(), t))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The link
+
+struct Link {
+    _proc: Proc,
+    samples: PathBuf,
+    rate_bps: u64,
+    started: Instant,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Bytes {
+    a_to_b: u64,
+    b_to_a: u64,
+}
+
+impl Link {
+    fn up(profile: &str, loss: Option<&str>, samples: PathBuf) -> Result<Link> {
+        let mut cmd = Command::new(sibling("cairn-link")?);
+        cmd.args(["up", "--name", LINK, "--replace", "--profile", profile])
+            .arg("--samples")
+            .arg(&samples);
+        if let Some(l) = loss {
+            cmd.args(["--loss", l]);
+        }
+        let _ = fs::remove_file(&samples);
+        let proc = start_until(cmd, "cairn-link up")?;
+        let rate_bps = match profile.to_uppercase().as_str() {
+            "P1" => 100_000_000,
+            "P2" => 200_000_000,
+            "P3" => 20_000_000,
+            other => bail!("unknown profile `{other}`"),
+        };
+        Ok(Link {
+            _proc: proc,
+            samples,
+            rate_bps,
+            started: Instant::now(),
+        })
+    }
+
+    fn bytes(&self) -> Result<Bytes> {
+        let out = Command::new(sibling("cairn-link")?)
+            .args(["stats", "--name", LINK])
+            .output()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| "reading the link's counters".to_string())?;
+        Ok(Bytes {
+            a_to_b: v["a_to_b"]["bytes"].as_u64().unwrap_or(0),
+            b_to_a: v["b_to_a"]["bytes"].as_u64().unwrap_or(0),
+        })
+    }
+
+    fn now(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// Bytes per second hub -> spoke for each whole second in `from..to` (link time).
+    fn series(&self, from: f64, to: f64) -> Vec<u64> {
+        let text = fs::read_to_string(&self.samples).unwrap_or_default();
+        let mut points: Vec<(u64, u64)> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| Some((v["t"].as_u64()?, v["stats"]["b_to_a"]["bytes"].as_u64()?)))
+            .collect();
+        points.sort_unstable();
+        points
+            .windows(2)
+            .filter(|w| (w[1].0 as f64) > from && (w[1].0 as f64) <= to.ceil())
+            .map(|w| w[1].1.saturating_sub(w[0].1))
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tools
+
+fn cairn(dir: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(sibling("cairn")?)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "cairn {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+struct CairnHub {
+    dir: PathBuf,
+    key: String,
+    token: String,
+    root: String,
+    congestion: String,
+}
+
+fn publish_corpus(store: &Store, corpus: &Corpus, files: &[(String, u64, u64)]) -> Result<()> {
+    for chunk in files.chunks(500) {
+        let mut batch = Vec::new();
+        for (p, _, _) in chunk {
+            let b = store.put_blob(fs::File::open(corpus.dir.join(p))?)?;
+            batch.push(NewPackage {
+                name: p.replace(['/', '.'], "-"),
+                version: "1".into(),
+                files: vec![NewFile {
+                    name: p.rsplit('/').next().unwrap_or(p).to_string(),
+                    blob: b.hash,
+                    size: b.size,
+                    digests: BTreeMap::new(),
+                }],
+                metadata: BTreeMap::new(),
+            });
+        }
+        store.publish_many("corpus", batch)?;
+    }
+    Ok(())
+}
+
+impl CairnHub {
+    fn create(root: &Path, corpus: &Corpus) -> Result<CairnHub> {
+        let dir = root.join(format!("cairn-hub-{}", corpus.name));
+        if dir.exists() {
+            fs::remove_dir_all(&dir)?;
+        }
+        cairn(&dir, &["init"])?;
+        cairn(&dir, &["feed", "create", "corpus", "--type", "raw"])?;
+        {
+            let store = Store::open(&dir, StoreOptions::default())?;
+            publish_corpus(&store, corpus, &corpus.files)?;
+        }
+        let key = cairn(&dir, &["key", "show"])?;
+        let token = cairn(&dir, &["token", "create", "--scope", "replicate:corpus"])?;
+        let mut hub = CairnHub {
+            dir,
+            key,
+            token,
+            root: String::new(),
+            congestion: "bbr".into(),
+        };
+        hub.refresh_root()?;
+        Ok(hub)
+    }
+
+    fn refresh_root(&mut self) -> Result<()> {
+        let v: serde_json::Value =
+            serde_json::from_str(&cairn(&self.dir, &["root", "corpus", "--json"])?)?;
+        self.root = v["root"].as_str().unwrap_or("").to_string();
+        Ok(())
+    }
+
+    fn serve(&self, spoke_key: &str) -> Result<Proc> {
+        let _ = cairn(&self.dir, &["peer", "rm", "spoke"]);
+        cairn(
+            &self.dir,
+            &["peer", "add", "spoke", "10.77.0.1:7443", "--key", spoke_key],
+        )?;
+        fs::write(
+            self.dir.join("cairn.toml"),
+            format!(
+                "[sync]\nlisten = \"{HUB_ADDR}:7443\"\ncongestion = \"{}\"\n",
+                self.congestion
+            ),
+        )?;
+        let mut cmd = ns_cmd('b', &sibling("cairn")?);
+        cmd.arg("--data-dir").arg(&self.dir).arg("serve");
+        start_until(cmd, "cairn serving")
+    }
+}
+
+fn cairn_spoke(root: &Path, name: &str, hub: &CairnHub) -> Result<PathBuf> {
+    let dir = root.join(name);
+    if dir.exists() {
+        fs::remove_dir_all(&dir)?;
+    }
+    cairn(&dir, &["init"])?;
+    cairn(&dir, &["feed", "create", "corpus", "--type", "raw"])?;
+    cairn(&dir, &["trust", "add", &hub.key])?;
+    cairn(
+        &dir,
+        &[
+            "peer",
+            "add",
+            "hub",
+            &format!("{HUB_ADDR}:7443"),
+            "--key",
+            &hub.key,
+        ],
+    )?;
+    fs::write(
+        dir.join("cairn.toml"),
+        format!(
+            "[sync]\nlisten = \"10.77.0.1:7443\"\ncongestion = \"{}\"\n\n[[replication]]\nname = \"from-hub\"\npeer = \"hub\"\ntoken = \"{}\"\nfeeds = [\"corpus\"]\nmode = \"pull\"\ninterval_secs = 3600\nmax_delete_share = 1.0\n",
+            hub.congestion, hub.token
+        ),
+    )?;
+    Ok(dir)
+}
+
+struct RsyncHub {
+    _daemon: Proc,
+    _sshd: Proc,
+    key: PathBuf,
+}
+
+impl RsyncHub {
+    fn start(root: &Path, corpus: &Corpus) -> Result<RsyncHub> {
+        let conf = root.join("rsyncd.conf");
+        fs::write(
+            &conf,
+            format!(
+                "pid file = {}\nuse chroot = no\n[corpus]\npath = {}\nread only = yes\nuid = root\ngid = root\n",
+                root.join("rsyncd.pid").display(),
+                corpus.dir.display()
+            ),
+        )?;
+        let _ = fs::remove_file(root.join("rsyncd.pid"));
+        let mut daemon = Command::new("ip");
+        daemon
+            .args(["netns", "exec", &format!("{LINK}-b")])
+            .args(["rsync", "--daemon", "--no-detach", "--port", "8730"])
+            .arg(format!("--config={}", conf.display()));
+        let daemon = Proc {
+            child: daemon.stdout(Stdio::null()).spawn()?,
+        };
+        let key = root.join("ssh-key");
+        if !key.exists() {
+            let st = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&key)
+                .status()?;
+            ensure!(st.success(), "ssh-keygen failed");
+        }
+        let host_key = root.join("ssh-host-key");
+        if !host_key.exists() {
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&host_key)
+                .status()?;
+        }
+        fs::copy(key.with_extension("pub"), root.join("authorized_keys"))?;
+        let sshd_conf = root.join("sshd_config");
+        fs::write(
+            &sshd_conf,
+            format!(
+                "Port 2222\nListenAddress {HUB_ADDR}\nHostKey {}\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nStrictModes no\nPidFile none\nUsePAM no\n",
+                host_key.display(),
+                root.join("authorized_keys").display()
+            ),
+        )?;
+        fs::create_dir_all("/run/sshd")?;
+        let mut sshd = Command::new("ip");
+        sshd.args(["netns", "exec", &format!("{LINK}-b")])
+            .args(["/usr/sbin/sshd", "-D", "-e", "-f"])
+            .arg(&sshd_conf);
+        let sshd = Proc {
+            child: sshd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?,
+        };
+        // Both listen within a moment; wait for the ports.
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(RsyncHub {
+            _daemon: daemon,
+            _sshd: sshd,
+            key,
+        })
+    }
+
+    fn server_pids(&self) -> [u32; 2] {
+        [self._daemon.pid(), self._sshd.pid()]
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results
+
+#[derive(Debug, Clone, Serialize, Default)]
+struct Row {
+    scenario: String,
+    tool: String,
+    seconds: f64,
+    round_trips: Option<u64>,
+    bytes_hub_to_spoke: u64,
+    bytes_spoke_to_hub: u64,
+    payload_bytes: u64,
+    /// Payload over the whole run, as a share of the link rate.
+    goodput_share: f64,
+    /// Median per-second goodput after the first 3 s, as a share of the link rate.
+    steady_share: Option<f64>,
+    cpu_client_s: f64,
+    cpu_server_s: f64,
+    peak_rss_client_mb: f64,
+    consistent: bool,
+    /// Per-second bytes hub -> spoke on the link.
+    series: Vec<u64>,
+    note: String,
+}
+
+struct Bench {
+    args: Args,
+    root: PathBuf,
+    rows: Vec<Row>,
+    link: Option<Link>,
+}
+
+impl Bench {
+    fn link(&self) -> Result<&Link> {
+        self.link.as_ref().ok_or_else(|| anyhow!("no link"))
+    }
+
+    /// Runs one measured client command for `tool`; `check` says whether the replica matches.
+    #[allow(clippy::too_many_arguments)]
+    fn measure(
+        &mut self,
+        scenario: &str,
+        tool: &str,
+        payload: u64,
+        server_pids: &[u32],
+        program: &Path,
+        args: &[&str],
+        check: &mut dyn FnMut(&str) -> Checked,
+    ) -> Result<Row> {
+        let link = self.link()?;
+        let before = link.bytes()?;
+        let cpu_before: f64 = server_pids.iter().map(|p| cpu_seconds(*p)).sum();
+        let t0 = link.now();
+        let (stdout, t) = timed('a', program, args, &self.root)?;
+        let t1 = link.now();
+        // Let the last per-second sample land.
+        std::thread::sleep(Duration::from_millis(1100));
+        let after = link.bytes()?;
+        let cpu_after: f64 = server_pids.iter().map(|p| cpu_seconds(*p)).sum();
+        let series = link.series(t0, t1);
+        let rate = link.rate_bps as f64 / 8.0;
+        let steady = (series.len() > 4).then(|| {
+            let mut s: Vec<u64> = series[3..series.len() - 1].to_vec();
+            s.sort_unstable();
+            s.get(s.len() / 2).copied().unwrap_or(0) as f64 / rate
+        });
+        let (consistent, rounds, note) = if t.code == 0 {
+            check(&stdout)?
+        } else {
+            (false, None, format!("exit code {}", t.code))
+        };
+        let row = Row {
+            scenario: scenario.to_string(),
+            tool: tool.to_string(),
+            seconds: t.wall,
+            round_trips: rounds,
+            bytes_hub_to_spoke: after.b_to_a - before.b_to_a,
+            bytes_spoke_to_hub: after.a_to_b - before.a_to_b,
+            payload_bytes: payload,
+            goodput_share: if t.wall > 0.0 {
+                payload as f64 / t.wall / rate
+            } else {
+                0.0
+            },
+            steady_share: steady,
+            cpu_client_s: t.cpu,
+            cpu_server_s: cpu_after - cpu_before,
+            peak_rss_client_mb: t.rss_mb,
+            consistent,
+            series,
+            note,
+        };
+        eprintln!(
+            "wan: {scenario} {tool}: {:.2} s, {} B down, {} B up, consistent: {}",
+            row.seconds, row.bytes_hub_to_spoke, row.bytes_spoke_to_hub, row.consistent
+        );
+        self.rows.push(row.clone());
+        Ok(row)
+    }
+}
+
+fn cairn_check(hub_root: String) -> impl FnMut(&str) -> Checked {
+    move |stdout: &str| {
+        let v: serde_json::Value = serde_json::from_str(stdout)
+            .with_context(|| format!("cairn replicate printed: {stdout}"))?;
+        let f = &v["feeds"][0];
+        let ok = f["converged"] == true && f["root"].as_str() == Some(hub_root.as_str());
+        Ok((
+            ok,
+            v["rounds"].as_u64(),
+            format!(
+                "path {}, {} blob bytes",
+                f["path"].as_str().unwrap_or("?"),
+                f["blob_bytes_received"]
+            ),
+        ))
+    }
+}
+
+fn rsync_args(tool: &str, key: &Path, src: &Path, dest: &Path) -> Vec<String> {
+    let mut a = vec!["-a".to_string(), "--delete".into(), "--partial".into()];
+    if tool == "rsyncd" {
+        a.push(format!("rsync://{HUB_ADDR}:8730/corpus/"));
+    } else {
+        a.push("-e".into());
+        a.push(format!(
+            "ssh -p 2222 -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR",
+            key.display()
+        ));
+        a.push(format!("root@{HUB_ADDR}:{}/", src.display()));
+    }
+    a.push(format!("{}/", dest.display()));
+    a
+}
+
+fn main() -> Result<()> {
+    let mut args = Args::parse();
+    if args.quick {
+        args.profile = "P1".into();
+    }
+    ensure!(
+        Path::new("/dev/net/tun").exists(),
+        "the WAN runner needs root and /dev/net/tun"
+    );
+    fs::create_dir_all(&args.dir)?;
+    let root = fs::canonicalize(&args.dir)?;
+    let mut bench = Bench {
+        args,
+        root: root.clone(),
+        rows: Vec::new(),
+        link: None,
+    };
+    let scenarios = bench.args.scenarios.clone();
+    for sc in &scenarios {
+        let (kind, corpus_name) = sc
+            .split_once('-')
+            .ok_or_else(|| anyhow!("scenario `{sc}`: e.g. cold-L"))?;
+        let corpus = make_corpus(&root, corpus_name, bench.args.quick, bench.args.seed)?;
+        match kind {
+            "cold" | "noop" | "incr" | "resume" => {
+                bench.link = Some(Link::up(
+                    &bench.args.profile,
+                    None,
+                    root.join(format!("link-{sc}.jsonl")),
+                )?);
+                run_scenario(&mut bench, sc, kind, &corpus, "bbr")?;
+                bench.link = None;
+            }
+            "loss" => {
+                for loss in ["0%", "0.1%", "1%"] {
+                    for cc in ["bbr", "cubic", "newreno"] {
+                        bench.link = Some(Link::up(
+                            &bench.args.profile,
+                            Some(loss),
+                            root.join(format!("link-{sc}-{loss}-{cc}.jsonl")),
+                        )?);
+                        let label = format!("loss-{corpus_name} {loss} {cc}");
+                        run_scenario(&mut bench, &label, "cold", &corpus, cc)?;
+                        bench.link = None;
+                    }
+                }
+            }
+            other => bail!("unknown scenario kind `{other}`"),
+        }
+    }
+    write_results(&bench)?;
+    let bad: Vec<String> = bench
+        .rows
+        .iter()
+        .filter(|r| !r.consistent)
+        .map(|r| format!("{} {}", r.scenario, r.tool))
+        .collect();
+    ensure!(
+        bad.is_empty(),
+        "replicas do not match after: {}",
+        bad.join(", ")
+    );
+    Ok(())
+}
+
+fn run_scenario(bench: &mut Bench, sc: &str, kind: &str, corpus: &Corpus, cc: &str) -> Result<()> {
+    let root = bench.root.clone();
+    let tools = bench.args.tools.clone();
+    let payload_all = corpus.bytes();
+    for tool in &tools {
+        match tool.as_str() {
+            "cairn" => {
+                let mut hub = CairnHub::create(&root, corpus)?;
+                hub.congestion = cc.to_string();
+                let spoke = cairn_spoke(&root, "cairn-spoke", &hub)?;
+                let spoke_key = cairn(&spoke, &["key", "show"])?;
+                let cairn_bin = sibling("cairn")?;
+                let rep: Vec<String> = vec![
+                    "--data-dir".into(),
+                    spoke.display().to_string(),
+                    "replicate".into(),
+                    "from-hub".into(),
+                    "--json".into(),
+                ];
+                let rep: Vec<&str> = rep.iter().map(String::as_str).collect();
+                let server = hub.serve(&spoke_key)?;
+                match kind {
+                    "cold" => {
+                        bench.measure(
+                            sc,
+                            "cairn",
+                            payload_all,
+                            &[server.pid()],
+                            &cairn_bin,
+                            &rep,
+                            &mut cairn_check(hub.root.clone()),
+                        )?;
+                    }
+                    "noop" => {
+                        bench.measure(
+                            &format!("{sc} (initial)"),
+                            "cairn",
+                            payload_all,
+                            &[server.pid()],
+                            &cairn_bin,
+                            &rep,
+                            &mut cairn_check(hub.root.clone()),
+                        )?;
+                        bench.measure(
+                            sc,
+                            "cairn",
+                            0,
+                            &[server.pid()],
+                            &cairn_bin,
+                            &rep,
+                            &mut cairn_check(hub.root.clone()),
+                        )?;
+                    }
+                    "incr" => {
+                        bench.measure(
+                            &format!("{sc} (initial)"),
+                            "cairn",
+                            payload_all,
+                            &[server.pid()],
+                            &cairn_bin,
+                            &rep,
+                            &mut cairn_check(hub.root.clone()),
+                        )?;
+                        drop(server);
+                        let mut current = corpus.files.clone();
+                        for (step, add) in incremental_steps(bench.args.quick) {
+                            let (added, removed) =
+                                change_corpus(corpus, &mut current, step, add, bench.args.seed)?;
+                            {
+                                let store = Store::open(&hub.dir, StoreOptions::default())?;
+                                publish_corpus(&store, corpus, &added)?;
+                                for (p, _, _) in &removed {
+                                    store.delete("corpus", &p.replace(['/', '.'], "-"), "1")?;
+                                }
+                            }
+                            hub.refresh_root()?;
+                            let server = hub.serve(&spoke_key)?;
+                            let payload: u64 = added.iter().map(|f| f.1).sum();
+                            let label = format!("{sc} +{add} -{}", removed.len());
+                            bench.measure(
+                                &label,
+                                "cairn",
+                                payload,
+                                &[server.pid()],
+                                &cairn_bin,
+                                &rep,
+                                &mut cairn_check(hub.root.clone()),
+                            )?;
+                            drop(server);
+                        }
+                        // Put the corpus back for the other tools.
+                        restore_corpus(corpus)?;
+                    }
+                    "resume" => {
+                        resume_cairn(bench, sc, &hub, &server, &cairn_bin, &rep, payload_all)?
+                    }
+                    _ => unreachable!(),
+                }
+            }
+            "rsyncd" | "rsync-ssh" => {
+                let hub = RsyncHub::start(&root, corpus)?;
+                let dest = root.join("rsync-spoke");
+                if dest.exists() {
+                    fs::remove_dir_all(&dest)?;
+                }
+                fs::create_dir_all(&dest)?;
+                let rsync = PathBuf::from("/usr/bin/rsync");
+                let a = rsync_args(tool, &hub.key, &corpus.dir, &dest);
+                let a: Vec<&str> = a.iter().map(String::as_str).collect();
+                let pids = hub.server_pids();
+                let dest2 = dest.clone();
+                let mut check = |_: &str| -> Checked {
+                    Ok((
+                        tree_digest(&dest2)? == tree_digest(&corpus.dir)?,
+                        None,
+                        String::new(),
+                    ))
+                };
+                match kind {
+                    "cold" => {
+                        bench.measure(sc, tool, payload_all, &pids, &rsync, &a, &mut check)?;
+                    }
+                    "noop" => {
+                        bench.measure(
+                            &format!("{sc} (initial)"),
+                            tool,
+                            payload_all,
+                            &pids,
+                            &rsync,
+                            &a,
+                            &mut check,
+                        )?;
+                        bench.measure(sc, tool, 0, &pids, &rsync, &a, &mut check)?;
+                    }
+                    "incr" => {
+                        bench.measure(
+                            &format!("{sc} (initial)"),
+                            tool,
+                            payload_all,
+                            &pids,
+                            &rsync,
+                            &a,
+                            &mut check,
+                        )?;
+                        let mut current = corpus.files.clone();
+                        for (step, add) in incremental_steps(bench.args.quick) {
+                            let (added, removed) =
+                                change_corpus(corpus, &mut current, step, add, bench.args.seed)?;
+                            let payload: u64 = added.iter().map(|f| f.1).sum();
+                            let label = format!("{sc} +{add} -{}", removed.len());
+                            bench.measure(&label, tool, payload, &pids, &rsync, &a, &mut check)?;
+                        }
+                        restore_corpus(corpus)?;
+                    }
+                    "resume" => {
+                        resume_rsync(bench, sc, tool, &pids, &rsync, &a, payload_all, &mut check)?
+                    }
+                    _ => unreachable!(),
+                }
+            }
+            other => bail!("unknown tool `{other}`"),
+        }
+    }
+    Ok(())
+}
+
+fn incremental_steps(quick: bool) -> Vec<(usize, usize)> {
+    if quick {
+        vec![(0, 1), (1, 10)]
+    } else {
+        vec![(0, 1), (1, 100), (2, 10_000)]
+    }
+}
+
+/// Adds `add` new files and deletes 1% of the current ones, on disk; returns both lists.
+#[allow(clippy::type_complexity)]
+fn change_corpus(
+    corpus: &Corpus,
+    current: &mut Vec<(String, u64, u64)>,
+    step: usize,
+    add: usize,
+    seed: u64,
+) -> Result<(Vec<(String, u64, u64)>, Vec<(String, u64, u64)>)> {
+    let mut rng = Rng((seed ^ ((step as u64 + 1) * 0x5151)) | 1);
+    let added: Vec<(String, u64, u64)> = (0..add)
+        .map(|i| {
+            (
+                format!("new{step}/n{i:06}.bin"),
+                1024 + (rng.unit() * 3072.0) as u64,
+                seed ^ 0xabcd_0000 ^ ((step as u64) << 24) ^ i as u64,
+            )
+        })
+        .collect();
+    for (p, size, s) in &added {
+        write_file(&corpus.dir.join(p), *size, *s)?;
+    }
+    let n_del = (current.len() / 100).max(1);
+    let mut removed = Vec::new();
+    for _ in 0..n_del {
+        let i = (rng.unit() * current.len() as f64) as usize % current.len();
+        let f = current.swap_remove(i);
+        fs::remove_file(corpus.dir.join(&f.0))?;
+        removed.push(f);
+    }
+    current.extend(added.iter().cloned());
+    Ok((added, removed))
+}
+
+/// Undoes [`change_corpus`]: the corpus is rewritten from its spec.
+fn restore_corpus(corpus: &Corpus) -> Result<()> {
+    fs::remove_dir_all(&corpus.dir)?;
+    for (p, size, s) in &corpus.files {
+        write_file(&corpus.dir.join(p), *size, *s)?;
+    }
+    fs::write(corpus.dir.join(".complete"), b"")?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn resume_cairn(
+    bench: &mut Bench,
+    sc: &str,
+    hub: &CairnHub,
+    server: &Proc,
+    cairn_bin: &Path,
+    rep: &[&str],
+    payload: u64,
+) -> Result<()> {
+    // Kill the spoke once half the corpus has crossed the link, then run again to the end.
+    let link = bench.link()?;
+    let before = link.bytes()?;
+    let mut c = ns_cmd('a', cairn_bin);
+    c.args(rep).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = c.spawn()?;
+    let t0 = Instant::now();
+    loop {
+        if link.bytes()?.b_to_a - before.b_to_a >= payload / 2 {
+            let _ = Command::new("kill")
+                .args(["-KILL", &child.id().to_string()])
+                .status();
+            break;
+        }
+        if child.try_wait()?.is_some() || t0.elapsed() > Duration::from_secs(3600) {
+            bail!("the first run ended before it could be cut");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.wait();
+    // What was already queued on the link still arrives (and is counted as the cut run's).
+    std::thread::sleep(Duration::from_secs(3));
+    let cut_at = bench.link()?.bytes()?.b_to_a - before.b_to_a;
+    let row = bench.measure(
+        sc,
+        "cairn",
+        payload,
+        &[server.pid()],
+        cairn_bin,
+        rep,
+        &mut cairn_check(hub.root.clone()),
+    )?;
+    let total = cut_at + row.bytes_hub_to_spoke;
+    if let Some(r) = bench.rows.last_mut() {
+        r.note = format!(
+            "{}; cut after {cut_at} B; both runs moved {total} B hub->spoke for {payload} B of payload",
+            r.note
+        );
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn resume_rsync(
+    bench: &mut Bench,
+    sc: &str,
+    tool: &str,
+    pids: &[u32],
+    rsync: &Path,
+    a: &[&str],
+    payload: u64,
+    check: &mut dyn FnMut(&str) -> Checked,
+) -> Result<()> {
+    let link = bench.link()?;
+    let before = link.bytes()?;
+    let mut c = ns_cmd('a', rsync);
+    c.args(a).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = c.spawn()?;
+    let t0 = Instant::now();
+    loop {
+        if link.bytes()?.b_to_a - before.b_to_a >= payload / 2 {
+            let _ = Command::new("pkill")
+                .args(["-KILL", "-f", "rsync -a --delete"])
+                .status();
+            let _ = child.kill();
+            break;
+        }
+        if child.try_wait()?.is_some() || t0.elapsed() > Duration::from_secs(3600) {
+            bail!("the first run ended before it could be cut");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.wait();
+    // What was already queued on the link still arrives (and is counted as the cut run's).
+    std::thread::sleep(Duration::from_secs(3));
+    let cut_at = bench.link()?.bytes()?.b_to_a - before.b_to_a;
+    let row = bench.measure(sc, tool, payload, pids, rsync, a, check)?;
+    let total = cut_at + row.bytes_hub_to_spoke;
+    if let Some(r) = bench.rows.last_mut() {
+        r.note = format!(
+            "{}; cut after {cut_at} B; both runs moved {total} B hub->spoke for {payload} B of payload",
+            r.note
+        );
+    }
+    Ok(())
+}
+
+fn write_results(bench: &Bench) -> Result<()> {
+    let root = &bench.root;
+    fs::write(
+        root.join("results.json"),
+        serde_json::to_string_pretty(&bench.rows)?,
+    )?;
+    let mut md = String::new();
+    md.push_str(&format!(
+        "Profile {}{}\n\n",
+        bench.args.profile,
+        if bench.args.quick {
+            " (quick corpora)"
+        } else {
+            ""
+        }
+    ));
+    md.push_str("| scenario | tool | seconds | vs rsyncd | vs rsync-ssh | round trips | bytes hub->spoke | bytes spoke->hub | goodput (whole run) | goodput (steady) | CPU client / server s | client peak RSS MB | consistent | note |\n");
+    md.push_str(
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for r in &bench.rows {
+        let ratio = |other: &str| {
+            bench
+                .rows
+                .iter()
+                .find(|o| o.scenario == r.scenario && o.tool == other)
+                .filter(|o| o.seconds > 0.0 && r.tool == "cairn")
+                .map(|o| format!("{:.2}x faster", o.seconds / r.seconds.max(1e-3)))
+                .unwrap_or_default()
+        };
+        md.push_str(&format!(
+            "| {} | {} | {:.2} | {} | {} | {} | {} | {} | {:.0}% | {} | {:.1} / {:.1} | {:.0} | {} | {} |\n",
+            r.scenario,
+            r.tool,
+            r.seconds,
+            ratio("rsyncd"),
+            ratio("rsync-ssh"),
+            r.round_trips.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+            r.bytes_hub_to_spoke,
+            r.bytes_spoke_to_hub,
+            r.goodput_share * 100.0,
+            r.steady_share.map(|s| format!("{:.0}%", s * 100.0)).unwrap_or_else(|| "-".into()),
+            r.cpu_client_s,
+            r.cpu_server_s,
+            r.peak_rss_client_mb,
+            if r.consistent { "yes" } else { "NO" },
+            r.note
+        ));
+    }
+    fs::write(root.join("results.md"), &md)?;
+    print!("{md}");
+    Ok(())
+}
