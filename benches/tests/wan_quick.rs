@@ -27,6 +27,10 @@ fn quick_run_writes_results_and_every_replica_matches() {
     let rows: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
     assert!(dir.path().join("results.md").exists());
+    for chart in ["goodput-cold-L.png", "goodput-resume-L.png"] {
+        let png = std::fs::read(dir.path().join(chart)).unwrap_or_default();
+        assert!(png.starts_with(b"\x89PNG"), "{chart} is a PNG");
+    }
     for scenario in ["cold-L", "noop-T", "incr-T +1 -10", "resume-L"] {
         for tool in ["cairn", "rsyncd", "rsync-ssh"] {
             let row = rows

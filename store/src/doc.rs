@@ -337,6 +337,35 @@ impl SignedDocument {
         })
     }
 
+    /// The payload of envelope `bytes` as `P`, checking the envelope's form and type but *not*
+    /// its signature. Only for planning: which blobs to ask for or send along, how many
+    /// deletions a batch would make. Nothing is stored or trusted on its word; the bytes are
+    /// checked in full by [`SignedDocument::decode`] where they are stored. It never yields a
+    /// [`SignedDocument`].
+    pub fn peek_payload<P: Payload>(bytes: &[u8]) -> Result<P, DocumentError> {
+        let WireEnvelope(version, type_name, _key, payload, _sig) =
+            cbor::from_canonical(bytes, MAX_DOCUMENT_BYTES)
+                .map_err(|e| DocumentError::MalformedEnvelope(e.to_string()))?;
+        if version != ENVELOPE_VERSION {
+            return Err(DocumentError::UnknownEnvelopeVersion { found: version });
+        }
+        let found = DocType::from_name(&type_name).ok_or_else(|| DocumentError::UnknownType {
+            found: type_name.chars().take(64).collect(),
+        })?;
+        if found != P::TYPE {
+            return Err(DocumentError::WrongType {
+                expected: P::TYPE,
+                found,
+            });
+        }
+        cbor::from_canonical(&payload, MAX_DOCUMENT_BYTES).map_err(|e| {
+            DocumentError::InvalidPayload {
+                doc_type: found,
+                reason: e.to_string(),
+            }
+        })
+    }
+
     /// The envelope bytes, exactly as signed.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes

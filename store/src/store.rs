@@ -531,6 +531,21 @@ pub struct Store {
     pins: Arc<Mutex<HashMap<Hash, usize>>>,
 }
 
+impl Drop for Store {
+    /// Writes the memtables out on a clean close, so the next open does not replay the whole
+    /// write-ahead log (after a large replication that took seconds and a lot of memory).
+    /// Durability does not depend on it: the log is still there until the flush completes.
+    fn drop(&mut self) {
+        for name in ALL_CFS {
+            if let Some(cf) = self.db.cf_handle(name) {
+                if let Err(e) = self.db.flush_cf(cf) {
+                    tracing::warn!("flushing {name} on close: {e}");
+                }
+            }
+        }
+    }
+}
+
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Store")
@@ -1033,7 +1048,16 @@ impl Store {
     // -----------------------------------------------------------------------------------------
     // Documents
 
-    /// A stored document by id (checked again on the way out).
+    /// A stored document's envelope bytes by id, as stored (not checked again: for handing on
+    /// to a peer, which checks them itself).
+    pub fn document_bytes(&self, id: &Hash) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_DOCS), id.as_bytes())?
+            .map(|b| b.to_vec()))
+    }
+
+    /// A stored document, decoded and its signature checked again.
     pub fn document(&self, id: &Hash) -> Result<Option<SignedDocument>> {
         match self.db.get_pinned_cf(self.cf(CF_DOCS), id.as_bytes())? {
             None => Ok(None),

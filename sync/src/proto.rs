@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use cairn_store::doc::{DocType, Manifest};
+use cairn_store::doc::Manifest;
 use cairn_store::merkle;
 use cairn_store::replica::{group_count, Applied, ApplyRule, IncomingBlob};
 use cairn_store::{ChangesSince, Cursor, EntryKind, Hash, SignedDocument, Store, StoreError};
@@ -36,7 +36,7 @@ pub const MAX_LOG_CHANGES: usize = 4096;
 /// Chunk groups per blob piece (1 MiB).
 pub const PIECE_GROUPS: u64 = 64;
 /// Largest batch of documents in one frame.
-pub const DOC_BATCH_BYTES: usize = 2 << 20;
+pub const DOC_BATCH_BYTES: usize = 1 << 20;
 /// Sketch retries before falling back to the item list.
 pub const MAX_SKETCH_RETRIES: u32 = 2;
 /// How long a checkpoint signed for a run stays valid.
@@ -203,6 +203,12 @@ fn range_bytes(groups: &[(u64, u64)], size: u64) -> u64 {
         .sum()
 }
 
+/// Documents of one feed still to send, by key.
+struct DocQueue {
+    feed: String,
+    keys: VecDeque<String>,
+}
+
 /// One blob piece owed to the peer: chunk groups `start..end` of `hash`.
 struct PendingPiece {
     hash: Hash,
@@ -243,6 +249,12 @@ struct FeedJob {
     expect_docs: Option<bool>,
     /// The peer's last DOCS (or DIFF) frame has arrived.
     docs_complete: bool,
+    /// DOCS frames received this round, and how many there are in all once the one marked
+    /// `last` has arrived (they may arrive in any order, each on its own stream).
+    docs_seen: u64,
+    docs_total: Option<u64>,
+    /// Sequence number of the next DOCS frame this side sends for the feed.
+    docs_seq_out: u64,
     /// The authoritative side's signed checkpoint, accepted once our state is final.
     checkpoint: Option<Vec<u8>>,
     peer_done: bool,
@@ -259,6 +271,8 @@ pub struct Session {
     /// Blob pieces asked for and not yet encoded: read from the store one at a time as the
     /// transport takes them, so a large blob is never held in memory whole.
     pieces: VecDeque<PendingPiece>,
+    /// Documents still to send, per feed, read a batch at a time as the transport takes them.
+    doc_queue: VecDeque<DocQueue>,
     jobs: BTreeMap<String, FeedJob>,
     order: Vec<String>,
     error: Option<SessionError>,
@@ -411,6 +425,7 @@ impl Session {
             token: config.token.clone(),
             outbox: VecDeque::new(),
             pieces: VecDeque::new(),
+            doc_queue: VecDeque::new(),
             jobs: BTreeMap::new(),
             order: Vec::new(),
             error: None,
@@ -485,6 +500,7 @@ impl Session {
             token: String::new(),
             outbox: VecDeque::new(),
             pieces: VecDeque::new(),
+            doc_queue: VecDeque::new(),
             jobs: BTreeMap::new(),
             order: Vec::new(),
             error: None,
@@ -506,7 +522,36 @@ impl Session {
         }
         if self.error.is_some() {
             self.pieces.clear();
+            self.doc_queue.clear();
             return None;
+        }
+        if let Some(mut q) = self.doc_queue.pop_front() {
+            let feed = q.feed.clone();
+            let frame = match self
+                .next_batch(store, &feed, &mut q.keys)
+                .and_then(|b| Ok((b, self.next_docs_seq(&feed)?)))
+            {
+                Ok(((docs, blobs), seq)) => Frame::Docs {
+                    feed: feed.clone(),
+                    docs,
+                    blobs,
+                    last: q.keys.is_empty(),
+                    seq,
+                },
+                Err(e) => {
+                    self.fail(e);
+                    return self.outbox.pop_front();
+                }
+            };
+            if q.keys.is_empty() {
+                // This feed's last documents are out: it may be done now (DONE follows them).
+                if let Err(e) = self.maybe_done(store, &feed) {
+                    self.fail(e);
+                }
+            } else {
+                self.doc_queue.push_front(q);
+            }
+            return Some(frame);
         }
         let p = self.pieces.pop_front()?;
         let mut data = Vec::new();
@@ -541,6 +586,7 @@ impl Session {
         self.error.is_some()
             || (self.hello_done
                 && self.outbox.is_empty()
+                && self.doc_queue.is_empty()
                 && self.pieces.is_empty()
                 && self
                     .jobs
@@ -661,7 +707,7 @@ impl Session {
             }
             (Role::Responder, Frame::SummaryRequest { feed }) => {
                 let status = summary(store, &feed, self.mode, None)?;
-                self.job(&feed)?;
+                self.job(&feed)?.docs_seq_out = 0;
                 self.outbox.push_back(Frame::Summary { feed, status });
                 Ok(())
             }
@@ -802,7 +848,10 @@ impl Session {
                 let job = self.job(&feed)?;
                 job.sent_all = true;
                 job.expect_docs = Some(mode != Mode::Push);
-                job.docs_complete = last;
+                if last {
+                    job.docs_total = Some(0);
+                }
+                job.docs_complete = job.docs_total == Some(job.docs_seen);
                 if !docs.is_empty() {
                     self.receive_docs(
                         store,
@@ -820,11 +869,20 @@ impl Session {
                     docs,
                     blobs,
                     last,
+                    seq,
                 },
             ) => {
+                let job = self.job(&feed)?;
+                job.docs_seen += 1;
                 if last {
-                    self.job(&feed)?.docs_complete = true;
+                    job.docs_total = Some(seq + 1);
                 }
+                if job.docs_total.is_some_and(|t| job.docs_seen > t) {
+                    return Err(SessionError::Protocol(format!(
+                        "more DOCS frames for `{feed}` than the last one announced"
+                    )));
+                }
+                job.docs_complete = job.docs_total == Some(job.docs_seen);
                 self.receive_docs(
                     store,
                     &feed,
@@ -1143,7 +1201,6 @@ impl Session {
     }
 
     /// The responder knows the exact difference: act on it according to the mode.
-    /// The responder knows the exact difference: act on it according to the mode.
     fn responder_resolve(
         &mut self,
         store: &Store,
@@ -1154,7 +1211,7 @@ impl Session {
         let mode = self.mode;
         let their_keys: HashSet<u64> = theirs_only.iter().map(|i| i.key).collect();
         let my_keys: HashSet<u64> = mine_only.iter().map(|i| i.key).collect();
-        let mut docs = Vec::new();
+        let mut send_keys = Vec::new();
         if mode != Mode::Push {
             let job = self.job(feed)?;
             let mut keys: Vec<String> = mine_only
@@ -1175,8 +1232,7 @@ impl Session {
                     keys.retain(|k| !stale.contains(k));
                 }
             }
-            docs = current_docs(store, feed, &keys)?;
-            self.job(feed)?.report.docs_sent += docs.len() as u64;
+            send_keys = keys;
         }
         let remove: Vec<u64> = if mode == Mode::Pull {
             their_keys.difference(&my_keys).copied().collect()
@@ -1195,9 +1251,8 @@ impl Session {
                 return Ok(());
             }
         }
-        let mut batches = doc_batches(store, docs)?.into_iter();
-        let (first, first_blobs) = batches.next().unwrap_or_default();
-        let rest: Vec<_> = batches.collect();
+        let mut queue: VecDeque<String> = send_keys.into();
+        let (first, first_blobs) = self.next_batch(store, feed, &mut queue)?;
         let absent: Vec<u64> = if mode == Mode::Mirror {
             their_keys.difference(&my_keys).copied().collect()
         } else {
@@ -1210,15 +1265,12 @@ impl Session {
             want: pack_u64s(want.iter().copied()),
             absent: pack_u64s(absent),
             blobs: first_blobs,
-            last: rest.is_empty(),
+            last: queue.is_empty(),
         });
-        let n = rest.len();
-        for (i, (chunk, blobs)) in rest.into_iter().enumerate() {
-            self.outbox.push_back(Frame::Docs {
+        if !queue.is_empty() {
+            self.doc_queue.push_back(DocQueue {
                 feed: feed.to_owned(),
-                docs: chunk,
-                blobs,
-                last: i + 1 == n,
+                keys: queue,
             });
         }
         let job = self.job(feed)?;
@@ -1293,22 +1345,76 @@ impl Session {
         feed: &str,
         key8s: &[u64],
     ) -> Result<(), SessionError> {
-        let keys = keys_by_key8(store, feed, key8s)?;
-        let docs = current_docs(store, feed, &keys)?;
-        self.job(feed)?.report.docs_sent += docs.len() as u64;
-        let batches = doc_batches(store, docs)?;
-        let n = batches.len().max(1);
-        let mut batches = batches.into_iter();
-        for i in 0..n {
-            let (chunk, blobs) = batches.next().unwrap_or_default();
-            self.outbox.push_back(Frame::Docs {
+        let mut queue: VecDeque<String> = keys_by_key8(store, feed, key8s)?.into();
+        let (docs, blobs) = self.next_batch(store, feed, &mut queue)?;
+        let seq = self.next_docs_seq(feed)?;
+        self.outbox.push_back(Frame::Docs {
+            feed: feed.to_owned(),
+            docs,
+            blobs,
+            last: queue.is_empty(),
+            seq,
+        });
+        if !queue.is_empty() {
+            self.doc_queue.push_back(DocQueue {
                 feed: feed.to_owned(),
-                docs: chunk,
-                blobs,
-                last: i + 1 == n,
+                keys: queue,
             });
         }
         Ok(())
+    }
+
+    fn next_docs_seq(&mut self, feed: &str) -> Result<u64, SessionError> {
+        let job = self.job(feed)?;
+        job.docs_seq_out += 1;
+        Ok(job.docs_seq_out - 1)
+    }
+
+    /// The next batch of documents (up to [`DOC_BATCH_BYTES`]) for the keys at the front of
+    /// `keys`, with the small blobs their manifests name; counted as sent.
+    fn next_batch(
+        &mut self,
+        store: &Store,
+        feed: &str,
+        keys: &mut VecDeque<String>,
+    ) -> Result<DocBatch, SessionError> {
+        let mut docs = Vec::new();
+        let mut blobs: Vec<SmallBlob> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut bytes = 0;
+        while let Some(key) = keys.front() {
+            let Some(v) = store.entry(feed, key).map_err(store_err)? else {
+                keys.pop_front();
+                continue;
+            };
+            let d = store
+                .document_bytes(&v.doc)
+                .map_err(store_err)?
+                .ok_or_else(|| SessionError::Store(format!("document {} missing", v.doc)))?;
+            let mut small = Vec::new();
+            if let Ok(m) = SignedDocument::peek_payload::<Manifest>(&d) {
+                for f in m.files {
+                    if f.size <= cairn_store::blob::INLINE_MAX && seen.insert(f.blob) {
+                        let mut data = Vec::with_capacity(f.size as usize);
+                        store.read_blob_to(&f.blob, &mut data).map_err(store_err)?;
+                        small.push(SmallBlob {
+                            hash: *f.blob.as_bytes(),
+                            data,
+                        });
+                    }
+                }
+            }
+            let size = d.len() + small.iter().map(|b| b.data.len() + 40).sum::<usize>();
+            if bytes + size > DOC_BATCH_BYTES && !docs.is_empty() {
+                break;
+            }
+            keys.pop_front();
+            bytes += size;
+            docs.push(ByteBuf::from(d));
+            blobs.extend(small);
+        }
+        self.job(feed)?.report.docs_sent += docs.len() as u64;
+        Ok((docs, blobs))
     }
 
     fn receive_docs(
@@ -1348,29 +1454,21 @@ impl Session {
         // Deletions the batch would cause count against the guard rail.
         let mut deletes = 0u64;
         let mut wanted: BTreeMap<Hash, u64> = BTreeMap::new();
+        // Planning only (what to fetch, what would be deleted): the signatures are checked
+        // once, where the documents are stored.
         for bytes in &docs {
-            let Ok(doc) = SignedDocument::decode(bytes) else {
-                continue;
-            };
-            match doc.doc_type() {
-                DocType::Manifest => {
-                    if let Ok(m) = doc.payload::<Manifest>() {
-                        for f in m.files {
-                            if store.blob_size(&f.blob).map_err(store_err)? != Some(f.size) {
-                                wanted.insert(f.blob, f.size);
-                            }
-                        }
+            if let Ok(m) = SignedDocument::peek_payload::<Manifest>(bytes) {
+                for f in m.files {
+                    if store.blob_size(&f.blob).map_err(store_err)? != Some(f.size) {
+                        wanted.insert(f.blob, f.size);
                     }
                 }
-                DocType::Tombstone => {
-                    if let Ok(t) = doc.payload::<cairn_store::doc::Tombstone>() {
-                        if matches!(store.entry(feed, &t.key).map_err(store_err)?, Some(v) if v.kind != EntryKind::Tombstone)
-                        {
-                            deletes += 1;
-                        }
-                    }
+            } else if let Ok(t) = SignedDocument::peek_payload::<cairn_store::doc::Tombstone>(bytes)
+            {
+                let live = store.entry(feed, &t.key).map_err(store_err)?;
+                if live.is_some_and(|v| v.kind != EntryKind::Tombstone) {
+                    deletes += 1;
                 }
-                _ => {}
             }
         }
         let total = store.feed_summary(feed).map_err(store_err)?.root.count;
@@ -1493,6 +1591,9 @@ impl Session {
     /// Sends DONE once this side's state for the feed is final: it has sent what it had to,
     /// and every document it was to receive is applied.
     fn maybe_done(&mut self, store: &Store, feed: &str) -> Result<(), SessionError> {
+        if self.doc_queue.iter().any(|q| q.feed == feed) {
+            return Ok(());
+        }
         let role = self.role;
         let job = self.job(feed)?;
         if job.failed || job.local_done || !job.sent_all {
@@ -1520,6 +1621,8 @@ impl Session {
             job.sent_all = false;
             job.expect_docs = None;
             job.docs_complete = false;
+            job.docs_seen = 0;
+            job.docs_total = None;
             self.outbox.push_back(Frame::SummaryRequest {
                 feed: feed.to_owned(),
             });
@@ -1692,13 +1795,11 @@ fn log_suffix(
                 let doc = match store.entry(feed, &key).map_err(store_err)? {
                     Some(v) => Some(
                         store
-                            .document(&v.doc)
+                            .document_bytes(&v.doc)
                             .map_err(store_err)?
                             .ok_or_else(|| {
                                 SessionError::Store(format!("document {} missing", v.doc))
-                            })?
-                            .bytes()
-                            .to_vec(),
+                            })?,
                     ),
                     None => None,
                 };
@@ -1754,56 +1855,5 @@ fn keys_by_key8(store: &Store, feed: &str, key8s: &[u64]) -> Result<Vec<String>,
     Ok(keys)
 }
 
-fn current_docs(store: &Store, feed: &str, keys: &[String]) -> Result<Vec<Vec<u8>>, SessionError> {
-    let mut out = Vec::with_capacity(keys.len());
-    for key in keys {
-        if let Some(v) = store.entry(feed, key).map_err(store_err)? {
-            let d = store
-                .document(&v.doc)
-                .map_err(store_err)?
-                .ok_or_else(|| SessionError::Store(format!("document {} missing", v.doc)))?;
-            out.push(d.bytes().to_vec());
-        }
-    }
-    Ok(out)
-}
-
 /// Documents for one frame and the small blobs they name.
 type DocBatch = (Vec<ByteBuf>, Vec<SmallBlob>);
-
-/// Splits documents into frame-sized batches, each with the small blobs its manifests name.
-fn doc_batches(store: &Store, docs: Vec<Vec<u8>>) -> Result<Vec<DocBatch>, SessionError> {
-    let mut out = Vec::new();
-    let mut cur = Vec::new();
-    let mut cur_blobs: Vec<SmallBlob> = Vec::new();
-    let mut seen = HashSet::new();
-    let mut bytes = 0;
-    for d in docs {
-        let mut small = Vec::new();
-        if let Ok(m) = SignedDocument::decode(&d).and_then(|doc| doc.payload::<Manifest>()) {
-            for f in m.files {
-                if f.size <= cairn_store::blob::INLINE_MAX && !seen.contains(&f.blob) {
-                    let mut data = Vec::with_capacity(f.size as usize);
-                    store.read_blob_to(&f.blob, &mut data).map_err(store_err)?;
-                    seen.insert(f.blob);
-                    small.push(SmallBlob {
-                        hash: *f.blob.as_bytes(),
-                        data,
-                    });
-                }
-            }
-        }
-        let size = d.len() + small.iter().map(|b| b.data.len() + 40).sum::<usize>();
-        if bytes + size > DOC_BATCH_BYTES && !cur.is_empty() {
-            out.push((std::mem::take(&mut cur), std::mem::take(&mut cur_blobs)));
-            bytes = 0;
-        }
-        bytes += size;
-        cur.push(ByteBuf::from(d));
-        cur_blobs.extend(small);
-    }
-    if !cur.is_empty() {
-        out.push((cur, cur_blobs));
-    }
-    Ok(out)
-}

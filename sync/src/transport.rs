@@ -433,13 +433,16 @@ async fn drive(
             let bytes = wire::encode(&frame);
             stats.bytes_sent += bytes.len() as u64;
             stats.frames_sent += 1;
-            if matches!(frame, Frame::BlobPiece { .. }) {
+            // Bulk frames (documents, blob pieces) each take their own stream: a stream that
+            // carried megabytes through a lossy queue would collect more gaps than quinn keeps
+            // per stream, and a cut run keeps the whole frames it received.
+            if matches!(frame, Frame::BlobPiece { .. } | Frame::Docs { .. }) {
                 let mut uni = conn
                     .open_uni()
                     .await
                     .map_err(|e| TransportError::Connection(e.to_string()))?;
-                // Pieces go out one after another rather than interleaved, so when a run is
-                // cut the receiver holds whole verified pieces, not many partial ones; control
+                // They go out one after another rather than interleaved, so when a run is cut
+                // the receiver holds whole verified pieces, not many partial ones; control
                 // frames (priority 0) still go first.
                 pieces_opened += 1;
                 let _ = uni.set_priority(-(pieces_opened.min(i32::MAX as u64) as i32));

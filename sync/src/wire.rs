@@ -220,8 +220,12 @@ pub enum Frame {
         /// Small blobs the documents name, sent unasked.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         blobs: Vec<SmallBlob>,
-        /// The last DOCS frame the sender will send for this feed in this run.
+        /// The last DOCS frame the sender will send for this feed in this round.
         last: bool,
+        /// Position among this round's DOCS frames for the feed, from 0: they travel on
+        /// separate streams and may arrive in any order.
+        #[serde(default)]
+        seq: u64,
     },
     /// The sender stops working on one feed (the rest of the run goes on).
     FeedFailed {
@@ -631,6 +635,7 @@ pub fn vector_frames() -> Vec<(&'static str, Frame)> {
                 docs: vec![serde_bytes::ByteBuf::from(vec![0x85, 0x01])],
                 blobs: vec![],
                 last: true,
+                seq: 3,
             },
         ),
         (

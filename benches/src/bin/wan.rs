@@ -614,6 +614,8 @@ struct Bench {
     root: PathBuf,
     rows: Vec<Row>,
     link: Option<Link>,
+    /// The rate of the last link brought up, for the charts' scale.
+    link_rate: u64,
 }
 
 impl Bench {
@@ -653,7 +655,17 @@ impl Bench {
         let (consistent, rounds, note) = if t.code == 0 {
             check(&stdout)?
         } else {
-            (false, None, format!("exit code {}", t.code))
+            // Cairn prints its summary (with the error) even when it fails.
+            let why = serde_json::from_str::<serde_json::Value>(&stdout)
+                .ok()
+                .and_then(|v| {
+                    v["error"]
+                        .as_str()
+                        .or(v["feeds"][0]["error"].as_str())
+                        .map(str::to_string)
+                })
+                .unwrap_or_default();
+            (false, None, format!("exit code {}: {why}", t.code))
         };
         let row = Row {
             scenario: scenario.to_string(),
@@ -735,6 +747,7 @@ fn main() -> Result<()> {
         root: root.clone(),
         rows: Vec::new(),
         link: None,
+        link_rate: 0,
     };
     let scenarios = bench.args.scenarios.clone();
     for sc in &scenarios {
@@ -749,6 +762,7 @@ fn main() -> Result<()> {
                     None,
                     root.join(format!("link-{sc}.jsonl")),
                 )?);
+                bench.link_rate = bench.link()?.rate_bps;
                 run_scenario(&mut bench, sc, kind, &corpus, "bbr")?;
                 bench.link = None;
             }
@@ -760,6 +774,7 @@ fn main() -> Result<()> {
                             Some(loss),
                             root.join(format!("link-{sc}-{loss}-{cc}.jsonl")),
                         )?);
+                        bench.link_rate = bench.link()?.rate_bps;
                         let label = format!("loss-{corpus_name} {loss} {cc}");
                         run_scenario(&mut bench, &label, "cold", &corpus, cc)?;
                         bench.link = None;
@@ -967,6 +982,8 @@ fn change_corpus(
     add: usize,
     seed: u64,
 ) -> Result<(Vec<(String, u64, u64)>, Vec<(String, u64, u64)>)> {
+    // The corpus no longer matches its spec until restore_corpus rewrites it.
+    let _ = fs::remove_file(corpus.dir.join(".complete"));
     let mut rng = Rng((seed ^ ((step as u64 + 1) * 0x5151)) | 1);
     let added: Vec<(String, u64, u64)> = (0..add)
         .map(|i| {
@@ -1099,8 +1116,103 @@ fn resume_rsync(
     Ok(())
 }
 
+/// Draws goodput over time (hub -> spoke, per second, as the link counted it) of every tool in
+/// a scenario, one PNG per scenario.
+fn draw_chart(
+    path: &Path,
+    title: &str,
+    series: &[(String, Vec<u64>)],
+    rate_bps: u64,
+) -> Result<()> {
+    use plotters::prelude::*;
+    let err = |e: &dyn std::fmt::Debug| anyhow!("drawing {}: {e:?}", path.display());
+    let root = BitMapBackend::new(path, (960, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let max_t = series.iter().map(|s| s.1.len()).max().unwrap_or(1).max(1) as f64;
+    let max_y = rate_bps as f64 / 1e6 * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..max_t + 1.0, 0f64..max_y)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("Mbit/s, hub to spoke")
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (i, (name, s)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                s.iter()
+                    .enumerate()
+                    .map(|(t, b)| (t as f64 + 1.0, *b as f64 * 8.0 / 1e6)),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| err(&e))?
+            .label(name.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// The font the charts use (Debian's fonts-dejavu-core), registered once.
+fn register_font() -> Result<()> {
+    const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+    let bytes =
+        fs::read(FONT).with_context(|| format!("{FONT} (Debian package fonts-dejavu-core)"))?;
+    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+    plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes)
+        .map_err(|_| anyhow!("{FONT} is not a usable font"))?;
+    Ok(())
+}
+
 fn write_results(bench: &Bench) -> Result<()> {
     let root = &bench.root;
+    register_font()?;
+    let mut scenarios: Vec<&str> = Vec::new();
+    for r in &bench.rows {
+        if !scenarios.contains(&r.scenario.as_str()) {
+            scenarios.push(&r.scenario);
+        }
+    }
+    let rate = bench.link_rate;
+    for sc in scenarios {
+        let series: Vec<(String, Vec<u64>)> = bench
+            .rows
+            .iter()
+            .filter(|r| r.scenario == sc)
+            .map(|r| (r.tool.clone(), r.series.clone()))
+            .collect();
+        let file: String = sc
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        draw_chart(
+            &root.join(format!("goodput-{file}.png")),
+            &format!("{sc}, {}", bench.args.profile),
+            &series,
+            rate,
+        )?;
+    }
     fs::write(
         root.join("results.json"),
         serde_json::to_string_pretty(&bench.rows)?,
