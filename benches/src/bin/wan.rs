@@ -415,7 +415,7 @@ fn publish_corpus(store: &Store, corpus: &Corpus, files: &[(String, u64, u64)]) 
         for (p, _, _) in chunk {
             let b = store.put_blob(fs::File::open(corpus.dir.join(p))?)?;
             batch.push(NewPackage {
-                name: p.replace(['/', '.'], "-"),
+                name: package_name(p),
                 version: "1".into(),
                 files: vec![NewFile {
                     name: p.rsplit('/').next().unwrap_or(p).to_string(),
@@ -429,6 +429,11 @@ fn publish_corpus(store: &Store, corpus: &Corpus, files: &[(String, u64, u64)]) 
         store.publish_many("corpus", batch)?;
     }
     Ok(())
+}
+
+/// The package a corpus file is published as.
+fn package_name(path: &str) -> String {
+    path.replace(['/', '.'], "-")
 }
 
 impl CairnHub {
@@ -587,6 +592,14 @@ impl RsyncHub {
 // ---------------------------------------------------------------------------------------------
 // Results
 
+/// One tool's client command, and the hub processes it talks to (for their CPU time).
+struct Client {
+    tool: String,
+    program: PathBuf,
+    args: Vec<String>,
+    servers: Vec<u32>,
+}
+
 #[derive(Debug, Clone, Serialize, Default)]
 struct Row {
     scenario: String,
@@ -623,23 +636,21 @@ impl Bench {
         self.link.as_ref().ok_or_else(|| anyhow!("no link"))
     }
 
-    /// Runs one measured client command for `tool`; `check` says whether the replica matches.
-    #[allow(clippy::too_many_arguments)]
+    /// Runs `client` once, measured, and records the row.
     fn measure(
         &mut self,
         scenario: &str,
-        tool: &str,
+        client: &Client,
         payload: u64,
-        server_pids: &[u32],
-        program: &Path,
-        args: &[&str],
         check: &mut dyn FnMut(&str) -> Checked,
     ) -> Result<Row> {
+        let (tool, server_pids) = (client.tool.as_str(), &client.servers);
+        let args: Vec<&str> = client.args.iter().map(String::as_str).collect();
         let link = self.link()?;
         let before = link.bytes()?;
         let cpu_before: f64 = server_pids.iter().map(|p| cpu_seconds(*p)).sum();
         let t0 = link.now();
-        let (stdout, t) = timed('a', program, args, &self.root)?;
+        let (stdout, t) = timed('a', &client.program, &args, &self.root)?;
         let t1 = link.now();
         // Let the last per-second sample land.
         std::thread::sleep(Duration::from_millis(1100));
@@ -697,12 +708,12 @@ impl Bench {
     }
 }
 
-fn cairn_check(hub_root: String) -> impl FnMut(&str) -> Checked {
+fn cairn_check(hub_root: &str) -> impl FnMut(&str) -> Checked + '_ {
     move |stdout: &str| {
         let v: serde_json::Value = serde_json::from_str(stdout)
             .with_context(|| format!("cairn replicate printed: {stdout}"))?;
         let f = &v["feeds"][0];
-        let ok = f["converged"] == true && f["root"].as_str() == Some(hub_root.as_str());
+        let ok = f["converged"] == true && f["root"].as_str() == Some(hub_root);
         Ok((
             ok,
             v["rounds"].as_u64(),
@@ -810,93 +821,54 @@ fn run_scenario(bench: &mut Bench, sc: &str, kind: &str, corpus: &Corpus, cc: &s
                 hub.congestion = cc.to_string();
                 let spoke = cairn_spoke(&root, "cairn-spoke", &hub)?;
                 let spoke_key = cairn(&spoke, &["key", "show"])?;
-                let cairn_bin = sibling("cairn")?;
-                let rep: Vec<String> = vec![
-                    "--data-dir".into(),
-                    spoke.display().to_string(),
-                    "replicate".into(),
-                    "from-hub".into(),
-                    "--json".into(),
-                ];
-                let rep: Vec<&str> = rep.iter().map(String::as_str).collect();
-                let server = hub.serve(&spoke_key)?;
-                match kind {
-                    "cold" => {
-                        bench.measure(
-                            sc,
-                            "cairn",
-                            payload_all,
-                            &[server.pid()],
-                            &cairn_bin,
-                            &rep,
-                            &mut cairn_check(hub.root.clone()),
-                        )?;
-                    }
-                    "noop" => {
-                        bench.measure(
-                            &format!("{sc} (initial)"),
-                            "cairn",
-                            payload_all,
-                            &[server.pid()],
-                            &cairn_bin,
-                            &rep,
-                            &mut cairn_check(hub.root.clone()),
-                        )?;
-                        bench.measure(
-                            sc,
-                            "cairn",
-                            0,
-                            &[server.pid()],
-                            &cairn_bin,
-                            &rep,
-                            &mut cairn_check(hub.root.clone()),
-                        )?;
-                    }
-                    "incr" => {
-                        bench.measure(
-                            &format!("{sc} (initial)"),
-                            "cairn",
-                            payload_all,
-                            &[server.pid()],
-                            &cairn_bin,
-                            &rep,
-                            &mut cairn_check(hub.root.clone()),
-                        )?;
+                let mut server = hub.serve(&spoke_key)?;
+                let mut client = Client {
+                    tool: "cairn".into(),
+                    program: sibling("cairn")?,
+                    args: [
+                        "--data-dir",
+                        &spoke.display().to_string(),
+                        "replicate",
+                        "from-hub",
+                        "--json",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                    servers: vec![server.pid()],
+                };
+                if kind == "incr" {
+                    bench.measure(
+                        &format!("{sc} (initial)"),
+                        &client,
+                        payload_all,
+                        &mut cairn_check(&hub.root),
+                    )?;
+                    let mut current = corpus.files.clone();
+                    for (step, add) in incremental_steps(bench.args.quick) {
+                        // The hub's store is changed directly, with its server stopped.
                         drop(server);
-                        let mut current = corpus.files.clone();
-                        for (step, add) in incremental_steps(bench.args.quick) {
-                            let (added, removed) =
-                                change_corpus(corpus, &mut current, step, add, bench.args.seed)?;
-                            {
-                                let store = Store::open(&hub.dir, StoreOptions::default())?;
-                                publish_corpus(&store, corpus, &added)?;
-                                for (p, _, _) in &removed {
-                                    store.delete("corpus", &p.replace(['/', '.'], "-"), "1")?;
-                                }
+                        let (added, removed) =
+                            change_corpus(corpus, &mut current, step, add, bench.args.seed)?;
+                        {
+                            let store = Store::open(&hub.dir, StoreOptions::default())?;
+                            publish_corpus(&store, corpus, &added)?;
+                            for (p, _, _) in &removed {
+                                store.delete("corpus", &package_name(p), "1")?;
                             }
-                            hub.refresh_root()?;
-                            let server = hub.serve(&spoke_key)?;
-                            let payload: u64 = added.iter().map(|f| f.1).sum();
-                            let label = format!("{sc} +{add} -{}", removed.len());
-                            bench.measure(
-                                &label,
-                                "cairn",
-                                payload,
-                                &[server.pid()],
-                                &cairn_bin,
-                                &rep,
-                                &mut cairn_check(hub.root.clone()),
-                            )?;
-                            drop(server);
                         }
-                        // Put the corpus back for the other tools.
-                        restore_corpus(corpus)?;
+                        hub.refresh_root()?;
+                        server = hub.serve(&spoke_key)?;
+                        client.servers = vec![server.pid()];
+                        let payload: u64 = added.iter().map(|f| f.1).sum();
+                        let label = format!("{sc} +{add} -{}", removed.len());
+                        bench.measure(&label, &client, payload, &mut cairn_check(&hub.root))?;
                     }
-                    "resume" => {
-                        resume_cairn(bench, sc, &hub, &server, &cairn_bin, &rep, payload_all)?
-                    }
-                    _ => unreachable!(),
+                    // Put the corpus back for the other tools.
+                    restore_corpus(corpus)?;
+                } else {
+                    bench.common(sc, kind, &client, payload_all, &mut cairn_check(&hub.root))?;
                 }
+                drop(server);
             }
             "rsyncd" | "rsync-ssh" => {
                 let hub = RsyncHub::start(&root, corpus)?;
@@ -905,58 +877,32 @@ fn run_scenario(bench: &mut Bench, sc: &str, kind: &str, corpus: &Corpus, cc: &s
                     fs::remove_dir_all(&dest)?;
                 }
                 fs::create_dir_all(&dest)?;
-                let rsync = PathBuf::from("/usr/bin/rsync");
-                let a = rsync_args(tool, &hub.key, &corpus.dir, &dest);
-                let a: Vec<&str> = a.iter().map(String::as_str).collect();
-                let pids = hub.server_pids();
-                let dest2 = dest.clone();
+                let client = Client {
+                    tool: tool.clone(),
+                    program: PathBuf::from("/usr/bin/rsync"),
+                    args: rsync_args(tool, &hub.key, &corpus.dir, &dest),
+                    servers: hub.server_pids().to_vec(),
+                };
                 let mut check = |_: &str| -> Checked {
                     Ok((
-                        tree_digest(&dest2)? == tree_digest(&corpus.dir)?,
+                        tree_digest(&dest)? == tree_digest(&corpus.dir)?,
                         None,
                         String::new(),
                     ))
                 };
-                match kind {
-                    "cold" => {
-                        bench.measure(sc, tool, payload_all, &pids, &rsync, &a, &mut check)?;
+                if kind == "incr" {
+                    bench.measure(&format!("{sc} (initial)"), &client, payload_all, &mut check)?;
+                    let mut current = corpus.files.clone();
+                    for (step, add) in incremental_steps(bench.args.quick) {
+                        let (added, removed) =
+                            change_corpus(corpus, &mut current, step, add, bench.args.seed)?;
+                        let payload: u64 = added.iter().map(|f| f.1).sum();
+                        let label = format!("{sc} +{add} -{}", removed.len());
+                        bench.measure(&label, &client, payload, &mut check)?;
                     }
-                    "noop" => {
-                        bench.measure(
-                            &format!("{sc} (initial)"),
-                            tool,
-                            payload_all,
-                            &pids,
-                            &rsync,
-                            &a,
-                            &mut check,
-                        )?;
-                        bench.measure(sc, tool, 0, &pids, &rsync, &a, &mut check)?;
-                    }
-                    "incr" => {
-                        bench.measure(
-                            &format!("{sc} (initial)"),
-                            tool,
-                            payload_all,
-                            &pids,
-                            &rsync,
-                            &a,
-                            &mut check,
-                        )?;
-                        let mut current = corpus.files.clone();
-                        for (step, add) in incremental_steps(bench.args.quick) {
-                            let (added, removed) =
-                                change_corpus(corpus, &mut current, step, add, bench.args.seed)?;
-                            let payload: u64 = added.iter().map(|f| f.1).sum();
-                            let label = format!("{sc} +{add} -{}", removed.len());
-                            bench.measure(&label, tool, payload, &pids, &rsync, &a, &mut check)?;
-                        }
-                        restore_corpus(corpus)?;
-                    }
-                    "resume" => {
-                        resume_rsync(bench, sc, tool, &pids, &rsync, &a, payload_all, &mut check)?
-                    }
-                    _ => unreachable!(),
+                    restore_corpus(corpus)?;
+                } else {
+                    bench.common(sc, kind, &client, payload_all, &mut check)?;
                 }
             }
             other => bail!("unknown tool `{other}`"),
@@ -1019,101 +965,71 @@ fn restore_corpus(corpus: &Corpus) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn resume_cairn(
-    bench: &mut Bench,
-    sc: &str,
-    hub: &CairnHub,
-    server: &Proc,
-    cairn_bin: &Path,
-    rep: &[&str],
-    payload: u64,
-) -> Result<()> {
-    // Kill the spoke once half the corpus has crossed the link, then run again to the end.
-    let link = bench.link()?;
-    let before = link.bytes()?;
-    let mut c = ns_cmd('a', cairn_bin);
-    c.args(rep).stdout(Stdio::null()).stderr(Stdio::null());
-    let mut child = c.spawn()?;
-    let t0 = Instant::now();
-    loop {
-        if link.bytes()?.b_to_a - before.b_to_a >= payload / 2 {
-            let _ = Command::new("kill")
-                .args(["-KILL", &child.id().to_string()])
-                .status();
-            break;
+impl Bench {
+    /// The scenarios every tool runs the same way: cold, no-op (after an initial run), and
+    /// resume (a run killed once half the payload crossed the link, then a complete one).
+    fn common(
+        &mut self,
+        sc: &str,
+        kind: &str,
+        client: &Client,
+        payload: u64,
+        check: &mut dyn FnMut(&str) -> Checked,
+    ) -> Result<()> {
+        match kind {
+            "cold" => {
+                self.measure(sc, client, payload, check)?;
+            }
+            "noop" => {
+                self.measure(&format!("{sc} (initial)"), client, payload, check)?;
+                self.measure(sc, client, 0, check)?;
+            }
+            "resume" => {
+                let cut_at = self.cut_at_half(client, payload)?;
+                let row = self.measure(sc, client, payload, check)?;
+                let total = cut_at + row.bytes_hub_to_spoke;
+                if let Some(r) = self.rows.last_mut() {
+                    r.note = format!(
+                        "{}; cut after {cut_at} B; both runs moved {total} B hub->spoke for {payload} B of payload",
+                        r.note
+                    );
+                }
+            }
+            other => bail!("unknown scenario kind `{other}`"),
         }
-        if child.try_wait()?.is_some() || t0.elapsed() > Duration::from_secs(3600) {
-            bail!("the first run ended before it could be cut");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        Ok(())
     }
-    let _ = child.wait();
-    // What was already queued on the link still arrives (and is counted as the cut run's).
-    std::thread::sleep(Duration::from_secs(3));
-    let cut_at = bench.link()?.bytes()?.b_to_a - before.b_to_a;
-    let row = bench.measure(
-        sc,
-        "cairn",
-        payload,
-        &[server.pid()],
-        cairn_bin,
-        rep,
-        &mut cairn_check(hub.root.clone()),
-    )?;
-    let total = cut_at + row.bytes_hub_to_spoke;
-    if let Some(r) = bench.rows.last_mut() {
-        r.note = format!(
-            "{}; cut after {cut_at} B; both runs moved {total} B hub->spoke for {payload} B of payload",
-            r.note
-        );
-    }
-    Ok(())
-}
 
-#[allow(clippy::too_many_arguments)]
-fn resume_rsync(
-    bench: &mut Bench,
-    sc: &str,
-    tool: &str,
-    pids: &[u32],
-    rsync: &Path,
-    a: &[&str],
-    payload: u64,
-    check: &mut dyn FnMut(&str) -> Checked,
-) -> Result<()> {
-    let link = bench.link()?;
-    let before = link.bytes()?;
-    let mut c = ns_cmd('a', rsync);
-    c.args(a).stdout(Stdio::null()).stderr(Stdio::null());
-    let mut child = c.spawn()?;
-    let t0 = Instant::now();
-    loop {
-        if link.bytes()?.b_to_a - before.b_to_a >= payload / 2 {
-            let _ = Command::new("pkill")
-                .args(["-KILL", "-f", "rsync -a --delete"])
-                .status();
-            let _ = child.kill();
-            break;
+    /// Starts `client` and kills its whole process group (`kill -9`) once half of `payload`
+    /// has crossed the link; returns the bytes that crossed, counted after the link drained.
+    fn cut_at_half(&self, client: &Client, payload: u64) -> Result<u64> {
+        use std::os::unix::process::CommandExt;
+        let link = self.link()?;
+        let before = link.bytes()?;
+        let mut c = ns_cmd('a', &client.program);
+        c.args(&client.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        let mut child = c.spawn()?;
+        let t0 = Instant::now();
+        loop {
+            if link.bytes()?.b_to_a - before.b_to_a >= payload / 2 {
+                let _ = Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{}", child.id())])
+                    .status();
+                break;
+            }
+            if child.try_wait()?.is_some() || t0.elapsed() > Duration::from_secs(3600) {
+                bail!("the first run ended before it could be cut");
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        if child.try_wait()?.is_some() || t0.elapsed() > Duration::from_secs(3600) {
-            bail!("the first run ended before it could be cut");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        let _ = child.wait();
+        // What was already queued on the link still arrives (and is counted as the cut run's).
+        std::thread::sleep(Duration::from_secs(3));
+        Ok(link.bytes()?.b_to_a - before.b_to_a)
     }
-    let _ = child.wait();
-    // What was already queued on the link still arrives (and is counted as the cut run's).
-    std::thread::sleep(Duration::from_secs(3));
-    let cut_at = bench.link()?.bytes()?.b_to_a - before.b_to_a;
-    let row = bench.measure(sc, tool, payload, pids, rsync, a, check)?;
-    let total = cut_at + row.bytes_hub_to_spoke;
-    if let Some(r) = bench.rows.last_mut() {
-        r.note = format!(
-            "{}; cut after {cut_at} B; both runs moved {total} B hub->spoke for {payload} B of payload",
-            r.note
-        );
-    }
-    Ok(())
 }
 
 /// Draws goodput over time (hub -> spoke, per second, as the link counted it) of every tool in
