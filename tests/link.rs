@@ -86,11 +86,16 @@ fn namespaces() -> String {
 
 #[test]
 fn the_link_carries_tcp_with_its_delay_partitions_and_cleans_up() {
+    let uid = Command::new("id").arg("-u").output().unwrap();
     assert!(
         std::path::Path::new("/dev/net/tun").exists()
-            && link(&["stats", "--name", "none"]).status.code() == Some(2),
+            && String::from_utf8_lossy(&uid.stdout).trim() == "0",
         "the link emulator needs root and /dev/net/tun"
     );
+    // Without a running link, the control commands say so.
+    let none = link(&["stats", "--name", "ctest-none"]);
+    assert_eq!(none.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no link `ctest-none` is running"));
     let name = "ctest";
     let up = Up::start(name);
     assert!(namespaces().contains("ctest-a") && namespaces().contains("ctest-b"));

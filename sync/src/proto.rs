@@ -217,6 +217,13 @@ struct PendingPiece {
     end: u64,
 }
 
+impl FeedJob {
+    /// Every DOCS frame of this round has arrived.
+    fn docs_complete(&self) -> bool {
+        self.docs_total == Some(self.docs_seen)
+    }
+}
+
 struct Batch {
     docs: Vec<Vec<u8>>,
     waiting: HashSet<Hash>,
@@ -247,10 +254,9 @@ struct FeedJob {
     sent_all: bool,
     /// Whether documents are coming to this side (unknown until the exchange shows it).
     expect_docs: Option<bool>,
-    /// The peer's last DOCS (or DIFF) frame has arrived.
-    docs_complete: bool,
     /// DOCS frames received this round, and how many there are in all once the one marked
-    /// `last` has arrived (they may arrive in any order, each on its own stream).
+    /// `last` (or a DIFF marked `last`) has arrived; they may arrive in any order, each on
+    /// its own stream.
     docs_seen: u64,
     docs_total: Option<u64>,
     /// Sequence number of the next DOCS frame this side sends for the feed.
@@ -419,19 +425,7 @@ impl Session {
     /// Starts the initiator side: HELLO is queued at once.
     pub fn initiator(store: &Store, config: InitiatorConfig) -> Result<Session, SessionError> {
         let mut feeds = Vec::new();
-        let mut s = Session {
-            role: Role::Initiator,
-            mode: config.mode,
-            token: config.token.clone(),
-            outbox: VecDeque::new(),
-            pieces: VecDeque::new(),
-            doc_queue: VecDeque::new(),
-            jobs: BTreeMap::new(),
-            order: Vec::new(),
-            error: None,
-            hello_done: false,
-            stats: SessionStats::default(),
-        };
+        let mut s = Session::new(Role::Initiator, config.mode, config.token.clone());
         for name in &config.feeds {
             let sum = store.feed_summary(name).map_err(store_err)?;
             let since = if config.mode == Mode::Pull {
@@ -494,10 +488,14 @@ impl Session {
 
     /// Starts the responder side; it waits for HELLO.
     pub fn responder() -> Session {
+        Session::new(Role::Responder, Mode::Pull, String::new())
+    }
+
+    fn new(role: Role, mode: Mode, token: String) -> Session {
         Session {
-            role: Role::Responder,
-            mode: Mode::Pull,
-            token: String::new(),
+            role,
+            mode,
+            token,
             outbox: VecDeque::new(),
             pieces: VecDeque::new(),
             doc_queue: VecDeque::new(),
@@ -514,8 +512,9 @@ impl Session {
         &self.stats
     }
 
-    /// The next frame to send, if any. Control frames go first; blob pieces are read from
-    /// `store` only when asked for, so the caller's pace bounds the memory they take.
+    /// The next frame to send, if any. Control frames go first, then queued documents, then
+    /// blob pieces; both are read from `store` only when asked for, so the caller's pace
+    /// bounds the memory they take.
     pub fn poll_transmit(&mut self, store: &Store) -> Option<Frame> {
         if let Some(f) = self.outbox.pop_front() {
             return Some(f);
@@ -568,11 +567,6 @@ impl Session {
             groups: vec![(p.start, p.end)],
             data,
         })
-    }
-
-    /// Whether blob pieces are still waiting to be sent.
-    pub fn has_pending_pieces(&self) -> bool {
-        !self.pieces.is_empty()
     }
 
     /// The fatal error, if the session failed.
@@ -811,24 +805,20 @@ impl Session {
                 let mut wants = unpack_u64s(&want)?;
                 let absent: HashSet<u64> = unpack_u64s(&absent)?.into_iter().collect();
                 if self.mode == Mode::Mirror && !absent.is_empty() {
-                    let peer_collected = self.job(&feed)?.peer_collected;
                     let absent_keys: Vec<u64> = wants
                         .iter()
                         .copied()
                         .filter(|k| absent.contains(k))
                         .collect();
                     let keys = keys_by_key8(store, &feed, &absent_keys)?;
-                    let stale = stale_for_peer(store, &feed, &keys, peer_collected)?;
-                    if !stale.is_empty() {
-                        if !self.remove_keys(store, &feed, &stale)? {
-                            return Ok(());
-                        }
-                        let gone: HashSet<u64> = stale
-                            .iter()
-                            .map(|k| key8(&cairn_store::merkle::key_hash(k)))
-                            .collect();
-                        wants.retain(|k| !gone.contains(k));
-                    }
+                    let Some(gone) = self.drop_stale(store, &feed, &keys)? else {
+                        return Ok(());
+                    };
+                    let gone: HashSet<u64> = gone
+                        .iter()
+                        .map(|k| key8(&cairn_store::merkle::key_hash(k)))
+                        .collect();
+                    wants.retain(|k| !gone.contains(k));
                 }
                 let mode = self.mode;
                 if self.job(&feed)?.failed {
@@ -851,7 +841,6 @@ impl Session {
                 if last {
                     job.docs_total = Some(0);
                 }
-                job.docs_complete = job.docs_total == Some(job.docs_seen);
                 if !docs.is_empty() {
                     self.receive_docs(
                         store,
@@ -882,7 +871,6 @@ impl Session {
                         "more DOCS frames for `{feed}` than the last one announced"
                     )));
                 }
-                job.docs_complete = job.docs_total == Some(job.docs_seen);
                 self.receive_docs(
                     store,
                     &feed,
@@ -1112,7 +1100,7 @@ impl Session {
                     job.report.peer_root = Some((root, count));
                     job.sent_all = true;
                     job.expect_docs = Some(true);
-                    job.docs_complete = true;
+                    job.docs_total = Some(0);
                 }
                 let removed: Vec<String> = changes
                     .iter()
@@ -1224,13 +1212,10 @@ impl Session {
                     .filter(|i| !their_keys.contains(&i.key))
                     .flat_map(|i| job.local_keys.get(&i.key).cloned().unwrap_or_default())
                     .collect();
-                let stale = stale_for_peer(store, feed, &only_here, job.peer_collected)?;
-                if !stale.is_empty() {
-                    if !self.remove_keys(store, feed, &stale)? {
-                        return Ok(());
-                    }
-                    keys.retain(|k| !stale.contains(k));
-                }
+                let Some(gone) = self.drop_stale(store, feed, &only_here)? else {
+                    return Ok(());
+                };
+                keys.retain(|k| !gone.contains(k));
             }
             send_keys = keys;
         }
@@ -1267,16 +1252,27 @@ impl Session {
             blobs: first_blobs,
             last: queue.is_empty(),
         });
-        if !queue.is_empty() {
-            self.doc_queue.push_back(DocQueue {
-                feed: feed.to_owned(),
-                keys: queue,
-            });
-        }
+        self.queue_docs(feed, queue);
         let job = self.job(feed)?;
         job.sent_all = true;
         job.expect_docs = Some(mode != Mode::Pull && !want.is_empty());
         self.maybe_done(store, feed)
+    }
+
+    /// Mirror: removes those of `keys` (entries the peer holds nothing for) that the peer may
+    /// have deleted and forgotten (wire-spec 9); the removed keys, or `None` when the guard
+    /// rail stopped the feed.
+    fn drop_stale(
+        &mut self,
+        store: &Store,
+        feed: &str,
+        keys: &[String],
+    ) -> Result<Option<Vec<String>>, SessionError> {
+        let stale = stale_for_peer(store, feed, keys, self.job(feed)?.peer_collected)?;
+        if !stale.is_empty() && !self.remove_keys(store, feed, &stale)? {
+            return Ok(None);
+        }
+        Ok(Some(stale))
     }
 
     /// Removes keys after the guard rail allows it; false when the guard rail stopped the feed.
@@ -1355,13 +1351,18 @@ impl Session {
             last: queue.is_empty(),
             seq,
         });
-        if !queue.is_empty() {
+        self.queue_docs(feed, queue);
+        Ok(())
+    }
+
+    /// Keys whose documents follow in DOCS frames as the transport takes them.
+    fn queue_docs(&mut self, feed: &str, keys: VecDeque<String>) {
+        if !keys.is_empty() {
             self.doc_queue.push_back(DocQueue {
                 feed: feed.to_owned(),
-                keys: queue,
+                keys,
             });
         }
-        Ok(())
     }
 
     fn next_docs_seq(&mut self, feed: &str) -> Result<u64, SessionError> {
@@ -1603,7 +1604,7 @@ impl Session {
         let final_here = match job.expect_docs {
             None => false,
             Some(false) => true,
-            Some(true) => job.docs_complete && !receiving,
+            Some(true) => job.docs_complete() && !receiving,
         };
         if !final_here {
             return Ok(());
@@ -1620,7 +1621,6 @@ impl Session {
             job.report.path = Path::Sketch;
             job.sent_all = false;
             job.expect_docs = None;
-            job.docs_complete = false;
             job.docs_seen = 0;
             job.docs_total = None;
             self.outbox.push_back(Frame::SummaryRequest {

@@ -370,7 +370,30 @@ pub struct Progress {
     pub blob_bytes_done: AtomicU64,
 }
 
+/// One reading of a [`Progress`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgressSnapshot {
+    /// Blob payload bytes moved so far, both directions.
+    pub blob_bytes_done: u64,
+    /// Blob payload bytes to move, both directions.
+    pub blob_bytes_due: u64,
+    /// Bytes written to the connection.
+    pub bytes_sent: u64,
+    /// Bytes read from it.
+    pub bytes_received: u64,
+}
+
 impl Progress {
+    /// The counters now.
+    pub fn snapshot(&self) -> ProgressSnapshot {
+        ProgressSnapshot {
+            blob_bytes_done: self.blob_bytes_done.load(Ordering::Relaxed),
+            blob_bytes_due: self.blob_bytes_due.load(Ordering::Relaxed),
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: self.bytes_received.load(Ordering::Relaxed),
+        }
+    }
+
     fn update(&self, stats: &RunStats, session: &Session) {
         let s = session.stats();
         self.bytes_sent.store(stats.bytes_sent, Ordering::Relaxed);

@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use cairn_store::admin::ReplicationRecord;
 use cairn_store::{Store, StoreOptions};
 use cairn_sync::proto::{Authorizer, FeedReport, GuardRail, InitiatorConfig};
-use cairn_sync::transport::{self, Congestion, Progress};
+use cairn_sync::transport::{self, Congestion, Progress, ProgressSnapshot};
 use cairn_sync::wire::{code, Mode};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -505,10 +505,8 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
                                     tokio::select! {
                                         s = &mut run => break s,
                                         _ = tick.tick() => {
-                                            let line = format!("progress {}\n", progress_words(&progress));
-                                            if write.write_all(line.as_bytes()).await.is_err() {
-                                                // The client went away; the run still finishes and is logged.
-                                            }
+                                            // If the client went away, the run still finishes and is logged.
+                                            let _ = write.write_all(progress_line(&progress.snapshot()).as_bytes()).await;
                                         }
                                     }
                                 };
@@ -543,16 +541,30 @@ async fn shutdown_signal() {
     }
 }
 
-/// The four progress counters as the control socket sends them.
-fn progress_words(p: &Progress) -> String {
-    use std::sync::atomic::Ordering::Relaxed;
+/// The progress line the control socket sends: `progress DONE DUE SENT RECEIVED`.
+fn progress_line(p: &ProgressSnapshot) -> String {
     format!(
-        "{} {} {} {}",
-        p.blob_bytes_done.load(Relaxed),
-        p.blob_bytes_due.load(Relaxed),
-        p.bytes_sent.load(Relaxed),
-        p.bytes_received.load(Relaxed)
+        "progress {} {} {} {}\n",
+        p.blob_bytes_done, p.blob_bytes_due, p.bytes_sent, p.bytes_received
     )
+}
+
+/// The other end of [`progress_line`].
+fn parse_progress_line(line: &str) -> Option<ProgressSnapshot> {
+    let n: Vec<u64> = line
+        .strip_prefix("progress ")?
+        .split_whitespace()
+        .map(|w| w.parse().ok())
+        .collect::<Option<_>>()?;
+    match n[..] {
+        [blob_bytes_done, blob_bytes_due, bytes_sent, bytes_received] => Some(ProgressSnapshot {
+            blob_bytes_done,
+            blob_bytes_due,
+            bytes_sent,
+            bytes_received,
+        }),
+        _ => None,
+    }
 }
 
 /// A progress bar on stderr (drawn only when stderr is a terminal): blob bytes moved against
@@ -576,24 +588,14 @@ impl Bar {
         Bar(bar)
     }
 
-    fn set(&self, done: u64, due: u64, sent: u64, received: u64) {
-        self.0.set_length(due.max(done));
-        self.0.set_position(done);
+    fn set(&self, p: &ProgressSnapshot) {
+        self.0.set_length(p.blob_bytes_due.max(p.blob_bytes_done));
+        self.0.set_position(p.blob_bytes_done);
         self.0.set_message(format!(
             "(sent {}, received {})",
-            indicatif::HumanBytes(sent),
-            indicatif::HumanBytes(received)
+            indicatif::HumanBytes(p.bytes_sent),
+            indicatif::HumanBytes(p.bytes_received)
         ));
-    }
-
-    fn set_from(&self, p: &Progress) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.set(
-            p.blob_bytes_done.load(Relaxed),
-            p.blob_bytes_due.load(Relaxed),
-            p.bytes_sent.load(Relaxed),
-            p.bytes_received.load(Relaxed),
-        );
     }
 }
 
@@ -631,13 +633,9 @@ pub fn replicate(
             if reader.read_line(&mut reply)? == 0 {
                 bail!("the server closed the control socket without an answer");
             }
-            if let Some(words) = reply.strip_prefix("progress ") {
-                let n: Vec<u64> = words
-                    .split_whitespace()
-                    .filter_map(|w| w.parse().ok())
-                    .collect();
-                if let [done, due, sent, received] = n[..] {
-                    bar.set(done, due, sent, received);
+            if reply.starts_with("progress ") {
+                if let Some(p) = parse_progress_line(&reply) {
+                    bar.set(&p);
                 }
                 continue;
             }
@@ -666,7 +664,7 @@ pub fn replicate(
         loop {
             tokio::select! {
                 s = &mut run => break s,
-                _ = tick.tick() => bar.set_from(&progress),
+                _ = tick.tick() => bar.set(&progress.snapshot()),
             }
         }
     }))
@@ -687,4 +685,23 @@ pub fn describe(r: &ReplicationConfig) -> String {
         r.feeds.join(","),
         r.interval_secs
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines_round_trip_and_garbage_is_ignored() {
+        let p = ProgressSnapshot {
+            blob_bytes_done: 1,
+            blob_bytes_due: 2,
+            bytes_sent: 3,
+            bytes_received: u64::MAX,
+        };
+        assert_eq!(parse_progress_line(progress_line(&p).trim_end()), Some(p));
+        assert_eq!(parse_progress_line("progress 1 2 3"), None);
+        assert_eq!(parse_progress_line("progress 1 2 x 4"), None);
+        assert_eq!(parse_progress_line("{\"replication\":\"x\"}"), None);
+    }
 }
