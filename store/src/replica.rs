@@ -5,11 +5,14 @@
 //! Invariant: a received document is stored only after every check a local one would pass:
 //! envelope and signature, trust for the feed, consistency of its payload with the feed and
 //! key, and presence of every blob it names.
-//! Invariant: a received blob piece is written only after `bao-tree` has verified it against
-//! the blob's hash; the `.have` log lists only pieces that are on disk and synced.
+//! Invariant: a chunk group of a received blob is written only after `bao-tree` has verified it
+//! against the blob's hash, and its `.have` record is appended only after its bytes were
+//! written, so a killed process leaves a log that names only groups on disk. The files are
+//! synced at the end of every piece; an assembled blob is checked end to end before it is
+//! installed, and one that fails (a machine crash between a record and its data) starts over.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use bao_tree::io::outboard::PostOrderOutboard;
@@ -475,6 +478,162 @@ pub struct IncomingBlob {
     small: Option<Vec<u8>>,
 }
 
+/// Writes the verified chunk groups of a blob's incoming pieces into its partial files as they
+/// are decoded from a stream, so a transfer cut at any point keeps every whole group that
+/// arrived. Made by [`IncomingBlob::writer`].
+#[derive(Clone, Debug)]
+pub struct PieceWriter {
+    hash: Hash,
+    size: u64,
+    data_path: PathBuf,
+    outboard_path: PathBuf,
+    have_path: PathBuf,
+}
+
+/// What one [`PieceWriter::write_from`] did.
+#[derive(Debug)]
+pub struct PieceWritten {
+    /// Chunk-group ranges written and logged.
+    pub groups: Vec<(u64, u64)>,
+    /// The bytes of a blob small enough to be kept inline, once they verified.
+    pub small: Option<Vec<u8>>,
+    /// Verified payload bytes written.
+    pub bytes: u64,
+    /// How the piece ended: `Ok` only if every group asked for arrived and verified.
+    pub result: Result<()>,
+}
+
+impl PieceWriter {
+    /// The blob.
+    pub fn hash(&self) -> Hash {
+        self.hash
+    }
+
+    /// Reads the `bao-tree` encoding of `groups` from `encoded` (blocking) and writes each chunk
+    /// group once it has verified against the blob's hash, appending it to the `.have` log right
+    /// after its bytes; the files are synced when the piece ends, however it ends.
+    pub fn write_from(&self, groups: &[(u64, u64)], encoded: impl io::Read) -> PieceWritten {
+        let mut written = PieceWritten {
+            groups: Vec::new(),
+            small: None,
+            bytes: 0,
+            result: Ok(()),
+        };
+        written.result = self.write_groups(groups, encoded, &mut written);
+        written
+    }
+
+    fn corrupt(&self, offset: u64, why: String) -> StoreError {
+        StoreError::CorruptBlob(blob::CorruptBlob {
+            hash: self.hash,
+            offset,
+            location: format!("received piece ({why})"),
+        })
+    }
+
+    fn write_groups(
+        &self,
+        groups: &[(u64, u64)],
+        mut encoded: impl io::Read,
+        written: &mut PieceWritten,
+    ) -> Result<()> {
+        if self.size <= INLINE_MAX {
+            let mut bytes = Vec::with_capacity(self.size as usize);
+            (&mut encoded)
+                .take(INLINE_MAX + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|e| self.corrupt(0, e.to_string()))?;
+            if bytes.len() as u64 != self.size || Hash::of(&bytes) != self.hash {
+                return Err(self.corrupt(0, "bytes do not match the hash".into()));
+            }
+            written.bytes = self.size;
+            written.groups.push((0, 1));
+            written.small = Some(bytes);
+            return Ok(());
+        }
+        let tree = BaoTree::new(self.size, BLOCK_SIZE);
+        let ranges = group_ranges(groups);
+        let open = |p: &Path, read: bool| {
+            OpenOptions::new()
+                .read(read)
+                .write(true)
+                .open(p)
+                .map_err(StoreError::io("opening", p))
+        };
+        let data = open(&self.data_path, false)?;
+        let ob_file = open(&self.outboard_path, true)?;
+        let mut have = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.have_path)
+            .map_err(StoreError::io("opening", &self.have_path))?;
+        let mut ob = FileOutboard {
+            root: self.hash.into(),
+            tree,
+            file: &ob_file,
+        };
+        let mut outcome = Ok(());
+        for item in DecodeResponseIter::new(self.hash.into(), tree, encoded, &ranges) {
+            match item {
+                Ok(BaoContentItem::Parent(p)) => {
+                    if let Err(e) = ob.save(p.node, &p.pair) {
+                        outcome = Err(StoreError::io("writing", &self.outboard_path)(e));
+                        break;
+                    }
+                }
+                Ok(BaoContentItem::Leaf(l)) => {
+                    // Leaves are whole chunk groups (the last one may be short).
+                    let g = l.offset / CHUNK_GROUP_BYTES as u64;
+                    let mut rec = [0u8; 16];
+                    rec[..8].copy_from_slice(&g.to_be_bytes());
+                    rec[8..].copy_from_slice(&(g + 1).to_be_bytes());
+                    let step = std::os::unix::fs::FileExt::write_all_at(&data, &l.data, l.offset)
+                        .map_err(StoreError::io("writing", &self.data_path))
+                        .and_then(|()| {
+                            have.write_all(&rec)
+                                .map_err(StoreError::io("writing", &self.have_path))
+                        });
+                    if let Err(e) = step {
+                        outcome = Err(e);
+                        break;
+                    }
+                    written.bytes += l.data.len() as u64;
+                    match written.groups.last_mut() {
+                        Some(last) if last.1 == g => last.1 = g + 1,
+                        _ => written.groups.push((g, g + 1)),
+                    }
+                }
+                Err(e) => {
+                    let at = written.groups.last().map_or(0, |r| r.1) * CHUNK_GROUP_BYTES as u64;
+                    outcome = Err(self.corrupt(at, e.to_string()));
+                    break;
+                }
+            }
+        }
+        // Data and outboard first, then the log that names them.
+        data.sync_data()
+            .map_err(StoreError::io("syncing", &self.data_path))?;
+        ob_file
+            .sync_data()
+            .map_err(StoreError::io("syncing", &self.outboard_path))?;
+        have.sync_data()
+            .map_err(StoreError::io("syncing", &self.have_path))?;
+        outcome?;
+        let asked: u64 = groups
+            .iter()
+            .map(|&(a, b)| b.min(group_count(self.size)).saturating_sub(a))
+            .sum();
+        let got: u64 = written.groups.iter().map(|&(a, b)| b - a).sum();
+        if got < asked {
+            return Err(self.corrupt(
+                got * CHUNK_GROUP_BYTES as u64,
+                format!("the piece ended after {got} of {asked} chunk groups"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 enum Finished {
     Inline(Vec<u8>),
     Staged(StagedBlob),
@@ -613,88 +772,36 @@ impl IncomingBlob {
     }
 
     /// Verifies and writes one piece, the encoding of chunk groups `groups` (as produced by
-    /// [`Store::encode_blob`]). Nothing of a piece that fails verification is kept.
+    /// [`Store::encode_blob`]). Each chunk group is written as soon as it has verified; nothing
+    /// of a group that fails is kept, and the groups before it are.
     pub fn write_piece(&mut self, groups: &[(u64, u64)], encoded: &[u8]) -> Result<()> {
-        let corrupt = |offset: u64, why: String| {
-            StoreError::CorruptBlob(blob::CorruptBlob {
-                hash: self.hash,
-                offset,
-                location: format!("received piece ({why})"),
-            })
-        };
-        if self.size <= INLINE_MAX {
-            if encoded.len() as u64 != self.size || Hash::of(encoded) != self.hash {
-                return Err(corrupt(0, "bytes do not match the hash".into()));
-            }
-            self.small = Some(encoded.to_vec());
-            return Ok(());
+        let written = self.writer().write_from(groups, encoded);
+        self.record(&written);
+        written.result
+    }
+
+    /// A writer for pieces of this blob that can run on another thread while this value keeps
+    /// the record of what is present; give what it returns to [`IncomingBlob::record`].
+    pub fn writer(&self) -> PieceWriter {
+        PieceWriter {
+            hash: self.hash,
+            size: self.size,
+            data_path: self.data_path.clone(),
+            outboard_path: self.outboard_path.clone(),
+            have_path: self.have_path.clone(),
         }
-        let tree = BaoTree::new(self.size, BLOCK_SIZE);
-        let ranges = group_ranges(groups);
-        // Decode into memory first: only a piece that verifies completely touches the files.
-        let mut leaves = Vec::new();
-        let mut parents = Vec::new();
-        for item in DecodeResponseIter::new(self.hash.into(), tree, encoded, &ranges) {
-            match item {
-                Ok(BaoContentItem::Parent(p)) => parents.push(p),
-                Ok(BaoContentItem::Leaf(l)) => leaves.push(l),
-                Err(e) => {
-                    return Err(corrupt(
-                        leaves.last().map_or(0, |l| l.offset),
-                        e.to_string(),
-                    ))
-                }
-            }
+    }
+
+    /// Takes note of what a [`PieceWriter`] wrote.
+    pub fn record(&mut self, written: &PieceWritten) {
+        if let Some(bytes) = &written.small {
+            self.small = Some(bytes.clone());
         }
-        let data = OpenOptions::new()
-            .write(true)
-            .open(&self.data_path)
-            .map_err(StoreError::io("opening", &self.data_path))?;
-        let ob_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&self.outboard_path)
-            .map_err(StoreError::io("opening", &self.outboard_path))?;
-        let mut ob = FileOutboard {
-            root: self.hash.into(),
-            tree,
-            file: &ob_file,
-        };
-        for p in &parents {
-            ob.save(p.node, &p.pair)
-                .map_err(StoreError::io("writing", &self.outboard_path))?;
-        }
-        for l in &leaves {
-            std::os::unix::fs::FileExt::write_all_at(&data, &l.data, l.offset)
-                .map_err(StoreError::io("writing", &self.data_path))?;
-        }
-        data.sync_data()
-            .map_err(StoreError::io("syncing", &self.data_path))?;
-        ob_file
-            .sync_data()
-            .map_err(StoreError::io("syncing", &self.outboard_path))?;
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.have_path)
-            .map_err(StoreError::io("opening", &self.have_path))?;
-        for &(a, b) in groups {
-            let b = b.min(self.have.len() as u64);
-            if a >= b {
-                continue;
-            }
-            let mut rec = [0u8; 16];
-            rec[..8].copy_from_slice(&a.to_be_bytes());
-            rec[8..].copy_from_slice(&b.to_be_bytes());
-            log.write_all(&rec)
-                .map_err(StoreError::io("writing", &self.have_path))?;
-            for g in a..b {
+        for &(a, b) in &written.groups {
+            for g in a..b.min(self.have.len() as u64) {
                 self.have[g as usize] = true;
             }
         }
-        log.sync_data()
-            .map_err(StoreError::io("syncing", &self.have_path))?;
-        Ok(())
     }
 
     /// True when every chunk group is present.
@@ -724,14 +831,23 @@ impl IncomingBlob {
             Box::new(ob),
             self.data_path.display().to_string(),
         );
-        io::copy(&mut reader, &mut io::sink()).map_err(|e| match blob::as_corrupt(&e) {
-            Some(c) => StoreError::CorruptBlob(c.clone()),
-            None => StoreError::Io {
-                action: "verifying",
-                path: self.data_path.clone(),
-                source: e,
-            },
-        })?;
+        if let Err(e) = io::copy(&mut reader, &mut io::sink()) {
+            return Err(match blob::as_corrupt(&e) {
+                Some(c) => {
+                    // Only a crash of the machine between a log record and its data reaching
+                    // the disk can get here; start this blob over rather than fail for ever.
+                    for p in [&self.data_path, &self.outboard_path, &self.have_path] {
+                        let _ = fs::remove_file(p);
+                    }
+                    StoreError::CorruptBlob(c.clone())
+                }
+                None => StoreError::Io {
+                    action: "verifying",
+                    path: self.data_path.clone(),
+                    source: e,
+                },
+            });
+        }
         let _ = fs::remove_file(&self.have_path);
         Ok(Finished::Staged(StagedBlob::from_parts(
             self.hash,

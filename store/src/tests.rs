@@ -610,7 +610,8 @@ mod replication {
             a.encode_blob(&stored.hash, &[(0, groups / 2)], &mut piece)
                 .unwrap();
             incoming.write_piece(&[(0, groups / 2)], &piece).unwrap();
-            // A tampered piece is refused and changes nothing.
+            // A tampered piece is refused at the group that fails; the groups before it
+            // verified and are kept, nothing of the bad one is.
             let mut bad = Vec::new();
             a.encode_blob(&stored.hash, &[(groups / 2, groups / 2 + 3)], &mut bad)
                 .unwrap();
@@ -623,10 +624,10 @@ mod replication {
             // Dropped here: the process "dies" half way.
         }
         let mut incoming = b.receive_blob(stored.hash, stored.size).unwrap();
-        assert_eq!(incoming.missing(), vec![(groups / 2, groups)]);
+        assert_eq!(incoming.missing(), vec![(groups / 2 + 2, groups)]);
         assert_eq!(
             incoming.bytes_present(),
-            groups / 2 * CHUNK_GROUP_BYTES as u64
+            (groups / 2 + 2) * CHUNK_GROUP_BYTES as u64
         );
         let mut rest = Vec::new();
         a.encode_blob(&stored.hash, &incoming.missing(), &mut rest)
@@ -637,6 +638,42 @@ mod replication {
         let got = b.finish_blob(incoming).unwrap();
         assert_eq!(got.hash, stored.hash);
         assert_eq!(read(&b, &stored.hash).unwrap(), data);
+    }
+
+    #[test]
+    fn a_cut_piece_keeps_every_whole_group_that_arrived() {
+        let (_da, a, _db, b) = pair();
+        let mut data = vec![0u8; 2_000_000];
+        blake3::Hasher::new()
+            .update(b"cut piece")
+            .finalize_xof()
+            .fill(&mut data);
+        let stored = a.put_blob(&data[..]).unwrap();
+        let groups = group_count(stored.size);
+        let mut piece = Vec::new();
+        a.encode_blob(&stored.hash, &[(0, groups)], &mut piece)
+            .unwrap();
+        // The stream breaks half way through the fifth group (parents included before it).
+        let group = CHUNK_GROUP_BYTES as u64;
+        let fifth = &data[4 * group as usize..4 * group as usize + 64];
+        let at = piece.windows(64).position(|w| w == fifth).unwrap();
+        let cut = at + group as usize / 2;
+        {
+            let incoming = b.receive_blob(stored.hash, stored.size).unwrap();
+            let written = incoming.writer().write_from(&[(0, groups)], &piece[..cut]);
+            assert_eq!(written.groups, vec![(0, 4)]);
+            assert_eq!(written.bytes, 4 * group);
+            assert!(matches!(written.result, Err(StoreError::CorruptBlob(_))));
+        }
+        // A new attempt (as after a restart) asks only for what is missing.
+        let mut incoming = b.receive_blob(stored.hash, stored.size).unwrap();
+        assert_eq!(incoming.missing(), vec![(4, groups)]);
+        let mut rest = Vec::new();
+        a.encode_blob(&stored.hash, &[(4, groups)], &mut rest)
+            .unwrap();
+        incoming.write_piece(&[(4, groups)], &rest).unwrap();
+        let got = b.finish_blob(incoming).unwrap();
+        assert_eq!(read(&b, &got.hash).unwrap(), data);
     }
 
     #[test]

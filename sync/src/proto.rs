@@ -21,7 +21,9 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use cairn_store::doc::Manifest;
 use cairn_store::merkle;
-use cairn_store::replica::{group_count, Applied, ApplyRule, IncomingBlob};
+use cairn_store::replica::{
+    group_count, Applied, ApplyRule, IncomingBlob, PieceWriter, PieceWritten,
+};
 use cairn_store::{ChangesSince, Cursor, EntryKind, Hash, SignedDocument, Store, StoreError};
 use serde_bytes::ByteBuf;
 
@@ -1520,6 +1522,34 @@ impl Session {
         groups: &[(u64, u64)],
         data: &[u8],
     ) -> Result<(), SessionError> {
+        let writer = self.piece_writer(hash, size)?;
+        let written = writer.write_from(groups, data);
+        self.piece_written(store, hash, written)
+    }
+
+    fn piece_writer(&mut self, hash: Hash, size: u64) -> Result<PieceWriter, SessionError> {
+        let incoming = self
+            .jobs
+            .values()
+            .find_map(|j| j.incoming.get(&hash))
+            .ok_or_else(|| {
+                SessionError::Protocol(format!("blob piece for {hash} that was not asked for"))
+            })?;
+        if incoming.size() != size {
+            return Err(SessionError::Protocol(format!(
+                "blob {hash} announced as {size} bytes, asked for {}",
+                incoming.size()
+            )));
+        }
+        Ok(incoming.writer())
+    }
+
+    fn piece_written(
+        &mut self,
+        store: &Store,
+        hash: Hash,
+        written: PieceWritten,
+    ) -> Result<(), SessionError> {
         let Some((feed, mut incoming)) = self
             .jobs
             .iter_mut()
@@ -1529,22 +1559,17 @@ impl Session {
                 "blob piece for {hash} that was not asked for"
             )));
         };
-        if incoming.size() != size {
-            return Err(SessionError::Protocol(format!(
-                "blob {hash} announced as {size} bytes, asked for {}",
-                incoming.size()
-            )));
-        }
-        if let Err(e) = incoming.write_piece(groups, data) {
+        incoming.record(&written);
+        self.stats.blob_bytes_received += written.bytes;
+        let job = self.job(&feed)?;
+        job.report.blob_bytes_received += written.bytes;
+        if let Err(e) = written.result {
+            job.incoming.insert(hash, incoming);
             tracing::warn!(blob = %hash, "peer sent a blob piece that failed verification: {e}");
             return Err(SessionError::BadData(format!(
                 "blob {hash} failed verification: {e}"
             )));
         }
-        let piece_bytes = range_bytes(groups, size);
-        self.stats.blob_bytes_received += piece_bytes;
-        let job = self.job(&feed)?;
-        job.report.blob_bytes_received += piece_bytes;
         if incoming.is_complete() {
             store.finish_blob(incoming).map_err(store_err)?;
             let job = self.job(&feed)?;
@@ -1556,6 +1581,33 @@ impl Session {
         } else {
             job.incoming.insert(hash, incoming);
             Ok(())
+        }
+    }
+
+    /// A blob piece whose encoding arrives as a stream (the head of a `blob-stream`): if this
+    /// side asked for the blob, a writer the caller feeds the encoding to, on any thread,
+    /// then hands the outcome to [`Session::end_piece`]. `None` when the session has failed
+    /// (a piece it did not ask for fails it).
+    pub fn begin_piece(&mut self, hash: [u8; 32], size: u64) -> Option<PieceWriter> {
+        if self.error.is_some() {
+            return None;
+        }
+        match self.piece_writer(Hash::from_bytes(hash), size) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                self.fail(e);
+                None
+            }
+        }
+    }
+
+    /// What a writer from [`Session::begin_piece`] did.
+    pub fn end_piece(&mut self, store: &Store, hash: Hash, written: PieceWritten) {
+        if self.error.is_some() {
+            return;
+        }
+        if let Err(e) = self.piece_written(store, hash, written) {
+            self.fail(e);
         }
     }
 
@@ -1693,6 +1745,7 @@ fn frame_name(f: &Frame) -> &'static str {
         Frame::Docs { .. } => "DOCS",
         Frame::WantBlobs { .. } => "WANT-BLOBS",
         Frame::BlobPiece { .. } => "BLOB-PIECE",
+        Frame::BlobStream { .. } => "BLOB-STREAM",
         Frame::Done { .. } => "DONE",
         Frame::FeedFailed { .. } => "FEED-FAILED",
         Frame::Error { .. } => "ERROR",

@@ -254,6 +254,20 @@ pub enum Frame {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
+    /// The head of a blob piece whose `bao-tree` encoding follows it on the same
+    /// unidirectional stream as `len` raw bytes, up to the stream's end: the QUIC binding sends
+    /// pieces this way so the receiver can verify and keep each chunk group as it arrives.
+    BlobStream {
+        /// Blob hash.
+        #[serde(with = "serde_bytes")]
+        hash: [u8; 32],
+        /// Blob size.
+        size: u64,
+        /// Chunk-group ranges encoded.
+        groups: Vec<(u64, u64)>,
+        /// Bytes of the encoding that follow.
+        len: u64,
+    },
     /// The sender has finished with a feed; its root and count now.
     Done {
         /// Feed.
@@ -391,6 +405,11 @@ impl FrameReader {
     /// Bytes buffered but not yet a frame.
     pub fn pending(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Takes the bytes buffered after the last frame (what followed a `blob-stream` head).
+    pub fn take_pending(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
     }
 }
 
@@ -655,6 +674,15 @@ pub fn vector_frames() -> Vec<(&'static str, Frame)> {
                 size: 100_000,
                 groups: vec![(0, 1)],
                 data: vec![0x55; 4],
+            },
+        ),
+        (
+            "blob-stream",
+            Frame::BlobStream {
+                hash: [0x44; 32],
+                size: 100_000,
+                groups: vec![(0, 7)],
+                len: 100_512,
             },
         ),
         (
