@@ -39,6 +39,14 @@ pub struct SyncConfig {
     /// QUIC congestion controller: bbr, cubic or newreno.
     #[serde(default = "default_congestion")]
     pub congestion: Congestion,
+    /// QUIC flow-control window per connection in MiB (a stream gets half); 0 keeps quinn's
+    /// defaults, which cap a stream at about 1.25 MB in flight.
+    #[serde(default = "default_window_mib")]
+    pub window_mib: u32,
+}
+
+fn default_window_mib() -> u32 {
+    transport::DEFAULT_WINDOW_MIB
 }
 
 impl Default for SyncConfig {
@@ -46,6 +54,7 @@ impl Default for SyncConfig {
         SyncConfig {
             listen: default_listen(),
             congestion: default_congestion(),
+            window_mib: default_window_mib(),
         }
     }
 }
@@ -120,6 +129,7 @@ pub fn load_config(data_dir: &Path, path: Option<&Path>) -> Result<Config> {
     let config: Config =
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     transport::set_congestion(config.sync.congestion);
+    transport::set_window_mib(config.sync.window_mib);
     let mut names = std::collections::HashSet::new();
     for r in &config.replications {
         if !names.insert(&r.name) {

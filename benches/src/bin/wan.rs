@@ -28,7 +28,8 @@ struct Args {
     /// Link profile: P1, P2, P3.
     #[arg(long, default_value = "P1")]
     profile: String,
-    /// Scenarios, comma-separated: cold-M, cold-L, noop-T, incr-T, resume-L, loss-L.
+    /// Scenarios, comma-separated: cold-M, cold-L, noop-T, incr-T, resume-L, loss-L (the
+    /// congestion controllers at 0, 0.1% and 1% loss), tune-L (flow-control windows).
     #[arg(long, value_delimiter = ',', default_values_t = vec!["cold-L".to_string(), "noop-T".to_string(), "incr-T".to_string()])]
     scenarios: Vec<String>,
     /// Tools, comma-separated: cairn, rsyncd, rsync-ssh.
@@ -43,6 +44,10 @@ struct Args {
     /// Corpus seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Stop each rsync run after this many seconds and report the goodput it reached (TCP on
+    /// a lossy 300 ms link may need hours for a full corpus); such rows are marked capped.
+    #[arg(long)]
+    rsync_cap_secs: Option<u64>,
 }
 
 const LINK: &str = "cairnbench";
@@ -188,12 +193,76 @@ fn tree_digest(dir: &Path) -> Result<(u64, String)> {
 // ---------------------------------------------------------------------------------------------
 // Processes
 
+/// The children alive now (servers, clients, the link), oldest first: what the signal handler
+/// stops when `wan` is interrupted.
+static LIVE: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+fn track(pid: u32) {
+    if let Ok(mut live) = LIVE.lock() {
+        live.push(pid);
+    }
+}
+
+fn untrack(pid: u32) {
+    if let Ok(mut live) = LIVE.lock() {
+        live.retain(|p| *p != pid);
+    }
+}
+
+/// Whether `pid` is still running (a zombie is not).
+fn running(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// On SIGINT, SIGTERM or SIGHUP: stop every child, newest first (so the link, which removes
+/// its namespaces when it stops, goes last), wait up to 10 s for them, then exit with 130.
+fn stop_children_on_signal() -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    std::thread::spawn(move || {
+        let Some(sig) = signals.forever().next() else {
+            return;
+        };
+        eprintln!("wan: signal {sig}: stopping the servers, clients and link it started");
+        let pids: Vec<u32> = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
+        for pid in pids.iter().rev() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while running(*pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if running(*pid) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        std::process::exit(130);
+    });
+    Ok(())
+}
+
 /// A child stopped (SIGTERM, then SIGKILL) on drop.
 struct Proc {
     child: Child,
 }
 
 impl Proc {
+    fn new(child: Child) -> Proc {
+        track(child.id());
+        Proc { child }
+    }
+
     fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -201,6 +270,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        untrack(self.child.id());
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .stderr(Stdio::null())
@@ -241,7 +311,7 @@ fn start_until(mut cmd: Command, ready: &str) -> Result<Proc> {
             }
         }
     });
-    let proc = Proc { child };
+    let proc = Proc::new(child);
     rx.recv_timeout(Duration::from_secs(60))
         .map_err(|_| anyhow!("{cmd:?} did not become ready"))?;
     Ok(proc)
@@ -274,19 +344,34 @@ struct Timed {
     code: i32,
 }
 
-/// Runs `cmd` under GNU time; returns its stdout and the figures.
-fn timed(side: char, program: &Path, args: &[&str], scratch: &Path) -> Result<(String, Timed)> {
+/// Runs `cmd` under GNU time, stopped after `cap` seconds if given (exit code 124); returns its
+/// stdout and the figures.
+fn timed(
+    side: char,
+    program: &Path,
+    args: &[&str],
+    scratch: &Path,
+    cap: Option<u64>,
+) -> Result<(String, Timed)> {
     let tfile = scratch.join("time.txt");
     let mut c = Command::new("ip");
     c.args(["netns", "exec", &format!("{LINK}-{side}")])
         .args(["/usr/bin/time", "-f", "%e %U %S %M", "-o"])
-        .arg(&tfile)
-        .arg(program)
-        .args(args);
-    let out = c
+        .arg(&tfile);
+    if let Some(secs) = cap {
+        c.args(["timeout", &secs.to_string()]);
+    }
+    c.arg(program).args(args);
+    let child = c
+        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .output()
+        .spawn()
         .with_context(|| format!("running {c:?}"))?;
+    let pid = child.id();
+    track(pid);
+    let out = child.wait_with_output();
+    untrack(pid);
+    let out = out.with_context(|| format!("running {c:?}"))?;
     let text = fs::read_to_string(&tfile).unwrap_or_default();
     let last = text.lines().last().unwrap_or("");
     let v: Vec<f64> = last
@@ -406,7 +491,33 @@ struct CairnHub {
     key: String,
     token: String,
     root: String,
+    quic: Quic,
+}
+
+/// The QUIC settings both Cairn instances of a run get.
+#[derive(Clone, Debug)]
+struct Quic {
     congestion: String,
+    window_mib: u32,
+}
+
+impl Default for Quic {
+    fn default() -> Quic {
+        Quic {
+            congestion: "bbr".into(),
+            window_mib: cairn_sync::transport::DEFAULT_WINDOW_MIB,
+        }
+    }
+}
+
+impl Quic {
+    /// Its lines of a `[sync]` section.
+    fn toml(&self) -> String {
+        format!(
+            "congestion = \"{}\"\nwindow_mib = {}\n",
+            self.congestion, self.window_mib
+        )
+    }
 }
 
 fn publish_corpus(store: &Store, corpus: &Corpus, files: &[(String, u64, u64)]) -> Result<()> {
@@ -455,7 +566,7 @@ impl CairnHub {
             key,
             token,
             root: String::new(),
-            congestion: "bbr".into(),
+            quic: Quic::default(),
         };
         hub.refresh_root()?;
         Ok(hub)
@@ -476,10 +587,7 @@ impl CairnHub {
         )?;
         fs::write(
             self.dir.join("cairn.toml"),
-            format!(
-                "[sync]\nlisten = \"{HUB_ADDR}:7443\"\ncongestion = \"{}\"\n",
-                self.congestion
-            ),
+            format!("[sync]\nlisten = \"{HUB_ADDR}:7443\"\n{}", self.quic.toml()),
         )?;
         let mut cmd = ns_cmd('b', &sibling("cairn")?);
         cmd.arg("--data-dir").arg(&self.dir).arg("serve");
@@ -509,8 +617,9 @@ fn cairn_spoke(root: &Path, name: &str, hub: &CairnHub) -> Result<PathBuf> {
     fs::write(
         dir.join("cairn.toml"),
         format!(
-            "[sync]\nlisten = \"10.77.0.1:7443\"\ncongestion = \"{}\"\n\n[[replication]]\nname = \"from-hub\"\npeer = \"hub\"\ntoken = \"{}\"\nfeeds = [\"corpus\"]\nmode = \"pull\"\ninterval_secs = 3600\nmax_delete_share = 1.0\n",
-            hub.congestion, hub.token
+            "[sync]\nlisten = \"10.77.0.1:7443\"\n{}\n[[replication]]\nname = \"from-hub\"\npeer = \"hub\"\ntoken = \"{}\"\nfeeds = [\"corpus\"]\nmode = \"pull\"\ninterval_secs = 3600\nmax_delete_share = 1.0\n",
+            hub.quic.toml(),
+            hub.token
         ),
     )?;
     Ok(dir)
@@ -539,9 +648,7 @@ impl RsyncHub {
             .args(["netns", "exec", &format!("{LINK}-b")])
             .args(["rsync", "--daemon", "--no-detach", "--port", "8730"])
             .arg(format!("--config={}", conf.display()));
-        let daemon = Proc {
-            child: daemon.stdout(Stdio::null()).spawn()?,
-        };
+        let daemon = Proc::new(daemon.stdout(Stdio::null()).spawn()?);
         let key = root.join("ssh-key");
         if !key.exists() {
             let st = Command::new("ssh-keygen")
@@ -572,9 +679,7 @@ impl RsyncHub {
         sshd.args(["netns", "exec", &format!("{LINK}-b")])
             .args(["/usr/sbin/sshd", "-D", "-e", "-f"])
             .arg(&sshd_conf);
-        let sshd = Proc {
-            child: sshd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?,
-        };
+        let sshd = Proc::new(sshd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
         // Both listen within a moment; wait for the ports.
         std::thread::sleep(Duration::from_millis(500));
         Ok(RsyncHub {
@@ -598,6 +703,66 @@ struct Client {
     program: PathBuf,
     args: Vec<String>,
     servers: Vec<u32>,
+    /// Where the client keeps what it received (Cairn's data directory, rsync's destination).
+    dest: PathBuf,
+}
+
+impl Client {
+    /// Payload bytes the client holds on disk now: for Cairn, stored blobs plus the verified
+    /// chunk groups its `partial/` logs name; for rsync, every file (partial ones included).
+    fn kept_bytes(&self) -> u64 {
+        fn walk(dir: &Path, f: &mut dyn FnMut(&Path, u64)) {
+            for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&p, f),
+                    Ok(m) => f(&p, m.len()),
+                    Err(_) => {}
+                }
+            }
+        }
+        let mut total = 0;
+        if self.tool == "cairn" {
+            walk(&self.dest.join("blobs"), &mut |p, len| {
+                if p.extension().is_none() {
+                    total += len;
+                }
+            });
+            walk(&self.dest.join("partial"), &mut |p, _| {
+                if p.extension().is_some_and(|e| e == "have") {
+                    let log = fs::read(p).unwrap_or_default();
+                    let mut groups = std::collections::BTreeSet::new();
+                    for rec in log.chunks_exact(16) {
+                        let mut a = [0u8; 8];
+                        let mut b = [0u8; 8];
+                        a.copy_from_slice(&rec[..8]);
+                        b.copy_from_slice(&rec[8..]);
+                        groups.extend(u64::from_be_bytes(a)..u64::from_be_bytes(b));
+                    }
+                    total += groups.len() as u64 * 16 * 1024;
+                }
+            });
+        } else {
+            walk(&self.dest, &mut |_, len| total += len);
+        }
+        total
+    }
+}
+
+/// Link bytes hub -> spoke of a run cut by `kill -9`.
+struct Cut {
+    at_kill: u64,
+    after_kill: u64,
+}
+
+/// What a resumed run shows about the cut before it.
+#[derive(Debug, Clone, Copy, Serialize, Default)]
+struct Resume {
+    crossed_before_kill: u64,
+    crossed_after_kill: u64,
+    kept_payload: u64,
+    /// Payload that reached the client before the kill but was not on its disk after it.
+    lost_in_client: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -617,8 +782,13 @@ struct Row {
     cpu_server_s: f64,
     peak_rss_client_mb: f64,
     consistent: bool,
+    /// Stopped at `--rsync-cap-secs` before it finished (not a failure).
+    capped: bool,
     /// Per-second bytes hub -> spoke on the link.
     series: Vec<u64>,
+    /// Resume scenarios: the cut run's figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resume: Option<Resume>,
     note: String,
 }
 
@@ -649,8 +819,17 @@ impl Bench {
         let link = self.link()?;
         let before = link.bytes()?;
         let cpu_before: f64 = server_pids.iter().map(|p| cpu_seconds(*p)).sum();
+        let cap = self
+            .args
+            .rsync_cap_secs
+            .filter(|_| tool.starts_with("rsync"));
+        let kept_before = if cap.is_some() {
+            client.kept_bytes()
+        } else {
+            0
+        };
         let t0 = link.now();
-        let (stdout, t) = timed('a', &client.program, &args, &self.root)?;
+        let (stdout, t) = timed('a', &client.program, &args, &self.root, cap)?;
         let t1 = link.now();
         // Let the last per-second sample land.
         std::thread::sleep(Duration::from_millis(1100));
@@ -663,8 +842,24 @@ impl Bench {
             s.sort_unstable();
             s.get(s.len() / 2).copied().unwrap_or(0) as f64 / rate
         });
+        let capped = cap.is_some() && t.code == 124;
+        // A capped run's payload is what it had written by then.
+        let payload = if capped {
+            client.kept_bytes().saturating_sub(kept_before).min(payload)
+        } else {
+            payload
+        };
         let (consistent, rounds, note) = if t.code == 0 {
             check(&stdout)?
+        } else if capped {
+            (
+                false,
+                None,
+                format!(
+                    "stopped at the cap of {} s with {payload} B of payload written",
+                    cap.unwrap_or(0)
+                ),
+            )
         } else {
             // Cairn prints its summary (with the error) even when it fails.
             let why = serde_json::from_str::<serde_json::Value>(&stdout)
@@ -696,7 +891,9 @@ impl Bench {
             cpu_server_s: cpu_after - cpu_before,
             peak_rss_client_mb: t.rss_mb,
             consistent,
+            capped,
             series,
+            resume: None,
             note,
         };
         eprintln!(
@@ -751,6 +948,7 @@ fn main() -> Result<()> {
         Path::new("/dev/net/tun").exists(),
         "the WAN runner needs root and /dev/net/tun"
     );
+    stop_children_on_signal()?;
     fs::create_dir_all(&args.dir)?;
     let root = fs::canonicalize(&args.dir)?;
     let mut bench = Bench {
@@ -774,7 +972,7 @@ fn main() -> Result<()> {
                     root.join(format!("link-{sc}.jsonl")),
                 )?);
                 bench.link_rate = bench.link()?.rate_bps;
-                run_scenario(&mut bench, sc, kind, &corpus, "bbr")?;
+                run_scenario(&mut bench, sc, kind, &corpus, &Quic::default())?;
                 bench.link = None;
             }
             "loss" => {
@@ -787,9 +985,36 @@ fn main() -> Result<()> {
                         )?);
                         bench.link_rate = bench.link()?.rate_bps;
                         let label = format!("loss-{corpus_name} {loss} {cc}");
-                        run_scenario(&mut bench, &label, "cold", &corpus, cc)?;
+                        let quic = Quic {
+                            congestion: cc.into(),
+                            ..Quic::default()
+                        };
+                        run_scenario(&mut bench, &label, "cold", &corpus, &quic)?;
                         bench.link = None;
                     }
+                }
+            }
+            "tune" => {
+                // The same cold mirror with quinn's default flow-control windows and with
+                // Cairn's, so the tuning's effect is measured, not assumed.
+                for window_mib in [0, 8, cairn_sync::transport::DEFAULT_WINDOW_MIB] {
+                    bench.link = Some(Link::up(
+                        &bench.args.profile,
+                        None,
+                        root.join(format!("link-{sc}-{window_mib}.jsonl")),
+                    )?);
+                    bench.link_rate = bench.link()?.rate_bps;
+                    let label = if window_mib == 0 {
+                        format!("tune-{corpus_name} quinn default windows")
+                    } else {
+                        format!("tune-{corpus_name} window {window_mib} MiB")
+                    };
+                    let quic = Quic {
+                        window_mib,
+                        ..Quic::default()
+                    };
+                    run_scenario(&mut bench, &label, "cold", &corpus, &quic)?;
+                    bench.link = None;
                 }
             }
             other => bail!("unknown scenario kind `{other}`"),
@@ -799,7 +1024,7 @@ fn main() -> Result<()> {
     let bad: Vec<String> = bench
         .rows
         .iter()
-        .filter(|r| !r.consistent)
+        .filter(|r| !r.consistent && !r.capped)
         .map(|r| format!("{} {}", r.scenario, r.tool))
         .collect();
     ensure!(
@@ -810,7 +1035,13 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn run_scenario(bench: &mut Bench, sc: &str, kind: &str, corpus: &Corpus, cc: &str) -> Result<()> {
+fn run_scenario(
+    bench: &mut Bench,
+    sc: &str,
+    kind: &str,
+    corpus: &Corpus,
+    quic: &Quic,
+) -> Result<()> {
     let root = bench.root.clone();
     let tools = bench.args.tools.clone();
     let payload_all = corpus.bytes();
@@ -818,7 +1049,7 @@ fn run_scenario(bench: &mut Bench, sc: &str, kind: &str, corpus: &Corpus, cc: &s
         match tool.as_str() {
             "cairn" => {
                 let mut hub = CairnHub::create(&root, corpus)?;
-                hub.congestion = cc.to_string();
+                hub.quic = quic.clone();
                 let spoke = cairn_spoke(&root, "cairn-spoke", &hub)?;
                 let spoke_key = cairn(&spoke, &["key", "show"])?;
                 let mut server = hub.serve(&spoke_key)?;
@@ -835,6 +1066,7 @@ fn run_scenario(bench: &mut Bench, sc: &str, kind: &str, corpus: &Corpus, cc: &s
                     .map(String::from)
                     .to_vec(),
                     servers: vec![server.pid()],
+                    dest: spoke.clone(),
                 };
                 if kind == "incr" {
                     bench.measure(
@@ -882,6 +1114,7 @@ fn run_scenario(bench: &mut Bench, sc: &str, kind: &str, corpus: &Corpus, cc: &s
                     program: PathBuf::from("/usr/bin/rsync"),
                     args: rsync_args(tool, &hub.key, &corpus.dir, &dest),
                     servers: hub.server_pids().to_vec(),
+                    dest: dest.clone(),
                 };
                 let mut check = |_: &str| -> Checked {
                     Ok((
@@ -985,14 +1218,30 @@ impl Bench {
                 self.measure(sc, client, 0, check)?;
             }
             "resume" => {
-                let cut_at = self.cut_at_half(client, payload)?;
+                let cut = self.cut_at_half(client, payload)?;
+                let kept = client.kept_bytes();
                 let row = self.measure(sc, client, payload, check)?;
-                let total = cut_at + row.bytes_hub_to_spoke;
+                let total = cut.at_kill + cut.after_kill + row.bytes_hub_to_spoke;
+                // The second run's link bytes per payload byte it fetched, applied to what had
+                // crossed when the client died, estimate the payload that reached the client;
+                // what of it the client did not keep was lost with the process.
+                let overhead =
+                    row.bytes_hub_to_spoke as f64 / payload.saturating_sub(kept).max(1) as f64;
+                let reached = (cut.at_kill as f64 / overhead.max(1.0)) as u64;
                 if let Some(r) = self.rows.last_mut() {
                     r.note = format!(
-                        "{}; cut after {cut_at} B; both runs moved {total} B hub->spoke for {payload} B of payload",
-                        r.note
+                        "{}; {} B crossed before the kill and {} B after it (in flight); the client had kept {kept} B of payload, about {} B of what reached it was lost; both runs moved {total} B hub->spoke for {payload} B of payload",
+                        r.note,
+                        cut.at_kill,
+                        cut.after_kill,
+                        reached.saturating_sub(kept),
                     );
+                    r.resume = Some(Resume {
+                        crossed_before_kill: cut.at_kill,
+                        crossed_after_kill: cut.after_kill,
+                        kept_payload: kept,
+                        lost_in_client: reached.saturating_sub(kept),
+                    });
                 }
             }
             other => bail!("unknown scenario kind `{other}`"),
@@ -1001,8 +1250,9 @@ impl Bench {
     }
 
     /// Starts `client` and kills its whole process group (`kill -9`) once half of `payload`
-    /// has crossed the link; returns the bytes that crossed, counted after the link drained.
-    fn cut_at_half(&self, client: &Client, payload: u64) -> Result<u64> {
+    /// has crossed the link; returns the bytes that crossed before the kill and after it (what
+    /// was in flight, counted once the link drained).
+    fn cut_at_half(&self, client: &Client, payload: u64) -> Result<Cut> {
         use std::os::unix::process::CommandExt;
         let link = self.link()?;
         let before = link.bytes()?;
@@ -1012,23 +1262,30 @@ impl Bench {
             .stderr(Stdio::null())
             .process_group(0);
         let mut child = c.spawn()?;
+        track(child.id());
         let t0 = Instant::now();
-        loop {
-            if link.bytes()?.b_to_a - before.b_to_a >= payload / 2 {
+        let at_kill = loop {
+            let crossed = link.bytes()?.b_to_a - before.b_to_a;
+            if crossed >= payload / 2 {
                 let _ = Command::new("kill")
                     .args(["-KILL", "--", &format!("-{}", child.id())])
                     .status();
-                break;
+                break crossed;
             }
             if child.try_wait()?.is_some() || t0.elapsed() > Duration::from_secs(3600) {
                 bail!("the first run ended before it could be cut");
             }
             std::thread::sleep(Duration::from_millis(20));
-        }
+        };
         let _ = child.wait();
+        untrack(child.id());
         // What was already queued on the link still arrives (and is counted as the cut run's).
         std::thread::sleep(Duration::from_secs(3));
-        Ok(link.bytes()?.b_to_a - before.b_to_a)
+        let total = link.bytes()?.b_to_a - before.b_to_a;
+        Ok(Cut {
+            at_kill,
+            after_kill: total.saturating_sub(at_kill),
+        })
     }
 }
 
@@ -1154,7 +1411,17 @@ fn write_results(bench: &Bench) -> Result<()> {
                 .iter()
                 .find(|o| o.scenario == r.scenario && o.tool == other)
                 .filter(|o| o.seconds > 0.0 && r.tool == "cairn")
-                .map(|o| format!("{:.2}x faster", o.seconds / r.seconds.max(1e-3)))
+                .map(|o| {
+                    if o.capped {
+                        // It had not finished at the cap: compare goodput instead.
+                        format!(
+                            "{:.1}x its goodput (it was capped)",
+                            r.goodput_share / o.goodput_share.max(1e-9)
+                        )
+                    } else {
+                        format!("{:.2}x faster", o.seconds / r.seconds.max(1e-3))
+                    }
+                })
                 .unwrap_or_default()
         };
         md.push_str(&format!(
@@ -1172,7 +1439,13 @@ fn write_results(bench: &Bench) -> Result<()> {
             r.cpu_client_s,
             r.cpu_server_s,
             r.peak_rss_client_mb,
-            if r.consistent { "yes" } else { "NO" },
+            if r.consistent {
+                "yes"
+            } else if r.capped {
+                "capped"
+            } else {
+                "NO"
+            },
             r.note
         ));
     }
