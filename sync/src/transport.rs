@@ -41,6 +41,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::proto::{Authorizer, FeedReport, InitiatorConfig, Session, SessionError};
 use crate::wire::{self, Frame, FrameReader, ALPN, MAX_FRAME};
 
+/// A QUIC connection to a peer.
+pub type Connection = quinn::Connection;
+
 /// Why a connection could not be made or run.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -756,6 +759,15 @@ async fn drive(
         let _ = send.write_all(&bytes).await;
     }
     let _ = send.finish();
+    if authorizer.is_none() && session.error().is_none() {
+        // The initiator waits for the responder to end its side of the control stream: then
+        // the responder has everything it needs, and the connection may close or carry the
+        // next run.
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Ok(Some(_)) = recv.read(&mut buf).await {}
+        })
+        .await;
+    }
     stats.elapsed = start.elapsed();
     stats.blobs_sent = session.stats().blobs_sent;
     stats.blob_bytes_sent = session.stats().blob_bytes_sent;
@@ -763,7 +775,8 @@ async fn drive(
     Ok((session, stats))
 }
 
-/// Runs a replication as initiator over an established connection.
+/// Runs a replication as initiator over an established connection, which stays open for the
+/// next run unless the session failed (then it is closed with the error).
 pub async fn run_initiator(
     store: &Store,
     conn: &quinn::Connection,
@@ -789,37 +802,49 @@ pub async fn run_initiator_with_progress(
         conn.close(quinn::VarInt::from_u32(1), e.to_string().as_bytes());
         return Err(TransportError::Session(e.clone()));
     }
-    // Give the peer its last frames, then close.
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    conn.close(quinn::VarInt::from_u32(0), b"done");
     Ok((session.reports(), stats))
 }
 
-/// Answers one incoming connection as responder.
-pub async fn run_responder(
+/// Closes a connection whose runs are over.
+pub fn close(conn: &quinn::Connection) {
+    conn.close(quinn::VarInt::from_u32(0), b"done");
+}
+
+/// Answers the runs an incoming connection carries, one after another (a peer keeps its
+/// connection warm between runs), until the peer closes it or a run fails; `on_run` gets
+/// each run's outcome.
+pub async fn serve_connection(
     store: &Store,
     conn: &quinn::Connection,
     authorizer: &(dyn Authorizer + Sync),
-) -> Result<(Session, RunStats), TransportError> {
-    let (send, recv) = conn
-        .accept_bi()
-        .await
-        .map_err(|e| TransportError::Connection(e.to_string()))?;
-    let result = drive(
-        store,
-        Session::responder(),
-        conn,
-        send,
-        recv,
-        Some(authorizer),
-        &Progress::default(),
-    )
-    .await;
-    if let Err(e) = &result {
-        tracing::warn!("incoming replication failed: {e}");
+    mut on_run: impl FnMut(Result<(Session, RunStats), TransportError>),
+) {
+    loop {
+        let Ok((send, recv)) = conn.accept_bi().await else {
+            return;
+        };
+        let result = drive(
+            store,
+            Session::responder(),
+            conn,
+            send,
+            recv,
+            Some(authorizer),
+            &Progress::default(),
+        )
+        .await;
+        let failed = match &result {
+            Err(e) => {
+                tracing::warn!("incoming replication failed: {e}");
+                true
+            }
+            Ok((session, _)) => session.error().is_some(),
+        };
+        on_run(result);
+        if failed {
+            // The initiator closes the connection once it has read the error; give it time.
+            let _ = tokio::time::timeout(Duration::from_secs(30), conn.closed()).await;
+            return;
+        }
     }
-    // The initiator ends the connection once it has everything; closing from here could cut
-    // off frames it has not read yet.
-    let _ = tokio::time::timeout(Duration::from_secs(30), conn.closed()).await;
-    result
 }

@@ -44,10 +44,15 @@ struct Args {
     /// Corpus seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Stop each rsync run after this many seconds and report the goodput it reached (TCP on
-    /// a lossy 300 ms link may need hours for a full corpus); such rows are marked capped.
+    /// QUIC congestion controller for Cairn (bbr, cubic, newreno) where the scenario does not
+    /// set its own (loss-L runs all three).
+    #[arg(long, default_value = "bbr")]
+    congestion: String,
+    /// Stop each run after this many seconds and report the goodput it reached (TCP, or a
+    /// loss-based controller, on a lossy 300 ms link may need hours for a full corpus); such
+    /// rows are marked capped. Meant for cold and loss scenarios.
     #[arg(long)]
-    rsync_cap_secs: Option<u64>,
+    cap_secs: Option<u64>,
 }
 
 const LINK: &str = "cairnbench";
@@ -617,7 +622,7 @@ fn cairn_spoke(root: &Path, name: &str, hub: &CairnHub) -> Result<PathBuf> {
     fs::write(
         dir.join("cairn.toml"),
         format!(
-            "[sync]\nlisten = \"10.77.0.1:7443\"\n{}\n[[replication]]\nname = \"from-hub\"\npeer = \"hub\"\ntoken = \"{}\"\nfeeds = [\"corpus\"]\nmode = \"pull\"\ninterval_secs = 3600\nmax_delete_share = 1.0\n",
+            "[sync]\nlisten = \"10.77.0.1:7443\"\n{}\n[[replication]]\nname = \"from-hub\"\npeer = \"hub\"\ntoken = \"{}\"\nfeeds = [\"corpus\"]\nmode = \"pull\"\ninterval_secs = 0\nmax_delete_share = 1.0\n",
             hub.quic.toml(),
             hub.token
         ),
@@ -698,6 +703,7 @@ impl RsyncHub {
 // Results
 
 /// One tool's client command, and the hub processes it talks to (for their CPU time).
+#[derive(Clone)]
 struct Client {
     tool: String,
     program: PathBuf,
@@ -819,10 +825,7 @@ impl Bench {
         let link = self.link()?;
         let before = link.bytes()?;
         let cpu_before: f64 = server_pids.iter().map(|p| cpu_seconds(*p)).sum();
-        let cap = self
-            .args
-            .rsync_cap_secs
-            .filter(|_| tool.starts_with("rsync"));
+        let cap = self.args.cap_secs;
         let kept_before = if cap.is_some() {
             client.kept_bytes()
         } else {
@@ -972,7 +975,11 @@ fn main() -> Result<()> {
                     root.join(format!("link-{sc}.jsonl")),
                 )?);
                 bench.link_rate = bench.link()?.rate_bps;
-                run_scenario(&mut bench, sc, kind, &corpus, &Quic::default())?;
+                let quic = Quic {
+                    congestion: bench.args.congestion.clone(),
+                    ..Quic::default()
+                };
+                run_scenario(&mut bench, sc, kind, &corpus, &quic)?;
                 bench.link = None;
             }
             "loss" => {
@@ -1010,8 +1017,8 @@ fn main() -> Result<()> {
                         format!("tune-{corpus_name} window {window_mib} MiB")
                     };
                     let quic = Quic {
+                        congestion: bench.args.congestion.clone(),
                         window_mib,
-                        ..Quic::default()
                     };
                     run_scenario(&mut bench, &label, "cold", &corpus, &quic)?;
                     bench.link = None;
@@ -1099,6 +1106,26 @@ fn run_scenario(
                     restore_corpus(corpus)?;
                 } else {
                     bench.common(sc, kind, &client, payload_all, &mut cairn_check(&hub.root))?;
+                }
+                if kind == "noop" {
+                    // The same no-op through a spoke server, which keeps its connection to the
+                    // hub warm between runs: the second run costs no handshake.
+                    let mut cmd = ns_cmd('a', &sibling("cairn")?);
+                    cmd.arg("--data-dir").arg(&spoke).arg("serve");
+                    let spoke_server = start_until(cmd, "cairn serving")?;
+                    let through_server = Client {
+                        servers: vec![server.pid(), spoke_server.pid()],
+                        ..client.clone()
+                    };
+                    for label in ["server, first run", "server, warm connection"] {
+                        bench.measure(
+                            &format!("{sc} ({label})"),
+                            &through_server,
+                            0,
+                            &mut cairn_check(&hub.root),
+                        )?;
+                    }
+                    drop(spoke_server);
                 }
                 drop(server);
             }
@@ -1412,10 +1439,10 @@ fn write_results(bench: &Bench) -> Result<()> {
                 .find(|o| o.scenario == r.scenario && o.tool == other)
                 .filter(|o| o.seconds > 0.0 && r.tool == "cairn")
                 .map(|o| {
-                    if o.capped {
-                        // It had not finished at the cap: compare goodput instead.
+                    if o.capped || r.capped {
+                        // One had not finished at the cap: compare goodput instead.
                         format!(
-                            "{:.1}x its goodput (it was capped)",
+                            "{:.1}x its goodput (capped)",
                             r.goodput_share / o.goodput_share.max(1e-9)
                         )
                     } else {
