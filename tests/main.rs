@@ -3,6 +3,7 @@
 
 mod cli;
 mod crash;
+mod feeds;
 mod link;
 mod replication;
 mod util;

@@ -1,10 +1,9 @@
 //! Hub and spokes as separate `cairn serve` processes replicating over QUIC on loopback.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::util::Instance;
+use crate::util::{Instance, Server};
 
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
@@ -14,60 +13,6 @@ fn free_udp_port() -> u16 {
         .port()
 }
 
-/// A running `cairn serve`, stopped on drop.
-struct Server {
-    child: Child,
-}
-
-impl Server {
-    fn start(inst: &Instance) -> Server {
-        let mut child = inst
-            .cmd(&["serve"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("cairn serving") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(30))
-            .expect("cairn serve did not start within 30 s");
-        Server { child }
-    }
-
-    fn stop(mut self) {
-        self.terminate();
-    }
-
-    fn terminate(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.terminate();
-    }
-}
-
 fn replicate(inst: &Instance, name: &str) -> serde_json::Value {
     let out = inst.run(&["replicate", name, "--json"]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout)
@@ -75,7 +20,10 @@ fn replicate(inst: &Instance, name: &str) -> serde_json::Value {
     json
 }
 
+/// Writes the configuration, with the HTTP server on a free port (several instances run at
+/// once).
 fn write_config(inst: &Instance, text: &str) {
+    let text = format!("{text}\n[http]\nlisten = \"127.0.0.1:0\"\n");
     std::fs::write(inst.data().join("cairn.toml"), text).unwrap();
 }
 

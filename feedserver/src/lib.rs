@@ -1,8 +1,367 @@
 //! `cairn-feedserver`: the HTTP face of a Cairn instance.
 //!
-//! This crate will own, as the feed-server work lands: the ecosystem APIs (PyPI simple and
-//! upload APIs, npm registry, Cargo sparse registry, raw files) served from
-//! [`cairn_store::Store`], tokens and their scopes, the admin and status API, and the
-//! enforcement of blocking vulnerability assessments on downloads.
+//! Every feed is served under `/feeds/NAME/...` in the protocol of its ecosystem, straight
+//! from the [`cairn_store::Store`]:
 //!
-//! It never speaks the sync wire format. Nothing is implemented here yet.
+//! - [`pypi`]: the simple repository API (PEP 503 HTML and PEP 691 JSON, chosen by the
+//!   `Accept` header), PEP 658/714 metadata files, PEP 592 yanking, and the legacy upload API
+//!   that `twine upload` speaks.
+//! - [`raw`]: files by path (`NAME/VERSION/FILE`), with `PUT`, `GET`, `HEAD`, `DELETE` and
+//!   `Range`.
+//! - [`auth`]: tokens as each client sends them (HTTP Basic with any user name and the token
+//!   as password, `Bearer`, or the bare token), checked against the store's hashed tokens.
+//! - [`blocking`]: the vulnerability assessments that refuse downloads.
+//! - [`body`]: downloads streamed from the store, verified chunk group by chunk group.
+//!
+//! Invariants: nothing is stored until an upload has been read whole, its declared digests
+//! checked and its metadata read; a download never sends a byte of a chunk group that failed
+//! verification (the response is cut instead); a name from a URL is validated before it
+//! reaches the store. This crate never speaks the sync wire format.
+//!
+//! ```no_run
+//! # async fn run(store: std::sync::Arc<cairn_store::Store>) -> std::io::Result<()> {
+//! let server = cairn_feedserver::FeedServer::new(store, cairn_feedserver::HttpConfig::default());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, server.router()).await
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use cairn_store::Store;
+use serde::Deserialize;
+
+pub mod auth;
+pub mod blocking;
+pub mod body;
+pub mod pypi;
+pub mod raw;
+pub mod versions;
+
+/// The `[http]` section of the configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// TCP address of the HTTP server.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Feeds anyone may read without a token (`"*"` for all).
+    #[serde(default = "default_anonymous_read")]
+    pub anonymous_read: Vec<String>,
+    /// Largest upload accepted, in MiB.
+    #[serde(default = "default_max_upload_mib")]
+    pub max_upload_mib: u64,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_anonymous_read() -> Vec<String> {
+    vec!["*".into()]
+}
+
+fn default_max_upload_mib() -> u64 {
+    1024
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig {
+            listen: default_listen(),
+            anonymous_read: default_anonymous_read(),
+            max_upload_mib: default_max_upload_mib(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Largest upload in bytes.
+    pub fn max_upload_bytes(&self) -> u64 {
+        self.max_upload_mib.saturating_mul(1 << 20)
+    }
+
+    /// Whether `feed` may be read without a token.
+    pub fn anonymous_read(&self, feed: &str) -> bool {
+        self.anonymous_read.iter().any(|f| f == "*" || f == feed)
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Requests answered.
+    pub requests: AtomicU64,
+    /// Requests answered with a 4xx or 5xx status.
+    pub errors: AtomicU64,
+    /// Bytes of package files sent.
+    pub bytes_sent: AtomicU64,
+    /// Bytes of package files received.
+    pub bytes_received: AtomicU64,
+    /// Downloads refused by a blocking assessment.
+    pub blocked: AtomicU64,
+}
+
+/// The HTTP server's shared state.
+#[derive(Debug)]
+pub struct FeedServer {
+    store: Arc<Store>,
+    config: HttpConfig,
+    /// Feeds that are pull replicas, with the peer they replicate from: read-only here.
+    replicas: HashMap<String, String>,
+    metrics: Metrics,
+    blocklist: blocking::Cache,
+}
+
+impl FeedServer {
+    /// A server for `store`.
+    pub fn new(store: Arc<Store>, config: HttpConfig) -> Arc<FeedServer> {
+        FeedServer::with_replicas(store, config, HashMap::new())
+    }
+
+    /// A server for `store` whose feeds in `replicas` are pull replicas of the named peer, so
+    /// publishing to them is refused.
+    pub fn with_replicas(
+        store: Arc<Store>,
+        config: HttpConfig,
+        replicas: HashMap<String, String>,
+    ) -> Arc<FeedServer> {
+        Arc::new(FeedServer {
+            store,
+            config,
+            replicas,
+            metrics: Metrics::default(),
+            blocklist: blocking::Cache::default(),
+        })
+    }
+
+    /// The store served.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HttpConfig {
+        &self.config
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The routes: the feeds, `/healthz` and `/metrics`.
+    pub fn router(self: &Arc<Self>) -> Router {
+        let limit = usize::try_from(self.config.max_upload_bytes()).unwrap_or(usize::MAX);
+        Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/metrics", get(metrics))
+            .route("/feeds/{feed}", any(feed_request))
+            .route("/feeds/{feed}/", any(feed_request))
+            .route("/feeds/{feed}/{*rest}", any(feed_request))
+            .layer(DefaultBodyLimit::max(limit))
+            .layer(axum::middleware::from_fn_with_state(self.clone(), count))
+            .with_state(self.clone())
+    }
+
+    /// Refuses a publish to a pull replica.
+    pub fn check_writable(&self, feed: &str) -> Result<(), ApiError> {
+        match self.replicas.get(feed) {
+            Some(peer) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("feed `{feed}` is a pull replica of `{peer}`; publish to `{peer}`"),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+async fn feed_request(
+    State(server): State<Arc<FeedServer>>,
+    Path(params): Path<HashMap<String, String>>,
+    request: Request,
+) -> Response {
+    let feed = params.get("feed").map(String::as_str).unwrap_or("");
+    let rest = params.get("rest").map(String::as_str).unwrap_or("");
+    match dispatch(&server, feed, rest, request).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn dispatch(
+    server: &Arc<FeedServer>,
+    feed: &str,
+    rest: &str,
+    request: Request,
+) -> Result<Response, ApiError> {
+    cairn_store::names::check_feed_name(feed)?;
+    // Decoded paths reach here: refuse traversal and absolute paths before any module
+    // parses them (names are checked again where they become keys).
+    if rest.starts_with('/')
+        || rest
+            .split('/')
+            .any(|seg| seg == ".." || seg == "." || seg.contains(['\\', '\0']))
+    {
+        return Err(ApiError::bad_request(format!(
+            "path `{rest}` must not contain `..`, `.`, `\\` or NUL segments or start with `/`"
+        )));
+    }
+    let record = server.store().feed(feed)?;
+    match record.ecosystem() {
+        Some(cairn_store::Ecosystem::Pypi) => pypi::handle(server, record, rest, request).await,
+        Some(cairn_store::Ecosystem::Raw) => raw::handle(server, record, rest, request).await,
+        Some(other) => Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            format!(
+                "feed `{feed}` is a {other} feed, which this server does not serve over HTTP yet"
+            ),
+        )),
+        None => Err(ApiError::not_found(format!(
+            "`{feed}` is not a package feed"
+        ))),
+    }
+}
+
+async fn count(
+    axum::extract::State(server): axum::extract::State<Arc<FeedServer>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    server.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    let status = response.status();
+    if status.is_client_error() || status.is_server_error() {
+        server.metrics.errors.fetch_add(1, Ordering::Relaxed);
+    }
+    tracing::debug!(%method, %path, status = status.as_u16(), "http request");
+    response
+}
+
+async fn metrics(axum::extract::State(server): axum::extract::State<Arc<FeedServer>>) -> String {
+    let m = &server.metrics;
+    let mut out = String::new();
+    for (name, help, value) in [
+        (
+            "cairn_http_requests_total",
+            "HTTP requests answered",
+            m.requests.load(Ordering::Relaxed),
+        ),
+        (
+            "cairn_http_errors_total",
+            "HTTP requests answered with 4xx or 5xx",
+            m.errors.load(Ordering::Relaxed),
+        ),
+        (
+            "cairn_http_sent_bytes_total",
+            "bytes of package files sent",
+            m.bytes_sent.load(Ordering::Relaxed),
+        ),
+        (
+            "cairn_http_received_bytes_total",
+            "bytes of package files received",
+            m.bytes_received.load(Ordering::Relaxed),
+        ),
+        (
+            "cairn_downloads_blocked_total",
+            "downloads refused by a blocking assessment",
+            m.blocked.load(Ordering::Relaxed),
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+        ));
+    }
+    out
+}
+
+/// An error answered to a client: a status and one line that says what is wrong. The body is
+/// JSON in the shapes npm (`error`) and cargo (`errors[].detail`) print.
+#[derive(Debug)]
+pub struct ApiError {
+    /// Status code.
+    pub status: StatusCode,
+    /// What is wrong, lowercase, no trailing period.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with `status`.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// 400.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+}
+
+impl From<cairn_store::store::StoreError> for ApiError {
+    fn from(e: cairn_store::store::StoreError) -> ApiError {
+        use cairn_store::store::StoreError as E;
+        let status = match &e {
+            E::FeedNotFound { .. } | E::EntryNotFound { .. } => StatusCode::NOT_FOUND,
+            E::VersionExists { .. } | E::FeedExists { .. } => StatusCode::CONFLICT,
+            E::Name(_) | E::InvalidPackage(_) | E::WrongFeedKind(_) | E::Input(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!("store: {e}");
+        }
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<cairn_store::names::NameError> for ApiError {
+    fn from(e: cairn_store::names::NameError) -> ApiError {
+        ApiError::bad_request(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "error": self.message,
+            "errors": [{ "detail": self.message }],
+        });
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Basic realm=\"cairn\""),
+            );
+        }
+        response
+    }
+}
+
+/// Runs `f` (store work that blocks) off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+}

@@ -171,6 +171,11 @@ fn find_in_tar_gz(
 }
 
 fn inspect_wheel(file: impl Read + Seek) -> Result<PackageInfo, PackageError> {
+    parse_core_metadata("METADATA", &wheel_metadata(file)?)
+}
+
+/// The text of a wheel's `*.dist-info/METADATA` (what PEP 658 serves beside the wheel).
+pub fn wheel_metadata(file: impl Read + Seek) -> Result<String, PackageError> {
     let mut zip = zip::ZipArchive::new(file).map_err(|e| PackageError::BadArchive {
         format: "wheel",
         detail: e.to_string(),
@@ -193,8 +198,7 @@ fn inspect_wheel(file: impl Read + Seek) -> Result<PackageInfo, PackageError> {
         format: "wheel",
         detail: e.to_string(),
     })?;
-    let text = read_bounded(entry, "METADATA")?;
-    parse_core_metadata("METADATA", &text)
+    read_bounded(entry, "METADATA")
 }
 
 /// Parses Python core metadata (the RFC 822-style headers of METADATA and PKG-INFO).

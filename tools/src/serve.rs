@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
+use cairn_feedserver::{FeedServer, HttpConfig};
 use cairn_store::admin::ReplicationRecord;
 use cairn_store::{Store, StoreOptions};
 use cairn_sync::proto::{Authorizer, FeedReport, GuardRail, InitiatorConfig};
@@ -27,6 +28,32 @@ pub struct Config {
     /// Configured replications.
     #[serde(default, rename = "replication")]
     pub replications: Vec<ReplicationConfig>,
+    /// The HTTP feed server.
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+impl Config {
+    /// Feeds this instance pulls from a peer, with the peer: they are read-only here.
+    pub fn pull_replicas(&self, store: &Store) -> HashMap<String, String> {
+        let mut out = HashMap::new();
+        for r in self
+            .replications
+            .iter()
+            .filter(|r| r.mode == Mode::Pull && r.direction == Direction::Outgoing)
+        {
+            for f in &r.feeds {
+                if f == "*" {
+                    for feed in store.list_feeds().unwrap_or_default() {
+                        out.insert(feed.name, r.peer.clone());
+                    }
+                } else if !f.starts_with('@') {
+                    out.insert(f.clone(), r.peer.clone());
+                }
+            }
+        }
+        out
+    }
 }
 
 /// `[sync]`.
@@ -464,7 +491,16 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
         let filter: transport::PeerFilter = Arc::new(move |k| filter_store.peer_list().map(|peers| peers.iter().any(|p| p.key == *k)).unwrap_or(false));
         let endpoint = transport::server(config.sync.listen, store.identity(), filter)?;
         let local = endpoint.local_addr()?;
-        println!("cairn serving {} on {} (replication, QUIC); key {}", data_dir.display(), local, store.identity().public_key());
+        let http = tokio::net::TcpListener::bind(config.http.listen).await.with_context(|| format!("binding the HTTP server to {}; set [http] listen in cairn.toml", config.http.listen))?;
+        let http_addr = http.local_addr()?;
+        let feeds = FeedServer::with_replicas(store.clone(), config.http.clone(), config.pull_replicas(&store));
+        let router = feeds.router();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(http, router).await {
+                tracing::error!("HTTP server stopped: {e}");
+            }
+        });
+        println!("cairn serving {} on {} (replication, QUIC) and http://{} (feeds); key {}", data_dir.display(), local, http_addr, store.identity().public_key());
         let accept_store = store.clone();
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {

@@ -412,6 +412,8 @@ struct Link {
 struct Bytes {
     a_to_b: u64,
     b_to_a: u64,
+    /// Packets hub -> spoke the link's queue dropped (the sender outran the rate).
+    queue_drops_b_to_a: u64,
 }
 
 impl Link {
@@ -448,6 +450,7 @@ impl Link {
         Ok(Bytes {
             a_to_b: v["a_to_b"]["bytes"].as_u64().unwrap_or(0),
             b_to_a: v["b_to_a"]["bytes"].as_u64().unwrap_or(0),
+            queue_drops_b_to_a: v["b_to_a"]["drop_queue"].as_u64().unwrap_or(0),
         })
     }
 
@@ -779,6 +782,8 @@ struct Row {
     round_trips: Option<u64>,
     bytes_hub_to_spoke: u64,
     bytes_spoke_to_hub: u64,
+    /// Packets hub -> spoke dropped at the link's full queue during the run.
+    queue_drops: u64,
     payload_bytes: u64,
     /// Payload over the whole run, as a share of the link rate.
     goodput_share: f64,
@@ -883,6 +888,7 @@ impl Bench {
             round_trips: rounds,
             bytes_hub_to_spoke: after.b_to_a - before.b_to_a,
             bytes_spoke_to_hub: after.a_to_b - before.a_to_b,
+            queue_drops: after.queue_drops_b_to_a - before.queue_drops_b_to_a,
             payload_bytes: payload,
             goodput_share: if t.wall > 0.0 {
                 payload as f64 / t.wall / rate
@@ -1427,9 +1433,9 @@ fn write_results(bench: &Bench) -> Result<()> {
             ""
         }
     ));
-    md.push_str("| scenario | tool | seconds | vs rsyncd | vs rsync-ssh | round trips | bytes hub->spoke | bytes spoke->hub | goodput (whole run) | goodput (steady) | CPU client / server s | client peak RSS MB | consistent | note |\n");
+    md.push_str("| scenario | tool | seconds | vs rsyncd | vs rsync-ssh | round trips | bytes hub->spoke | bytes spoke->hub | queue drops hub->spoke | goodput (whole run) | goodput (steady) | CPU client / server s | client peak RSS MB | consistent | note |\n");
     md.push_str(
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for r in &bench.rows {
         let ratio = |other: &str| {
@@ -1452,7 +1458,7 @@ fn write_results(bench: &Bench) -> Result<()> {
                 .unwrap_or_default()
         };
         md.push_str(&format!(
-            "| {} | {} | {:.2} | {} | {} | {} | {} | {} | {:.0}% | {} | {:.1} / {:.1} | {:.0} | {} | {} |\n",
+            "| {} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {:.0}% | {} | {:.1} / {:.1} | {:.0} | {} | {} |\n",
             r.scenario,
             r.tool,
             r.seconds,
@@ -1461,6 +1467,7 @@ fn write_results(bench: &Bench) -> Result<()> {
             r.round_trips.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
             r.bytes_hub_to_spoke,
             r.bytes_spoke_to_hub,
+            r.queue_drops,
             r.goodput_share * 100.0,
             r.steady_share.map(|s| format!("{:.0}%", s * 100.0)).unwrap_or_else(|| "-".into()),
             r.cpu_client_s,

@@ -1,0 +1,239 @@
+//! Raw feeds: plain files by path, `/feeds/NAME/PACKAGE/VERSION/FILE`, the same
+//! package-version-file model as `cairn push FEED FILE --name PACKAGE --version VERSION`.
+//!
+//! | method | path | what |
+//! | --- | --- | --- |
+//! | `GET` | (none) | every version with its files, JSON |
+//! | `GET`, `HEAD` | `PACKAGE/VERSION/FILE` | the file, with `Range` (206, 416) |
+//! | `PUT` | `PACKAGE/VERSION/FILE` | store the request body (201; 200 if identical; 409 if that file exists with other bytes) |
+//! | `DELETE` | `PACKAGE/VERSION/FILE` or `PACKAGE/VERSION` | delete the version (a signed tombstone); a version with several files is deleted by its own path |
+
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use cairn_store::doc::{Ecosystem, Manifest};
+use cairn_store::names;
+use cairn_store::store::{EntryKind, FeedRecord, NewFile, NewPackage, PublishOutcome};
+use futures_util::StreamExt;
+
+use crate::auth::Access;
+use crate::{blocking, ApiError, FeedServer};
+
+/// Answers a request for `rest` (the path after `/feeds/NAME/`) of a raw feed.
+pub async fn handle(
+    server: &Arc<FeedServer>,
+    feed: FeedRecord,
+    rest: &str,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let method = request.method().clone();
+    let headers = request.headers().clone();
+    let segments: Vec<&str> = rest.split('/').collect();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, [""]) => {
+            server.authorize(&headers, &feed.name, Access::Read)?;
+            list(server, &feed).await
+        }
+        (&Method::GET | &Method::HEAD, [name, version, file]) => {
+            server.authorize(&headers, &feed.name, Access::Read)?;
+            crate::pypi::serve_file(
+                server,
+                &feed,
+                Ecosystem::Raw,
+                name,
+                version,
+                file,
+                &headers,
+                method == Method::HEAD,
+                "application/octet-stream",
+            )
+            .await
+        }
+        (&Method::PUT, [name, version, file]) => {
+            server.authorize(&headers, &feed.name, Access::Publish)?;
+            server.check_writable(&feed.name)?;
+            put(server, &feed, name, version, file, request).await
+        }
+        (&Method::DELETE, [name, version, file]) => {
+            server.authorize(&headers, &feed.name, Access::Publish)?;
+            server.check_writable(&feed.name)?;
+            delete(server, &feed, name, version, Some(file)).await
+        }
+        (&Method::DELETE, [name, version]) => {
+            server.authorize(&headers, &feed.name, Access::Publish)?;
+            server.check_writable(&feed.name)?;
+            delete(server, &feed, name, version, None).await
+        }
+        _ => Err(ApiError::not_found(format!(
+            "no such resource `{rest}` in raw feed `{}`; files live at /feeds/{}/PACKAGE/VERSION/FILE",
+            feed.name, feed.name
+        ))),
+    }
+}
+
+async fn list(server: &Arc<FeedServer>, feed: &FeedRecord) -> Result<Response, ApiError> {
+    let (s, f) = (server.clone(), feed.name.clone());
+    let versions = blocking(move || {
+        let store = s.store();
+        let mut out = Vec::new();
+        for e in store.entries(&f)? {
+            if e.value.kind != EntryKind::Manifest {
+                continue;
+            }
+            let Some(doc) = store.document(&e.value.doc)? else {
+                continue;
+            };
+            let m: Manifest = doc
+                .payload()
+                .map_err(cairn_store::store::StoreError::from)?;
+            out.push(serde_json::json!({
+                "name": m.name,
+                "version": m.version,
+                "files": m.files.iter().map(|f| serde_json::json!({
+                    "name": f.name,
+                    "size": f.size,
+                    "blake3": f.blob.to_string(),
+                    "url": format!("/feeds/{}/{}/{}/{}", m.feed, m.name, m.version, f.name),
+                })).collect::<Vec<_>>(),
+            }));
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(axum::Json(serde_json::json!({ "feed": feed.name, "versions": versions })).into_response())
+}
+
+async fn put(
+    server: &Arc<FeedServer>,
+    feed: &FeedRecord,
+    name: &str,
+    version: &str,
+    file: &str,
+    request: Request,
+) -> Result<Response, ApiError> {
+    names::check_package_name(Ecosystem::Raw, name)?;
+    names::check_version(version)?;
+    names::check_file_name(file)?;
+    let internal = |e: std::io::Error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("writing the upload: {e}"),
+        )
+    };
+    let tmp_dir = server.store().dir().join("tmp");
+    std::fs::create_dir_all(&tmp_dir).map_err(internal)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(internal)?;
+    let limit = server.config().max_upload_bytes();
+    let mut size = 0u64;
+    let mut stream = request.into_body().into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request(format!("the upload of {file} was cut short: {e}"))
+        })?;
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "{file} is larger than the {} MiB upload limit",
+                    server.config().max_upload_mib
+                ),
+            ));
+        }
+        tmp.write_all(&chunk).map_err(internal)?;
+    }
+    server
+        .metrics()
+        .bytes_received
+        .fetch_add(size, Ordering::Relaxed);
+    let (s, f, n, v, fname) = (
+        server.clone(),
+        feed.name.clone(),
+        name.to_owned(),
+        version.to_owned(),
+        file.to_owned(),
+    );
+    let (published, blob) = blocking(move || {
+        let store = s.store();
+        let stored = store.put_blob(std::fs::File::open(tmp.path()).map_err(internal)?)?;
+        let blob = stored.hash;
+        let published = store.publish(
+            &f,
+            NewPackage {
+                name: n,
+                version: v,
+                files: vec![NewFile {
+                    name: fname,
+                    blob: stored.hash,
+                    size: stored.size,
+                    digests: Default::default(),
+                }],
+                metadata: Default::default(),
+            },
+        )?;
+        drop(stored);
+        Ok((published, blob))
+    })
+    .await?;
+    let status = match published.outcome {
+        PublishOutcome::Unchanged => StatusCode::OK,
+        PublishOutcome::Created | PublishOutcome::FilesAdded => StatusCode::CREATED,
+    };
+    Ok((
+        status,
+        axum::Json(serde_json::json!({
+            "name": name, "version": version, "file": file,
+            "size": size, "blake3": blob.to_string(), "manifest": published.doc.to_string(),
+        })),
+    )
+        .into_response())
+}
+
+async fn delete(
+    server: &Arc<FeedServer>,
+    feed: &FeedRecord,
+    name: &str,
+    version: &str,
+    file: Option<&str>,
+) -> Result<Response, ApiError> {
+    names::check_package_name(Ecosystem::Raw, name)?;
+    names::check_version(version)?;
+    if let Some(f) = file {
+        names::check_file_name(f)?;
+    }
+    let (s, f, n, v, file) = (
+        server.clone(),
+        feed.name.clone(),
+        name.to_owned(),
+        version.to_owned(),
+        file.map(str::to_owned),
+    );
+    blocking(move || {
+        let store = s.store();
+        let Some((_, m)) = store.manifest(&f, &n, &v)? else {
+            return Err(ApiError::not_found(format!("{n} {v} is not in feed `{f}`")));
+        };
+        if let Some(file) = &file {
+            if !m.files.iter().any(|x| &x.name == file) {
+                return Err(ApiError::not_found(format!("{n} {v} has no file `{file}`")));
+            }
+            if m.files.len() > 1 {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "{n} {v} has {} files and versions are deleted whole; DELETE /feeds/{f}/{n}/{v} to delete them all",
+                        m.files.len()
+                    ),
+                ));
+            }
+        }
+        store.delete(&f, &n, &v)?;
+        Ok(())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

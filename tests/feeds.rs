@@ -1,0 +1,547 @@
+//! The HTTP feed server with real clients: `twine upload` publishes to `cairn serve`, `pip
+//! install` installs from it, and bad requests get clear 4xx answers that change nothing.
+//! Packages are built here (a wheel and an sdist, by Python's own zipfile and tarfile), so
+//! nothing comes from outside.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::util::{Instance, Server};
+
+/// Builds `cairn_alpha-1.0.0.tar.gz` (an sdist with setup.py) and
+/// `cairn_beta-2.0.0-py3-none-any.whl` (a wheel that requires cairn-alpha) in `dir`.
+const BUILD: &str = r#"
+import base64, hashlib, io, sys, tarfile, zipfile, os
+out = sys.argv[1]
+def record_line(path, data):
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{path},sha256={digest},{len(data)}"
+files = {
+    "cairn_beta/__init__.py": b"import cairn_alpha\nVALUE = cairn_alpha.VALUE + 1\n",
+    "cairn_beta-2.0.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: Cairn_Beta\nVersion: 2.0.0\nSummary: beta\nRequires-Python: >=3.7\nRequires-Dist: cairn-alpha>=1.0\n",
+    "cairn_beta-2.0.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: cairn-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = [record_line(p, d) for p, d in files.items()] + ["cairn_beta-2.0.0.dist-info/RECORD,,"]
+with zipfile.ZipFile(os.path.join(out, "cairn_beta-2.0.0-py3-none-any.whl"), "w") as z:
+    for p, d in files.items():
+        z.writestr(p, d)
+    z.writestr("cairn_beta-2.0.0.dist-info/RECORD", "\n".join(record) + "\n")
+top = "cairn_alpha-1.0.0"
+sdist = {
+    f"{top}/PKG-INFO": b"Metadata-Version: 2.1\nName: cairn-alpha\nVersion: 1.0.0\nSummary: alpha\n",
+    f"{top}/setup.py": b"from setuptools import setup\nsetup(name='cairn-alpha', version='1.0.0', py_modules=['cairn_alpha'])\n",
+    f"{top}/cairn_alpha.py": b"VALUE = 41\n",
+}
+with tarfile.open(os.path.join(out, f"{top}.tar.gz"), "w:gz") as t:
+    for p, d in sdist.items():
+        info = tarfile.TarInfo(p)
+        info.size = len(d)
+        t.addfile(info, io.BytesIO(d))
+"#;
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed: {}\n--- stdout\n{}\n--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// A Python command with no pip configuration or extra package sources from the machine.
+fn python(args: &[&str]) -> Command {
+    let mut c = Command::new("python3");
+    c.args(args)
+        .env_remove("PIP_FIND_LINKS")
+        .env("PIP_CONFIG_FILE", "/dev/null")
+        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1");
+    c
+}
+
+fn twine_upload(url: &str, token: &str, file: &Path) -> Output {
+    python(&[
+        "-m",
+        "twine",
+        "upload",
+        "--non-interactive",
+        "--disable-progress-bar",
+        "--repository-url",
+        url,
+        "-u",
+        "__token__",
+        "-p",
+        token,
+    ])
+    .arg(file)
+    .output()
+    .expect("twine runs (pip install twine)")
+}
+
+/// One HTTP/1.1 request over a plain TCP socket (`HOST` in `head` becomes the server's
+/// address); the status and the whole response as text.
+fn http(addr: &str, head: &str) -> (u16, String) {
+    raw_http(addr, head, b"")
+}
+
+fn raw_http(addr: &str, head: &str, body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let host = addr.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    let _ = s.write_all(head.replace("HOST", host).as_bytes());
+    let _ = s.write_all(body);
+    let mut bytes = Vec::new();
+    let _ = s.read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// The project names the JSON simple index lists.
+fn projects(addr: &str) -> Vec<String> {
+    let (status, text) = http(
+        addr,
+        "GET /feeds/pypi/simple/ HTTP/1.1\r\nHost: HOST\r\nAccept: application/vnd.pypi.simple.v1+json\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{text}");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    v["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn config(inst: &Instance) {
+    std::fs::write(
+        inst.data().join("cairn.toml"),
+        "[sync]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\nanonymous_read = [\"pypi\", \"files\"]\nmax_upload_mib = 1\n",
+    )
+    .unwrap();
+}
+
+#[test]
+fn twine_uploads_and_pip_installs_a_wheel_and_an_sdist_with_a_dependency() {
+    let inst = Instance::new();
+    inst.ok(&["feed", "create", "pypi", "--type", "pypi"]);
+    inst.ok(&["feed", "create", "other", "--type", "pypi"]);
+    let token = inst
+        .ok(&["token", "create", "--scope", "publish:pypi"])
+        .trim()
+        .to_owned();
+    let other_token = inst
+        .ok(&["token", "create", "--scope", "publish:other"])
+        .trim()
+        .to_owned();
+    config(&inst);
+    let pkgs: PathBuf = inst.path("pkgs");
+    std::fs::create_dir_all(&pkgs).unwrap();
+    run(python(&["-c", BUILD]).arg(&pkgs));
+    let wheel = pkgs.join("cairn_beta-2.0.0-py3-none-any.whl");
+    let sdist = pkgs.join("cairn_alpha-1.0.0.tar.gz");
+
+    let server = Server::start(&inst);
+    let upload_url = format!("{}/feeds/pypi/legacy/", server.http);
+
+    // Refused: a bad token, a token for another feed, no token.
+    assert!(!twine_upload(&upload_url, "cairn_nope", &wheel)
+        .status
+        .success());
+    assert!(!twine_upload(&upload_url, &other_token, &wheel)
+        .status
+        .success());
+    for (auth, want, says) in [
+        ("", 401, "needs a token"),
+        ("Authorization: Bearer cairn_nope\r\n", 401, "not valid"),
+        (
+            &format!("Authorization: {other_token}\r\n") as &str,
+            403,
+            "does not allow publishing",
+        ),
+    ] {
+        let (status, body) = http(
+            &server.http,
+            &format!("POST /feeds/pypi/legacy/ HTTP/1.1\r\nHost: HOST\r\n{auth}Connection: close\r\nContent-Length: 0\r\n\r\n"),
+        );
+        assert_eq!(status, want, "{body}");
+        assert!(body.contains(says), "{body}");
+    }
+    assert_eq!(projects(&server.http), Vec::<String>::new());
+
+    // Published, then installed by pip from the simple index: the wheel's dependency is the
+    // sdist, which pip builds.
+    run(python(&[
+        "-m",
+        "twine",
+        "upload",
+        "--non-interactive",
+        "--disable-progress-bar",
+        "--repository-url",
+        &upload_url,
+        "-u",
+        "__token__",
+        "-p",
+        &token,
+    ])
+    .arg(&wheel)
+    .arg(&sdist));
+    assert_eq!(projects(&server.http), ["cairn-alpha", "cairn-beta"]);
+
+    {
+        let target = inst.path("site");
+        let mut pip = python(&[
+            "-m",
+            "pip",
+            "install",
+            "--no-build-isolation",
+            "--no-cache-dir",
+            "--index-url",
+            &format!("{}/feeds/pypi/simple/", server.http),
+            "--target",
+        ]);
+        pip.arg(&target).arg("cairn-beta==2.0.0");
+        let out = run(&mut pip);
+        let log = String::from_utf8_lossy(&out.stdout);
+        assert!(log.contains("Successfully installed"), "{log}");
+        let check = run(
+            python(&["-c", "import cairn_beta; print(cairn_beta.VALUE)"])
+                .env("PYTHONPATH", &target),
+        );
+        assert_eq!(String::from_utf8_lossy(&check.stdout).trim(), "42");
+    }
+
+    // The JSON and HTML indexes carry what pip needs.
+    let (status, page) = http(
+        &server.http,
+        "GET /feeds/pypi/simple/cairn-beta/ HTTP/1.1\r\nHost: HOST\r\nAccept: application/vnd.pypi.simple.v1+json\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("\"requires-python\":\">=3.7\""), "{page}");
+    assert!(page.contains("\"core-metadata\":{\"sha256\""), "{page}");
+    let (status, page) = http(
+        &server.http,
+        "GET /feeds/pypi/simple/cairn-alpha/ HTTP/1.1\r\nHost: HOST\r\nAccept: text/html\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains(
+            "<a href=\"/feeds/pypi/files/cairn-alpha/1.0.0/cairn_alpha-1.0.0.tar.gz#sha256="
+        ),
+        "{page}"
+    );
+    let (status, page) = http(
+        &server.http,
+        "GET /feeds/pypi/simple/Cairn_Beta/ HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 308, "a non-normalized name redirects: {page}");
+    assert!(
+        page.contains("location: /feeds/pypi/simple/cairn-beta/"),
+        "{page}"
+    );
+
+    // Bad input: each a clear 4xx, the store unchanged.
+    drop(server);
+    let before = inst.root("pypi");
+    let server = Server::start(&inst);
+    for (request, want, says) in [
+        (
+            "GET /feeds/pypi/files/..%2f..%2fetc/1.0/passwd HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
+            400,
+            "must not contain `..`",
+        ),
+        (
+            "GET /feeds/pypi/files/cairn-beta/2.0.0/..%5cx HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
+            400,
+            "must not contain",
+        ),
+        (
+            "GET /feeds/pypi/files/cairn-beta/%2fetc%2fpasswd HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
+            404,
+            "no such PyPI resource",
+        ),
+        (
+            "GET /feeds/..%2fpypi/simple/ HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
+            400,
+            "feed name",
+        ),
+        (
+            "GET /feeds/pypi/files/cairn-beta/9.9/x.whl HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
+            404,
+            "not in feed",
+        ),
+    ] {
+        let (status, body) = http(&server.http, request);
+        assert_eq!(status, want, "{request}\n{body}");
+        assert!(body.contains(says), "{request}\n{body}");
+    }
+    // A file whose bytes do not match the declared sha256.
+    let upload = |fields: &[(&str, &str)], file: Option<(&str, &[u8])>, cut: usize| {
+        let boundary = "cairnboundary";
+        let mut body = Vec::new();
+        for (k, v) in fields {
+            body.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
+                )
+                .as_bytes(),
+            );
+        }
+        if let Some((name, data)) = file {
+            body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"content\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes());
+            body.extend_from_slice(data);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        // A cut multipart body: the HTTP body is whole, the multipart in it ends early.
+        body.truncate(body.len() - cut);
+        let len = body.len();
+        let auth = base64_basic(&token);
+        let head = format!("POST /feeds/pypi/legacy/ HTTP/1.1\r\nHost: HOST\r\nAuthorization: Basic {auth}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n");
+        raw_http(&server.http, &head, &body)
+    };
+    let wheel_bytes = std::fs::read(&wheel).unwrap();
+    let (status, body) = upload(
+        &[
+            (":action", "file_upload"),
+            ("name", "cairn-beta"),
+            ("version", "2.0.0"),
+            ("sha256_digest", &"0".repeat(64)),
+        ],
+        Some(("cairn_beta-2.0.0-py3-none-any.whl", &wheel_bytes)),
+        0,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("does not match its sha256_digest"), "{body}");
+    // A multipart body cut short.
+    let (status, body) = upload(
+        &[
+            (":action", "file_upload"),
+            ("name", "cairn-beta"),
+            ("version", "2.0.0"),
+        ],
+        Some(("cairn_beta-2.0.0-py3-none-any.whl", &wheel_bytes)),
+        200,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("malformed or cut short"), "{body}");
+    // Not a zip at all.
+    let (status, body) = upload(
+        &[
+            (":action", "file_upload"),
+            ("name", "cairn-delta"),
+            ("version", "1.0"),
+        ],
+        Some(("cairn_delta-1.0-py3-none-any.whl", b"not a zip")),
+        0,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not a readable archive"), "{body}");
+    // Larger than the configured limit (1 MiB).
+    let big = vec![7u8; 1_200_000];
+    let (status, body) = upload(
+        &[
+            (":action", "file_upload"),
+            ("name", "cairn-big"),
+            ("version", "1.0"),
+        ],
+        Some(("cairn_big-1.0-py3-none-any.whl", &big)),
+        0,
+    );
+    assert_eq!(status, 413, "{body}");
+    // The same name with another spelling, same version, other bytes: a conflict.
+    let (status, body) = upload(
+        &[
+            (":action", "file_upload"),
+            ("name", "cairn.beta"),
+            ("version", "2.0.0"),
+        ],
+        Some((
+            "cairn_beta-2.0.0-py3-none-any.whl",
+            &[wheel_bytes.as_slice(), b"x"].concat(),
+        )),
+        0,
+    );
+    assert!(status == 400 || status == 409, "{status} {body}");
+    drop(server);
+    assert_eq!(inst.root("pypi"), before, "bad uploads changed the feed");
+    assert!(inst.ok(&["verify"]).contains(": ok"));
+}
+
+fn base64_basic(token: &str) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let input = format!("__token__:{token}").into_bytes();
+    let mut out = String::new();
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The body of a response as bytes (after the blank line), and the status.
+fn http_bytes(addr: &str, head: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let host = addr.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    let _ = s.write_all(head.replace("HOST", host).as_bytes());
+    let _ = s.write_all(body);
+    let mut bytes = Vec::new();
+    let _ = s.read_to_end(&mut bytes);
+    let split = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(bytes.len(), |p| p + 4);
+    let status = String::from_utf8_lossy(&bytes[..split])
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, bytes[split..].to_vec())
+}
+
+#[test]
+fn raw_files_put_get_range_delete_and_a_tampered_blob_is_never_served() {
+    let inst = Instance::new();
+    inst.ok(&["feed", "create", "files", "--type", "raw"]);
+    let token = inst
+        .ok(&["token", "create", "--scope", "publish:files"])
+        .trim()
+        .to_owned();
+    config(&inst);
+    let data = crate::util::bytes(7, 300_000);
+    let server = Server::start(&inst);
+    let put = |path: &str, auth: &str, body: &[u8]| {
+        http(
+            &server.http,
+            &format!(
+                "PUT /feeds/files/{path} HTTP/1.1\r\nHost: HOST\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{}",
+                body.len(),
+                String::from_utf8_lossy(body)
+            ),
+        )
+    };
+    let bearer = format!("Authorization: Bearer {token}\r\n");
+    // Binary bodies go through raw_http.
+    let put_bytes = |path: &str, body: &[u8]| {
+        raw_http(
+            &server.http,
+            &format!(
+                "PUT /feeds/files/{path} HTTP/1.1\r\nHost: HOST\r\n{bearer}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            ),
+            body,
+        )
+    };
+    assert_eq!(put("tool/1.0/t.bin", "", b"x").0, 401);
+    let (status, body) = put("..%2fx/1.0/t.bin", &bearer, b"x");
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(put_bytes("tool/1.0/t.bin", &data).0, 201);
+    assert_eq!(
+        put_bytes("tool/1.0/t.bin", &data).0,
+        200,
+        "same bytes again"
+    );
+    let (status, body) = put_bytes("tool/1.0/t.bin", b"other bytes");
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = put_bytes("tool/2.0/big.bin", &vec![1u8; 1_100_000]);
+    assert_eq!(status, 413, "{body}");
+
+    let get = |range: &str| {
+        http_bytes(
+            &server.http,
+            &format!("GET /feeds/files/tool/1.0/t.bin HTTP/1.1\r\nHost: HOST\r\n{range}Connection: close\r\n\r\n"),
+            b"",
+        )
+    };
+    assert_eq!(get(""), (200, data.clone()));
+    assert_eq!(
+        get("Range: bytes=100000-100009\r\n"),
+        (206, data[100_000..100_010].to_vec())
+    );
+    assert_eq!(
+        get("Range: bytes=-5\r\n"),
+        (206, data[data.len() - 5..].to_vec())
+    );
+    assert_eq!(get("Range: bytes=300000-\r\n").0, 416);
+    let (status, head) = http(
+        &server.http,
+        "HEAD /feeds/files/tool/1.0/t.bin HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    assert!(head.contains("content-length: 300000"), "{head}");
+    let (status, list) = http(
+        &server.http,
+        "GET /feeds/files/ HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    assert!(list.contains("\"name\":\"t.bin\""), "{list}");
+    drop(server);
+
+    // Damage the blob on disk: at its start, a clear 500 and no byte; further in, the bytes
+    // before the damaged chunk group and then a cut, never a damaged byte.
+    let blob = crate::util::listing(&inst.data().join("blobs"))
+        .lines()
+        .map(|l| l.rsplit_once(' ').unwrap().0.to_owned())
+        .find(|p| !p.ends_with(".obao"))
+        .unwrap();
+    let original = std::fs::read(&blob).unwrap();
+    for (offset, whole_groups) in [(10usize, 0usize), (200_000, 12)] {
+        let mut damaged = original.clone();
+        damaged[offset] ^= 0xff;
+        std::fs::write(&blob, &damaged).unwrap();
+        let server = Server::start(&inst);
+        let (status, body) = http_bytes(
+            &server.http,
+            "GET /feeds/files/tool/1.0/t.bin HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
+            b"",
+        );
+        if whole_groups == 0 {
+            assert_eq!(status, 500);
+            assert!(String::from_utf8_lossy(&body).contains("failed verification"));
+        } else {
+            assert_eq!(status, 200);
+            assert!(body.len() < data.len(), "a damaged blob was sent whole");
+            assert!(body.len() <= offset, "bytes past the damage were sent");
+            assert_eq!(
+                body,
+                data[..body.len()],
+                "sent bytes differ from the original"
+            );
+        }
+        drop(server);
+    }
+    std::fs::write(&blob, &original).unwrap();
+    let server = Server::start(&inst);
+    let (status, _) = http(
+        &server.http,
+        &format!("DELETE /feeds/files/tool/1.0/t.bin HTTP/1.1\r\nHost: HOST\r\n{bearer}Connection: close\r\n\r\n"),
+    );
+    assert_eq!(status, 204);
+    let (status, _) = http(
+        &server.http,
+        "GET /feeds/files/tool/1.0/t.bin HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 404);
+}
