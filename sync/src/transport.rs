@@ -259,6 +259,51 @@ pub fn set_window_mib(mib: u32) {
     WINDOW_MIB.store(mib, Ordering::Relaxed);
 }
 
+/// The smallest connection receive window the tuner sets.
+const MIN_TUNED_WINDOW: u64 = 2 << 20;
+
+/// Keeps a connection's receive window at about twice the bandwidth-delay product measured on
+/// it (the peak receive rate of the last second times the smallest RTT seen), between 2 MiB
+/// and the configured window. quinn paces BBR from its congestion window, which runs at up to
+/// 2.5 times the bottleneck rate; a fixed 64 MiB window let it keep megabytes queued at the
+/// bottleneck and lose most of them (over half the packets sent were dropped on the emulated
+/// link). Twice the BDP still lets the window double every adjustment while the rate grows,
+/// and caps what can queue at one BDP. Runs until the connection closes.
+async fn tune_receive_window(conn: quinn::Connection) {
+    let max = u64::from(WINDOW_MIB.load(Ordering::Relaxed).min(1024)) << 20;
+    if max == 0 {
+        return;
+    }
+    let step = Duration::from_millis(200);
+    let mut last = (Instant::now(), conn.stats().udp_rx.bytes);
+    let mut rates = std::collections::VecDeque::with_capacity(5);
+    let mut current = 0u64;
+    let mut min_rtt = conn.rtt();
+    while conn.close_reason().is_none() {
+        tokio::time::sleep(step).await;
+        let now = (Instant::now(), conn.stats().udp_rx.bytes);
+        let secs = now.0.duration_since(last.0).as_secs_f64().max(1e-3);
+        let rate = now.1.saturating_sub(last.1) as f64 / secs;
+        last = now;
+        if rates.len() == 5 {
+            rates.pop_front();
+        }
+        rates.push_back(rate);
+        let peak = rates.iter().copied().fold(0.0, f64::max);
+        // The smallest RTT seen is the path's; the current one includes the queue this is
+        // meant to keep short.
+        min_rtt = min_rtt.min(conn.rtt());
+        let window =
+            ((2.0 * peak * min_rtt.as_secs_f64()) as u64).clamp(MIN_TUNED_WINDOW.min(max), max);
+        if window != current {
+            if let Ok(w) = quinn::VarInt::from_u64(window) {
+                conn.set_receive_window(w);
+                current = window;
+            }
+        }
+    }
+}
+
 /// Transport settings for links up to about 1 Gbit/s at 300 ms.
 pub fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
@@ -428,6 +473,15 @@ impl Progress {
             .store(s.blob_bytes_due, Ordering::Relaxed);
         self.blob_bytes_done
             .store(s.blob_bytes_sent + s.blob_bytes_received, Ordering::Relaxed);
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -619,6 +673,8 @@ async fn drive(
     progress: &Progress,
 ) -> Result<(Session, RunStats), TransportError> {
     let start = Instant::now();
+    let tuner = tokio::spawn(tune_receive_window(conn.clone()));
+    let _stop_tuner = AbortOnDrop(tuner);
     let mut stats = RunStats::default();
     let (tx, mut rx) = mpsc::channel::<Incoming>(64);
     let mut reader = FrameReader::default();
