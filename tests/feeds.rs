@@ -545,3 +545,181 @@ fn raw_files_put_get_range_delete_and_a_tampered_blob_is_never_served() {
     );
     assert_eq!(status, 404);
 }
+
+/// A `cargo` command with its own home (registry configuration, caches) and target dir.
+fn cargo(home: &Path, dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("cargo");
+    c.args(args)
+        .current_dir(dir)
+        .env("CARGO_HOME", home)
+        .env("CARGO_TARGET_DIR", home.join("target"))
+        .env_remove("RUSTFLAGS")
+        .env("CARGO_TERM_COLOR", "never");
+    c
+}
+
+#[test]
+fn cargo_publishes_yanks_and_builds_through_the_sparse_registry() {
+    let inst = Instance::new();
+    inst.ok(&["feed", "create", "crates", "--type", "cargo"]);
+    let token = inst
+        .ok(&["token", "create", "--scope", "publish:crates"])
+        .trim()
+        .to_owned();
+    let reader = inst
+        .ok(&["token", "create", "--scope", "read:crates"])
+        .trim()
+        .to_owned();
+    std::fs::write(
+        inst.data().join("cairn.toml"),
+        "[sync]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\nanonymous_read = [\"crates\"]\n",
+    )
+    .unwrap();
+    let server = Server::start(&inst);
+    let home = inst.path("cargo-home");
+    std::fs::create_dir_all(&home).unwrap();
+    // The machine's own cargo configuration (offline mirrors, vendoring) stays out.
+    std::fs::write(
+        home.join("config.toml"),
+        format!(
+            "[registries.cairn]\nindex = \"sparse+{}/feeds/crates/\"\n",
+            server.http
+        ),
+    )
+    .unwrap();
+    let dep = inst.path("cairn-dep");
+    std::fs::create_dir_all(dep.join("src")).unwrap();
+    std::fs::write(
+        dep.join("Cargo.toml"),
+        "[package]\nname = \"cairn-dep\"\nversion = \"0.1.0\"\nedition = \"2021\"\ndescription = \"test\"\nlicense = \"MIT\"\n\n[dependencies]\n",
+    )
+    .unwrap();
+    std::fs::write(dep.join("src/lib.rs"), "pub fn answer() -> u32 { 42 }\n").unwrap();
+    // A token without the publish scope is refused; the right one publishes.
+    let out = cargo(
+        &home,
+        &dep,
+        &[
+            "publish",
+            "--registry",
+            "cairn",
+            "--no-verify",
+            "--allow-dirty",
+        ],
+    )
+    .env("CARGO_REGISTRIES_CAIRN_TOKEN", &reader)
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not allow publishing"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    run(cargo(
+        &home,
+        &dep,
+        &[
+            "publish",
+            "--registry",
+            "cairn",
+            "--no-verify",
+            "--allow-dirty",
+        ],
+    )
+    .env("CARGO_REGISTRIES_CAIRN_TOKEN", &token));
+
+    let app = inst.path("app");
+    std::fs::create_dir_all(app.join("src")).unwrap();
+    std::fs::write(
+        app.join("Cargo.toml"),
+        "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\ncairn-dep = { version = \"0.1\", registry = \"cairn\" }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        app.join("src/main.rs"),
+        "fn main() { println!(\"{}\", cairn_dep::answer()); }\n",
+    )
+    .unwrap();
+    let out = run(&mut cargo(&home, &app, &["run", "--quiet"]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+
+    // Yank and unyank show in the index.
+    let index = || {
+        http(
+            &server.http,
+            "GET /feeds/crates/ca/ir/cairn-dep HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
+        )
+    };
+    let (status, body) = index();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"yanked\":false") && body.contains("\"cksum\":\""),
+        "{body}"
+    );
+    run(cargo(
+        &home,
+        &dep,
+        &[
+            "yank",
+            "--registry",
+            "cairn",
+            "--version",
+            "0.1.0",
+            "cairn-dep",
+        ],
+    )
+    .env("CARGO_REGISTRIES_CAIRN_TOKEN", &token));
+    assert!(index().1.contains("\"yanked\":true"));
+    run(cargo(
+        &home,
+        &dep,
+        &[
+            "yank",
+            "--undo",
+            "--registry",
+            "cairn",
+            "--version",
+            "0.1.0",
+            "cairn-dep",
+        ],
+    )
+    .env("CARGO_REGISTRIES_CAIRN_TOKEN", &token));
+    assert!(index().1.contains("\"yanked\":false"));
+
+    // A publish body whose length prefix promises more than it holds, and one whose .crate
+    // is not gzip: 400, nothing stored.
+    let auth = format!("Authorization: {token}\r\n");
+    for (body, says) in [
+        (
+            [&100u32.to_le_bytes()[..], b"{}"].concat(),
+            "declares 100 bytes",
+        ),
+        (
+            [
+                &25u32.to_le_bytes()[..],
+                br#"{"name":"x","vers":"1.0"}"#,
+                &4u32.to_le_bytes()[..],
+                b"nope",
+            ]
+            .concat(),
+            "not gzip",
+        ),
+    ] {
+        let (status, text) = raw_http(
+            &server.http,
+            &format!(
+                "PUT /feeds/crates/api/v1/crates/new HTTP/1.1\r\nHost: HOST\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            ),
+            &body,
+        );
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains(says), "{text}");
+    }
+    let (status, _) = http(
+        &server.http,
+        "GET /feeds/crates/1/x HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 404);
+}

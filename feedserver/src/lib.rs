@@ -6,6 +6,8 @@
 //! - [`pypi`]: the simple repository API (PEP 503 HTML and PEP 691 JSON, chosen by the
 //!   `Accept` header), PEP 658/714 metadata files, PEP 592 yanking, and the legacy upload API
 //!   that `twine upload` speaks.
+//! - [`cargo`]: a sparse registry (`config.json`, index files, downloads) and the publish,
+//!   yank and unyank API that `cargo` speaks.
 //! - [`raw`]: files by path (`NAME/VERSION/FILE`), with `PUT`, `GET`, `HEAD`, `DELETE` and
 //!   `Range`.
 //! - [`auth`]: tokens as each client sends them (HTTP Basic with any user name and the token
@@ -43,6 +45,7 @@ use serde::Deserialize;
 pub mod auth;
 pub mod blocking;
 pub mod body;
+pub mod cargo;
 pub mod pypi;
 pub mod raw;
 pub mod versions;
@@ -220,6 +223,7 @@ async fn dispatch(
     match record.ecosystem() {
         Some(cairn_store::Ecosystem::Pypi) => pypi::handle(server, record, rest, request).await,
         Some(cairn_store::Ecosystem::Raw) => raw::handle(server, record, rest, request).await,
+        Some(cairn_store::Ecosystem::Cargo) => cargo::handle(server, record, rest, request).await,
         Some(other) => Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
             format!(

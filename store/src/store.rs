@@ -403,6 +403,17 @@ pub struct NewPackage {
     pub metadata: BTreeMap<String, ciborium::Value>,
 }
 
+/// Metadata fields to change on one package version ([`Store::amend_metadata`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Amendment {
+    /// Package name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Fields to set (`Some`) or remove (`None`).
+    pub set: BTreeMap<String, Option<ciborium::Value>>,
+}
+
 /// What a publish did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PublishOutcome {
@@ -1475,6 +1486,90 @@ impl Store {
             doc: id,
             outcome: PublishOutcome::Created,
         })
+    }
+
+    /// Changes metadata fields of live package versions without touching their files (a yank,
+    /// a dist-tag moving): each version named gets a newly signed manifest with `set` applied
+    /// (`None` removes a field), all in one write batch. Versions whose metadata would not
+    /// change are left as they are.
+    pub fn amend_metadata(&self, feed: &str, changes: &[Amendment]) -> Result<Vec<Published>> {
+        let f = self.feed(feed)?;
+        let ecosystem = f.ecosystem().ok_or_else(|| {
+            StoreError::WrongFeedKind("the system feed holds no package versions".into())
+        })?;
+        let mut w = self.write.lock();
+        let mut txn = Txn::new(self, w.hlc);
+        let mut out = Vec::new();
+        for Amendment { name, version, set } in changes {
+            let key = names::package_key(name, version);
+            let doc = match txn.entry(f.id, &key)? {
+                Some(v) if v.kind == EntryKind::Manifest => v.doc,
+                _ => {
+                    return Err(StoreError::EntryNotFound {
+                        feed: feed.into(),
+                        key,
+                    })
+                }
+            };
+            let existing: Manifest = txn
+                .doc(&doc)?
+                .ok_or_else(|| StoreError::CorruptRecord {
+                    what: "entry",
+                    detail: format!("`{key}` names missing document {doc}"),
+                })?
+                .payload()?;
+            let mut metadata = existing.metadata.clone();
+            for (k, v) in set {
+                match v {
+                    Some(v) => {
+                        metadata.insert(k.clone(), v.clone());
+                    }
+                    None => {
+                        metadata.remove(k);
+                    }
+                }
+            }
+            if metadata == existing.metadata {
+                out.push(Published {
+                    key,
+                    doc,
+                    outcome: PublishOutcome::Unchanged,
+                });
+                continue;
+            }
+            let hlc = txn.tick();
+            let manifest = Manifest {
+                metadata,
+                hlc,
+                ecosystem,
+                ..existing
+            };
+            let signed =
+                SignedDocument::sign(&manifest, self.identity.signing_key()).map_err(|e| {
+                    StoreError::InvalidPackage(format!("metadata cannot be encoded: {e}"))
+                })?;
+            let id = signed.id();
+            txn.protect.extend(manifest.files.iter().map(|f| f.blob));
+            txn.put_doc(&signed);
+            txn.set_entry(
+                &f.name,
+                &key,
+                Some(EntryValue {
+                    kind: EntryKind::Manifest,
+                    doc: id,
+                    hlc,
+                }),
+            )?;
+            out.push(Published {
+                key,
+                doc: id,
+                outcome: PublishOutcome::Created,
+            });
+        }
+        txn.commit(&mut w)?;
+        drop(w);
+        self.sync()?;
+        Ok(out)
     }
 
     // -----------------------------------------------------------------------------------------

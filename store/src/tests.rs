@@ -36,6 +36,50 @@ fn read(s: &Store, hash: &Hash) -> Result<Vec<u8>, StoreError> {
 }
 
 #[test]
+fn amending_metadata_keeps_the_files_and_changes_the_root() {
+    let (_d, s) = store();
+    s.create_feed("c", Ecosystem::Cargo).unwrap();
+    let p = package(&s, "foo", "1.0.0", b"crate bytes");
+    let files = p.files.clone();
+    s.publish("c", p).unwrap();
+    let before = s.feed_summary("c").unwrap().root;
+    let amend = |set: BTreeMap<String, Option<ciborium::Value>>| Amendment {
+        name: "foo".into(),
+        version: "1.0.0".into(),
+        set,
+    };
+    let yank = BTreeMap::from([("yanked".to_string(), Some(ciborium::Value::Bool(true)))]);
+    let r = s.amend_metadata("c", &[amend(yank.clone())]).unwrap();
+    assert_eq!(r[0].outcome, PublishOutcome::Created);
+    let (_, m) = s.manifest("c", "foo", "1.0.0").unwrap().unwrap();
+    assert_eq!(m.metadata["yanked"], ciborium::Value::Bool(true));
+    assert_eq!(m.files.len(), 1);
+    assert_eq!(m.files[0].blob, files[0].blob);
+    assert_ne!(s.feed_summary("c").unwrap().root, before);
+    // The same change again changes nothing; removing the field restores the metadata.
+    let r = s.amend_metadata("c", &[amend(yank)]).unwrap();
+    assert_eq!(r[0].outcome, PublishOutcome::Unchanged);
+    let unyank = BTreeMap::from([("yanked".to_string(), None)]);
+    s.amend_metadata("c", &[amend(unyank)]).unwrap();
+    let (_, m) = s.manifest("c", "foo", "1.0.0").unwrap().unwrap();
+    assert!(!m.metadata.contains_key("yanked"));
+    // A version that is not there is an error and nothing is written.
+    let root = s.feed_summary("c").unwrap().root;
+    assert!(matches!(
+        s.amend_metadata(
+            "c",
+            &[Amendment {
+                version: "9.9.9".into(),
+                ..amend(BTreeMap::new())
+            }]
+        ),
+        Err(StoreError::EntryNotFound { .. })
+    ));
+    assert_eq!(s.feed_summary("c").unwrap().root, root);
+    assert!(s.verify().unwrap().ok());
+}
+
+#[test]
 fn publish_get_and_dedup() {
     let (_d, s) = store();
     s.create_feed("demo", Ecosystem::Raw).unwrap();

@@ -1,0 +1,442 @@
+//! Cargo feeds: a sparse registry (RFC 2789) and the publish, yank and unyank web API.
+//!
+//! Under `/feeds/NAME/`:
+//!
+//! | path | what |
+//! | --- | --- |
+//! | `GET config.json` | `dl` and `api` pointing back at this feed |
+//! | `GET 1/a`, `2/ab`, `3/a/abc`, `ab/cd/abcd...` | the index file of a crate: one JSON line per version |
+//! | `GET api/v1/crates/NAME/VERSION/download` | the `.crate` |
+//! | `PUT api/v1/crates/new` | `cargo publish`: the JSON metadata and the `.crate`, each after a 32-bit little-endian length |
+//! | `DELETE api/v1/crates/NAME/VERSION/yank`, `PUT .../unyank` | `cargo yank [--undo]` |
+//!
+//! A version's index line is built at publish time from the publish JSON (dependencies,
+//! features, `links`, `rust_version`) and the `.crate`'s sha256, and kept in the version's
+//! manifest, so a replica serves the same line. Yanking amends the manifest. The `.crate` must
+//! be a gzip tarball whose `Cargo.toml` names the same crate and version as the JSON.
+
+use std::io::{Cursor, Read};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use cairn_store::doc::{Ecosystem, Manifest};
+use cairn_store::names;
+use cairn_store::package::{self, DigestingReader, PackageFormat};
+use cairn_store::store::{EntryKind, FeedRecord, NewFile, NewPackage, PublishOutcome};
+use ciborium::Value;
+use serde_json::json;
+
+use crate::auth::Access;
+use crate::blocking::now_secs;
+use crate::{blocking, ApiError, FeedServer};
+
+/// Largest publish JSON accepted.
+const MAX_PUBLISH_JSON: u32 = 1 << 20;
+/// Metadata key of a version's index line (JSON text).
+const INDEX_LINE: &str = "cargo_index_line";
+/// Metadata key of a yank.
+const YANKED: &str = "yanked";
+
+/// Answers a request for `rest` (the path after `/feeds/NAME/`) of a Cargo feed.
+pub async fn handle(
+    server: &Arc<FeedServer>,
+    feed: FeedRecord,
+    rest: &str,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let method = request.method().clone();
+    let headers = request.headers().clone();
+    let segments: Vec<&str> = rest.split('/').collect();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["config.json"]) => {
+            let base = base_url(&headers, &feed.name);
+            let mut config = json!({
+                "dl": format!("{base}/api/v1/crates"),
+                "api": base,
+            });
+            if !server.config().anonymous_read(&feed.name) {
+                config["auth-required"] = json!(true);
+            }
+            Ok(axum::Json(config).into_response())
+        }
+        (&Method::PUT, ["api", "v1", "crates", "new"]) => {
+            server.authorize(&headers, &feed.name, Access::Publish)?;
+            server.check_writable(&feed.name)?;
+            let limit = usize::try_from(server.config().max_upload_bytes()).unwrap_or(usize::MAX);
+            let body = axum::body::to_bytes(request.into_body(), limit)
+                .await
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("the publish body could not be read whole: {e}"),
+                    )
+                })?;
+            let (s, f) = (server.clone(), feed.name.clone());
+            let warnings = blocking(move || publish(&s, &f, body)).await?;
+            Ok(axum::Json(json!({ "warnings": warnings })).into_response())
+        }
+        (&Method::DELETE | &Method::PUT, ["api", "v1", "crates", name, version, action])
+            if matches!(*action, "yank" | "unyank") =>
+        {
+            let yank = *action == "yank";
+            if yank != (method == Method::DELETE) {
+                return Err(ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "yank is DELETE, unyank is PUT",
+                ));
+            }
+            server.authorize(&headers, &feed.name, Access::Publish)?;
+            server.check_writable(&feed.name)?;
+            let (s, f, n, v) = (
+                server.clone(),
+                feed.name.clone(),
+                name.to_string(),
+                version.to_string(),
+            );
+            blocking(move || set_yanked(&s, &f, &n, &v, yank)).await?;
+            Ok(axum::Json(json!({ "ok": true })).into_response())
+        }
+        (&Method::GET | &Method::HEAD, ["api", "v1", "crates", name, version, "download"]) => {
+            server.authorize(&headers, &feed.name, Access::Read)?;
+            let (s, f, n) = (server.clone(), feed.name.clone(), name.to_string());
+            let stored = blocking(move || Ok(stored_name(&s, &f, &n)?.unwrap_or(n))).await?;
+            let file = format!("{stored}-{version}.crate");
+            crate::pypi::serve_file(
+                server,
+                &feed,
+                Ecosystem::Cargo,
+                &stored,
+                version,
+                &file,
+                &headers,
+                method == Method::HEAD,
+                "application/x-tar",
+            )
+            .await
+        }
+        (&Method::GET, path) if is_index_path(path) => {
+            server.authorize(&headers, &feed.name, Access::Read)?;
+            let name = path.last().copied().unwrap_or("").to_owned();
+            let (s, f) = (server.clone(), feed.name.clone());
+            let lines = blocking(move || index_lines(&s, &f, &name)).await?;
+            if lines.is_empty() {
+                return Err(ApiError::not_found(format!(
+                    "no crate `{}` in feed `{}`",
+                    path.last().copied().unwrap_or(""),
+                    feed.name
+                )));
+            }
+            Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], lines).into_response())
+        }
+        _ => Err(ApiError::not_found(format!(
+            "no such Cargo registry resource `{rest}` in feed `{}`",
+            feed.name
+        ))),
+    }
+}
+
+/// The feed's URL as the client reached it.
+fn base_url(headers: &HeaderMap, feed: &str) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    format!("http://{host}/feeds/{feed}")
+}
+
+/// The index directory of a crate name (lowercased): `1/a`, `2/ab`, `3/a/abc`, `ab/cd/abcd`.
+pub fn index_path(name: &str) -> String {
+    let n = name.to_ascii_lowercase();
+    match n.len() {
+        1 => format!("1/{n}"),
+        2 => format!("2/{n}"),
+        3 => format!("3/{}/{n}", &n[..1]),
+        _ => format!("{}/{}/{n}", &n[..2], &n[2..4]),
+    }
+}
+
+fn is_index_path(path: &[&str]) -> bool {
+    let Some(name) = path.last() else {
+        return false;
+    };
+    let joined = path.join("/");
+    !name.is_empty() && name.is_ascii() && joined == index_path(name)
+}
+
+/// Crate names are unique regardless of case and of `-` against `_`.
+fn crate_key(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
+fn manifests(server: &FeedServer, feed: &str, name: &str) -> Result<Vec<Manifest>, ApiError> {
+    let store = server.store();
+    let wanted = crate_key(name);
+    let mut out = Vec::new();
+    for e in store.entries(feed)? {
+        if e.value.kind != EntryKind::Manifest {
+            continue;
+        }
+        let Some((n, _)) = names::split_package_key(&e.key) else {
+            continue;
+        };
+        if crate_key(n) != wanted {
+            continue;
+        }
+        if let Some(doc) = store.document(&e.value.doc)? {
+            out.push(
+                doc.payload::<Manifest>()
+                    .map_err(cairn_store::store::StoreError::from)?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The spelling a crate was first published with, if it is here.
+fn stored_name(server: &FeedServer, feed: &str, name: &str) -> Result<Option<String>, ApiError> {
+    Ok(manifests(server, feed, name)?
+        .into_iter()
+        .next()
+        .map(|m| m.name))
+}
+
+fn index_lines(server: &FeedServer, feed: &str, name: &str) -> Result<String, ApiError> {
+    let blocks = server.blocklist.get(server.store())?;
+    let now = now_secs();
+    let mut versions = manifests(server, feed, name)?;
+    versions.sort_by(|a, b| crate::versions::compare(&a.version, &b.version));
+    let mut out = String::new();
+    for m in versions {
+        let Some(Value::Text(line)) = m.metadata.get(INDEX_LINE) else {
+            continue;
+        };
+        let mut line: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "stored index line of {} {} is not JSON: {e}",
+                    m.name, m.version
+                ),
+            )
+        })?;
+        // A version a blocking assessment covers is offered as yanked: resolvers keep away
+        // from it, and its download is refused anyway.
+        let yanked = matches!(m.metadata.get(YANKED), Some(Value::Bool(true)))
+            || blocks
+                .check(feed, Ecosystem::Cargo, &m.name, &m.version, now)
+                .is_some();
+        line["yanked"] = json!(yanked);
+        out.push_str(&line.to_string());
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+fn read_u32(r: &mut Cursor<&[u8]>, what: &str) -> Result<u32, ApiError> {
+    let mut b = [0u8; 4];
+    r.read_exact(&mut b).map_err(|_| {
+        ApiError::bad_request(format!("the publish body ends before the length of {what}"))
+    })?;
+    Ok(u32::from_le_bytes(b))
+}
+
+fn take<'a>(r: &mut Cursor<&'a [u8]>, len: u32, what: &str) -> Result<&'a [u8], ApiError> {
+    let all: &'a [u8] = r.get_ref();
+    let start = usize::try_from(r.position()).unwrap_or(usize::MAX);
+    let end = start.saturating_add(len as usize);
+    let bytes = all.get(start..end).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "the publish body declares {len} bytes of {what} but holds {}",
+            all.len().saturating_sub(start)
+        ))
+    })?;
+    r.set_position(end as u64);
+    Ok(bytes)
+}
+
+fn publish(server: &FeedServer, feed: &str, body: Bytes) -> Result<serde_json::Value, ApiError> {
+    let mut r = Cursor::new(&body[..]);
+    let json_len = read_u32(&mut r, "the metadata")?;
+    if json_len > MAX_PUBLISH_JSON {
+        return Err(ApiError::bad_request(format!(
+            "the publish metadata declares {json_len} bytes; at most {MAX_PUBLISH_JSON} are accepted"
+        )));
+    }
+    let meta: serde_json::Value = serde_json::from_slice(take(&mut r, json_len, "metadata")?)
+        .map_err(|e| ApiError::bad_request(format!("the publish metadata is not JSON: {e}")))?;
+    let crate_len = read_u32(&mut r, "the .crate")?;
+    let crate_bytes = take(&mut r, crate_len, ".crate")?;
+    if r.position() != body.len() as u64 {
+        return Err(ApiError::bad_request(format!(
+            "{} bytes follow the .crate in the publish body",
+            body.len() as u64 - r.position()
+        )));
+    }
+    let field = |k: &str| {
+        meta.get(k)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError::bad_request(format!("the publish metadata has no `{k}`")))
+    };
+    let (name, version) = (field("name")?, field("vers")?);
+    names::check_package_name(Ecosystem::Cargo, &name)?;
+    names::check_version(&version)?;
+    let info = package::inspect(PackageFormat::Crate, Cursor::new(crate_bytes))
+        .map_err(|e| ApiError::bad_request(format!("the .crate: {e}")))?;
+    if info.name != name || info.version != version {
+        return Err(ApiError::bad_request(format!(
+            "the publish metadata names {name} {version} but the .crate's Cargo.toml is {} {}",
+            info.name, info.version
+        )));
+    }
+    if let Some(existing) = stored_name(server, feed, &name)? {
+        if existing != name {
+            return Err(ApiError::bad_request(format!(
+                "crate `{existing}` exists; `{name}` differs from it only by case or `-`/`_`"
+            )));
+        }
+    }
+    let store = server.store();
+    let mut reader = DigestingReader::new(crate_bytes, Ecosystem::Cargo);
+    let stored = store.put_blob(&mut reader)?;
+    let digests = reader.finish();
+    let cksum = digests.get("sha256").cloned().unwrap_or_default();
+    let line = index_line(&meta, &name, &version, &cksum);
+    let mut metadata = info.metadata;
+    metadata.insert(INDEX_LINE.into(), Value::Text(line.to_string()));
+    let published = store.publish(
+        feed,
+        NewPackage {
+            name: name.clone(),
+            version: version.clone(),
+            files: vec![NewFile {
+                name: format!("{name}-{version}.crate"),
+                blob: stored.hash,
+                size: stored.size,
+                digests,
+            }],
+            metadata,
+        },
+    )?;
+    drop(stored);
+    if published.outcome == PublishOutcome::Unchanged {
+        return Ok(
+            json!({ "other": [format!("{name} {version} was already published with these bytes")] }),
+        );
+    }
+    tracing::info!(feed, %name, %version, "published crate");
+    Ok(json!({ "invalid_categories": [], "invalid_badges": [], "other": [] }))
+}
+
+/// The index line of a version, from the publish metadata (cargo's registry web API format
+/// turned into the index format).
+fn index_line(
+    meta: &serde_json::Value,
+    name: &str,
+    version: &str,
+    cksum: &str,
+) -> serde_json::Value {
+    let deps: Vec<serde_json::Value> = meta
+        .get("deps")
+        .and_then(|d| d.as_array())
+        .map(|deps| {
+            deps.iter()
+                .map(|d| {
+                    let dep_name = d.get("name").cloned().unwrap_or(json!(""));
+                    // Renamed dependencies: the index names the key in Cargo.toml and gives the
+                    // real crate as `package`.
+                    let (name, package) = match d.get("explicit_name_in_toml") {
+                        Some(serde_json::Value::String(alias)) => (json!(alias), dep_name),
+                        _ => (dep_name, serde_json::Value::Null),
+                    };
+                    let mut out = json!({
+                        "name": name,
+                        "req": d.get("version_req").cloned().unwrap_or(json!("*")),
+                        "features": d.get("features").cloned().unwrap_or(json!([])),
+                        "optional": d.get("optional").cloned().unwrap_or(json!(false)),
+                        "default_features": d.get("default_features").cloned().unwrap_or(json!(true)),
+                        "target": d.get("target").cloned().unwrap_or(serde_json::Value::Null),
+                        "kind": d.get("kind").cloned().unwrap_or(json!("normal")),
+                    });
+                    if let Some(r) = d.get("registry").filter(|r| !r.is_null()) {
+                        out["registry"] = r.clone();
+                    }
+                    if !package.is_null() {
+                        out["package"] = package;
+                    }
+                    out
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut line = json!({
+        "name": name,
+        "vers": version,
+        "deps": deps,
+        "cksum": cksum,
+        "features": meta.get("features").cloned().unwrap_or(json!({})),
+        "yanked": false,
+        "v": 2,
+    });
+    if let Some(links) = meta.get("links").filter(|l| !l.is_null()) {
+        line["links"] = links.clone();
+    }
+    if let Some(rv) = meta.get("rust_version").filter(|l| !l.is_null()) {
+        line["rust_version"] = rv.clone();
+    }
+    line
+}
+
+fn set_yanked(
+    server: &FeedServer,
+    feed: &str,
+    name: &str,
+    version: &str,
+    yank: bool,
+) -> Result<(), ApiError> {
+    names::check_package_name(Ecosystem::Cargo, name)?;
+    names::check_version(version)?;
+    let stored = stored_name(server, feed, name)?
+        .ok_or_else(|| ApiError::not_found(format!("no crate `{name}` in feed `{feed}`")))?;
+    let change =
+        std::collections::BTreeMap::from([(YANKED.to_string(), yank.then_some(Value::Bool(true)))]);
+    server.store().amend_metadata(
+        feed,
+        &[cairn_store::Amendment {
+            name: stored,
+            version: version.to_owned(),
+            set: change,
+        }],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_paths() {
+        assert_eq!(index_path("a"), "1/a");
+        assert_eq!(index_path("ab"), "2/ab");
+        assert_eq!(index_path("abc"), "3/a/abc");
+        assert_eq!(index_path("Serde_Json"), "se/rd/serde_json");
+        assert!(is_index_path(&["se", "rd", "serde_json"]));
+        assert!(!is_index_path(&["xx", "rd", "serde_json"]));
+        assert!(!is_index_path(&["config.json"]));
+    }
+
+    #[test]
+    fn renamed_dependencies_become_package() {
+        let meta = json!({"deps": [
+            {"name": "serde", "version_req": "^1", "features": [], "optional": false, "default_features": true, "target": null, "kind": "normal", "explicit_name_in_toml": "s"}
+        ], "features": {}});
+        let line = index_line(&meta, "x", "1.0.0", "ab");
+        assert_eq!(line["deps"][0]["name"], "s");
+        assert_eq!(line["deps"][0]["package"], "serde");
+        assert_eq!(line["deps"][0]["req"], "^1");
+    }
+}
