@@ -723,3 +723,166 @@ fn cargo_publishes_yanks_and_builds_through_the_sparse_registry() {
     );
     assert_eq!(status, 404);
 }
+
+/// An `npm` command with its own user config (registry and token) and cache.
+fn npm(home: &Path, dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("npm");
+    c.args(args)
+        .current_dir(dir)
+        .env("npm_config_userconfig", home.join("npmrc"))
+        .env("npm_config_cache", home.join("cache"))
+        .env("npm_config_audit", "false")
+        .env("npm_config_fund", "false")
+        .env("npm_config_update_notifier", "false");
+    c
+}
+
+fn write_package(dir: &Path, package_json: &str, index_js: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("package.json"), package_json).unwrap();
+    std::fs::write(dir.join("index.js"), index_js).unwrap();
+}
+
+#[test]
+fn npm_publishes_scoped_and_unscoped_packages_and_installs_a_dependent() {
+    let inst = Instance::new();
+    inst.ok(&["feed", "create", "npm", "--type", "npm"]);
+    let token = inst
+        .ok(&["token", "create", "--scope", "publish:npm"])
+        .trim()
+        .to_owned();
+    std::fs::write(
+        inst.data().join("cairn.toml"),
+        "[sync]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\nanonymous_read = [\"npm\"]\n",
+    )
+    .unwrap();
+    let server = Server::start(&inst);
+    let home = inst.path("npm-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let host = server.http.trim_start_matches("http://");
+    std::fs::write(
+        home.join("npmrc"),
+        format!(
+            "registry={}/feeds/npm/\n//{host}/feeds/npm/:_authToken={token}\n",
+            server.http
+        ),
+    )
+    .unwrap();
+    let left = inst.path("left");
+    write_package(
+        &left,
+        r#"{"name":"cairn-left","version":"1.0.0","main":"index.js"}"#,
+        "module.exports = 'left';\n",
+    );
+    let right = inst.path("right");
+    write_package(
+        &right,
+        r#"{"name":"@cairn/right","version":"1.0.0","main":"index.js"}"#,
+        "module.exports = 'right';\n",
+    );
+    let both = inst.path("both");
+    write_package(
+        &both,
+        r#"{"name":"cairn-both","version":"2.0.0","main":"index.js","dependencies":{"cairn-left":"^1.0.0","@cairn/right":"^1.0.0"}}"#,
+        "module.exports = require('cairn-left') + ' ' + require('@cairn/right');\n",
+    );
+    for dir in [&left, &right, &both] {
+        run(&mut npm(&home, dir, &["publish", "--access", "public"]));
+    }
+    let app = inst.path("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(
+        app.join("package.json"),
+        r#"{"name":"app","version":"1.0.0"}"#,
+    )
+    .unwrap();
+    run(&mut npm(&home, &app, &["install", "cairn-both"]));
+    let out = run(Command::new("node")
+        .args(["-e", "console.log(require('cairn-both'))"])
+        .current_dir(&app));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "left right");
+
+    // A second version, a dist-tag, and unpublishing that version.
+    write_package(
+        &left,
+        r#"{"name":"cairn-left","version":"1.1.0","main":"index.js"}"#,
+        "module.exports = 'left 1.1';\n",
+    );
+    run(&mut npm(&home, &left, &["publish"]));
+    run(&mut npm(
+        &home,
+        &left,
+        &["dist-tag", "add", "cairn-left@1.0.0", "stable"],
+    ));
+    let tags = run(&mut npm(&home, &left, &["dist-tag", "ls", "cairn-left"]));
+    let tags = String::from_utf8_lossy(&tags.stdout).into_owned();
+    assert!(
+        tags.contains("latest: 1.1.0") && tags.contains("stable: 1.0.0"),
+        "{tags}"
+    );
+    run(&mut npm(&home, &left, &["unpublish", "cairn-left@1.1.0"]));
+    let (status, page) = http(
+        &server.http,
+        "GET /feeds/npm/cairn-left HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{page}");
+    assert!(!page.contains("\"1.1.0\""), "{page}");
+    assert!(page.contains("\"latest\":\"1.0.0\""), "{page}");
+    let (status, page) = http(
+        &server.http,
+        "GET /feeds/npm/@cairn%2fright HTTP/1.1\r\nHost: HOST\r\nAccept: application/vnd.npm.install-v1+json\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("\"integrity\":\"sha512-"), "{page}");
+
+    // A publish whose attachment does not match its integrity, and one whose tarball is not
+    // gzip: 400, nothing stored.
+    let tgz = cairn_store::package::fixtures::npm_tarball("cairn-bad", "1.0.0");
+    let b64 = |b: &[u8]| {
+        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in b.chunks(3) {
+            let x = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(x[0]) << 16) | (u32::from(x[1]) << 8) | u32::from(x[2]);
+            for i in 0..4 {
+                out.push(if i <= chunk.len() {
+                    T[((n >> (18 - 6 * i)) & 63) as usize] as char
+                } else {
+                    '='
+                });
+            }
+        }
+        out
+    };
+    for (data, integrity, says) in [
+        (
+            b64(&tgz),
+            "sha512-AAAA",
+            "does not match its dist.integrity",
+        ),
+        (b64(b"not gzip at all"), "", "not gzip"),
+    ] {
+        let body = format!(
+            r#"{{"name":"cairn-bad","versions":{{"1.0.0":{{"name":"cairn-bad","version":"1.0.0","dist":{{"integrity":"{integrity}"}}}}}},"dist-tags":{{"latest":"1.0.0"}},"_attachments":{{"cairn-bad-1.0.0.tgz":{{"data":"{data}"}}}}}}"#
+        );
+        let (status, text) = raw_http(
+            &server.http,
+            &format!(
+                "PUT /feeds/npm/cairn-bad HTTP/1.1\r\nHost: HOST\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            ),
+            body.as_bytes(),
+        );
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains(says), "{text}");
+    }
+    let (status, _) = http(
+        &server.http,
+        "GET /feeds/npm/cairn-bad HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 404);
+}

@@ -8,6 +8,8 @@
 //!   that `twine upload` speaks.
 //! - [`cargo`]: a sparse registry (`config.json`, index files, downloads) and the publish,
 //!   yank and unyank API that `cargo` speaks.
+//! - [`npm`]: packuments (full and abbreviated), tarballs, dist-tags, scoped names, and the
+//!   publish and unpublish calls of the npm client.
 //! - [`raw`]: files by path (`NAME/VERSION/FILE`), with `PUT`, `GET`, `HEAD`, `DELETE` and
 //!   `Range`.
 //! - [`auth`]: tokens as each client sends them (HTTP Basic with any user name and the token
@@ -46,6 +48,7 @@ pub mod auth;
 pub mod blocking;
 pub mod body;
 pub mod cargo;
+pub mod npm;
 pub mod pypi;
 pub mod raw;
 pub mod versions;
@@ -224,12 +227,7 @@ async fn dispatch(
         Some(cairn_store::Ecosystem::Pypi) => pypi::handle(server, record, rest, request).await,
         Some(cairn_store::Ecosystem::Raw) => raw::handle(server, record, rest, request).await,
         Some(cairn_store::Ecosystem::Cargo) => cargo::handle(server, record, rest, request).await,
-        Some(other) => Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            format!(
-                "feed `{feed}` is a {other} feed, which this server does not serve over HTTP yet"
-            ),
-        )),
+        Some(cairn_store::Ecosystem::Npm) => npm::handle(server, record, rest, request).await,
         None => Err(ApiError::not_found(format!(
             "`{feed}` is not a package feed"
         ))),
