@@ -886,3 +886,176 @@ fn npm_publishes_scoped_and_unscoped_packages_and_installs_a_dependent() {
     );
     assert_eq!(status, 404);
 }
+
+/// Runs the spoke's replication from the hub; every feed must converge.
+fn converged(spoke: &Instance) {
+    let r: serde_json::Value =
+        serde_json::from_str(&spoke.ok(&["replicate", "from-hub", "--json"])).unwrap();
+    for f in r["feeds"].as_array().unwrap() {
+        assert_eq!(f["converged"], true, "{r}");
+    }
+}
+
+fn pip_install(index: &str, target: &Path, spec: &str) -> Output {
+    python(&[
+        "-m",
+        "pip",
+        "install",
+        "--no-build-isolation",
+        "--no-cache-dir",
+        "--index-url",
+        index,
+        "--target",
+    ])
+    .arg(target)
+    .arg(spec)
+    .output()
+    .unwrap()
+}
+
+#[test]
+fn a_spoke_serves_what_the_hub_has_and_a_block_made_on_the_hub_holds_on_both() {
+    let hub = Instance::new();
+    let spoke = Instance::new();
+    for inst in [&hub, &spoke] {
+        inst.ok(&["feed", "create", "pypi", "--type", "pypi"]);
+    }
+    let hub_key = hub.ok(&["key", "show"]).trim().to_owned();
+    let spoke_key = spoke.ok(&["key", "show"]).trim().to_owned();
+    let publish = hub
+        .ok(&["token", "create", "--scope", "publish:pypi"])
+        .trim()
+        .to_owned();
+    let replicate = hub
+        .ok(&[
+            "token",
+            "create",
+            "--scope",
+            "replicate:pypi",
+            "--scope",
+            "replicate:system",
+        ])
+        .trim()
+        .to_owned();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    hub.ok(&["peer", "add", "spoke", "127.0.0.1:1", "--key", &spoke_key]);
+    spoke.ok(&["trust", "add", &hub_key]);
+    spoke.ok(&[
+        "peer",
+        "add",
+        "hub",
+        &format!("127.0.0.1:{port}"),
+        "--key",
+        &hub_key,
+    ]);
+    std::fs::write(
+        hub.data().join("cairn.toml"),
+        format!("[sync]\nlisten = \"127.0.0.1:{port}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        spoke.data().join("cairn.toml"),
+        format!("[sync]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[[replication]]\nname = \"from-hub\"\npeer = \"hub\"\ntoken = \"{replicate}\"\nfeeds = [\"pypi\", \"@system\"]\nmode = \"pull\"\ninterval_secs = 0\n"),
+    )
+    .unwrap();
+    let pkgs = hub.path("pkgs");
+    std::fs::create_dir_all(&pkgs).unwrap();
+    run(python(&["-c", BUILD]).arg(&pkgs));
+
+    let hub_server = Server::start(&hub);
+    run(python(&[
+        "-m",
+        "twine",
+        "upload",
+        "--non-interactive",
+        "--disable-progress-bar",
+        "--repository-url",
+        &format!("{}/feeds/pypi/legacy/", hub_server.http),
+        "-u",
+        "__token__",
+        "-p",
+        &publish,
+    ])
+    .arg(pkgs.join("cairn_beta-2.0.0-py3-none-any.whl"))
+    .arg(pkgs.join("cairn_alpha-1.0.0.tar.gz")));
+    let spoke_server = Server::start(&spoke);
+    converged(&spoke);
+
+    // The same install from each site; the spoke is read-only and says where to publish.
+    for (site, server) in [("hub", &hub_server), ("spoke", &spoke_server)] {
+        let out = pip_install(
+            &format!("{}/feeds/pypi/simple/", server.http),
+            &hub.path(&format!("site-{site}")),
+            "cairn-beta==2.0.0",
+        );
+        assert!(out.status.success(), "{site}: {out:?}");
+    }
+    let out = twine_upload(
+        &format!("{}/feeds/pypi/legacy/", spoke_server.http),
+        &publish,
+        &pkgs.join("cairn_beta-2.0.0-py3-none-any.whl"),
+    );
+    assert!(!out.status.success());
+    let (status, body) = http(
+        &spoke_server.http,
+        "POST /feeds/pypi/legacy/ HTTP/1.1\r\nHost: HOST\r\nAuthorization: Bearer cairn_x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert!(status == 401 || status == 403, "{body}");
+
+    // Security staff block cairn-alpha on the hub (its CLI needs the hub's server stopped).
+    drop(hub_server);
+    let osv = hub.path("osv.json");
+    std::fs::write(
+        &osv,
+        r#"{"id":"CAIRN-2026-0001","modified":"2026-11-01T00:00:00Z","summary":"test","affected":[{"package":{"ecosystem":"PyPI","name":"cairn_alpha"},"ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"0"},{"fixed":"1.1"}]}]}]}"#,
+    )
+    .unwrap();
+    hub.ok(&["vuln", "import", osv.to_str().unwrap()]);
+    hub.ok(&[
+        "assessment",
+        "create",
+        "--vuln",
+        "CAIRN-2026-0001",
+        "--type",
+        "Blocked",
+        "--comment",
+        "remote code execution",
+        "--author",
+        "security",
+    ]);
+    let hub_server = Server::start(&hub);
+    converged(&spoke);
+    for (site, server) in [("hub", &hub_server), ("spoke", &spoke_server)] {
+        let (status, body) = http(
+            &server.http,
+            "GET /feeds/pypi/files/cairn-alpha/1.0.0/cairn_alpha-1.0.0.tar.gz HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status, 403, "{site}: {body}");
+        assert!(
+            body.contains("CAIRN-2026-0001") && body.contains("remote code execution"),
+            "{site}: {body}"
+        );
+        let out = pip_install(
+            &format!("{}/feeds/pypi/simple/", server.http),
+            &hub.path(&format!("blocked-{site}")),
+            "cairn-beta==2.0.0",
+        );
+        assert!(
+            !out.status.success(),
+            "{site}: pip installed a blocked dependency"
+        );
+        // The index says why.
+        let (_, page) = http(
+            &server.http,
+            "GET /feeds/pypi/simple/cairn-alpha/ HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
+        );
+        assert!(
+            page.contains("data-yanked=\"blocked: CAIRN-2026-0001"),
+            "{site}: {page}"
+        );
+    }
+}

@@ -14,7 +14,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use cairn_store::doc::{Assessment, AssessmentType, Ecosystem, Policy, Vulnerability};
+use cairn_store::doc::{
+    Assessment, AssessmentType, Ecosystem, Policy, Vulnerability, BUILTIN_ASSESSMENT_TYPES,
+};
 use cairn_store::store::{EntryKind, StoreError};
 use cairn_store::{Store, SYSTEM_FEED};
 use parking_lot::Mutex;
@@ -71,8 +73,9 @@ impl Blocklist {
                 _ => {}
             }
         }
-        // The built-in types block as their names say unless redefined.
-        types.entry("Blocked".into()).or_insert(true);
+        for (name, blocking, _) in BUILTIN_ASSESSMENT_TYPES {
+            types.entry(name.into()).or_insert(blocking);
+        }
         let blocking = |t: &str| types.get(t).copied().unwrap_or(false);
         let mut blocks = Vec::new();
         let mut assessed = HashSet::new();

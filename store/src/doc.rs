@@ -758,6 +758,22 @@ impl Payload for AssessmentType {
     const TYPE: DocType = DocType::AssessmentType;
 }
 
+/// The assessment types every instance has without a document: name, blocking, description.
+/// A signed assessment type of the same name takes their place.
+pub const BUILTIN_ASSESSMENT_TYPES: [(&str, bool, &str); 3] = [
+    ("Ignore", false, "not relevant here; downloads go on"),
+    (
+        "Caution",
+        false,
+        "known and accepted for now; downloads go on",
+    ),
+    (
+        "Blocked",
+        true,
+        "downloads of affected versions are refused",
+    ),
+];
+
 /// How assessments apply to feeds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -352,8 +352,26 @@ pub fn server(
         QuicServerConfig::try_from(tls).map_err(|e| TransportError::Setup(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config()));
-    quinn::Endpoint::server(config, addr)
-        .map_err(|e| TransportError::Setup(format!("binding {addr}: {e}")))
+    // Stateless resets are keyed by the instance identity rather than at random, so after a
+    // restart (or a crash) this endpoint's resets are ones its peers recognise: a peer whose
+    // connection died with the old process learns it at its next packet instead of waiting
+    // out the idle timeout.
+    let seed = identity.signing_key().to_bytes();
+    let reset = blake3::derive_key("cairn/sync/1 stateless reset key", &seed);
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    endpoint_config.reset_key(Arc::new(ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &reset,
+    )));
+    let socket = std::net::UdpSocket::bind(addr)
+        .map_err(|e| TransportError::Setup(format!("binding {addr}: {e}")))?;
+    quinn::Endpoint::new(
+        endpoint_config,
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|e| TransportError::Setup(format!("binding {addr}: {e}")))
 }
 
 /// Connects to a peer whose key must be `expected`.
@@ -859,6 +877,12 @@ pub async fn run_initiator_with_progress(
         return Err(TransportError::Session(e.clone()));
     }
     Ok((session.reports(), stats))
+}
+
+/// Closes every connection of `endpoint` and waits (at most 2 s) until the peers have heard.
+pub async fn shut_down(endpoint: &quinn::Endpoint) {
+    endpoint.close(quinn::VarInt::from_u32(0), b"shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
 }
 
 /// Closes a connection whose runs are over.

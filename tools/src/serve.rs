@@ -305,6 +305,12 @@ impl WarmConnections {
     async fn keep(&self, name: &str, conn: transport::Connection) {
         self.0.lock().await.insert(name.to_owned(), conn);
     }
+
+    async fn close_all(&self) {
+        for (_, conn) in self.0.lock().await.drain() {
+            transport::close(&conn);
+        }
+    }
 }
 
 /// Runs one configured replication now; `warm` keeps its connection open for the next run
@@ -502,8 +508,9 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
         });
         println!("cairn serving {} on {} (replication, QUIC) and http://{} (feeds); key {}", data_dir.display(), local, http_addr, store.identity().public_key());
         let accept_store = store.clone();
+        let accepting = endpoint.clone();
         tokio::spawn(async move {
-            while let Some(incoming) = endpoint.accept().await {
+            while let Some(incoming) = accepting.accept().await {
                 let store = accept_store.clone();
                 tokio::spawn(async move {
                     let Ok(conn) = incoming.await else { return };
@@ -571,10 +578,11 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
         let listener = tokio::net::UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
         let reps: Arc<Vec<ReplicationConfig>> = Arc::new(config.replications.clone());
         let control_store = store.clone();
+        let control_warm = warm.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
-                let (store, reps, locks, warm) = (control_store.clone(), reps.clone(), locks.clone(), warm.clone());
+                let (store, reps, locks, warm) = (control_store.clone(), reps.clone(), locks.clone(), control_warm.clone());
                 tokio::spawn(async move {
                     let (read, mut write) = stream.into_split();
                     let mut line = String::new();
@@ -611,6 +619,9 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
             }
         });
         shutdown_signal().await;
+        // Peers hear that this instance is going rather than waiting out the idle timeout.
+        warm.close_all().await;
+        transport::shut_down(&endpoint).await;
         let _ = std::fs::remove_file(&sock);
         println!("cairn stopped");
         anyhow::Ok(())

@@ -3,7 +3,9 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
-use cairn_store::doc::{Assessment, AssessmentType, Vulnerability, PAYLOAD_VERSION};
+use cairn_store::doc::{
+    Assessment, AssessmentType, Vulnerability, BUILTIN_ASSESSMENT_TYPES, PAYLOAD_VERSION,
+};
 use cairn_store::{EntryKind, Store, SYSTEM_FEED};
 
 use crate::{AssessmentCommand, AssessmentTypeCommand, VulnCommand};
@@ -73,7 +75,20 @@ pub(crate) fn assessment_type(store: &Store, command: AssessmentTypeCommand) -> 
             );
         }
         AssessmentTypeCommand::List => {
-            for t in live::<AssessmentType>(store, "assessment-type/")? {
+            let mut types = live::<AssessmentType>(store, "assessment-type/")?;
+            for (name, blocking, description) in BUILTIN_ASSESSMENT_TYPES {
+                if !types.iter().any(|t| t.name == name) {
+                    types.push(AssessmentType {
+                        v: PAYLOAD_VERSION,
+                        name: name.into(),
+                        blocking,
+                        description: format!("{description} (built in)"),
+                        hlc: 0,
+                    });
+                }
+            }
+            types.sort_by(|a, b| a.name.cmp(&b.name));
+            for t in types {
                 println!(
                     "{} {} {}",
                     t.name,
@@ -95,9 +110,13 @@ pub(crate) fn assessment(store: &Store, command: AssessmentCommand) -> Result<()
             author,
             expires_days,
         } => {
-            if store
-                .entry(SYSTEM_FEED, &format!("assessment-type/{assessment_type}"))?
-                .is_none_or(|e| e.kind != EntryKind::Document)
+            let builtin = BUILTIN_ASSESSMENT_TYPES
+                .iter()
+                .any(|(n, _, _)| *n == assessment_type);
+            if !builtin
+                && store
+                    .entry(SYSTEM_FEED, &format!("assessment-type/{assessment_type}"))?
+                    .is_none_or(|e| e.kind != EntryKind::Document)
             {
                 bail!("no assessment type `{assessment_type}`; create it with `cairn assessment-type create {assessment_type}`");
             }
