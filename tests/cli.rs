@@ -439,12 +439,22 @@ fn vulnerabilities_and_assessments() {
             "--vuln",
             "PYSEC-1",
             "--type",
-            "Blocked",
+            "Quarantine",
         ],
         2,
     );
-    assert!(err.contains("no assessment type `Blocked`"), "{err}");
-    c.ok(&["assessment-type", "create", "Blocked", "--blocking"]);
+    assert!(err.contains("no assessment type `Quarantine`"), "{err}");
+    // Ignore, Caution and Blocked are built in; a created type joins them.
+    c.ok(&["assessment-type", "create", "Quarantine", "--blocking"]);
+    let types = c.ok(&["assessment-type", "list"]);
+    for t in [
+        "Blocked blocking",
+        "Caution -",
+        "Ignore -",
+        "Quarantine blocking",
+    ] {
+        assert!(types.contains(t), "{types}");
+    }
     let err = c.fails(
         &[
             "assessment",

@@ -55,6 +55,7 @@ pub mod names;
 pub mod package;
 pub mod replica;
 pub mod store;
+pub mod system;
 
 #[cfg(test)]
 mod tests;
