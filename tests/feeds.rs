@@ -1059,3 +1059,103 @@ fn a_spoke_serves_what_the_hub_has_and_a_block_made_on_the_hub_holds_on_both() {
         );
     }
 }
+
+/// The JSON body of a response.
+fn json_body(text: &str) -> serde_json::Value {
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[test]
+fn the_admin_api_manages_feeds_vulnerabilities_and_assessments() {
+    let inst = Instance::new();
+    let admin = inst
+        .ok(&["token", "create", "--scope", "admin"])
+        .trim()
+        .to_owned();
+    let reader = inst
+        .ok(&["token", "create", "--scope", "read:*"])
+        .trim()
+        .to_owned();
+    config(&inst);
+    let server = Server::start(&inst);
+    let call = |method: &str, path: &str, token: &str, body: &str| {
+        let auth = if token.is_empty() {
+            String::new()
+        } else {
+            format!("Authorization: Bearer {token}\r\n")
+        };
+        raw_http(
+            &server.http,
+            &format!(
+                "{method} {path} HTTP/1.1\r\nHost: HOST\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            ),
+            body.as_bytes(),
+        )
+    };
+    let (status, text) = call("GET", "/api/v1/instance", "", "");
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        json_body(&text)["key"],
+        inst.ok(&["key", "show"]).trim(),
+        "{text}"
+    );
+    assert_eq!(call("GET", "/api/v1/feeds", "", "").0, 401);
+    assert_eq!(call("GET", "/api/v1/feeds", &reader, "").0, 403);
+    let (status, text) = call(
+        "POST",
+        "/api/v1/feeds",
+        &admin,
+        r#"{"name":"py","type":"pypi"}"#,
+    );
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = call("GET", "/api/v1/feeds", &admin, "");
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        json_body(&text)
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["name"] == "py" && f["type"] == "pypi" && f["entries"] == 0),
+        "{text}"
+    );
+    let (status, text) = call(
+        "POST",
+        "/api/v1/vulnerabilities",
+        &admin,
+        r#"{"id":"CAIRN-2026-0002","modified":"2026-11-02T00:00:00Z","affected":[{"package":{"ecosystem":"PyPI","name":"x"},"versions":["1.0"]}]}"#,
+    );
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = call(
+        "POST",
+        "/api/v1/assessments",
+        &admin,
+        r#"{"vulnerability":"CAIRN-2026-0002","type":"Nope"}"#,
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("no assessment type `Nope`"), "{text}");
+    let (status, text) = call(
+        "POST",
+        "/api/v1/assessments",
+        &admin,
+        r#"{"vulnerability":"CAIRN-2026-0002","type":"Caution","comment":"watching","author":"sec"}"#,
+    );
+    assert_eq!(status, 200, "{text}");
+    let id = json_body(&text)["id"].as_str().unwrap().to_owned();
+    let (_, text) = call("GET", "/api/v1/assessments", &admin, "");
+    assert!(text.contains(&id) && text.contains("watching"), "{text}");
+    let (_, text) = call("GET", "/api/v1/assessment-types", &admin, "");
+    assert!(text.contains("\"Blocked\""), "{text}");
+    let (status, _) = call("DELETE", &format!("/api/v1/assessments/{id}"), &admin, "");
+    assert_eq!(status, 200);
+    let (_, text) = call("GET", "/api/v1/assessments", &admin, "");
+    assert_eq!(json_body(&text), serde_json::json!([]));
+    let (status, text) = call("GET", "/metrics", "", "");
+    assert_eq!(status, 200);
+    assert!(text.contains("cairn_http_requests_total"), "{text}");
+    assert!(
+        text.contains("cairn_http_errors_total 3"),
+        "401, 403 and 400 so far: {text}"
+    );
+}

@@ -15,6 +15,8 @@
 //! - [`auth`]: tokens as each client sends them (HTTP Basic with any user name and the token
 //!   as password, `Bearer`, or the bare token), checked against the store's hashed tokens.
 //! - [`blocking`]: the vulnerability assessments that refuse downloads.
+//! - [`admin`]: the JSON admin and status API (feeds, replications and their log, vulnerabilities,
+//!   assessment types, assessments), and `/metrics` in Prometheus text format.
 //! - [`body`]: downloads streamed from the store, verified chunk group by chunk group.
 //!
 //! Invariants: nothing is stored until an upload has been read whole, its declared digests
@@ -44,6 +46,7 @@ use axum::Router;
 use cairn_store::Store;
 use serde::Deserialize;
 
+pub mod admin;
 pub mod auth;
 pub mod blocking;
 pub mod body;
@@ -124,6 +127,8 @@ pub struct FeedServer {
     config: HttpConfig,
     /// Feeds that are pull replicas, with the peer they replicate from: read-only here.
     replicas: HashMap<String, String>,
+    /// The configured replications as the admin API shows them (no tokens).
+    replications: Vec<serde_json::Value>,
     metrics: Metrics,
     blocklist: blocking::Cache,
 }
@@ -141,10 +146,22 @@ impl FeedServer {
         config: HttpConfig,
         replicas: HashMap<String, String>,
     ) -> Arc<FeedServer> {
+        FeedServer::with_replications(store, config, replicas, Vec::new())
+    }
+
+    /// [`FeedServer::with_replicas`], also showing `replications` (the configured ones,
+    /// without tokens) in the admin API.
+    pub fn with_replications(
+        store: Arc<Store>,
+        config: HttpConfig,
+        replicas: HashMap<String, String>,
+        replications: Vec<serde_json::Value>,
+    ) -> Arc<FeedServer> {
         Arc::new(FeedServer {
             store,
             config,
             replicas,
+            replications,
             metrics: Metrics::default(),
             blocklist: blocking::Cache::default(),
         })
@@ -171,6 +188,7 @@ impl FeedServer {
         Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/metrics", get(metrics))
+            .route("/api/v1/{*rest}", any(admin::route))
             .route("/feeds/{feed}", any(feed_request))
             .route("/feeds/{feed}/", any(feed_request))
             .route("/feeds/{feed}/{*rest}", any(feed_request))
@@ -284,6 +302,64 @@ async fn metrics(axum::extract::State(server): axum::extract::State<Arc<FeedServ
         out.push_str(&format!(
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
         ));
+    }
+    let s = server.clone();
+    if let Ok(Ok(log)) = tokio::task::spawn_blocking(move || s.store().replication_log(1000)).await
+    {
+        out.push_str(&replication_metrics(&log, blocking::now_secs()));
+    }
+    out
+}
+
+/// Per replication (and `incoming`): runs by outcome, bytes each way, the end of the last
+/// successful run, and the lag since then, from the replication log.
+fn replication_metrics(log: &[cairn_store::admin::ReplicationRecord], now_secs: u64) -> String {
+    use std::collections::BTreeMap;
+    #[derive(Default)]
+    struct Per {
+        ok: u64,
+        failed: u64,
+        sent: u64,
+        received: u64,
+        last_ok_ms: Option<u64>,
+    }
+    let mut per: BTreeMap<&str, Per> = BTreeMap::new();
+    for r in log {
+        let p = per.entry(r.replication.as_str()).or_default();
+        if r.outcome == "ok" {
+            p.ok += 1;
+            p.last_ok_ms = p.last_ok_ms.max(Some(r.ended_ms));
+        } else {
+            p.failed += 1;
+        }
+        p.sent += r.bytes_sent;
+        p.received += r.bytes_received;
+    }
+    let mut out = String::from(
+        "# HELP cairn_replication_runs_total replication runs in the log, by outcome\n# TYPE cairn_replication_runs_total counter\n",
+    );
+    for (name, p) in &per {
+        out.push_str(&format!(
+            "cairn_replication_runs_total{{replication=\"{name}\",outcome=\"ok\"}} {}\ncairn_replication_runs_total{{replication=\"{name}\",outcome=\"failed\"}} {}\n",
+            p.ok, p.failed
+        ));
+    }
+    out.push_str("# HELP cairn_replication_bytes_total bytes moved by replication runs in the log\n# TYPE cairn_replication_bytes_total counter\n");
+    for (name, p) in &per {
+        out.push_str(&format!(
+            "cairn_replication_bytes_total{{replication=\"{name}\",direction=\"sent\"}} {}\ncairn_replication_bytes_total{{replication=\"{name}\",direction=\"received\"}} {}\n",
+            p.sent, p.received
+        ));
+    }
+    out.push_str("# HELP cairn_replication_last_success_timestamp_seconds end of the last successful run\n# TYPE cairn_replication_last_success_timestamp_seconds gauge\n# HELP cairn_replication_lag_seconds seconds since the last successful run ended\n# TYPE cairn_replication_lag_seconds gauge\n");
+    for (name, p) in &per {
+        if let Some(ms) = p.last_ok_ms {
+            out.push_str(&format!(
+                "cairn_replication_last_success_timestamp_seconds{{replication=\"{name}\"}} {}\ncairn_replication_lag_seconds{{replication=\"{name}\"}} {}\n",
+                ms / 1000,
+                now_secs.saturating_sub(ms / 1000)
+            ));
+        }
     }
     out
 }

@@ -499,7 +499,12 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
         let local = endpoint.local_addr()?;
         let http = tokio::net::TcpListener::bind(config.http.listen).await.with_context(|| format!("binding the HTTP server to {}; set [http] listen in cairn.toml", config.http.listen))?;
         let http_addr = http.local_addr()?;
-        let feeds = FeedServer::with_replicas(store.clone(), config.http.clone(), config.pull_replicas(&store));
+        let shown: Vec<serde_json::Value> = config.replications.iter().map(|r| serde_json::json!({
+            "name": r.name, "peer": r.peer, "feeds": r.feeds, "mode": mode_name(r.mode),
+            "direction": match r.direction { Direction::Outgoing => "outgoing", Direction::Incoming => "incoming" },
+            "interval_secs": r.interval_secs, "max_delete_share": r.max_delete_share,
+        })).collect();
+        let feeds = FeedServer::with_replications(store.clone(), config.http.clone(), config.pull_replicas(&store), shown);
         let router = feeds.router();
         tokio::spawn(async move {
             if let Err(e) = axum::serve(http, router).await {

@@ -1,0 +1,218 @@
+//! The admin and status API, JSON under `/api/v1/`. Every call needs a token with the `admin`
+//! scope except `GET instance`.
+//!
+//! | request | what |
+//! | --- | --- |
+//! | `GET instance` | the instance key and its feeds' count |
+//! | `GET feeds`, `POST feeds` `{"name", "type"}` | feeds with type, entry count, Merkle root and cursor; create one |
+//! | `GET replications` | the configured replications (tokens left out) |
+//! | `GET replication-log?limit=N` | the newest replication runs |
+//! | `GET vulnerabilities`, `POST vulnerabilities` (OSV JSON, one or an array), `DELETE vulnerabilities/ID` | vulnerability records |
+//! | `GET assessment-types`, `POST assessment-types` `{"name", "blocking", "description"}`, `DELETE assessment-types/NAME` | kinds of assessment, built-in ones included |
+//! | `GET assessments`, `POST assessments` `{"vulnerability", "type", "comment", "author", "expires_days"}`, `DELETE assessments/ID` | decisions; they replicate with `@system` |
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use cairn_store::admin::Scope;
+use cairn_store::doc::{Assessment, Ecosystem, Vulnerability};
+use cairn_store::system::NewAssessment;
+use serde_json::json;
+
+use crate::{blocking, ApiError, FeedServer};
+
+/// The axum handler for `/api/v1/{*rest}`.
+pub async fn route(
+    State(server): State<Arc<FeedServer>>,
+    Path(rest): Path<String>,
+    request: Request,
+) -> Response {
+    match handle(&server, &rest, request).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn require_admin(server: &FeedServer, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(secret) = crate::auth::token_of(headers) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "the admin API needs a token; create one with `cairn token create --scope admin`",
+        ));
+    };
+    let info = server
+        .store()
+        .token_check(&secret)?
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "the token is not valid"))?;
+    if !info.scopes.contains(&Scope::Admin) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the admin API needs a token with the admin scope",
+        ));
+    }
+    Ok(())
+}
+
+async fn body_json(request: Request) -> Result<serde_json::Value, ApiError> {
+    let bytes = axum::body::to_bytes(request.into_body(), 16 << 20)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("the request body could not be read: {e}")))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not JSON: {e}")))
+}
+
+fn text(v: &serde_json::Value, key: &str) -> Result<String, ApiError> {
+    v.get(key)
+        .and_then(|x| x.as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::bad_request(format!("`{key}` (a string) is required")))
+}
+
+async fn handle(
+    server: &Arc<FeedServer>,
+    rest: &str,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let method = request.method().clone();
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    if let (&Method::GET, ["instance"]) = (&method, segments.as_slice()) {
+        let s = server.clone();
+        let body = blocking(move || {
+            Ok(json!({
+                "key": s.store().identity().public_key().to_string(),
+                "feeds": s.store().list_feeds()?.len(),
+                "version": env!("CARGO_PKG_VERSION"),
+            }))
+        })
+        .await?;
+        return Ok(axum::Json(body).into_response());
+    }
+    require_admin(server, request.headers())?;
+    let s = server.clone();
+    let reply = match (&method, segments.as_slice()) {
+        (&Method::GET, ["feeds"]) => {
+            blocking(move || {
+                let mut out = Vec::new();
+                for f in s.store().list_feeds()? {
+                    let summary = s.store().feed_summary(&f.name)?;
+                    let cursor = f.cursor();
+                    out.push(json!({
+                        "name": f.name,
+                        "type": f.ecosystem().map(|e| e.to_string()),
+                        "entries": summary.root.count,
+                        "root": summary.root.fingerprint.to_string(),
+                        "cursor": { "epoch": format!("{:016x}", cursor.epoch), "seq": cursor.seq },
+                        "replica_of": s.replicas.get(&f.name),
+                    }));
+                }
+                Ok(json!(out))
+            })
+            .await?
+        }
+        (&Method::POST, ["feeds"]) => {
+            let body = body_json(request).await?;
+            let (name, kind) = (text(&body, "name")?, text(&body, "type")?);
+            let ecosystem: Ecosystem = kind.parse().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "unknown feed type `{kind}` (raw, pypi, npm, cargo)"
+                ))
+            })?;
+            blocking(move || {
+                s.store().create_feed(&name, ecosystem)?;
+                Ok(json!({ "created": name }))
+            })
+            .await?
+        }
+        (&Method::GET, ["replications"]) => json!(server.replications),
+        (&Method::GET, ["replication-log"]) => {
+            blocking(move || Ok(json!(s.store().replication_log(1000)?))).await?
+        }
+        (&Method::GET, ["vulnerabilities"]) => {
+            blocking(move || {
+                Ok(json!(s
+                    .store()
+                    .system_documents::<Vulnerability>("vulnerability/")?))
+            })
+            .await?
+        }
+        (&Method::POST, ["vulnerabilities"]) => {
+            let body = body_json(request).await?;
+            blocking(move || Ok(json!({ "imported": s.store().import_osv(&body.to_string())? })))
+                .await?
+        }
+        (&Method::GET, ["assessment-types"]) => {
+            blocking(move || Ok(json!(s.store().assessment_types()?))).await?
+        }
+        (&Method::POST, ["assessment-types"]) => {
+            let body = body_json(request).await?;
+            let name = text(&body, "name")?;
+            let blocking_flag = body
+                .get("blocking")
+                .and_then(|b| b.as_bool())
+                .unwrap_or(false);
+            let description = body
+                .get("description")
+                .and_then(|d| d.as_str())
+                .unwrap_or("")
+                .to_owned();
+            blocking(move || {
+                s.store()
+                    .create_assessment_type(&name, blocking_flag, &description)?;
+                Ok(json!({ "created": name }))
+            })
+            .await?
+        }
+        (&Method::GET, ["assessments"]) => {
+            blocking(move || {
+                Ok(json!(s
+                    .store()
+                    .system_documents::<Assessment>("assessment/")?))
+            })
+            .await?
+        }
+        (&Method::POST, ["assessments"]) => {
+            let body = body_json(request).await?;
+            let new = NewAssessment {
+                vulnerability: text(&body, "vulnerability")?,
+                assessment_type: text(&body, "type")?,
+                comment: body
+                    .get("comment")
+                    .and_then(|c| c.as_str())
+                    .unwrap_or("")
+                    .into(),
+                author: body
+                    .get("author")
+                    .and_then(|c| c.as_str())
+                    .unwrap_or("")
+                    .into(),
+                expires_days: body.get("expires_days").and_then(|d| d.as_u64()),
+            };
+            blocking(move || Ok(json!({ "id": s.store().create_assessment(new)? }))).await?
+        }
+        (
+            &Method::DELETE,
+            [kind @ ("vulnerabilities" | "assessment-types" | "assessments"), id],
+        ) => {
+            let prefix = match *kind {
+                "vulnerabilities" => "vulnerability",
+                "assessment-types" => "assessment-type",
+                _ => "assessment",
+            };
+            cairn_store::names::check_version(id)?;
+            let key = format!("{prefix}/{id}");
+            blocking(move || {
+                s.store().delete_system_document(&key)?;
+                Ok(json!({ "deleted": key }))
+            })
+            .await?
+        }
+        _ => {
+            return Err(ApiError::not_found(format!(
+                "no admin resource `{method} /api/v1/{rest}`"
+            )))
+        }
+    };
+    Ok(axum::Json(reply).into_response())
+}
