@@ -913,30 +913,28 @@ fn pip_install(index: &str, target: &Path, spec: &str) -> Output {
     .unwrap()
 }
 
-#[test]
-fn a_spoke_serves_what_the_hub_has_and_a_block_made_on_the_hub_holds_on_both() {
+/// A hub and a spoke that pulls `feeds` (each created on both with its type) and `@system`
+/// from it on demand; returns them with a publish token and an admin token of the hub.
+fn hub_and_spoke(feeds: &[(&str, &str)]) -> (Instance, Instance, String, String) {
     let hub = Instance::new();
     let spoke = Instance::new();
     for inst in [&hub, &spoke] {
-        inst.ok(&["feed", "create", "pypi", "--type", "pypi"]);
+        for (name, kind) in feeds {
+            inst.ok(&["feed", "create", name, "--type", kind]);
+        }
     }
     let hub_key = hub.ok(&["key", "show"]).trim().to_owned();
     let spoke_key = spoke.ok(&["key", "show"]).trim().to_owned();
-    let publish = hub
-        .ok(&["token", "create", "--scope", "publish:pypi"])
-        .trim()
-        .to_owned();
-    let replicate = hub
-        .ok(&[
-            "token",
-            "create",
-            "--scope",
-            "replicate:pypi",
-            "--scope",
-            "replicate:system",
-        ])
-        .trim()
-        .to_owned();
+    let token = |scopes: &[&str]| {
+        let mut args = vec!["token", "create"];
+        for s in scopes {
+            args.extend(["--scope", s]);
+        }
+        hub.ok(&args).trim().to_owned()
+    };
+    let publish = token(&["publish:*"]);
+    let admin = token(&["admin"]);
+    let replicate = token(&["replicate:*"]);
     let port = std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -957,11 +955,18 @@ fn a_spoke_serves_what_the_hub_has_and_a_block_made_on_the_hub_holds_on_both() {
         format!("[sync]\nlisten = \"127.0.0.1:{port}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n"),
     )
     .unwrap();
+    let names: Vec<String> = feeds.iter().map(|(n, _)| format!("\"{n}\"")).collect();
     std::fs::write(
         spoke.data().join("cairn.toml"),
-        format!("[sync]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[[replication]]\nname = \"from-hub\"\npeer = \"hub\"\ntoken = \"{replicate}\"\nfeeds = [\"pypi\", \"@system\"]\nmode = \"pull\"\ninterval_secs = 0\n"),
+        format!("[sync]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[[replication]]\nname = \"from-hub\"\npeer = \"hub\"\ntoken = \"{replicate}\"\nfeeds = [{}, \"@system\"]\nmode = \"pull\"\ninterval_secs = 0\n", names.join(", ")),
     )
     .unwrap();
+    (hub, spoke, publish, admin)
+}
+
+#[test]
+fn a_spoke_serves_what_the_hub_has_and_a_block_made_on_the_hub_holds_on_both() {
+    let (hub, spoke, publish, _) = hub_and_spoke(&[("pypi", "pypi")]);
     let pkgs = hub.path("pkgs");
     std::fs::create_dir_all(&pkgs).unwrap();
     run(python(&["-c", BUILD]).arg(&pkgs));
@@ -1157,5 +1162,150 @@ fn the_admin_api_manages_feeds_vulnerabilities_and_assessments() {
     assert!(
         text.contains("cairn_http_errors_total 3"),
         "401, 403 and 400 so far: {text}"
+    );
+}
+
+#[test]
+fn npm_and_cargo_install_from_a_spoke_until_a_block_made_through_the_hub_admin_api() {
+    let (hub, spoke, publish, admin) = hub_and_spoke(&[("npm", "npm"), ("crates", "cargo")]);
+    let hub_server = Server::start(&hub);
+    let spoke_server = Server::start(&spoke);
+    // Publish to the hub with the real clients.
+    let npm_home = hub.path("npm-home");
+    std::fs::create_dir_all(&npm_home).unwrap();
+    let npmrc = |server: &Server| {
+        let host = server.http.trim_start_matches("http://");
+        std::fs::write(
+            npm_home.join("npmrc"),
+            format!(
+                "registry={}/feeds/npm/\n//{host}/feeds/npm/:_authToken={publish}\n",
+                server.http
+            ),
+        )
+        .unwrap();
+    };
+    npmrc(&hub_server);
+    let lib = hub.path("npm-lib");
+    write_package(
+        &lib,
+        r#"{"name":"@cairn/lib","version":"1.0.0","main":"index.js"}"#,
+        "module.exports = 7;\n",
+    );
+    run(&mut npm(
+        &npm_home,
+        &lib,
+        &["publish", "--access", "public"],
+    ));
+    let cargo_home = hub.path("cargo-home");
+    std::fs::create_dir_all(&cargo_home).unwrap();
+    let cargo_config = |server: &Server| {
+        std::fs::write(
+            cargo_home.join("config.toml"),
+            format!(
+                "[registries.cairn]\nindex = \"sparse+{}/feeds/crates/\"\n",
+                server.http
+            ),
+        )
+        .unwrap();
+    };
+    cargo_config(&hub_server);
+    let dep = hub.path("cairn-lib");
+    std::fs::create_dir_all(dep.join("src")).unwrap();
+    std::fs::write(dep.join("Cargo.toml"), "[package]\nname = \"cairn-lib\"\nversion = \"0.3.0\"\nedition = \"2021\"\ndescription = \"t\"\nlicense = \"MIT\"\n").unwrap();
+    std::fs::write(dep.join("src/lib.rs"), "pub fn seven() -> u32 { 7 }\n").unwrap();
+    run(cargo(
+        &cargo_home,
+        &dep,
+        &[
+            "publish",
+            "--registry",
+            "cairn",
+            "--no-verify",
+            "--allow-dirty",
+        ],
+    )
+    .env("CARGO_REGISTRIES_CAIRN_TOKEN", &publish));
+    converged(&spoke);
+
+    // Install from the spoke.
+    npmrc(&spoke_server);
+    cargo_config(&spoke_server);
+    let app = hub.path("npm-app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(
+        app.join("package.json"),
+        r#"{"name":"app","version":"1.0.0"}"#,
+    )
+    .unwrap();
+    run(&mut npm(&npm_home, &app, &["install", "@cairn/lib@1.0.0"]));
+    let out = run(Command::new("node")
+        .args(["-e", "console.log(require('@cairn/lib'))"])
+        .current_dir(&app));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "7");
+    let crate_app = hub.path("crate-app");
+    std::fs::create_dir_all(crate_app.join("src")).unwrap();
+    std::fs::write(crate_app.join("Cargo.toml"), "[package]\nname = \"crate-app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\ncairn-lib = { version = \"=0.3.0\", registry = \"cairn\" }\n").unwrap();
+    std::fs::write(
+        crate_app.join("src/main.rs"),
+        "fn main() { println!(\"{}\", cairn_lib::seven()); }\n",
+    )
+    .unwrap();
+    let out = run(&mut cargo(&cargo_home, &crate_app, &["run", "--quiet"]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "7");
+
+    // Security staff block both through the hub's admin API while it runs.
+    let call = |path: &str, body: &str| {
+        raw_http(
+            &hub_server.http,
+            &format!(
+                "POST {path} HTTP/1.1\r\nHost: HOST\r\nAuthorization: Bearer {admin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            ),
+            body.as_bytes(),
+        )
+    };
+    let (status, text) = call(
+        "/api/v1/vulnerabilities",
+        r#"[{"id":"CAIRN-2026-0003","modified":"2026-11-03T00:00:00Z","affected":[{"package":{"ecosystem":"npm","name":"@cairn/lib"},"versions":["1.0.0"]}]},
+            {"id":"CAIRN-2026-0004","modified":"2026-11-03T00:00:00Z","affected":[{"package":{"ecosystem":"crates.io","name":"cairn-lib"},"ranges":[{"type":"SEMVER","events":[{"introduced":"0.1.0"},{"fixed":"0.4.0"}]}]}]}]"#,
+    );
+    assert_eq!(status, 200, "{text}");
+    for vuln in ["CAIRN-2026-0003", "CAIRN-2026-0004"] {
+        let (status, text) = call(
+            "/api/v1/assessments",
+            &format!(
+                r#"{{"vulnerability":"{vuln}","type":"Blocked","comment":"malicious","author":"sec"}}"#
+            ),
+        );
+        assert_eq!(status, 200, "{text}");
+    }
+    converged(&spoke);
+    for (site, server) in [("hub", &hub_server), ("spoke", &spoke_server)] {
+        for path in [
+            "/feeds/npm/@cairn/lib/-/lib-1.0.0.tgz",
+            "/feeds/crates/api/v1/crates/cairn-lib/0.3.0/download",
+        ] {
+            let (status, body) = http(
+                &server.http,
+                &format!("GET {path} HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n"),
+            );
+            assert_eq!(status, 403, "{site} {path}: {body}");
+            assert!(
+                body.contains("CAIRN-2026-000") && body.contains("malicious"),
+                "{body}"
+            );
+        }
+    }
+    // A fresh npm install from the spoke fails (its cache is cleared first).
+    std::fs::remove_dir_all(npm_home.join("cache")).unwrap();
+    std::fs::remove_dir_all(app.join("node_modules")).unwrap();
+    let _ = std::fs::remove_file(app.join("package-lock.json"));
+    let out = npm(&npm_home, &app, &["install", "@cairn/lib@1.0.0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "npm installed a blocked package");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("403"),
+        "{out:?}"
     );
 }
