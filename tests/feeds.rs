@@ -220,6 +220,33 @@ fn twine_uploads_and_pip_installs_a_wheel_and_an_sdist_with_a_dependency() {
         );
         assert_eq!(String::from_utf8_lossy(&check.stdout).trim(), "42");
     }
+    // uv too (it reads the JSON API and builds the sdist with the machine's setuptools).
+    {
+        let target = inst.path("site-uv");
+        run(Command::new("uv")
+            .args([
+                "pip",
+                "install",
+                "--no-cache",
+                "--no-build-isolation",
+                "--python",
+                "python3",
+                "--index-url",
+            ])
+            .arg(format!("{}/feeds/pypi/simple/", server.http))
+            .arg("--target")
+            .arg(&target)
+            .arg("cairn-beta==2.0.0")
+            .env_remove("PIP_FIND_LINKS")
+            .env_remove("UV_INDEX_URL")
+            .env_remove("UV_EXTRA_INDEX_URL")
+            .env_remove("UV_FIND_LINKS"));
+        let check = run(
+            python(&["-c", "import cairn_beta; print(cairn_beta.VALUE)"])
+                .env("PYTHONPATH", &target),
+        );
+        assert_eq!(String::from_utf8_lossy(&check.stdout).trim(), "42");
+    }
 
     // The JSON and HTML indexes carry what pip needs.
     let (status, page) = http(
