@@ -123,28 +123,36 @@ fn projects(addr: &str) -> Vec<String> {
         .collect()
 }
 
-fn config(inst: &Instance) {
+/// An instance with `feeds` (name, type) that anyone may read, uploads up to 1 MiB, free
+/// ports, and one token for each of `scopes`.
+fn instance_with(feeds: &[(&str, &str)], scopes: &[&str]) -> (Instance, Vec<String>) {
+    let inst = Instance::new();
+    for (name, kind) in feeds {
+        inst.ok(&["feed", "create", name, "--type", kind]);
+    }
+    let tokens = scopes
+        .iter()
+        .map(|scope| {
+            inst.ok(&["token", "create", "--scope", scope])
+                .trim()
+                .to_owned()
+        })
+        .collect();
     std::fs::write(
         inst.data().join("cairn.toml"),
-        "[sync]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\nanonymous_read = [\"pypi\", \"files\"]\nmax_upload_mib = 1\n",
+        "[sync]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\nmax_upload_mib = 1\n",
     )
     .unwrap();
+    (inst, tokens)
 }
 
 #[test]
 fn twine_uploads_and_pip_installs_a_wheel_and_an_sdist_with_a_dependency() {
-    let inst = Instance::new();
-    inst.ok(&["feed", "create", "pypi", "--type", "pypi"]);
-    inst.ok(&["feed", "create", "other", "--type", "pypi"]);
-    let token = inst
-        .ok(&["token", "create", "--scope", "publish:pypi"])
-        .trim()
-        .to_owned();
-    let other_token = inst
-        .ok(&["token", "create", "--scope", "publish:other"])
-        .trim()
-        .to_owned();
-    config(&inst);
+    let (inst, tokens) = instance_with(
+        &[("pypi", "pypi"), ("other", "pypi")],
+        &["publish:pypi", "publish:other"],
+    );
+    let (token, other_token) = (&tokens[0], &tokens[1]);
     let pkgs: PathBuf = inst.path("pkgs");
     std::fs::create_dir_all(&pkgs).unwrap();
     run(python(&["-c", BUILD]).arg(&pkgs));
@@ -450,13 +458,8 @@ fn http_bytes(addr: &str, head: &str, body: &[u8]) -> (u16, Vec<u8>) {
 
 #[test]
 fn raw_files_put_get_range_delete_and_a_tampered_blob_is_never_served() {
-    let inst = Instance::new();
-    inst.ok(&["feed", "create", "files", "--type", "raw"]);
-    let token = inst
-        .ok(&["token", "create", "--scope", "publish:files"])
-        .trim()
-        .to_owned();
-    config(&inst);
+    let (inst, tokens) = instance_with(&[("files", "raw")], &["publish:files"]);
+    let token = &tokens[0];
     let data = crate::util::bytes(7, 300_000);
     let server = Server::start(&inst);
     let put = |path: &str, auth: &str, body: &[u8]| {
@@ -587,21 +590,8 @@ fn cargo(home: &Path, dir: &Path, args: &[&str]) -> Command {
 
 #[test]
 fn cargo_publishes_yanks_and_builds_through_the_sparse_registry() {
-    let inst = Instance::new();
-    inst.ok(&["feed", "create", "crates", "--type", "cargo"]);
-    let token = inst
-        .ok(&["token", "create", "--scope", "publish:crates"])
-        .trim()
-        .to_owned();
-    let reader = inst
-        .ok(&["token", "create", "--scope", "read:crates"])
-        .trim()
-        .to_owned();
-    std::fs::write(
-        inst.data().join("cairn.toml"),
-        "[sync]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\nanonymous_read = [\"crates\"]\n",
-    )
-    .unwrap();
+    let (inst, tokens) = instance_with(&[("crates", "cargo")], &["publish:crates", "read:crates"]);
+    let (token, reader) = (&tokens[0], &tokens[1]);
     let server = Server::start(&inst);
     let home = inst.path("cargo-home");
     std::fs::create_dir_all(&home).unwrap();
@@ -772,17 +762,8 @@ fn write_package(dir: &Path, package_json: &str, index_js: &str) {
 
 #[test]
 fn npm_publishes_scoped_and_unscoped_packages_and_installs_a_dependent() {
-    let inst = Instance::new();
-    inst.ok(&["feed", "create", "npm", "--type", "npm"]);
-    let token = inst
-        .ok(&["token", "create", "--scope", "publish:npm"])
-        .trim()
-        .to_owned();
-    std::fs::write(
-        inst.data().join("cairn.toml"),
-        "[sync]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\nanonymous_read = [\"npm\"]\n",
-    )
-    .unwrap();
+    let (inst, tokens) = instance_with(&[("npm", "npm")], &["publish:npm"]);
+    let token = &tokens[0];
     let server = Server::start(&inst);
     let home = inst.path("npm-home");
     std::fs::create_dir_all(&home).unwrap();
@@ -1100,16 +1081,8 @@ fn json_body(text: &str) -> serde_json::Value {
 
 #[test]
 fn the_admin_api_manages_feeds_vulnerabilities_and_assessments() {
-    let inst = Instance::new();
-    let admin = inst
-        .ok(&["token", "create", "--scope", "admin"])
-        .trim()
-        .to_owned();
-    let reader = inst
-        .ok(&["token", "create", "--scope", "read:*"])
-        .trim()
-        .to_owned();
-    config(&inst);
+    let (inst, tokens) = instance_with(&[], &["admin", "read:*"]);
+    let (admin, reader) = (&tokens[0], &tokens[1]);
     let server = Server::start(&inst);
     let call = |method: &str, path: &str, token: &str, body: &str| {
         let auth = if token.is_empty() {

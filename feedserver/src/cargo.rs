@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use cairn_store::doc::{Ecosystem, Manifest};
 use cairn_store::names;
 use cairn_store::package::{self, DigestingReader, PackageFormat};
-use cairn_store::store::{EntryKind, FeedRecord, NewFile, NewPackage, PublishOutcome};
+use cairn_store::store::{FeedRecord, NewFile, NewPackage, PublishOutcome};
 use ciborium::Value;
 use serde_json::json;
 
@@ -172,27 +172,8 @@ fn crate_key(name: &str) -> String {
 }
 
 fn manifests(server: &FeedServer, feed: &str, name: &str) -> Result<Vec<Manifest>, ApiError> {
-    let store = server.store();
     let wanted = crate_key(name);
-    let mut out = Vec::new();
-    for e in store.entries(feed)? {
-        if e.value.kind != EntryKind::Manifest {
-            continue;
-        }
-        let Some((n, _)) = names::split_package_key(&e.key) else {
-            continue;
-        };
-        if crate_key(n) != wanted {
-            continue;
-        }
-        if let Some(doc) = store.document(&e.value.doc)? {
-            out.push(
-                doc.payload::<Manifest>()
-                    .map_err(cairn_store::store::StoreError::from)?,
-            );
-        }
-    }
-    Ok(out)
+    server.manifests(feed, |n| crate_key(n) == wanted)
 }
 
 /// The spelling a crate was first published with, if it is here.

@@ -197,6 +197,29 @@ impl FeedServer {
             .with_state(self.clone())
     }
 
+    /// The live package versions of `feed` whose package name `keep` accepts (the name is
+    /// read from the entry key, so others are not decoded), in key order.
+    pub fn manifests(
+        &self,
+        feed: &str,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Vec<cairn_store::doc::Manifest>, ApiError> {
+        let store = self.store();
+        let mut out = Vec::new();
+        for e in store.entries(feed)? {
+            if e.value.kind != cairn_store::EntryKind::Manifest {
+                continue;
+            }
+            if !cairn_store::names::split_package_key(&e.key).is_some_and(|(n, _)| keep(n)) {
+                continue;
+            }
+            if let Some(doc) = store.document(&e.value.doc)? {
+                out.push(doc.payload().map_err(cairn_store::StoreError::from)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Refuses a publish to a pull replica.
     pub fn check_writable(&self, feed: &str) -> Result<(), ApiError> {
         match self.replicas.get(feed) {

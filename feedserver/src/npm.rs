@@ -32,7 +32,7 @@ use base64::Engine as _;
 use cairn_store::doc::{Ecosystem, Manifest};
 use cairn_store::names;
 use cairn_store::package::{self, DigestingReader, PackageFormat};
-use cairn_store::store::{EntryKind, FeedRecord, NewFile, NewPackage};
+use cairn_store::store::{FeedRecord, NewFile, NewPackage};
 use cairn_store::Amendment;
 use ciborium::Value;
 use serde_json::json;
@@ -198,23 +198,9 @@ async fn read_json(server: &FeedServer, request: Request) -> Result<serde_json::
         .map_err(|e| ApiError::bad_request(format!("the request body is not JSON: {e}")))
 }
 
+/// The versions of `name`, lowest first.
 fn versions(server: &FeedServer, feed: &str, name: &str) -> Result<Vec<Manifest>, ApiError> {
-    let store = server.store();
-    let mut out = Vec::new();
-    for e in store.entries(feed)? {
-        if e.value.kind != EntryKind::Manifest {
-            continue;
-        }
-        if names::split_package_key(&e.key).map(|(n, _)| n) != Some(name) {
-            continue;
-        }
-        if let Some(doc) = store.document(&e.value.doc)? {
-            out.push(
-                doc.payload::<Manifest>()
-                    .map_err(cairn_store::store::StoreError::from)?,
-            );
-        }
-    }
+    let mut out = server.manifests(feed, |n| n == name)?;
     out.sort_by(|a, b| compare(&a.version, &b.version));
     Ok(out)
 }

@@ -23,10 +23,10 @@ use std::sync::Arc;
 use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use cairn_store::doc::{Ecosystem, Manifest};
+use cairn_store::doc::Ecosystem;
 use cairn_store::names;
 use cairn_store::package::{self, DigestingReader, PackageFormat};
-use cairn_store::store::{EntryKind, FeedRecord, NewFile, NewPackage};
+use cairn_store::store::{FeedRecord, NewFile, NewPackage};
 use sha2::Digest as _;
 
 use crate::auth::Access;
@@ -122,23 +122,6 @@ fn wants_json(headers: &HeaderMap) -> bool {
     json > 0.0 && json >= q(HTML).max(q("text/html"))
 }
 
-fn manifests(server: &FeedServer, feed: &str) -> Result<Vec<Manifest>, ApiError> {
-    let store = server.store();
-    let mut out = Vec::new();
-    for e in store.entries(feed)? {
-        if e.value.kind != EntryKind::Manifest {
-            continue;
-        }
-        if let Some(doc) = store.document(&e.value.doc)? {
-            out.push(
-                doc.payload::<Manifest>()
-                    .map_err(cairn_store::store::StoreError::from)?,
-            );
-        }
-    }
-    Ok(out)
-}
-
 async fn index(
     server: &Arc<FeedServer>,
     feed: &FeedRecord,
@@ -147,7 +130,7 @@ async fn index(
     let s = server.clone();
     let name = feed.name.clone();
     let mut projects: Vec<String> = blocking(move || {
-        Ok(manifests(&s, &name)?
+        Ok(s.manifests(&name, |_| true)?
             .into_iter()
             .map(|m| normalize_pypi(&m.name))
             .collect())
@@ -180,7 +163,7 @@ fn listed_files(
     let blocks = server.blocklist.get(server.store())?;
     let now = now_secs();
     let mut out = Vec::new();
-    for m in manifests(server, &feed.name)? {
+    for m in server.manifests(&feed.name, |n| normalize_pypi(n) == project)? {
         if normalize_pypi(&m.name) != project {
             continue;
         }
@@ -564,7 +547,8 @@ fn publish_upload(
     }
     // A project keeps the spelling it was first published with.
     let normalized = normalize_pypi(&info.name);
-    let name = manifests(server, feed)?
+    let name = server
+        .manifests(feed, |n| normalize_pypi(n) == normalized)?
         .into_iter()
         .find(|m| normalize_pypi(&m.name) == normalized)
         .map_or(info.name.clone(), |m| m.name);

@@ -15,9 +15,9 @@ use std::sync::Arc;
 use axum::extract::Request;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use cairn_store::doc::{Ecosystem, Manifest};
+use cairn_store::doc::Ecosystem;
 use cairn_store::names;
-use cairn_store::store::{EntryKind, FeedRecord, NewFile, NewPackage, PublishOutcome};
+use cairn_store::store::{FeedRecord, NewFile, NewPackage, PublishOutcome};
 use futures_util::StreamExt;
 
 use crate::auth::Access;
@@ -78,18 +78,8 @@ pub async fn handle(
 async fn list(server: &Arc<FeedServer>, feed: &FeedRecord) -> Result<Response, ApiError> {
     let (s, f) = (server.clone(), feed.name.clone());
     let versions = blocking(move || {
-        let store = s.store();
         let mut out = Vec::new();
-        for e in store.entries(&f)? {
-            if e.value.kind != EntryKind::Manifest {
-                continue;
-            }
-            let Some(doc) = store.document(&e.value.doc)? else {
-                continue;
-            };
-            let m: Manifest = doc
-                .payload()
-                .map_err(cairn_store::store::StoreError::from)?;
+        for m in s.manifests(&f, |_| true)? {
             out.push(serde_json::json!({
                 "name": m.name,
                 "version": m.version,
