@@ -166,7 +166,7 @@ fn twine_uploads_and_pip_installs_a_wheel_and_an_sdist_with_a_dependency() {
     assert!(!twine_upload(&upload_url, "cairn_nope", &wheel)
         .status
         .success());
-    assert!(!twine_upload(&upload_url, &other_token, &wheel)
+    assert!(!twine_upload(&upload_url, other_token, &wheel)
         .status
         .success());
     for (auth, want, says) in [
@@ -200,7 +200,7 @@ fn twine_uploads_and_pip_installs_a_wheel_and_an_sdist_with_a_dependency() {
         "-u",
         "__token__",
         "-p",
-        &token,
+        token,
     ])
     .arg(&wheel)
     .arg(&sdist));
@@ -341,7 +341,7 @@ fn twine_uploads_and_pip_installs_a_wheel_and_an_sdist_with_a_dependency() {
         // A cut multipart body: the HTTP body is whole, the multipart in it ends early.
         body.truncate(body.len() - cut);
         let len = body.len();
-        let auth = base64_basic(&token);
+        let auth = base64_basic(token);
         let head = format!("POST /feeds/pypi/legacy/ HTTP/1.1\r\nHost: HOST\r\nAuthorization: Basic {auth}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n");
         raw_http(&server.http, &head, &body)
     };
@@ -624,7 +624,7 @@ fn cargo_publishes_yanks_and_builds_through_the_sparse_registry() {
             "--allow-dirty",
         ],
     )
-    .env("CARGO_REGISTRIES_CAIRN_TOKEN", &reader)
+    .env("CARGO_REGISTRIES_CAIRN_TOKEN", reader)
     .output()
     .unwrap();
     assert!(!out.status.success());
@@ -644,7 +644,7 @@ fn cargo_publishes_yanks_and_builds_through_the_sparse_registry() {
             "--allow-dirty",
         ],
     )
-    .env("CARGO_REGISTRIES_CAIRN_TOKEN", &token));
+    .env("CARGO_REGISTRIES_CAIRN_TOKEN", token));
 
     let app = inst.path("app");
     std::fs::create_dir_all(app.join("src")).unwrap();
@@ -686,7 +686,7 @@ fn cargo_publishes_yanks_and_builds_through_the_sparse_registry() {
             "cairn-dep",
         ],
     )
-    .env("CARGO_REGISTRIES_CAIRN_TOKEN", &token));
+    .env("CARGO_REGISTRIES_CAIRN_TOKEN", token));
     assert!(index().1.contains("\"yanked\":true"));
     run(cargo(
         &home,
@@ -701,7 +701,7 @@ fn cargo_publishes_yanks_and_builds_through_the_sparse_registry() {
             "cairn-dep",
         ],
     )
-    .env("CARGO_REGISTRIES_CAIRN_TOKEN", &token));
+    .env("CARGO_REGISTRIES_CAIRN_TOKEN", token));
     assert!(index().1.contains("\"yanked\":false"));
 
     // A publish body whose length prefix promises more than it holds, and one whose .crate
@@ -1107,15 +1107,15 @@ fn the_admin_api_manages_feeds_vulnerabilities_and_assessments() {
         "{text}"
     );
     assert_eq!(call("GET", "/api/v1/feeds", "", "").0, 401);
-    assert_eq!(call("GET", "/api/v1/feeds", &reader, "").0, 403);
+    assert_eq!(call("GET", "/api/v1/feeds", reader, "").0, 403);
     let (status, text) = call(
         "POST",
         "/api/v1/feeds",
-        &admin,
+        admin,
         r#"{"name":"py","type":"pypi"}"#,
     );
     assert_eq!(status, 200, "{text}");
-    let (status, text) = call("GET", "/api/v1/feeds", &admin, "");
+    let (status, text) = call("GET", "/api/v1/feeds", admin, "");
     assert_eq!(status, 200, "{text}");
     assert!(
         json_body(&text)
@@ -1128,14 +1128,14 @@ fn the_admin_api_manages_feeds_vulnerabilities_and_assessments() {
     let (status, text) = call(
         "POST",
         "/api/v1/vulnerabilities",
-        &admin,
+        admin,
         r#"{"id":"CAIRN-2026-0002","modified":"2026-11-02T00:00:00Z","affected":[{"package":{"ecosystem":"PyPI","name":"x"},"versions":["1.0"]}]}"#,
     );
     assert_eq!(status, 200, "{text}");
     let (status, text) = call(
         "POST",
         "/api/v1/assessments",
-        &admin,
+        admin,
         r#"{"vulnerability":"CAIRN-2026-0002","type":"Nope"}"#,
     );
     assert_eq!(status, 400, "{text}");
@@ -1143,18 +1143,18 @@ fn the_admin_api_manages_feeds_vulnerabilities_and_assessments() {
     let (status, text) = call(
         "POST",
         "/api/v1/assessments",
-        &admin,
+        admin,
         r#"{"vulnerability":"CAIRN-2026-0002","type":"Caution","comment":"watching","author":"sec"}"#,
     );
     assert_eq!(status, 200, "{text}");
     let id = json_body(&text)["id"].as_str().unwrap().to_owned();
-    let (_, text) = call("GET", "/api/v1/assessments", &admin, "");
+    let (_, text) = call("GET", "/api/v1/assessments", admin, "");
     assert!(text.contains(&id) && text.contains("watching"), "{text}");
-    let (_, text) = call("GET", "/api/v1/assessment-types", &admin, "");
+    let (_, text) = call("GET", "/api/v1/assessment-types", admin, "");
     assert!(text.contains("\"Blocked\""), "{text}");
-    let (status, _) = call("DELETE", &format!("/api/v1/assessments/{id}"), &admin, "");
+    let (status, _) = call("DELETE", &format!("/api/v1/assessments/{id}"), admin, "");
     assert_eq!(status, 200);
-    let (_, text) = call("GET", "/api/v1/assessments", &admin, "");
+    let (_, text) = call("GET", "/api/v1/assessments", admin, "");
     assert_eq!(json_body(&text), serde_json::json!([]));
     let (status, text) = call("GET", "/metrics", "", "");
     assert_eq!(status, 200);
