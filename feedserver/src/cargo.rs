@@ -121,7 +121,12 @@ pub async fn handle(
             server.authorize(&headers, &feed.name, Access::Read)?;
             let name = path.last().copied().unwrap_or("").to_owned();
             let (s, f) = (server.clone(), feed.name.clone());
-            let lines = blocking(move || index_lines(&s, &f, &name)).await?;
+            let lines = blocking(move || {
+                let record = s.store().feed(&f)?;
+                let key = format!("cargo-index {name}");
+                s.rendered(&record, &key, || index_lines(&s, &f, &name))
+            })
+            .await?;
             if lines.is_empty() {
                 return Err(ApiError::not_found(format!(
                     "no crate `{}` in feed `{}`",
@@ -129,7 +134,11 @@ pub async fn handle(
                     feed.name
                 )));
             }
-            Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], lines).into_response())
+            Ok((
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                lines.to_string(),
+            )
+                .into_response())
         }
         _ => Err(ApiError::not_found(format!(
             "no such Cargo registry resource `{rest}` in feed `{}`",

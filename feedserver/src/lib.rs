@@ -131,7 +131,16 @@ pub struct FeedServer {
     replications: Vec<serde_json::Value>,
     metrics: Metrics,
     blocklist: blocking::Cache,
+    /// Rendered index documents by (feed, key), with the state they were rendered from.
+    rendered: parking_lot::Mutex<HashMap<(String, String), RenderedDoc>>,
 }
+
+/// A rendered document and the (feed epoch, feed seq, system epoch, system seq, minute) it
+/// was rendered at.
+type RenderedDoc = ([u64; 5], Arc<String>);
+
+/// Rendered documents kept at most (the cache starts over beyond).
+const MAX_RENDERED: usize = 10_000;
 
 impl FeedServer {
     /// A server for `store`.
@@ -164,6 +173,7 @@ impl FeedServer {
             replications,
             metrics: Metrics::default(),
             blocklist: blocking::Cache::default(),
+            rendered: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 
@@ -218,6 +228,39 @@ impl FeedServer {
             }
         }
         Ok(out)
+    }
+
+    /// An index document (a PyPI page, a packument, a cargo index file) for `feed`, rendered by
+    /// `build` only when the feed or the system set changed since it was last rendered under
+    /// `key`, or a minute passed (assessments expire); `build`'s errors are not kept.
+    pub(crate) fn rendered(
+        &self,
+        feed: &cairn_store::FeedRecord,
+        key: &str,
+        build: impl FnOnce() -> Result<String, ApiError>,
+    ) -> Result<Arc<String>, ApiError> {
+        let system = self.store.feed(cairn_store::SYSTEM_FEED)?.cursor();
+        let cursor = feed.cursor();
+        let stamp = [
+            cursor.epoch,
+            cursor.seq,
+            system.epoch,
+            system.seq,
+            blocking::now_secs() / 60,
+        ];
+        let cache_key = (feed.name.clone(), key.to_owned());
+        if let Some((s, body)) = self.rendered.lock().get(&cache_key) {
+            if *s == stamp {
+                return Ok(body.clone());
+            }
+        }
+        let body = Arc::new(build()?);
+        let mut cache = self.rendered.lock();
+        if cache.len() >= MAX_RENDERED {
+            cache.clear();
+        }
+        cache.insert(cache_key, (stamp, body.clone()));
+        Ok(body)
     }
 
     /// Refuses a publish to a pull replica.

@@ -84,7 +84,14 @@ pub async fn handle(
                 name.clone(),
                 base_url(&headers, &feed.name),
             );
-            let doc = blocking(move || packument(&s, &f, &n, &base, abbreviated)).await?;
+            let key = format!("npm-packument {n} {abbreviated} {base}");
+            let doc = blocking(move || {
+                let record = s.store().feed(&f)?;
+                s.rendered(&record, &key, || {
+                    Ok(packument(&s, &f, &n, &base, abbreviated)?.to_string())
+                })
+            })
+            .await?;
             let content_type = if abbreviated {
                 ABBREVIATED
             } else {

@@ -213,8 +213,21 @@ async fn project_page(
     project: &str,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
+    let json = wants_json(headers);
     let (s, f, p) = (server.clone(), feed.clone(), project.to_owned());
-    let files = blocking(move || listed_files(&s, &f, &p)).await?;
+    let key = format!("pypi-project {project} {json}");
+    let body = blocking(move || s.rendered(&f, &key, || render_project(&s, &f, &p, json))).await?;
+    let content_type = if json { JSON } else { HTML };
+    Ok(([(header::CONTENT_TYPE, content_type)], body.to_string()).into_response())
+}
+
+fn render_project(
+    server: &FeedServer,
+    feed: &FeedRecord,
+    project: &str,
+    json: bool,
+) -> Result<String, ApiError> {
+    let files = listed_files(server, feed, project)?;
     if files.is_empty() {
         return Err(ApiError::not_found(format!(
             "no project `{project}` in feed `{}`",
@@ -227,7 +240,7 @@ async fn project_page(
             feed.name, l.name, l.version, l.file
         )
     };
-    if wants_json(headers) {
+    if json {
         let mut versions: Vec<String> = files.iter().map(|l| l.version.clone()).collect();
         versions.dedup();
         let body = serde_json::json!({
@@ -248,7 +261,7 @@ async fn project_page(
                 })
             }).collect::<Vec<_>>(),
         });
-        return Ok(([(header::CONTENT_TYPE, JSON)], body.to_string()).into_response());
+        return Ok(body.to_string());
     }
     let mut html = format!(
         "<!DOCTYPE html>\n<html><head><meta name=\"pypi:repository-version\" content=\"1.1\"><title>Links for {project}</title></head><body>\n<h1>Links for {project}</h1>\n"
@@ -274,7 +287,7 @@ async fn project_page(
         ));
     }
     html.push_str("</body></html>\n");
-    Ok(([(header::CONTENT_TYPE, HTML)], html).into_response())
+    Ok(html)
 }
 
 /// A download of a package file after the access, name and blocking checks.
