@@ -455,6 +455,12 @@ fn vulnerabilities_and_assessments() {
     ] {
         assert!(types.contains(t), "{types}");
     }
+    c.ok(&["assessment-type", "create", "Gone"]);
+    c.ok(&["assessment-type", "rm", "Gone"]);
+    assert!(!c.ok(&["assessment-type", "list"]).contains("Gone"));
+    assert!(c
+        .fails(&["assessment-type", "rm", "Gone"], 2)
+        .contains("not in feed"));
     let err = c.fails(
         &[
             "assessment",

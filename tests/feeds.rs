@@ -150,9 +150,9 @@ fn instance_with(feeds: &[(&str, &str)], scopes: &[&str]) -> (Instance, Vec<Stri
 fn twine_uploads_and_pip_installs_a_wheel_and_an_sdist_with_a_dependency() {
     let (inst, tokens) = instance_with(
         &[("pypi", "pypi"), ("other", "pypi")],
-        &["publish:pypi", "publish:other"],
+        &["publish:pypi", "publish:other", "admin"],
     );
-    let (token, other_token) = (&tokens[0], &tokens[1]);
+    let (token, other_token, admin) = (&tokens[0], &tokens[1], &tokens[2]);
     let pkgs: PathBuf = inst.path("pkgs");
     std::fs::create_dir_all(&pkgs).unwrap();
     run(python(&["-c", BUILD]).arg(&pkgs));
@@ -275,6 +275,19 @@ fn twine_uploads_and_pip_installs_a_wheel_and_an_sdist_with_a_dependency() {
         ),
         "{page}"
     );
+    // PEP 592: yanked through the admin API, the index says so and why.
+    let body = r#"{"name":"cairn-alpha","version":"1.0.0","reason":"broken build"}"#;
+    let (status, text) = raw_http(
+        &server.http,
+        &format!("POST /api/v1/feeds/pypi/yank HTTP/1.1\r\nHost: HOST\r\nAuthorization: Bearer {admin}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()),
+        body.as_bytes(),
+    );
+    assert_eq!(status, 200, "{text}");
+    let (_, page) = http(
+        &server.http,
+        "GET /feeds/pypi/simple/cairn-alpha/ HTTP/1.1\r\nHost: HOST\r\nAccept: application/vnd.pypi.simple.v1+json\r\nConnection: close\r\n\r\n",
+    );
+    assert!(page.contains("\"yanked\":\"broken build\""), "{page}");
     let (status, page) = http(
         &server.http,
         "GET /feeds/pypi/simple/Cairn_Beta/ HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
@@ -551,7 +564,9 @@ fn raw_files_put_get_range_delete_and_a_tampered_blob_is_never_served() {
             assert_eq!(status, 500);
             assert!(String::from_utf8_lossy(&body).contains("failed verification"));
         } else {
-            assert_eq!(status, 200);
+            // The response is cut once the damaged group is reached; if that happens before
+            // the headers left the server's buffer the client sees the connection close.
+            assert!(status == 200 || status == 0, "{status}");
             assert!(body.len() < data.len(), "a damaged blob was sent whole");
             assert!(body.len() <= offset, "bytes past the damage were sent");
             assert_eq!(
@@ -995,6 +1010,10 @@ fn a_spoke_serves_what_the_hub_has_and_a_block_made_on_the_hub_holds_on_both() {
     ])
     .arg(pkgs.join("cairn_beta-2.0.0-py3-none-any.whl"))
     .arg(pkgs.join("cairn_alpha-1.0.0.tar.gz")));
+    let spoke_publish = spoke
+        .ok(&["token", "create", "--scope", "publish:pypi"])
+        .trim()
+        .to_owned();
     let spoke_server = Server::start(&spoke);
     converged(&spoke);
 
@@ -1015,9 +1034,13 @@ fn a_spoke_serves_what_the_hub_has_and_a_block_made_on_the_hub_holds_on_both() {
     assert!(!out.status.success());
     let (status, body) = http(
         &spoke_server.http,
-        "POST /feeds/pypi/legacy/ HTTP/1.1\r\nHost: HOST\r\nAuthorization: Bearer cairn_x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        &format!("POST /feeds/pypi/legacy/ HTTP/1.1\r\nHost: HOST\r\nAuthorization: Bearer {spoke_publish}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
     );
-    assert!(status == 401 || status == 403, "{body}");
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("is a pull replica of `hub`; publish to `hub`"),
+        "{body}"
+    );
 
     // Security staff block cairn-alpha on the hub (its CLI needs the hub's server stopped).
     drop(hub_server);
@@ -1156,12 +1179,20 @@ fn the_admin_api_manages_feeds_vulnerabilities_and_assessments() {
     assert_eq!(status, 200);
     let (_, text) = call("GET", "/api/v1/assessments", admin, "");
     assert_eq!(json_body(&text), serde_json::json!([]));
+    // PEP 592: a yanked version stays installable when pinned and says why in the index.
+    let (status, text) = call(
+        "POST",
+        "/api/v1/feeds/py/yank",
+        admin,
+        r#"{"name":"x","version":"1.0","reason":"broken"}"#,
+    );
+    assert_eq!(status, 404, "no such version yet: {text}");
     let (status, text) = call("GET", "/metrics", "", "");
     assert_eq!(status, 200);
     assert!(text.contains("cairn_http_requests_total"), "{text}");
     assert!(
-        text.contains("cairn_http_errors_total 3"),
-        "401, 403 and 400 so far: {text}"
+        text.contains("cairn_http_errors_total 4"),
+        "401, 403, 400 and 404 so far: {text}"
     );
 }
 

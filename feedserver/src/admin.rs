@@ -5,6 +5,7 @@
 //! | --- | --- |
 //! | `GET instance` | the instance key and its feeds' count |
 //! | `GET feeds`, `POST feeds` `{"name", "type"}` | feeds with type, entry count, Merkle root and cursor; create one |
+//! | `POST feeds/FEED/yank` `{"name", "version", "reason"}`, `POST feeds/FEED/unyank` | mark a version yanked (PEP 592 in PyPI indexes) or not |
 //! | `GET replications` | the configured replications (tokens left out) |
 //! | `GET replication-log?limit=N` | the newest replication runs |
 //! | `GET vulnerabilities`, `POST vulnerabilities` (OSV JSON, one or an array), `DELETE vulnerabilities/ID` | vulnerability records |
@@ -122,6 +123,31 @@ async fn handle(
             blocking(move || {
                 s.store().create_feed(&name, ecosystem)?;
                 Ok(json!({ "created": name }))
+            })
+            .await?
+        }
+        (&Method::POST, ["feeds", feed, "yank" | "unyank"]) => {
+            // PEP 592 (and the same field for any feed): the version stays, marked yanked.
+            let yank = segments.get(2) == Some(&"yank");
+            let body = body_json(request).await?;
+            let (name, version) = (text(&body, "name")?, text(&body, "version")?);
+            let reason = body
+                .get("reason")
+                .and_then(|r| r.as_str())
+                .unwrap_or("")
+                .to_owned();
+            let feed = (*feed).to_owned();
+            blocking(move || {
+                let value = yank.then_some(ciborium::Value::Text(reason));
+                s.store().amend_metadata(
+                    &feed,
+                    &[cairn_store::Amendment {
+                        name: name.clone(),
+                        version: version.clone(),
+                        set: std::collections::BTreeMap::from([("yanked".to_string(), value)]),
+                    }],
+                )?;
+                Ok(json!({ "feed": feed, "name": name, "version": version, "yanked": yank }))
             })
             .await?
         }

@@ -268,6 +268,11 @@ enum AssessmentTypeCommand {
     },
     /// List assessment types.
     List,
+    /// Delete a created assessment type (a built-in one of the same name takes its place).
+    Rm {
+        /// Name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

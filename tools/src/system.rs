@@ -46,6 +46,10 @@ pub(crate) fn assessment_type(store: &Store, command: AssessmentTypeCommand) -> 
                 if blocking { " (blocking)" } else { "" }
             );
         }
+        AssessmentTypeCommand::Rm { name } => {
+            store.delete_system_document(&format!("assessment-type/{name}"))?;
+            println!("deleted assessment type {name}");
+        }
         AssessmentTypeCommand::List => {
             for t in store.assessment_types()? {
                 println!(
