@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use base64::Engine as _;
+
 use crate::util::{Instance, Server};
 
 /// Builds `cairn_alpha-1.0.0.tar.gz` (an sdist with setup.py) and
@@ -427,25 +429,7 @@ fn twine_uploads_and_pip_installs_a_wheel_and_an_sdist_with_a_dependency() {
 }
 
 fn base64_basic(token: &str) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let input = format!("__token__:{token}").into_bytes();
-    let mut out = String::new();
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    base64::engine::general_purpose::STANDARD.encode(format!("__token__:{token}"))
 }
 
 /// The body of a response as bytes (after the blank line), and the status.
@@ -861,26 +845,7 @@ fn npm_publishes_scoped_and_unscoped_packages_and_installs_a_dependent() {
     // A publish whose attachment does not match its integrity, and one whose tarball is not
     // gzip: 400, nothing stored.
     let tgz = cairn_store::package::fixtures::npm_tarball("cairn-bad", "1.0.0");
-    let b64 = |b: &[u8]| {
-        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = String::new();
-        for chunk in b.chunks(3) {
-            let x = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
-            let n = (u32::from(x[0]) << 16) | (u32::from(x[1]) << 8) | u32::from(x[2]);
-            for i in 0..4 {
-                out.push(if i <= chunk.len() {
-                    T[((n >> (18 - 6 * i)) & 63) as usize] as char
-                } else {
-                    '='
-                });
-            }
-        }
-        out
-    };
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     for (data, integrity, says) in [
         (
             b64(&tgz),

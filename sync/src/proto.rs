@@ -1565,10 +1565,14 @@ impl Session {
         job.report.blob_bytes_received += written.bytes;
         if let Err(e) = written.result {
             job.incoming.insert(hash, incoming);
-            tracing::warn!(blob = %hash, "peer sent a blob piece that failed verification: {e}");
-            return Err(SessionError::BadData(format!(
-                "blob {hash} failed verification: {e}"
-            )));
+            // Only bytes that fail their hash are the peer's fault; a full disk is ours.
+            return Err(match e {
+                cairn_store::StoreError::CorruptBlob(_) => {
+                    tracing::warn!(blob = %hash, "peer sent a blob piece that failed verification: {e}");
+                    SessionError::BadData(format!("blob {hash} failed verification: {e}"))
+                }
+                other => store_err(other),
+            });
         }
         if incoming.is_complete() {
             store.finish_blob(incoming).map_err(store_err)?;

@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use base64::Engine as _;
 use cairn_store::doc::Ecosystem;
 use cairn_store::package::{self, fixtures, DigestingReader, PackageFormat};
 use cairn_store::{NewFile, NewPackage, Store, StoreOptions};
@@ -474,26 +475,7 @@ fn publish_to_verdaccio(port: u16, name: &str, version: &str, tgz: &[u8]) -> Res
     use sha2::Digest as _;
     let sha512 = sha2::Sha512::digest(tgz);
     let sha1 = sha1::Sha1::digest(tgz);
-    let b64 = |b: &[u8]| {
-        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = String::new();
-        for chunk in b.chunks(3) {
-            let x = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
-            let n = (u32::from(x[0]) << 16) | (u32::from(x[1]) << 8) | u32::from(x[2]);
-            for i in 0..4 {
-                out.push(if i <= chunk.len() {
-                    T[((n >> (18 - 6 * i)) & 63) as usize] as char
-                } else {
-                    '='
-                });
-            }
-        }
-        out
-    };
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let file = format!("{name}-{version}.tgz");
     let body = serde_json::json!({
         "_id": name, "name": name, "dist-tags": { "latest": version },
