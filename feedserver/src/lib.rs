@@ -469,9 +469,11 @@ impl From<cairn_store::store::StoreError> for ApiError {
             E::Name(_) | E::InvalidPackage(_) | E::WrongFeedKind(_) | E::Input(_) => {
                 StatusCode::BAD_REQUEST
             }
+            E::BlobStoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        if status == StatusCode::INTERNAL_SERVER_ERROR {
+        if status == StatusCode::INTERNAL_SERVER_ERROR || status == StatusCode::SERVICE_UNAVAILABLE
+        {
             tracing::error!("store: {e}");
         }
         ApiError::new(status, e.to_string())

@@ -60,6 +60,18 @@ pub fn as_corrupt(e: &io::Error) -> Option<&CorruptBlob> {
         .and_then(|inner| inner.downcast_ref::<CorruptBlob>())
 }
 
+/// A remote blob storage that did not answer, or answered with an error: the operation may
+/// succeed if retried. Travels inside an `io::Error` from a backend.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
+/// Extracts an [`Unavailable`] from a backend's I/O error.
+pub fn as_unavailable(e: &io::Error) -> Option<&Unavailable> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<Unavailable>())
+}
+
 /// Random access to stored bytes; what a backend hands out for reading.
 pub trait RandomAccess: Send + Sync {
     /// Reads up to `buf.len()` bytes at `offset`; 0 only at the end.
@@ -159,6 +171,13 @@ impl Ingested {
 pub trait BlobBackend: Send + Sync + fmt::Debug {
     /// Moves a staged blob into place; a blob that is already there is left as it is.
     fn install(&self, staged: StagedBlob) -> io::Result<()>;
+    /// Takes up a blob that is already in the backend's storage (put there by another
+    /// instance sharing it) with `size` bytes: true if it is there and is now held for this
+    /// instance too. A backend that is never shared has nothing to adopt.
+    fn adopt(&self, hash: &Hash, size: u64) -> io::Result<bool> {
+        let _ = (hash, size);
+        Ok(false)
+    }
     /// Opens a blob's bytes and outboard for reading.
     fn open(&self, hash: &Hash) -> io::Result<(Box<dyn RandomAccess>, Box<dyn RandomAccess>)>;
     /// Removes a blob (both parts); absent is not an error.
@@ -250,6 +269,11 @@ impl BlobBackend for LocalFiles {
     fn describe(&self, hash: &Hash) -> String {
         self.data_path(hash).display().to_string()
     }
+}
+
+/// The size of the post-order outboard of a blob of `size` bytes.
+pub fn outboard_size(size: u64) -> u64 {
+    BaoTree::new(size, BLOCK_SIZE).outboard_size()
 }
 
 /// fsyncs a directory so a rename in it is durable.

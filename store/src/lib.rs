@@ -54,6 +54,7 @@ pub mod merkle;
 pub mod names;
 pub mod package;
 pub mod replica;
+pub mod s3;
 pub mod store;
 pub mod system;
 
@@ -63,7 +64,7 @@ mod tests;
 pub use doc::{Ecosystem, PublicKey, SignedDocument};
 pub use hash::Hash;
 pub use store::{
-    Amendment, Change, ChangesSince, Cursor, Entry, EntryKind, EntryValue, FeedKind, FeedRecord,
-    FeedSummary, GcReport, NewFile, NewPackage, Problem, PublishOutcome, Published, Store,
-    StoreError, StoreOptions, StoredBlob, VerifyReport, SYSTEM_FEED, TRUST_ALL,
+    Amendment, BlobsConfig, Change, ChangesSince, Cursor, Entry, EntryKind, EntryValue, FeedKind,
+    FeedRecord, FeedSummary, GcReport, NewFile, NewPackage, Problem, PublishOutcome, Published,
+    Store, StoreError, StoreOptions, StoredBlob, VerifyReport, SYSTEM_FEED, TRUST_ALL,
 };

@@ -80,6 +80,8 @@ const META_SCHEMA: &[u8] = b"schema";
 const META_HLC: &[u8] = b"hlc";
 const META_NEXT_FEED: &[u8] = b"next-feed-id";
 const META_TRUST: &[u8] = b"trust\0";
+/// Where the store's large blobs live (`BlobsConfig::location`).
+const META_BLOBS: &[u8] = b"blobs";
 
 /// Everything that can go wrong in the store, each with the evidence.
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +176,16 @@ pub enum StoreError {
     /// Operation not allowed on this feed.
     #[error("{0}")]
     WrongFeedKind(String),
+    /// The blob storage (an object store) did not answer or refused: nothing was changed, and
+    /// the operation may be retried.
+    #[error("blob storage unavailable while {action}: {detail}; nothing was stored, retry later")]
+    BlobStoreUnavailable {
+        action: &'static str,
+        detail: String,
+    },
+    /// The configured blob backend is not the one this store's blobs are in, or cannot be used.
+    #[error("{0}")]
+    BlobBackend(String),
 }
 
 impl StoreError {
@@ -182,10 +194,16 @@ impl StoreError {
         path: &Path,
     ) -> impl FnOnce(std::io::Error) -> StoreError {
         let path = path.to_owned();
-        move |source| StoreError::Io {
-            action,
-            path,
-            source,
+        move |source| match blob::as_unavailable(&source) {
+            Some(u) => StoreError::BlobStoreUnavailable {
+                action,
+                detail: u.0.clone(),
+            },
+            None => StoreError::Io {
+                action,
+                path,
+                source,
+            },
         }
     }
 }
@@ -201,6 +219,29 @@ pub struct StoreOptions {
     pub sync_writes: bool,
     /// Change-log records kept per feed; a peer further behind gets a full diff.
     pub change_log_retain: u64,
+    /// Where large blobs live.
+    pub blobs: BlobsConfig,
+}
+
+/// Where a store keeps its large blobs (`[blobs]` in the configuration). Metadata and small
+/// blobs always stay in RocksDB.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum BlobsConfig {
+    /// Files under `<data-dir>/blobs` (the default).
+    #[default]
+    Local,
+    /// An S3-compatible bucket, possibly shared with other instances.
+    S3(crate::s3::S3Config),
+}
+
+impl BlobsConfig {
+    /// What the store records about its blobs' home: `local` or `s3://bucket/prefix`.
+    pub fn location(&self) -> String {
+        match self {
+            BlobsConfig::Local => "local".into(),
+            BlobsConfig::S3(c) => c.location(),
+        }
+    }
 }
 
 impl Default for StoreOptions {
@@ -208,6 +249,7 @@ impl Default for StoreOptions {
         StoreOptions {
             sync_writes: true,
             change_log_retain: 1_000_000,
+            blobs: BlobsConfig::Local,
         }
     }
 }
@@ -739,12 +781,20 @@ impl Store {
             fs::remove_dir_all(&tmp_dir).map_err(StoreError::io("cleaning", &tmp_dir))?;
         }
         fs::create_dir_all(&tmp_dir).map_err(StoreError::io("creating", &tmp_dir))?;
-        let files = LocalFiles::new(dir.join("blobs"))
-            .map_err(StoreError::io("creating", &dir.join("blobs")))?;
+        let files: Box<dyn BlobBackend> = match &options.blobs {
+            BlobsConfig::Local => Box::new(
+                LocalFiles::new(dir.join("blobs"))
+                    .map_err(StoreError::io("creating", &dir.join("blobs")))?,
+            ),
+            BlobsConfig::S3(config) => Box::new(
+                crate::s3::S3Blobs::new(config, &identity.public_key().fingerprint())
+                    .map_err(|e| StoreError::BlobBackend(e.to_string()))?,
+            ),
+        };
         let mut store = Store {
             dir: dir.to_owned(),
             db,
-            files: Box::new(files),
+            files,
             tmp_dir,
             identity,
             options,
@@ -771,7 +821,28 @@ impl Store {
                 })
             }
         }
+        store.check_blob_home()?;
         Ok(store)
+    }
+
+    /// Records where the blobs live on first open, and refuses to open with another backend
+    /// later: the index would name blobs that are not there.
+    fn check_blob_home(&self) -> Result<()> {
+        let configured = self.options.blobs.location();
+        match self.db.get_cf(self.cf(CF_META), META_BLOBS)? {
+            None => {
+                self.db
+                    .put_cf(self.cf(CF_META), META_BLOBS, configured.as_bytes())?;
+                self.db.flush_wal(true)?;
+                Ok(())
+            }
+            Some(v) if v == configured.as_bytes() => Ok(()),
+            Some(v) => Err(StoreError::BlobBackend(format!(
+                "this store keeps its large blobs in {}, but the configuration says {configured}; \
+                 use the [blobs] configuration the store was created with",
+                String::from_utf8_lossy(&v)
+            ))),
+        }
     }
 
     fn bootstrap(&self) -> Result<()> {
@@ -983,6 +1054,35 @@ impl Store {
         })
     }
 
+    /// Takes up a blob of `size` bytes that is already in the blob backend's storage (put there
+    /// by another instance sharing the bucket), so it need not be transferred: the blob pinned,
+    /// or None if the backend does not hold it.
+    pub fn adopt_blob(&self, hash: Hash, size: u64) -> Result<Option<StoredBlob>> {
+        if size <= blob::INLINE_MAX {
+            return Ok(None);
+        }
+        let pin = self.pin(hash);
+        let existed = self.has_blob(&hash)?;
+        if !existed {
+            let adopted = self.files.adopt(&hash, size).map_err(StoreError::io(
+                "adopting blob",
+                Path::new(&self.files.describe(&hash)),
+            ))?;
+            if !adopted {
+                return Ok(None);
+            }
+            let _w = self.write.lock();
+            self.db
+                .put_cf(self.cf(CF_BLOBS), hash.as_bytes(), blob_record(size, None))?;
+        }
+        Ok(Some(StoredBlob {
+            hash,
+            size,
+            existed,
+            _pin: pin,
+        }))
+    }
+
     /// Pins `hash` against GC until the returned guard is dropped.
     pub fn pin(&self, hash: Hash) -> BlobPin {
         *self.pins.lock().entry(hash).or_insert(0) += 1;
@@ -1025,11 +1125,7 @@ impl Store {
                             location: self.files.describe(hash),
                         }
                     } else {
-                        StoreError::Io {
-                            action: "opening blob",
-                            path: PathBuf::from(self.files.describe(hash)),
-                            source: e,
-                        }
+                        StoreError::io("opening blob", Path::new(&self.files.describe(hash)))(e)
                     }
                 })?;
                 Ok(VerifyingReader::tree(

@@ -395,16 +395,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn open(dir: &Path) -> Result<Store> {
-    Ok(Store::open(dir, StoreOptions::default())?)
+/// Store options from the configuration (its `[blobs]` section).
+fn options(dir: &Path, config: Option<&Path>) -> Result<StoreOptions> {
+    Ok(serve::load_config(dir, config)?.store_options())
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let dir = cli.data_dir.as_path();
     let config_path = cli.config.clone();
+    let open = |dir: &Path| -> Result<Store> {
+        Ok(Store::open(dir, options(dir, config_path.as_deref())?)?)
+    };
     match cli.command {
         Command::Init => {
-            let store = Store::init(dir, StoreOptions::default())?;
+            let store = Store::init(dir, options(dir, config_path.as_deref())?)?;
             println!("initialised {}", dir.display());
             println!("key {}", store.identity().public_key());
         }
@@ -413,7 +417,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if !dir.join("db").join("CURRENT").exists()
                 && !cairn_store::identity::key_path(dir).exists()
             {
-                let store = Store::init(dir, StoreOptions::default())?;
+                let store = Store::init(dir, config.store_options())?;
                 println!(
                     "initialised {} with key {}",
                     dir.display(),
@@ -599,7 +603,7 @@ fn print_summary(s: &serve::RunSummary, dry_run: bool) {
         match (dry_run, f.plan) {
             (true, Some((adds, deletes, bytes))) => println!("{}: would add or replace {adds}, delete {deletes}, fetch {bytes} bytes", f.feed),
             _ => println!(
-                "{}: {} via {}; {} applied, {} sent, {} deleted, {} blobs ({} bytes) received; root {} ({} entries)",
+                "{}: {} via {}; {} applied, {} sent, {} deleted, {} blobs ({} bytes) received{}; root {} ({} entries)",
                 f.feed,
                 if f.converged { "converged" } else { "NOT converged" },
                 f.path,
@@ -608,6 +612,11 @@ fn print_summary(s: &serve::RunSummary, dry_run: bool) {
                 f.deletions,
                 f.blobs_received,
                 f.blob_bytes_received,
+                if f.blobs_adopted > 0 {
+                    format!(", {} ({} bytes) already in the shared bucket", f.blobs_adopted, f.blob_bytes_adopted)
+                } else {
+                    String::new()
+                },
                 f.root.get(..12).unwrap_or(""),
                 f.count
             ),

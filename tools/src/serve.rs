@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 use cairn_feedserver::{FeedServer, HttpConfig};
 use cairn_store::admin::ReplicationRecord;
-use cairn_store::{Store, StoreOptions};
+use cairn_store::{BlobsConfig, Store, StoreOptions};
 use cairn_sync::proto::{Authorizer, FeedReport, GuardRail, InitiatorConfig};
 use cairn_sync::transport::{self, Congestion, Progress, ProgressSnapshot, TransportError};
 use cairn_sync::wire::{code, Mode};
@@ -31,9 +31,47 @@ pub struct Config {
     /// The HTTP feed server.
     #[serde(default)]
     pub http: HttpConfig,
+    /// Where large blobs live.
+    #[serde(default)]
+    pub blobs: BlobsSection,
+}
+
+/// `[blobs]`: `backend = "local"` (the default, files under the data directory) or `"s3"`
+/// with `[blobs.s3]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobsSection {
+    /// `local` or `s3`.
+    #[serde(default)]
+    pub backend: BackendKind,
+    /// The bucket, for `backend = "s3"`.
+    pub s3: Option<cairn_store::s3::S3Config>,
+}
+
+/// `[blobs] backend`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Files under `<data-dir>/blobs`.
+    #[default]
+    Local,
+    /// An S3-compatible bucket.
+    S3,
 }
 
 impl Config {
+    /// Store options for this configuration.
+    pub fn store_options(&self) -> StoreOptions {
+        let blobs = match (&self.blobs.backend, &self.blobs.s3) {
+            (BackendKind::S3, Some(s3)) => BlobsConfig::S3(s3.clone()),
+            _ => BlobsConfig::Local,
+        };
+        StoreOptions {
+            blobs,
+            ..StoreOptions::default()
+        }
+    }
+
     /// Feeds this instance pulls from a peer, with the peer: they are read-only here.
     pub fn pull_replicas(&self, store: &Store) -> HashMap<String, String> {
         let mut out = HashMap::new();
@@ -157,6 +195,17 @@ pub fn load_config(data_dir: &Path, path: Option<&Path>) -> Result<Config> {
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     transport::set_congestion(config.sync.congestion);
     transport::set_window_mib(config.sync.window_mib);
+    match (config.blobs.backend, config.blobs.s3.is_some()) {
+        (BackendKind::S3, false) => bail!(
+            "{}: [blobs] backend = \"s3\" needs a [blobs.s3] section with endpoint and bucket",
+            path.display()
+        ),
+        (BackendKind::Local, true) => bail!(
+            "{}: [blobs.s3] is set but [blobs] backend is \"local\"; set backend = \"s3\" or remove it",
+            path.display()
+        ),
+        _ => {}
+    }
     let mut names = std::collections::HashSet::new();
     for r in &config.replications {
         if !names.insert(&r.name) {
@@ -238,6 +287,12 @@ pub struct FeedSummaryOut {
     pub blobs_received: u64,
     /// Blob bytes received.
     pub blob_bytes_received: u64,
+    /// Blobs found already in a shared bucket, not transferred.
+    #[serde(default)]
+    pub blobs_adopted: u64,
+    /// Their bytes.
+    #[serde(default)]
+    pub blob_bytes_adopted: u64,
     /// Dry run: adds, deletes, bytes.
     pub plan: Option<(u64, u64, u64)>,
     /// Error.
@@ -285,6 +340,8 @@ fn feed_out(r: &FeedReport, dry_run: bool) -> FeedSummaryOut {
         deletions: r.deletions,
         blobs_received: r.blobs_received,
         blob_bytes_received: r.blob_bytes_received,
+        blobs_adopted: r.blobs_adopted,
+        blob_bytes_adopted: r.blob_bytes_adopted,
         plan: dry_run.then_some((r.plan_adds, r.plan_deletes, r.plan_bytes)),
         error: r.error.clone(),
     }
@@ -492,7 +549,7 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let store = Arc::new(Store::open(data_dir, StoreOptions::default())?);
+        let store = Arc::new(Store::open(data_dir, config.store_options())?);
         let filter_store = store.clone();
         let filter: transport::PeerFilter = Arc::new(move |k| filter_store.peer_list().map(|peers| peers.iter().any(|p| p.key == *k)).unwrap_or(false));
         let endpoint = transport::server(config.sync.listen, store.identity(), filter)?;
@@ -756,7 +813,7 @@ pub fn replicate(
         .find(|r| r.name == name)
         .ok_or_else(|| anyhow!("no replication named `{name}` in the configuration"))?
         .clone();
-    let store = Store::open(data_dir, StoreOptions::default())?;
+    let store = Store::open(data_dir, config.store_options())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
