@@ -133,6 +133,11 @@ pub struct FeedReport {
     pub blobs_received: u64,
     /// Blob bytes received (payload).
     pub blob_bytes_received: u64,
+    /// Blobs not transferred because the blob backend already held them (a bucket shared with
+    /// another instance).
+    pub blobs_adopted: u64,
+    /// Bytes of those blobs.
+    pub blob_bytes_adopted: u64,
     /// Sketch cells sent or received.
     pub sketch_cells: u64,
     /// Root and count at the end, here and at the peer.
@@ -1488,8 +1493,16 @@ impl Session {
         let mut requests = Vec::new();
         let mut waiting = HashSet::new();
         let mut due = 0;
+        let mut adopted = Vec::new();
         for (hash, size) in wanted {
             if let std::collections::hash_map::Entry::Vacant(slot) = job.incoming.entry(hash) {
+                // A bucket shared with another instance may hold it already.
+                if let Some(stored) = store.adopt_blob(hash, size).map_err(store_err)? {
+                    job.report.blobs_adopted += 1;
+                    job.report.blob_bytes_adopted += size;
+                    adopted.push(stored);
+                    continue;
+                }
                 let incoming = store.receive_blob(hash, size).map_err(store_err)?;
                 let missing = incoming.missing();
                 due += range_bytes(&missing, size);
@@ -1502,6 +1515,7 @@ impl Session {
             }
             waiting.insert(hash);
         }
+        pins.extend(adopted);
         job.batches.push(Batch {
             docs,
             waiting,
