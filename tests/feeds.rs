@@ -41,7 +41,7 @@ with tarfile.open(os.path.join(out, f"{top}.tar.gz"), "w:gz") as t:
         t.addfile(info, io.BytesIO(d))
 "#;
 
-fn run(cmd: &mut Command) -> Output {
+pub(crate) fn run(cmd: &mut Command) -> Output {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
@@ -57,7 +57,7 @@ fn run(cmd: &mut Command) -> Output {
 }
 
 /// A Python command with no pip configuration or extra package sources from the machine.
-fn python(args: &[&str]) -> Command {
+pub(crate) fn python(args: &[&str]) -> Command {
     let mut c = Command::new("python3");
     c.args(args)
         .env_remove("PIP_FIND_LINKS")
@@ -66,7 +66,7 @@ fn python(args: &[&str]) -> Command {
     c
 }
 
-fn twine_upload(url: &str, token: &str, file: &Path) -> Output {
+pub(crate) fn twine_upload(url: &str, token: &str, file: &Path) -> Output {
     python(&[
         "-m",
         "twine",
@@ -87,11 +87,11 @@ fn twine_upload(url: &str, token: &str, file: &Path) -> Output {
 
 /// One HTTP/1.1 request over a plain TCP socket (`HOST` in `head` becomes the server's
 /// address); the status and the whole response as text.
-fn http(addr: &str, head: &str) -> (u16, String) {
+pub(crate) fn http(addr: &str, head: &str) -> (u16, String) {
     raw_http(addr, head, b"")
 }
 
-fn raw_http(addr: &str, head: &str, body: &[u8]) -> (u16, String) {
+pub(crate) fn raw_http(addr: &str, head: &str, body: &[u8]) -> (u16, String) {
     use std::io::{Read, Write};
     let host = addr.trim_start_matches("http://");
     let mut s = std::net::TcpStream::connect(host).unwrap();
@@ -428,12 +428,12 @@ fn twine_uploads_and_pip_installs_a_wheel_and_an_sdist_with_a_dependency() {
     assert!(inst.ok(&["verify"]).contains(": ok"));
 }
 
-fn base64_basic(token: &str) -> String {
+pub(crate) fn base64_basic(token: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("__token__:{token}"))
 }
 
 /// The body of a response as bytes (after the blank line), and the status.
-fn http_bytes(addr: &str, head: &str, body: &[u8]) -> (u16, Vec<u8>) {
+pub(crate) fn http_bytes(addr: &str, head: &str, body: &[u8]) -> (u16, Vec<u8>) {
     use std::io::{Read, Write};
     let host = addr.trim_start_matches("http://");
     let mut s = std::net::TcpStream::connect(host).unwrap();
@@ -576,7 +576,7 @@ fn raw_files_put_get_range_delete_and_a_tampered_blob_is_never_served() {
 }
 
 /// A `cargo` command with its own home (registry configuration, caches) and target dir.
-fn cargo(home: &Path, dir: &Path, args: &[&str]) -> Command {
+pub(crate) fn cargo(home: &Path, dir: &Path, args: &[&str]) -> Command {
     let mut c = Command::new("cargo");
     c.args(args)
         .current_dir(dir)
@@ -741,7 +741,7 @@ fn cargo_publishes_yanks_and_builds_through_the_sparse_registry() {
 }
 
 /// An `npm` command with its own user config (registry and token) and cache.
-fn npm(home: &Path, dir: &Path, args: &[&str]) -> Command {
+pub(crate) fn npm(home: &Path, dir: &Path, args: &[&str]) -> Command {
     let mut c = Command::new("npm");
     c.args(args)
         .current_dir(dir)
@@ -753,7 +753,7 @@ fn npm(home: &Path, dir: &Path, args: &[&str]) -> Command {
     c
 }
 
-fn write_package(dir: &Path, package_json: &str, index_js: &str) {
+pub(crate) fn write_package(dir: &Path, package_json: &str, index_js: &str) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("package.json"), package_json).unwrap();
     std::fs::write(dir.join("index.js"), index_js).unwrap();
@@ -884,7 +884,7 @@ fn converged(spoke: &Instance) {
     }
 }
 
-fn pip_install(index: &str, target: &Path, spec: &str) -> Output {
+pub(crate) fn pip_install(index: &str, target: &Path, spec: &str) -> Output {
     python(&[
         "-m",
         "pip",

@@ -6,4 +6,5 @@ mod crash;
 mod feeds;
 mod link;
 mod replication;
+mod s3;
 mod util;

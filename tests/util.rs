@@ -25,6 +25,18 @@ impl Instance {
         inst
     }
 
+    /// A fresh instance initialised with `config` as its `cairn.toml` (a store records where
+    /// its blobs live when it is created, so `[blobs]` must be there from the start).
+    pub fn with_config(config: &str) -> Instance {
+        let inst = Instance {
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        std::fs::create_dir_all(inst.data()).unwrap();
+        std::fs::write(inst.data().join("cairn.toml"), config).unwrap();
+        inst.ok(&["init"]);
+        inst
+    }
+
     /// The data directory.
     pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")

@@ -8,6 +8,8 @@
 
 use std::time::Duration;
 
+pub mod garage;
+
 /// The median of some durations (the mean of the middle two for an even count).
 pub fn median(samples: &[Duration]) -> Duration {
     let mut s = samples.to_vec();

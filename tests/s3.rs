@@ -1,0 +1,655 @@
+//! Blobs in a real Garage on loopback (`cargo install garage --locked`): the feed server's
+//! clients install from an instance whose blobs are in a bucket, a local hub replicates to
+//! spokes that share one bucket (the second one moves no blob bytes, and GC on one keeps what
+//! the other still needs), a three-node cluster keeps working with a node down, and a bucket
+//! that stops answering fails publishes cleanly while replication retries.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cairn_benches::garage::{Garage, KEY_ID, REGION, SECRET};
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::feeds::{
+    cargo, http, http_bytes, npm, pip_install, python, raw_http, run, write_package,
+};
+use crate::util::{Instance, Server};
+
+/// Direct access to a bucket, to look at (and damage) what Cairn wrote.
+struct Bucket {
+    store: object_store::aws::AmazonS3,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Bucket {
+    fn new(garage: &Garage, name: &str) -> Bucket {
+        cairn_store::s3::install_tls_provider();
+        let store = AmazonS3Builder::new()
+            .with_endpoint(garage.nodes[0].endpoint())
+            .with_bucket_name(name)
+            .with_region(REGION)
+            .with_access_key_id(KEY_ID)
+            .with_secret_access_key(SECRET)
+            .with_allow_http(true)
+            .build()
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        Bucket { store, rt }
+    }
+
+    /// Keys (with sizes) under `prefix`.
+    fn list(&self, prefix: &str) -> Vec<(String, u64)> {
+        use futures::StreamExt;
+        let prefix = ObjectPath::from(prefix);
+        let items: Vec<_> = self
+            .rt
+            .block_on(self.store.list(Some(&prefix)).collect::<Vec<_>>());
+        let mut out: Vec<(String, u64)> = items
+            .into_iter()
+            .map(|m| {
+                let m = m.unwrap();
+                (m.location.to_string(), m.size)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn get(&self, key: &str) -> Vec<u8> {
+        let key = ObjectPath::from(key);
+        self.rt
+            .block_on(async { self.store.get(&key).await.unwrap().bytes().await })
+            .unwrap()
+            .to_vec()
+    }
+
+    fn put(&self, key: &str, bytes: Vec<u8>) {
+        let key = ObjectPath::from(key);
+        self.rt
+            .block_on(self.store.put(&key, PutPayload::from(bytes)))
+            .unwrap();
+    }
+}
+
+fn garage(dir: &Path, nodes: usize, bucket: &str) -> Garage {
+    let g = Garage::start(dir, nodes).unwrap_or_else(|e| panic!("starting garage: {e:#}"));
+    g.create_bucket(bucket).unwrap();
+    g
+}
+
+const LISTEN: &str =
+    "[sync]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\nmax_upload_mib = 300\n";
+
+fn token(inst: &Instance, scope: &str) -> String {
+    inst.ok(&["token", "create", "--scope", scope])
+        .trim()
+        .to_owned()
+}
+
+/// Files directly under a directory tree (blob files of the local backend).
+fn files_under(dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.filter_map(|e| e.ok())
+        .map(|e| {
+            if e.file_type().unwrap().is_dir() {
+                files_under(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+fn get_raw(server: &Server, feed: &str, path: &str) -> (u16, Vec<u8>) {
+    http_bytes(
+        &server.http,
+        &format!("GET /feeds/{feed}/{path} HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n"),
+        b"",
+    )
+}
+
+const BIG: usize = 200_000;
+
+/// A wheel holding BIG incompressible bytes, so its blob goes to the bucket.
+const BUILD_WHEEL: &str = r#"
+import base64, hashlib, random, sys, zipfile, os
+out = sys.argv[1]
+def record_line(path, data):
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{path},sha256={digest},{len(data)}"
+files = {
+    "cairn_big/__init__.py": b"import os\nSIZE = os.path.getsize(os.path.join(os.path.dirname(__file__), 'data.bin'))\n",
+    "cairn_big/data.bin": random.Random(7).randbytes(200000),
+    "cairn_big-1.0.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: cairn-big\nVersion: 1.0.0\n",
+    "cairn_big-1.0.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: cairn-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = [record_line(p, d) for p, d in files.items()] + ["cairn_big-1.0.0.dist-info/RECORD,,"]
+with zipfile.ZipFile(os.path.join(out, "cairn_big-1.0.0-py3-none-any.whl"), "w") as z:
+    for p, d in files.items():
+        z.writestr(p, d)
+    z.writestr("cairn_big-1.0.0.dist-info/RECORD", "\n".join(record) + "\n")
+"#;
+
+#[test]
+fn pip_npm_and_cargo_install_from_an_instance_whose_blobs_are_in_garage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = garage(&tmp.path().join("garage"), 1, "pkgs");
+    let inst = Instance::with_config(&format!(
+        "{LISTEN}\n{}",
+        g.cairn_config(0, "pkgs", "").unwrap()
+    ));
+    for (name, kind) in [("pypi", "pypi"), ("npm", "npm"), ("crates", "cargo")] {
+        inst.ok(&["feed", "create", name, "--type", kind]);
+    }
+    let publish = token(&inst, "publish:*");
+    let server = Server::start(&inst);
+
+    // PyPI: twine uploads, pip installs.
+    let pkgs = inst.path("pkgs");
+    std::fs::create_dir_all(&pkgs).unwrap();
+    run(python(&["-c", BUILD_WHEEL]).arg(&pkgs));
+    run(python(&[
+        "-m",
+        "twine",
+        "upload",
+        "--non-interactive",
+        "--disable-progress-bar",
+        "--repository-url",
+        &format!("{}/feeds/pypi/legacy/", server.http),
+        "-u",
+        "__token__",
+        "-p",
+        &publish,
+    ])
+    .arg(pkgs.join("cairn_big-1.0.0-py3-none-any.whl")));
+    let site = inst.path("site");
+    let out = pip_install(
+        &format!("{}/feeds/pypi/simple/", server.http),
+        &site,
+        "cairn-big==1.0.0",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out =
+        run(python(&["-c", "import cairn_big; print(cairn_big.SIZE)"]).env("PYTHONPATH", &site));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), BIG.to_string());
+
+    // npm: publish a package with a large file, install it.
+    let npm_home = inst.path("npm-home");
+    std::fs::create_dir_all(&npm_home).unwrap();
+    let host = server.http.trim_start_matches("http://");
+    std::fs::write(
+        npm_home.join("npmrc"),
+        format!(
+            "registry={}/feeds/npm/\n//{host}/feeds/npm/:_authToken={publish}\n",
+            server.http
+        ),
+    )
+    .unwrap();
+    let lib = inst.path("npm-big");
+    write_package(
+        &lib,
+        r#"{"name":"cairn-big","version":"1.0.0","main":"index.js"}"#,
+        "module.exports = require('fs').statSync(__dirname + '/data.bin').size;\n",
+    );
+    std::fs::write(lib.join("data.bin"), crate::util::bytes(8, BIG)).unwrap();
+    run(&mut npm(&npm_home, &lib, &["publish"]));
+    let app = inst.path("npm-app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(
+        app.join("package.json"),
+        r#"{"name":"app","version":"1.0.0"}"#,
+    )
+    .unwrap();
+    run(&mut npm(&npm_home, &app, &["install", "cairn-big@1.0.0"]));
+    let out = run(Command::new("node")
+        .args(["-e", "console.log(require('cairn-big'))"])
+        .current_dir(&app));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), BIG.to_string());
+
+    // Cargo: publish a crate with a large file, build a dependent.
+    let cargo_home = inst.path("cargo-home");
+    std::fs::create_dir_all(&cargo_home).unwrap();
+    std::fs::write(
+        cargo_home.join("config.toml"),
+        format!(
+            "[registries.cairn]\nindex = \"sparse+{}/feeds/crates/\"\n",
+            server.http
+        ),
+    )
+    .unwrap();
+    let dep = inst.path("cairn-big");
+    std::fs::create_dir_all(dep.join("src")).unwrap();
+    std::fs::write(dep.join("Cargo.toml"), "[package]\nname = \"cairn-big\"\nversion = \"0.1.0\"\nedition = \"2021\"\ndescription = \"t\"\nlicense = \"MIT\"\n").unwrap();
+    std::fs::write(dep.join("src/data.bin"), crate::util::bytes(9, BIG)).unwrap();
+    std::fs::write(
+        dep.join("src/lib.rs"),
+        "pub fn size() -> usize { include_bytes!(\"data.bin\").len() }\n",
+    )
+    .unwrap();
+    run(cargo(
+        &cargo_home,
+        &dep,
+        &[
+            "publish",
+            "--registry",
+            "cairn",
+            "--no-verify",
+            "--allow-dirty",
+        ],
+    )
+    .env("CARGO_REGISTRIES_CAIRN_TOKEN", &publish));
+    let crate_app = inst.path("crate-app");
+    std::fs::create_dir_all(crate_app.join("src")).unwrap();
+    std::fs::write(crate_app.join("Cargo.toml"), "[package]\nname = \"crate-app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\ncairn-big = { version = \"=0.1.0\", registry = \"cairn\" }\n").unwrap();
+    std::fs::write(
+        crate_app.join("src/main.rs"),
+        "fn main() { println!(\"{}\", cairn_big::size()); }\n",
+    )
+    .unwrap();
+    let out = run(&mut cargo(&cargo_home, &crate_app, &["run", "--quiet"]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), BIG.to_string());
+
+    // The three packages are in the bucket, each blob beside its outboard; none on local disk.
+    let bucket = Bucket::new(&g, "pkgs");
+    let blobs = bucket.list("blobs");
+    let data: Vec<_> = blobs
+        .iter()
+        .filter(|(k, _)| !k.ends_with(".obao"))
+        .collect();
+    assert_eq!(data.len(), 3, "{blobs:?}");
+    assert_eq!(blobs.len(), 6, "{blobs:?}");
+    assert!(data.iter().all(|(_, size)| *size > BIG as u64), "{blobs:?}");
+    assert_eq!(files_under(&inst.data().join("blobs")), 0);
+    server.stop();
+    let verified = inst.ok(&["verify"]);
+    assert!(verified.contains("ok"), "{verified}");
+
+    // A blob damaged in the bucket is never served and verify names it.
+    let (key, _) = data[0].clone();
+    let mut bytes = bucket.get(&key);
+    bytes[100_000] ^= 1;
+    bucket.put(&key, bytes);
+    let out = inst.run(&["verify"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hash = key.trim_start_matches("blobs/");
+    assert!(text.contains(hash) && text.contains("corrupt"), "{text}");
+    let server = Server::start(&inst);
+    let mut served_whole = 0;
+    for path in [
+        "/feeds/pypi/files/cairn-big/1.0.0/cairn_big-1.0.0-py3-none-any.whl",
+        "/feeds/npm/cairn-big/-/cairn-big-1.0.0.tgz",
+        "/feeds/crates/api/v1/crates/cairn-big/0.1.0/download",
+    ] {
+        let (status, body) = http_bytes(
+            &server.http,
+            &format!("GET {path} HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n"),
+            b"",
+        );
+        // The damaged one is cut short (or refused); the other two come whole.
+        if status == 200 && body.len() > BIG {
+            served_whole += 1;
+        }
+    }
+    assert_eq!(served_whole, 2);
+}
+
+/// A hub (local blobs) with a raw feed `files`, serving on a fixed UDP port; returns it with
+/// that port and a replication token.
+fn hub() -> (Instance, u16, String) {
+    let hub = Instance::new();
+    hub.ok(&["feed", "create", "files", "--type", "raw"]);
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        hub.data().join("cairn.toml"),
+        format!("[sync]\nlisten = \"127.0.0.1:{port}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
+    let replicate = token(&hub, "replicate:*");
+    (hub, port, replicate)
+}
+
+/// A spoke whose blobs are in Garage (`blobs` is its `[blobs]` section) and that pulls
+/// `files` and `@system` from the hub on demand (or every `interval` seconds).
+fn spoke(hub: &Instance, port: u16, replicate: &str, blobs: &str, interval: u64) -> Instance {
+    let spoke = Instance::with_config(&format!("{LISTEN}\n{blobs}"));
+    spoke.ok(&["feed", "create", "files", "--type", "raw"]);
+    let hub_key = hub.ok(&["key", "show"]).trim().to_owned();
+    let spoke_key = spoke.ok(&["key", "show"]).trim().to_owned();
+    let name = format!("spoke-{}", &spoke_key[..8]);
+    hub.ok(&["peer", "add", &name, "127.0.0.1:1", "--key", &spoke_key]);
+    spoke.ok(&["trust", "add", &hub_key]);
+    spoke.ok(&[
+        "peer",
+        "add",
+        "hub",
+        &format!("127.0.0.1:{port}"),
+        "--key",
+        &hub_key,
+    ]);
+    std::fs::write(
+        spoke.data().join("cairn.toml"),
+        format!("{LISTEN}\n{blobs}\n[[replication]]\nname = \"from-hub\"\npeer = \"hub\"\ntoken = \"{replicate}\"\nfeeds = [\"files\", \"@system\"]\nmode = \"pull\"\ninterval_secs = {interval}\n"),
+    )
+    .unwrap();
+    spoke
+}
+
+fn push(inst: &Instance, name: &str, seed: u64, len: usize) -> Vec<u8> {
+    let data = crate::util::bytes(seed, len);
+    let f = inst.path(&format!("{name}.bin"));
+    std::fs::write(&f, &data).unwrap();
+    inst.ok(&[
+        "push",
+        "files",
+        f.to_str().unwrap(),
+        "--name",
+        name,
+        "--version",
+        "1",
+    ]);
+    data
+}
+
+/// One pull run; its summary of the `files` feed.
+fn pull(spoke: &Instance) -> serde_json::Value {
+    let r: serde_json::Value =
+        serde_json::from_str(&spoke.ok(&["replicate", "from-hub", "--json"])).unwrap();
+    for f in r["feeds"].as_array().unwrap() {
+        assert_eq!(f["converged"], true, "{r}");
+    }
+    r["feeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["feed"] == "files")
+        .cloned()
+        .unwrap()
+}
+
+fn get(inst: &Instance, name: &str) -> Result<Vec<u8>, String> {
+    let out = inst.run(&["get", "files", name, "1", "--output", "-"]);
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn a_local_hub_replicates_to_two_spokes_sharing_a_bucket_and_gc_keeps_what_the_other_needs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = garage(&tmp.path().join("garage"), 1, "shared");
+    let blobs = g.cairn_config(0, "shared", "sites").unwrap();
+    let (hub, port, replicate) = hub();
+    let files: Vec<Vec<u8>> = (0..6)
+        .map(|i| push(&hub, &format!("p{i}"), i, 300_000))
+        .collect();
+    let total = 6 * 300_000;
+    let a = spoke(&hub, port, &replicate, &blobs, 0);
+    let b = spoke(&hub, port, &replicate, &blobs, 0);
+    let hub_server = Server::start(&hub);
+
+    // The first spoke fetches every blob; the second finds them in the bucket.
+    let first = pull(&a);
+    assert_eq!(first["blob_bytes_received"], total, "{first}");
+    assert_eq!(first["blobs_adopted"], 0, "{first}");
+    let second = pull(&b);
+    assert_eq!(second["blob_bytes_received"], 0, "{second}");
+    assert_eq!(second["blobs_adopted"], 6, "{second}");
+    assert_eq!(second["blob_bytes_adopted"], total, "{second}");
+    let bucket = Bucket::new(&g, "shared");
+    assert_eq!(
+        bucket.list("sites/blobs").len(),
+        12,
+        "six blobs and their outboards"
+    );
+    assert_eq!(bucket.list("sites/refs").len(), 12, "each spoke holds six");
+    for inst in [&a, &b] {
+        assert!(inst.ok(&["verify"]).contains("ok"));
+    }
+    for (i, data) in files.iter().enumerate() {
+        assert!(&get(&b, &format!("p{i}")).unwrap() == data, "p{i}");
+    }
+
+    // The hub deletes p0 and adds p6; only B hears of it, then collects garbage.
+    hub_server.stop();
+    hub.ok(&["rm", "files", "p0", "1"]);
+    let p6 = push(&hub, "p6", 6, 300_000);
+    let hub_server = Server::start(&hub);
+    let run = pull(&b);
+    assert_eq!(run["blob_bytes_received"], 300_000, "{run}");
+    let gc = b.ok(&["gc"]);
+    assert!(gc.starts_with("removed 1 blobs"), "{gc}");
+    // A still holds p0, so its blob stays in the bucket; p6 is B's alone.
+    assert_eq!(bucket.list("sites/blobs").len(), 14);
+    assert!(a.ok(&["verify"]).contains("ok"));
+    assert!(get(&a, "p0").unwrap() == files[0]);
+    assert!(get(&b, "p0").is_err());
+
+    // A hears of it: p6 is already in the bucket, and its GC removes p0's blob for good.
+    let run = pull(&a);
+    assert_eq!(run["blob_bytes_received"], 0, "{run}");
+    assert_eq!(run["blobs_adopted"], 1, "{run}");
+    a.ok(&["gc"]);
+    let left = bucket.list("sites/blobs");
+    assert_eq!(left.len(), 12, "{left:?}");
+    assert!(bucket.list("sites/condemned").is_empty());
+    for inst in [&a, &b] {
+        assert!(inst.ok(&["verify"]).contains("ok"));
+        assert!(get(inst, "p6").unwrap() == p6);
+    }
+    hub_server.stop();
+}
+
+#[test]
+fn a_three_node_garage_with_a_node_down_keeps_publishing_serving_and_replicating() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut g = garage(&tmp.path().join("garage"), 3, "ha-bucket");
+    let blobs = g.cairn_config(0, "ha-bucket", "").unwrap();
+    let (hub, port, replicate) = hub();
+    let p0 = push(&hub, "p0", 1, 300_000);
+    let site = spoke(&hub, port, &replicate, &blobs, 0);
+    site.ok(&["feed", "create", "uploads", "--type", "raw"]);
+    let publish = token(&site, "publish:uploads");
+    let hub_server = Server::start(&hub);
+    let server = Server::start(&site);
+    let put = |name: &str, body: &[u8]| {
+        raw_http(
+            &server.http,
+            &format!(
+                "PUT /feeds/uploads/{name}/1/{name}.bin HTTP/1.1\r\nHost: HOST\r\nAuthorization: Bearer {publish}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            ),
+            body,
+        )
+    };
+    let u0 = crate::util::bytes(10, 2_000_000);
+    let (status, text) = put("u0", &u0);
+    assert_eq!(status, 201, "{text}");
+    pull(&site);
+
+    // One of three nodes dies; with replication factor 3 a quorum is still there.
+    g.kill_node(2);
+    let u1 = crate::util::bytes(11, 2_000_000);
+    let (status, text) = put("u1", &u1);
+    assert_eq!(status, 201, "{text}");
+    hub_server.stop();
+    let p1 = push(&hub, "p1", 2, 300_000);
+    let hub_server = Server::start(&hub);
+    let run = pull(&site);
+    assert_eq!(run["blob_bytes_received"], 300_000, "{run}");
+    for (feed, path, want) in [
+        ("uploads", "u0/1/u0.bin", &u0),
+        ("uploads", "u1/1/u1.bin", &u1),
+        ("files", "p0/1/p0.bin", &p0),
+        ("files", "p1/1/p1.bin", &p1),
+    ] {
+        let (status, body) = get_raw(&server, feed, path);
+        assert_eq!(status, 200, "{path}");
+        assert!(&body == want, "{path}: {} bytes", body.len());
+    }
+    server.stop();
+    hub_server.stop();
+    assert!(site.ok(&["verify"]).contains("ok"));
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[test]
+fn an_object_store_that_stops_answering_fails_publishes_cleanly_and_replication_retries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut g = garage(&tmp.path().join("garage"), 1, "flaky");
+    // Short timeouts, so a frozen store fails requests quickly.
+    let blobs = g
+        .cairn_config(0, "flaky", "")
+        .unwrap()
+        .replace("timeout_secs = 10", "timeout_secs = 2")
+        .replace("retries = 2", "retries = 1");
+    let (hub, port, replicate) = hub();
+    let site = spoke(&hub, port, &replicate, &blobs, 1);
+    site.ok(&["feed", "create", "uploads", "--type", "raw"]);
+    let publish = token(&site, "publish:uploads");
+    let admin = token(&site, "admin");
+    let mut server = Server::start(&site);
+    let put = move |http: &str, name: &str, body: &[u8]| {
+        raw_http(
+            http,
+            &format!(
+                "PUT /feeds/uploads/{name}/1/{name}.bin HTTP/1.1\r\nHost: HOST\r\nAuthorization: Bearer {publish}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            ),
+            body,
+        )
+    };
+    let bucket = Bucket::new(&g, "flaky");
+
+    // Unreachable: the publish fails with a clear error and nothing is visible.
+    g.kill_node(0);
+    let small = crate::util::bytes(20, 300_000);
+    let (status, text) = put(&server.http, "small", &small);
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        text.contains("object store") && text.contains("retry"),
+        "{text}"
+    );
+    assert_eq!(get_raw(&server, "uploads", "small/1/small.bin").0, 404);
+    g.start_node(0).unwrap();
+    assert_eq!(put(&server.http, "small", &small).0, 201);
+    let (status, body) = get_raw(&server, "uploads", "small/1/small.bin");
+    assert!(
+        status == 200 && body == small,
+        "{status}: {}",
+        String::from_utf8_lossy(&body[..body.len().min(300)])
+    );
+    let before = bucket.list("blobs");
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    // Frozen in the middle of a multipart upload: the publish fails, and neither the entry
+    // nor any part of the blob becomes visible.
+    let big = crate::util::bytes(21, 200 << 20);
+    let pid = g.nodes[0].pid().unwrap();
+    let baseline = g.data_bytes(0);
+    let upload = {
+        let big = big.clone();
+        let http = server.http.clone();
+        let put = put.clone();
+        std::thread::spawn(move || put(&http, "big", &big))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while g.data_bytes(0) < baseline + (8 << 20) {
+        assert!(Instant::now() < deadline, "the upload never reached garage");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    signal(pid, "-STOP");
+    let (status, text) = upload.join().unwrap();
+    signal(pid, "-CONT");
+    assert_eq!(status, 503, "{text}");
+    assert_eq!(get_raw(&server, "uploads", "big/1/big.bin").0, 404);
+    let data: Vec<_> = bucket
+        .list("blobs")
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with(".obao"))
+        .collect();
+    assert_eq!(data, before[..1], "no part of the blob is visible");
+    // What the failed upload left (its outboard and this instance's reference) is garbage
+    // that gc collects.
+    server.stop();
+    let gc = site.ok(&["gc"]);
+    assert!(gc.contains(" 1 orphan files"), "{gc}");
+    assert_eq!(bucket.list("blobs"), before);
+    assert_eq!(bucket.list("refs").len(), 1);
+    server = Server::start(&site);
+    let (status, text) = put(&server.http, "big", &big);
+    assert_eq!(status, 201, "{text}");
+    assert!(get_raw(&server, "uploads", "big/1/big.bin").1 == big);
+
+    // Replication while the store is down fails and is retried until it is back.
+    g.kill_node(0);
+    let p0 = push(&hub, "p0", 22, 300_000);
+    let hub_server = Server::start(&hub);
+    let log = |server: &Server| {
+        let (status, text) = http(
+            &server.http,
+            &format!("GET /api/v1/replication-log?limit=50 HTTP/1.1\r\nHost: HOST\r\nAuthorization: Bearer {admin}\r\nConnection: close\r\n\r\n"),
+        );
+        assert_eq!(status, 200, "{text}");
+        text
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !log(&server).contains("unavailable") {
+        assert!(
+            Instant::now() < deadline,
+            "no failed run logged: {}",
+            log(&server)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(get_raw(&server, "files", "p0/1/p0.bin").0, 404);
+    g.start_node(0).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = get_raw(&server, "files", "p0/1/p0.bin");
+        if status == 200 {
+            assert!(body == p0);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replication did not recover: {}",
+            log(&server)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    server.stop();
+    hub_server.stop();
+    assert!(site.ok(&["verify"]).contains("ok"));
+}
