@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::stream::BoxStream;
 use futures::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
@@ -53,7 +52,7 @@ const OUTBOARD_WINDOW: u64 = 256 * 1024;
 /// Outboard windows kept per reader.
 const OUTBOARD_WINDOWS: usize = 16;
 /// Parts uploaded at once per blob.
-const UPLOAD_CONCURRENCY: usize = 4;
+const UPLOAD_CONCURRENCY: usize = 8;
 
 /// `[blobs.s3]` in the configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -220,6 +219,9 @@ impl S3Blobs {
             .with_access_key_id(id)
             .with_secret_access_key(secret)
             .with_virtual_hosted_style_request(!config.path_style)
+            // Bodies are not hashed for the signature: every blob is checked against its
+            // BLAKE3 outboard on the way back, and TLS protects it on the way there.
+            .with_unsigned_payload(true)
             .with_retry(RetryConfig {
                 max_retries: config.retries,
                 retry_timeout: Duration::from_secs(config.timeout_secs.max(1) * 2),
@@ -616,8 +618,9 @@ impl Drop for S3Blobs {
     }
 }
 
-/// Sequential reads from one ranged GET per run of consecutive reads: a reader that moves
-/// on in order keeps one response streaming; a jump starts a new request at the new offset.
+/// Sequential reads from one ranged GET per run of consecutive reads: a task on the backend's
+/// runtime reads the response ahead into a bounded channel, so a reader that moves on in order
+/// finds its bytes waiting; a jump drops the response and starts a new one at the new offset.
 struct StreamReader {
     client: Arc<AmazonS3>,
     handle: tokio::runtime::Handle,
@@ -626,14 +629,47 @@ struct StreamReader {
     state: Mutex<StreamState>,
 }
 
+/// Response chunks read ahead per reader (hyper hands out up to a few tens of KiB each).
+const READ_AHEAD_CHUNKS: usize = 128;
+
 #[derive(Default)]
 struct StreamState {
     /// Offset of the first byte of `pending`.
     pos: u64,
     pending: Bytes,
-    stream: Option<BoxStream<'static, object_store::Result<Bytes>>>,
+    chunks: Option<tokio::sync::mpsc::Receiver<object_store::Result<Bytes>>>,
     /// The object ended at `pos` (with nothing pending).
     ended: bool,
+}
+
+impl StreamReader {
+    fn start(&self, offset: u64) -> tokio::sync::mpsc::Receiver<object_store::Result<Bytes>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD_CHUNKS);
+        let client = self.client.clone();
+        let key = self.key.clone();
+        self.handle.spawn(async move {
+            let options = GetOptions {
+                range: Some(GetRange::Offset(offset)),
+                ..GetOptions::default()
+            };
+            match client.get_opts(&key, options).await {
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                }
+                Ok(got) => {
+                    let mut stream = got.into_stream();
+                    while let Some(item) = stream.next().await {
+                        let failed = item.is_err();
+                        // A closed channel means the reader moved on or was dropped.
+                        if tx.send(item).await.is_err() || failed {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        rx
+    }
 }
 
 impl RandomAccess for StreamReader {
@@ -646,37 +682,26 @@ impl RandomAccess for StreamReader {
                 ..StreamState::default()
             };
         }
-        if state.stream.is_none() && !state.ended && state.pending.is_empty() {
-            let client = self.client.clone();
-            let key = self.key.clone();
-            let got = run_on(&self.handle, async move {
-                let options = GetOptions {
-                    range: Some(GetRange::Offset(offset)),
-                    ..GetOptions::default()
-                };
-                client.get_opts(&key, options).await
-            })?
-            .map_err(|e| to_io(&self.location, "reading from", e))?;
-            state.stream = Some(got.into_stream());
-        }
         while state.pending.is_empty() {
             if state.ended {
                 return Ok(0);
             }
-            let Some(mut stream) = state.stream.take() else {
+            if state.chunks.is_none() {
+                state.chunks = Some(self.start(offset));
+            }
+            let Some(chunks) = state.chunks.as_mut() else {
                 return Ok(0);
             };
-            let (next, stream) = run_on(&self.handle, async move {
-                let next = stream.next().await;
-                (next, stream)
-            })?;
-            match next {
-                Some(Ok(bytes)) => {
-                    state.pending = bytes;
-                    state.stream = Some(stream);
+            match futures::executor::block_on(chunks.recv()) {
+                Some(Ok(bytes)) => state.pending = bytes,
+                Some(Err(e)) => {
+                    state.chunks = None;
+                    return Err(to_io(&self.location, "reading from", e));
                 }
-                Some(Err(e)) => return Err(to_io(&self.location, "reading from", e)),
-                None => state.ended = true,
+                None => {
+                    state.chunks = None;
+                    state.ended = true;
+                }
             }
         }
         let n = state.pending.len().min(buf.len());

@@ -48,7 +48,11 @@ fn cairn(bin: &Path, dir: &Path, config: &str) -> Result<Cairn> {
     fs::create_dir_all(dir)?;
     fs::write(dir.join("cairn.toml"), config)?;
     let run = |args: &[&str]| -> Result<String> {
-        let out = Command::new(bin).arg("--data-dir").arg(dir).args(args).output()?;
+        let out = Command::new(bin)
+            .arg("--data-dir")
+            .arg(dir)
+            .args(args)
+            .output()?;
         ensure!(
             out.status.success(),
             "cairn {}: {}",
@@ -221,7 +225,10 @@ fn main() -> Result<()> {
     garage.create_bucket(BUCKET)?;
     let endpoint = garage.nodes[0].endpoint();
 
-    eprintln!("s3-bench: writing {} files of {} MiB", args.runs, args.size_mib);
+    eprintln!(
+        "s3-bench: writing {} files of {} MiB",
+        args.runs, args.size_mib
+    );
     let files: Vec<PathBuf> = (0..args.runs)
         .map(|r| {
             let path = root.join(format!("f{r}.bin"));
@@ -263,19 +270,28 @@ fn main() -> Result<()> {
             let tool = tools[(i + r) % tools.len()];
             let file_arg = file.to_str().ok_or_else(|| anyhow!("path is not UTF-8"))?;
             let (u, d) = match tool {
-                "cairn (local disk)" => (cairn_put(&local, &name, file)?, cairn_get(&local, &name, size)?),
+                "cairn (local disk)" => (
+                    cairn_put(&local, &name, file)?,
+                    cairn_get(&local, &name, size)?,
+                ),
                 "cairn (garage)" => (
                     cairn_put(&on_garage, &name, file)?,
                     cairn_get(&on_garage, &name, size)?,
                 ),
                 "rclone" => (
-                    timed(&mut rclone(&endpoint, &["copyto", file_arg, &format!("garage:{key}")]))?,
+                    timed(&mut rclone(
+                        &endpoint,
+                        &["copyto", file_arg, &format!("garage:{key}")],
+                    ))?,
                     timed(&mut rclone(&endpoint, &["cat", &format!("garage:{key}")]))?,
                 ),
                 _ => {
                     let url = format!("s3://{BUCKET}/aws/{name}.bin");
                     (
-                        timed(&mut aws(&endpoint, &["s3", "cp", "--quiet", file_arg, &url]))?,
+                        timed(&mut aws(
+                            &endpoint,
+                            &["s3", "cp", "--quiet", file_arg, &url],
+                        ))?,
                         timed(&mut aws(&endpoint, &["s3", "cp", "--quiet", &url, "-"]))?,
                     )
                 }
