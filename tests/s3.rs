@@ -552,6 +552,49 @@ fn an_object_store_that_stops_answering_fails_publishes_cleanly_and_replication_
     };
     let bucket = Bucket::new(&g, "flaky");
 
+    // A bucket that does not exist, or a key the store refuses, is a clear error at start.
+    let bad_credentials = tmp.path().join("bad-credentials");
+    std::fs::write(
+        &bad_credentials,
+        format!(
+            "[default]\naws_access_key_id = {KEY_ID}\naws_secret_access_key = {}\n",
+            "0".repeat(64)
+        ),
+    )
+    .unwrap();
+    let wrong_key: Vec<String> = blobs
+        .lines()
+        .map(|l| {
+            if l.starts_with("credentials_file") {
+                format!("credentials_file = \"{}\"", bad_credentials.display())
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    for (name, config) in [
+        (
+            "no bucket",
+            blobs.replace("bucket = \"flaky\"", "bucket = \"no-such-bucket\""),
+        ),
+        ("wrong key", wrong_key.join("\n")),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cairn.toml"), &config).unwrap();
+        let out = Command::new(crate::util::cairn_bin())
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("init")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(
+            err.contains("check the bucket and credentials in [blobs.s3]"),
+            "{name}: {err}"
+        );
+    }
+
     // Unreachable: the publish fails with a clear error and nothing is visible.
     g.kill_node(0);
     let small = crate::util::bytes(20, 300_000);

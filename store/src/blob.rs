@@ -171,6 +171,12 @@ impl Ingested {
 pub trait BlobBackend: Send + Sync + fmt::Debug {
     /// Moves a staged blob into place; a blob that is already there is left as it is.
     fn install(&self, staged: StagedBlob) -> io::Result<()>;
+    /// Checks once at open that the storage is usable: an error of kind `InvalidInput` is a
+    /// configuration mistake (no such bucket, refused credentials); an [`Unavailable`] one
+    /// may pass.
+    fn check(&self) -> io::Result<()> {
+        Ok(())
+    }
     /// Takes up a blob that is already in the backend's storage (put there by another
     /// instance sharing it) with `size` bytes: true if it is there and is now held for this
     /// instance too. A backend that is never shared has nothing to adopt.

@@ -7,7 +7,8 @@
 //! - `blobs/<64 hex>.obao`: its post-order outboard, written before the bytes, so bytes are
 //!   never visible without their outboard;
 //! - `refs/<instance key>/<64 hex>`: empty marker, "this instance indexes the blob";
-//! - `condemned/<64 hex>`: empty marker, "a collector is deciding whether to delete the blob".
+//! - `condemned/<64 hex>`: empty marker, "a collector is deciding whether to delete the blob";
+//! - `instances/<instance key>`: empty, written at every open to check the bucket.
 //!
 //! An object appears whole or not at all (a multipart upload is invisible until completed), so
 //! a crash never leaves a half-written blob visible, and every read is verified group by group
@@ -518,6 +519,28 @@ impl BlobBackend for S3Blobs {
         self.upload(staged.outboard_path(), self.outboard_key(&hash))?;
         self.upload(staged.data_path(), self.data_key(&hash))?;
         Ok(())
+    }
+
+    fn check(&self) -> io::Result<()> {
+        // A write, because the store needs to write, and because S3 errors of writes keep
+        // their status (404: no such bucket, 403: refused) where listings lose it.
+        let client = self.client.clone();
+        let key = self.key(&format!("instances/{}", self.instance));
+        match self.run(async move { client.put(&key, PutPayload::new()).await })? {
+            Ok(_) => Ok(()),
+            Err(
+                e @ (object_store::Error::NotFound { .. }
+                | object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }),
+            ) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "object store {}: {e}; check the bucket and credentials in [blobs.s3]",
+                    self.location
+                ),
+            )),
+            Err(e) => Err(self.error("reaching", e)),
+        }
     }
 
     fn adopt(&self, hash: &Hash, size: u64) -> io::Result<bool> {

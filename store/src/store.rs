@@ -731,7 +731,16 @@ impl Store {
         }
         fs::create_dir_all(dir).map_err(StoreError::io("creating", dir))?;
         let identity = Identity::create(dir)?;
-        let store = Store::open_with(dir, identity, options, true)?;
+        let store = match Store::open_with(dir, identity, options, true) {
+            Ok(store) => store,
+            Err(e) => {
+                // Nothing half-made stays behind (a bucket that is not there, say): the next
+                // `init` starts afresh.
+                let _ = fs::remove_dir_all(dir.join("db"));
+                let _ = fs::remove_dir_all(dir.join("identity"));
+                return Err(e);
+            }
+        };
         let me = store.identity.public_key();
         store.trust_add(TRUST_ALL, &me)?;
         Ok(store)
@@ -791,6 +800,12 @@ impl Store {
                     .map_err(|e| StoreError::BlobBackend(e.to_string()))?,
             ),
         };
+        match files.check() {
+            Ok(()) => {}
+            // Metadata can still be read and served; blob operations will report it.
+            Err(e) if blob::as_unavailable(&e).is_some() => tracing::warn!("{e}"),
+            Err(e) => return Err(StoreError::BlobBackend(e.to_string())),
+        }
         let mut store = Store {
             dir: dir.to_owned(),
             db,
