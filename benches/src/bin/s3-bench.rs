@@ -4,8 +4,11 @@
 //! returns once the file is stored (hashed, its outboard built, uploaded) and published; a
 //! `GET` streams it back verified chunk group by chunk group.
 //!
-//! `s3-bench [--size-mib 1024] [--runs 3] [--dir DIR]`; needs `garage`, `rclone` and `aws` on
-//! the PATH. Writes `DIR/results.md` and `results.json`.
+//! Then two spokes on one bucket pull the same files from a local hub in turn, and the table
+//! says what each run moved over the link.
+//!
+//! `s3-bench [--size-mib 1024] [--runs 3] [--shared-files 8 --shared-mib 64] [--dir DIR]`;
+//! needs `garage`, `rclone` and `aws` on the PATH. Writes `DIR/results.md` and `results.json`.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -30,6 +33,12 @@ struct Args {
     /// Files per tool (each run copies a new one up and back).
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Files the hub holds for the shared-bucket scenario (0 skips it).
+    #[arg(long, default_value_t = 8)]
+    shared_files: usize,
+    /// Size of each of those files.
+    #[arg(long, default_value_t = 64)]
+    shared_mib: u64,
     /// Where Garage, the instances, the files and the results go (emptied first).
     #[arg(long, default_value = "bench-scratch/s3")]
     dir: PathBuf,
@@ -44,26 +53,38 @@ struct Cairn {
     token: String,
 }
 
-fn cairn(bin: &Path, dir: &Path, config: &str) -> Result<Cairn> {
+/// Runs `cairn --data-dir DIR ARGS`, which must succeed; its stdout.
+fn cairn_cli(bin: &Path, dir: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(bin)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "cairn {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Makes an instance in `dir` with a raw feed `files`: its publish token.
+fn cairn_init(bin: &Path, dir: &Path, config: &str) -> Result<String> {
     fs::create_dir_all(dir)?;
     fs::write(dir.join("cairn.toml"), config)?;
-    let run = |args: &[&str]| -> Result<String> {
-        let out = Command::new(bin)
-            .arg("--data-dir")
-            .arg(dir)
-            .args(args)
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "cairn {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    };
-    run(&["init"])?;
-    run(&["feed", "create", "files", "--type", "raw"])?;
-    let token = run(&["token", "create", "--scope", "publish:files"])?;
+    cairn_cli(bin, dir, &["init"])?;
+    cairn_cli(bin, dir, &["feed", "create", "files", "--type", "raw"])?;
+    cairn_cli(bin, dir, &["token", "create", "--scope", "publish:files"])
+}
+
+fn cairn(bin: &Path, dir: &Path, config: &str) -> Result<Cairn> {
+    let token = cairn_init(bin, dir, config)?;
+    cairn_serve(bin, dir, token)
+}
+
+/// Starts `cairn serve` on an instance and waits until it serves.
+fn cairn_serve(bin: &Path, dir: &Path, token: String) -> Result<Cairn> {
     let mut child = Command::new(bin)
         .arg("--data-dir")
         .arg(dir)
@@ -197,6 +218,111 @@ fn aws(endpoint: &str, args: &[&str]) -> Command {
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
     c
+}
+
+/// What one pull from the hub moved, from `cairn replicate --json`.
+#[derive(Debug, Clone, Serialize)]
+struct Pull {
+    spoke: String,
+    seconds: f64,
+    bytes_received: u64,
+    blob_bytes_received: u64,
+    blobs_adopted: u64,
+    blob_bytes_adopted: u64,
+}
+
+/// A local hub with `files` x `mib` MiB, and two spokes on one bucket and prefix pulling from
+/// it in turn: what each run moved.
+fn shared_bucket(
+    bin: &Path,
+    root: &Path,
+    garage: &Garage,
+    files: usize,
+    mib: u64,
+) -> Result<Vec<Pull>> {
+    let hub = root.join("shared-hub");
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    cairn_init(
+        bin,
+        &hub,
+        &format!("[sync]\nlisten = \"127.0.0.1:{port}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n"),
+    )?;
+    let mut buf = vec![0u8; (mib << 20) as usize];
+    for i in 0..files {
+        cairn_benches::fill_bytes(7_000 + i as u64, &mut buf);
+        let f = root.join("shared-file.bin");
+        fs::write(&f, &buf)?;
+        let name = format!("s{i}");
+        cairn_cli(
+            bin,
+            &hub,
+            &[
+                "push",
+                "files",
+                f.to_str().unwrap_or_default(),
+                "--name",
+                &name,
+                "--version",
+                "1",
+            ],
+        )?;
+        fs::remove_file(&f)?;
+    }
+    let hub_key = cairn_cli(bin, &hub, &["key", "show"])?;
+    let replicate = cairn_cli(bin, &hub, &["token", "create", "--scope", "replicate:*"])?;
+    let blobs = garage.cairn_config(0, BUCKET, "shared")?;
+    let mut spokes = Vec::new();
+    for name in ["spoke-a", "spoke-b"] {
+        let dir = root.join(name);
+        let config = format!(
+            "[sync]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n{blobs}\n[[replication]]\nname = \"from-hub\"\npeer = \"hub\"\ntoken = \"{replicate}\"\nfeeds = [\"files\"]\nmode = \"pull\"\ninterval_secs = 0\n"
+        );
+        cairn_init(bin, &dir, &config)?;
+        let key = cairn_cli(bin, &dir, &["key", "show"])?;
+        cairn_cli(
+            bin,
+            &hub,
+            &["peer", "add", name, "127.0.0.1:1", "--key", &key],
+        )?;
+        cairn_cli(bin, &dir, &["trust", "add", &hub_key])?;
+        cairn_cli(
+            bin,
+            &dir,
+            &[
+                "peer",
+                "add",
+                "hub",
+                &format!("127.0.0.1:{port}"),
+                "--key",
+                &hub_key,
+            ],
+        )?;
+        spokes.push((name, dir));
+    }
+    let _hub = cairn_serve(bin, &hub, String::new())?;
+    let mut out = Vec::new();
+    for (name, dir) in &spokes {
+        let start = Instant::now();
+        let text = cairn_cli(bin, dir, &["replicate", "from-hub", "--json"])?;
+        let seconds = start.elapsed().as_secs_f64();
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        let feed = &v["feeds"][0];
+        ensure!(feed["converged"] == true, "{name} did not converge: {text}");
+        let n = |f: &serde_json::Value, k: &str| f[k].as_u64().unwrap_or(0);
+        let pull = Pull {
+            spoke: name.to_string(),
+            seconds,
+            bytes_received: n(&v, "bytes_received"),
+            blob_bytes_received: n(feed, "blob_bytes_received"),
+            blobs_adopted: n(feed, "blobs_adopted"),
+            blob_bytes_adopted: n(feed, "blob_bytes_adopted"),
+        };
+        eprintln!("s3-bench: {pull:?}");
+        out.push(pull);
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -352,6 +478,36 @@ fn main() -> Result<()> {
             r.download_mib_s / baseline.download_mib_s,
         ));
     }
+    let shared = if args.shared_files > 0 {
+        eprintln!("s3-bench: two spokes sharing a bucket");
+        shared_bucket(
+            &cairn_bin,
+            &root,
+            &garage,
+            args.shared_files,
+            args.shared_mib,
+        )?
+    } else {
+        Vec::new()
+    };
+    if !shared.is_empty() {
+        md.push_str(&format!(
+            "\nTwo spokes on one bucket and prefix pull {} files of {} MiB from a local hub in turn (`cairn replicate --json`):\n\n\
+             | spoke | seconds | bytes received | blob bytes received | blobs taken from the bucket |\n| --- | --- | --- | --- | --- |\n",
+            args.shared_files, args.shared_mib
+        ));
+        for p in &shared {
+            md.push_str(&format!(
+                "| {} | {:.2} | {} | {} | {} ({} bytes) |\n",
+                p.spoke,
+                p.seconds,
+                p.bytes_received,
+                p.blob_bytes_received,
+                p.blobs_adopted,
+                p.blob_bytes_adopted
+            ));
+        }
+    }
     print!("{md}");
     fs::write(root.join("results.md"), &md)?;
     fs::write(
@@ -360,6 +516,7 @@ fn main() -> Result<()> {
             "size_mib": args.size_mib,
             "runs": args.runs,
             "rows": rows,
+            "shared_bucket": shared,
         }))?,
     )?;
     Ok(())
