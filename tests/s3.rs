@@ -69,6 +69,11 @@ impl Bucket {
             .to_vec()
     }
 
+    fn delete(&self, key: &str) {
+        let key = ObjectPath::from(key);
+        self.rt.block_on(self.store.delete(&key)).unwrap();
+    }
+
     fn put(&self, key: &str, bytes: Vec<u8>) {
         let key = ObjectPath::from(key);
         self.rt
@@ -461,6 +466,23 @@ fn a_local_hub_replicates_to_two_spokes_sharing_a_bucket_and_gc_keeps_what_the_o
         assert!(get(inst, "p6").unwrap() == p6);
     }
     hub_server.stop();
+
+    // A reference marker lost from the bucket is a problem verify reports: without it,
+    // another instance's gc could delete a blob this one serves.
+    let refs = bucket.list("sites/refs");
+    let (marker, _) = refs[0].clone();
+    bucket.delete(&marker);
+    let owner = if marker.contains(&a.ok(&["key", "show"]).trim().to_owned()) {
+        &a
+    } else {
+        &b
+    };
+    let out = owner.run(&["verify"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("no reference marker"), "{text}");
+    bucket.put(&marker, Vec::new());
+    assert!(owner.ok(&["verify"]).contains("ok"));
 }
 
 #[test]
@@ -695,4 +717,76 @@ fn an_object_store_that_stops_answering_fails_publishes_cleanly_and_replication_
     server.stop();
     hub_server.stop();
     assert!(site.ok(&["verify"]).contains("ok"));
+}
+
+#[test]
+fn pushes_killed_mid_upload_leave_the_old_state_and_gc_clears_what_they_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = garage(&tmp.path().join("garage"), 1, "crash");
+    let inst = Instance::with_config(&format!(
+        "{LISTEN}\n{}",
+        g.cairn_config(0, "crash", "").unwrap()
+    ));
+    inst.ok(&["feed", "create", "files", "--type", "raw"]);
+    let bucket = Bucket::new(&g, "crash");
+    let file = inst.path("big.bin");
+    let mut outcomes = Vec::new();
+    for (i, delay_ms) in [100u64, 250, 400, 550, 700, 2000].into_iter().enumerate() {
+        // New bytes each time, so every push has to upload.
+        std::fs::write(&file, crate::util::bytes(30 + i as u64, 96 << 20)).unwrap();
+        let name = format!("k{i}");
+        let mut child = inst
+            .cmd(&[
+                "push",
+                "files",
+                file.to_str().unwrap(),
+                "--name",
+                &name,
+                "--version",
+                "1",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        // The old state or the new one: the version is there whole, or not at all.
+        let listed = inst.ls("files");
+        let present = listed.iter().any(|v| v["name"] == name.as_str());
+        outcomes.push((delay_ms, status.success(), present));
+        if present {
+            assert!(get(&inst, &name).unwrap().len() == 96 << 20);
+        } else {
+            assert!(get(&inst, &name).is_err());
+        }
+        assert!(
+            inst.ok(&["verify"]).contains("ok"),
+            "after a kill at {delay_ms} ms"
+        );
+    }
+    eprintln!(
+        "kill delay (ms), push finished, version present: {outcomes:?}; before gc: {} objects, {} markers",
+        bucket.list("blobs").len(),
+        bucket.list("refs").len()
+    );
+    // After gc the bucket holds exactly the blobs of the versions that are there, each one
+    // marked as this instance's.
+    inst.ok(&["gc"]);
+    let blobs: Vec<_> = bucket
+        .list("blobs")
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with(".obao"))
+        .collect();
+    let refs = bucket.list("refs");
+    let present = outcomes.iter().filter(|(_, _, p)| *p).count();
+    assert_eq!(blobs.len(), present, "{outcomes:?} {blobs:?}");
+    assert_eq!(refs.len(), present, "{outcomes:?} {refs:?}");
+    assert_eq!(
+        bucket.list("blobs").len(),
+        2 * present,
+        "each with its outboard"
+    );
+    assert!(inst.ok(&["verify"]).contains("ok"));
 }

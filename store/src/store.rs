@@ -1868,7 +1868,14 @@ impl Store {
         };
         let mut problems = Vec::new();
 
-        // Blobs.
+        // Blobs. What the backend says it holds for this instance: in a shared bucket, a blob
+        // without this instance's reference marker could be collected by another instance.
+        let held: HashSet<Hash> = self
+            .files
+            .list()
+            .map_err(StoreError::io("listing blobs in", &self.dir.join("blobs")))?
+            .into_iter()
+            .collect();
         for item in self.scan(CF_BLOBS, b"", None) {
             let (k, v) = item?;
             let Some(hash) = Hash::from_slice(&k) else {
@@ -1889,6 +1896,16 @@ impl Store {
             };
             let mut sink = CountingSink(0);
             match self.read_blob_to(&hash, &mut sink) {
+                Ok(n) if n == size && !v.is_empty() && v[0] == BLOB_BACKEND && !held.contains(&hash) => {
+                    problems.push(problem(
+                        "blob",
+                        hash.to_hex(),
+                        format!(
+                            "{} is readable but not held for this instance (no reference marker); another instance's gc may delete it",
+                            self.files.describe(&hash)
+                        ),
+                    ))
+                }
                 Ok(n) if n == size => report.blob_bytes += n,
                 Ok(n) => problems.push(problem(
                     "blob",
