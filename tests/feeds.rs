@@ -494,6 +494,30 @@ fn raw_files_put_get_range_delete_and_a_tampered_blob_is_never_served() {
     assert_eq!(status, 409, "{body}");
     let (status, body) = put_bytes("tool/2.0/big.bin", &vec![1u8; 1_100_000]);
     assert_eq!(status, 413, "{body}");
+    // A body that stops short of its Content-Length (the client goes away): nothing stored.
+    {
+        use std::io::{Read, Write};
+        let host = server.http.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(host).unwrap();
+        write!(
+            s,
+            "PUT /feeds/files/cut/1.0/c.bin HTTP/1.1\r\nHost: {host}\r\n{bearer}Content-Length: 300000\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        s.write_all(&crate::util::bytes(8, 100_000)).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+            "{answer}"
+        );
+        let (status, _) = http(
+            &server.http,
+            "GET /feeds/files/cut/1.0/c.bin HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status, 404);
+    }
 
     let get = |range: &str| {
         http_bytes(

@@ -8,7 +8,6 @@
 //! | `PUT` | `PACKAGE/VERSION/FILE` | store the request body (201; 200 if identical; 409 if that file exists with other bytes) |
 //! | `DELETE` | `PACKAGE/VERSION/FILE` or `PACKAGE/VERSION` | delete the version (a signed tombstone); a version with several files is deleted by its own path |
 
-use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -22,6 +21,48 @@ use futures_util::StreamExt;
 
 use crate::auth::Access;
 use crate::{blocking, ApiError, FeedServer};
+
+/// Body chunks queued between the request and the store's ingest.
+const BODY_QUEUE: usize = 16;
+
+/// What the request side hands the ingesting thread.
+enum Body {
+    Data(bytes::Bytes),
+    /// The body ended as declared.
+    End,
+    /// The upload is refused (too large, cut short): nothing may be stored.
+    Abort,
+}
+
+/// The request body as a blocking reader. It reaches its end only on [`Body::End`]; a
+/// request side that goes away without it (the client disconnected) is an error, so a cut
+/// upload never becomes a blob.
+struct BodyReader {
+    rx: tokio::sync::mpsc::Receiver<Body>,
+    pending: bytes::Bytes,
+}
+
+impl std::io::Read for BodyReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pending.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Body::Data(b)) => self.pending = b,
+                Some(Body::End) => return Ok(0),
+                Some(Body::Abort) | None => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the upload ended before its declared length",
+                    ))
+                }
+            }
+        }
+        let n = self.pending.len().min(out.len());
+        out[..n].copy_from_slice(&self.pending[..n]);
+        let rest = self.pending.split_off(n);
+        self.pending = rest;
+        Ok(n)
+    }
+}
 
 /// Answers a request for `rest` (the path after `/feeds/NAME/`) of a raw feed.
 pub async fn handle(
@@ -108,38 +149,10 @@ async fn put(
     names::check_package_name(Ecosystem::Raw, name)?;
     names::check_version(version)?;
     names::check_file_name(file)?;
-    let internal = |e: std::io::Error| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("writing the upload: {e}"),
-        )
-    };
-    let tmp_dir = server.store().dir().join("tmp");
-    std::fs::create_dir_all(&tmp_dir).map_err(internal)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(internal)?;
-    let limit = server.config().max_upload_bytes();
-    let mut size = 0u64;
-    let mut stream = request.into_body().into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::bad_request(format!("the upload of {file} was cut short: {e}"))
-        })?;
-        size += chunk.len() as u64;
-        if size > limit {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "{file} is larger than the {} MiB upload limit",
-                    server.config().max_upload_mib
-                ),
-            ));
-        }
-        tmp.write_all(&chunk).map_err(internal)?;
-    }
-    server
-        .metrics()
-        .bytes_received
-        .fetch_add(size, Ordering::Relaxed);
+    // The body goes straight into the store's ingest (hashed and written once) on a blocking
+    // thread, instead of being spooled to disk first; nothing is stored unless the body ends
+    // as declared.
+    let (tx, rx) = tokio::sync::mpsc::channel(BODY_QUEUE);
     let (s, f, n, v, fname) = (
         server.clone(),
         feed.name.clone(),
@@ -147,9 +160,12 @@ async fn put(
         version.to_owned(),
         file.to_owned(),
     );
-    let (published, blob) = blocking(move || {
+    let task = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
         let store = s.store();
-        let stored = store.put_blob(std::fs::File::open(tmp.path()).map_err(internal)?)?;
+        let stored = store.put_blob(BodyReader {
+            rx,
+            pending: bytes::Bytes::new(),
+        })?;
         let blob = stored.hash;
         let published = store.publish(
             &f,
@@ -167,8 +183,56 @@ async fn put(
         )?;
         drop(stored);
         Ok((published, blob))
-    })
-    .await?;
+    });
+    let limit = server.config().max_upload_bytes();
+    let mut size = 0u64;
+    let mut refused = None;
+    let mut stream = request.into_body().into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                refused = Some(ApiError::bad_request(format!(
+                    "the upload of {file} was cut short: {e}"
+                )));
+                break;
+            }
+        };
+        size += chunk.len() as u64;
+        if size > limit {
+            refused = Some(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "{file} is larger than the {} MiB upload limit",
+                    server.config().max_upload_mib
+                ),
+            ));
+            break;
+        }
+        // A closed channel means the store stopped reading: its error is the answer.
+        if tx.send(Body::Data(chunk)).await.is_err() {
+            break;
+        }
+    }
+    let _ = tx
+        .send(if refused.is_some() {
+            Body::Abort
+        } else {
+            Body::End
+        })
+        .await;
+    drop(tx);
+    server
+        .metrics()
+        .bytes_received
+        .fetch_add(size, Ordering::Relaxed);
+    let result = task
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if let Some(refused) = refused {
+        return Err(refused);
+    }
+    let (published, blob) = result?;
     let status = match published.outcome {
         PublishOutcome::Unchanged => StatusCode::OK,
         PublishOutcome::Created | PublishOutcome::FilesAdded => StatusCode::CREATED,
