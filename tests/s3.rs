@@ -467,6 +467,39 @@ fn a_local_hub_replicates_to_two_spokes_sharing_a_bucket_and_gc_keeps_what_the_o
     }
     hub_server.stop();
 
+    // While another instance's collection marker stands, a spoke waits before taking a blob
+    // from the bucket; once the collector is done (here: its marker removed), it goes on.
+    let p7 = push(&hub, "p7", 7, 300_000);
+    let hub_server = Server::start(&hub);
+    pull(&a);
+    let blob = a
+        .ls("files")
+        .iter()
+        .find(|v| v["name"] == "p7")
+        .map(|v| v["files"][0]["blob"].as_str().unwrap().to_owned())
+        .unwrap();
+    let marker = format!("sites/condemned/{blob}/{}", "c".repeat(64));
+    bucket.put(&marker, Vec::new());
+    let lifted = {
+        let marker = marker.clone();
+        let g_endpoint = Bucket::new(&g, "shared");
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(2));
+            g_endpoint.delete(&marker);
+        })
+    };
+    let started = Instant::now();
+    let run = pull(&b);
+    lifted.join().unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "did not wait for the collector"
+    );
+    assert_eq!(run["blobs_adopted"], 1, "{run}");
+    assert_eq!(run["blob_bytes_received"], 0, "{run}");
+    assert!(get(&b, "p7").unwrap() == p7);
+    hub_server.stop();
+
     // A reference marker lost from the bucket is a problem verify reports: without it,
     // another instance's gc could delete a blob this one serves.
     let refs = bucket.list("sites/refs");

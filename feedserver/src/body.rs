@@ -175,6 +175,12 @@ pub async fn blob_response(
 
 fn corrupt(hash: Hash, e: std::io::Error) -> ApiError {
     tracing::error!(blob = %hash, "download refused: {e}");
+    if cairn_store::blob::as_unavailable(&e).is_some() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("blob {hash} cannot be read now ({e}); retry later"),
+        );
+    }
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
         format!("blob {hash} failed verification in this store ({e}); run `cairn verify`"),

@@ -518,6 +518,9 @@ pub struct VerifyingReader {
     buf: Vec<u8>,
     pos: usize,
     done_bytes: u64,
+    /// A read failed: the tree walk has moved past the group, so every later read fails too
+    /// (rather than look like an early end).
+    failed: bool,
 }
 
 enum Source {
@@ -557,6 +560,7 @@ impl VerifyingReader {
             buf: bytes,
             pos: 0,
             done_bytes: 0,
+            failed: false,
         })
     }
 
@@ -585,6 +589,7 @@ impl VerifyingReader {
             buf: Vec::new(),
             pos: 0,
             done_bytes: 0,
+            failed: false,
         }
     }
 
@@ -683,8 +688,21 @@ impl VerifyingReader {
 
 impl Read for VerifyingReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.pos >= self.buf.len() && !self.fill()? {
-            return Ok(0);
+        if self.failed {
+            return Err(io::Error::other(format!(
+                "reading blob {} failed earlier",
+                self.hash
+            )));
+        }
+        if self.pos >= self.buf.len() {
+            match self.fill() {
+                Ok(true) => {}
+                Ok(false) => return Ok(0),
+                Err(e) => {
+                    self.failed = true;
+                    return Err(e);
+                }
+            }
         }
         let n = (self.buf.len() - self.pos).min(out.len());
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);

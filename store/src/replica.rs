@@ -409,11 +409,19 @@ impl Store {
                     data: Dyn(outboard),
                 };
                 encode_ranges_validated(Dyn(data), ob, &group_ranges(groups), out).map_err(|e| {
-                    StoreError::CorruptBlob(blob::CorruptBlob {
-                        hash: *hash,
-                        offset: 0,
-                        location: format!("{} ({e})", self.files.describe(hash)),
-                    })
+                    let location = self.files.describe(hash);
+                    match e {
+                        bao_tree::io::EncodeError::Io(io)
+                            if blob::as_unavailable(&io).is_some() =>
+                        {
+                            StoreError::io("reading blob", Path::new(&location))(io)
+                        }
+                        e => StoreError::CorruptBlob(blob::CorruptBlob {
+                            hash: *hash,
+                            offset: 0,
+                            location: format!("{location} ({e})"),
+                        }),
+                    }
                 })
             }
         }

@@ -7,22 +7,26 @@
 //! - `blobs/<64 hex>.obao`: its post-order outboard, written before the bytes, so bytes are
 //!   never visible without their outboard;
 //! - `refs/<instance key>/<64 hex>`: empty marker, "this instance indexes the blob";
-//! - `condemned/<64 hex>`: empty marker, "a collector is deciding whether to delete the blob";
-//! - `instances/<instance key>`: empty, written at every open to check the bucket.
+//! - `condemned/<64 hex>/<instance key>`: empty marker, "this instance is deciding whether
+//!   to delete the blob";
+//! - `instances/<instance key>`: empty, written at open to check the bucket, and to read the
+//!   bucket's clock.
 //!
 //! An object appears whole or not at all (a multipart upload is invisible until completed), so
 //! a crash never leaves a half-written blob visible, and every read is verified group by group
 //! against the outboard and the hash anyway.
 //!
 //! Sharing and collection. An instance writes its reference marker before it uploads or
-//! adopts a blob, then checks that no collector has condemned it, then uploads (or finds it
-//! there). A collector writes the condemned marker, looks for any other instance's reference,
-//! deletes the blob only if there is none, then drops its own reference and the marker. With
-//! the bucket's read-after-write consistency, either the collector sees the new reference and
-//! keeps the blob, or the other instance sees the condemned marker (or the blob already gone)
-//! and waits or uploads again after the collection. A collector that takes longer than
-//! [`LEASE`] between its marker and the delete gives up instead, so a marker left by a crashed
-//! collector can be cleared by others once it is older than twice the lease.
+//! adopts a blob, then waits until no collection marker for the blob exists, then uploads (or
+//! finds it there). A collector writes its own collection marker, looks for any other
+//! instance's reference, deletes the blob only if there is none, then drops its own reference
+//! and marker. With the bucket's read-after-write consistency, either the collector sees the
+//! new reference and keeps the blob, or the other instance sees the collection marker (or the
+//! blob already gone) and waits, then uploads again. Each collector removes only its own
+//! marker. A collector that has held its marker for longer than [`LEASE`] sends no further
+//! delete, and sends deletes without retries; a marker older, by the bucket's clock, than the
+//! lease plus twice the request timeout plus a margin was left by a collector that died and is
+//! cleared by whoever finds it.
 
 use std::fmt;
 use std::fs::File;
@@ -52,8 +56,10 @@ pub const LEASE: Duration = Duration::from_secs(30);
 const OUTBOARD_WINDOW: u64 = 256 * 1024;
 /// Outboard windows kept per reader.
 const OUTBOARD_WINDOWS: usize = 16;
-/// Parts uploaded at once per blob.
+/// Parts uploaded at once per blob, at most.
 const UPLOAD_CONCURRENCY: usize = 8;
+/// Part buffers one upload may hold in memory.
+const UPLOAD_BUFFER_BYTES: usize = 128 << 20;
 
 /// `[blobs.s3]` in the configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -126,6 +132,15 @@ impl S3Config {
 /// Large blobs in a bucket.
 pub struct S3Blobs {
     client: Arc<AmazonS3>,
+    /// The same client without retries, for a collector's deletes: a retried delete could land
+    /// after its lease.
+    once: Arc<AmazonS3>,
+    /// Age (by the bucket's clock) after which a collection marker is taken as left by a
+    /// collector that died: the lease plus the longest a delete sent within it can take.
+    stale: Duration,
+    /// In-process exclusion per blob (by its first byte): install, adopt and remove of one
+    /// blob never overlap within an instance, which shares one reference marker.
+    stripes: Vec<Mutex<()>>,
     /// Always Some until dropped.
     rt: Option<tokio::runtime::Runtime>,
     handle: tokio::runtime::Handle,
@@ -212,37 +227,48 @@ impl S3Blobs {
                 "[blobs.s3] part_size_mib must be between 5 and 1024",
             ));
         }
-        let endpoint = config.endpoint.trim_end_matches('/');
-        let mut builder = AmazonS3Builder::new()
-            .with_endpoint(endpoint)
-            .with_bucket_name(&config.bucket)
-            .with_region(&config.region)
-            .with_access_key_id(id)
-            .with_secret_access_key(secret)
-            .with_virtual_hosted_style_request(!config.path_style)
-            // Bodies are not hashed for the signature: every blob is checked against its
-            // BLAKE3 outboard on the way back, and TLS protects it on the way there.
-            .with_unsigned_payload(true)
-            .with_retry(RetryConfig {
-                max_retries: config.retries,
-                retry_timeout: Duration::from_secs(config.timeout_secs.max(1) * 2),
-                ..RetryConfig::default()
-            })
-            .with_client_options(
-                // Set here, not on the builder: these options replace the builder's.
-                ClientOptions::new()
-                    .with_allow_http(endpoint.starts_with("http://"))
-                    .with_timeout(Duration::from_secs(config.timeout_secs.max(1)))
-                    .with_connect_timeout(Duration::from_secs(5)),
-            );
-        if config.credentials_file.is_none() {
-            if let Some(token) = env("AWS_SESSION_TOKEN") {
-                builder = builder.with_token(token);
-            }
+        if config.timeout_secs == 0 || config.timeout_secs > 3600 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "[blobs.s3] timeout_secs must be between 1 and 3600",
+            ));
         }
-        let client = builder
-            .build()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("[blobs.s3]: {e}")))?;
+        let endpoint = config.endpoint.trim_end_matches('/');
+        let timeout = Duration::from_secs(config.timeout_secs);
+        let build = |retries: usize| {
+            let mut builder = AmazonS3Builder::new()
+                .with_endpoint(endpoint)
+                .with_bucket_name(&config.bucket)
+                .with_region(&config.region)
+                .with_access_key_id(&id)
+                .with_secret_access_key(&secret)
+                .with_virtual_hosted_style_request(!config.path_style)
+                // Bodies are not hashed for the signature: every blob is checked against its
+                // BLAKE3 outboard on the way back, and TLS protects it on the way there.
+                .with_unsigned_payload(true)
+                .with_retry(RetryConfig {
+                    max_retries: retries,
+                    retry_timeout: timeout * 2,
+                    ..RetryConfig::default()
+                })
+                .with_client_options(
+                    // Set here, not on the builder: these options replace the builder's.
+                    ClientOptions::new()
+                        .with_allow_http(endpoint.starts_with("http://"))
+                        .with_timeout(timeout)
+                        .with_connect_timeout(Duration::from_secs(5)),
+                );
+            if config.credentials_file.is_none() {
+                if let Some(token) = env("AWS_SESSION_TOKEN") {
+                    builder = builder.with_token(token);
+                }
+            }
+            builder.build().map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("[blobs.s3]: {e}"))
+            })
+        };
+        let client = build(config.retries)?;
+        let once = build(0)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("cairn-s3")
@@ -251,6 +277,9 @@ impl S3Blobs {
         let prefix = config.prefix.trim_matches('/');
         Ok(S3Blobs {
             client: Arc::new(client),
+            once: Arc::new(once),
+            stale: LEASE + 2 * timeout + Duration::from_secs(30),
+            stripes: (0..64).map(|_| Mutex::new(())).collect(),
             handle: rt.handle().clone(),
             rt: Some(rt),
             location: config.location(),
@@ -285,8 +314,17 @@ impl S3Blobs {
         self.key(&format!("refs/{instance}/{}", hash.to_hex()))
     }
 
+    /// This instance's collection marker for a blob.
     fn condemned_key(&self, hash: &Hash) -> ObjectPath {
-        self.key(&format!("condemned/{}", hash.to_hex()))
+        self.key(&format!("condemned/{}/{}", hash.to_hex(), self.instance))
+    }
+
+    fn stripe(&self, hash: &Hash) -> parking_lot::MutexGuard<'_, ()> {
+        let i = hash.as_bytes()[0] as usize % self.stripes.len().max(1);
+        match self.stripes.get(i) {
+            Some(m) => m.lock(),
+            None => self.stripes[0].lock(),
+        }
     }
 
     /// Runs a future on the backend's own runtime and waits for it; callable from any thread,
@@ -328,28 +366,47 @@ impl S3Blobs {
         }
     }
 
-    /// Waits while a collector holds the blob's condemned marker; clears a marker left by a
-    /// collector that died (older than twice the lease).
+    /// The bucket's clock, read from an object written now: collection markers are aged by
+    /// it, so no instance's own clock matters.
+    fn server_now_ms(&self) -> io::Result<u64> {
+        let key = self.key(&format!("instances/{}", self.instance));
+        self.put_marker(key.clone())?;
+        let client = self.client.clone();
+        let meta = self
+            .run(async move { client.head(&key).await })?
+            .map_err(|e| self.error("reading the clock of", e))?;
+        Ok(meta.last_modified.timestamp_millis().max(0) as u64)
+    }
+
+    /// Waits while any collector (this instance's included) holds a collection marker for the
+    /// blob; clears exactly those markers older than `stale` by the bucket's clock (left by a
+    /// collector that died).
     fn wait_not_condemned(&self, hash: &Hash) -> io::Result<()> {
-        let key = self.condemned_key(hash);
-        let deadline = Instant::now() + 2 * LEASE;
+        let prefix = self.key(&format!("condemned/{}", hash.to_hex()));
+        let deadline = Instant::now() + self.stale + LEASE;
         loop {
             let client = self.client.clone();
-            let k = key.clone();
-            let meta = match self.run(async move { client.head(&k).await })? {
-                Ok(meta) => meta,
-                Err(object_store::Error::NotFound { .. }) => return Ok(()),
-                Err(e) => return Err(self.error("checking a collection marker in", e)),
-            };
-            let age_ms =
-                now_ms().saturating_sub(meta.last_modified.timestamp_millis().max(0) as u64);
-            if age_ms > 2 * LEASE.as_millis() as u64 {
-                tracing::warn!(blob = %hash.short(), "clearing a stale collection marker");
-                self.delete(key.clone())?;
+            let p = prefix.clone();
+            let listed: Vec<object_store::Result<object_store::ObjectMeta>> =
+                self.run(async move { client.list(Some(&p)).collect().await })?;
+            let mut markers = Vec::new();
+            for item in listed {
+                markers.push(item.map_err(|e| self.error("checking collection markers in", e))?);
+            }
+            if markers.is_empty() {
                 return Ok(());
             }
+            let now = self.server_now_ms()?;
+            let stale_ms = self.stale.as_millis() as u64;
+            for m in &markers {
+                let age = now.saturating_sub(m.last_modified.timestamp_millis().max(0) as u64);
+                if age > stale_ms {
+                    tracing::warn!(blob = %hash.short(), marker = %m.location, "clearing a stale collection marker");
+                    self.delete(m.location.clone())?;
+                }
+            }
             if Instant::now() > deadline {
-                return Err(io::Error::new(
+                return Err(unavailable(
                     io::ErrorKind::TimedOut,
                     format!(
                         "blob {hash} is being collected by another instance sharing {}; retry",
@@ -386,6 +443,7 @@ impl S3Blobs {
                 .map_err(|e| self.error("uploading to", e));
         }
         let part_size = self.part_size;
+        let concurrency = (UPLOAD_BUFFER_BYTES / part_size.max(1)).clamp(1, UPLOAD_CONCURRENCY);
         let location = self.location.clone();
         self.run(async move {
             let upload = client
@@ -396,7 +454,7 @@ impl S3Blobs {
             let result: io::Result<()> = async {
                 loop {
                     writer
-                        .wait_for_capacity(UPLOAD_CONCURRENCY)
+                        .wait_for_capacity(concurrency)
                         .await
                         .map_err(|e| to_io(&location, "uploading to", e))?;
                     let mut buf = vec![0u8; part_size];
@@ -460,15 +518,17 @@ where
         let _ = tx.send(f.await);
     });
     // The task only ends without sending if the runtime shuts down under it.
-    rx.recv()
-        .map_err(|_| io::Error::other("the object store client has shut down"))
+    rx.recv().map_err(|_| {
+        unavailable(
+            io::ErrorKind::Other,
+            "the object store client has shut down".into(),
+        )
+    })
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// An error the caller may retry later (503 at the feed server).
+fn unavailable(kind: io::ErrorKind, text: String) -> io::Error {
+    io::Error::new(kind, crate::blob::Unavailable(text))
 }
 
 fn to_io(location: &str, action: &str, e: object_store::Error) -> io::Error {
@@ -490,7 +550,7 @@ fn to_io(location: &str, action: &str, e: object_store::Error) -> io::Error {
     let text = format!("{action} object store {location}: {text}");
     match kind {
         io::ErrorKind::NotFound => io::Error::new(kind, text),
-        _ => io::Error::new(kind, crate::blob::Unavailable(text)),
+        _ => unavailable(kind, text),
     }
 }
 
@@ -510,6 +570,7 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 impl BlobBackend for S3Blobs {
     fn install(&self, staged: StagedBlob) -> io::Result<()> {
         let hash = staged.hash;
+        let _one = self.stripe(&hash);
         self.put_marker(self.ref_key(&self.instance, &hash))?;
         self.wait_not_condemned(&hash)?;
         if self.present(&hash, staged.size)? {
@@ -544,6 +605,7 @@ impl BlobBackend for S3Blobs {
     }
 
     fn adopt(&self, hash: &Hash, size: u64) -> io::Result<bool> {
+        let _one = self.stripe(hash);
         if !self.present(hash, size)? {
             return Ok(false);
         }
@@ -585,28 +647,32 @@ impl BlobBackend for S3Blobs {
     }
 
     fn remove(&self, hash: &Hash) -> io::Result<()> {
-        let marker = self.condemned_key(hash);
+        let _one = self.stripe(hash);
+        // One collection of a blob at a time: waiting out another collector makes it likelier
+        // that the last reference's holder is the one that deletes.
         self.wait_not_condemned(hash)?;
+        let mine = self.condemned_key(hash);
         let started = Instant::now();
-        self.put_marker(marker.clone())?;
-        let result = (|| {
-            if self.referenced_by_others(hash)? {
-                return Ok(());
+        self.put_marker(mine.clone())?;
+        if !self.referenced_by_others(hash)? {
+            for key in [self.data_key(hash), self.outboard_key(hash)] {
+                if started.elapsed() > LEASE {
+                    // The marker stays and goes stale: a delete may still be under way.
+                    return Err(unavailable(
+                        io::ErrorKind::TimedOut,
+                        format!("collecting blob {hash} took longer than its lease; retry"),
+                    ));
+                }
+                let client = self.once.clone();
+                match self.run(async move { client.delete(&key).await })? {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    // Not retried, and the marker stays: the failed delete may yet land.
+                    Err(e) => return Err(self.error("deleting from", e)),
+                }
             }
-            if started.elapsed() > LEASE {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("collecting blob {hash} took longer than its lease; retry"),
-                ));
-            }
-            self.delete(self.data_key(hash))?;
-            self.delete(self.outboard_key(hash))
-        })();
-        if result.is_ok() {
-            self.delete(self.ref_key(&self.instance, hash))?;
         }
-        self.delete(marker)?;
-        result
+        self.delete(self.ref_key(&self.instance, hash))?;
+        self.delete(mine)
     }
 
     fn list(&self) -> io::Result<Vec<Hash>> {
@@ -660,13 +726,21 @@ struct StreamState {
     /// Offset of the first byte of `pending`.
     pos: u64,
     pending: Bytes,
-    chunks: Option<tokio::sync::mpsc::Receiver<object_store::Result<Bytes>>>,
+    chunks: Option<tokio::sync::mpsc::Receiver<Chunk>>,
     /// The object ended at `pos` (with nothing pending).
     ended: bool,
 }
 
+/// What the read-ahead task hands the reader.
+enum Chunk {
+    Data(Bytes),
+    Failed(object_store::Error),
+    /// The response ended where the object does.
+    End,
+}
+
 impl StreamReader {
-    fn start(&self, offset: u64) -> tokio::sync::mpsc::Receiver<object_store::Result<Bytes>> {
+    fn start(&self, offset: u64) -> tokio::sync::mpsc::Receiver<Chunk> {
         let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD_CHUNKS);
         let client = self.client.clone();
         let key = self.key.clone();
@@ -677,14 +751,19 @@ impl StreamReader {
             };
             match client.get_opts(&key, options).await {
                 Err(e) => {
-                    let _ = tx.send(Err(e)).await;
+                    let _ = tx.send(Chunk::Failed(e)).await;
                 }
                 Ok(got) => {
                     let mut stream = got.into_stream();
-                    while let Some(item) = stream.next().await {
-                        let failed = item.is_err();
+                    loop {
+                        let chunk = match stream.next().await {
+                            Some(Ok(bytes)) => Chunk::Data(bytes),
+                            Some(Err(e)) => Chunk::Failed(e),
+                            None => Chunk::End,
+                        };
+                        let last = !matches!(chunk, Chunk::Data(_));
                         // A closed channel means the reader moved on or was dropped.
-                        if tx.send(item).await.is_err() || failed {
+                        if tx.send(chunk).await.is_err() || last {
                             break;
                         }
                     }
@@ -716,14 +795,24 @@ impl RandomAccess for StreamReader {
                 return Ok(0);
             };
             match futures::executor::block_on(chunks.recv()) {
-                Some(Ok(bytes)) => state.pending = bytes,
-                Some(Err(e)) => {
+                Some(Chunk::Data(bytes)) => state.pending = bytes,
+                Some(Chunk::Failed(e)) => {
                     state.chunks = None;
                     return Err(to_io(&self.location, "reading from", e));
                 }
-                None => {
+                Some(Chunk::End) => {
                     state.chunks = None;
                     state.ended = true;
+                }
+                None => {
+                    state.chunks = None;
+                    return Err(unavailable(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "reading from object store {}: the response stopped",
+                            self.location
+                        ),
+                    ));
                 }
             }
         }

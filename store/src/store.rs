@@ -704,7 +704,7 @@ impl BlobRecord {
         };
         let size = u64::from_be_bytes(b.get(1..9).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
         match b.first() {
-            Some(&BLOB_INLINE) if b.len() as u64 == 9 + size => {
+            Some(&BLOB_INLINE) if Some(b.len() as u64) == size.checked_add(9) => {
                 Ok(BlobRecord::Inline(b[9..].to_vec()))
             }
             Some(&BLOB_BACKEND) if b.len() == 9 => Ok(BlobRecord::Backend(size)),
@@ -836,15 +836,20 @@ impl Store {
                 })
             }
         }
-        store.check_blob_home()?;
+        store.check_blob_home(create)?;
         Ok(store)
     }
 
     /// Records where the blobs live on first open, and refuses to open with another backend
     /// later: the index would name blobs that are not there.
-    fn check_blob_home(&self) -> Result<()> {
+    fn check_blob_home(&self, create: bool) -> Result<()> {
         let configured = self.options.blobs.location();
         match self.db.get_cf(self.cf(CF_META), META_BLOBS)? {
+            // A store made before blob backends existed keeps its blobs on local disk.
+            None if !create && configured != "local" => Err(StoreError::BlobBackend(format!(
+                "this store keeps its large blobs in local, but the configuration says {configured}; \
+                 use the [blobs] configuration the store was created with"
+            ))),
             None => {
                 self.db
                     .put_cf(self.cf(CF_META), META_BLOBS, configured.as_bytes())?;
@@ -1077,7 +1082,12 @@ impl Store {
             return Ok(None);
         }
         let pin = self.pin(hash);
-        let existed = self.has_blob(&hash)?;
+        let existed = match self.blob_size(&hash)? {
+            Some(s) if s == size => true,
+            // The same hash with another size: the index is damaged; fetch it properly.
+            Some(_) => return Ok(None),
+            None => false,
+        };
         if !existed {
             let adopted = self.files.adopt(&hash, size).map_err(StoreError::io(
                 "adopting blob",
@@ -1159,11 +1169,7 @@ impl Store {
         let mut r = self.blob_reader(hash)?;
         std::io::copy(&mut r, out).map_err(|e| match blob::as_corrupt(&e) {
             Some(c) => StoreError::CorruptBlob(c.clone()),
-            None => StoreError::Io {
-                action: "copying blob",
-                path: PathBuf::from(hash.to_hex()),
-                source: e,
-            },
+            None => StoreError::io("reading blob", Path::new(&self.files.describe(hash)))(e),
         })
     }
 
