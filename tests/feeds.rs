@@ -617,16 +617,7 @@ fn cargo_publishes_yanks_and_builds_through_the_sparse_registry() {
     let (token, reader) = (&tokens[0], &tokens[1]);
     let server = Server::start(&inst);
     let home = inst.path("cargo-home");
-    std::fs::create_dir_all(&home).unwrap();
-    // The machine's own cargo configuration (offline mirrors, vendoring) stays out.
-    std::fs::write(
-        home.join("config.toml"),
-        format!(
-            "[registries.cairn]\nindex = \"sparse+{}/feeds/crates/\"\n",
-            server.http
-        ),
-    )
-    .unwrap();
+    cargo_registry(&home, &server.http);
     let dep = inst.path("cairn-dep");
     std::fs::create_dir_all(dep.join("src")).unwrap();
     std::fs::write(
@@ -777,6 +768,30 @@ pub(crate) fn npm(home: &Path, dir: &Path, args: &[&str]) -> Command {
     c
 }
 
+/// Points an npm home (the `home` of [`npm`]) at the feed `npm` of the server at `http`,
+/// publishing with `token`.
+pub(crate) fn npm_registry(home: &Path, http: &str, token: &str) {
+    std::fs::create_dir_all(home).unwrap();
+    let host = http.trim_start_matches("http://");
+    std::fs::write(
+        home.join("npmrc"),
+        format!("registry={http}/feeds/npm/\n//{host}/feeds/npm/:_authToken={token}\n"),
+    )
+    .unwrap();
+}
+
+/// Points a cargo home (the `home` of [`cargo`]) at the feed `crates` of the server at
+/// `http` as registry `cairn`; the machine's own cargo configuration (offline mirrors,
+/// vendoring) stays out.
+pub(crate) fn cargo_registry(home: &Path, http: &str) {
+    std::fs::create_dir_all(home).unwrap();
+    std::fs::write(
+        home.join("config.toml"),
+        format!("[registries.cairn]\nindex = \"sparse+{http}/feeds/crates/\"\n"),
+    )
+    .unwrap();
+}
+
 pub(crate) fn write_package(dir: &Path, package_json: &str, index_js: &str) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("package.json"), package_json).unwrap();
@@ -789,16 +804,7 @@ fn npm_publishes_scoped_and_unscoped_packages_and_installs_a_dependent() {
     let token = &tokens[0];
     let server = Server::start(&inst);
     let home = inst.path("npm-home");
-    std::fs::create_dir_all(&home).unwrap();
-    let host = server.http.trim_start_matches("http://");
-    std::fs::write(
-        home.join("npmrc"),
-        format!(
-            "registry={}/feeds/npm/\n//{host}/feeds/npm/:_authToken={token}\n",
-            server.http
-        ),
-    )
-    .unwrap();
+    npm_registry(&home, &server.http, token);
     let left = inst.path("left");
     write_package(
         &left,
@@ -1192,18 +1198,7 @@ fn npm_and_cargo_install_from_a_spoke_until_a_block_made_through_the_hub_admin_a
     let spoke_server = Server::start(&spoke);
     // Publish to the hub with the real clients.
     let npm_home = hub.path("npm-home");
-    std::fs::create_dir_all(&npm_home).unwrap();
-    let npmrc = |server: &Server| {
-        let host = server.http.trim_start_matches("http://");
-        std::fs::write(
-            npm_home.join("npmrc"),
-            format!(
-                "registry={}/feeds/npm/\n//{host}/feeds/npm/:_authToken={publish}\n",
-                server.http
-            ),
-        )
-        .unwrap();
-    };
+    let npmrc = |server: &Server| npm_registry(&npm_home, &server.http, &publish);
     npmrc(&hub_server);
     let lib = hub.path("npm-lib");
     write_package(
@@ -1217,17 +1212,7 @@ fn npm_and_cargo_install_from_a_spoke_until_a_block_made_through_the_hub_admin_a
         &["publish", "--access", "public"],
     ));
     let cargo_home = hub.path("cargo-home");
-    std::fs::create_dir_all(&cargo_home).unwrap();
-    let cargo_config = |server: &Server| {
-        std::fs::write(
-            cargo_home.join("config.toml"),
-            format!(
-                "[registries.cairn]\nindex = \"sparse+{}/feeds/crates/\"\n",
-                server.http
-            ),
-        )
-        .unwrap();
-    };
+    let cargo_config = |server: &Server| cargo_registry(&cargo_home, &server.http);
     cargo_config(&hub_server);
     let dep = hub.path("cairn-lib");
     std::fs::create_dir_all(dep.join("src")).unwrap();

@@ -14,7 +14,8 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::feeds::{
-    cargo, http, http_bytes, npm, pip_install, python, raw_http, run, write_package,
+    cargo, cargo_registry, http, http_bytes, npm, npm_registry, pip_install, python, raw_http, run,
+    twine_upload, write_package,
 };
 use crate::util::{Instance, Server};
 
@@ -161,20 +162,16 @@ fn pip_npm_and_cargo_install_from_an_instance_whose_blobs_are_in_garage() {
     let pkgs = inst.path("pkgs");
     std::fs::create_dir_all(&pkgs).unwrap();
     run(python(&["-c", BUILD_WHEEL]).arg(&pkgs));
-    run(python(&[
-        "-m",
-        "twine",
-        "upload",
-        "--non-interactive",
-        "--disable-progress-bar",
-        "--repository-url",
+    let out = twine_upload(
         &format!("{}/feeds/pypi/legacy/", server.http),
-        "-u",
-        "__token__",
-        "-p",
         &publish,
-    ])
-    .arg(pkgs.join("cairn_big-1.0.0-py3-none-any.whl")));
+        &pkgs.join("cairn_big-1.0.0-py3-none-any.whl"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let site = inst.path("site");
     let out = pip_install(
         &format!("{}/feeds/pypi/simple/", server.http),
@@ -192,16 +189,7 @@ fn pip_npm_and_cargo_install_from_an_instance_whose_blobs_are_in_garage() {
 
     // npm: publish a package with a large file, install it.
     let npm_home = inst.path("npm-home");
-    std::fs::create_dir_all(&npm_home).unwrap();
-    let host = server.http.trim_start_matches("http://");
-    std::fs::write(
-        npm_home.join("npmrc"),
-        format!(
-            "registry={}/feeds/npm/\n//{host}/feeds/npm/:_authToken={publish}\n",
-            server.http
-        ),
-    )
-    .unwrap();
+    npm_registry(&npm_home, &server.http, &publish);
     let lib = inst.path("npm-big");
     write_package(
         &lib,
@@ -225,15 +213,7 @@ fn pip_npm_and_cargo_install_from_an_instance_whose_blobs_are_in_garage() {
 
     // Cargo: publish a crate with a large file, build a dependent.
     let cargo_home = inst.path("cargo-home");
-    std::fs::create_dir_all(&cargo_home).unwrap();
-    std::fs::write(
-        cargo_home.join("config.toml"),
-        format!(
-            "[registries.cairn]\nindex = \"sparse+{}/feeds/crates/\"\n",
-            server.http
-        ),
-    )
-    .unwrap();
+    cargo_registry(&cargo_home, &server.http);
     let dep = inst.path("cairn-big");
     std::fs::create_dir_all(dep.join("src")).unwrap();
     std::fs::write(dep.join("Cargo.toml"), "[package]\nname = \"cairn-big\"\nversion = \"0.1.0\"\nedition = \"2021\"\ndescription = \"t\"\nlicense = \"MIT\"\n").unwrap();

@@ -10,6 +10,15 @@ use std::time::Duration;
 
 pub mod garage;
 
+/// Empties (or makes) a benchmark's scratch directory; its absolute path.
+pub fn fresh_dir(dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::canonicalize(dir)
+}
+
 /// The median of some durations (the mean of the middle two for an even count).
 pub fn median(samples: &[Duration]) -> Duration {
     let mut s = samples.to_vec();

@@ -199,11 +199,7 @@ fn wheel(name: &str, version: &str, size: usize) -> Result<Vec<u8>> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if args.dir.exists() {
-        fs::remove_dir_all(&args.dir)?;
-    }
-    fs::create_dir_all(&args.dir)?;
-    let root = fs::canonicalize(&args.dir)?;
+    let root = cairn_benches::fresh_dir(&args.dir)?;
     let cairn_bin = std::env::current_exe()?.with_file_name("cairn");
 
     // The packages: one wheel per project (the middle one 1 MiB), npm versions, a raw file.

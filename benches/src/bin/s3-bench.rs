@@ -338,11 +338,7 @@ struct Row {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if args.dir.exists() {
-        fs::remove_dir_all(&args.dir)?;
-    }
-    fs::create_dir_all(&args.dir)?;
-    let root = fs::canonicalize(&args.dir)?;
+    let root = cairn_benches::fresh_dir(&args.dir)?;
     let cairn_bin = std::env::current_exe()?.with_file_name("cairn");
     let size = args.size_mib << 20;
 
