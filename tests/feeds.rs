@@ -941,8 +941,6 @@ fn hub_and_spoke(feeds: &[(&str, &str)]) -> (Instance, Instance, String, String)
             inst.ok(&["feed", "create", name, "--type", kind]);
         }
     }
-    let hub_key = hub.ok(&["key", "show"]).trim().to_owned();
-    let spoke_key = spoke.ok(&["key", "show"]).trim().to_owned();
     let token = |scopes: &[&str]| {
         let mut args = vec!["token", "create"];
         for s in scopes {
@@ -958,16 +956,7 @@ fn hub_and_spoke(feeds: &[(&str, &str)]) -> (Instance, Instance, String, String)
         .local_addr()
         .unwrap()
         .port();
-    hub.ok(&["peer", "add", "spoke", "127.0.0.1:1", "--key", &spoke_key]);
-    spoke.ok(&["trust", "add", &hub_key]);
-    spoke.ok(&[
-        "peer",
-        "add",
-        "hub",
-        &format!("127.0.0.1:{port}"),
-        "--key",
-        &hub_key,
-    ]);
+    crate::util::peer_spoke_with_hub(&hub, &spoke, "spoke", port);
     std::fs::write(
         hub.data().join("cairn.toml"),
         format!("[sync]\nlisten = \"127.0.0.1:{port}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n"),

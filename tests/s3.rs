@@ -320,19 +320,8 @@ fn hub() -> (Instance, u16, String) {
 fn spoke(hub: &Instance, port: u16, replicate: &str, blobs: &str, interval: u64) -> Instance {
     let spoke = Instance::with_config(&format!("{LISTEN}\n{blobs}"));
     spoke.ok(&["feed", "create", "files", "--type", "raw"]);
-    let hub_key = hub.ok(&["key", "show"]).trim().to_owned();
     let spoke_key = spoke.ok(&["key", "show"]).trim().to_owned();
-    let name = format!("spoke-{}", &spoke_key[..8]);
-    hub.ok(&["peer", "add", &name, "127.0.0.1:1", "--key", &spoke_key]);
-    spoke.ok(&["trust", "add", &hub_key]);
-    spoke.ok(&[
-        "peer",
-        "add",
-        "hub",
-        &format!("127.0.0.1:{port}"),
-        "--key",
-        &hub_key,
-    ]);
+    crate::util::peer_spoke_with_hub(hub, &spoke, &format!("spoke-{}", &spoke_key[..8]), port);
     std::fs::write(
         spoke.data().join("cairn.toml"),
         format!("{LISTEN}\n{blobs}\n[[replication]]\nname = \"from-hub\"\npeer = \"hub\"\ntoken = \"{replicate}\"\nfeeds = [\"files\", \"@system\"]\nmode = \"pull\"\ninterval_secs = {interval}\n"),

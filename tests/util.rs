@@ -102,6 +102,30 @@ impl Instance {
     }
 }
 
+/// Makes `spoke` pull from `hub`: the hub knows the spoke's key as peer `spoke_name`, and the
+/// spoke trusts the hub's key and knows it as peer `hub` at `127.0.0.1:port` (UDP).
+pub fn peer_spoke_with_hub(hub: &Instance, spoke: &Instance, spoke_name: &str, port: u16) {
+    let hub_key = hub.ok(&["key", "show"]).trim().to_owned();
+    let spoke_key = spoke.ok(&["key", "show"]).trim().to_owned();
+    hub.ok(&[
+        "peer",
+        "add",
+        spoke_name,
+        "127.0.0.1:1",
+        "--key",
+        &spoke_key,
+    ]);
+    spoke.ok(&["trust", "add", &hub_key]);
+    spoke.ok(&[
+        "peer",
+        "add",
+        "hub",
+        &format!("127.0.0.1:{port}"),
+        "--key",
+        &hub_key,
+    ]);
+}
+
 /// Every file below `dir` with its size.
 pub fn listing(dir: &Path) -> String {
     let mut out = String::new();
