@@ -627,38 +627,14 @@ fn cargo_publishes_yanks_and_builds_through_the_sparse_registry() {
     .unwrap();
     std::fs::write(dep.join("src/lib.rs"), "pub fn answer() -> u32 { 42 }\n").unwrap();
     // A token without the publish scope is refused; the right one publishes.
-    let out = cargo(
-        &home,
-        &dep,
-        &[
-            "publish",
-            "--registry",
-            "cairn",
-            "--no-verify",
-            "--allow-dirty",
-        ],
-    )
-    .env("CARGO_REGISTRIES_CAIRN_TOKEN", reader)
-    .output()
-    .unwrap();
+    let out = cargo_publish(&home, &dep, reader).output().unwrap();
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("does not allow publishing"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    run(cargo(
-        &home,
-        &dep,
-        &[
-            "publish",
-            "--registry",
-            "cairn",
-            "--no-verify",
-            "--allow-dirty",
-        ],
-    )
-    .env("CARGO_REGISTRIES_CAIRN_TOKEN", token));
+    run(&mut cargo_publish(&home, &dep, token));
 
     let app = inst.path("app");
     std::fs::create_dir_all(app.join("src")).unwrap();
@@ -778,6 +754,23 @@ pub(crate) fn npm_registry(home: &Path, http: &str, token: &str) {
         format!("registry={http}/feeds/npm/\n//{host}/feeds/npm/:_authToken={token}\n"),
     )
     .unwrap();
+}
+
+/// `cargo publish` to registry `cairn` with `token`.
+pub(crate) fn cargo_publish(home: &Path, dir: &Path, token: &str) -> Command {
+    let mut c = cargo(
+        home,
+        dir,
+        &[
+            "publish",
+            "--registry",
+            "cairn",
+            "--no-verify",
+            "--allow-dirty",
+        ],
+    );
+    c.env("CARGO_REGISTRIES_CAIRN_TOKEN", token);
+    c
 }
 
 /// Points a cargo home (the `home` of [`cargo`]) at the feed `crates` of the server at
@@ -1207,18 +1200,7 @@ fn npm_and_cargo_install_from_a_spoke_until_a_block_made_through_the_hub_admin_a
     std::fs::create_dir_all(dep.join("src")).unwrap();
     std::fs::write(dep.join("Cargo.toml"), "[package]\nname = \"cairn-lib\"\nversion = \"0.3.0\"\nedition = \"2021\"\ndescription = \"t\"\nlicense = \"MIT\"\n").unwrap();
     std::fs::write(dep.join("src/lib.rs"), "pub fn seven() -> u32 { 7 }\n").unwrap();
-    run(cargo(
-        &cargo_home,
-        &dep,
-        &[
-            "publish",
-            "--registry",
-            "cairn",
-            "--no-verify",
-            "--allow-dirty",
-        ],
-    )
-    .env("CARGO_REGISTRIES_CAIRN_TOKEN", &publish));
+    run(&mut cargo_publish(&cargo_home, &dep, &publish));
     converged(&spoke);
 
     // Install from the spoke.

@@ -14,8 +14,8 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::feeds::{
-    cargo, cargo_registry, http, http_bytes, npm, npm_registry, pip_install, python, raw_http, run,
-    twine_upload, write_package,
+    cargo, cargo_publish, cargo_registry, http, http_bytes, npm, npm_registry, pip_install, python,
+    raw_http, run, twine_upload, write_package,
 };
 use crate::util::{Instance, Server};
 
@@ -223,18 +223,7 @@ fn pip_npm_and_cargo_install_from_an_instance_whose_blobs_are_in_garage() {
         "pub fn size() -> usize { include_bytes!(\"data.bin\").len() }\n",
     )
     .unwrap();
-    run(cargo(
-        &cargo_home,
-        &dep,
-        &[
-            "publish",
-            "--registry",
-            "cairn",
-            "--no-verify",
-            "--allow-dirty",
-        ],
-    )
-    .env("CARGO_REGISTRIES_CAIRN_TOKEN", &publish));
+    run(&mut cargo_publish(&cargo_home, &dep, &publish));
     let crate_app = inst.path("crate-app");
     std::fs::create_dir_all(crate_app.join("src")).unwrap();
     std::fs::write(crate_app.join("Cargo.toml"), "[package]\nname = \"crate-app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\ncairn-big = { version = \"=0.1.0\", registry = \"cairn\" }\n").unwrap();
