@@ -568,7 +568,7 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
                 tracing::error!("HTTP server stopped: {e}");
             }
         });
-        println!("cairn serving {} on {} (replication, QUIC) and http://{} (feeds); key {}", data_dir.display(), local, http_addr, store.identity().public_key());
+        println!("cairn serving {} on {} (replication, QUIC) and http://{} (feeds); key {}; blobs {}", data_dir.display(), local, http_addr, store.identity().public_key(), config.store_options().blobs.location());
         let accept_store = store.clone();
         let accepting = endpoint.clone();
         tokio::spawn(async move {
