@@ -285,26 +285,23 @@ fn pip_npm_and_cargo_install_from_an_instance_whose_blobs_are_in_garage() {
     assert_eq!(served_whole, 2);
 }
 
-/// A hub (local blobs) with a raw feed `files`, serving on a fixed UDP port; returns it with
-/// that port and a replication token.
-fn hub() -> (Instance, u16, String) {
-    let hub = Instance::new();
-    hub.ok(&["feed", "create", "files", "--type", "raw"]);
+/// A hub with a raw feed `files` and `blobs` as its `[blobs]` section (empty: local disk),
+/// serving on a fixed UDP port; returns it with that port and a replication token.
+fn hub(blobs: &str) -> (Instance, u16, String) {
     let port = std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    std::fs::write(
-        hub.data().join("cairn.toml"),
-        format!("[sync]\nlisten = \"127.0.0.1:{port}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n"),
-    )
-    .unwrap();
+    let hub = Instance::with_config(&format!(
+        "[sync]\nlisten = \"127.0.0.1:{port}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n{blobs}"
+    ));
+    hub.ok(&["feed", "create", "files", "--type", "raw"]);
     let replicate = token(&hub, "replicate:*");
     (hub, port, replicate)
 }
 
-/// A spoke whose blobs are in Garage (`blobs` is its `[blobs]` section) and that pulls
+/// A spoke whose `[blobs]` section is `blobs` (empty: local disk) and that pulls
 /// `files` and `@system` from the hub on demand (or every `interval` seconds).
 fn spoke(hub: &Instance, port: u16, replicate: &str, blobs: &str, interval: u64) -> Instance {
     let spoke = Instance::with_config(&format!("{LISTEN}\n{blobs}"));
@@ -365,7 +362,7 @@ fn a_local_hub_replicates_to_two_spokes_sharing_a_bucket_and_gc_keeps_what_the_o
     let tmp = tempfile::tempdir().unwrap();
     let g = garage(&tmp.path().join("garage"), 1, "shared");
     let blobs = g.cairn_config(0, "shared", "sites").unwrap();
-    let (hub, port, replicate) = hub();
+    let (hub, port, replicate) = hub("");
     let files: Vec<Vec<u8>> = (0..6)
         .map(|i| push(&hub, &format!("p{i}"), i, 300_000))
         .collect();
@@ -481,7 +478,7 @@ fn a_three_node_garage_with_a_node_down_keeps_publishing_serving_and_replicating
     let tmp = tempfile::tempdir().unwrap();
     let mut g = garage(&tmp.path().join("garage"), 3, "ha-bucket");
     let blobs = g.cairn_config(0, "ha-bucket", "").unwrap();
-    let (hub, port, replicate) = hub();
+    let (hub, port, replicate) = hub("");
     let p0 = push(&hub, "p0", 1, 300_000);
     let site = spoke(&hub, port, &replicate, &blobs, 0);
     site.ok(&["feed", "create", "uploads", "--type", "raw"]);
@@ -547,7 +544,7 @@ fn an_object_store_that_stops_answering_fails_publishes_cleanly_and_replication_
         .unwrap()
         .replace("timeout_secs = 10", "timeout_secs = 2")
         .replace("retries = 2", "retries = 1");
-    let (hub, port, replicate) = hub();
+    let (hub, port, replicate) = hub("");
     let site = spoke(&hub, port, &replicate, &blobs, 1);
     site.ok(&["feed", "create", "uploads", "--type", "raw"]);
     let publish = token(&site, "publish:uploads");
@@ -780,4 +777,26 @@ fn pushes_killed_mid_upload_leave_the_old_state_and_gc_clears_what_they_left() {
         "each with its outboard"
     );
     assert!(inst.ok(&["verify"]).contains("ok"));
+}
+
+#[test]
+fn a_hub_with_its_blobs_in_garage_serves_replication_to_a_local_spoke() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = garage(&tmp.path().join("garage"), 1, "hub-blobs");
+    let (hub, port, replicate) = hub(&g.cairn_config(0, "hub-blobs", "").unwrap());
+    let files: Vec<Vec<u8>> = [300_000, 5_000_000, 2_000]
+        .iter()
+        .enumerate()
+        .map(|(i, len)| push(&hub, &format!("h{i}"), 40 + i as u64, *len))
+        .collect();
+    let spoke = spoke(&hub, port, &replicate, "", 0);
+    let hub_server = Server::start(&hub);
+    let run = pull(&spoke);
+    assert_eq!(run["blob_bytes_received"], 5_302_000, "{run}");
+    for (i, data) in files.iter().enumerate() {
+        assert!(&get(&spoke, &format!("h{i}")).unwrap() == data, "h{i}");
+    }
+    assert!(spoke.ok(&["verify"]).contains("ok"));
+    hub_server.stop();
+    assert!(hub.ok(&["verify"]).contains("ok"));
 }
