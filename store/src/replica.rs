@@ -14,6 +14,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bao_tree::io::outboard::PostOrderOutboard;
 use bao_tree::io::sync::{
@@ -398,10 +399,7 @@ impl Store {
                 Ok(())
             }
             Some(BlobRecord::Backend(size)) => {
-                let (data, outboard) = self.files.open(hash).map_err(StoreError::io(
-                    "opening blob",
-                    Path::new(&self.files.describe(hash)),
-                ))?;
+                let (data, outboard) = self.open_for_sending(hash)?;
                 let tree = BaoTree::new(size, BLOCK_SIZE);
                 let ob = PostOrderOutboard {
                     root: (*hash).into(),
@@ -427,6 +425,33 @@ impl Store {
         }
     }
 
+    /// A blob's readers for sending, reused from the last few blobs sent: a peer asks for a
+    /// blob one piece after another, and each piece continues where the last one ended.
+    fn open_for_sending(
+        &self,
+        hash: &Hash,
+    ) -> Result<(Arc<dyn RandomAccess>, Arc<dyn RandomAccess>)> {
+        const KEEP: usize = 4;
+        {
+            let sending = self.sending.lock();
+            if let Some((_, d, o)) = sending.iter().find(|(h, _, _)| h == hash) {
+                return Ok((d.clone(), o.clone()));
+            }
+        }
+        let (data, outboard) = self.files.open(hash).map_err(StoreError::io(
+            "opening blob",
+            Path::new(&self.files.describe(hash)),
+        ))?;
+        let (data, outboard): (Arc<dyn RandomAccess>, Arc<dyn RandomAccess>) =
+            (Arc::from(data), Arc::from(outboard));
+        let mut sending = self.sending.lock();
+        if sending.len() >= KEEP {
+            sending.remove(0);
+        }
+        sending.push((*hash, data.clone(), outboard.clone()));
+        Ok((data, outboard))
+    }
+
     /// Opens (or resumes) the reception of a blob of `size` bytes.
     pub fn receive_blob(&self, hash: Hash, size: u64) -> Result<IncomingBlob> {
         IncomingBlob::open(&self.dir().join("partial"), hash, size)
@@ -447,7 +472,7 @@ impl Txn<'_> {
     }
 }
 
-struct Dyn(Box<dyn RandomAccess>);
+struct Dyn(Arc<dyn RandomAccess>);
 
 impl ReadAt for Dyn {
     fn read_at(&self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {

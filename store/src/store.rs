@@ -582,7 +582,17 @@ pub struct Store {
     pub(crate) options: StoreOptions,
     pub(crate) write: Mutex<WriteState>,
     pins: Arc<Mutex<HashMap<Hash, usize>>>,
+    /// Readers of the blobs most recently sent to peers: a blob goes out piece by piece, and
+    /// reopening it for every piece costs requests when it lives in a bucket.
+    pub(crate) sending: Mutex<Vec<SendingBlob>>,
 }
+
+/// An open blob being sent: its hash, bytes and outboard.
+pub(crate) type SendingBlob = (
+    Hash,
+    Arc<dyn blob::RandomAccess>,
+    Arc<dyn blob::RandomAccess>,
+);
 
 impl Drop for Store {
     /// Writes the memtables out on a clean close, so the next open does not replay the whole
@@ -818,6 +828,7 @@ impl Store {
                 gc_protect: None,
             }),
             pins: Arc::new(Mutex::new(HashMap::new())),
+            sending: Mutex::new(Vec::new()),
         };
         store.write.get_mut().hlc = store.meta_u64(META_HLC)?.unwrap_or(0);
         match store.meta_u64(META_SCHEMA)? {

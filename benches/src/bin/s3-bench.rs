@@ -231,28 +231,31 @@ struct Pull {
     blob_bytes_adopted: u64,
 }
 
-/// A local hub with `files` x `mib` MiB, and two spokes on one bucket and prefix pulling from
-/// it in turn: what each run moved.
-fn shared_bucket(
+/// A hub (its `[blobs]` section `hub_blobs`, empty for local disk) with `files` x `mib` MiB,
+/// and spokes (name, `[blobs]` section) pulling everything from it in turn: what each run
+/// moved.
+fn replication(
     bin: &Path,
     root: &Path,
-    garage: &Garage,
+    tag: &str,
+    hub_blobs: &str,
+    spokes: &[(&str, &str)],
     files: usize,
     mib: u64,
 ) -> Result<Vec<Pull>> {
-    let hub = root.join("shared-hub");
+    let hub = root.join(format!("{tag}-hub"));
     let port = std::net::UdpSocket::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     cairn_init(
         bin,
         &hub,
-        &format!("[sync]\nlisten = \"127.0.0.1:{port}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n"),
+        &format!("[sync]\nlisten = \"127.0.0.1:{port}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n{hub_blobs}"),
     )?;
     let mut buf = vec![0u8; (mib << 20) as usize];
     for i in 0..files {
         cairn_benches::fill_bytes(7_000 + i as u64, &mut buf);
-        let f = root.join("shared-file.bin");
+        let f = root.join("replicated-file.bin");
         fs::write(&f, &buf)?;
         let name = format!("s{i}");
         cairn_cli(
@@ -272,10 +275,9 @@ fn shared_bucket(
     }
     let hub_key = cairn_cli(bin, &hub, &["key", "show"])?;
     let replicate = cairn_cli(bin, &hub, &["token", "create", "--scope", "replicate:*"])?;
-    let blobs = garage.cairn_config(0, BUCKET, "shared")?;
-    let mut spokes = Vec::new();
-    for name in ["spoke-a", "spoke-b"] {
-        let dir = root.join(name);
+    let mut dirs = Vec::new();
+    for (name, blobs) in spokes {
+        let dir = root.join(format!("{tag}-{name}"));
         let config = format!(
             "[sync]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n{blobs}\n[[replication]]\nname = \"from-hub\"\npeer = \"hub\"\ntoken = \"{replicate}\"\nfeeds = [\"files\"]\nmode = \"pull\"\ninterval_secs = 0\n"
         );
@@ -299,8 +301,9 @@ fn shared_bucket(
                 &hub_key,
             ],
         )?;
-        spokes.push((name, dir));
+        dirs.push((*name, dir));
     }
+    let spokes = dirs;
     let _hub = cairn_serve(bin, &hub, String::new())?;
     let mut out = Vec::new();
     for (name, dir) in &spokes {
@@ -474,35 +477,71 @@ fn main() -> Result<()> {
             r.download_mib_s / baseline.download_mib_s,
         ));
     }
-    let shared = if args.shared_files > 0 {
+    let mut shared = Vec::new();
+    let mut serving = Vec::new();
+    if args.shared_files > 0 {
         eprintln!("s3-bench: two spokes sharing a bucket");
-        shared_bucket(
+        let on_bucket = garage.cairn_config(0, BUCKET, "shared")?;
+        shared = replication(
             &cairn_bin,
             &root,
-            &garage,
+            "shared",
+            "",
+            &[("spoke-a", &on_bucket), ("spoke-b", &on_bucket)],
             args.shared_files,
             args.shared_mib,
-        )?
-    } else {
-        Vec::new()
-    };
-    if !shared.is_empty() {
+        )?;
+        eprintln!("s3-bench: a local spoke pulling from a hub on local disk, then on Garage");
+        for (tag, blobs) in [
+            ("from-local-hub", String::new()),
+            ("from-garage-hub", garage.cairn_config(0, BUCKET, "hub")?),
+        ] {
+            serving.extend(replication(
+                &cairn_bin,
+                &root,
+                tag,
+                &blobs,
+                &[(tag, "")],
+                args.shared_files,
+                args.shared_mib,
+            )?);
+        }
+    }
+    let pulls = |md: &mut String, title: String, rows: &[Pull]| {
         md.push_str(&format!(
-            "\nTwo spokes on one bucket and prefix pull {} files of {} MiB from a local hub in turn (`cairn replicate --json`):\n\n\
-             | spoke | seconds | bytes received | blob bytes received | blobs taken from the bucket |\n| --- | --- | --- | --- | --- |\n",
-            args.shared_files, args.shared_mib
+            "\n{title}\n\n\
+             | spoke | seconds | MB/s | bytes received | blob bytes received | blobs taken from the bucket |\n| --- | --- | --- | --- | --- | --- |\n"
         ));
-        for p in &shared {
+        for p in rows {
             md.push_str(&format!(
-                "| {} | {:.2} | {} | {} | {} ({} bytes) |\n",
+                "| {} | {:.2} | {:.0} | {} | {} | {} ({} bytes) |\n",
                 p.spoke,
                 p.seconds,
+                p.bytes_received as f64 / p.seconds / 1e6,
                 p.bytes_received,
                 p.blob_bytes_received,
                 p.blobs_adopted,
                 p.blob_bytes_adopted
             ));
         }
+    };
+    if !shared.is_empty() {
+        pulls(
+            &mut md,
+            format!(
+                "Two spokes on one bucket and prefix pull {} files of {} MiB from a local hub in turn (`cairn replicate --json`):",
+                args.shared_files, args.shared_mib
+            ),
+            &shared,
+        );
+        pulls(
+            &mut md,
+            format!(
+                "A spoke on local disk pulls the same {} files of {} MiB over QUIC on loopback from a hub on local disk, then from a hub whose blobs are in Garage:",
+                args.shared_files, args.shared_mib
+            ),
+            &serving,
+        );
     }
     print!("{md}");
     fs::write(root.join("results.md"), &md)?;
@@ -513,6 +552,7 @@ fn main() -> Result<()> {
             "runs": args.runs,
             "rows": rows,
             "shared_bucket": shared,
+            "hub_serving": serving,
         }))?,
     )?;
     Ok(())
