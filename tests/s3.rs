@@ -471,6 +471,22 @@ fn a_local_hub_replicates_to_two_spokes_sharing_a_bucket_and_gc_keeps_what_the_o
     assert!(text.contains("no reference marker"), "{text}");
     bucket.put(&marker, Vec::new());
     assert!(owner.ok(&["verify"]).contains("ok"));
+
+    // A blob nobody references any more (two collectors dropping the last two references at
+    // once leave one behind) is removed by any sharing instance's gc; nothing else is.
+    let held = bucket.list("sites/blobs");
+    let leaked = "ab".repeat(32);
+    bucket.put(&format!("sites/blobs/{leaked}"), vec![1; 20_000]);
+    bucket.put(&format!("sites/blobs/{leaked}.obao"), vec![2; 64]);
+    let gc = b.ok(&["gc"]);
+    assert!(
+        gc.contains("1 blobs nobody sharing the bucket referenced"),
+        "{gc}"
+    );
+    assert_eq!(bucket.list("sites/blobs"), held);
+    for inst in [&a, &b] {
+        assert!(inst.ok(&["verify"]).contains("ok"));
+    }
 }
 
 #[test]

@@ -184,6 +184,11 @@ pub trait BlobBackend: Send + Sync + fmt::Debug {
         let _ = (hash, size);
         Ok(false)
     }
+    /// Removes blobs that no instance sharing the storage references (a leak that racing
+    /// collectors can leave); how many. Storage that is never shared has none.
+    fn sweep_unreferenced(&self) -> io::Result<u64> {
+        Ok(0)
+    }
     /// Opens a blob's bytes and outboard for reading.
     fn open(&self, hash: &Hash) -> io::Result<(Box<dyn RandomAccess>, Box<dyn RandomAccess>)>;
     /// Removes a blob (both parts); absent is not an error.

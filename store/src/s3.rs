@@ -28,6 +28,7 @@
 //! lease plus twice the request timeout plus a margin was left by a collector that died and is
 //! cleared by whoever finds it.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::File;
 use std::future::Future;
@@ -506,6 +507,60 @@ impl S3Blobs {
         }
         Ok(false)
     }
+
+    /// The blob hashes of the objects under `prefix` (`.obao` names count for their blob).
+    fn hashes_under(&self, prefix: ObjectPath) -> io::Result<BTreeSet<Hash>> {
+        let client = self.client.clone();
+        let listed: Vec<object_store::Result<object_store::ObjectMeta>> =
+            self.run(async move { client.list(Some(&prefix)).collect().await })?;
+        let mut out = BTreeSet::new();
+        for item in listed {
+            let meta = item.map_err(|e| self.error("listing", e))?;
+            if let Some(name) = meta.location.filename() {
+                if let Ok(h) = name.strip_suffix(".obao").unwrap_or(name).parse() {
+                    out.insert(h);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a blob under this instance's collection marker if, with the marker standing,
+    /// no instance (this one included) references it; whether it did.
+    fn collect_unreferenced(&self, hash: &Hash) -> io::Result<bool> {
+        let _one = self.stripe(hash);
+        self.wait_not_condemned(hash)?;
+        let mine = self.condemned_key(hash);
+        let started = Instant::now();
+        self.put_marker(mine.clone())?;
+        let held = self.size_of(self.ref_key(&self.instance, hash))?.is_some()
+            || self.referenced_by_others(hash)?;
+        if !held {
+            self.delete_blob_within_lease(hash, started)?;
+        }
+        self.delete(mine)?;
+        Ok(!held)
+    }
+
+    /// Deletes a blob's bytes and outboard for a collector whose marker went up at `started`:
+    /// no delete once the lease is over, none retried (a failed one may still land, so the
+    /// caller's marker must stay).
+    fn delete_blob_within_lease(&self, hash: &Hash, started: Instant) -> io::Result<()> {
+        for key in [self.data_key(hash), self.outboard_key(hash)] {
+            if started.elapsed() > LEASE {
+                return Err(unavailable(
+                    io::ErrorKind::TimedOut,
+                    format!("collecting blob {hash} took longer than its lease; retry"),
+                ));
+            }
+            let client = self.once.clone();
+            match self.run(async move { client.delete(&key).await })? {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.error("deleting from", e)),
+            }
+        }
+        Ok(())
+    }
 }
 
 fn run_on<F>(handle: &tokio::runtime::Handle, f: F) -> io::Result<F::Output>
@@ -655,24 +710,26 @@ impl BlobBackend for S3Blobs {
         let started = Instant::now();
         self.put_marker(mine.clone())?;
         if !self.referenced_by_others(hash)? {
-            for key in [self.data_key(hash), self.outboard_key(hash)] {
-                if started.elapsed() > LEASE {
-                    // The marker stays and goes stale: a delete may still be under way.
-                    return Err(unavailable(
-                        io::ErrorKind::TimedOut,
-                        format!("collecting blob {hash} took longer than its lease; retry"),
-                    ));
-                }
-                let client = self.once.clone();
-                match self.run(async move { client.delete(&key).await })? {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                    // Not retried, and the marker stays: the failed delete may yet land.
-                    Err(e) => return Err(self.error("deleting from", e)),
-                }
-            }
+            // On failure the marker stays and goes stale: a delete may still be under way.
+            self.delete_blob_within_lease(hash, started)?;
         }
         self.delete(self.ref_key(&self.instance, hash))?;
         self.delete(mine)
+    }
+
+    fn sweep_unreferenced(&self) -> io::Result<u64> {
+        let mut referenced = BTreeSet::new();
+        for instance in self.instances()? {
+            referenced.extend(self.hashes_under(self.key(&format!("refs/{instance}")))?);
+        }
+        let mut removed = 0;
+        for hash in self.hashes_under(self.key("blobs"))? {
+            // Checked again, under a collection marker, before anything is deleted.
+            if !referenced.contains(&hash) && self.collect_unreferenced(&hash)? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     fn list(&self) -> io::Result<Vec<Hash>> {

@@ -525,6 +525,9 @@ pub struct GcReport {
     pub bytes_freed: u64,
     /// Blob files with no index record removed (left by a crash).
     pub orphan_files_removed: u64,
+    /// Blobs in a shared bucket that no instance referenced any more, removed (left when
+    /// two instances dropped their last references at the same moment).
+    pub shared_orphans_removed: u64,
     /// Unreferenced documents removed.
     pub docs_removed: u64,
     /// Tombstones removed (past the horizon, or synced by every known peer).
@@ -1868,6 +1871,11 @@ impl Store {
                 report.orphan_files_removed += 1;
             }
         }
+        // Blobs in a shared bucket that nobody references any more.
+        report.shared_orphans_removed = self
+            .files
+            .sweep_unreferenced()
+            .map_err(StoreError::io("sweeping", &self.dir.join("blobs")))?;
         Ok(report)
     }
 
