@@ -437,10 +437,10 @@ fn a_local_hub_replicates_to_two_spokes_sharing_a_bucket_and_gc_keeps_what_the_o
     bucket.put(&marker, Vec::new());
     let lifted = {
         let marker = marker.clone();
-        let g_endpoint = Bucket::new(&g, "shared");
+        let collector = Bucket::new(&g, "shared");
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_secs(2));
-            g_endpoint.delete(&marker);
+            collector.delete(&marker);
         })
     };
     let started = Instant::now();

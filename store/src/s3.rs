@@ -141,7 +141,7 @@ pub struct S3Blobs {
     stale: Duration,
     /// In-process exclusion per blob (by its first byte): install, adopt and remove of one
     /// blob never overlap within an instance, which shares one reference marker.
-    stripes: Vec<Mutex<()>>,
+    stripes: [Mutex<()>; 64],
     /// Always Some until dropped.
     rt: Option<tokio::runtime::Runtime>,
     handle: tokio::runtime::Handle,
@@ -280,7 +280,7 @@ impl S3Blobs {
             client: Arc::new(client),
             once: Arc::new(once),
             stale: LEASE + 2 * timeout + Duration::from_secs(30),
-            stripes: (0..64).map(|_| Mutex::new(())).collect(),
+            stripes: std::array::from_fn(|_| Mutex::new(())),
             handle: rt.handle().clone(),
             rt: Some(rt),
             location: config.location(),
@@ -292,11 +292,6 @@ impl S3Blobs {
             instance: instance.to_owned(),
             part_size: (config.part_size_mib as usize) << 20,
         })
-    }
-
-    /// `s3://bucket/prefix`.
-    pub fn location(&self) -> &str {
-        &self.location
     }
 
     fn key(&self, rest: &str) -> ObjectPath {
@@ -321,11 +316,7 @@ impl S3Blobs {
     }
 
     fn stripe(&self, hash: &Hash) -> parking_lot::MutexGuard<'_, ()> {
-        let i = hash.as_bytes()[0] as usize % self.stripes.len().max(1);
-        match self.stripes.get(i) {
-            Some(m) => m.lock(),
-            None => self.stripes[0].lock(),
-        }
+        self.stripes[usize::from(hash.as_bytes()[0]) % self.stripes.len()].lock()
     }
 
     /// Runs a future on the backend's own runtime and waits for it; callable from any thread,
@@ -525,18 +516,26 @@ impl S3Blobs {
         Ok(out)
     }
 
-    /// Deletes a blob under this instance's collection marker if, with the marker standing,
-    /// no instance (this one included) references it; whether it did.
-    fn collect_unreferenced(&self, hash: &Hash) -> io::Result<bool> {
+    /// Collects a blob under this instance's collection marker: deletes it if, with the
+    /// marker standing, no other instance references it (nor this one, if `own_counts`), then
+    /// drops this instance's reference (unless `own_counts`) and the marker; whether it was
+    /// deleted. On any failure this instance's reference stays (so a later gc tries again).
+    fn collect(&self, hash: &Hash, own_counts: bool) -> io::Result<bool> {
         let _one = self.stripe(hash);
+        // One collection of a blob at a time: waiting out another collector makes it likelier
+        // that the last reference's holder is the one that deletes.
         self.wait_not_condemned(hash)?;
         let mine = self.condemned_key(hash);
         let started = Instant::now();
         self.put_marker(mine.clone())?;
-        let held = self.size_of(self.ref_key(&self.instance, hash))?.is_some()
+        let held = (own_counts && self.size_of(self.ref_key(&self.instance, hash))?.is_some())
             || self.referenced_by_others(hash)?;
         if !held {
+            // On failure the marker stays and goes stale: a delete may still be under way.
             self.delete_blob_within_lease(hash, started)?;
+        }
+        if !own_counts {
+            self.delete(self.ref_key(&self.instance, hash))?;
         }
         self.delete(mine)?;
         Ok(!held)
@@ -702,19 +701,7 @@ impl BlobBackend for S3Blobs {
     }
 
     fn remove(&self, hash: &Hash) -> io::Result<()> {
-        let _one = self.stripe(hash);
-        // One collection of a blob at a time: waiting out another collector makes it likelier
-        // that the last reference's holder is the one that deletes.
-        self.wait_not_condemned(hash)?;
-        let mine = self.condemned_key(hash);
-        let started = Instant::now();
-        self.put_marker(mine.clone())?;
-        if !self.referenced_by_others(hash)? {
-            // On failure the marker stays and goes stale: a delete may still be under way.
-            self.delete_blob_within_lease(hash, started)?;
-        }
-        self.delete(self.ref_key(&self.instance, hash))?;
-        self.delete(mine)
+        self.collect(hash, false).map(|_| ())
     }
 
     fn sweep_unreferenced(&self) -> io::Result<u64> {
@@ -725,7 +712,7 @@ impl BlobBackend for S3Blobs {
         let mut removed = 0;
         for hash in self.hashes_under(self.key("blobs"))? {
             // Checked again, under a collection marker, before anything is deleted.
-            if !referenced.contains(&hash) && self.collect_unreferenced(&hash)? {
+            if !referenced.contains(&hash) && self.collect(&hash, true)? {
                 removed += 1;
             }
         }

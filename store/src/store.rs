@@ -189,6 +189,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// An entry (`what`: which kind) whose document is not in the store: the database is
+    /// damaged.
+    pub(crate) fn missing_document(what: &'static str, key: &str, doc: &Hash) -> StoreError {
+        StoreError::CorruptRecord {
+            what,
+            detail: format!("`{key}` names missing document {doc}"),
+        }
+    }
+
     pub(crate) fn io(
         action: &'static str,
         path: &Path,
@@ -1421,10 +1430,7 @@ impl Store {
             }) => {
                 let d = self
                     .document(&doc)?
-                    .ok_or_else(|| StoreError::CorruptRecord {
-                        what: "entry",
-                        detail: format!("`{key}` names missing document {doc}"),
-                    })?;
+                    .ok_or_else(|| StoreError::missing_document("entry", &key, &doc))?;
                 Ok(Some((doc, d.payload()?)))
             }
             _ => Ok(None),
@@ -1644,10 +1650,7 @@ impl Store {
             };
             let existing: Manifest = txn
                 .doc(&doc)?
-                .ok_or_else(|| StoreError::CorruptRecord {
-                    what: "entry",
-                    detail: format!("`{key}` names missing document {doc}"),
-                })?
+                .ok_or_else(|| StoreError::missing_document("entry", &key, &doc))?
                 .payload()?;
             let mut metadata = existing.metadata.clone();
             for (k, v) in set {
@@ -1912,16 +1915,17 @@ impl Store {
                 continue;
             };
             report.blobs += 1;
-            let size = match BlobRecord::decode(&v) {
-                Ok(r) => r.size(),
+            let record = match BlobRecord::decode(&v) {
+                Ok(r) => r,
                 Err(e) => {
                     problems.push(problem("blob", hash.to_hex(), e.to_string()));
                     continue;
                 }
             };
+            let size = record.size();
             let mut sink = CountingSink(0);
             match self.read_blob_to(&hash, &mut sink) {
-                Ok(n) if n == size && !v.is_empty() && v[0] == BLOB_BACKEND && !held.contains(&hash) => {
+                Ok(n) if n == size && matches!(record, BlobRecord::Backend(_)) && !held.contains(&hash) => {
                     problems.push(problem(
                         "blob",
                         hash.to_hex(),
@@ -2279,10 +2283,7 @@ impl<'s> Txn<'s> {
             }) => {
                 let existing: Manifest = self
                     .doc(&doc)?
-                    .ok_or_else(|| StoreError::CorruptRecord {
-                        what: "entry",
-                        detail: format!("`{key}` names missing document {doc}"),
-                    })?
+                    .ok_or_else(|| StoreError::missing_document("entry", &key, &doc))?
                     .payload()?;
                 let mut files = existing.files.clone();
                 let mut added = false;

@@ -31,12 +31,9 @@ impl Store {
         let mut out = Vec::new();
         for e in self.entries(SYSTEM_FEED)? {
             if e.key.starts_with(prefix) && e.value.kind == EntryKind::Document {
-                let doc =
-                    self.document(&e.value.doc)?
-                        .ok_or_else(|| StoreError::CorruptRecord {
-                            what: "system entry",
-                            detail: format!("`{}` names missing document {}", e.key, e.value.doc),
-                        })?;
+                let doc = self.document(&e.value.doc)?.ok_or_else(|| {
+                    StoreError::missing_document("system entry", &e.key, &e.value.doc)
+                })?;
                 out.push(doc.payload()?);
             }
         }
