@@ -142,6 +142,60 @@ fn read_bounded(r: impl Read, file: &'static str) -> Result<String, PackageError
     })
 }
 
+/// Largest GNU long-name or long-link body, or PAX extension header, read from a tar.
+pub const MAX_TAR_EXTENSION_BYTES: u64 = 64 << 10;
+/// Decompressed bytes read from a tar.gz before giving up on finding the metadata file: a
+/// few megabytes of gzip can hold gigabytes of zeros, and each is read to be skipped.
+pub const MAX_DECOMPRESSED_BYTES: u64 = 1 << 30;
+
+/// Reads at most `left` bytes, then fails: the decompression bound.
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Err(io::Error::other(format!(
+                "more than {MAX_DECOMPRESSED_BYTES} bytes decompressed before the metadata file"
+            )));
+        }
+        let max = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..max])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// The body of a tar extension entry (long name, long link, PAX header), bounded.
+fn read_extension<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    format: &'static str,
+) -> Result<Vec<u8>, PackageError> {
+    let size = entry.header().size().map_err(bad_archive(format))?;
+    if size > MAX_TAR_EXTENSION_BYTES {
+        return Err(PackageError::BadArchive {
+            format,
+            detail: format!(
+                "a tar extension header of {size} bytes (at most {MAX_TAR_EXTENSION_BYTES} are read)"
+            ),
+        });
+    }
+    let mut out = Vec::with_capacity(size as usize);
+    entry
+        .take(MAX_TAR_EXTENSION_BYTES)
+        .read_to_end(&mut out)
+        .map_err(bad_archive(format))?;
+    Ok(out)
+}
+
+/// The text of the first regular file in a tar.gz whose path `wanted` accepts. Entries are
+/// read raw, so the tar reader never buffers a long name, long link or PAX header itself;
+/// they are read here, each bounded, and applied to the entry they describe. Entries,
+/// decompressed bytes and the metadata file are bounded too.
 fn find_in_tar_gz(
     r: impl Read,
     format: &'static str,
@@ -154,16 +208,48 @@ fn find_in_tar_gz(
             detail: "not gzip".into(),
         });
     }
-    let mut archive = tar::Archive::new(gz);
-    let entries = archive.entries().map_err(bad_archive(format))?;
+    let mut archive = tar::Archive::new(Bounded {
+        inner: gz,
+        left: MAX_DECOMPRESSED_BYTES,
+    });
+    let entries = archive.entries().map_err(bad_archive(format))?.raw(true);
+    let mut long_name: Option<String> = None;
+    let mut pax_path: Option<String> = None;
     for (i, entry) in entries.enumerate() {
         if i >= MAX_ARCHIVE_ENTRIES {
             break;
         }
-        let entry = entry.map_err(bad_archive(format))?;
-        let path = entry.path().map_err(bad_archive(format))?;
-        let path = path.to_string_lossy().into_owned();
-        if wanted(&path) {
+        let mut entry = entry.map_err(bad_archive(format))?;
+        let kind = entry.header().entry_type();
+        if kind.is_gnu_longname() {
+            let body = read_extension(&mut entry, format)?;
+            let name = String::from_utf8_lossy(&body);
+            long_name = Some(name.trim_end_matches('\0').to_owned());
+            continue;
+        }
+        if kind.is_gnu_longlink() || kind.is_pax_global_extensions() {
+            read_extension(&mut entry, format)?;
+            continue;
+        }
+        if kind.is_pax_local_extensions() {
+            let body = read_extension(&mut entry, format)?;
+            for ext in tar::PaxExtensions::new(&body) {
+                let ext = ext.map_err(bad_archive(format))?;
+                if ext.key() == Ok("path") {
+                    pax_path = ext.value().ok().map(str::to_owned);
+                }
+            }
+            continue;
+        }
+        let path = match pax_path.take().or(long_name.take()) {
+            Some(p) => p,
+            None => entry
+                .path()
+                .map_err(bad_archive(format))?
+                .to_string_lossy()
+                .into_owned(),
+        };
+        if kind.is_file() && wanted(&path) {
             return read_bounded(entry, "metadata file").map(Some);
         }
     }
