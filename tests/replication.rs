@@ -273,9 +273,10 @@ fn hub_pushes_to_and_mirrors_with_two_spokes() {
             "--key",
             &hub.key,
         ]);
+        // The hub writes into the spokes: pushing and mirroring need the write scope.
         let out = s
             .inst
-            .cmd(&["token", "create", "--scope", "replicate:*"])
+            .cmd(&["token", "create", "--scope", "replicate-write:*"])
             .output()
             .unwrap();
         let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();

@@ -17,6 +17,11 @@ const LOG_PREFIX: &[u8] = b"replog\0";
 const CHECKPOINT_PREFIX: &[u8] = b"checkpoint\0";
 const LOG_NEXT: &[u8] = b"replog-next";
 const CURSOR_PREFIX: &[u8] = b"cursor\0";
+const PEER_SEEN_PREFIX: &[u8] = b"peer-seen\0";
+const UPSTREAM_CHECKPOINT_PREFIX: &[u8] = b"upstream-checkpoint\0";
+
+/// How far in the future a checkpoint's signing time may be (clocks disagree a little).
+pub const CHECKPOINT_CLOCK_SKEW_SECS: u64 = 300;
 
 /// Replication log records kept; older ones are dropped.
 pub const REPLICATION_LOG_CAP: u64 = 1000;
@@ -28,8 +33,12 @@ pub enum Scope {
     Read(String),
     /// Publish to a feed (`*` for all).
     Publish(String),
-    /// Replicate a feed, `system` for the system set, `*` for everything.
+    /// Replicate a feed from this instance (the holder pulls), `system` for the system set,
+    /// `*` for everything.
     Replicate(String),
+    /// Replicate a feed into this instance as well (the holder pushes or mirrors), `system`,
+    /// `*`; implies [`Scope::Replicate`].
+    ReplicateWrite(String),
     /// Everything.
     Admin,
 }
@@ -40,6 +49,7 @@ impl std::fmt::Display for Scope {
             Scope::Read(x) => write!(f, "read:{x}"),
             Scope::Publish(x) => write!(f, "publish:{x}"),
             Scope::Replicate(x) => write!(f, "replicate:{x}"),
+            Scope::ReplicateWrite(x) => write!(f, "replicate-write:{x}"),
             Scope::Admin => f.write_str("admin"),
         }
     }
@@ -49,14 +59,14 @@ impl std::str::FromStr for Scope {
     type Err = String;
     fn from_str(s: &str) -> Result<Scope, String> {
         let bad = || {
-            format!("invalid scope `{s}` (expected read:FEED, publish:FEED, replicate:FEED, replicate:system, replicate:* or admin)")
+            format!("invalid scope `{s}` (expected read:FEED, publish:FEED, replicate:FEED, replicate-write:FEED (FEED may be `system` or `*` for these two) or admin)")
         };
         if s == "admin" {
             return Ok(Scope::Admin);
         }
         let (kind, target) = s.split_once(':').ok_or_else(bad)?;
         let valid_target = target == "*"
-            || (kind == "replicate" && target == "system")
+            || (kind.starts_with("replicate") && target == "system")
             || crate::names::check_feed_name(target).is_ok();
         if !valid_target {
             return Err(bad());
@@ -65,6 +75,7 @@ impl std::str::FromStr for Scope {
             "read" => Ok(Scope::Read(target.into())),
             "publish" => Ok(Scope::Publish(target.into())),
             "replicate" => Ok(Scope::Replicate(target.into())),
+            "replicate-write" => Ok(Scope::ReplicateWrite(target.into())),
             _ => Err(bad()),
         }
     }
@@ -84,11 +95,24 @@ pub struct TokenInfo {
 }
 
 impl TokenInfo {
-    /// Whether the token may replicate `feed` (`@system` for the system set).
+    /// Whether the token may replicate `feed` (`@system` for the system set) from this
+    /// instance: pull.
     pub fn may_replicate(&self, feed: &str) -> bool {
+        let covers = |t: &str| t == "*" || (feed == SYSTEM_FEED && t == "system") || t == feed;
         self.scopes.iter().any(|s| match s {
             Scope::Admin => true,
-            Scope::Replicate(t) => t == "*" || (feed == SYSTEM_FEED && t == "system") || t == feed,
+            Scope::Replicate(t) | Scope::ReplicateWrite(t) => covers(t),
+            _ => false,
+        })
+    }
+
+    /// Whether the token may also write `feed` on this instance by replication: push and
+    /// mirror.
+    pub fn may_replicate_write(&self, feed: &str) -> bool {
+        let covers = |t: &str| t == "*" || (feed == SYSTEM_FEED && t == "system") || t == feed;
+        self.scopes.iter().any(|s| match s {
+            Scope::Admin => true,
+            Scope::ReplicateWrite(t) => covers(t),
             _ => false,
         })
     }
@@ -140,6 +164,23 @@ impl<'de> Deserialize<'de> for PublicKey {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
     }
+}
+
+/// The newest checkpoint of a feed that came through one upstream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamCheckpoint {
+    /// The replication's peer it came from.
+    pub upstream: String,
+    /// The feed.
+    pub feed: String,
+    /// When the writer signed it, Unix seconds.
+    pub signed_secs: u64,
+    /// When it expires, Unix seconds.
+    pub expires_secs: u64,
+    /// The change-log sequence number it covers.
+    pub seq: u64,
+    /// When it arrived here, Unix milliseconds.
+    pub received_ms: u64,
 }
 
 /// One run of a replication, as kept in the replication log.
@@ -445,8 +486,12 @@ impl Store {
     }
 
     /// Checks an upstream checkpoint for `feed` before applying anything: signed by a key
-    /// trusted for the feed, for this feed, and not older than the one held (a rollback).
-    pub fn check_checkpoint(&self, feed: &str, bytes: &[u8]) -> Result<Checkpoint> {
+    /// trusted for the feed, for this feed, signed no later than a few minutes from `now_secs`,
+    /// not expired, and not older than the one held: a lower sequence number in the same
+    /// change-log epoch, or an earlier signing time in any epoch, is a rollback. A checkpoint
+    /// of exactly the state held (same epoch, sequence number and root) is not a rollback even
+    /// if it was signed earlier (two relays may pass on two signings of one state).
+    pub fn check_checkpoint(&self, feed: &str, bytes: &[u8], now_secs: u64) -> Result<Checkpoint> {
         let doc = SignedDocument::decode(bytes)?;
         let trusted = self.is_trusted(feed, &doc.signer())?;
         doc.check_trusted(feed, |_| trusted)?;
@@ -459,13 +504,26 @@ impl Store {
         if cp.feed != feed {
             return Err(reject(format!("checkpoint is for feed `{}`", cp.feed)));
         }
+        if cp.time > now_secs.saturating_add(CHECKPOINT_CLOCK_SKEW_SECS) {
+            return Err(reject(format!(
+                "checkpoint was signed {} s in the future; check the clocks of both sites",
+                cp.time - now_secs
+            )));
+        }
+        if cp.expires <= now_secs {
+            return Err(reject(format!(
+                "checkpoint expired {} s ago (signed at {}): the upstream has not heard from the feed's writer since; refusing stale data",
+                now_secs - cp.expires,
+                cp.time
+            )));
+        }
         if let Some((held, _)) = self.checkpoint(feed)? {
-            if (cp.epoch == held.epoch && cp.seq < held.seq)
-                || (cp.epoch == held.epoch && cp.seq == held.seq && cp.time < held.time)
+            let same_state = cp.epoch == held.epoch && cp.seq == held.seq && cp.root == held.root;
+            if !same_state && ((cp.epoch == held.epoch && cp.seq < held.seq) || cp.time < held.time)
             {
                 return Err(reject(format!(
-                    "checkpoint at seq {} is older than the one held (seq {}): refusing a rollback",
-                    cp.seq, held.seq
+                    "checkpoint (epoch {:016x}, seq {}, signed at {}) is older than the one held (epoch {:016x}, seq {}, signed at {}): refusing a rollback",
+                    cp.epoch, cp.seq, cp.time, held.epoch, held.seq, held.time
                 )));
             }
         }
@@ -473,9 +531,10 @@ impl Store {
     }
 
     /// Accepts an upstream checkpoint for `feed`: everything [`Store::check_checkpoint`]
-    /// checks, and it must match this replica's recomputed root and count.
-    pub fn accept_checkpoint(&self, feed: &str, bytes: &[u8]) -> Result<Checkpoint> {
-        let cp = self.check_checkpoint(feed, bytes)?;
+    /// checks, and it must match this replica's recomputed root and count. It is kept unless
+    /// the one held is a later signing of the same state.
+    pub fn accept_checkpoint(&self, feed: &str, bytes: &[u8], now_secs: u64) -> Result<Checkpoint> {
+        let cp = self.check_checkpoint(feed, bytes, now_secs)?;
         let doc = SignedDocument::decode(bytes)?;
         let s = self.feed_summary(feed)?;
         if cp.root.as_bytes() != s.root.fingerprint.as_bytes() || cp.count != s.root.count {
@@ -484,6 +543,11 @@ impl Store {
                 doc: doc.id(),
                 reason: "checkpoint root does not match this replica's recomputed root".into(),
             });
+        }
+        if let Some((held, _)) = self.checkpoint(feed)? {
+            if held.time >= cp.time {
+                return Ok(cp);
+            }
         }
         let mut batch = rocksdb::WriteBatch::default();
         batch.put_cf(
@@ -499,6 +563,89 @@ impl Store {
         self.db.write(batch)?;
         self.db.flush_wal(true)?;
         Ok(cp)
+    }
+
+    /// The checkpoint to give a peer that pulls `feed` from here. A replica passes on,
+    /// unchanged, the writer's checkpoint it holds when that covers exactly its current state:
+    /// downstream sites check the writer's signature end to end and never need to trust this
+    /// instance. Otherwise (this instance writes the feed, or its copy is between two
+    /// checkpoints) it signs its own, valid for `ttl_secs`, which a peer accepts only if it
+    /// trusts this instance for the feed.
+    pub fn checkpoint_to_serve(&self, feed: &str, ttl_secs: u64) -> Result<Vec<u8>> {
+        if let Some((held, doc)) = self.checkpoint(feed)? {
+            let s = self.feed_summary(feed)?;
+            if doc.signer() != self.identity().public_key()
+                && held.root.as_bytes() == s.root.fingerprint.as_bytes()
+                && held.count == s.root.count
+            {
+                return Ok(doc.bytes().to_vec());
+            }
+        }
+        Ok(self.sign_checkpoint(feed, ttl_secs)?.bytes().to_vec())
+    }
+
+    /// Records that a checkpoint of `feed` came through `upstream` (a replication's peer), for
+    /// the freshness figures of `/metrics` and the status API.
+    pub fn record_upstream_checkpoint(
+        &self,
+        upstream: &str,
+        feed: &str,
+        cp: &Checkpoint,
+    ) -> Result<()> {
+        let key = [
+            UPSTREAM_CHECKPOINT_PREFIX,
+            upstream.as_bytes(),
+            b"\0",
+            feed.as_bytes(),
+        ]
+        .concat();
+        let seen = UpstreamCheckpoint {
+            upstream: upstream.into(),
+            feed: feed.into(),
+            signed_secs: cp.time,
+            expires_secs: cp.expires,
+            seq: cp.seq,
+            received_ms: now_ms(),
+        };
+        let bytes = cbor::to_canonical(&seen).map_err(meta_err("upstream checkpoint"))?;
+        self.db.put_cf(self.cf(CF_META), key, bytes)?;
+        Ok(())
+    }
+
+    /// The newest checkpoint seen per upstream and feed.
+    pub fn upstream_checkpoints(&self) -> Result<Vec<UpstreamCheckpoint>> {
+        let mut out = Vec::new();
+        for item in self.scan(CF_META, UPSTREAM_CHECKPOINT_PREFIX, None) {
+            let (_, v) = item?;
+            out.push(cbor::from_canonical(&v, 1 << 12).map_err(meta_err("upstream checkpoint"))?);
+        }
+        Ok(out)
+    }
+
+    /// The highest clock this instance knows a mirror peer (by key) to have held of `feed`:
+    /// the local clock at the end of the last run in which the two converged. A peer's
+    /// `collected` clock is never taken above it.
+    pub fn peer_seen_hlc(&self, peer: &PublicKey, feed: &str) -> Result<u64> {
+        let key = [PEER_SEEN_PREFIX, peer.as_bytes(), feed.as_bytes()].concat();
+        Ok(match self.db.get_pinned_cf(self.cf(CF_META), key)? {
+            Some(b) => u64::from_be_bytes(b.as_ref().try_into().map_err(|_| {
+                StoreError::CorruptRecord {
+                    what: "peer clock",
+                    detail: format!("{} bytes", b.len()),
+                }
+            })?),
+            None => 0,
+        })
+    }
+
+    /// Raises [`Store::peer_seen_hlc`] to `hlc`.
+    pub fn raise_peer_seen_hlc(&self, peer: &PublicKey, feed: &str, hlc: u64) -> Result<()> {
+        if self.peer_seen_hlc(peer, feed)? >= hlc {
+            return Ok(());
+        }
+        let key = [PEER_SEEN_PREFIX, peer.as_bytes(), feed.as_bytes()].concat();
+        self.db.put_cf(self.cf(CF_META), key, hlc.to_be_bytes())?;
+        Ok(())
     }
 
     /// The checkpoint held for `feed`, with its document.
@@ -631,6 +778,10 @@ mod tests {
         assert_eq!(log.last().unwrap().replication, "r5");
     }
 
+    fn now() -> u64 {
+        now_ms() / 1000
+    }
+
     #[test]
     fn checkpoints_verify_against_the_replica_and_refuse_rollback() {
         let (_d, hub) = store();
@@ -641,7 +792,7 @@ mod tests {
         hub.create_feed("demo", Ecosystem::Raw).unwrap();
         spoke.create_feed("demo", Ecosystem::Raw).unwrap();
         let old = hub.sign_checkpoint("demo", 3600).unwrap();
-        spoke.accept_checkpoint("demo", old.bytes()).unwrap();
+        spoke.accept_checkpoint("demo", old.bytes(), now()).unwrap();
         // Both publish the same (empty) state; now the hub moves on and the spoke does not:
         // the hub's new checkpoint does not match the spoke's root.
         let b = hub.put_blob(&b"x"[..]).unwrap();
@@ -662,7 +813,7 @@ mod tests {
         .unwrap();
         let new = hub.sign_checkpoint("demo", 3600).unwrap();
         assert!(matches!(
-            spoke.accept_checkpoint("demo", new.bytes()),
+            spoke.accept_checkpoint("demo", new.bytes(), now()),
             Err(StoreError::RemoteRejected { .. })
         ));
         // A checkpoint from a key not trusted for the feed.
@@ -670,26 +821,62 @@ mod tests {
         other.create_feed("demo", Ecosystem::Raw).unwrap();
         let foreign = other.sign_checkpoint("demo", 3600).unwrap();
         assert!(matches!(
-            spoke.accept_checkpoint("demo", foreign.bytes()),
+            spoke.accept_checkpoint("demo", foreign.bytes(), now()),
             Err(StoreError::Document(_))
         ));
         assert_eq!(spoke.checkpoint("demo").unwrap().unwrap().1, old);
     }
 
+    /// Freshness and rollback, on checkpoints signed with chosen fields against one held
+    /// checkpoint (epoch 7, seq 10, signed at T, root of the empty feed).
     #[test]
-    fn an_older_checkpoint_is_a_rollback() {
+    fn stale_expired_future_and_rolled_back_checkpoints_are_refused() {
         let (_d, hub) = store();
         let (_e, spoke) = store();
         spoke
             .trust_add("demo", &hub.identity().public_key())
             .unwrap();
-        hub.create_feed("demo", Ecosystem::Raw).unwrap();
         spoke.create_feed("demo", Ecosystem::Raw).unwrap();
-        let first = hub.sign_checkpoint("demo", 3600).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(1100));
-        let second = hub.sign_checkpoint("demo", 3600).unwrap();
-        spoke.accept_checkpoint("demo", second.bytes()).unwrap();
-        let err = spoke.accept_checkpoint("demo", first.bytes()).unwrap_err();
-        assert!(err.to_string().contains("rollback"), "{err}");
+        let t = now();
+        let root = spoke.feed_summary("demo").unwrap().root;
+        let cp = |epoch: u64, seq: u64, time: u64, expires: u64| Checkpoint {
+            v: PAYLOAD_VERSION,
+            feed: "demo".into(),
+            root: Hash::from_bytes(*root.fingerprint.as_bytes()),
+            count: root.count,
+            epoch,
+            seq,
+            time,
+            expires,
+        };
+        let sign = |c: &Checkpoint| {
+            SignedDocument::sign(c, hub.identity().signing_key())
+                .unwrap()
+                .bytes()
+                .to_vec()
+        };
+        spoke
+            .accept_checkpoint("demo", &sign(&cp(7, 10, t - 100, t + 3600)), t)
+            .unwrap();
+        let check = |c: Checkpoint, expect: Option<&str>| {
+            let got = spoke.check_checkpoint("demo", &sign(&c), t);
+            match (got, expect) {
+                (Ok(_), None) => {}
+                (Err(e), Some(part)) => assert!(e.to_string().contains(part), "{c:?}: {e}"),
+                (got, _) => panic!("{c:?}: expected {expect:?}, got {got:?}"),
+            }
+        };
+        check(cp(7, 11, t - 50, t + 3600), None);
+        check(cp(7, 10, t - 200, t + 3600), None); // the same state, signed earlier
+        check(cp(7, 9, t - 50, t + 3600), Some("rollback"));
+        check(cp(8, 500, t - 150, t + 3600), Some("rollback")); // another epoch, signed earlier
+        check(cp(8, 1, t - 50, t + 3600), None); // another epoch, signed later
+        check(cp(7, 11, t - 50, t - 1), Some("expired"));
+        check(cp(7, 11, t + 3600, t + 7200), Some("future"));
+        // The held checkpoint stays the newest of one state.
+        spoke
+            .accept_checkpoint("demo", &sign(&cp(7, 10, t - 200, t + 3600)), t)
+            .unwrap();
+        assert_eq!(spoke.checkpoint("demo").unwrap().unwrap().0.time, t - 100);
     }
 }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use bao_tree::io::outboard::PostOrderOutboard;
 use bao_tree::io::sync::{Outboard, ReadAt};
 use bao_tree::iter::{BaoChunk, ResponseIter};
-use bao_tree::{BaoTree, BlockSize, ChunkRanges};
+use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
 use blake3::hazmat::{merge_subtrees_non_root, merge_subtrees_root, HasherExt, Mode};
 
 use crate::Hash;
@@ -526,6 +526,8 @@ pub struct VerifyingReader {
     /// A read failed: the tree walk has moved past the group, so every later read fails too
     /// (rather than look like an early end).
     failed: bool,
+    /// Bytes of the first chunk group before the first byte wanted.
+    skip: usize,
 }
 
 enum Source {
@@ -566,6 +568,7 @@ impl VerifyingReader {
             pos: 0,
             done_bytes: 0,
             failed: false,
+            skip: 0,
         })
     }
 
@@ -595,7 +598,36 @@ impl VerifyingReader {
             pos: 0,
             done_bytes: 0,
             failed: false,
+            skip: 0,
         }
+    }
+
+    /// A reader over bytes `start..` of a large blob that reads and verifies only the chunk
+    /// groups from the one holding `start` to the one holding `end - 1` (with the outboard
+    /// nodes on their paths from the root); its first byte is byte `start`. The caller stops
+    /// at `end`.
+    pub fn tree_range(
+        hash: Hash,
+        size: u64,
+        data: Box<dyn RandomAccess>,
+        outboard: Box<dyn RandomAccess>,
+        location: String,
+        start: u64,
+        end: u64,
+    ) -> VerifyingReader {
+        let group = CHUNK_GROUP_BYTES as u64;
+        let first = start.min(size) / group;
+        let last = end.min(size).div_ceil(group).max(first + 1);
+        let chunks_per_group = 1u64 << CHUNK_GROUP_LOG;
+        let ranges = ChunkRanges::from(
+            ChunkNum(first * chunks_per_group)..ChunkNum(last.saturating_mul(chunks_per_group)),
+        );
+        let mut r = VerifyingReader::tree(hash, size, data, outboard, location);
+        if let Source::Tree { iter, .. } = &mut r.source {
+            *iter = ResponseIter::new(BaoTree::new(size, BLOCK_SIZE), ranges);
+        }
+        r.skip = (start.min(size) - first * group) as usize;
+        r
     }
 
     /// The blob being read.
@@ -699,7 +731,7 @@ impl Read for VerifyingReader {
                 self.hash
             )));
         }
-        if self.pos >= self.buf.len() {
+        while self.pos >= self.buf.len() {
             match self.fill() {
                 Ok(true) => {}
                 Ok(false) => return Ok(0),
@@ -707,6 +739,11 @@ impl Read for VerifyingReader {
                     self.failed = true;
                     return Err(e);
                 }
+            }
+            if self.skip > 0 {
+                let k = self.skip.min(self.buf.len());
+                self.pos = k;
+                self.skip -= k;
             }
         }
         let n = (self.buf.len() - self.pos).min(out.len());

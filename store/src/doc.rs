@@ -242,7 +242,9 @@ fn signing_message(doc_type: DocType, payload: &[u8]) -> Vec<u8> {
 }
 
 impl SignedDocument {
-    /// Encodes `payload` deterministically and signs it with `key`.
+    /// Encodes `payload` deterministically and signs it with `key`. A document whose envelope
+    /// would be over [`MAX_DOCUMENT_BYTES`] is refused ([`CborError::TooLarge`]): no peer would
+    /// accept it, so it is never made.
     pub fn sign<P: Payload>(payload: &P, key: &SigningKey) -> Result<SignedDocument, CborError> {
         let payload_bytes = cbor::to_canonical(payload)?;
         let signature = key.sign(&signing_message(P::TYPE, &payload_bytes));
@@ -255,6 +257,12 @@ impl SignedDocument {
             signature.to_bytes().to_vec(),
         );
         let bytes = cbor::to_canonical(&env)?;
+        if bytes.len() > MAX_DOCUMENT_BYTES {
+            return Err(CborError::TooLarge {
+                len: bytes.len(),
+                max: MAX_DOCUMENT_BYTES,
+            });
+        }
         Ok(SignedDocument {
             id: Hash::of(&bytes),
             bytes,
@@ -364,6 +372,15 @@ impl SignedDocument {
                 reason: e.to_string(),
             }
         })
+    }
+
+    /// The signer named in envelope `bytes`, *without* checking the signature: for documents
+    /// read back from this store (checked when stored) on their way to a peer, which checks
+    /// them itself.
+    pub fn peek_signer(bytes: &[u8]) -> Result<PublicKey, DocumentError> {
+        let WireEnvelope(_, _, key, _, _) = cbor::from_canonical(bytes, MAX_DOCUMENT_BYTES)
+            .map_err(|e| DocumentError::MalformedEnvelope(e.to_string()))?;
+        PublicKey::from_bytes(key).ok_or(DocumentError::InvalidKey)
     }
 
     /// The envelope bytes, exactly as signed.

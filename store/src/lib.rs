@@ -64,7 +64,7 @@ mod tests;
 pub use doc::{Ecosystem, PublicKey, SignedDocument};
 pub use hash::Hash;
 pub use store::{
-    Amendment, BlobsConfig, Change, ChangesSince, Cursor, Entry, EntryKind, EntryValue, FeedKind,
-    FeedRecord, FeedSummary, GcReport, NewFile, NewPackage, Problem, PublishOutcome, Published,
-    Store, StoreError, StoreOptions, StoredBlob, VerifyReport, SYSTEM_FEED, TRUST_ALL,
+    Amendment, BlobPin, BlobsConfig, Change, ChangesSince, Cursor, Entry, EntryKind, EntryValue,
+    FeedKind, FeedRecord, FeedSummary, GcReport, NewFile, NewPackage, Problem, PublishOutcome,
+    Published, Store, StoreError, StoreOptions, StoredBlob, VerifyReport, SYSTEM_FEED, TRUST_ALL,
 };

@@ -119,15 +119,49 @@ impl SystemPayload for Policy {
     }
 }
 
-struct Checked {
+/// A document received from a peer that passed every check a local one would: envelope and
+/// signature, trust for its feed, consistency with the feed and the key it goes under, valid
+/// names. Only [`Store::verify_remote`] makes one; [`Store::apply_verified`] stores it.
+#[derive(Clone, Debug)]
+pub struct VerifiedDoc {
+    doc: SignedDocument,
     key: String,
     value: EntryValue,
     blobs: Vec<(Hash, u64)>,
-    hlc: u64,
+}
+
+impl VerifiedDoc {
+    /// The entry key it goes under.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// What the entry will hold.
+    pub fn value(&self) -> &EntryValue {
+        &self.value
+    }
+
+    /// The blobs a manifest names, with their declared sizes (empty for other documents).
+    pub fn blobs(&self) -> &[(Hash, u64)] {
+        &self.blobs
+    }
+
+    /// The document.
+    pub fn document(&self) -> &SignedDocument {
+        &self.doc
+    }
 }
 
 impl Store {
-    fn check_received(&self, feed: &crate::FeedRecord, doc: &SignedDocument) -> Result<Checked> {
+    /// Checks the envelope `bytes` received from a peer for `feed` completely (decode,
+    /// signature, trust, payload against feed and key, names) before anything is done on its
+    /// word.
+    pub fn verify_remote(&self, feed: &crate::FeedRecord, bytes: &[u8]) -> Result<VerifiedDoc> {
+        let doc = SignedDocument::decode(bytes)?;
+        self.check_received(feed, doc)
+    }
+
+    fn check_received(&self, feed: &crate::FeedRecord, doc: SignedDocument) -> Result<VerifiedDoc> {
         let scope = feed.name.as_str();
         let trusted = self.is_trusted(scope, &doc.signer())?;
         doc.check_trusted(scope, |_| trusted)?;
@@ -178,7 +212,7 @@ impl Store {
                     DocType::AssessmentType => doc.payload::<AssessmentType>()?.hlc,
                     _ => doc.payload::<Policy>()?.hlc,
                 };
-                (system_key(doc)?, EntryKind::Document, hlc, Vec::new())
+                (system_key(&doc)?, EntryKind::Document, hlc, Vec::new())
             }
             (kind, t) => {
                 return Err(mismatch(format!(
@@ -186,15 +220,15 @@ impl Store {
                 )))
             }
         };
-        Ok(Checked {
-            key,
+        Ok(VerifiedDoc {
             value: EntryValue {
                 kind,
                 doc: doc.id(),
                 hlc,
             },
+            doc,
+            key,
             blobs,
-            hlc,
         })
     }
 
@@ -209,28 +243,52 @@ impl Store {
         rule: ApplyRule,
     ) -> Result<Vec<Result<(String, Applied)>>> {
         let f = self.feed(feed)?;
-        let mut checked = Vec::with_capacity(docs.len());
-        for bytes in docs {
-            checked.push(
-                SignedDocument::decode(bytes)
-                    .map_err(StoreError::from)
-                    .and_then(|d| {
-                        let c = self.check_received(&f, &d)?;
-                        Ok((d, c))
-                    }),
-            );
-        }
+        let checked: Vec<Result<VerifiedDoc>> =
+            docs.iter().map(|b| self.verify_remote(&f, b)).collect();
+        self.apply_checked(&f, checked, rule)
+    }
+
+    /// Applies documents that [`Store::verify_remote`] checked. Trust is looked at once more
+    /// (it may have been withdrawn since), and every blob a manifest names must be stored; a
+    /// document that fails is reported in its slot and not stored, the others are committed
+    /// together in one write batch.
+    pub fn apply_verified(
+        &self,
+        feed: &str,
+        docs: Vec<VerifiedDoc>,
+        rule: ApplyRule,
+    ) -> Result<Vec<Result<(String, Applied)>>> {
+        let f = self.feed(feed)?;
+        let checked = docs
+            .into_iter()
+            .map(|v| {
+                let trusted = self.is_trusted(&f.name, &v.doc.signer())?;
+                v.doc.check_trusted(&f.name, |_| trusted)?;
+                Ok(v)
+            })
+            .collect();
+        self.apply_checked(&f, checked, rule)
+    }
+
+    fn apply_checked(
+        &self,
+        f: &crate::FeedRecord,
+        checked: Vec<Result<VerifiedDoc>>,
+        rule: ApplyRule,
+    ) -> Result<Vec<Result<(String, Applied)>>> {
+        let feed = f.name.as_str();
         let mut w = self.write.lock();
         let mut txn = Txn::new(self, w.hlc);
-        let mut out = Vec::with_capacity(docs.len());
+        let mut out = Vec::with_capacity(checked.len());
         for item in checked {
-            let (doc, c) = match item {
+            let c = match item {
                 Ok(x) => x,
                 Err(e) => {
                     out.push(Err(e));
                     continue;
                 }
             };
+            let doc = &c.doc;
             let mut missing = Vec::new();
             for (hash, size) in &c.blobs {
                 match self.blob_record(hash)? {
@@ -256,8 +314,8 @@ impl Store {
                 Some(_) => Applied::Replaced,
             };
             if matches!(applied, Applied::Inserted | Applied::Replaced) {
-                txn.hlc = hlc::observe(txn.hlc, c.hlc, now_ms());
-                txn.put_doc(&doc);
+                txn.hlc = hlc::observe(txn.hlc, c.value.hlc, now_ms());
+                txn.put_doc(doc);
                 txn.protect_blobs(c.blobs.iter().map(|b| b.0));
                 txn.set_entry(feed, &c.key, Some(c.value))?;
             }
@@ -507,8 +565,78 @@ pub struct IncomingBlob {
     data_path: PathBuf,
     outboard_path: PathBuf,
     have_path: PathBuf,
-    have: Vec<bool>,
+    have: GroupSet,
     small: Option<Vec<u8>>,
+}
+
+/// The largest blob a transfer is opened for, whatever a peer declares: a terabyte is 2^26
+/// chunk groups, a 8 MiB bit set. Replication limits it further by configuration.
+pub const MAX_RECEIVED_BLOB_BYTES: u64 = 1 << 40;
+
+/// Which chunk groups of a blob are present: one bit each.
+#[derive(Debug)]
+struct GroupSet {
+    bits: Vec<u64>,
+    len: u64,
+}
+
+impl GroupSet {
+    fn new(len: u64) -> GroupSet {
+        GroupSet {
+            bits: vec![0; len.div_ceil(64) as usize],
+            len,
+        }
+    }
+
+    fn get(&self, g: u64) -> bool {
+        g < self.len && self.bits[(g / 64) as usize] & (1 << (g % 64)) != 0
+    }
+
+    fn insert_range(&mut self, a: u64, b: u64) {
+        for g in a..b.min(self.len) {
+            self.bits[(g / 64) as usize] |= 1 << (g % 64);
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.bits.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+
+    /// The ranges of groups not present.
+    fn missing(&self) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut start = None;
+        let mut g = 0;
+        while g < self.len {
+            // Whole words at once where they are all present or all missing.
+            let word = self.bits[(g / 64) as usize];
+            if g % 64 == 0 && g + 64 <= self.len && (word == u64::MAX || word == 0) {
+                match (word == u64::MAX, start) {
+                    (false, None) => start = Some(g),
+                    (true, Some(s)) => {
+                        out.push((s, g));
+                        start = None;
+                    }
+                    _ => {}
+                }
+                g += 64;
+                continue;
+            }
+            match (self.get(g), start) {
+                (false, None) => start = Some(g),
+                (true, Some(s)) => {
+                    out.push((s, g));
+                    start = None;
+                }
+                _ => {}
+            }
+            g += 1;
+        }
+        if let Some(s) = start {
+            out.push((s, self.len));
+        }
+        out
+    }
 }
 
 /// Writes the verified chunk groups of a blob's incoming pieces into its partial files as they
@@ -723,15 +851,19 @@ impl IncomingBlob {
         let data_path = dir.join(format!("{hex}.data"));
         let outboard_path = dir.join(format!("{hex}.obao"));
         let have_path = dir.join(format!("{hex}.have"));
-        let groups = usize::try_from(group_count(size))
-            .map_err(|_| StoreError::InvalidPackage(format!("blob size {size} too large")))?;
+        if size > MAX_RECEIVED_BLOB_BYTES {
+            return Err(StoreError::InvalidPackage(format!(
+                "blob {hash} declared as {size} bytes, over the limit of {MAX_RECEIVED_BLOB_BYTES}"
+            )));
+        }
+        let groups = group_count(size);
         let mut incoming = IncomingBlob {
             hash,
             size,
             data_path,
             outboard_path,
             have_path,
-            have: vec![false; groups],
+            have: GroupSet::new(groups),
             small: None,
         };
         if size <= INLINE_MAX {
@@ -743,9 +875,7 @@ impl IncomingBlob {
             for rec in log.chunks_exact(16) {
                 let a = u64::from_be_bytes(rec[..8].try_into().unwrap_or_default());
                 let b = u64::from_be_bytes(rec[8..].try_into().unwrap_or_default());
-                for g in a..b.min(groups as u64) {
-                    incoming.have[g as usize] = true;
-                }
+                incoming.have.insert_range(a, b);
             }
         }
         for p in [&incoming.data_path, &incoming.outboard_path] {
@@ -777,22 +907,7 @@ impl IncomingBlob {
                 vec![(0, 1)]
             };
         }
-        let mut out = Vec::new();
-        let mut start = None;
-        for (i, have) in self.have.iter().enumerate() {
-            match (have, start) {
-                (false, None) => start = Some(i as u64),
-                (true, Some(s)) => {
-                    out.push((s, i as u64));
-                    start = None;
-                }
-                _ => {}
-            }
-        }
-        if let Some(s) = start {
-            out.push((s, self.have.len() as u64));
-        }
-        out
+        self.have.missing()
     }
 
     /// Bytes already received and kept.
@@ -800,7 +915,7 @@ impl IncomingBlob {
         if self.size <= INLINE_MAX {
             return if self.small.is_some() { self.size } else { 0 };
         }
-        let full = self.have.iter().filter(|h| **h).count() as u64 * CHUNK_GROUP_BYTES as u64;
+        let full = self.have.count() * CHUNK_GROUP_BYTES as u64;
         full.min(self.size)
     }
 
@@ -831,15 +946,16 @@ impl IncomingBlob {
             self.small = Some(bytes.clone());
         }
         for &(a, b) in &written.groups {
-            for g in a..b.min(self.have.len() as u64) {
-                self.have[g as usize] = true;
-            }
+            self.have.insert_range(a, b);
         }
     }
 
     /// True when every chunk group is present.
     pub fn is_complete(&self) -> bool {
-        self.missing().is_empty()
+        if self.size <= INLINE_MAX {
+            return self.small.is_some();
+        }
+        self.have.count() == self.have.len
     }
 
     fn finish(self) -> Result<Finished> {

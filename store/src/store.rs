@@ -166,6 +166,17 @@ pub enum StoreError {
         doc: Hash,
         reason: String,
     },
+    /// A document that would be larger than any peer accepts: it is not made, and nothing is
+    /// stored.
+    #[error(
+        "the {what} would be a signed document of {len} bytes, over the limit of {max}; {advice}"
+    )]
+    DocumentTooLarge {
+        what: String,
+        len: usize,
+        max: usize,
+        advice: &'static str,
+    },
     /// A received manifest names blobs that are not stored yet.
     #[error("`{key}` in feed `{feed}` names {} blob(s) not stored yet", missing.len())]
     MissingBlobs {
@@ -195,6 +206,23 @@ impl StoreError {
         StoreError::CorruptRecord {
             what,
             detail: format!("`{key}` names missing document {doc}"),
+        }
+    }
+
+    /// The error for a document that could not be signed: [`StoreError::DocumentTooLarge`]
+    /// when it is over the limit, else `InvalidPackage`.
+    pub(crate) fn signing(
+        what: String,
+        advice: &'static str,
+    ) -> impl FnOnce(cbor::CborError) -> StoreError {
+        move |e| match e {
+            cbor::CborError::TooLarge { len, max } => StoreError::DocumentTooLarge {
+                what,
+                len,
+                max,
+                advice,
+            },
+            other => StoreError::InvalidPackage(format!("{what} cannot be encoded: {other}")),
         }
     }
 
@@ -499,6 +527,13 @@ pub struct StoredBlob {
     _pin: BlobPin,
 }
 
+impl StoredBlob {
+    /// The pin alone, once hash and size are no longer needed.
+    pub fn into_pin(self) -> BlobPin {
+        self._pin
+    }
+}
+
 /// Holds a blob out of garbage collection while it is not yet referenced by a manifest.
 pub struct BlobPin {
     pins: Arc<Mutex<HashMap<Hash, usize>>>,
@@ -541,7 +576,13 @@ pub struct GcReport {
     pub docs_removed: u64,
     /// Tombstones removed (past the horizon, or synced by every known peer).
     pub tombstones_removed: u64,
+    /// Interrupted blob transfers removed from `partial/`: untouched for a day, or of a blob
+    /// stored since.
+    pub partial_removed: u64,
 }
+
+/// A blob transfer in `partial/` that nothing has written to for this long is given up.
+pub const PARTIAL_MAX_AGE_SECS: u64 = 24 * 3600;
 
 /// One problem found by [`Store::verify`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -597,6 +638,8 @@ pub struct Store {
     /// Readers of the blobs most recently sent to peers: a blob goes out piece by piece, and
     /// reopening it for every piece costs requests when it lives in a bucket.
     pub(crate) sending: Mutex<Vec<SendingBlob>>,
+    /// Bumped by every change of trust: caches of what is served key on it.
+    trust_generation: std::sync::atomic::AtomicU64,
 }
 
 /// An open blob being sent: its hash, bytes and outboard.
@@ -841,6 +884,7 @@ impl Store {
             }),
             pins: Arc::new(Mutex::new(HashMap::new())),
             sending: Mutex::new(Vec::new()),
+            trust_generation: std::sync::atomic::AtomicU64::new(0),
         };
         store.write.get_mut().hlc = store.meta_u64(META_HLC)?.unwrap_or(0);
         match store.meta_u64(META_SCHEMA)? {
@@ -992,12 +1036,27 @@ impl Store {
         self.db
             .put_cf(self.cf(CF_META), trust_key(scope, key), b"")?;
         self.db.flush_wal(true)?;
+        self.bump_trust_generation();
         Ok(())
     }
 
-    /// Removes trust in `key` for `scope`; false if it was not trusted there.
+    /// Removes trust in `key` for `scope`; false if it was not trusted there. Documents that
+    /// only this trust covered stop being served and offered at once.
     pub fn trust_remove(&self, scope: &str, key: &PublicKey) -> Result<bool> {
-        self.remove_meta(&trust_key(scope, key))
+        let had = self.remove_meta(&trust_key(scope, key))?;
+        self.bump_trust_generation();
+        Ok(had)
+    }
+
+    /// A number that changes whenever trust does (within this process).
+    pub fn trust_generation(&self) -> u64 {
+        self.trust_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn bump_trust_generation(&self) {
+        self.trust_generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Deletes one `meta` record durably; false if it was not there.
@@ -1166,22 +1225,56 @@ impl Store {
             None => Err(StoreError::BlobNotFound { hash: *hash }),
             Some(BlobRecord::Inline(bytes)) => Ok(VerifyingReader::inline(*hash, bytes)?),
             Some(BlobRecord::Backend(size)) => {
-                let (data, outboard) = self.files.open(hash).map_err(|e| {
-                    if e.kind() == std::io::ErrorKind::NotFound {
-                        StoreError::BlobFileMissing {
-                            hash: *hash,
-                            location: self.files.describe(hash),
-                        }
-                    } else {
-                        StoreError::io("opening blob", Path::new(&self.files.describe(hash)))(e)
-                    }
-                })?;
+                let (data, outboard) = self.open_blob_files(hash)?;
                 Ok(VerifyingReader::tree(
                     *hash,
                     size,
                     data,
                     outboard,
                     self.files.describe(hash),
+                ))
+            }
+        }
+    }
+
+    fn open_blob_files(
+        &self,
+        hash: &Hash,
+    ) -> Result<(Box<dyn blob::RandomAccess>, Box<dyn blob::RandomAccess>)> {
+        self.files.open(hash).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                StoreError::BlobFileMissing {
+                    hash: *hash,
+                    location: self.files.describe(hash),
+                }
+            } else {
+                StoreError::io("opening blob", Path::new(&self.files.describe(hash)))(e)
+            }
+        })
+    }
+
+    /// A verified reader over bytes `start..end` of a blob that reads and checks only the
+    /// chunk groups holding them; its first byte is byte `start`, and it may run past `end` to
+    /// the end of that group (the caller takes `end - start` bytes).
+    pub fn blob_range_reader(&self, hash: &Hash, start: u64, end: u64) -> Result<VerifyingReader> {
+        match self.blob_record(hash)? {
+            None => Err(StoreError::BlobNotFound { hash: *hash }),
+            Some(BlobRecord::Inline(bytes)) => {
+                let mut r = VerifyingReader::inline(*hash, bytes)?;
+                std::io::copy(&mut (&mut r).take(start), &mut std::io::sink())
+                    .map_err(StoreError::Input)?;
+                Ok(r)
+            }
+            Some(BlobRecord::Backend(size)) => {
+                let (data, outboard) = self.open_blob_files(hash)?;
+                Ok(VerifyingReader::tree_range(
+                    *hash,
+                    size,
+                    data,
+                    outboard,
+                    self.files.describe(hash),
+                    start,
+                    end,
                 ))
             }
         }
@@ -1206,6 +1299,15 @@ impl Store {
             .db
             .get_pinned_cf(self.cf(CF_DOCS), id.as_bytes())?
             .map(|b| b.to_vec()))
+    }
+
+    /// A stored document of `feed` to serve: decoded, its signature checked again, and `None`
+    /// when it is missing or its signer is no longer trusted for the feed.
+    pub fn served_document(&self, feed: &str, id: &Hash) -> Result<Option<SignedDocument>> {
+        match self.document(id)? {
+            Some(d) if self.is_trusted(feed, &d.signer())? => Ok(Some(d)),
+            _ => Ok(None),
+        }
     }
 
     /// A stored document, decoded and its signature checked again.
@@ -1414,7 +1516,8 @@ impl Store {
         Ok(out)
     }
 
-    /// The live manifest of a package version.
+    /// The live manifest of a package version (`None` as well when its signer is no longer
+    /// trusted for the feed: such a version is not served).
     pub fn manifest(
         &self,
         feed: &str,
@@ -1431,6 +1534,10 @@ impl Store {
                 let d = self
                     .document(&doc)?
                     .ok_or_else(|| StoreError::missing_document("entry", &key, &doc))?;
+                // A version signed by a key no longer trusted for the feed is not served.
+                if !self.is_trusted(feed, &d.signer())? {
+                    return Ok(None);
+                }
                 Ok(Some((doc, d.payload()?)))
             }
             _ => Ok(None),
@@ -1504,6 +1611,11 @@ impl Store {
 
     // -----------------------------------------------------------------------------------------
     // Writes
+
+    /// The instance's hybrid logical clock: at or above the clock of every entry it holds.
+    pub fn clock(&self) -> u64 {
+        self.write.lock().hlc
+    }
 
     /// Makes committed writes durable (fsyncs the WAL) when `sync_writes` is on.
     pub fn sync(&self) -> Result<()> {
@@ -1678,10 +1790,12 @@ impl Store {
                 ecosystem,
                 ..existing
             };
-            let signed =
-                SignedDocument::sign(&manifest, self.identity.signing_key()).map_err(|e| {
-                    StoreError::InvalidPackage(format!("metadata cannot be encoded: {e}"))
-                })?;
+            let signed = SignedDocument::sign(&manifest, self.identity.signing_key()).map_err(
+                StoreError::signing(
+                    format!("manifest of {} {}", manifest.name, manifest.version),
+                    "keep the metadata shorter",
+                ),
+            )?;
             let id = signed.id();
             txn.protect.extend(manifest.files.iter().map(|f| f.blob));
             txn.put_doc(&signed);
@@ -1723,12 +1837,58 @@ impl Store {
     /// than the log gets the full reconciliation, which is authoritative.
     pub fn gc_with(&self, tombstone_horizon_ms: u64) -> Result<GcReport> {
         let mut report = self.gc_blobs_and_docs()?;
+        report.partial_removed =
+            self.collect_partial(std::time::Duration::from_secs(PARTIAL_MAX_AGE_SECS))?;
         report.tombstones_removed = self.collect_tombstones(tombstone_horizon_ms)?;
         if report.tombstones_removed > 0 {
             // The tombstones' documents are unreferenced now.
             report.docs_removed += self.gc_blobs_and_docs()?.docs_removed;
         }
         Ok(report)
+    }
+
+    /// Removes interrupted transfers from `partial/`: a blob's `.data`, `.obao` and `.have`
+    /// files go together, when the newest of them is older than `max_age` (a run resumes
+    /// within minutes, not days) or the blob is stored now. Returns how many blobs went.
+    pub fn collect_partial(&self, max_age: std::time::Duration) -> Result<u64> {
+        let dir = self.dir.join("partial");
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(StoreError::io("listing", &dir)(e)),
+        };
+        let mut newest: HashMap<String, (std::time::SystemTime, Vec<PathBuf>)> = HashMap::new();
+        for entry in rd {
+            let entry = entry.map_err(StoreError::io("listing", &dir))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stem = name.split('.').next().unwrap_or_default().to_owned();
+            let modified = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            let slot = newest
+                .entry(stem)
+                .or_insert((std::time::UNIX_EPOCH, Vec::new()));
+            slot.0 = slot.0.max(modified);
+            slot.1.push(path);
+        }
+        let now = std::time::SystemTime::now();
+        let mut removed = 0;
+        for (stem, (modified, paths)) in newest {
+            let stale = now.duration_since(modified).unwrap_or_default() > max_age;
+            let stored = match stem.parse::<Hash>().ok() {
+                Some(h) => self.has_blob(&h)?,
+                None => true,
+            };
+            if stale || stored {
+                for p in &paths {
+                    fs::remove_file(p).map_err(StoreError::io("removing", p))?;
+                }
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     fn collect_tombstones(&self, horizon_ms: u64) -> Result<u64> {
@@ -2340,8 +2500,12 @@ impl<'s> Txn<'s> {
             metadata,
             hlc,
         };
-        let doc = SignedDocument::sign(&manifest, self.store.identity.signing_key())
-            .map_err(|e| StoreError::InvalidPackage(format!("metadata cannot be encoded: {e}")))?;
+        let doc = SignedDocument::sign(&manifest, self.store.identity.signing_key()).map_err(
+            StoreError::signing(
+                format!("manifest of {} {}", manifest.name, manifest.version),
+                "publish fewer files, shorter file names or less metadata per version",
+            ),
+        )?;
         let id = doc.id();
         self.put_doc(&doc);
         self.set_entry(

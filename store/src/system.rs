@@ -34,7 +34,10 @@ impl Store {
                 let doc = self.document(&e.value.doc)?.ok_or_else(|| {
                     StoreError::missing_document("system entry", &e.key, &e.value.doc)
                 })?;
-                out.push(doc.payload()?);
+                // A decision signed by a key no longer trusted has no authority here.
+                if self.is_trusted(SYSTEM_FEED, &doc.signer())? {
+                    out.push(doc.payload()?);
+                }
             }
         }
         Ok(out)

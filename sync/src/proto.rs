@@ -16,13 +16,21 @@
 //!    on each side, and answers with documents, removals and wants according to the mode.
 //! 5. Whoever receives documents asks for the blob ranges it lacks, verifies every piece as it
 //!    arrives, and applies the documents once their blobs are stored. Then it says DONE.
+//!
+//! Trust (wire-spec section 12): nothing but HELLO is accepted before HELLO; a feed refused at
+//! HELLO is gone from the session, and any later frame naming it is a protocol error; a side
+//! answers a blob request only for a blob that a document it sent in this run names, once;
+//! every received document is decoded, signature-checked and trust-checked before any blob
+//! it names is stored, asked for or allocated for; the authoritative side's checkpoint is
+//! required and checked (trusted signer, fresh, not a rollback) before anything is applied.
+//! No authorizer means every feed is refused.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use cairn_store::doc::Manifest;
+use cairn_store::doc::{Checkpoint, Manifest, PublicKey};
 use cairn_store::merkle;
 use cairn_store::replica::{
-    group_count, Applied, ApplyRule, IncomingBlob, PieceWriter, PieceWritten,
+    group_count, Applied, ApplyRule, IncomingBlob, PieceWriter, PieceWritten, VerifiedDoc,
 };
 use cairn_store::{ChangesSince, Cursor, EntryKind, Hash, SignedDocument, Store, StoreError};
 use serde_bytes::ByteBuf;
@@ -35,6 +43,19 @@ use crate::wire::{
 
 /// Most changes sent as a log suffix; beyond this the summary path is cheaper to reason about.
 pub const MAX_LOG_CHANGES: usize = 4096;
+/// Most bytes of documents the change-log suffixes of one HELLO-REPLY carry, all feeds
+/// together; a feed over the rest of the budget gets the summary instead, so the reply stays
+/// well inside [`wire::MAX_FRAME`].
+pub const MAX_LOG_BYTES: usize = 4 << 20;
+/// Most feeds in one HELLO (the reply's level-1 summaries stay inside one frame); a run over
+/// more feeds is split into several sessions by the driver.
+pub const MAX_HELLO_FEEDS: usize = 1024;
+/// Most 8-byte key prefixes in one list of a DIFF page (1 MiB); longer lists take more pages.
+pub const MAX_DIFF_KEYS: usize = 128 * 1024;
+/// Most items in one ITEM-LIST page (4 MiB); a page always holds whole buckets.
+pub const MAX_LIST_ITEMS: usize = 256 * 1024;
+/// Largest sketch sent (about 6.5 MiB); a difference that needs more goes as an item list.
+pub const MAX_SKETCH_CELLS: usize = 256 * 1024;
 /// Chunk groups per blob piece (1 MiB).
 pub const PIECE_GROUPS: u64 = 64;
 /// Largest batch of documents in one frame.
@@ -71,9 +92,39 @@ impl Default for GuardRail {
     }
 }
 
+/// Bounds on what a peer can make this side hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest blob a received manifest may name; a document naming a larger one is refused
+    /// before anything is allocated for it.
+    pub max_blob_bytes: u64,
+    /// Most bytes of verified documents one feed may hold waiting for their blobs; beyond it
+    /// the feed stops for this run (what arrived is kept, and the next run continues).
+    pub max_waiting_doc_bytes: u64,
+    /// How long a checkpoint this side signs for a peer stays valid, in seconds: how long a
+    /// site may go on serving this state as current when it can no longer hear from here.
+    pub checkpoint_ttl_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_blob_bytes: 64 << 30,
+            max_waiting_doc_bytes: 256 << 20,
+            checkpoint_ttl_secs: CHECKPOINT_TTL_SECS,
+        }
+    }
+}
+
 /// How the initiator wants to run.
 #[derive(Clone, Debug)]
 pub struct InitiatorConfig {
+    /// The responder's instance key (its TLS identity).
+    pub peer: PublicKey,
+    /// Wall-clock time of the run, Unix seconds: checkpoints are checked against it.
+    pub now_secs: u64,
+    /// What the peer may make this side hold.
+    pub limits: Limits,
     /// Token presented in HELLO.
     pub token: String,
     /// Direction of content.
@@ -88,10 +139,41 @@ pub struct InitiatorConfig {
     pub dry_run: bool,
 }
 
+/// How the responder runs.
+#[derive(Clone, Copy, Debug)]
+pub struct ResponderConfig {
+    /// The initiator's instance key (its TLS identity).
+    pub peer: PublicKey,
+    /// Wall-clock time of the run, Unix seconds.
+    pub now_secs: u64,
+    /// What the peer may make this side hold.
+    pub limits: Limits,
+}
+
+/// Why a feed is refused at HELLO.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// An error code ([`wire::code`]).
+    pub code: u32,
+    /// What is wrong, for the peer's operator.
+    pub reason: String,
+}
+
+impl Refusal {
+    /// A refusal with `code`.
+    pub fn new(code: u32, reason: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
 /// Decides what a token may do on the responder.
 pub trait Authorizer {
-    /// `Ok` if `token` may replicate `feed` in `mode`; otherwise an error code and reason.
-    fn authorize(&self, token: &str, feed: &str, mode: Mode) -> Result<(), (u32, String)>;
+    /// `Ok` if `token` may replicate `feed` in `mode`: reading (pull) and writing (push, mirror)
+    /// are separate rights, and a refusal for the mode is [`wire::code::MODE_NOT_ALLOWED`].
+    fn authorize(&self, token: &str, feed: &str, mode: Mode) -> Result<(), Refusal>;
     /// The guard rail for what the responder receives (push and mirror).
     fn guard(&self) -> GuardRail {
         GuardRail::default()
@@ -146,6 +228,9 @@ pub struct FeedReport {
     pub peer_root: Option<([u8; 32], u64)>,
     /// The responder's cursor to remember for the next pull.
     pub peer_cursor: Option<Cursor>,
+    /// The authoritative side's checkpoint this side accepted at the end (pull), to record
+    /// where it came from.
+    pub checkpoint: Option<Checkpoint>,
     /// Dry run: entries that would be added or replaced.
     pub plan_adds: u64,
     /// Dry run: entries that would be deleted.
@@ -170,9 +255,16 @@ pub enum SessionError {
     /// The peer said so.
     #[error("peer error {code}: {reason}")]
     Peer { code: u32, reason: String },
-    /// The peer broke the protocol.
+    /// The peer broke the protocol (a frame it may not send, or not now).
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// The peer asked for something it may not have: a feed it was refused, a blob no
+    /// document sent to it names.
+    #[error("unauthorized request: {0}")]
+    Unauthorized(String),
+    /// The peer speaks another protocol version.
+    #[error("{0}")]
+    Version(String),
     /// Local store failure.
     #[error("local store: {0}")]
     Store(String),
@@ -224,38 +316,69 @@ struct PendingPiece {
     end: u64,
 }
 
-impl FeedJob {
-    /// Every DOCS frame of this round has arrived.
-    fn docs_complete(&self) -> bool {
-        self.docs_total == Some(self.docs_seen)
-    }
+/// Verified documents of one feed waiting for the blobs they name.
+struct Batch {
+    docs: Vec<VerifiedDoc>,
+    bytes: u64,
+    waiting: HashSet<Hash>,
+    /// Blobs received with or for the batch, held out of GC until it is applied.
+    _pins: Vec<cairn_store::BlobPin>,
 }
 
-struct Batch {
-    docs: Vec<Vec<u8>>,
-    waiting: HashSet<Hash>,
-    /// Small blobs received with the batch, held out of GC until it is applied.
-    _pins: Vec<cairn_store::StoredBlob>,
+/// Where the responder's reconciliation of one feed stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Recon {
+    /// Waiting for a sketch or the first item-list page (after HELLO or SUMMARY-REQUEST).
+    #[default]
+    Open,
+    /// Sketches answered with SKETCH-FAILED so far.
+    Sketched { failures: u32 },
+    /// Item-list pages are arriving.
+    Listing,
+    /// The difference is known and answered: nothing more comes for this round.
+    Resolved,
+}
+
+/// The initiator's wants and their count while DIFF pages arrive.
+#[derive(Default)]
+struct DiffPages {
+    wants: Vec<u64>,
+    pages: u64,
 }
 
 #[derive(Default)]
 struct FeedJob {
     name: String,
     report: FeedReport,
-    /// This side receives documents for this feed.
-    sink: bool,
+    /// How received documents meet what is held; `None` when this side receives none.
     rule: Option<ApplyRule>,
-    /// Mirror: the peer's collected-tombstone clock for this feed.
+    /// Mirror: the peer's collected-tombstone clock for this feed, capped at what this side
+    /// has seen the peer hold.
     peer_collected: u64,
     guard: GuardRail,
+    /// Deletions made so far in this round, counted against the guard rail together.
+    round_deletes: u64,
     dry_run: bool,
     /// Key prefixes (8 bytes of key hash) to our keys, for the buckets in play.
     local_keys: HashMap<u64, Vec<String>>,
     local_items: Vec<Item>,
+    /// Where each bucket's items start in `local_items` (initiator, for paging the list).
+    bucket_starts: Vec<(u8, usize)>,
     buckets: Vec<u8>,
     sketch_cells: usize,
     sketch_retries: u32,
+    recon: Recon,
+    /// Responder: buckets item-list pages have covered this round (each may come once).
+    listed_buckets: HashSet<u8>,
+    diff_pages: DiffPages,
+    /// Responder: keys whose documents go with the last DIFF page of the round.
+    to_send: Vec<String>,
+    /// Responder: keys asked for in this round's DIFF pages.
+    wants_sent: u64,
+    /// Initiator: a SUMMARY-REQUEST is outstanding.
+    summary_requested: bool,
     batches: Vec<Batch>,
+    waiting_bytes: u64,
     incoming: HashMap<Hash, IncomingBlob>,
     /// This side has sent everything it will send unasked for this feed.
     sent_all: bool,
@@ -268,11 +391,56 @@ struct FeedJob {
     docs_total: Option<u64>,
     /// Sequence number of the next DOCS frame this side sends for the feed.
     docs_seq_out: u64,
-    /// The authoritative side's signed checkpoint, accepted once our state is final.
-    checkpoint: Option<Vec<u8>>,
+    /// The authoritative side's checkpoints (from its status, then from its DONE), checked
+    /// for trust and freshness when they arrived; one is accepted once both sides are done.
+    checkpoints: Vec<Vec<u8>>,
     peer_done: bool,
     local_done: bool,
+    /// Both sides were done and the end of the feed was handled.
+    finished: bool,
     failed: bool,
+}
+
+impl FeedJob {
+    fn new(name: &str, rule: Option<ApplyRule>, guard: GuardRail, dry_run: bool) -> FeedJob {
+        FeedJob {
+            name: name.to_owned(),
+            report: FeedReport {
+                feed: name.to_owned(),
+                ..FeedReport::default()
+            },
+            rule,
+            guard,
+            dry_run,
+            ..FeedJob::default()
+        }
+    }
+
+    /// Every DOCS frame of this round has arrived.
+    fn docs_complete(&self) -> bool {
+        self.docs_total == Some(self.docs_seen)
+    }
+
+    /// Starts a new reconciliation round (after a log that did not converge).
+    fn new_round(&mut self) {
+        self.sent_all = false;
+        self.expect_docs = None;
+        self.docs_seen = 0;
+        self.docs_total = None;
+        self.docs_seq_out = 0;
+        self.recon = Recon::Open;
+        self.listed_buckets.clear();
+        self.diff_pages = DiffPages::default();
+        self.to_send.clear();
+        self.wants_sent = 0;
+        self.round_deletes = 0;
+        self.sketch_retries = 0;
+    }
+
+    fn fail(&mut self, reason: String) {
+        self.failed = true;
+        self.report.error = Some(reason);
+    }
 }
 
 /// One side of a replication connection.
@@ -280,13 +448,22 @@ pub struct Session {
     role: Role,
     mode: Mode,
     token: String,
+    /// The other side's instance key.
+    peer: PublicKey,
+    now_secs: u64,
+    limits: Limits,
     outbox: VecDeque<Frame>,
     /// Blob pieces asked for and not yet encoded: read from the store one at a time as the
     /// transport takes them, so a large blob is never held in memory whole.
     pieces: VecDeque<PendingPiece>,
     /// Documents still to send, per feed, read a batch at a time as the transport takes them.
     doc_queue: VecDeque<DocQueue>,
+    /// Blobs named by documents this side sent in this run, with their sizes: the only blobs
+    /// the peer may ask for, each once.
+    offered: HashMap<Hash, u64>,
     jobs: BTreeMap<String, FeedJob>,
+    /// Feeds refused at HELLO: reported, and gone from the session.
+    refused: HashMap<String, FeedReport>,
     order: Vec<String>,
     error: Option<SessionError>,
     hello_done: bool,
@@ -428,59 +605,69 @@ fn store_err(e: StoreError) -> SessionError {
     SessionError::Store(e.to_string())
 }
 
+/// The first byte of an item's key hash: its level-1 bucket.
+fn item_bucket(i: &Item) -> u8 {
+    (i.key >> 56) as u8
+}
+
 impl Session {
     /// Starts the initiator side: HELLO is queued at once.
     pub fn initiator(store: &Store, config: InitiatorConfig) -> Result<Session, SessionError> {
+        if config.feeds.len() > MAX_HELLO_FEEDS {
+            return Err(SessionError::Protocol(format!(
+                "a session carries at most {MAX_HELLO_FEEDS} feeds; this run names {}",
+                config.feeds.len()
+            )));
+        }
         let mut feeds = Vec::new();
-        let mut s = Session::new(Role::Initiator, config.mode, config.token.clone());
+        let mut s = Session::new(
+            Role::Initiator,
+            config.mode,
+            config.token.clone(),
+            config.peer,
+            config.now_secs,
+            config.limits,
+        );
         for name in &config.feeds {
+            if s.jobs.contains_key(name) {
+                continue;
+            }
             let sum = store.feed_summary(name).map_err(store_err)?;
             let since = if config.mode == Mode::Pull {
                 config.since.get(name).copied()
             } else {
                 None
             };
+            // A write (push, mirror) carries the writer's checkpoint: the responder takes it
+            // only from a key it trusts for the feed.
+            let checkpoint = match config.mode {
+                Mode::Pull => None,
+                Mode::Push | Mode::Mirror => Some(
+                    store
+                        .checkpoint_to_serve(name, config.limits.checkpoint_ttl_secs)
+                        .map_err(store_err)?,
+                ),
+            };
             feeds.push(FeedHello {
                 feed: name.clone(),
                 root: *sum.root.fingerprint.as_bytes(),
                 count: sum.root.count,
                 since: since.map(cursor_to_wire),
-                checkpoint: if config.mode == Mode::Push {
-                    Some(
-                        store
-                            .sign_checkpoint(name, CHECKPOINT_TTL_SECS)
-                            .map_err(store_err)?
-                            .bytes()
-                            .to_vec(),
-                    )
-                } else {
-                    None
-                },
+                checkpoint,
                 collected: if config.mode == Mode::Mirror {
                     sum.feed.collected_hlc
                 } else {
                     0
                 },
             });
-            let sink = config.mode != Mode::Push;
+            let rule = match config.mode {
+                Mode::Push => None,
+                Mode::Pull => Some(ApplyRule::Authoritative),
+                Mode::Mirror => Some(ApplyRule::LastWriterWins),
+            };
             s.jobs.insert(
                 name.clone(),
-                FeedJob {
-                    name: name.clone(),
-                    report: FeedReport {
-                        feed: name.clone(),
-                        ..FeedReport::default()
-                    },
-                    sink,
-                    rule: sink.then_some(if config.mode == Mode::Mirror {
-                        ApplyRule::LastWriterWins
-                    } else {
-                        ApplyRule::Authoritative
-                    }),
-                    guard: config.guard,
-                    dry_run: config.dry_run,
-                    ..FeedJob::default()
-                },
+                FeedJob::new(name, rule, config.guard, config.dry_run),
             );
             s.order.push(name.clone());
         }
@@ -494,19 +681,38 @@ impl Session {
     }
 
     /// Starts the responder side; it waits for HELLO.
-    pub fn responder() -> Session {
-        Session::new(Role::Responder, Mode::Pull, String::new())
+    pub fn responder(config: ResponderConfig) -> Session {
+        Session::new(
+            Role::Responder,
+            Mode::Pull,
+            String::new(),
+            config.peer,
+            config.now_secs,
+            config.limits,
+        )
     }
 
-    fn new(role: Role, mode: Mode, token: String) -> Session {
+    fn new(
+        role: Role,
+        mode: Mode,
+        token: String,
+        peer: PublicKey,
+        now_secs: u64,
+        limits: Limits,
+    ) -> Session {
         Session {
             role,
             mode,
             token,
+            peer,
+            now_secs,
+            limits,
             outbox: VecDeque::new(),
             pieces: VecDeque::new(),
             doc_queue: VecDeque::new(),
+            offered: HashMap::new(),
             jobs: BTreeMap::new(),
+            refused: HashMap::new(),
             order: Vec::new(),
             error: None,
             hello_done: false,
@@ -517,6 +723,12 @@ impl Session {
     /// Totals for the session.
     pub fn stats(&self) -> &SessionStats {
         &self.stats
+    }
+
+    /// Whether HELLO (responder) or its reply (initiator) has been handled: before it, the
+    /// transport accepts no bulk streams.
+    pub fn hello_done(&self) -> bool {
+        self.hello_done
     }
 
     /// The next frame to send, if any. Control frames go first, then queued documents, then
@@ -595,12 +807,17 @@ impl Session {
                     .all(|j| j.failed || (j.local_done && j.peer_done)))
     }
 
-    /// Per-feed reports, in HELLO order.
+    /// Per-feed reports, in HELLO order (refused feeds included).
     pub fn reports(&self) -> Vec<FeedReport> {
         self.order
             .iter()
-            .filter_map(|n| self.jobs.get(n))
-            .map(|j| j.report.clone())
+            .filter_map(|n| {
+                self.jobs
+                    .get(n)
+                    .map(|j| &j.report)
+                    .or_else(|| self.refused.get(n))
+            })
+            .cloned()
             .collect()
     }
 
@@ -614,14 +831,22 @@ impl Session {
         self.mode
     }
 
-    fn fail(&mut self, e: SessionError) {
+    /// Ends the session with `e`: every frame still queued is dropped and the peer hears the
+    /// error (unless the peer's own error ended it).
+    pub fn fail(&mut self, e: SessionError) {
+        if self.error.is_some() {
+            return;
+        }
         tracing::warn!(role = ?self.role, "replication session failed: {e}");
         let code = match &e {
             SessionError::Protocol(_) => code::PROTOCOL,
+            SessionError::Unauthorized(_) => code::UNAUTHORIZED,
+            SessionError::Version(_) => code::VERSION,
             SessionError::Store(_) => code::INTERNAL,
             SessionError::BadData(_) => code::BAD_DATA,
             SessionError::Peer { .. } => 0,
         };
+        self.outbox.clear();
         if code != 0 {
             self.outbox.push_back(Frame::Error {
                 code,
@@ -641,10 +866,29 @@ impl Session {
         }
     }
 
+    /// The job of a feed in this run; a feed refused at HELLO, or never in it, is an error
+    /// that ends the session.
     fn job(&mut self, feed: &str) -> Result<&mut FeedJob, SessionError> {
+        if self.refused.contains_key(feed) {
+            return Err(SessionError::Unauthorized(format!(
+                "frame for feed `{feed}`, which was refused in this run"
+            )));
+        }
         self.jobs.get_mut(feed).ok_or_else(|| {
             SessionError::Protocol(format!("frame for feed `{feed}` that is not in this run"))
         })
+    }
+
+    /// Marks `feed` failed here and tells the peer, so both sides finish the run.
+    fn fail_feed(&mut self, feed: &str, code: u32, reason: String) -> Result<(), SessionError> {
+        tracing::warn!(feed, "{reason}");
+        self.job(feed)?.fail(reason.clone());
+        self.outbox.push_back(Frame::FeedFailed {
+            feed: feed.to_owned(),
+            code,
+            reason,
+        });
+        Ok(())
     }
 
     fn dispatch(
@@ -653,6 +897,20 @@ impl Session {
         frame: Frame,
         authorizer: Option<&dyn Authorizer>,
     ) -> Result<(), SessionError> {
+        if !self.hello_done {
+            let opening = matches!(
+                (self.role, &frame),
+                (_, Frame::Error { .. })
+                    | (Role::Responder, Frame::Hello { .. })
+                    | (Role::Initiator, Frame::HelloReply { .. })
+            );
+            if !opening {
+                return Err(SessionError::Protocol(format!(
+                    "{} before HELLO",
+                    frame_name(&frame)
+                )));
+            }
+        }
         match (self.role, frame) {
             (_, Frame::Error { code, reason }) => Err(SessionError::Peer { code, reason }),
             (
@@ -663,38 +921,7 @@ impl Session {
                     mode,
                     feeds,
                 },
-            ) => {
-                if self.hello_done {
-                    return Err(SessionError::Protocol("second HELLO".into()));
-                }
-                self.hello_done = true;
-                if version != wire::PROTOCOL_VERSION {
-                    self.outbox.push_back(Frame::Error {
-                        code: code::VERSION,
-                        reason: format!(
-                            "protocol version {version} is not supported; this peer speaks {}",
-                            wire::PROTOCOL_VERSION
-                        ),
-                    });
-                    return Err(SessionError::Protocol(format!(
-                        "peer speaks protocol version {version}"
-                    )));
-                }
-                self.mode = mode;
-                self.token = token.clone();
-                let guard = authorizer.map(|a| a.guard()).unwrap_or_default();
-                let mut statuses = Vec::new();
-                for h in feeds {
-                    let status =
-                        self.responder_hello(store, &token, mode, guard, &h, authorizer)?;
-                    statuses.push(status);
-                }
-                self.outbox.push_back(Frame::HelloReply { feeds: statuses });
-                for name in self.order.clone() {
-                    self.maybe_done(store, &name)?;
-                }
-                Ok(())
-            }
+            ) => self.on_hello(store, version, token, mode, feeds, authorizer),
             (Role::Initiator, Frame::HelloReply { feeds }) => {
                 if self.hello_done || feeds.len() != self.order.len() {
                     return Err(SessionError::Protocol("unexpected HELLO reply".into()));
@@ -707,12 +934,30 @@ impl Session {
                 Ok(())
             }
             (Role::Responder, Frame::SummaryRequest { feed }) => {
-                let status = summary(store, &feed, self.mode, None)?;
-                self.job(&feed)?.docs_seq_out = 0;
+                let mode = self.mode;
+                let job = self.job(&feed)?;
+                if mode != Mode::Pull || job.report.path != Path::Log {
+                    return Err(SessionError::Protocol(format!(
+                        "SUMMARY-REQUEST for `{feed}`, which was not answered with a log"
+                    )));
+                }
+                job.report.path = Path::Sketch;
+                job.new_round();
+                let checkpoint =
+                    serve_checkpoint(store, mode, &feed, self.limits.checkpoint_ttl_secs)?;
+                let status = summary(store, &feed, mode, checkpoint)?;
                 self.outbox.push_back(Frame::Summary { feed, status });
                 Ok(())
             }
             (Role::Initiator, Frame::Summary { feed, status }) => {
+                let job = self.job(&feed)?;
+                if !std::mem::take(&mut job.summary_requested)
+                    || !matches!(status, FeedStatus::Summary { .. })
+                {
+                    return Err(SessionError::Protocol(format!(
+                        "SUMMARY for `{feed}` that was not asked for"
+                    )));
+                }
                 self.initiator_status(store, &feed, status)
             }
             (
@@ -723,78 +968,34 @@ impl Session {
                     seed,
                     cells,
                 },
-            ) => {
-                let buckets = from_bitmap(&buckets)?;
-                let theirs = Iblt::from_cells(unpack_cells(&cells)?, seed)
-                    .map_err(|e| SessionError::Protocol(e.to_string()))?;
-                self.job(&feed)?.report.sketch_cells += theirs.cells().len() as u64;
-                self.job(&feed)?.report.path = Path::Sketch;
-                collect_items(store, self.job(&feed)?, &buckets)?;
-                let job = self.job(&feed)?;
-                let mut mine = Iblt::new(theirs.cells().len(), seed)
-                    .map_err(|e| SessionError::Protocol(e.to_string()))?;
-                for i in &job.local_items {
-                    mine.insert(i);
-                }
-                // Subtract with counts modulo 2^16, as they travelled.
-                let cells: Vec<Cell> = theirs
-                    .cells()
-                    .iter()
-                    .zip(mine.cells())
-                    .map(|(t, m)| Cell {
-                        count: i64::from((t.count as u16).wrapping_sub(m.count as u16) as i16),
-                        key_sum: t.key_sum ^ m.key_sum,
-                        leaf_sum: t.leaf_sum ^ m.leaf_sum,
-                        check_sum: t.check_sum ^ m.check_sum,
-                    })
-                    .collect();
-                let diff = Iblt::from_cells(cells, seed)
-                    .map_err(|e| SessionError::Protocol(e.to_string()))?;
-                match diff.decode() {
-                    Ok((theirs_only, mine_only)) => {
-                        self.responder_resolve(store, &feed, &theirs_only, &mine_only)
-                    }
-                    Err(_) => {
-                        self.outbox.push_back(Frame::SketchFailed { feed });
-                        Ok(())
-                    }
-                }
-            }
+            ) => self.on_sketch(store, &feed, &buckets, seed, &cells),
             (
                 Role::Responder,
                 Frame::ItemList {
                     feed,
                     buckets,
                     items,
+                    last,
                 },
-            ) => {
-                let buckets = from_bitmap(&buckets)?;
-                let theirs: HashSet<Item> = unpack_items(&items)?.into_iter().collect();
-                self.job(&feed)?.report.path = Path::List;
-                collect_items(store, self.job(&feed)?, &buckets)?;
-                let job = self.job(&feed)?;
-                let mine: HashSet<Item> = job.local_items.iter().copied().collect();
-                let theirs_only: Vec<Item> = theirs.difference(&mine).copied().collect();
-                let mine_only: Vec<Item> = mine.difference(&theirs).copied().collect();
-                self.responder_resolve(store, &feed, &theirs_only, &mine_only)
-            }
+            ) => self.on_item_list(store, &feed, &buckets, &items, last),
             (Role::Initiator, Frame::SketchFailed { feed }) => {
                 let job = self.job(&feed)?;
+                if job.report.path != Path::Sketch || job.sent_all || job.failed {
+                    return Err(SessionError::Protocol(format!(
+                        "SKETCH-FAILED for `{feed}`, which has no sketch outstanding"
+                    )));
+                }
                 job.sketch_retries += 1;
-                if job.sketch_retries > MAX_SKETCH_RETRIES {
-                    let frame = Frame::ItemList {
-                        feed,
-                        buckets: bitmap(&job.buckets),
-                        items: pack_items(&job.local_items),
-                    };
+                let bigger = iblt::cells_for(job.sketch_cells.saturating_mul(2));
+                if job.sketch_retries > MAX_SKETCH_RETRIES || bigger > MAX_SKETCH_CELLS {
                     job.report.path = Path::List;
-                    self.outbox.push_back(frame);
+                    self.send_item_list(&feed)
                 } else {
-                    job.sketch_cells = iblt::cells_for(job.sketch_cells.saturating_mul(2));
+                    job.sketch_cells = bigger;
                     let frame = sketch_frame(job)?;
                     self.outbox.push_back(frame);
+                    Ok(())
                 }
-                Ok(())
             }
             (
                 Role::Initiator,
@@ -806,58 +1007,11 @@ impl Session {
                     absent,
                     blobs,
                     last,
+                    more,
                 },
-            ) => {
-                let removals = unpack_u64s(&remove)?;
-                let mut wants = unpack_u64s(&want)?;
-                let absent: HashSet<u64> = unpack_u64s(&absent)?.into_iter().collect();
-                if self.mode == Mode::Mirror && !absent.is_empty() {
-                    let absent_keys: Vec<u64> = wants
-                        .iter()
-                        .copied()
-                        .filter(|k| absent.contains(k))
-                        .collect();
-                    let keys = keys_by_key8(store, &feed, &absent_keys)?;
-                    let Some(gone) = self.drop_stale(store, &feed, &keys)? else {
-                        return Ok(());
-                    };
-                    let gone: HashSet<u64> = gone
-                        .iter()
-                        .map(|k| key8(&cairn_store::merkle::key_hash(k)))
-                        .collect();
-                    wants.retain(|k| !gone.contains(k));
-                }
-                let mode = self.mode;
-                if self.job(&feed)?.failed {
-                    return Ok(());
-                }
-                if !removals.is_empty() && !self.remove_by_key8(store, &feed, &removals)? {
-                    return Ok(());
-                }
-                if !wants.is_empty() {
-                    if mode == Mode::Pull {
-                        return Err(SessionError::Protocol(
-                            "a pull responder asked for documents".into(),
-                        ));
-                    }
-                    self.send_docs_by_key8(store, &feed, &wants)?;
-                }
-                let job = self.job(&feed)?;
-                job.sent_all = true;
-                job.expect_docs = Some(mode != Mode::Push);
-                if last {
-                    job.docs_total = Some(0);
-                }
-                if !docs.is_empty() {
-                    self.receive_docs(
-                        store,
-                        &feed,
-                        docs.into_iter().map(ByteBuf::into_vec).collect(),
-                        blobs,
-                    )?;
-                }
-                self.maybe_done(store, &feed)
-            }
+            ) => self.on_diff(
+                store, &feed, docs, &remove, &want, &absent, blobs, last, more,
+            ),
             (
                 _,
                 Frame::Docs {
@@ -869,9 +1023,19 @@ impl Session {
                 },
             ) => {
                 let job = self.job(&feed)?;
+                if job.rule.is_none() {
+                    return Err(SessionError::Protocol(format!(
+                        "documents for `{feed}` sent to a side that does not receive in this mode"
+                    )));
+                }
+                if job.docs_total.is_some_and(|t| seq >= t) {
+                    return Err(SessionError::Protocol(format!(
+                        "DOCS frame {seq} for `{feed}` after the last one"
+                    )));
+                }
                 job.docs_seen += 1;
                 if last {
-                    job.docs_total = Some(seq + 1);
+                    job.docs_total = Some(seq.saturating_add(1));
                 }
                 if job.docs_total.is_some_and(|t| job.docs_seen > t) {
                     return Err(SessionError::Protocol(format!(
@@ -888,8 +1052,7 @@ impl Session {
             }
             (_, Frame::FeedFailed { feed, code, reason }) => {
                 let job = self.job(&feed)?;
-                job.failed = true;
-                job.report.error = Some(format!("peer stopped this feed (code {code}): {reason}"));
+                job.fail(format!("peer stopped this feed (code {code}): {reason}"));
                 Ok(())
             }
             (_, Frame::WantBlobs { blobs }) => self.serve_blobs(store, &blobs),
@@ -902,12 +1065,15 @@ impl Session {
                     data,
                 },
             ) => self.receive_piece(store, Hash::from_bytes(hash), size, &groups, &data),
-            (_, Frame::Done { feed, root, count }) => {
-                let job = self.job(&feed)?;
-                job.peer_done = true;
-                job.report.peer_root = Some((root, count));
-                self.maybe_done(store, &feed)
-            }
+            (
+                _,
+                Frame::Done {
+                    feed,
+                    root,
+                    count,
+                    checkpoint,
+                },
+            ) => self.on_done(store, &feed, root, count, checkpoint),
             (role, other) => Err(SessionError::Protocol(format!(
                 "{role:?} cannot receive {}",
                 frame_name(&other)
@@ -915,140 +1081,238 @@ impl Session {
         }
     }
 
-    /// Checks an announced checkpoint against rollback; false (feed failed) when refused.
-    fn take_checkpoint(
-        &self,
-        store: &Store,
-        job: &mut FeedJob,
-        checkpoint: Option<Vec<u8>>,
-    ) -> bool {
-        let Some(cp) = checkpoint else { return true };
-        match store.check_checkpoint(&job.name, &cp) {
-            Ok(_) => {
-                job.checkpoint = Some(cp);
-                true
-            }
-            Err(e) => {
-                tracing::warn!(feed = %job.name, "refusing the peer's checkpoint: {e}");
-                job.failed = true;
-                job.report.error = Some(format!("checkpoint refused: {e}"));
-                false
-            }
-        }
-    }
-
-    fn take_checkpoint_for(
+    fn on_hello(
         &mut self,
         store: &Store,
-        feed: &str,
-        checkpoint: Option<Vec<u8>>,
-    ) -> Result<bool, SessionError> {
-        let mut job = self.jobs.remove(feed).ok_or_else(|| {
-            SessionError::Protocol(format!("frame for feed `{feed}` that is not in this run"))
-        })?;
-        let ok = self.take_checkpoint(store, &mut job, checkpoint);
-        self.jobs.insert(feed.to_owned(), job);
-        Ok(ok)
+        version: u32,
+        token: String,
+        mode: Mode,
+        feeds: Vec<FeedHello>,
+        authorizer: Option<&dyn Authorizer>,
+    ) -> Result<(), SessionError> {
+        if self.hello_done {
+            return Err(SessionError::Protocol("second HELLO".into()));
+        }
+        self.hello_done = true;
+        if version != wire::PROTOCOL_VERSION {
+            return Err(SessionError::Version(format!(
+                "protocol version {version} is not supported; this peer speaks {}",
+                wire::PROTOCOL_VERSION
+            )));
+        }
+        if feeds.len() > MAX_HELLO_FEEDS {
+            return Err(SessionError::Protocol(format!(
+                "HELLO names {} feeds; at most {MAX_HELLO_FEEDS} are allowed",
+                feeds.len()
+            )));
+        }
+        let mut names = HashSet::new();
+        if let Some(dup) = feeds.iter().find(|h| !names.insert(h.feed.as_str())) {
+            return Err(SessionError::Protocol(format!(
+                "HELLO names feed `{}` twice",
+                dup.feed
+            )));
+        }
+        self.mode = mode;
+        self.token = token.clone();
+        let guard = authorizer.map(|a| a.guard()).unwrap_or_default();
+        let mut log_budget = MAX_LOG_BYTES;
+        let mut statuses = Vec::with_capacity(feeds.len());
+        for h in feeds {
+            let status =
+                self.responder_hello(store, &token, guard, h, authorizer, &mut log_budget)?;
+            statuses.push(status);
+        }
+        self.outbox.push_back(Frame::HelloReply { feeds: statuses });
+        for name in self.order.clone() {
+            if self.jobs.contains_key(&name) {
+                self.maybe_done(store, &name)?;
+                self.finish_feed(store, &name)?;
+            }
+        }
+        Ok(())
     }
 
+    /// The responder's answer for one feed of HELLO. A refused feed is recorded for the
+    /// report and gets no job: nothing later may name it.
     fn responder_hello(
         &mut self,
         store: &Store,
         token: &str,
-        mode: Mode,
         guard: GuardRail,
-        h: &FeedHello,
+        h: FeedHello,
         authorizer: Option<&dyn Authorizer>,
+        log_budget: &mut usize,
     ) -> Result<FeedStatus, SessionError> {
-        let mut job = FeedJob {
-            name: h.feed.clone(),
-            report: FeedReport {
-                feed: h.feed.clone(),
-                ..FeedReport::default()
-            },
-            sink: mode != Mode::Pull,
-            rule: match mode {
-                Mode::Pull => None,
-                Mode::Push => Some(ApplyRule::Authoritative),
-                Mode::Mirror => Some(ApplyRule::LastWriterWins),
-            },
-            guard,
-            peer_collected: h.collected,
-            ..FeedJob::default()
-        };
+        let (mode, ttl) = (self.mode, self.limits.checkpoint_ttl_secs);
         self.order.push(h.feed.clone());
-        let refuse = |job: &mut FeedJob, code: u32, reason: String| {
-            job.failed = true;
-            job.report.error = Some(reason.clone());
-            FeedStatus::Refused { code, reason }
-        };
-        let status = match authorizer.map(|a| a.authorize(token, &h.feed, mode)) {
-            Some(Err((code, reason))) => refuse(&mut job, code, reason),
-            _ => match store.feed_summary(&h.feed) {
-                Err(StoreError::FeedNotFound { .. }) => refuse(
-                    &mut job,
-                    code::NO_SUCH_FEED,
-                    format!("feed `{}` does not exist on this peer", h.feed),
-                ),
-                Err(e) => return Err(store_err(e)),
-                Ok(_)
-                    if mode == Mode::Push
-                        && !self.take_checkpoint(store, &mut job, h.checkpoint.clone()) =>
-                {
-                    FeedStatus::Refused {
-                        code: code::BAD_DATA,
-                        reason: job.report.error.clone().unwrap_or_default(),
-                    }
+        match self.admit(store, token, mode, &h, authorizer)? {
+            Err(refusal) => {
+                tracing::debug!(feed = %h.feed, code = refusal.code, "refused: {}", refusal.reason);
+                self.refused.insert(
+                    h.feed.clone(),
+                    FeedReport {
+                        feed: h.feed.clone(),
+                        error: Some(refusal.reason.clone()),
+                        ..FeedReport::default()
+                    },
+                );
+                Ok(FeedStatus::Refused {
+                    code: refusal.code,
+                    reason: refusal.reason,
+                })
+            }
+            Ok(sum) => {
+                let rule = match mode {
+                    Mode::Pull => None,
+                    Mode::Push => Some(ApplyRule::Authoritative),
+                    Mode::Mirror => Some(ApplyRule::LastWriterWins),
+                };
+                let mut job = FeedJob::new(&h.feed, rule, guard, false);
+                if mode == Mode::Push {
+                    job.checkpoints.extend(h.checkpoint.clone());
                 }
-                Ok(sum)
-                    if sum.root.fingerprint.as_bytes() == &h.root && sum.root.count == h.count =>
-                {
-                    job.report.path = Path::Equal;
-                    job.local_done = true;
-                    job.peer_done = true;
-                    job.report.local_root = Some((h.root, h.count));
-                    job.report.peer_root = Some((h.root, h.count));
-                    if let Some(cp) = job.checkpoint.take() {
-                        if let Err(e) = store.accept_checkpoint(&h.feed, &cp) {
-                            job.report.error = Some(format!("checkpoint: {e}"));
+                if mode == Mode::Mirror {
+                    let seen = store
+                        .peer_seen_hlc(&self.peer, &h.feed)
+                        .map_err(store_err)?;
+                    job.peer_collected = h.collected.min(seen);
+                }
+                let status =
+                    if sum.root.fingerprint.as_bytes() == &h.root && sum.root.count == h.count {
+                        job.report.path = Path::Equal;
+                        job.local_done = true;
+                        job.peer_done = true;
+                        job.report.local_root = Some((h.root, h.count));
+                        job.report.peer_root = Some((h.root, h.count));
+                        FeedStatus::Equal {
+                            cursor: cursor_to_wire(sum.feed.cursor()),
+                            checkpoint: serve_checkpoint(store, mode, &h.feed, ttl)?,
                         }
-                    }
-                    FeedStatus::Equal {
-                        cursor: cursor_to_wire(sum.feed.cursor()),
-                        checkpoint: pull_checkpoint(store, mode, &h.feed)?,
-                    }
-                }
-                Ok(sum) => match (mode, h.since) {
-                    (Mode::Pull, Some(since)) => {
-                        match log_suffix(store, &h.feed, cursor_from_wire(since))? {
+                    } else {
+                        let log = match (mode, h.since) {
+                            (Mode::Pull, Some(since)) => {
+                                log_suffix(store, &h.feed, cursor_from_wire(since), log_budget)?
+                            }
+                            _ => None,
+                        };
+                        match log {
                             Some(changes) => {
                                 job.report.path = Path::Log;
                                 job.report.docs_sent +=
                                     changes.iter().filter(|c| c.doc.is_some()).count() as u64;
                                 job.sent_all = true;
                                 job.expect_docs = Some(false);
+                                for c in &changes {
+                                    if let Some(d) = &c.doc {
+                                        offer_blobs(&mut self.offered, d);
+                                    }
+                                }
                                 FeedStatus::Log {
                                     root: *sum.root.fingerprint.as_bytes(),
                                     count: sum.root.count,
                                     cursor: cursor_to_wire(sum.feed.cursor()),
                                     changes,
-                                    checkpoint: pull_checkpoint(store, mode, &h.feed)?,
+                                    checkpoint: serve_checkpoint(store, mode, &h.feed, ttl)?,
                                 }
                             }
                             None => summary(
                                 store,
                                 &h.feed,
                                 mode,
-                                pull_checkpoint(store, mode, &h.feed)?,
+                                serve_checkpoint(store, mode, &h.feed, ttl)?,
                             )?,
                         }
-                    }
-                    _ => summary(store, &h.feed, mode, pull_checkpoint(store, mode, &h.feed)?)?,
-                },
-            },
+                    };
+                self.jobs.insert(h.feed.clone(), job);
+                Ok(status)
+            }
+        }
+    }
+
+    /// Whether a feed of HELLO may be replicated: the authorizer says so (none means no), the
+    /// feed exists, and a write carries a checkpoint from a key trusted for the feed here.
+    fn admit(
+        &self,
+        store: &Store,
+        token: &str,
+        mode: Mode,
+        h: &FeedHello,
+        authorizer: Option<&dyn Authorizer>,
+    ) -> Result<Result<cairn_store::FeedSummary, Refusal>, SessionError> {
+        let Some(authorizer) = authorizer else {
+            return Ok(Err(Refusal::new(
+                code::UNAUTHORIZED,
+                "this instance accepts no replication",
+            )));
         };
-        self.jobs.insert(h.feed.clone(), job);
-        Ok(status)
+        if let Err(r) = authorizer.authorize(token, &h.feed, mode) {
+            return Ok(Err(r));
+        }
+        let sum = match store.feed_summary(&h.feed) {
+            Ok(s) => s,
+            Err(StoreError::FeedNotFound { .. }) => {
+                return Ok(Err(Refusal::new(
+                    code::NO_SUCH_FEED,
+                    format!("feed `{}` does not exist on this peer", h.feed),
+                )))
+            }
+            Err(e) => return Err(store_err(e)),
+        };
+        if mode != Mode::Pull {
+            let Some(cp) = &h.checkpoint else {
+                return Ok(Err(Refusal::new(
+                    code::BAD_DATA,
+                    format!(
+                        "a {mode:?} of `{}` must carry a checkpoint signed by a key trusted for it here",
+                        h.feed
+                    )
+                    .to_lowercase(),
+                )));
+            };
+            if let Err(e) = store.check_checkpoint(&h.feed, cp, self.now_secs) {
+                tracing::warn!(feed = %h.feed, "refusing the peer's checkpoint: {e}");
+                return Ok(Err(Refusal::new(
+                    code::BAD_DATA,
+                    format!("checkpoint refused: {e}"),
+                )));
+            }
+        }
+        Ok(Ok(sum))
+    }
+
+    /// Checks the authoritative side's checkpoint for `feed` before anything of the feed is
+    /// applied: required in a pull and a mirror, from a key trusted for the feed, fresh, not a
+    /// rollback. False (the feed failed, the peer told) when it is missing or refused.
+    fn take_checkpoint(
+        &mut self,
+        store: &Store,
+        feed: &str,
+        checkpoint: Option<Vec<u8>>,
+    ) -> Result<bool, SessionError> {
+        if self.mode == Mode::Push {
+            return Ok(true);
+        }
+        let Some(cp) = checkpoint else {
+            self.fail_feed(
+                feed,
+                code::BAD_DATA,
+                format!(
+                    "the peer sent no checkpoint for `{feed}`; refusing state no writer signed"
+                ),
+            )?;
+            return Ok(false);
+        };
+        match store.check_checkpoint(feed, &cp, self.now_secs) {
+            Ok(_) => {
+                self.job(feed)?.checkpoints.push(cp);
+                Ok(true)
+            }
+            Err(e) => {
+                self.fail_feed(feed, code::BAD_DATA, format!("checkpoint refused: {e}"))?;
+                Ok(false)
+            }
+        }
     }
 
     fn initiator_status(
@@ -1059,27 +1323,18 @@ impl Session {
     ) -> Result<(), SessionError> {
         match status {
             FeedStatus::Refused { code, reason } => {
-                let job = self.job(feed)?;
-                job.failed = true;
+                let mut job = self.jobs.remove(feed).ok_or_else(|| {
+                    SessionError::Protocol(format!("status for feed `{feed}` not in this run"))
+                })?;
                 job.report.error = Some(format!("refused by peer (code {code}): {reason}"));
+                self.refused.insert(feed.to_owned(), job.report);
                 Ok(())
             }
             FeedStatus::Equal { cursor, checkpoint } => {
-                let sum = store.feed_summary(feed).map_err(store_err)?;
-                let mut job = self.jobs.remove(feed).ok_or_else(|| {
-                    SessionError::Protocol(format!(
-                        "frame for feed `{feed}` that is not in this run"
-                    ))
-                })?;
-                let ok = self.take_checkpoint(store, &mut job, checkpoint);
-                if ok {
-                    if let Some(cp) = job.checkpoint.take() {
-                        if let Err(e) = store.accept_checkpoint(feed, &cp) {
-                            job.report.error = Some(format!("checkpoint: {e}"));
-                        }
-                    }
+                if !self.take_checkpoint(store, feed, checkpoint)? {
+                    return Ok(());
                 }
-                self.jobs.insert(feed.to_owned(), job);
+                let sum = store.feed_summary(feed).map_err(store_err)?;
                 let job = self.job(feed)?;
                 job.report.path = Path::Equal;
                 job.report.peer_cursor = Some(cursor_from_wire(cursor));
@@ -1088,7 +1343,7 @@ impl Session {
                 job.report.peer_root = Some(r);
                 job.local_done = true;
                 job.peer_done = true;
-                Ok(())
+                self.finish_feed(store, feed)
             }
             FeedStatus::Log {
                 root,
@@ -1097,7 +1352,13 @@ impl Session {
                 changes,
                 checkpoint,
             } => {
-                if !self.take_checkpoint_for(store, feed, checkpoint)? {
+                if self.mode != Mode::Pull {
+                    return Err(SessionError::Protocol(format!(
+                        "a change log for `{feed}` in a {:?}",
+                        self.mode
+                    )));
+                }
+                if !self.take_checkpoint(store, feed, checkpoint)? {
                     return Ok(());
                 }
                 {
@@ -1131,9 +1392,12 @@ impl Session {
                 checkpoint,
                 collected,
             } => {
-                self.job(feed)?.peer_collected = collected;
-                if checkpoint.is_some() && !self.take_checkpoint_for(store, feed, checkpoint)? {
+                if !self.take_checkpoint(store, feed, checkpoint)? {
                     return Ok(());
+                }
+                if self.mode == Mode::Mirror {
+                    let seen = store.peer_seen_hlc(&self.peer, feed).map_err(store_err)?;
+                    self.job(feed)?.peer_collected = collected.min(seen);
                 }
                 if l1.len() != 256 * L1_RECORD {
                     return Err(SessionError::Protocol(
@@ -1146,11 +1410,11 @@ impl Session {
                 job.report.peer_root = Some((root, count));
                 let mut mismatched = Vec::new();
                 let mut count_diff = 0u64;
-                for b in 0..256usize {
-                    let (a, z) = (
-                        &mine[b * L1_RECORD..(b + 1) * L1_RECORD],
-                        &l1[b * L1_RECORD..(b + 1) * L1_RECORD],
-                    );
+                for (b, (a, z)) in mine
+                    .chunks_exact(L1_RECORD)
+                    .zip(l1.chunks_exact(L1_RECORD))
+                    .enumerate()
+                {
                     if a != z {
                         mismatched.push(b as u8);
                         let ca = u32::from_be_bytes([a[0], a[1], a[2], a[3]]);
@@ -1174,39 +1438,190 @@ impl Session {
                 let keys = (256.0 * per_bucket).max(count_diff as f64);
                 let items = (2.0 * keys - count_diff as f64).max(count_diff as f64);
                 let estimate = (items * 1.15).ceil() as usize + 4;
-                job.buckets = mismatched.clone();
                 collect_items(store, job, &mismatched)?;
                 job.sketch_cells = iblt::cells_for(estimate);
-                // A plain list is cheaper when our side of the buckets is small.
-                let frame = if job.local_items.len() * 16 <= job.sketch_cells * CELL_BYTES {
+                // A plain list is cheaper when our side of the buckets is small, and the only
+                // way when the difference is too large for one sketch frame.
+                if job.local_items.len() * 16 <= job.sketch_cells * CELL_BYTES
+                    || job.sketch_cells > MAX_SKETCH_CELLS
+                {
                     job.report.path = Path::List;
-                    Frame::ItemList {
-                        feed: feed.to_owned(),
-                        buckets: bitmap(&job.buckets),
-                        items: pack_items(&job.local_items),
-                    }
+                    self.send_item_list(feed)
                 } else {
                     job.report.path = Path::Sketch;
-                    sketch_frame(job)?
+                    let frame = sketch_frame(job)?;
+                    self.outbox.push_back(frame);
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Sends this side's items of the buckets in play as ITEM-LIST pages of whole buckets.
+    fn send_item_list(&mut self, feed: &str) -> Result<(), SessionError> {
+        let job = self.job(feed)?;
+        let mut frames = Vec::new();
+        let mut page_buckets = Vec::new();
+        let mut page_start = 0;
+        let spans: Vec<(u8, usize, usize)> = job
+            .bucket_starts
+            .iter()
+            .enumerate()
+            .map(|(i, &(b, start))| {
+                let end = job
+                    .bucket_starts
+                    .get(i + 1)
+                    .map_or(job.local_items.len(), |n| n.1);
+                (b, start, end)
+            })
+            .collect();
+        for (b, start, end) in spans {
+            if !page_buckets.is_empty() && end - page_start > MAX_LIST_ITEMS {
+                frames.push(Frame::ItemList {
+                    feed: feed.to_owned(),
+                    buckets: bitmap(&page_buckets),
+                    items: pack_items(&job.local_items[page_start..start]),
+                    last: false,
+                });
+                page_buckets.clear();
+                page_start = start;
+            }
+            page_buckets.push(b);
+        }
+        frames.push(Frame::ItemList {
+            feed: feed.to_owned(),
+            buckets: bitmap(&page_buckets),
+            items: pack_items(&job.local_items[page_start..]),
+            last: true,
+        });
+        self.outbox.extend(frames);
+        Ok(())
+    }
+
+    fn on_sketch(
+        &mut self,
+        store: &Store,
+        feed: &str,
+        buckets: &[u8],
+        seed: u64,
+        cells: &[u8],
+    ) -> Result<(), SessionError> {
+        let failures = match self.job(feed)?.recon {
+            Recon::Open => 0,
+            Recon::Sketched { failures } if failures <= MAX_SKETCH_RETRIES => failures,
+            _ => {
+                return Err(SessionError::Protocol(format!(
+                    "SKETCH for `{feed}` after its difference was settled or past the retries"
+                )))
+            }
+        };
+        let buckets = from_bitmap(buckets)?;
+        let theirs = Iblt::from_cells(unpack_cells(cells)?, seed)
+            .map_err(|e| SessionError::Protocol(e.to_string()))?;
+        let job = self.job(feed)?;
+        job.report.sketch_cells += theirs.cells().len() as u64;
+        job.report.path = Path::Sketch;
+        collect_items(store, job, &buckets)?;
+        let mut mine = Iblt::new(theirs.cells().len(), seed)
+            .map_err(|e| SessionError::Protocol(e.to_string()))?;
+        for i in &job.local_items {
+            mine.insert(i);
+        }
+        // Subtract with counts modulo 2^16, as they travelled.
+        let cells: Vec<Cell> = theirs
+            .cells()
+            .iter()
+            .zip(mine.cells())
+            .map(|(t, m)| Cell {
+                count: i64::from((t.count as u16).wrapping_sub(m.count as u16) as i16),
+                key_sum: t.key_sum ^ m.key_sum,
+                leaf_sum: t.leaf_sum ^ m.leaf_sum,
+                check_sum: t.check_sum ^ m.check_sum,
+            })
+            .collect();
+        let diff =
+            Iblt::from_cells(cells, seed).map_err(|e| SessionError::Protocol(e.to_string()))?;
+        match diff.decode() {
+            Ok((theirs_only, mine_only)) => {
+                self.job(feed)?.recon = Recon::Resolved;
+                self.responder_resolve(store, feed, &theirs_only, &mine_only, true)
+            }
+            Err(_) => {
+                self.job(feed)?.recon = Recon::Sketched {
+                    failures: failures + 1,
                 };
-                self.outbox.push_back(frame);
+                self.outbox.push_back(Frame::SketchFailed {
+                    feed: feed.to_owned(),
+                });
                 Ok(())
             }
         }
     }
 
-    /// The responder knows the exact difference: act on it according to the mode.
+    /// One page of the initiator's item list: the difference in its buckets is answered at
+    /// once (a DIFF page), so nothing of the page is kept but the keys to send.
+    fn on_item_list(
+        &mut self,
+        store: &Store,
+        feed: &str,
+        buckets: &[u8],
+        items: &[u8],
+        last: bool,
+    ) -> Result<(), SessionError> {
+        let buckets = from_bitmap(buckets)?;
+        let theirs: HashSet<Item> = unpack_items(items)?.into_iter().collect();
+        let job = self.job(feed)?;
+        match job.recon {
+            Recon::Open | Recon::Sketched { .. } => {
+                job.recon = Recon::Listing;
+                job.listed_buckets.clear();
+            }
+            Recon::Listing => {}
+            Recon::Resolved => {
+                return Err(SessionError::Protocol(format!(
+                    "ITEM-LIST for `{feed}` after its difference was settled"
+                )))
+            }
+        }
+        for &b in &buckets {
+            if !job.listed_buckets.insert(b) {
+                return Err(SessionError::Protocol(format!(
+                    "ITEM-LIST for `{feed}` covers bucket {b} twice"
+                )));
+            }
+        }
+        let in_page: HashSet<u8> = buckets.iter().copied().collect();
+        if let Some(stray) = theirs.iter().find(|i| !in_page.contains(&item_bucket(i))) {
+            return Err(SessionError::Protocol(format!(
+                "ITEM-LIST for `{feed}` holds an item of bucket {}, which the page does not cover",
+                item_bucket(stray)
+            )));
+        }
+        job.report.path = Path::List;
+        collect_items(store, job, &buckets)?;
+        let mine: HashSet<Item> = job.local_items.iter().copied().collect();
+        let theirs_only: Vec<Item> = theirs.difference(&mine).copied().collect();
+        let mine_only: Vec<Item> = mine.difference(&theirs).copied().collect();
+        if last {
+            job.recon = Recon::Resolved;
+        }
+        self.responder_resolve(store, feed, &theirs_only, &mine_only, last)
+    }
+
+    /// The responder knows the exact difference of some buckets (all of them when `last`):
+    /// act on it according to the mode. Key lists go out as DIFF pages; documents to send
+    /// are gathered and go with the last page and the DOCS frames after it.
     fn responder_resolve(
         &mut self,
         store: &Store,
         feed: &str,
         theirs_only: &[Item],
         mine_only: &[Item],
+        last: bool,
     ) -> Result<(), SessionError> {
         let mode = self.mode;
         let their_keys: HashSet<u64> = theirs_only.iter().map(|i| i.key).collect();
         let my_keys: HashSet<u64> = mine_only.iter().map(|i| i.key).collect();
-        let mut send_keys = Vec::new();
         if mode != Mode::Push {
             let job = self.job(feed)?;
             let mut keys: Vec<String> = mine_only
@@ -1224,7 +1639,7 @@ impl Session {
                 };
                 keys.retain(|k| !gone.contains(k));
             }
-            send_keys = keys;
+            self.job(feed)?.to_send.extend(keys);
         }
         let remove: Vec<u64> = if mode == Mode::Pull {
             their_keys.difference(&my_keys).copied().collect()
@@ -1243,27 +1658,231 @@ impl Session {
                 return Ok(());
             }
         }
-        let mut queue: VecDeque<String> = send_keys.into();
-        let (first, first_blobs) = self.next_batch(store, feed, &mut queue)?;
         let absent: Vec<u64> = if mode == Mode::Mirror {
             their_keys.difference(&my_keys).copied().collect()
         } else {
             Vec::new()
         };
-        self.outbox.push_back(Frame::Diff {
-            feed: feed.to_owned(),
-            docs: first,
-            remove: pack_u64s(remove),
-            want: pack_u64s(want.iter().copied()),
-            absent: pack_u64s(absent),
-            blobs: first_blobs,
-            last: queue.is_empty(),
-        });
-        self.queue_docs(feed, queue);
+        self.job(feed)?.wants_sent += want.len() as u64;
+        // Long lists go in pages of their own; the page that ends the round carries the first
+        // documents.
+        let pages = remove
+            .len()
+            .max(want.len())
+            .max(absent.len())
+            .div_ceil(MAX_DIFF_KEYS)
+            .max(1);
+        let page = |v: &[u64], i: usize| -> Vec<u8> {
+            pack_u64s(
+                v.iter()
+                    .skip(i * MAX_DIFF_KEYS)
+                    .take(MAX_DIFF_KEYS)
+                    .copied(),
+            )
+        };
+        for i in 0..pages {
+            let final_page = last && i + 1 == pages;
+            let (docs, blobs, docs_last) = if final_page {
+                let mut queue: VecDeque<String> =
+                    std::mem::take(&mut self.job(feed)?.to_send).into();
+                let (docs, blobs) = self.next_batch(store, feed, &mut queue)?;
+                let done = queue.is_empty();
+                self.queue_docs(feed, queue);
+                (docs, blobs, done)
+            } else {
+                (Vec::new(), Vec::new(), false)
+            };
+            self.outbox.push_back(Frame::Diff {
+                feed: feed.to_owned(),
+                docs,
+                remove: page(&remove, i),
+                want: page(&want, i),
+                absent: page(&absent, i),
+                blobs,
+                last: docs_last,
+                more: !final_page,
+            });
+        }
+        if !last {
+            return Ok(());
+        }
         let job = self.job(feed)?;
         job.sent_all = true;
-        job.expect_docs = Some(mode != Mode::Pull && !want.is_empty());
+        job.expect_docs = Some(mode != Mode::Pull && job.wants_sent > 0);
         self.maybe_done(store, feed)
+    }
+
+    /// One DIFF page at the initiator: removals and mirror drops at once, wants gathered; the
+    /// last page sends the wanted documents and takes the first of the peer's.
+    #[allow(clippy::too_many_arguments)]
+    fn on_diff(
+        &mut self,
+        store: &Store,
+        feed: &str,
+        docs: Vec<ByteBuf>,
+        remove: &[u8],
+        want: &[u8],
+        absent: &[u8],
+        blobs: Vec<SmallBlob>,
+        last: bool,
+        more: bool,
+    ) -> Result<(), SessionError> {
+        let mode = self.mode;
+        let job = self.job(feed)?;
+        if job.failed {
+            return Ok(());
+        }
+        if !matches!(job.report.path, Path::Sketch | Path::List) || job.sent_all {
+            return Err(SessionError::Protocol(format!(
+                "DIFF for `{feed}`, which has no reconciliation outstanding"
+            )));
+        }
+        if more && (!docs.is_empty() || !blobs.is_empty() || last) {
+            return Err(SessionError::Protocol(format!(
+                "DIFF page for `{feed}` before the last one carries documents"
+            )));
+        }
+        let removals = unpack_u64s(remove)?;
+        let mut wants = unpack_u64s(want)?;
+        let absent: HashSet<u64> = unpack_u64s(absent)?.into_iter().collect();
+        if mode == Mode::Pull && !wants.is_empty() {
+            return Err(SessionError::Protocol(
+                "a pull responder asked for documents".into(),
+            ));
+        }
+        if mode != Mode::Pull && !removals.is_empty() {
+            return Err(SessionError::Protocol(format!(
+                "a {mode:?} responder told this side to remove entries"
+            )));
+        }
+        if mode == Mode::Mirror && !absent.is_empty() {
+            let absent_keys: Vec<u64> = wants
+                .iter()
+                .copied()
+                .filter(|k| absent.contains(k))
+                .collect();
+            let keys = keys_by_key8(store, feed, &absent_keys)?;
+            let Some(gone) = self.drop_stale(store, feed, &keys)? else {
+                return Ok(());
+            };
+            let gone: HashSet<u64> = gone
+                .iter()
+                .map(|k| key8(&cairn_store::merkle::key_hash(k)))
+                .collect();
+            wants.retain(|k| !gone.contains(k));
+        }
+        if !removals.is_empty() && !self.remove_by_key8(store, feed, &removals)? {
+            return Ok(());
+        }
+        let held = store.feed_summary(feed).map_err(store_err)?.root.count;
+        let job = self.job(feed)?;
+        job.diff_pages.pages += 1;
+        job.diff_pages.wants.extend(wants);
+        // Every want names one of our keys; more wants than keys is a peer making us allocate.
+        if job.diff_pages.wants.len() as u64 > held {
+            return Err(SessionError::Protocol(format!(
+                "DIFF for `{feed}` wants more documents than this side holds"
+            )));
+        }
+        if more {
+            return Ok(());
+        }
+        let wants = std::mem::take(&mut job.diff_pages.wants);
+        if !wants.is_empty() {
+            self.send_docs_by_key8(store, feed, &wants)?;
+        }
+        let job = self.job(feed)?;
+        job.sent_all = true;
+        job.expect_docs = Some(mode != Mode::Push);
+        if last {
+            job.docs_total = Some(0);
+        }
+        if !docs.is_empty() || !blobs.is_empty() {
+            self.receive_docs(
+                store,
+                feed,
+                docs.into_iter().map(ByteBuf::into_vec).collect(),
+                blobs,
+            )?;
+        }
+        self.maybe_done(store, feed)
+    }
+
+    fn on_done(
+        &mut self,
+        store: &Store,
+        feed: &str,
+        root: [u8; 32],
+        count: u64,
+        checkpoint: Option<Vec<u8>>,
+    ) -> Result<(), SessionError> {
+        let (role, mode, now) = (self.role, self.mode, self.now_secs);
+        let job = self.job(feed)?;
+        if job.peer_done {
+            return Err(SessionError::Protocol(format!("second DONE for `{feed}`")));
+        }
+        job.peer_done = true;
+        job.report.peer_root = Some((root, count));
+        if let Some(cp) = checkpoint {
+            if role != Role::Initiator || mode != Mode::Pull {
+                return Err(SessionError::Protocol(format!(
+                    "a checkpoint in DONE for `{feed}` from a side that is not authoritative"
+                )));
+            }
+            // The upstream's state now; the one from its status may be older than what it sent.
+            match store.check_checkpoint(feed, &cp, now) {
+                Ok(_) => job.checkpoints.push(cp),
+                Err(e) => tracing::warn!(feed, "the peer's closing checkpoint is refused: {e}"),
+            }
+        }
+        self.maybe_done(store, feed)?;
+        self.finish_feed(store, feed)
+    }
+
+    /// Once both sides are done with `feed`: the receiving side of an authoritative run keeps
+    /// the newest checkpoint that matches its recomputed root (refusing to call the run good
+    /// otherwise), and mirror peers that converged remember how far they have seen each other.
+    fn finish_feed(&mut self, store: &Store, feed: &str) -> Result<(), SessionError> {
+        let (role, mode, now, peer) = (self.role, self.mode, self.now_secs, self.peer);
+        let job = self.job(feed)?;
+        if job.failed || !job.local_done || !job.peer_done || job.finished {
+            return Ok(());
+        }
+        job.finished = true;
+        if job.dry_run {
+            return Ok(());
+        }
+        let receives_authoritatively = matches!(
+            (role, mode),
+            (Role::Initiator, Mode::Pull) | (Role::Responder, Mode::Push)
+        );
+        if receives_authoritatively {
+            let mut last_error = None;
+            for cp in std::mem::take(&mut job.checkpoints).iter().rev() {
+                match store.accept_checkpoint(feed, cp, now) {
+                    Ok(accepted) => {
+                        job.report.checkpoint = Some(accepted);
+                        last_error = None;
+                        break;
+                    }
+                    Err(e) => last_error = Some(e),
+                }
+            }
+            if let Some(e) = last_error {
+                tracing::warn!(feed, "no checkpoint of the peer covers this replica: {e}");
+                job.report.error = Some(format!(
+                    "checkpoint: {e} (documents were withheld, mixed or changed during the run)"
+                ));
+            }
+        }
+        let converged =
+            job.report.local_root.is_some() && job.report.local_root == job.report.peer_root;
+        if mode == Mode::Mirror && converged {
+            store
+                .raise_peer_seen_hlc(&peer, feed, store.clock())
+                .map_err(store_err)?;
+        }
+        Ok(())
     }
 
     /// Mirror: removes those of `keys` (entries the peer holds nothing for) that the peer may
@@ -1296,36 +1915,35 @@ impl Session {
         let job = self.job(feed)?;
         if job.dry_run {
             job.report.plan_deletes += keys.len() as u64;
+            job.round_deletes += keys.len() as u64;
             return Ok(true);
         }
         let n = store.remove_entries(feed, keys).map_err(store_err)?;
-        self.job(feed)?.report.deletions += n;
+        let job = self.job(feed)?;
+        job.report.deletions += n;
+        job.round_deletes += n;
         Ok(true)
     }
 
-    /// False (and the feed failed, the peer told) when `deletes` is over the guard rail.
+    /// False (and the feed failed, the peer told) when `deletes` more deletions, with those
+    /// already made this round, are over the guard rail.
     fn check_guard(&mut self, feed: &str, total: u64, deletes: u64) -> Result<bool, SessionError> {
         let job = self.job(feed)?;
-        if deletes == 0 || job.guard.allow || total == 0 {
+        let before = total + job.round_deletes;
+        if deletes == 0 || job.guard.allow || before == 0 {
             return Ok(true);
         }
-        let share = deletes as f64 / total as f64;
+        let planned = job.round_deletes + deletes;
+        let share = planned as f64 / before as f64;
         if share <= job.guard.max_delete_share {
             return Ok(true);
         }
         let reason = format!(
-            "this run would delete {deletes} of {total} entries in `{feed}` ({:.0}%), over the guard rail of {:.0}%; run with --allow-deletes to proceed or --dry-run to see the plan",
+            "this run would delete {planned} of {before} entries in `{feed}` ({:.0}%), over the guard rail of {:.0}%; run with --allow-deletes to proceed or --dry-run to see the plan",
             share * 100.0,
             job.guard.max_delete_share * 100.0
         );
-        tracing::warn!(feed, "{reason}");
-        job.failed = true;
-        job.report.error = Some(reason.clone());
-        self.outbox.push_back(Frame::FeedFailed {
-            feed: feed.to_owned(),
-            code: code::GUARD_RAIL,
-            reason,
-        });
+        self.fail_feed(feed, code::GUARD_RAIL, reason)?;
         Ok(false)
     }
 
@@ -1379,7 +1997,8 @@ impl Session {
     }
 
     /// The next batch of documents (up to [`DOC_BATCH_BYTES`]) for the keys at the front of
-    /// `keys`, with the small blobs their manifests name; counted as sent.
+    /// `keys`, with as many of the small blobs their manifests name as fit in the same budget
+    /// (the rest the peer asks for); counted as sent, and every blob they name offered.
     fn next_batch(
         &mut self,
         store: &Store,
@@ -1399,32 +2018,41 @@ impl Session {
                 .document_bytes(&v.doc)
                 .map_err(store_err)?
                 .ok_or_else(|| SessionError::Store(format!("document {} missing", v.doc)))?;
-            let mut small = Vec::new();
+            if !offerable(store, feed, &d)? {
+                keys.pop_front();
+                continue;
+            }
+            if bytes + d.len() > DOC_BATCH_BYTES && !docs.is_empty() {
+                break;
+            }
+            keys.pop_front();
+            bytes += d.len();
             if let Ok(m) = SignedDocument::peek_payload::<Manifest>(&d) {
                 for f in m.files {
-                    if f.size <= cairn_store::blob::INLINE_MAX && seen.insert(f.blob) {
+                    self.offered.insert(f.blob, f.size);
+                    let inline = f.size <= cairn_store::blob::INLINE_MAX;
+                    let fits = bytes + f.size as usize + 48 <= DOC_BATCH_BYTES;
+                    if inline && fits && seen.insert(f.blob) {
                         let mut data = Vec::with_capacity(f.size as usize);
                         store.read_blob_to(&f.blob, &mut data).map_err(store_err)?;
-                        small.push(SmallBlob {
+                        bytes += data.len() + 48;
+                        blobs.push(SmallBlob {
                             hash: *f.blob.as_bytes(),
                             data,
                         });
                     }
                 }
             }
-            let size = d.len() + small.iter().map(|b| b.data.len() + 40).sum::<usize>();
-            if bytes + size > DOC_BATCH_BYTES && !docs.is_empty() {
-                break;
-            }
-            keys.pop_front();
-            bytes += size;
             docs.push(ByteBuf::from(d));
-            blobs.extend(small);
         }
         self.job(feed)?.report.docs_sent += docs.len() as u64;
         Ok((docs, blobs))
     }
 
+    /// Documents received for `feed`: each is verified completely (decode, signature, trust,
+    /// consistency, declared blob sizes) before anything is stored, asked for or allocated
+    /// for on its word; then the small blobs that came with them (only those they name), then
+    /// requests for the blobs still missing.
     fn receive_docs(
         &mut self,
         store: &Store,
@@ -1432,8 +2060,9 @@ impl Session {
         docs: Vec<Vec<u8>>,
         small: Vec<SmallBlob>,
     ) -> Result<(), SessionError> {
+        let limits = self.limits;
         let job = self.job(feed)?;
-        if !job.sink {
+        if job.rule.is_none() {
             return Err(SessionError::Protocol(format!(
                 "documents for `{feed}` sent to a side that does not receive in this mode"
             )));
@@ -1441,41 +2070,72 @@ impl Session {
         if job.failed {
             return Ok(());
         }
-        // Small blobs first: each is checked against its hash as it is stored.
-        let mut pins = Vec::with_capacity(small.len());
-        if !job.dry_run {
-            for b in small {
-                let want = Hash::from_bytes(b.hash);
-                if b.data.len() as u64 > cairn_store::blob::INLINE_MAX || Hash::of(&b.data) != want
-                {
-                    tracing::warn!(blob = %want, "peer sent a small blob whose bytes do not match its hash");
-                    return Err(SessionError::BadData(format!(
-                        "blob {want} does not match its hash"
-                    )));
-                }
-                let stored = store.put_blob(&b.data[..]).map_err(store_err)?;
-                job.report.blobs_received += 1;
-                job.report.blob_bytes_received += stored.size;
-                pins.push(stored);
+        let dry_run = job.dry_run;
+        let record = store.feed(feed).map_err(store_err)?;
+        let mut verified = Vec::with_capacity(docs.len());
+        let mut doc_bytes = 0u64;
+        for bytes in &docs {
+            doc_bytes += bytes.len() as u64;
+            let v = store.verify_remote(&record, bytes).map_err(|e| {
+                tracing::warn!(feed, "rejected a document from the peer: {e}");
+                SessionError::BadData(format!("document for `{feed}` rejected: {e}"))
+            })?;
+            if let Some(&(hash, size)) = v
+                .blobs()
+                .iter()
+                .find(|&&(_, size)| size > limits.max_blob_bytes)
+            {
+                tracing::warn!(feed, "a document names a blob over the size limit");
+                return Err(SessionError::BadData(format!(
+                    "`{}` in `{feed}` names blob {hash} of {size} bytes, over this instance's limit of {} bytes",
+                    v.key(),
+                    limits.max_blob_bytes
+                )));
             }
+            verified.push(v);
+        }
+        // Small blobs: only those a document of this frame names, each against its hash.
+        let named: HashMap<Hash, u64> = verified
+            .iter()
+            .flat_map(|v| v.blobs().iter().copied())
+            .collect();
+        let mut pins = Vec::with_capacity(small.len());
+        for b in small {
+            let want = Hash::from_bytes(b.hash);
+            let size = b.data.len() as u64;
+            if named.get(&want) != Some(&size) || size > cairn_store::blob::INLINE_MAX {
+                return Err(SessionError::Protocol(format!(
+                    "small blob {want} of {size} bytes that no document of its frame names"
+                )));
+            }
+            if Hash::of(&b.data) != want {
+                tracing::warn!(blob = %want, "peer sent a small blob whose bytes do not match its hash");
+                return Err(SessionError::BadData(format!(
+                    "blob {want} does not match its hash"
+                )));
+            }
+            if dry_run {
+                continue;
+            }
+            let stored = store.put_blob(&b.data[..]).map_err(store_err)?;
+            let job = self.job(feed)?;
+            job.report.blobs_received += 1;
+            job.report.blob_bytes_received += stored.size;
+            pins.push(stored.into_pin());
         }
         // Deletions the batch would cause count against the guard rail.
         let mut deletes = 0u64;
         let mut wanted: BTreeMap<Hash, u64> = BTreeMap::new();
-        // Planning only (what to fetch, what would be deleted): the signatures are checked
-        // once, where the documents are stored.
-        for bytes in &docs {
-            if let Ok(m) = SignedDocument::peek_payload::<Manifest>(bytes) {
-                for f in m.files {
-                    if store.blob_size(&f.blob).map_err(store_err)? != Some(f.size) {
-                        wanted.insert(f.blob, f.size);
-                    }
-                }
-            } else if let Ok(t) = SignedDocument::peek_payload::<cairn_store::doc::Tombstone>(bytes)
-            {
-                let live = store.entry(feed, &t.key).map_err(store_err)?;
-                if live.is_some_and(|v| v.kind != EntryKind::Tombstone) {
+        for v in &verified {
+            if v.value().kind == EntryKind::Tombstone {
+                let live = store.entry(feed, v.key()).map_err(store_err)?;
+                if live.is_some_and(|e| e.kind != EntryKind::Tombstone) {
                     deletes += 1;
+                }
+            }
+            for &(hash, size) in v.blobs() {
+                if store.blob_size(&hash).map_err(store_err)? != Some(size) {
+                    wanted.insert(hash, size);
                 }
             }
         }
@@ -1484,40 +2144,72 @@ impl Session {
             return Ok(());
         }
         let job = self.job(feed)?;
-        if job.dry_run {
-            job.report.plan_adds += docs.len() as u64 - deletes;
+        job.round_deletes += deletes;
+        if dry_run {
+            job.report.plan_adds += verified.len() as u64 - deletes;
             job.report.plan_deletes += deletes;
             job.report.plan_bytes += wanted.values().sum::<u64>();
             return self.maybe_done(store, feed);
         }
+        if !wanted.is_empty() && job.waiting_bytes + doc_bytes > limits.max_waiting_doc_bytes {
+            let reason = format!(
+                "more than {} MiB of documents of `{feed}` are waiting for their blobs; this run stops here and the next one continues from what arrived",
+                limits.max_waiting_doc_bytes >> 20
+            );
+            self.fail_feed(feed, code::INTERNAL, reason)?;
+            return Ok(());
+        }
         let mut requests = Vec::new();
         let mut waiting = HashSet::new();
         let mut due = 0;
-        let mut adopted = Vec::new();
         for (hash, size) in wanted {
-            if let std::collections::hash_map::Entry::Vacant(slot) = job.incoming.entry(hash) {
-                // A bucket shared with another instance may hold it already.
-                if let Some(stored) = store.adopt_blob(hash, size).map_err(store_err)? {
-                    job.report.blobs_adopted += 1;
-                    job.report.blob_bytes_adopted += size;
-                    adopted.push(stored);
-                    continue;
-                }
-                let incoming = store.receive_blob(hash, size).map_err(store_err)?;
-                let missing = incoming.missing();
-                due += range_bytes(&missing, size);
-                requests.push(BlobRequest {
-                    hash: *hash.as_bytes(),
-                    size,
-                    groups: missing,
-                });
-                slot.insert(incoming);
+            // Another batch (of any feed) already fetches it: wait for that.
+            if self.jobs.values().any(|j| j.incoming.contains_key(&hash)) {
+                waiting.insert(hash);
+                continue;
             }
+            // A bucket shared with another instance may hold it already.
+            if let Some(stored) = store.adopt_blob(hash, size).map_err(store_err)? {
+                let job = self.job(feed)?;
+                job.report.blobs_adopted += 1;
+                job.report.blob_bytes_adopted += size;
+                pins.push(stored.into_pin());
+                continue;
+            }
+            let mut incoming = store.receive_blob(hash, size).map_err(store_err)?;
+            if incoming.is_complete() {
+                // Every group arrived in an earlier run that ended before installing it.
+                match store.finish_blob(incoming) {
+                    Ok(stored) => {
+                        let job = self.job(feed)?;
+                        job.report.blobs_received += 1;
+                        pins.push(stored.into_pin());
+                        continue;
+                    }
+                    // It did not hold up end to end (its files are gone now): fetch it anew.
+                    Err(StoreError::CorruptBlob(_)) => {
+                        incoming = store.receive_blob(hash, size).map_err(store_err)?;
+                    }
+                    Err(e) => return Err(store_err(e)),
+                }
+            }
+            let missing = incoming.missing();
+            due += range_bytes(&missing, size);
+            requests.push(BlobRequest {
+                hash: *hash.as_bytes(),
+                size,
+                groups: missing,
+            });
+            self.job(feed)?.incoming.insert(hash, incoming);
             waiting.insert(hash);
         }
-        pins.extend(adopted);
+        let job = self.job(feed)?;
+        if !waiting.is_empty() {
+            job.waiting_bytes += doc_bytes;
+        }
         job.batches.push(Batch {
-            docs,
+            docs: verified,
+            bytes: if waiting.is_empty() { 0 } else { doc_bytes },
             waiting,
             _pins: pins,
         });
@@ -1588,18 +2280,31 @@ impl Session {
                 other => store_err(other),
             });
         }
-        if incoming.is_complete() {
-            store.finish_blob(incoming).map_err(store_err)?;
-            let job = self.job(&feed)?;
-            job.report.blobs_received += 1;
-            for b in &mut job.batches {
-                b.waiting.remove(&hash);
-            }
-            self.apply_ready(store, &feed)
-        } else {
+        if !incoming.is_complete() {
             job.incoming.insert(hash, incoming);
-            Ok(())
+            return Ok(());
         }
+        let stored = store.finish_blob(incoming).map_err(store_err)?;
+        self.job(&feed)?.report.blobs_received += 1;
+        // Every batch waiting for it, in any feed, may be ready now.
+        let mut ready = Vec::new();
+        for (name, job) in &mut self.jobs {
+            let mut touched = false;
+            for b in &mut job.batches {
+                if b.waiting.remove(&hash) {
+                    touched = true;
+                    b._pins.push(store.pin(hash));
+                }
+            }
+            if touched {
+                ready.push(name.clone());
+            }
+        }
+        drop(stored);
+        for name in ready {
+            self.apply_ready(store, &name)?;
+        }
+        Ok(())
     }
 
     /// A blob piece whose encoding arrives as a stream (the head of a `blob-stream`): if this
@@ -1631,14 +2336,18 @@ impl Session {
 
     fn apply_ready(&mut self, store: &Store, feed: &str) -> Result<(), SessionError> {
         let job = self.job(feed)?;
+        if job.failed {
+            return Ok(());
+        }
         let rule = job.rule.unwrap_or(ApplyRule::Authoritative);
         let (ready, waiting): (Vec<Batch>, Vec<Batch>) = std::mem::take(&mut job.batches)
             .into_iter()
             .partition(|b| b.waiting.is_empty());
         job.batches = waiting;
         for batch in ready {
+            self.job(feed)?.waiting_bytes -= batch.bytes;
             let results = store
-                .apply_remote(feed, &batch.docs, rule)
+                .apply_verified(feed, batch.docs, rule)
                 .map_err(store_err)?;
             let job = self.job(feed)?;
             for r in results {
@@ -1658,14 +2367,13 @@ impl Session {
         self.maybe_done(store, feed)
     }
 
-    /// Sends DONE once this side's state for the feed is final.
     /// Sends DONE once this side's state for the feed is final: it has sent what it had to,
     /// and every document it was to receive is applied.
     fn maybe_done(&mut self, store: &Store, feed: &str) -> Result<(), SessionError> {
         if self.doc_queue.iter().any(|q| q.feed == feed) {
             return Ok(());
         }
-        let role = self.role;
+        let (role, mode) = (self.role, self.mode);
         let job = self.job(feed)?;
         if job.failed || job.local_done || !job.sent_all {
             return Ok(());
@@ -1689,10 +2397,8 @@ impl Session {
             && !job.dry_run
         {
             job.report.path = Path::Sketch;
-            job.sent_all = false;
-            job.expect_docs = None;
-            job.docs_seen = 0;
-            job.docs_total = None;
+            job.new_round();
+            job.summary_requested = true;
             self.outbox.push_back(Frame::SummaryRequest {
                 feed: feed.to_owned(),
             });
@@ -1700,38 +2406,63 @@ impl Session {
         }
         job.local_done = true;
         job.report.local_root = Some(root);
-        if let Some(cp) = job.checkpoint.take() {
-            if !job.dry_run {
-                if let Err(e) = store.accept_checkpoint(feed, &cp) {
-                    tracing::warn!(feed, "upstream checkpoint not accepted: {e}");
-                    job.report.error = Some(format!("checkpoint: {e}"));
-                }
-            }
-        }
+        // The authoritative side of a pull says what its state is as it finishes.
+        let checkpoint = if role == Role::Responder && mode == Mode::Pull {
+            serve_checkpoint(store, mode, feed, self.limits.checkpoint_ttl_secs)?
+        } else {
+            None
+        };
         self.outbox.push_back(Frame::Done {
             feed: feed.to_owned(),
             root: root.0,
             count: root.1,
+            checkpoint,
         });
-        Ok(())
+        self.finish_feed(store, feed)
     }
 
+    /// Answers WANT-BLOBS: each blob must be one a document this side sent in this run names,
+    /// asked for once, at the size the document gives, with ranges inside it in order.
     fn serve_blobs(&mut self, store: &Store, blobs: &[BlobRequest]) -> Result<(), SessionError> {
+        if blobs.is_empty() {
+            return Err(SessionError::Protocol("WANT-BLOBS asks for nothing".into()));
+        }
         for req in blobs {
             let hash = Hash::from_bytes(req.hash);
-            let size = store.blob_size(&hash).map_err(store_err)?.ok_or_else(|| {
-                SessionError::Protocol(format!("peer asked for blob {hash} which is not here"))
-            })?;
+            let Some(size) = self.offered.remove(&hash) else {
+                return Err(SessionError::Unauthorized(format!(
+                    "peer asked for blob {hash}, which no document sent to it in this run names (or asked for it twice)"
+                )));
+            };
             if size != req.size {
                 return Err(SessionError::Protocol(format!(
-                    "peer asked for blob {hash} as {} bytes; it has {size}",
+                    "peer asked for blob {hash} as {} bytes; its document says {size}",
                     req.size
                 )));
             }
+            let held = store.blob_size(&hash).map_err(store_err)?;
+            if held != Some(size) {
+                return Err(SessionError::Store(format!(
+                    "blob {hash} is named by a document here but not stored at {size} bytes"
+                )));
+            }
             let groups = group_count(size);
+            let mut prev_end = 0;
+            if req.groups.is_empty() {
+                return Err(SessionError::Protocol(format!(
+                    "peer asked for no ranges of blob {hash}"
+                )));
+            }
+            for &(a, b) in &req.groups {
+                if a >= b || b > groups || a < prev_end {
+                    return Err(SessionError::Protocol(format!(
+                        "peer asked for chunk groups {a}..{b} of blob {hash}, which has {groups}, out of order or empty"
+                    )));
+                }
+                prev_end = b;
+            }
             self.stats.blobs_sent += 1;
             for &(a, b) in &req.groups {
-                let (a, b) = (a.min(groups), b.min(groups));
                 let mut start = a;
                 while start < b {
                     let end = (start + PIECE_GROUPS).min(b);
@@ -1747,6 +2478,26 @@ impl Session {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether a stored document may go to a peer: its signer is still trusted for the feed (a
+/// document whose only signer lost that trust is neither served nor offered).
+fn offerable(store: &Store, feed: &str, doc: &[u8]) -> Result<bool, SessionError> {
+    match SignedDocument::peek_signer(doc) {
+        Ok(signer) => store.is_trusted(feed, &signer).map_err(store_err),
+        Err(e) => Err(SessionError::Store(format!(
+            "a stored document does not parse: {e}"
+        ))),
+    }
+}
+
+/// Records the blobs a manifest names as offered to the peer (other documents name none).
+fn offer_blobs(offered: &mut HashMap<Hash, u64>, doc: &[u8]) {
+    if let Ok(m) = SignedDocument::peek_payload::<Manifest>(doc) {
+        for f in m.files {
+            offered.insert(f.blob, f.size);
+        }
     }
 }
 
@@ -1824,25 +2575,32 @@ fn stale_for_peer(
     Ok(out)
 }
 
-/// In a pull the responder is authoritative and signs its state for the replica to keep.
-fn pull_checkpoint(store: &Store, mode: Mode, feed: &str) -> Result<Option<Vec<u8>>, SessionError> {
-    if mode != Mode::Pull {
+/// The responder's checkpoint in a pull (it is authoritative: the replica keeps it) and in a
+/// mirror (the initiator checks that a writer of the feed answers): the writer's own, passed
+/// on unchanged by a replica, or this instance's signature (see
+/// [`Store::checkpoint_to_serve`]).
+fn serve_checkpoint(
+    store: &Store,
+    mode: Mode,
+    feed: &str,
+    ttl_secs: u64,
+) -> Result<Option<Vec<u8>>, SessionError> {
+    if mode == Mode::Push {
         return Ok(None);
     }
-    Ok(Some(
-        store
-            .sign_checkpoint(feed, CHECKPOINT_TTL_SECS)
-            .map_err(store_err)?
-            .bytes()
-            .to_vec(),
-    ))
+    store
+        .checkpoint_to_serve(feed, ttl_secs)
+        .map(Some)
+        .map_err(store_err)
 }
 
-/// The current value of every key changed since `since`, or `None` when a log cannot answer.
+/// The current value of every key changed since `since`, or `None` when a log cannot answer
+/// (or its documents would take more than what is left of `budget`, which it then uses up).
 fn log_suffix(
     store: &Store,
     feed: &str,
     since: Cursor,
+    budget: &mut usize,
 ) -> Result<Option<Vec<WireChange>>, SessionError> {
     match store
         .changes_since(feed, since, MAX_LOG_CHANGES + 1)
@@ -1862,6 +2620,7 @@ fn log_suffix(
                 .into_iter()
                 .collect();
             let mut out = Vec::with_capacity(keys.len());
+            let mut bytes = 0;
             for key in keys {
                 let doc = match store.entry(feed, &key).map_err(store_err)? {
                     Some(v) => Some(
@@ -1874,18 +2633,33 @@ fn log_suffix(
                     ),
                     None => None,
                 };
+                // A document no longer offered: the summary path leaves it out.
+                if let Some(d) = &doc {
+                    if !offerable(store, feed, d)? {
+                        return Ok(None);
+                    }
+                }
+                bytes += key.len() + doc.as_ref().map_or(0, Vec::len) + 16;
+                if bytes > *budget {
+                    return Ok(None);
+                }
                 out.push(WireChange { key, doc });
             }
+            *budget -= bytes;
             Ok(Some(out))
         }
     }
 }
 
+/// This side's items in `buckets`, grouped by bucket in order, with the keys behind each
+/// 8-byte key prefix.
 fn collect_items(store: &Store, job: &mut FeedJob, buckets: &[u8]) -> Result<(), SessionError> {
     job.local_items.clear();
     job.local_keys.clear();
+    job.bucket_starts.clear();
     job.buckets = buckets.to_vec();
     for &b in buckets {
+        job.bucket_starts.push((b, job.local_items.len()));
         for (kh, e) in store.entries_under(&job.name, &[b]).map_err(store_err)? {
             let leaf = merkle::leaf(&e.key, &e.value.doc);
             let item = Item::new(kh.as_bytes(), leaf.as_bytes());

@@ -10,7 +10,9 @@ use std::collections::BinaryHeap;
 
 use cairn_store::Store;
 
-use crate::proto::{Authorizer, FeedReport, InitiatorConfig, Session, SessionError};
+use crate::proto::{
+    Authorizer, FeedReport, InitiatorConfig, ResponderConfig, Session, SessionError,
+};
 use crate::wire::{self, Frame};
 
 /// The simulated link.
@@ -120,8 +122,17 @@ pub fn run(
     link: Link,
 ) -> Outcome {
     let mut out = Outcome::default();
+    let config = InitiatorConfig {
+        peer: responder.identity().public_key(),
+        ..config
+    };
+    let responder_config = ResponderConfig {
+        peer: initiator.identity().public_key(),
+        now_secs: config.now_secs,
+        limits: config.limits,
+    };
     let mut sessions = match Session::initiator(initiator, config) {
-        Ok(s) => [s, Session::responder()],
+        Ok(s) => [s, Session::responder(responder_config)],
         Err(e) => {
             out.initiator_error = Some(e);
             return out;

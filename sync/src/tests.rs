@@ -7,19 +7,32 @@ use std::sync::OnceLock;
 use cairn_store::doc::{AssessmentType, PAYLOAD_VERSION};
 use cairn_store::{Ecosystem, NewFile, NewPackage, Store, StoreOptions, SYSTEM_FEED};
 
-use crate::proto::{Authorizer, GuardRail, InitiatorConfig, Path as SyncPath};
+use crate::proto::{Authorizer, GuardRail, InitiatorConfig, Limits, Path as SyncPath, Refusal};
 use crate::sim::{self, Link, Outcome};
 use crate::wire::{code, Mode};
 
 struct AllowAll;
 impl Authorizer for AllowAll {
-    fn authorize(&self, token: &str, _feed: &str, _mode: Mode) -> Result<(), (u32, String)> {
+    fn authorize(&self, token: &str, _feed: &str, _mode: Mode) -> Result<(), Refusal> {
         if token == "good" {
             Ok(())
         } else {
-            Err((code::UNAUTHORIZED, "bad token".into()))
+            Err(Refusal::new(code::UNAUTHORIZED, "bad token"))
         }
     }
+}
+
+/// Wall-clock seconds, as the driver gives a session.
+fn now() -> u64 {
+    crate::transport::unix_secs()
+}
+
+/// A key to name a peer by before the simulator fills in the real one (the ed25519 base
+/// point).
+fn placeholder_peer() -> cairn_store::PublicKey {
+    let mut b = [0x66; 32];
+    b[0] = 0x58;
+    cairn_store::PublicKey::from_bytes(b).unwrap()
 }
 
 fn opts() -> StoreOptions {
@@ -72,6 +85,9 @@ fn publish(s: &Store, feed: &str, from: u64, to: u64, size: usize) {
 
 fn config(mode: Mode, feeds: &[&str]) -> InitiatorConfig {
     InitiatorConfig {
+        peer: placeholder_peer(),
+        now_secs: now(),
+        limits: Limits::default(),
         token: "good".into(),
         mode,
         feeds: feeds.iter().map(|f| f.to_string()).collect(),
@@ -545,11 +561,18 @@ mod quic {
                 let store = store.clone();
                 tokio::spawn(async move {
                     if let Ok(conn) = incoming.await {
-                        transport::serve_connection(&store, &conn, &AllowAll, |r| {
-                            if let Err(e) = r {
-                                eprintln!("responder: {e}");
-                            }
-                        })
+                        transport::serve_connection(
+                            &store,
+                            &conn,
+                            &AllowAll,
+                            transport::RunLimits::default(),
+                            Limits::default(),
+                            |r| {
+                                if let Err(e) = r {
+                                    eprintln!("responder: {e}");
+                                }
+                            },
+                        )
                         .await;
                     }
                 });
@@ -694,9 +717,13 @@ fn a_pull_keeps_the_upstream_checkpoint_and_refuses_a_rollback() {
 #[test]
 fn a_protocol_version_mismatch_is_refused_and_nothing_is_written() {
     let (_d, hub, _spoke) = small_pair();
-    let mut responder = crate::proto::Session::responder();
+    let mut responder = crate::proto::Session::responder(crate::proto::ResponderConfig {
+        peer: placeholder_peer(),
+        now_secs: now(),
+        limits: Limits::default(),
+    });
     let hello = crate::wire::Frame::Hello {
-        version: 2,
+        version: 1,
         token: "good".into(),
         mode: Mode::Pull,
         feeds: vec![],
@@ -705,7 +732,7 @@ fn a_protocol_version_mismatch_is_refused_and_nothing_is_written() {
     match responder.poll_transmit(&hub) {
         Some(crate::wire::Frame::Error { code: c, reason }) => {
             assert_eq!(c, code::VERSION);
-            assert!(reason.contains("version 2 is not supported"), "{reason}");
+            assert!(reason.contains("version 1 is not supported"), "{reason}");
         }
         other => panic!("expected a VERSION error, got {other:?}"),
     }
@@ -717,11 +744,11 @@ fn a_protocol_version_mismatch_is_refused_and_nothing_is_written() {
 fn a_token_scoped_to_another_feed_is_refused_for_this_one() {
     struct OnlyOther;
     impl Authorizer for OnlyOther {
-        fn authorize(&self, _: &str, feed: &str, _: Mode) -> Result<(), (u32, String)> {
+        fn authorize(&self, _: &str, feed: &str, _: Mode) -> Result<(), Refusal> {
             if feed == "other" {
                 Ok(())
             } else {
-                Err((
+                Err(Refusal::new(
                     code::UNAUTHORIZED,
                     format!("the token does not allow replicating `{feed}`"),
                 ))

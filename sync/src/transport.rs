@@ -36,9 +36,12 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::proto::{Authorizer, FeedReport, InitiatorConfig, Session, SessionError};
+use crate::proto::{
+    Authorizer, FeedReport, InitiatorConfig, Limits, ResponderConfig, Session, SessionError,
+    MAX_HELLO_FEEDS,
+};
 use crate::wire::{self, Frame, FrameReader, ALPN, MAX_FRAME};
 
 /// A QUIC connection to a peer.
@@ -60,6 +63,9 @@ pub enum TransportError {
     /// The protocol session failed.
     #[error(transparent)]
     Session(#[from] SessionError),
+    /// The peer moved too little data for too long, or the run took too long.
+    #[error("stalled: {0}")]
+    Stalled(String),
 }
 
 const ED25519_SPKI_PREFIX: [u8; 12] = [
@@ -424,6 +430,14 @@ pub fn peer_key(conn: &quinn::Connection) -> Option<PublicKey> {
     certificate_key(certs.first()?)
 }
 
+/// Wall-clock time, Unix seconds (sessions take it as an input).
+pub fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// Totals of one driven session.
 #[derive(Clone, Debug, Default)]
 pub struct RunStats {
@@ -443,6 +457,19 @@ pub struct RunStats {
     pub rounds: u64,
     /// Wall time.
     pub elapsed: Duration,
+}
+
+impl RunStats {
+    fn add(&mut self, o: &RunStats) {
+        self.bytes_sent += o.bytes_sent;
+        self.bytes_received += o.bytes_received;
+        self.frames_sent += o.frames_sent;
+        self.frames_received += o.frames_received;
+        self.blobs_sent += o.blobs_sent;
+        self.blob_bytes_sent += o.blob_bytes_sent;
+        self.rounds += o.rounds;
+        self.elapsed += o.elapsed;
+    }
 }
 
 /// Live counters of a run, for a progress display; updated by the driver as it goes.
@@ -504,7 +531,9 @@ impl Drop for AbortOnDrop {
 }
 
 enum Incoming {
-    Frame(Frame, u64),
+    /// A bulk frame, its wire bytes, and the share of the connection's buffer budget it holds
+    /// until the session has taken it.
+    Frame(Frame, u64, Option<OwnedSemaphorePermit>),
     /// The head of a `blob-stream`: the session says whether it asked for the blob.
     PieceStart {
         hash: [u8; 32],
@@ -520,14 +549,152 @@ enum Incoming {
     Failed(String),
 }
 
+/// Bounds of one run: how little data may move before the peer counts as stalled, how long a
+/// run may take, and how much the peer's bulk streams may make this side buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunLimits {
+    /// The window over which progress is measured.
+    pub window: Duration,
+    /// Bytes that must move in every window (stream data read from the peer, or packets sent
+    /// to it), or the run fails as stalled: a silent peer, one that stops reading, or one that
+    /// trickles.
+    pub min_progress_bytes: u64,
+    /// Longest a run may take.
+    pub max_run: Duration,
+    /// Bytes of bulk frames (DOCS) held in memory before the session takes them.
+    pub bulk_buffer_bytes: u32,
+    /// Blob pieces verified and written at once (each holds a blocking thread).
+    pub concurrent_pieces: u32,
+}
+
+impl Default for RunLimits {
+    fn default() -> RunLimits {
+        RunLimits {
+            window: Duration::from_secs(60),
+            min_progress_bytes: 64 << 10,
+            max_run: Duration::from_secs(24 * 3600),
+            bulk_buffer_bytes: 64 << 20,
+            concurrent_pieces: 32,
+        }
+    }
+}
+
+/// Fails a run whose peer moves too little data per window, or that runs too long.
+struct Watchdog {
+    conn: quinn::Connection,
+    received: Arc<AtomicU64>,
+    limits: RunLimits,
+    run_deadline: Instant,
+    mark_at: Instant,
+    mark_bytes: u64,
+}
+
+impl Watchdog {
+    fn new(conn: &quinn::Connection, received: Arc<AtomicU64>, limits: RunLimits) -> Watchdog {
+        let now = Instant::now();
+        let mut w = Watchdog {
+            conn: conn.clone(),
+            received,
+            limits,
+            run_deadline: now + limits.max_run,
+            mark_at: now,
+            mark_bytes: 0,
+        };
+        w.mark_bytes = w.progress();
+        w
+    }
+
+    /// Stream bytes read from the peer plus UDP bytes sent to it: while a send buffer drains
+    /// over a slow link nothing is read, but packets leave.
+    fn progress(&self) -> u64 {
+        self.received.load(Ordering::Relaxed) + self.conn.stats().udp_tx.bytes
+    }
+
+    fn check(&mut self) -> Result<(), TransportError> {
+        let now = Instant::now();
+        if now >= self.run_deadline {
+            return Err(TransportError::Stalled(format!(
+                "the run took longer than {} s",
+                self.limits.max_run.as_secs()
+            )));
+        }
+        if now.duration_since(self.mark_at) >= self.limits.window {
+            let p = self.progress();
+            let moved = p.saturating_sub(self.mark_bytes);
+            if moved < self.limits.min_progress_bytes {
+                return Err(TransportError::Stalled(format!(
+                    "the peer moved {moved} bytes in {} s (at least {} are needed): silent, not reading, or too slow",
+                    self.limits.window.as_secs(),
+                    self.limits.min_progress_bytes
+                )));
+            }
+            self.mark_at = now;
+            self.mark_bytes = p;
+        }
+        Ok(())
+    }
+
+    /// Awaits `fut` while checking progress every second.
+    async fn guard<T>(
+        &mut self,
+        fut: impl std::future::Future<Output = T>,
+    ) -> Result<T, TransportError> {
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                v = &mut fut => return Ok(v),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => self.check()?,
+            }
+        }
+    }
+}
+
+/// What one connection's stream readers share: the count of stream bytes read (for the
+/// watchdog), the budget of bytes bulk frames may hold, and the slots of pieces being written.
+#[derive(Clone)]
+struct StreamBudget {
+    received: Arc<AtomicU64>,
+    bulk: Arc<Semaphore>,
+    pieces: Arc<Semaphore>,
+}
+
+impl StreamBudget {
+    fn new(limits: &RunLimits) -> StreamBudget {
+        StreamBudget {
+            received: Arc::new(AtomicU64::new(0)),
+            bulk: Arc::new(Semaphore::new(
+                (limits.bulk_buffer_bytes >> 10).max(1) as usize
+            )),
+            pieces: Arc::new(Semaphore::new(limits.concurrent_pieces.max(1) as usize)),
+        }
+    }
+}
+
 /// Reads one unidirectional stream: a bulk frame alone, or a `blob-stream` head followed by
 /// the piece's encoding, which is verified and written chunk group by chunk group on a
 /// blocking thread as it arrives, so a cut transfer keeps every whole group that arrived.
-async fn read_uni(mut recv: quinn::RecvStream, tx: mpsc::Sender<Incoming>) {
+/// A frame takes its size from the connection's bulk budget before it is read (waiting, and
+/// so holding the peer back by flow control, while the budget is spent).
+async fn read_uni(mut recv: quinn::RecvStream, tx: mpsc::Sender<Incoming>, budget: StreamBudget) {
     let mut reader = FrameReader::default();
     let mut buf = vec![0u8; 64 * 1024];
     let mut n = 0u64;
+    let mut permit = None;
     let head = loop {
+        if permit.is_none() {
+            if let Some(len) = reader.next_len() {
+                if len > MAX_FRAME {
+                    let why = format!("frame of {len} bytes is over the limit of {MAX_FRAME}");
+                    let _ = tx.send(Incoming::Failed(why)).await;
+                    return;
+                }
+                let kib = (len >> 10) as u32 + 1;
+                match budget.bulk.clone().acquire_many_owned(kib).await {
+                    Ok(p) => permit = Some(p),
+                    Err(_) => return,
+                }
+            }
+        }
         match reader.next_frame() {
             Ok(Some(f)) => break f,
             Ok(None) => {}
@@ -539,6 +706,7 @@ async fn read_uni(mut recv: quinn::RecvStream, tx: mpsc::Sender<Incoming>) {
         match recv.read(&mut buf).await {
             Ok(Some(k)) => {
                 n += k as u64;
+                budget.received.fetch_add(k as u64, Ordering::Relaxed);
                 reader.push(&buf[..k]);
             }
             Ok(None) => {
@@ -560,14 +728,20 @@ async fn read_uni(mut recv: quinn::RecvStream, tx: mpsc::Sender<Incoming>) {
         len,
     } = head
     else {
-        let msg = match recv.read_to_end(MAX_FRAME).await {
-            Ok(rest) if rest.is_empty() && reader.pending() == 0 => Incoming::Frame(head, n),
+        // A bulk frame travels alone: the stream must end right after it.
+        let mut probe = [0u8; 1];
+        let msg = match recv.read(&mut probe).await {
+            Ok(None) if reader.pending() == 0 => Incoming::Frame(head, n, permit),
             Ok(_) => {
                 Incoming::Failed("unidirectional stream did not hold exactly one frame".into())
             }
             Err(e) => Incoming::Failed(format!("reading a unidirectional stream: {e}")),
         };
         let _ = tx.send(msg).await;
+        return;
+    };
+    drop(permit);
+    let Ok(_slot) = budget.pieces.clone().acquire_owned().await else {
         return;
     };
     let (reply, answer) = oneshot::channel();
@@ -624,6 +798,7 @@ async fn read_uni(mut recv: quinn::RecvStream, tx: mpsc::Sender<Incoming>) {
         match recv.read(&mut buf).await {
             Ok(Some(k)) => {
                 n += k as u64;
+                budget.received.fetch_add(k as u64, Ordering::Relaxed);
                 chunk = buf[..k].to_vec();
             }
             Ok(None) => break,
@@ -680,7 +855,9 @@ impl std::io::Read for ChannelReader {
 }
 
 /// Drives `session` over `conn` until it is finished; the initiator passes the control stream
-/// it opened, the responder the one it accepted.
+/// it opened, the responder the one it accepted. Bulk streams are accepted only once HELLO is
+/// through, and the run fails as stalled when the peer moves too little (see [`RunLimits`]).
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     store: &Store,
     mut session: Session,
@@ -689,150 +866,174 @@ async fn drive(
     mut recv: quinn::RecvStream,
     authorizer: Option<&(dyn Authorizer + Sync)>,
     progress: &Progress,
+    limits: RunLimits,
 ) -> Result<(Session, RunStats), TransportError> {
     let start = Instant::now();
     let tuner = tokio::spawn(tune_receive_window(conn.clone()));
     let _stop_tuner = AbortOnDrop(tuner);
     let mut stats = RunStats::default();
+    let budget = StreamBudget::new(&limits);
+    let mut watchdog = Watchdog::new(conn, budget.received.clone(), limits);
     let (tx, mut rx) = mpsc::channel::<Incoming>(64);
     let mut reader = FrameReader::default();
     let mut buf = vec![0u8; 64 * 1024];
     // Set when this side has sent something and not yet heard back: each answer is one round.
     let mut awaiting = false;
     let mut pieces_opened = 0u64;
-    loop {
-        // Flush whatever the session wants to say.
-        while let Some(frame) = tokio::task::block_in_place(|| session.poll_transmit(store)) {
-            awaiting = true;
-            stats.frames_sent += 1;
-            // Bulk frames (documents, blob pieces) each take their own stream: a stream that
-            // carried megabytes through a lossy queue would collect more gaps than quinn keeps
-            // per stream, and a cut run keeps what it received. A piece goes as a
-            // `blob-stream` head followed by its encoding, raw, which the receiver verifies and
-            // keeps chunk group by chunk group as it arrives.
-            let (bulk, parts) = match frame {
-                Frame::BlobPiece {
-                    hash,
-                    size,
-                    groups,
-                    data,
-                } => {
-                    let head = wire::encode(&Frame::BlobStream {
+    let result: Result<(), TransportError> = async {
+        loop {
+            // Flush whatever the session wants to say.
+            while let Some(frame) = tokio::task::block_in_place(|| session.poll_transmit(store)) {
+                awaiting = true;
+                stats.frames_sent += 1;
+                // Bulk frames (documents, blob pieces) each take their own stream: a stream that
+                // carried megabytes through a lossy queue would collect more gaps than quinn
+                // keeps per stream, and a cut run keeps what it received. A piece goes as a
+                // `blob-stream` head followed by its encoding, raw, which the receiver verifies
+                // and keeps chunk group by chunk group as it arrives.
+                let (bulk, parts) = match frame {
+                    Frame::BlobPiece {
                         hash,
                         size,
                         groups,
-                        len: data.len() as u64,
-                    });
-                    (true, [head, data])
-                }
-                f @ Frame::Docs { .. } => (true, [wire::encode(&f), Vec::new()]),
-                f => (false, [wire::encode(&f), Vec::new()]),
-            };
-            stats.bytes_sent += parts.iter().map(|p| p.len() as u64).sum::<u64>();
-            if bulk {
-                let mut uni = conn
-                    .open_uni()
-                    .await
-                    .map_err(|e| TransportError::Connection(e.to_string()))?;
-                // They go out one after another rather than interleaved, so when a run is cut
-                // the receiver holds whole verified pieces, not many partial ones; control
-                // frames (priority 0) still go first.
-                pieces_opened += 1;
-                let _ = uni.set_priority(-(pieces_opened.min(i32::MAX as u64) as i32));
-                for part in &parts {
-                    uni.write_all(part)
-                        .await
+                        data,
+                    } => {
+                        let head = wire::encode(&Frame::BlobStream {
+                            hash,
+                            size,
+                            groups,
+                            len: data.len() as u64,
+                        });
+                        (true, [head, data])
+                    }
+                    f @ Frame::Docs { .. } => (true, [wire::encode(&f), Vec::new()]),
+                    f => (false, [wire::encode(&f), Vec::new()]),
+                };
+                stats.bytes_sent += parts.iter().map(|p| p.len() as u64).sum::<u64>();
+                if bulk {
+                    let mut uni = watchdog
+                        .guard(conn.open_uni())
+                        .await?
+                        .map_err(|e| TransportError::Connection(e.to_string()))?;
+                    // They go out one after another rather than interleaved, so when a run is
+                    // cut the receiver holds whole verified pieces, not many partial ones;
+                    // control frames (priority 0) still go first.
+                    pieces_opened += 1;
+                    let _ = uni.set_priority(-(pieces_opened.min(i32::MAX as u64) as i32));
+                    for part in &parts {
+                        watchdog
+                            .guard(uni.write_all(part))
+                            .await?
+                            .map_err(|e| TransportError::Connection(e.to_string()))?;
+                    }
+                    let _ = uni.finish();
+                } else {
+                    watchdog
+                        .guard(send.write_all(&parts[0]))
+                        .await?
                         .map_err(|e| TransportError::Connection(e.to_string()))?;
                 }
-                let _ = uni.finish();
-            } else {
-                send.write_all(&parts[0])
-                    .await
-                    .map_err(|e| TransportError::Connection(e.to_string()))?;
             }
-        }
-        progress.update(&stats, &session);
-        if session.is_finished() {
-            break;
-        }
-        let incoming = tokio::select! {
-            read = recv.read(&mut buf) => match read {
-                Ok(Some(n)) => {
-                    stats.bytes_received += n as u64;
-                    reader.push(&buf[..n]);
+            progress.update(&stats, &session);
+            if session.is_finished() {
+                return Ok(());
+            }
+            let hello_done = session.hello_done();
+            let incoming = tokio::select! {
+                read = recv.read(&mut buf) => match read {
+                    Ok(Some(n)) => {
+                        stats.bytes_received += n as u64;
+                        budget.received.fetch_add(n as u64, Ordering::Relaxed);
+                        reader.push(&buf[..n]);
+                        None
+                    }
+                    Ok(None) => return Err(TransportError::Connection("peer closed the control stream".into())),
+                    Err(e) => return Err(TransportError::Connection(e.to_string())),
+                },
+                // Bulk streams only once HELLO is through: before it, a peer can make this side
+                // buffer no more than the connection's flow-control window.
+                uni = conn.accept_uni(), if hello_done => match uni {
+                    Ok(stream) => {
+                        tokio::spawn(read_uni(stream, tx.clone(), budget.clone()));
+                        None
+                    }
+                    Err(e) => return Err(TransportError::Connection(e.to_string())),
+                },
+                msg = rx.recv() => msg,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    watchdog.check()?;
                     None
                 }
-                Ok(None) => return Err(TransportError::Connection("peer closed the control stream".into())),
-                Err(e) => return Err(TransportError::Connection(e.to_string())),
-            },
-            uni = conn.accept_uni() => match uni {
-                Ok(stream) => {
-                    tokio::spawn(read_uni(stream, tx.clone()));
-                    None
+            };
+            let mut frames = Vec::new();
+            let mut heard = false;
+            match incoming {
+                Some(Incoming::Frame(f, n, permit)) => {
+                    stats.bytes_received += n;
+                    frames.push((f, permit));
                 }
-                Err(e) => return Err(TransportError::Connection(e.to_string())),
-            },
-            msg = rx.recv() => msg,
-        };
-        let mut frames = Vec::new();
-        let mut heard = false;
-        match incoming {
-            Some(Incoming::Frame(f, n)) => {
-                stats.bytes_received += n;
-                frames.push(f);
+                Some(Incoming::PieceStart { hash, size, reply }) => {
+                    let _ = reply.send(session.begin_piece(hash, size));
+                }
+                Some(Incoming::PieceDone {
+                    hash,
+                    written,
+                    bytes,
+                }) => {
+                    stats.bytes_received += bytes;
+                    stats.frames_received += 1;
+                    heard = true;
+                    tokio::task::block_in_place(|| session.end_piece(store, hash, written));
+                }
+                Some(Incoming::Failed(e)) => {
+                    session.fail(SessionError::Protocol(e.clone()));
+                    return Err(TransportError::Connection(e));
+                }
+                None => {}
             }
-            Some(Incoming::PieceStart { hash, size, reply }) => {
-                let _ = reply.send(session.begin_piece(hash, size));
+            loop {
+                match reader.next_frame() {
+                    Ok(Some(f)) => frames.push((f, None)),
+                    Ok(None) => break,
+                    Err(e) => {
+                        let reason = e.to_string();
+                        session.fail(SessionError::Protocol(reason.clone()));
+                        return Err(TransportError::Session(SessionError::Protocol(reason)));
+                    }
+                }
             }
-            Some(Incoming::PieceDone {
-                hash,
-                written,
-                bytes,
-            }) => {
-                stats.bytes_received += bytes;
+            if awaiting && (heard || !frames.is_empty()) {
+                stats.rounds += 1;
+                awaiting = false;
+            }
+            for (f, permit) in frames {
                 stats.frames_received += 1;
-                heard = true;
-                tokio::task::block_in_place(|| session.end_piece(store, hash, written));
-            }
-            Some(Incoming::Failed(e)) => return Err(TransportError::Connection(e)),
-            None => {}
-        }
-        loop {
-            match reader.next_frame() {
-                Ok(Some(f)) => frames.push(f),
-                Ok(None) => break,
-                Err(e) => {
-                    let reason = e.to_string();
-                    let _ = send
-                        .write_all(&wire::encode(&Frame::Error {
-                            code: wire::code::PROTOCOL,
-                            reason: reason.clone(),
-                        }))
-                        .await;
-                    conn.close(
-                        quinn::VarInt::from_u32(wire::code::PROTOCOL),
-                        reason.as_bytes(),
-                    );
-                    return Err(TransportError::Session(SessionError::Protocol(reason)));
-                }
+                let auth = authorizer.map(|a| a as &dyn Authorizer);
+                tokio::task::block_in_place(|| session.handle(store, f, auth));
+                drop(permit);
             }
         }
-        if awaiting && (heard || !frames.is_empty()) {
-            stats.rounds += 1;
-            awaiting = false;
-        }
-        for f in frames {
-            stats.frames_received += 1;
-            let auth = authorizer.map(|a| a as &dyn Authorizer);
-            tokio::task::block_in_place(|| session.handle(store, f, auth));
-        }
+    }
+    .await;
+    if let Err(e) = &result {
+        // The peer hears why before the connection goes (a stalled or broken run included).
+        session.fail(SessionError::Protocol(e.to_string()));
     }
     // Say the last words before the session's error, if any, ends the run.
     while let Some(frame) = session.poll_transmit(store) {
         let bytes = wire::encode(&frame);
-        let _ = send.write_all(&bytes).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), send.write_all(&bytes)).await;
     }
     let _ = send.finish();
+    if let Err(e) = result {
+        if let Some(SessionError::Protocol(_) | SessionError::Unauthorized(_)) = session.error() {
+            conn.close(
+                quinn::VarInt::from_u32(wire::code::PROTOCOL),
+                e.to_string().as_bytes(),
+            );
+        }
+        return Err(e);
+    }
     if authorizer.is_none() && session.error().is_none() {
         // The initiator waits for the responder to end its side of the control stream: then
         // the responder has everything it needs, and the connection may close or carry the
@@ -856,27 +1057,47 @@ pub async fn run_initiator(
     conn: &quinn::Connection,
     config: InitiatorConfig,
 ) -> Result<(Vec<FeedReport>, RunStats), TransportError> {
-    run_initiator_with_progress(store, conn, config, &Progress::default()).await
+    run_initiator_with_progress(
+        store,
+        conn,
+        config,
+        RunLimits::default(),
+        &Progress::default(),
+    )
+    .await
 }
 
-/// [`run_initiator`], keeping `progress` current as the run goes.
+/// [`run_initiator`] within `limits`, keeping `progress` current as the run goes. A run over
+/// more feeds than one HELLO carries ([`MAX_HELLO_FEEDS`]) is several sessions in turn.
 pub async fn run_initiator_with_progress(
     store: &Store,
     conn: &quinn::Connection,
     config: InitiatorConfig,
+    limits: RunLimits,
     progress: &Progress,
 ) -> Result<(Vec<FeedReport>, RunStats), TransportError> {
-    let session = tokio::task::block_in_place(|| Session::initiator(store, config))?;
-    let (send, recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| TransportError::Connection(e.to_string()))?;
-    let (session, stats) = drive(store, session, conn, send, recv, None, progress).await?;
-    if let Some(e) = session.error() {
-        conn.close(quinn::VarInt::from_u32(1), e.to_string().as_bytes());
-        return Err(TransportError::Session(e.clone()));
+    let mut reports = Vec::new();
+    let mut total = RunStats::default();
+    for feeds in config.feeds.chunks(MAX_HELLO_FEEDS) {
+        let part = InitiatorConfig {
+            feeds: feeds.to_vec(),
+            ..config.clone()
+        };
+        let session = tokio::task::block_in_place(|| Session::initiator(store, part))?;
+        let (send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| TransportError::Connection(e.to_string()))?;
+        let (session, stats) =
+            drive(store, session, conn, send, recv, None, progress, limits).await?;
+        if let Some(e) = session.error() {
+            conn.close(quinn::VarInt::from_u32(1), e.to_string().as_bytes());
+            return Err(TransportError::Session(e.clone()));
+        }
+        reports.extend(session.reports());
+        total.add(&stats);
     }
-    Ok((session.reports(), stats))
+    Ok((reports, total))
 }
 
 /// Closes every connection of `endpoint` and waits (at most 2 s) until the peers have heard.
@@ -890,6 +1111,11 @@ pub fn close(conn: &quinn::Connection) {
     conn.close(quinn::VarInt::from_u32(0), b"done");
 }
 
+/// Closes a connection with an error code ([`wire::code`]) and reason.
+pub fn close_with(conn: &quinn::Connection, code: u32, reason: &str) {
+    conn.close(quinn::VarInt::from_u32(code), reason.as_bytes());
+}
+
 /// Answers the runs an incoming connection carries, one after another (a peer keeps its
 /// connection warm between runs), until the peer closes it or a run fails; `on_run` gets
 /// each run's outcome.
@@ -897,20 +1123,35 @@ pub async fn serve_connection(
     store: &Store,
     conn: &quinn::Connection,
     authorizer: &(dyn Authorizer + Sync),
+    limits: RunLimits,
+    session_limits: Limits,
     mut on_run: impl FnMut(Result<(Session, RunStats), TransportError>),
 ) {
+    let Some(peer) = peer_key(conn) else {
+        conn.close(
+            quinn::VarInt::from_u32(wire::code::UNAUTHORIZED),
+            b"no peer key",
+        );
+        return;
+    };
     loop {
         let Ok((send, recv)) = conn.accept_bi().await else {
             return;
         };
+        let session = Session::responder(ResponderConfig {
+            peer,
+            now_secs: unix_secs(),
+            limits: session_limits,
+        });
         let result = drive(
             store,
-            Session::responder(),
+            session,
             conn,
             send,
             recv,
             Some(authorizer),
             &Progress::default(),
+            limits,
         )
         .await;
         let failed = match &result {
@@ -922,8 +1163,10 @@ pub async fn serve_connection(
         };
         on_run(result);
         if failed {
-            // The initiator closes the connection once it has read the error; give it time.
-            let _ = tokio::time::timeout(Duration::from_secs(30), conn.closed()).await;
+            // The initiator closes the connection once it has read the error; give it a
+            // moment, then close it from here (a hostile peer would hold it open).
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+            close_with(conn, wire::code::PROTOCOL, "the run failed");
             return;
         }
     }

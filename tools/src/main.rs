@@ -501,12 +501,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 println!(
-                    "removed {} blobs ({} bytes), {} orphan files, {} documents, {} tombstones; {} blobs live{}",
+                    "removed {} blobs ({} bytes), {} orphan files, {} documents, {} tombstones, {} interrupted transfers; {} blobs live{}",
                     r.blobs_removed,
                     r.bytes_freed,
                     r.orphan_files_removed,
                     r.docs_removed,
                     r.tombstones_removed,
+                    r.partial_removed,
                     r.blobs_live,
                     if r.shared_orphans_removed > 0 {
                         format!("; {} blobs nobody sharing the bucket referenced", r.shared_orphans_removed)

@@ -12,8 +12,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use cairn_feedserver::{FeedServer, HttpConfig};
 use cairn_store::admin::ReplicationRecord;
 use cairn_store::{BlobsConfig, Store, StoreOptions};
-use cairn_sync::proto::{Authorizer, FeedReport, GuardRail, InitiatorConfig};
-use cairn_sync::transport::{self, Congestion, Progress, ProgressSnapshot, TransportError};
+use cairn_sync::proto::{Authorizer, FeedReport, GuardRail, InitiatorConfig, Limits, Refusal};
+use cairn_sync::transport::{
+    self, Congestion, Progress, ProgressSnapshot, RunLimits, TransportError,
+};
 use cairn_sync::wire::{code, Mode};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -108,6 +110,66 @@ pub struct SyncConfig {
     /// defaults, which cap a stream at about 1.25 MB in flight.
     #[serde(default = "default_window_mib")]
     pub window_mib: u32,
+    /// Largest blob a received manifest may name, in MiB.
+    #[serde(default = "default_max_blob_mib")]
+    pub max_blob_mib: u64,
+    /// A run fails as stalled when less than `min_progress_kib` moves in this many seconds.
+    #[serde(default = "default_stall_secs")]
+    pub stall_secs: u64,
+    /// See `stall_secs`.
+    #[serde(default = "default_min_progress_kib")]
+    pub min_progress_kib: u64,
+    /// Longest a replication run may take, in seconds.
+    #[serde(default = "default_max_run_secs")]
+    pub max_run_secs: u64,
+    /// Most connections one peer may hold open to this instance at once.
+    #[serde(default = "default_max_peer_connections")]
+    pub max_peer_connections: usize,
+    /// How long the checkpoints this instance signs for its peers stay valid, in seconds: how
+    /// long a spoke may serve this state as current once it cannot hear from here.
+    #[serde(default = "default_checkpoint_ttl_secs")]
+    pub checkpoint_ttl_secs: u64,
+}
+
+fn default_checkpoint_ttl_secs() -> u64 {
+    Limits::default().checkpoint_ttl_secs
+}
+
+fn default_max_blob_mib() -> u64 {
+    Limits::default().max_blob_bytes >> 20
+}
+fn default_stall_secs() -> u64 {
+    RunLimits::default().window.as_secs()
+}
+fn default_min_progress_kib() -> u64 {
+    RunLimits::default().min_progress_bytes >> 10
+}
+fn default_max_run_secs() -> u64 {
+    RunLimits::default().max_run.as_secs()
+}
+fn default_max_peer_connections() -> usize {
+    4
+}
+
+impl SyncConfig {
+    /// What a peer may make this instance hold in one run.
+    pub fn session_limits(&self) -> Limits {
+        Limits {
+            max_blob_bytes: self.max_blob_mib.saturating_mul(1 << 20),
+            checkpoint_ttl_secs: self.checkpoint_ttl_secs.max(1),
+            ..Limits::default()
+        }
+    }
+
+    /// The deadlines of a run.
+    pub fn run_limits(&self) -> RunLimits {
+        RunLimits {
+            window: Duration::from_secs(self.stall_secs.max(1)),
+            min_progress_bytes: self.min_progress_kib.saturating_mul(1 << 10),
+            max_run: Duration::from_secs(self.max_run_secs.max(1)),
+            ..RunLimits::default()
+        }
+    }
 }
 
 fn default_window_mib() -> u32 {
@@ -120,6 +182,12 @@ impl Default for SyncConfig {
             listen: default_listen(),
             congestion: default_congestion(),
             window_mib: default_window_mib(),
+            max_blob_mib: default_max_blob_mib(),
+            stall_secs: default_stall_secs(),
+            min_progress_kib: default_min_progress_kib(),
+            max_run_secs: default_max_run_secs(),
+            max_peer_connections: default_max_peer_connections(),
+            checkpoint_ttl_secs: default_checkpoint_ttl_secs(),
         }
     }
 }
@@ -374,6 +442,7 @@ impl WarmConnections {
 /// (the server), `None` closes it at the end (a one-off `cairn replicate`).
 pub async fn run_replication(
     store: &Store,
+    sync: &SyncConfig,
     rep: &ReplicationConfig,
     dry_run: bool,
     allow_deletes: bool,
@@ -424,6 +493,9 @@ pub async fn run_replication(
             .parse()
             .with_context(|| format!("peer `{}` address `{}`", peer.name, peer.addr))?;
         let config = InitiatorConfig {
+            peer: peer.key,
+            now_secs: transport::unix_secs(),
+            limits: sync.session_limits(),
             token: rep.token.clone(),
             mode: rep.mode,
             feeds: feeds.clone(),
@@ -443,15 +515,18 @@ pub async fn run_replication(
             Some(c) => c,
             None => transport::connect(store.identity(), addr, peer.key).await?,
         };
+        let limits = sync.run_limits();
         let mut result =
-            transport::run_initiator_with_progress(store, &conn, config.clone(), progress).await;
+            transport::run_initiator_with_progress(store, &conn, config.clone(), limits, progress)
+                .await;
         let mut conn = conn;
         if was_warm && matches!(result, Err(TransportError::Connection(_))) {
             // The peer restarted or the path changed while the connection sat idle: once more
             // on a new one.
             tracing::debug!(replication = %rep.name, "warm connection failed; reconnecting");
             conn = transport::connect(store.identity(), addr, peer.key).await?;
-            result = transport::run_initiator_with_progress(store, &conn, config, progress).await;
+            result = transport::run_initiator_with_progress(store, &conn, config, limits, progress)
+                .await;
         }
         match (&result, warm) {
             (Ok(_), Some(w)) => w.keep(&rep.name, conn).await,
@@ -467,6 +542,11 @@ pub async fn run_replication(
                 if rep.mode == Mode::Pull && r.converged() && !dry_run {
                     if let Some(c) = r.peer_cursor {
                         let _ = store.set_replication_cursor(&rep.name, &r.feed, c);
+                    }
+                }
+                if let Some(cp) = &r.checkpoint {
+                    if let Err(e) = store.record_upstream_checkpoint(&rep.peer, &r.feed, cp) {
+                        tracing::error!("recording a checkpoint: {e}");
                     }
                 }
             }
@@ -515,24 +595,88 @@ pub async fn run_replication(
     summary
 }
 
-/// Tokens decide what an incoming peer may replicate.
+/// Tokens decide what an incoming peer may replicate: `replicate:FEED` lets it pull,
+/// `replicate-write:FEED` also push and mirror. A feed this instance pulls from a peer takes no
+/// writes from any other.
 struct TokenAuthorizer {
     store: Arc<Store>,
+    /// Feeds pulled from a peer here, with that peer.
+    pull_replicas: HashMap<String, String>,
 }
 
 impl Authorizer for TokenAuthorizer {
-    fn authorize(&self, token: &str, feed: &str, _mode: Mode) -> Result<(), (u32, String)> {
-        match self.store.token_check(token) {
-            Ok(Some(t)) if t.may_replicate(feed) => Ok(()),
-            Ok(Some(_)) => Err((
+    fn authorize(&self, token: &str, feed: &str, mode: Mode) -> Result<(), Refusal> {
+        let info = match self.store.token_check(token) {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                return Err(Refusal::new(
+                    code::UNAUTHORIZED,
+                    "missing or invalid replication token",
+                ))
+            }
+            Err(e) => return Err(Refusal::new(code::INTERNAL, e.to_string())),
+        };
+        if !info.may_replicate(feed) {
+            return Err(Refusal::new(
                 code::UNAUTHORIZED,
                 format!("the token does not allow replicating `{feed}`"),
-            )),
-            Ok(None) => Err((
-                code::UNAUTHORIZED,
-                "missing or invalid replication token".into(),
-            )),
-            Err(e) => Err((code::INTERNAL, e.to_string())),
+            ));
+        }
+        if mode == Mode::Pull {
+            return Ok(());
+        }
+        if !info.may_replicate_write(feed) {
+            return Err(Refusal::new(
+                code::MODE_NOT_ALLOWED,
+                format!(
+                    "the token allows pulling `{feed}` but not a {}; writing needs a `replicate-write:` scope",
+                    mode_name(mode)
+                ),
+            ));
+        }
+        if let Some(upstream) = self.pull_replicas.get(feed) {
+            return Err(Refusal::new(
+                code::MODE_NOT_ALLOWED,
+                format!("`{feed}` is a pull replica of `{upstream}` here; write to `{upstream}`"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One of a peer's open connections, counted while it lives.
+struct ConnectionSlot {
+    open: Arc<parking_lot::Mutex<HashMap<cairn_store::doc::PublicKey, usize>>>,
+    key: cairn_store::doc::PublicKey,
+}
+
+impl ConnectionSlot {
+    fn take(
+        open: &Arc<parking_lot::Mutex<HashMap<cairn_store::doc::PublicKey, usize>>>,
+        key: cairn_store::doc::PublicKey,
+        max: usize,
+    ) -> Option<ConnectionSlot> {
+        let mut map = open.lock();
+        let n = map.entry(key).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ConnectionSlot {
+            open: open.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut map = self.open.lock();
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
         }
     }
 }
@@ -571,17 +715,34 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
         println!("cairn serving {} on {} (replication, QUIC) and http://{} (feeds); key {}; blobs {}", data_dir.display(), local, http_addr, store.identity().public_key(), config.store_options().blobs.location());
         let accept_store = store.clone();
         let accepting = endpoint.clone();
+        let pull_replicas = config.pull_replicas(&store);
+        let (run_limits, session_limits) = (config.sync.run_limits(), config.sync.session_limits());
+        let max_peer_connections = config.sync.max_peer_connections;
+        let open_connections: Arc<parking_lot::Mutex<HashMap<cairn_store::doc::PublicKey, usize>>> = Arc::default();
         tokio::spawn(async move {
             while let Some(incoming) = accepting.accept().await {
                 let store = accept_store.clone();
+                let pull_replicas = pull_replicas.clone();
+                let open_connections = open_connections.clone();
                 tokio::spawn(async move {
                     let Ok(conn) = incoming.await else { return };
+                    // A peer holds a few connections at most: each can make this side buffer
+                    // up to its flow-control window.
+                    let Some(key) = transport::peer_key(&conn) else { return };
+                    let _slot = match ConnectionSlot::take(&open_connections, key, max_peer_connections) {
+                        Some(slot) => slot,
+                        None => {
+                            tracing::warn!(peer = %key.short(), "refusing a connection over the limit of {max_peer_connections} per peer");
+                            transport::close_with(&conn, code::UNAUTHORIZED, "too many connections from this peer");
+                            return;
+                        }
+                    };
                     let peer = transport::peer_key(&conn)
                         .and_then(|k| store.peer_list().ok()?.into_iter().find(|p| p.key == k).map(|p| p.name))
                         .unwrap_or_else(|| "unknown".into());
-                    let auth = TokenAuthorizer { store: store.clone() };
+                    let auth = TokenAuthorizer { store: store.clone(), pull_replicas: pull_replicas.clone() };
                     let mut started = now_ms();
-                    transport::serve_connection(&store, &conn, &auth, |result| {
+                    transport::serve_connection(&store, &conn, &auth, run_limits, session_limits, |result| {
                     let mut record = ReplicationRecord { replication: "incoming".into(), peer: peer.clone(), started_ms: started, ended_ms: now_ms(), ..Default::default() };
                     match result {
                         Ok((session, stats)) => {
@@ -591,7 +752,7 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
                             record.docs_sent = reports.iter().map(|r| r.docs_sent).sum();
                             record.docs_received = reports.iter().map(|r| r.docs_applied).sum();
                             record.blobs_received = reports.iter().map(|r| r.blobs_received).sum();
-                            record.blobs_sent = session.stats().pieces_sent;
+                            record.blobs_sent = session.stats().blobs_sent;
                             record.deletions = reports.iter().map(|r| r.deletions).sum();
                             record.bytes_sent = stats.bytes_sent;
                             record.bytes_received = stats.bytes_received;
@@ -622,13 +783,14 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
             let store = store.clone();
             let lock = locks[&rep.name].clone();
             let warm = warm.clone();
+            let sync = config.sync.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(rep.interval_secs.max(1)));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
                     let _guard = lock.lock().await;
-                    let s = run_replication(&store, &rep, false, false, &Progress::default(), Some(&warm)).await;
+                    let s = run_replication(&store, &sync, &rep, false, false, &Progress::default(), Some(&warm)).await;
                     if !s.ok(false) {
                         tracing::warn!(replication = %rep.name, "scheduled run failed: {}", s.error.clone().unwrap_or_else(|| format!("{:?}", s.feeds)));
                     }
@@ -641,10 +803,11 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
         let reps: Arc<Vec<ReplicationConfig>> = Arc::new(config.replications.clone());
         let control_store = store.clone();
         let control_warm = warm.clone();
+        let control_sync = config.sync.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
-                let (store, reps, locks, warm) = (control_store.clone(), reps.clone(), locks.clone(), control_warm.clone());
+                let (store, reps, locks, warm, sync) = (control_store.clone(), reps.clone(), locks.clone(), control_warm.clone(), control_sync.clone());
                 tokio::spawn(async move {
                     let (read, mut write) = stream.into_split();
                     let mut line = String::new();
@@ -657,7 +820,7 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
                             Some(rep) => {
                                 let _guard = locks[&rep.name].lock().await;
                                 let progress = Progress::default();
-                                let run = run_replication(&store, rep, flags.contains(&"dry-run"), flags.contains(&"allow-deletes"), &progress, Some(&warm));
+                                let run = run_replication(&store, &sync, rep, flags.contains(&"dry-run"), flags.contains(&"allow-deletes"), &progress, Some(&warm));
                                 tokio::pin!(run);
                                 // Progress lines every 200 ms until the summary is ready.
                                 let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -821,7 +984,15 @@ pub fn replicate(
     let progress = Progress::default();
     let bar = Bar::new(name);
     Ok(runtime.block_on(async {
-        let run = run_replication(&store, &rep, dry_run, allow_deletes, &progress, None);
+        let run = run_replication(
+            &store,
+            &config.sync,
+            &rep,
+            dry_run,
+            allow_deletes,
+            &progress,
+            None,
+        );
         tokio::pin!(run);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
