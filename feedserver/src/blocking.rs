@@ -55,7 +55,8 @@ impl Blocklist {
             if e.value.kind != EntryKind::Document {
                 continue;
             }
-            let Some(doc) = store.document(&e.value.doc)? else {
+            // A decision signed by a key no longer trusted has no authority here.
+            let Some(doc) = store.served_document(SYSTEM_FEED, &e.value.doc)? else {
                 continue;
             };
             let (kind, _) = e.key.split_once('/').unwrap_or((&e.key, ""));
@@ -146,20 +147,20 @@ impl Blocklist {
     }
 }
 
-/// The blocklist, rebuilt when the system set's cursor moves.
+/// The blocklist, rebuilt when the system set's cursor moves or trust changes.
 #[derive(Debug, Default)]
 pub struct Cache {
-    /// The list and the system set's (epoch, seq) it was built at.
+    /// The list and the system set's (epoch, seq) and trust generation it was built at.
     current: Mutex<Option<(SystemCursor, Arc<Blocklist>)>>,
 }
 
-type SystemCursor = (u64, u64);
+type SystemCursor = (u64, u64, u64);
 
 impl Cache {
     /// The list for the system set as it is now.
     pub fn get(&self, store: &Store) -> Result<Arc<Blocklist>, StoreError> {
         let cursor = store.feed(SYSTEM_FEED)?.cursor();
-        let key = (cursor.epoch, cursor.seq);
+        let key = (cursor.epoch, cursor.seq, store.trust_generation());
         if let Some((k, list)) = &*self.current.lock() {
             if *k == key {
                 return Ok(list.clone());

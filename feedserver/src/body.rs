@@ -1,11 +1,22 @@
-//! Downloads streamed from the store with bounded memory, verified as they go.
+//! Downloads from the store with bounded memory, verified as they go.
 //!
-//! The blob is read chunk group by chunk group through the store's `VerifyingReader` on a
-//! blocking thread and handed to the response 64 KiB at a time through a small channel. A
-//! blob that fails verification before its first byte is sent gets a 500 naming it; one that
-//! fails later has its response cut, so a client never receives a byte that did not verify
-//! and never mistakes a cut response for a whole one (the length was announced).
+//! Three ways, all sending only bytes that verified against the blob's BLAKE3:
+//! - a blob that is *hot* (read whole and verified recently) is served from [`VerifiedBlobs`],
+//!   a cache of verified bytes bounded in total size: no disk read, no hashing, no thread;
+//! - a blob of up to [`VerifiedBlobs::max_blob`] asked for whole is read and verified whole on
+//!   the blocking pool (within a bound on the bytes being filled at once), kept, and served;
+//! - anything else streams: chunk groups are read and verified a batch at a time on the
+//!   blocking pool, only when the client has taken the batch before, so no thread waits on a
+//!   slow client. A `Range` reads and verifies only the chunk groups it covers.
+//!
+//! A blob that fails verification before its first byte is sent gets a 500 naming it; one
+//! that fails later has its response cut, so a client never receives a byte that did not
+//! verify and never mistakes a cut response for a whole one (the length was announced).
+//!
+//! The cache holds the verified bytes themselves, so a later change of the file on disk can
+//! never reach a client through it; what it trades is memory (bounded) for the hashing.
 
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,10 +25,93 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use cairn_store::Hash;
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
 
 use crate::{ApiError, FeedServer};
 
-const CHUNK: usize = 64 * 1024;
+/// Verified bytes of recently downloaded blobs, least recently used out first.
+#[derive(Debug)]
+pub struct VerifiedBlobs {
+    inner: Mutex<Lru>,
+    max_bytes: usize,
+    /// KiB of blobs being read whole to be kept, at once (a burst of first downloads of large
+    /// blobs streams instead of filling memory).
+    filling: Arc<Semaphore>,
+}
+
+#[derive(Debug, Default)]
+struct Lru {
+    map: HashMap<Hash, (Bytes, u64)>,
+    order: BTreeMap<u64, Hash>,
+    bytes: usize,
+    tick: u64,
+}
+
+impl VerifiedBlobs {
+    /// A cache of at most `max_bytes` (0 turns it off).
+    pub fn new(max_bytes: usize) -> VerifiedBlobs {
+        VerifiedBlobs {
+            inner: Mutex::new(Lru::default()),
+            max_bytes,
+            filling: Arc::new(Semaphore::new((max_bytes / 4) >> 10)),
+        }
+    }
+
+    /// The largest blob kept: a sixteenth of the cache, at most 16 MiB.
+    pub fn max_blob(&self) -> u64 {
+        (self.max_bytes / 16).min(16 << 20) as u64
+    }
+
+    /// The verified bytes of `hash`, if kept.
+    pub fn get(&self, hash: &Hash) -> Option<Bytes> {
+        let mut lru = self.inner.lock();
+        let tick = lru.tick + 1;
+        lru.tick = tick;
+        let (bytes, old) = {
+            let (bytes, t) = lru.map.get_mut(hash)?;
+            let old = std::mem::replace(t, tick);
+            (bytes.clone(), old)
+        };
+        lru.order.remove(&old);
+        lru.order.insert(tick, *hash);
+        Some(bytes)
+    }
+
+    /// Keeps the verified bytes of `hash`, dropping the least recently used beyond the bound.
+    pub fn insert(&self, hash: Hash, bytes: Bytes) {
+        if bytes.len() as u64 > self.max_blob() || self.max_bytes == 0 {
+            return;
+        }
+        let mut lru = self.inner.lock();
+        if lru.map.contains_key(&hash) {
+            return;
+        }
+        while lru.bytes + bytes.len() > self.max_bytes {
+            let Some((_, oldest)) = lru.order.pop_first() else {
+                break;
+            };
+            if let Some((b, _)) = lru.map.remove(&oldest) {
+                lru.bytes -= b.len();
+            }
+        }
+        lru.tick += 1;
+        let tick = lru.tick;
+        lru.bytes += bytes.len();
+        lru.order.insert(tick, hash);
+        lru.map.insert(hash, (bytes, tick));
+    }
+
+    /// Bytes kept now.
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().bytes
+    }
+}
+
+/// Bytes read and verified per step of a streamed download (16 chunk groups).
+const CHUNK: usize = 256 * 1024;
+/// The first step is shorter: the headers go out as soon as it verified.
+const FIRST_CHUNK: usize = 64 * 1024;
 
 /// A byte range asked for with `Range`, resolved against the size: `start..end`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,50 +221,89 @@ pub async fn blob_response(
             .body(Body::empty())
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
     }
-    // Open, skip to the start and read the first chunk before answering, so a blob that is
-    // damaged from the start gets a clear 500 rather than a cut response.
+    let sent = |n: u64| server.metrics().bytes_sent.fetch_add(n, Ordering::Relaxed);
+    let ok = |builder: axum::http::response::Builder, body: Body| {
+        builder
+            .body(body)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    };
+    // Hot: verified bytes from memory.
+    let cache = server.verified();
+    if let Some(bytes) = cache.get(&hash) {
+        sent(len);
+        return ok(
+            builder,
+            Body::from(bytes.slice(start as usize..end as usize)),
+        );
+    }
+    // Small and asked for whole: read and verified whole, kept, served.
+    if range.is_none() && size <= cache.max_blob() {
+        let kib = (size >> 10) as u32 + 1;
+        if let Ok(permit) = cache.filling.clone().try_acquire_many_owned(kib) {
+            let s = server.clone();
+            let bytes = crate::blocking(move || {
+                let mut reader = s.store().blob_reader(&hash)?;
+                let mut v = Vec::with_capacity(size as usize);
+                reader.read_to_end(&mut v).map_err(|e| corrupt(hash, e))?;
+                Ok(v)
+            })
+            .await?;
+            drop(permit);
+            let bytes = Bytes::from(bytes);
+            cache.insert(hash, bytes.clone());
+            sent(len);
+            return ok(builder, Body::from(bytes));
+        }
+    }
+    // Streamed. Open, skip to the start and read the first batch before answering, so a
+    // blob that is damaged where the response starts gets a clear 500 rather than a cut one.
     let s = server.clone();
     let (first, reader) = crate::blocking(move || {
-        let mut reader = s.store().blob_reader(&hash)?;
-        std::io::copy(&mut (&mut reader).take(start), &mut std::io::sink())
-            .map_err(|e| corrupt(hash, e))?;
-        let mut buf = vec![0u8; CHUNK.min(len as usize)];
+        let mut reader = s.store().blob_range_reader(&hash, start, end)?;
+        let mut buf = vec![0u8; FIRST_CHUNK.min(len as usize)];
         reader.read_exact(&mut buf).map_err(|e| corrupt(hash, e))?;
         Ok((buf, reader))
     })
     .await?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    let sent = first.len() as u64;
-    server
-        .metrics()
-        .bytes_sent
-        .fetch_add(sent, Ordering::Relaxed);
-    let s = server.clone();
-    let _ = tx.try_send(Ok(Bytes::from(first)));
-    tokio::task::spawn_blocking(move || {
-        let mut reader = reader;
-        let mut left = len - sent;
-        while left > 0 {
-            let mut buf = vec![0u8; CHUNK.min(left as usize)];
-            let item = reader.read_exact(&mut buf).map(|()| Bytes::from(buf));
-            let failed = item.is_err();
-            if let Err(e) = &item {
-                tracing::error!(blob = %hash, "download cut: {e}");
+    sent(first.len() as u64);
+    let left = len - first.len() as u64;
+    let first =
+        futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(first)) });
+    // Each further batch is read on the blocking pool only when the client has taken the one
+    // before: a client that stalls holds no thread.
+    let rest = futures_util::stream::unfold(
+        (Some(reader), left, server.clone()),
+        move |(reader, left, s)| async move {
+            let mut reader = reader?;
+            if left == 0 {
+                return None;
             }
-            let n = item.as_ref().map_or(0, |b| b.len() as u64);
-            if tx.blocking_send(item).is_err() || failed {
-                return;
+            let n = CHUNK.min(left as usize);
+            let step = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; n];
+                let r = reader.read_exact(&mut buf);
+                (reader, buf, r)
+            })
+            .await;
+            match step {
+                Ok((reader, buf, Ok(()))) => {
+                    s.metrics()
+                        .bytes_sent
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    Some((Ok(Bytes::from(buf)), (Some(reader), left - n as u64, s)))
+                }
+                Ok((_, _, Err(e))) => {
+                    tracing::error!(blob = %hash, "download cut: {e}");
+                    Some((Err(e), (None, 0, s)))
+                }
+                Err(e) => Some((Err(std::io::Error::other(e.to_string())), (None, 0, s))),
             }
-            s.metrics().bytes_sent.fetch_add(n, Ordering::Relaxed);
-            left -= n;
-        }
-    });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    builder
-        .body(Body::from_stream(stream))
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        },
+    );
+    ok(
+        builder,
+        Body::from_stream(futures_util::StreamExt::chain(first, rest)),
+    )
 }
 
 fn corrupt(hash: Hash, e: std::io::Error) -> ApiError {

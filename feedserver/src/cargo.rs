@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::Request;
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cairn_store::doc::{Ecosystem, Manifest};
 use cairn_store::names;
@@ -52,7 +52,7 @@ pub async fn handle(
     let segments: Vec<&str> = rest.split('/').collect();
     match (&method, segments.as_slice()) {
         (&Method::GET, ["config.json"]) => {
-            let base = base_url(&headers, &feed.name);
+            let base = format!("{}/feeds/{}", crate::client_origin(&headers)?, feed.name);
             let mut config = json!({
                 "dl": format!("{base}/api/v1/crates"),
                 "api": base,
@@ -145,15 +145,6 @@ pub async fn handle(
             feed.name
         ))),
     }
-}
-
-/// The feed's URL as the client reached it.
-fn base_url(headers: &HeaderMap, feed: &str) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("127.0.0.1");
-    format!("http://{host}/feeds/{feed}")
 }
 
 /// The index directory of a crate name (lowercased): `1/a`, `2/ab`, `3/a/abc`, `ab/cd/abcd`.

@@ -69,6 +69,13 @@ pub struct HttpConfig {
     /// Largest upload accepted, in MiB.
     #[serde(default = "default_max_upload_mib")]
     pub max_upload_mib: u64,
+    /// Memory for the verified bytes of recently downloaded blobs, in MiB (0 turns it off).
+    #[serde(default = "default_verified_cache_mib")]
+    pub verified_cache_mib: u64,
+}
+
+fn default_verified_cache_mib() -> u64 {
+    256
 }
 
 fn default_listen() -> SocketAddr {
@@ -89,6 +96,7 @@ impl Default for HttpConfig {
             listen: default_listen(),
             anonymous_read: default_anonymous_read(),
             max_upload_mib: default_max_upload_mib(),
+            verified_cache_mib: default_verified_cache_mib(),
         }
     }
 }
@@ -133,11 +141,13 @@ pub struct FeedServer {
     blocklist: blocking::Cache,
     /// Rendered index documents by (feed, key), with the state they were rendered from.
     rendered: parking_lot::Mutex<HashMap<(String, String), RenderedDoc>>,
+    /// Verified bytes of hot blobs.
+    verified: body::VerifiedBlobs,
 }
 
-/// A rendered document and the (feed epoch, feed seq, system epoch, system seq, minute) it
-/// was rendered at.
-type RenderedDoc = ([u64; 5], Arc<String>);
+/// A rendered document and the (feed epoch, feed seq, system epoch, system seq, minute, trust
+/// generation) it was rendered at.
+type RenderedDoc = ([u64; 6], Arc<String>);
 
 /// Rendered documents kept at most (the cache starts over beyond).
 const MAX_RENDERED: usize = 10_000;
@@ -168,12 +178,16 @@ impl FeedServer {
     ) -> Arc<FeedServer> {
         Arc::new(FeedServer {
             store,
-            config,
             replicas,
             replications,
             metrics: Metrics::default(),
             blocklist: blocking::Cache::default(),
             rendered: parking_lot::Mutex::new(HashMap::new()),
+            verified: body::VerifiedBlobs::new(
+                usize::try_from(config.verified_cache_mib.saturating_mul(1 << 20))
+                    .unwrap_or(usize::MAX),
+            ),
+            config,
         })
     }
 
@@ -190,6 +204,11 @@ impl FeedServer {
     /// The counters.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The verified bytes of hot blobs.
+    pub fn verified(&self) -> &body::VerifiedBlobs {
+        &self.verified
     }
 
     /// The routes: the feeds, `/healthz` and `/metrics`.
@@ -223,7 +242,8 @@ impl FeedServer {
             if !cairn_store::names::split_package_key(&e.key).is_some_and(|(n, _)| keep(n)) {
                 continue;
             }
-            if let Some(doc) = store.document(&e.value.doc)? {
+            // A version signed by a key no longer trusted for the feed is not served.
+            if let Some(doc) = store.served_document(feed, &e.value.doc)? {
                 out.push(doc.payload().map_err(cairn_store::StoreError::from)?);
             }
         }
@@ -247,6 +267,7 @@ impl FeedServer {
             system.epoch,
             system.seq,
             blocking::now_secs() / 60,
+            self.store.trust_generation(),
         ];
         let cache_key = (feed.name.clone(), key.to_owned());
         if let Some((s, body)) = self.rendered.lock().get(&cache_key) {
@@ -470,6 +491,7 @@ impl From<cairn_store::store::StoreError> for ApiError {
                 StatusCode::BAD_REQUEST
             }
             E::BlobStoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            E::DocumentTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR || status == StatusCode::SERVICE_UNAVAILABLE
@@ -501,6 +523,32 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// The scheme and authority index documents are rendered with and cached under; replaced by
+/// the one the client used ([`client_origin`]) when they are served, so a cached document never
+/// depends on a request header.
+pub(crate) const ORIGIN_PLACEHOLDER: &str = "http://cairn.invalid";
+
+/// `http://HOST` as the client reached this server, from its `Host` header: a host name or
+/// address with an optional port, nothing else (anything else is refused rather than
+/// reflected into a document).
+pub(crate) fn client_origin(headers: &axum::http::HeaderMap) -> Result<String, ApiError> {
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    let valid = !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+    if !valid {
+        return Err(ApiError::bad_request(
+            "the Host header is not a host name or address with an optional port",
+        ));
+    }
+    Ok(format!("http://{host}"))
 }
 
 /// Runs `f` (store work that blocks) off the async threads.

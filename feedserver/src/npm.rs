@@ -78,16 +78,15 @@ pub async fn handle(
                 .get(header::ACCEPT)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|a| a.contains(ABBREVIATED));
-            let (s, f, n, base) = (
-                server.clone(),
-                feed.name.clone(),
-                name.clone(),
-                base_url(&headers, &feed.name),
-            );
-            let key = format!("npm-packument {n} {abbreviated} {base}");
+            let origin = crate::client_origin(&headers)?;
+            let (s, f, n) = (server.clone(), feed.name.clone(), name.clone());
+            // Cached per feed state, never per Host header: rendered with a placeholder origin
+            // that the client's own replaces on the way out.
+            let key = format!("npm-packument {n} {abbreviated}");
             let doc = blocking(move || {
                 let record = s.store().feed(&f)?;
                 s.rendered(&record, &key, || {
+                    let base = format!("{}/feeds/{f}", crate::ORIGIN_PLACEHOLDER);
                     Ok(packument(&s, &f, &n, &base, abbreviated)?.to_string())
                 })
             })
@@ -97,7 +96,8 @@ pub async fn handle(
             } else {
                 "application/json"
             };
-            Ok(([(header::CONTENT_TYPE, content_type)], doc.to_string()).into_response())
+            let body = doc.replace(crate::ORIGIN_PLACEHOLDER, &origin);
+            Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
         }
         (&Method::GET | &Method::HEAD, ["-", file]) => {
             server.authorize(&headers, &feed.name, Access::Read)?;
@@ -180,14 +180,6 @@ fn version_of_file(name: &str, file: &str) -> Option<String> {
         .strip_prefix('-')?
         .strip_suffix(".tgz")
         .map(str::to_owned)
-}
-
-fn base_url(headers: &HeaderMap, feed: &str) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("127.0.0.1");
-    format!("http://{host}/feeds/{feed}")
 }
 
 async fn read_json(server: &FeedServer, request: Request) -> Result<serde_json::Value, ApiError> {

@@ -127,23 +127,29 @@ async fn index(
     feed: &FeedRecord,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let s = server.clone();
-    let name = feed.name.clone();
-    let mut projects: Vec<String> = blocking(move || {
-        Ok(s.manifests(&name, |_| true)?
-            .into_iter()
-            .map(|m| normalize_pypi(&m.name))
-            .collect())
-    })
-    .await?;
+    let (s, f) = (server.clone(), feed.clone());
+    let json = wants_json(headers);
+    let key = format!("pypi-index {json}");
+    // Rendered once per state of the feed: a listing does not decode every manifest again.
+    let body = blocking(move || s.rendered(&f, &key, || render_index(&s, &f.name, json))).await?;
+    let content_type = if json { JSON } else { HTML };
+    Ok(([(header::CONTENT_TYPE, content_type)], body.to_string()).into_response())
+}
+
+fn render_index(server: &FeedServer, feed: &str, json: bool) -> Result<String, ApiError> {
+    let mut projects: Vec<String> = server
+        .manifests(feed, |_| true)?
+        .into_iter()
+        .map(|m| normalize_pypi(&m.name))
+        .collect();
     projects.sort();
     projects.dedup();
-    if wants_json(headers) {
+    if json {
         let body = serde_json::json!({
             "meta": { "api-version": "1.1" },
             "projects": projects.iter().map(|p| serde_json::json!({ "name": p })).collect::<Vec<_>>(),
         });
-        return Ok(([(header::CONTENT_TYPE, JSON)], body.to_string()).into_response());
+        return Ok(body.to_string());
     }
     let mut html = String::from(
         "<!DOCTYPE html>\n<html><head><meta name=\"pypi:repository-version\" content=\"1.1\"><title>Simple index</title></head><body>\n",
@@ -152,7 +158,7 @@ async fn index(
         html.push_str(&format!("<a href=\"{p}/\">{p}</a><br>\n"));
     }
     html.push_str("</body></html>\n");
-    Ok(([(header::CONTENT_TYPE, HTML)], html).into_response())
+    Ok(html)
 }
 
 fn listed_files(

@@ -117,25 +117,32 @@ pub async fn handle(
 }
 
 async fn list(server: &Arc<FeedServer>, feed: &FeedRecord) -> Result<Response, ApiError> {
-    let (s, f) = (server.clone(), feed.name.clone());
-    let versions = blocking(move || {
-        let mut out = Vec::new();
-        for m in s.manifests(&f, |_| true)? {
-            out.push(serde_json::json!({
-                "name": m.name,
-                "version": m.version,
-                "files": m.files.iter().map(|f| serde_json::json!({
-                    "name": f.name,
-                    "size": f.size,
-                    "blake3": f.blob.to_string(),
-                    "url": format!("/feeds/{}/{}/{}/{}", m.feed, m.name, m.version, f.name),
-                })).collect::<Vec<_>>(),
-            }));
-        }
-        Ok(out)
+    let (s, f) = (server.clone(), feed.clone());
+    // Rendered once per state of the feed: a listing does not decode every manifest again.
+    let body = blocking(move || {
+        s.rendered(&f, "raw-list", || {
+            let mut versions = Vec::new();
+            for m in s.manifests(&f.name, |_| true)? {
+                versions.push(serde_json::json!({
+                    "name": m.name,
+                    "version": m.version,
+                    "files": m.files.iter().map(|file| serde_json::json!({
+                        "name": file.name,
+                        "size": file.size,
+                        "blake3": file.blob.to_string(),
+                        "url": format!("/feeds/{}/{}/{}/{}", m.feed, m.name, m.version, file.name),
+                    })).collect::<Vec<_>>(),
+                }));
+            }
+            Ok(serde_json::json!({ "feed": f.name, "versions": versions }).to_string())
+        })
     })
     .await?;
-    Ok(axum::Json(serde_json::json!({ "feed": feed.name, "versions": versions })).into_response())
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response())
 }
 
 async fn put(
