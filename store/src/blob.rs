@@ -835,6 +835,45 @@ mod tests {
     }
 
     #[test]
+    fn a_range_reads_and_verifies_only_its_groups() {
+        let len = 10 * CHUNK_GROUP_BYTES + 100;
+        let (_dir, files, hash, size) = stage_and_install(len);
+        let bytes = data(len);
+        let g = CHUNK_GROUP_BYTES as u64;
+        let read = |files: &LocalFiles, start: u64, end: u64| -> io::Result<Vec<u8>> {
+            let (d, o) = files.open(&hash).unwrap();
+            let r = VerifyingReader::tree_range(hash, size, d, o, String::new(), start, end);
+            let mut out = Vec::new();
+            r.take(end - start).read_to_end(&mut out)?;
+            Ok(out)
+        };
+        for (start, end) in [
+            (0, 1),
+            (5, g + 7),
+            (3 * g, 4 * g),
+            (size - 1, size),
+            (g - 1, size),
+        ] {
+            assert_eq!(
+                read(&files, start, end).unwrap(),
+                bytes[start as usize..end as usize],
+                "{start}..{end}"
+            );
+        }
+        // Damage in group 2: a range in groups 5..7 never reads it; one across it fails.
+        let path = files.describe(&hash);
+        let mut damaged = fs::read(&path).unwrap();
+        damaged[2 * CHUNK_GROUP_BYTES + 9] ^= 1;
+        fs::write(&path, &damaged).unwrap();
+        assert_eq!(
+            read(&files, 5 * g + 1, 7 * g).unwrap(),
+            bytes[(5 * g + 1) as usize..(7 * g) as usize]
+        );
+        let err = read(&files, g, 3 * g).unwrap_err();
+        assert_eq!(as_corrupt(&err).unwrap().offset, 2 * g);
+    }
+
+    #[test]
     fn truncated_data_or_outboard_is_corruption() {
         let len = 4 * CHUNK_GROUP_BYTES;
         let (_dir, files, hash, size) = stage_and_install(len);

@@ -154,6 +154,28 @@ mod tests {
         );
     }
 
+    /// Whatever encodes must decode: a value nested right at the limit survives the round
+    /// trip, one level deeper is refused when it is encoded (so it is never signed).
+    #[test]
+    fn nesting_that_encodes_also_decodes() {
+        fn nested(depth: usize) -> Value {
+            (0..depth).fold(Value::Integer(1.into()), |v, _| Value::Array(vec![v]))
+        }
+        let mut deepest = 0;
+        for depth in 0..MAX_NESTING + 4 {
+            match to_canonical(&nested(depth)) {
+                Ok(bytes) => {
+                    decode_canonical_value(&bytes, 1 << 20).unwrap_or_else(|e| {
+                        panic!("depth {depth} encoded but does not decode: {e}")
+                    });
+                    deepest = depth;
+                }
+                Err(_) => break,
+            }
+        }
+        assert!(deepest >= MAX_NESTING - 2, "{deepest}");
+    }
+
     #[test]
     fn encodes_maps_in_bytewise_key_order() {
         let mut m = BTreeMap::new();

@@ -1006,3 +1006,44 @@ impl IncomingBlob {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The bit set answers what a plain list of flags would, whatever ranges are added.
+        #[test]
+        fn group_set_matches_a_list_of_flags(
+            len in 0u64..300,
+            ranges in proptest::collection::vec((0u64..320, 0u64..320), 0..12),
+        ) {
+            let mut set = GroupSet::new(len);
+            let mut flags = vec![false; len as usize];
+            for &(a, b) in &ranges {
+                set.insert_range(a, b);
+                for g in a..b.min(len) {
+                    flags[g as usize] = true;
+                }
+            }
+            let mut missing = Vec::new();
+            let mut start = None;
+            for (g, &have) in flags.iter().enumerate() {
+                match (have, start) {
+                    (false, None) => start = Some(g as u64),
+                    (true, Some(s)) => {
+                        missing.push((s, g as u64));
+                        start = None;
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(s) = start {
+                missing.push((s, len));
+            }
+            prop_assert_eq!(set.missing(), missing);
+            prop_assert_eq!(set.count(), flags.iter().filter(|f| **f).count() as u64);
+        }
+    }
+}

@@ -104,6 +104,10 @@ pub struct Limits {
     /// How long a checkpoint this side signs for a peer stays valid, in seconds: how long a
     /// site may go on serving this state as current when it can no longer hear from here.
     pub checkpoint_ttl_secs: u64,
+    /// Items per ITEM-LIST page this side sends ([`MAX_LIST_ITEMS`]; smaller in tests).
+    pub list_page_items: usize,
+    /// Keys per list of a DIFF page this side sends ([`MAX_DIFF_KEYS`]; smaller in tests).
+    pub diff_page_keys: usize,
 }
 
 impl Default for Limits {
@@ -112,6 +116,8 @@ impl Default for Limits {
             max_blob_bytes: 64 << 30,
             max_waiting_doc_bytes: 256 << 20,
             checkpoint_ttl_secs: CHECKPOINT_TTL_SECS,
+            list_page_items: MAX_LIST_ITEMS,
+            diff_page_keys: MAX_DIFF_KEYS,
         }
     }
 }
@@ -1459,6 +1465,7 @@ impl Session {
 
     /// Sends this side's items of the buckets in play as ITEM-LIST pages of whole buckets.
     fn send_item_list(&mut self, feed: &str) -> Result<(), SessionError> {
+        let page_items = self.limits.list_page_items.clamp(1, MAX_LIST_ITEMS);
         let job = self.job(feed)?;
         let mut frames = Vec::new();
         let mut page_buckets = Vec::new();
@@ -1476,7 +1483,7 @@ impl Session {
             })
             .collect();
         for (b, start, end) in spans {
-            if !page_buckets.is_empty() && end - page_start > MAX_LIST_ITEMS {
+            if !page_buckets.is_empty() && end - page_start > page_items {
                 frames.push(Frame::ItemList {
                     feed: feed.to_owned(),
                     buckets: bitmap(&page_buckets),
@@ -1664,21 +1671,17 @@ impl Session {
             Vec::new()
         };
         self.job(feed)?.wants_sent += want.len() as u64;
+        let page_keys = self.limits.diff_page_keys.clamp(1, MAX_DIFF_KEYS);
         // Long lists go in pages of their own; the page that ends the round carries the first
         // documents.
         let pages = remove
             .len()
             .max(want.len())
             .max(absent.len())
-            .div_ceil(MAX_DIFF_KEYS)
+            .div_ceil(page_keys)
             .max(1);
         let page = |v: &[u64], i: usize| -> Vec<u8> {
-            pack_u64s(
-                v.iter()
-                    .skip(i * MAX_DIFF_KEYS)
-                    .take(MAX_DIFF_KEYS)
-                    .copied(),
-            )
+            pack_u64s(v.iter().skip(i * page_keys).take(page_keys).copied())
         };
         for i in 0..pages {
             let final_page = last && i + 1 == pages;

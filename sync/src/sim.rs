@@ -121,6 +121,30 @@ pub fn run(
     authorizer: &dyn Authorizer,
     link: Link,
 ) -> Outcome {
+    run_tampered(
+        initiator,
+        responder,
+        config,
+        authorizer,
+        link,
+        &mut |_, f| vec![f],
+    )
+}
+
+/// What a man in the middle (or a hostile side) does to a frame: the frames to deliver in its
+/// place. The flag says whether it travels to the responder.
+pub type Tamper<'a> = dyn FnMut(bool, Frame) -> Vec<Frame> + 'a;
+
+/// [`run`], with every frame passed through `tamper` on its way: the attack tests use it to
+/// drop, forge or add frames between two real sessions.
+pub fn run_tampered(
+    initiator: &Store,
+    responder: &Store,
+    config: InitiatorConfig,
+    authorizer: &dyn Authorizer,
+    link: Link,
+    tamper: &mut Tamper<'_>,
+) -> Outcome {
     let mut out = Outcome::default();
     let config = InitiatorConfig {
         peer: responder.identity().public_key(),
@@ -151,37 +175,39 @@ pub fn run(
                     queue: &mut BinaryHeap<InFlight>,
                     sessions: &mut [Session; 2],
                     out: &mut Outcome| {
-        while let Some(frame) = sessions[side].poll_transmit(stores[side]) {
-            let bytes = wire::encode(&frame);
-            out.frames[side] += 1;
-            out.bytes[side] += bytes.len() as u64;
-            out.payload_bytes[side] += payload_of(&frame);
-            let ser_us =
-                (bytes.len() as u64 * 8).saturating_mul(1_000_000) / link.bandwidth_bps.max(1);
-            let start = link_free[side].max(now);
-            link_free[side] = start + ser_us;
-            let mut arrival = start + ser_us + link.rtt_us / 2;
-            let packets = bytes.len().div_ceil(1200) as u64;
-            for _ in 0..packets {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                if ((rng % 1_000_000) as f64) < link.loss * 1_000_000.0 {
-                    arrival += link.rtt_us;
-                    break;
+        while let Some(sent) = sessions[side].poll_transmit(stores[side]) {
+            for frame in tamper(side == 0, sent) {
+                let bytes = wire::encode(&frame);
+                out.frames[side] += 1;
+                out.bytes[side] += bytes.len() as u64;
+                out.payload_bytes[side] += payload_of(&frame);
+                let ser_us =
+                    (bytes.len() as u64 * 8).saturating_mul(1_000_000) / link.bandwidth_bps.max(1);
+                let start = link_free[side].max(now);
+                link_free[side] = start + ser_us;
+                let mut arrival = start + ser_us + link.rtt_us / 2;
+                let packets = bytes.len().div_ceil(1200) as u64;
+                for _ in 0..packets {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    if ((rng % 1_000_000) as f64) < link.loss * 1_000_000.0 {
+                        arrival += link.rtt_us;
+                        break;
+                    }
                 }
+                // A stream delivers in order: never before the frame sent ahead of it.
+                arrival = arrival.max(last_scheduled[side]);
+                last_scheduled[side] = arrival;
+                order += 1;
+                queue.push(InFlight {
+                    arrival,
+                    order,
+                    to_responder: side == 0,
+                    depth,
+                    frame_bytes: bytes,
+                });
             }
-            // A stream delivers in order: never before the frame sent ahead of it.
-            arrival = arrival.max(last_scheduled[side]);
-            last_scheduled[side] = arrival;
-            order += 1;
-            queue.push(InFlight {
-                arrival,
-                order,
-                to_responder: side == 0,
-                depth,
-                frame_bytes: bytes,
-            });
         }
     };
     send(0, 1, 0, &mut queue, &mut sessions, &mut out);

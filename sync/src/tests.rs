@@ -779,3 +779,5 @@ fn a_token_scoped_to_another_feed_is_refused_for_this_one() {
     assert!(o.initiator[1].converged(), "{o:?}");
     assert_eq!(root(&spoke, "other"), root(&hub, "other"));
 }
+
+mod attacks;

@@ -30,7 +30,7 @@ struct Args {
 
 struct Open;
 impl Authorizer for Open {
-    fn authorize(&self, _: &str, _: &str, _: Mode) -> Result<(), (u32, String)> {
+    fn authorize(&self, _: &str, _: &str, _: Mode) -> Result<(), cairn_sync::proto::Refusal> {
         Ok(())
     }
 }
@@ -69,6 +69,10 @@ fn publish(s: &Store, from: u64, to: u64) -> Result<()> {
 
 fn pull(spoke: &Store, hub: &Store) -> sim::Outcome {
     let config = InitiatorConfig {
+        // The simulator names the responder's key itself.
+        peer: hub.identity().public_key(),
+        now_secs: cairn_sync::transport::unix_secs(),
+        limits: cairn_sync::proto::Limits::default(),
         token: String::new(),
         mode: Mode::Pull,
         feeds: vec!["demo".into()],

@@ -1,0 +1,772 @@
+//! Attacks on the protocol core: a hostile initiator or responder (frames made by hand, or a
+//! real session's frames tampered with on the simulated link) tries to get past each check.
+//! Every test asserts the refusal and that nothing changed on the attacked side.
+
+use std::collections::BTreeMap;
+
+use cairn_store::doc::{Checkpoint, FileEntry, Manifest, PAYLOAD_VERSION};
+use cairn_store::{Hash, SignedDocument};
+use serde_bytes::ByteBuf;
+
+use super::*;
+use crate::proto::{ResponderConfig, Session, SessionError};
+use crate::wire::{BlobRequest, FeedHello, FeedStatus, Frame, SmallBlob};
+
+/// A responder session on `store` for a peer with `peer`'s key.
+fn responder(peer: &Store) -> Session {
+    Session::responder(ResponderConfig {
+        peer: peer.identity().public_key(),
+        now_secs: now(),
+        limits: Limits::default(),
+    })
+}
+
+fn drain(s: &mut Session, store: &Store) -> Vec<Frame> {
+    let mut out = Vec::new();
+    while let Some(f) = s.poll_transmit(store) {
+        out.push(f);
+    }
+    out
+}
+
+fn error_code(frames: &[Frame]) -> Option<u32> {
+    frames.iter().find_map(|f| match f {
+        Frame::Error { code, .. } => Some(*code),
+        _ => None,
+    })
+}
+
+/// HELLO for `feeds` of `from`, as its initiator would say it.
+fn hello(from: &Store, mode: Mode, token: &str, feeds: &[&str]) -> Frame {
+    Frame::Hello {
+        version: crate::wire::PROTOCOL_VERSION,
+        token: token.into(),
+        mode,
+        feeds: feeds
+            .iter()
+            .map(|f| {
+                let sum = from.feed_summary(f).unwrap();
+                FeedHello {
+                    feed: (*f).into(),
+                    root: *sum.root.fingerprint.as_bytes(),
+                    count: sum.root.count,
+                    since: None,
+                    checkpoint: (mode != Mode::Pull)
+                        .then(|| from.sign_checkpoint(f, 3600).unwrap().bytes().to_vec()),
+                    collected: 0,
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Every item of the feed as one ITEM-LIST page: what an initiator with `from`'s state sends.
+fn item_list(from: &Store, feed: &str) -> Frame {
+    let mut items = Vec::new();
+    for b in 0..=255u8 {
+        for (kh, e) in from.entries_under(feed, &[b]).unwrap() {
+            let leaf = cairn_store::merkle::leaf(&e.key, &e.value.doc);
+            items.extend_from_slice(&kh.as_bytes()[..8]);
+            items.extend_from_slice(&leaf.as_bytes()[..8]);
+        }
+    }
+    Frame::ItemList {
+        feed: feed.into(),
+        buckets: vec![0xff; 32],
+        items,
+        last: true,
+    }
+}
+
+/// The first large blob a feed's manifests name.
+fn a_blob(store: &Store, feed: &str) -> (Hash, u64) {
+    for e in store.entries(feed).unwrap() {
+        let m: Manifest = store
+            .document(&e.value.doc)
+            .unwrap()
+            .unwrap()
+            .payload()
+            .unwrap();
+        if let Some(f) = m.files.iter().find(|f| f.size > 16384) {
+            return (f.blob, f.size);
+        }
+    }
+    panic!("no large blob in {feed}")
+}
+
+fn want(hash: Hash, size: u64) -> Frame {
+    Frame::WantBlobs {
+        blobs: vec![BlobRequest {
+            hash: *hash.as_bytes(),
+            size,
+            groups: vec![(0, 1)],
+        }],
+    }
+}
+
+fn pieces(frames: &[Frame]) -> usize {
+    frames
+        .iter()
+        .filter(|f| matches!(f, Frame::BlobPiece { .. }))
+        .count()
+}
+
+#[test]
+fn nothing_but_hello_is_answered_before_hello() {
+    let (_d, hub, spoke) = small_pair();
+    publish(&hub, "demo", 0, 1, 100_000);
+    let (hash, size) = a_blob(&hub, "demo");
+    for first in [
+        want(hash, size),
+        item_list(&spoke, "demo"),
+        Frame::SummaryRequest {
+            feed: "demo".into(),
+        },
+    ] {
+        let mut r = responder(&spoke);
+        r.handle(&hub, first, Some(&AllowAll));
+        let out = drain(&mut r, &hub);
+        assert_eq!(error_code(&out), Some(code::PROTOCOL), "{out:?}");
+        assert_eq!(pieces(&out), 0);
+        assert!(r.is_finished());
+    }
+}
+
+#[test]
+fn no_authorizer_refuses_every_feed() {
+    let (_d, hub, spoke) = small_pair();
+    publish(&hub, "demo", 0, 3, 10);
+    let mut r = responder(&spoke);
+    r.handle(&hub, hello(&spoke, Mode::Pull, "good", &["demo"]), None);
+    let out = drain(&mut r, &hub);
+    match &out[..] {
+        [Frame::HelloReply { feeds }] => assert!(
+            matches!(&feeds[0], FeedStatus::Refused { code: c, .. } if *c == code::UNAUTHORIZED),
+            "{feeds:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_refused_feed_is_gone_and_naming_it_ends_the_connection() {
+    let (_d, hub, spoke) = small_pair();
+    publish(&hub, "demo", 0, 20, 10);
+    publish(&hub, "demo", 100, 101, 100_000);
+    let before = root(&hub, "demo");
+    let (hash, size) = a_blob(&hub, "demo");
+    for (mode, later) in [
+        (Mode::Pull, item_list(&spoke, "demo")),
+        (Mode::Push, item_list(&spoke, "demo")),
+        (
+            Mode::Pull,
+            Frame::Sketch {
+                feed: "demo".into(),
+                buckets: vec![0xff; 32],
+                seed: 1,
+                cells: vec![0; 26 * 8],
+            },
+        ),
+        (Mode::Pull, want(hash, size)),
+    ] {
+        let mut r = responder(&spoke);
+        r.handle(&hub, hello(&spoke, mode, "bad", &["demo"]), Some(&AllowAll));
+        let out = drain(&mut r, &hub);
+        assert!(
+            matches!(&out[..], [Frame::HelloReply { feeds }] if matches!(feeds[0], FeedStatus::Refused { .. })),
+            "{out:?}"
+        );
+        r.handle(&hub, later, Some(&AllowAll));
+        let out = drain(&mut r, &hub);
+        assert!(
+            matches!(error_code(&out), Some(c) if c == code::UNAUTHORIZED),
+            "{out:?}"
+        );
+        assert!(!out.iter().any(|f| matches!(f, Frame::Diff { .. })));
+        assert_eq!(pieces(&out), 0);
+        assert_eq!(
+            root(&hub, "demo"),
+            before,
+            "a push after refusal changed the hub"
+        );
+    }
+}
+
+#[test]
+fn blobs_are_served_once_and_only_for_documents_sent_in_the_run() {
+    let (_d, hub, spoke) = small_pair();
+    publish(&hub, "demo", 0, 1, 100_000);
+    let (hash, size) = a_blob(&hub, "demo");
+    // Asked for before any document named it.
+    let mut r = responder(&spoke);
+    r.handle(
+        &hub,
+        hello(&spoke, Mode::Pull, "good", &["demo"]),
+        Some(&AllowAll),
+    );
+    drain(&mut r, &hub);
+    r.handle(&hub, want(hash, size), Some(&AllowAll));
+    let out = drain(&mut r, &hub);
+    assert_eq!(error_code(&out), Some(code::UNAUTHORIZED), "{out:?}");
+    assert_eq!(pieces(&out), 0);
+    // After the DIFF that sent its manifest: once, and not twice.
+    let mut r = responder(&spoke);
+    r.handle(
+        &hub,
+        hello(&spoke, Mode::Pull, "good", &["demo"]),
+        Some(&AllowAll),
+    );
+    drain(&mut r, &hub);
+    r.handle(&hub, item_list(&spoke, "demo"), Some(&AllowAll));
+    let out = drain(&mut r, &hub);
+    assert!(out
+        .iter()
+        .any(|f| matches!(f, Frame::Diff { docs, .. } if !docs.is_empty())));
+    r.handle(&hub, want(hash, size + 1), Some(&AllowAll));
+    assert_eq!(error_code(&drain(&mut r, &hub)), Some(code::PROTOCOL));
+    let mut r = responder(&spoke);
+    r.handle(
+        &hub,
+        hello(&spoke, Mode::Pull, "good", &["demo"]),
+        Some(&AllowAll),
+    );
+    drain(&mut r, &hub);
+    r.handle(&hub, item_list(&spoke, "demo"), Some(&AllowAll));
+    drain(&mut r, &hub);
+    r.handle(&hub, want(hash, size), Some(&AllowAll));
+    assert_eq!(pieces(&drain(&mut r, &hub)), 1);
+    r.handle(&hub, want(hash, size), Some(&AllowAll));
+    let out = drain(&mut r, &hub);
+    assert_eq!(error_code(&out), Some(code::UNAUTHORIZED), "{out:?}");
+    assert_eq!(pieces(&out), 0);
+}
+
+#[test]
+fn ranges_must_be_inside_the_blob_and_in_order() {
+    let (_d, hub, spoke) = small_pair();
+    publish(&hub, "demo", 0, 1, 100_000);
+    let (hash, size) = a_blob(&hub, "demo");
+    for groups in [vec![], vec![(3, 2)], vec![(0, 99)], vec![(2, 4), (0, 1)]] {
+        let mut r = responder(&spoke);
+        r.handle(
+            &hub,
+            hello(&spoke, Mode::Pull, "good", &["demo"]),
+            Some(&AllowAll),
+        );
+        drain(&mut r, &hub);
+        r.handle(&hub, item_list(&spoke, "demo"), Some(&AllowAll));
+        drain(&mut r, &hub);
+        r.handle(
+            &hub,
+            Frame::WantBlobs {
+                blobs: vec![BlobRequest {
+                    hash: *hash.as_bytes(),
+                    size,
+                    groups: groups.clone(),
+                }],
+            },
+            Some(&AllowAll),
+        );
+        let out = drain(&mut r, &hub);
+        assert_eq!(
+            error_code(&out),
+            Some(code::PROTOCOL),
+            "{groups:?}: {out:?}"
+        );
+        assert_eq!(pieces(&out), 0);
+    }
+}
+
+/// Reading and writing are separate rights.
+struct ReadOnly;
+impl Authorizer for ReadOnly {
+    fn authorize(&self, _: &str, _: &str, mode: Mode) -> Result<(), Refusal> {
+        match mode {
+            Mode::Pull => Ok(()),
+            _ => Err(Refusal::new(code::MODE_NOT_ALLOWED, "read only")),
+        }
+    }
+}
+
+#[test]
+fn a_reader_cannot_push_or_mirror_and_a_writer_needs_a_trusted_checkpoint() {
+    let (_d, hub, spoke) = small_pair();
+    publish(&hub, "demo", 0, 30, 10);
+    let before = root(&hub, "demo");
+    // The spoke's state is empty: a push would delete everything on the hub.
+    let refused = |r: &mut Session| {
+        let out = drain(r, &hub);
+        match &out[..] {
+            [Frame::HelloReply { feeds }] => match &feeds[0] {
+                FeedStatus::Refused { code, reason } => (*code, reason.clone()),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+    };
+    for mode in [Mode::Push, Mode::Mirror] {
+        let mut r = responder(&spoke);
+        r.handle(
+            &hub,
+            hello(&spoke, mode, "good", &["demo"]),
+            Some(&ReadOnly),
+        );
+        assert_eq!(refused(&mut r).0, code::MODE_NOT_ALLOWED);
+    }
+    // No checkpoint.
+    let mut r = responder(&spoke);
+    let mut h = hello(&spoke, Mode::Push, "good", &["demo"]);
+    if let Frame::Hello { feeds, .. } = &mut h {
+        feeds[0].checkpoint = None;
+    }
+    r.handle(&hub, h, Some(&AllowAll));
+    let (c, reason) = refused(&mut r);
+    assert_eq!(c, code::BAD_DATA);
+    assert!(reason.contains("must carry a checkpoint"), "{reason}");
+    // A checkpoint from a key the hub does not trust.
+    let dir = tempfile::tempdir().unwrap();
+    let stranger = new_store(dir.path());
+    stranger.create_feed("demo", Ecosystem::Raw).unwrap();
+    let mut r = responder(&stranger);
+    r.handle(
+        &hub,
+        hello(&stranger, Mode::Push, "good", &["demo"]),
+        Some(&AllowAll),
+    );
+    let (c, reason) = refused(&mut r);
+    assert_eq!(c, code::BAD_DATA);
+    assert!(reason.contains("not trusted"), "{reason}");
+    assert_eq!(root(&hub, "demo"), before);
+}
+
+#[test]
+fn a_mirror_peer_cannot_claim_a_collected_clock_it_was_never_seen_at() {
+    let (_d, hub, spoke) = small_pair();
+    publish(&hub, "demo", 0, 20, 10);
+    let before = root(&hub, "demo");
+    // A peer that never converged with the hub claims it collected everything: were the claim
+    // believed, the hub would drop every entry the peer lacks without a tombstone.
+    let mut h = hello(&spoke, Mode::Mirror, "good", &["demo"]);
+    if let Frame::Hello { feeds, .. } = &mut h {
+        feeds[0].collected = u64::MAX;
+    }
+    let mut r = responder(&spoke);
+    r.handle(&hub, h, Some(&AllowAll));
+    drain(&mut r, &hub);
+    r.handle(&hub, item_list(&spoke, "demo"), Some(&AllowAll));
+    let out = drain(&mut r, &hub);
+    assert!(error_code(&out).is_none(), "{out:?}");
+    assert_eq!(
+        root(&hub, "demo"),
+        before,
+        "entries were dropped on a claim"
+    );
+    assert_eq!(
+        out.iter()
+            .map(|f| match f {
+                Frame::Diff { docs, .. } | Frame::Docs { docs, .. } => docs.len(),
+                _ => 0,
+            })
+            .sum::<usize>(),
+        20,
+        "the hub's entries were offered instead"
+    );
+}
+
+/// An initiator that has said HELLO for `demo` and got the responder's checkpoint and summary
+/// (from `hub`); the next frame it receives is the attack.
+fn initiator_after_summary(spoke: &Store, hub: &Store) -> Session {
+    let mut c = config(Mode::Pull, &["demo"]);
+    c.peer = hub.identity().public_key();
+    let mut s = Session::initiator(spoke, c).unwrap();
+    drain(&mut s, spoke);
+    let sum = hub.feed_summary("demo").unwrap();
+    let mut l1 = vec![0u8; 256 * 12];
+    for (b, n) in hub.merkle_children("demo", &[]).unwrap() {
+        let at = b as usize * 12;
+        l1[at..at + 4].copy_from_slice(&(n.count as u32).to_be_bytes());
+        l1[at + 4..at + 12].copy_from_slice(&n.fingerprint.as_bytes()[..8]);
+    }
+    s.handle(
+        spoke,
+        Frame::HelloReply {
+            feeds: vec![FeedStatus::Summary {
+                root: *sum.root.fingerprint.as_bytes(),
+                count: sum.root.count,
+                cursor: crate::wire::WireCursor {
+                    epoch: sum.feed.epoch,
+                    seq: sum.feed.seq,
+                },
+                l1,
+                checkpoint: Some(hub.sign_checkpoint("demo", 3600).unwrap().bytes().to_vec()),
+                collected: 0,
+            }],
+        },
+        None,
+    );
+    drain(&mut s, spoke);
+    s
+}
+
+fn diff_with(docs: Vec<Vec<u8>>, blobs: Vec<SmallBlob>) -> Frame {
+    Frame::Diff {
+        feed: "demo".into(),
+        docs: docs.into_iter().map(ByteBuf::from).collect(),
+        remove: vec![],
+        want: vec![],
+        absent: vec![],
+        blobs,
+        last: true,
+        more: false,
+    }
+}
+
+fn manifest(files: Vec<FileEntry>) -> Manifest {
+    Manifest {
+        v: PAYLOAD_VERSION,
+        feed: "demo".into(),
+        ecosystem: Ecosystem::Raw,
+        name: "evil".into(),
+        version: "1".into(),
+        files,
+        metadata: BTreeMap::new(),
+        hlc: 1,
+    }
+}
+
+#[test]
+fn documents_are_verified_before_any_blob_they_name_is_stored_or_asked_for() {
+    let (_d, hub, spoke) = small_pair();
+    publish(&hub, "demo", 0, 3, 10);
+    let data = b"payload of an arbitrary package".to_vec();
+    let hash = Hash::of(&data);
+    let file = FileEntry {
+        name: "evil.bin".into(),
+        blob: hash,
+        size: data.len() as u64,
+        digests: BTreeMap::new(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let stranger = new_store(dir.path());
+    let signed_by_stranger = SignedDocument::sign(
+        &manifest(vec![file.clone()]),
+        stranger.identity().signing_key(),
+    )
+    .unwrap()
+    .bytes()
+    .to_vec();
+    let mut tampered =
+        SignedDocument::sign(&manifest(vec![file.clone()]), hub.identity().signing_key())
+            .unwrap()
+            .bytes()
+            .to_vec();
+    let n = tampered.len();
+    tampered[n - 70] ^= 1; // inside the payload: the signature no longer holds
+    let huge = SignedDocument::sign(
+        &manifest(vec![FileEntry {
+            size: u64::MAX,
+            ..file.clone()
+        }]),
+        hub.identity().signing_key(),
+    )
+    .unwrap()
+    .bytes()
+    .to_vec();
+    for (what, doc) in [
+        ("untrusted signer", signed_by_stranger),
+        ("bad signature", tampered),
+        ("declared size", huge),
+    ] {
+        let mut s = initiator_after_summary(&spoke, &hub);
+        s.handle(
+            &spoke,
+            diff_with(
+                vec![doc],
+                vec![SmallBlob {
+                    hash: *hash.as_bytes(),
+                    data: data.clone(),
+                }],
+            ),
+            None,
+        );
+        let out = drain(&mut s, &spoke);
+        assert!(
+            matches!(s.error(), Some(SessionError::BadData(_))),
+            "{what}: {:?}",
+            s.error()
+        );
+        assert_eq!(error_code(&out), Some(code::BAD_DATA), "{what}");
+        assert!(
+            !out.iter().any(|f| matches!(f, Frame::WantBlobs { .. })),
+            "{what}"
+        );
+        assert!(
+            !spoke.has_blob(&hash).unwrap(),
+            "{what}: the blob was stored"
+        );
+        assert_eq!(root(&spoke, "demo").count, 0, "{what}");
+    }
+}
+
+#[test]
+fn small_blobs_no_document_of_the_frame_names_are_refused() {
+    let (_d, hub, spoke) = small_pair();
+    publish(&hub, "demo", 0, 1, 10);
+    let doc = hub
+        .document_bytes(&hub.entries("demo").unwrap()[0].value.doc)
+        .unwrap()
+        .unwrap();
+    let stray = b"not named by anything".to_vec();
+    let mut s = initiator_after_summary(&spoke, &hub);
+    s.handle(
+        &spoke,
+        diff_with(
+            vec![doc],
+            vec![SmallBlob {
+                hash: *Hash::of(&stray).as_bytes(),
+                data: stray.clone(),
+            }],
+        ),
+        None,
+    );
+    assert!(
+        matches!(s.error(), Some(SessionError::Protocol(_))),
+        "{:?}",
+        s.error()
+    );
+    assert!(!spoke.has_blob(&Hash::of(&stray)).unwrap());
+}
+
+#[test]
+fn a_pull_without_a_checkpoint_or_with_an_expired_one_applies_nothing() {
+    let (_d, hub, spoke) = small_pair();
+    publish(&hub, "demo", 0, 10, 10);
+    let expired = {
+        let sum = hub.feed_summary("demo").unwrap();
+        let t = now();
+        SignedDocument::sign(
+            &Checkpoint {
+                v: PAYLOAD_VERSION,
+                feed: "demo".into(),
+                root: Hash::from_bytes(*sum.root.fingerprint.as_bytes()),
+                count: sum.root.count,
+                epoch: sum.feed.epoch,
+                seq: sum.feed.seq,
+                time: t - 7200,
+                expires: t - 3600,
+            },
+            hub.identity().signing_key(),
+        )
+        .unwrap()
+        .bytes()
+        .to_vec()
+    };
+    for (what, replace) in [("none", None), ("expired", Some(expired))] {
+        let mut strip = |_to_responder: bool, f: Frame| match f {
+            Frame::HelloReply { mut feeds } => {
+                for s in &mut feeds {
+                    if let FeedStatus::Summary { checkpoint, .. } = s {
+                        *checkpoint = replace.clone();
+                    }
+                }
+                vec![Frame::HelloReply { feeds }]
+            }
+            f => vec![f],
+        };
+        let o = sim::run_tampered(
+            &spoke,
+            &hub,
+            config(Mode::Pull, &["demo"]),
+            &AllowAll,
+            lan(),
+            &mut strip,
+        );
+        let err = o.initiator[0].error.clone().unwrap_or_default();
+        assert!(
+            err.contains(if replace.is_some() {
+                "expired"
+            } else {
+                "no checkpoint"
+            }),
+            "{what}: {err}"
+        );
+        assert_eq!(root(&spoke, "demo").count, 0, "{what}");
+        assert!(
+            o.responder.iter().all(|r| r.error.is_some()),
+            "the hub heard: {o:?}"
+        );
+    }
+}
+
+#[test]
+fn a_withheld_entry_leaves_a_replica_no_checkpoint_covers() {
+    let (_d, hub, spoke) = small_pair();
+    publish(&hub, "demo", 0, 10, 10);
+    // A relay in the middle drops one document and passes the hub's checkpoints on.
+    let mut withhold = |to_responder: bool, f: Frame| match f {
+        Frame::Diff {
+            feed,
+            mut docs,
+            remove,
+            want,
+            absent,
+            mut blobs,
+            last,
+            more,
+        } if !to_responder => {
+            // The document and the small blob it names, so the rest looks consistent.
+            if let Some(gone) = docs.pop() {
+                let m: Manifest = SignedDocument::decode(&gone).unwrap().payload().unwrap();
+                blobs.retain(|b| b.hash != *m.files[0].blob.as_bytes());
+            }
+            vec![Frame::Diff {
+                feed,
+                docs,
+                remove,
+                want,
+                absent,
+                blobs,
+                last,
+                more,
+            }]
+        }
+        f => vec![f],
+    };
+    let o = sim::run_tampered(
+        &spoke,
+        &hub,
+        config(Mode::Pull, &["demo"]),
+        &AllowAll,
+        lan(),
+        &mut withhold,
+    );
+    let err = o.initiator[0].error.clone().unwrap_or_default();
+    assert!(err.contains("withheld"), "{o:?}");
+    assert!(!o.initiator[0].converged());
+    assert_eq!(root(&spoke, "demo").count, 9);
+    assert!(
+        spoke.checkpoint("demo").unwrap().is_none(),
+        "a checkpoint was kept"
+    );
+}
+
+#[test]
+fn frames_for_feeds_not_in_the_run_are_refused() {
+    let (_d, hub, spoke) = small_pair();
+    hub.create_feed("other", Ecosystem::Raw).unwrap();
+    spoke.create_feed("other", Ecosystem::Raw).unwrap();
+    publish(&hub, "other", 0, 3, 10);
+    let doc = hub
+        .document_bytes(&hub.entries("other").unwrap()[0].value.doc)
+        .unwrap()
+        .unwrap();
+    // An upstream slips documents of another feed into the run: extraneous content.
+    let mut extra = |to_responder: bool, f: Frame| {
+        if !to_responder && matches!(f, Frame::Diff { .. }) {
+            vec![
+                f,
+                Frame::Docs {
+                    feed: "other".into(),
+                    docs: vec![ByteBuf::from(doc.clone())],
+                    blobs: vec![],
+                    last: true,
+                    seq: 0,
+                },
+            ]
+        } else {
+            vec![f]
+        }
+    };
+    publish(&hub, "demo", 0, 3, 10);
+    let o = sim::run_tampered(
+        &spoke,
+        &hub,
+        config(Mode::Pull, &["demo"]),
+        &AllowAll,
+        lan(),
+        &mut extra,
+    );
+    assert!(
+        matches!(o.initiator_error, Some(SessionError::Protocol(_))),
+        "{o:?}"
+    );
+    assert_eq!(root(&spoke, "other").count, 0);
+}
+
+#[test]
+fn a_complete_transfer_left_by_a_crash_is_installed_without_asking() {
+    let (_d, hub, spoke) = small_pair();
+    publish(&hub, "demo", 0, 1, 3_000_000);
+    let (hash, size) = a_blob(&hub, "demo");
+    // Every chunk group arrived and was logged, then the process died before installing it.
+    let mut incoming = spoke.receive_blob(hash, size).unwrap();
+    let groups = cairn_store::replica::group_count(size);
+    let mut encoded = Vec::new();
+    hub.encode_blob(&hash, &[(0, groups)], &mut encoded)
+        .unwrap();
+    incoming.write_piece(&[(0, groups)], &encoded).unwrap();
+    assert!(incoming.is_complete());
+    drop(incoming);
+    let o = sim::run(
+        &spoke,
+        &hub,
+        config(Mode::Pull, &["demo"]),
+        &AllowAll,
+        lan(),
+    );
+    assert_converged(&o, &spoke, &hub, "demo");
+    assert_eq!(o.initiator[0].blob_bytes_received, 0, "{o:?}");
+    assert!(spoke.verify().unwrap().ok());
+}
+
+#[test]
+fn a_version_with_many_small_files_and_long_lists_replicate_in_pages() {
+    let (_d, hub, spoke) = small_pair();
+    // 600 files of 16 KiB: their bytes are six times a DOCS frame's budget.
+    let files: Vec<NewFile> = (0..600u64)
+        .map(|i| {
+            let content: Vec<u8> = (0..16384u64).map(|j| (i * 7 + j) as u8).collect();
+            let b = hub.put_blob(&content[..]).unwrap();
+            NewFile {
+                name: format!("f{i}.bin"),
+                blob: b.hash,
+                size: b.size,
+                digests: BTreeMap::new(),
+            }
+        })
+        .collect();
+    hub.publish(
+        "demo",
+        NewPackage {
+            name: "wide".into(),
+            version: "1".into(),
+            files,
+            metadata: BTreeMap::new(),
+        },
+    )
+    .unwrap();
+    publish(&hub, "demo", 0, 2000, 10);
+    let mut c = config(Mode::Pull, &["demo"]);
+    c.limits.list_page_items = 100;
+    c.limits.diff_page_keys = 50;
+    let mut biggest = 0;
+    let mut pages = 0;
+    let mut watch = |_: bool, f: Frame| {
+        biggest = biggest.max(crate::wire::encode(&f).len());
+        if matches!(
+            f,
+            Frame::ItemList { last: false, .. } | Frame::Diff { more: true, .. }
+        ) {
+            pages += 1;
+        }
+        vec![f]
+    };
+    publish(&spoke, "demo", 5000, 5600, 10);
+    let mut c2 = c.clone();
+    c2.guard.allow = true;
+    let o = sim::run_tampered(&spoke, &hub, c2, &AllowAll, lan(), &mut watch);
+    assert_converged(&o, &spoke, &hub, "demo");
+    assert!(biggest <= 2 << 20, "a frame of {biggest} bytes");
+    assert!(pages > 2, "{pages} pages");
+    assert!(spoke.verify().unwrap().ok());
+}
