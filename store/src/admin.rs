@@ -510,13 +510,6 @@ impl Store {
                 cp.time - now_secs
             )));
         }
-        if cp.expires <= now_secs {
-            return Err(reject(format!(
-                "checkpoint expired {} s ago (signed at {}): the upstream has not heard from the feed's writer since; refusing stale data",
-                now_secs - cp.expires,
-                cp.time
-            )));
-        }
         if let Some((held, _)) = self.checkpoint(feed)? {
             let same_state = cp.epoch == held.epoch && cp.seq == held.seq && cp.root == held.root;
             if !same_state && ((cp.epoch == held.epoch && cp.seq < held.seq) || cp.time < held.time)
@@ -526,6 +519,13 @@ impl Store {
                     cp.epoch, cp.seq, cp.time, held.epoch, held.seq, held.time
                 )));
             }
+        }
+        if cp.expires <= now_secs {
+            return Err(reject(format!(
+                "checkpoint expired {} s ago (signed at {}): the upstream has not heard from the feed's writer since; refusing stale data",
+                now_secs - cp.expires,
+                cp.time
+            )));
         }
         Ok(cp)
     }
@@ -545,7 +545,8 @@ impl Store {
             });
         }
         if let Some((held, _)) = self.checkpoint(feed)? {
-            if held.time >= cp.time {
+            let same_state = held.epoch == cp.epoch && held.seq == cp.seq && held.root == cp.root;
+            if same_state && held.time >= cp.time {
                 return Ok(cp);
             }
         }

@@ -619,9 +619,13 @@ impl VerifyingReader {
         let first = start.min(size) / group;
         let last = end.min(size).div_ceil(group).max(first + 1);
         let chunks_per_group = 1u64 << CHUNK_GROUP_LOG;
-        let ranges = ChunkRanges::from(
-            ChunkNum(first * chunks_per_group)..ChunkNum(last.saturating_mul(chunks_per_group)),
-        );
+        // A range that reaches the last group is open-ended: bao-tree reads a closed range
+        // past the end of the data as a request for the last chunk alone.
+        let ranges = if last.saturating_mul(group) >= size {
+            ChunkRanges::from(ChunkNum(first * chunks_per_group)..)
+        } else {
+            ChunkRanges::from(ChunkNum(first * chunks_per_group)..ChunkNum(last * chunks_per_group))
+        };
         let mut r = VerifyingReader::tree(hash, size, data, outboard, location);
         if let Source::Tree { iter, .. } = &mut r.source {
             *iter = ResponseIter::new(BaoTree::new(size, BLOCK_SIZE), ranges);
@@ -832,6 +836,32 @@ mod tests {
         // Only the good groups before the bad one were handed out.
         assert_eq!(out.len(), 5 * CHUNK_GROUP_BYTES);
         assert!(err.to_string().contains(&hash.to_hex()));
+    }
+
+    #[test]
+    fn ranges_at_the_end_of_blobs_of_many_sizes() {
+        for len in [
+            200_000usize,
+            16 * CHUNK_GROUP_BYTES,
+            1536 * CHUNK_GROUP_BYTES,
+            3 * CHUNK_GROUP_BYTES + 1,
+        ] {
+            let (_dir, files, hash, size) = stage_and_install(len);
+            let bytes = data(len);
+            for (start, end) in [(0, size), (size - 1, size), (size / 2, size), (0, size - 1)] {
+                let (d, o) = files.open(&hash).unwrap();
+                let r = VerifyingReader::tree_range(hash, size, d, o, String::new(), start, end);
+                let mut out = Vec::new();
+                r.take(end - start)
+                    .read_to_end(&mut out)
+                    .unwrap_or_else(|e| panic!("{len}: {start}..{end}: {e}"));
+                assert_eq!(
+                    out,
+                    bytes[start as usize..end as usize],
+                    "{len}: {start}..{end}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -844,6 +844,8 @@ impl Session {
             return;
         }
         tracing::warn!(role = ?self.role, "replication session failed: {e}");
+        // Control frames already queued answer earlier frames and go first; the error ends
+        // the session after them (documents and pieces not yet read are dropped).
         let code = match &e {
             SessionError::Protocol(_) => code::PROTOCOL,
             SessionError::Unauthorized(_) => code::UNAUTHORIZED,
@@ -852,7 +854,6 @@ impl Session {
             SessionError::BadData(_) => code::BAD_DATA,
             SessionError::Peer { .. } => 0,
         };
-        self.outbox.clear();
         if code != 0 {
             self.outbox.push_back(Frame::Error {
                 code,

@@ -357,7 +357,11 @@ pub fn server(
     let crypto =
         QuicServerConfig::try_from(tls).map_err(|e| TransportError::Setup(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config()));
+    // A peer gets 1 MiB of credit on a new connection: until a run's tuner opens the window,
+    // streams it opens before saying HELLO cannot make this side buffer more.
+    let mut transport = transport_config();
+    transport.receive_window(quinn::VarInt::from_u32(1 << 20));
+    config.transport_config(Arc::new(transport));
     // Stateless resets are keyed by the instance identity rather than at random, so after a
     // restart (or a crash) this endpoint's resets are ones its peers recognise: a peer whose
     // connection died with the old process learns it at its next packet instead of waiting
@@ -1034,10 +1038,11 @@ async fn drive(
         }
         return Err(e);
     }
-    if authorizer.is_none() && session.error().is_none() {
-        // The initiator waits for the responder to end its side of the control stream: then
-        // the responder has everything it needs, and the connection may close or carry the
-        // next run.
+    if session.error().is_none() {
+        // Each side waits (briefly) for the other to end its side of the control stream: then
+        // the other has everything it needs (and what it still said, such as a feed it refused
+        // at the last moment, is read rather than cut off), and the connection may close or
+        // carry the next run.
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
             while let Ok(Some(_)) = recv.read(&mut buf).await {}
         })
@@ -1134,6 +1139,10 @@ pub async fn serve_connection(
         );
         return;
     };
+    // Between runs (and before the first) the peer may make this side buffer 1 MiB at most;
+    // a run's tuner opens the window to what the path needs.
+    let idle_window = quinn::VarInt::from_u32(1 << 20);
+    conn.set_receive_window(idle_window);
     loop {
         let Ok((send, recv)) = conn.accept_bi().await else {
             return;
@@ -1161,6 +1170,7 @@ pub async fn serve_connection(
             }
             Ok((session, _)) => session.error().is_some(),
         };
+        conn.set_receive_window(idle_window);
         on_run(result);
         if failed {
             // The initiator closes the connection once it has read the error; give it a
