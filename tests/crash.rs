@@ -133,3 +133,167 @@ fn kill_9_during_pushes_never_leaves_a_mix() {
     assert!(c.ok(&["verify"]).contains(": ok"));
     assert!(fs::read_dir(c.data().join("tmp")).unwrap().next().is_none());
 }
+
+/// Runs `cairn ARGS` on `inst`, killing it if it has not finished within `bound`; returns its
+/// output and how long it took, or panics with everything needed to debug a hang.
+fn run_within(inst: &Instance, args: &[&str], bound: Duration) -> (std::process::Output, Duration) {
+    let started = Instant::now();
+    let child = inst
+        .cmd(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let watchdog = std::thread::spawn(move || {
+        let deadline = Instant::now() + bound;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            if fs::metadata(format!("/proc/{pid}")).is_err() {
+                return false;
+            }
+        }
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        true
+    });
+    let out = child.wait_with_output().unwrap();
+    let elapsed = started.elapsed();
+    let hung = watchdog.join().unwrap();
+    if hung {
+        panic!(
+            "`cairn {}` did not finish within {bound:?}\n{}",
+            args.join(" "),
+            inst.report(args, &out)
+        );
+    }
+    (out, elapsed)
+}
+
+/// Waits (boundedly) until no killed `cairn` holds the store's lock any more.
+fn wait_for_lock(inst: &Instance) {
+    let gone_by = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < gone_by {
+        let out = inst.run(&["root", "demo"]);
+        if !String::from_utf8_lossy(&out.stderr).contains("in use by another") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Liveness after crashes: a spoke pulls while the hub takes new uploads before every round,
+/// and `kill -9` hits the pulling spoke (and, every fifth round, the hub) at a random moment.
+/// After each kill the spoke verifies, and the next clean run converges within the bound.
+#[test]
+fn kill_9_during_pulls_and_of_the_hub_leaves_runs_that_finish() {
+    const ROUNDS: u64 = 115;
+    const BOUND: Duration = Duration::from_secs(60);
+    let hub = Instance::new();
+    let spoke = Instance::new();
+    hub.ok(&["feed", "create", "demo", "--type", "raw"]);
+    spoke.ok(&["feed", "create", "demo", "--type", "raw"]);
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let publish = hub
+        .ok(&["token", "create", "--scope", "publish:demo"])
+        .trim()
+        .to_owned();
+    let replicate = hub
+        .ok(&["token", "create", "--scope", "replicate:demo"])
+        .trim()
+        .to_owned();
+    crate::util::peer_spoke_with_hub(&hub, &spoke, "spoke", port);
+    fs::write(
+        hub.data().join("cairn.toml"),
+        format!("[sync]\nlisten = \"127.0.0.1:{port}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\nmax_upload_mib = 64\n"),
+    )
+    .unwrap();
+    fs::write(
+        spoke.data().join("cairn.toml"),
+        format!("[[replication]]\nname = \"pull\"\npeer = \"hub\"\ntoken = \"{replicate}\"\nfeeds = [\"demo\"]\nmode = \"pull\"\ninterval_secs = 0\n"),
+    )
+    .unwrap();
+    let mut server = crate::util::Server::start(&hub);
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let (mut spoke_kills, mut hub_kills, mut slowest) = (0, 0, Duration::ZERO);
+    for round in 0..ROUNDS {
+        // New uploads on the hub: ten small files and a large one (24 MiB every 25th round).
+        let large = if round % 25 == 0 { 24 << 20 } else { 1 << 20 };
+        for (i, size) in (0..10).map(|i| (i, 20_000)).chain([(10, large)]) {
+            let data = bytes(round * 100 + i, size);
+            let (status, text) = crate::feeds::raw_http(
+                &server.http,
+                &format!("PUT /feeds/demo/r{round}/1/f{i} HTTP/1.1\r\nHost: HOST\r\nAuthorization: Bearer {publish}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", data.len()),
+                &data,
+            );
+            assert_eq!(status, 201, "round {round}: {text}");
+        }
+        // A pull, killed at a random moment of it (a pull here takes 50-300 ms).
+        let pull = || {
+            spoke
+                .cmd(&["replicate", "pull"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let mut child = pull();
+        std::thread::sleep(Duration::from_millis(10 + next() % 90));
+        if child.try_wait().unwrap().is_none() {
+            spoke_kills += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        // Every fifth round another pull loses its hub mid-run.
+        if round % 5 == 4 {
+            wait_for_lock(&spoke);
+            let mut child = pull();
+            std::thread::sleep(Duration::from_millis(20 + next() % 100));
+            let _ = Command::new("kill")
+                .args(["-9", &server.child.id().to_string()])
+                .status();
+            let _ = server.child.wait();
+            hub_kills += 1;
+            let _ = child.wait();
+            server = crate::util::Server::start(&hub);
+        }
+        wait_for_lock(&spoke);
+        let verify = spoke.run(&["verify"]);
+        assert_eq!(
+            verify.status.code(),
+            Some(0),
+            "round {round}\n{}",
+            spoke.report(&["verify"], &verify)
+        );
+        // The next clean run finishes, converged, within the bound.
+        let (out, took) = run_within(&spoke, &["replicate", "pull", "--json"], BOUND);
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("round {round}\n{}", spoke.report(&["replicate"], &out)));
+        assert_eq!(
+            summary["feeds"][0]["converged"], true,
+            "round {round}: {summary}"
+        );
+        slowest = slowest.max(took);
+    }
+    eprintln!(
+        "{spoke_kills} pulls and {hub_kills} hubs killed mid-run; slowest clean run after a kill {slowest:?}"
+    );
+    assert!(
+        spoke_kills >= 100,
+        "only {spoke_kills} pulls were killed while running"
+    );
+    server.stop();
+    assert_eq!(spoke.root("demo")["root"], hub.root("demo")["root"]);
+    assert!(hub.ok(&["verify"]).contains(": ok"));
+    spoke.ok(&["gc"]);
+    assert!(spoke.ok(&["verify"]).contains(": ok"));
+}

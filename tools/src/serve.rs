@@ -644,37 +644,54 @@ impl Authorizer for TokenAuthorizer {
     }
 }
 
-/// One of a peer's open connections, counted while it lives.
+/// The connections each peer holds open to this instance.
+type OpenConnections = Arc<
+    parking_lot::Mutex<HashMap<cairn_store::doc::PublicKey, Vec<(u64, transport::Connection)>>>,
+>;
+
+/// One of a peer's open connections, counted while it lives. A peer holds a few at most: when
+/// it opens one more, its oldest is closed (a peer that crashed leaves connections that would
+/// otherwise lock it out until they time out).
 struct ConnectionSlot {
-    open: Arc<parking_lot::Mutex<HashMap<cairn_store::doc::PublicKey, usize>>>,
+    open: OpenConnections,
     key: cairn_store::doc::PublicKey,
+    id: u64,
 }
 
 impl ConnectionSlot {
     fn take(
-        open: &Arc<parking_lot::Mutex<HashMap<cairn_store::doc::PublicKey, usize>>>,
+        open: &OpenConnections,
         key: cairn_store::doc::PublicKey,
+        conn: &transport::Connection,
         max: usize,
-    ) -> Option<ConnectionSlot> {
+    ) -> ConnectionSlot {
         let mut map = open.lock();
-        let n = map.entry(key).or_insert(0);
-        if *n >= max {
-            return None;
+        let list = map.entry(key).or_default();
+        while list.len() >= max.max(1) {
+            let (_, oldest) = list.remove(0);
+            tracing::debug!(peer = %key.short(), "closing the oldest of its connections for a new one");
+            transport::close_with(
+                &oldest,
+                code::PROTOCOL,
+                "replaced by a newer connection from the same peer",
+            );
         }
-        *n += 1;
-        Some(ConnectionSlot {
+        let id = conn.stable_id() as u64;
+        list.push((id, conn.clone()));
+        ConnectionSlot {
             open: open.clone(),
             key,
-        })
+            id,
+        }
     }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         let mut map = self.open.lock();
-        if let Some(n) = map.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(list) = map.get_mut(&self.key) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
                 map.remove(&self.key);
             }
         }
@@ -718,7 +735,7 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
         let pull_replicas = config.pull_replicas(&store);
         let (run_limits, session_limits) = (config.sync.run_limits(), config.sync.session_limits());
         let max_peer_connections = config.sync.max_peer_connections;
-        let open_connections: Arc<parking_lot::Mutex<HashMap<cairn_store::doc::PublicKey, usize>>> = Arc::default();
+        let open_connections: OpenConnections = Arc::default();
         tokio::spawn(async move {
             while let Some(incoming) = accepting.accept().await {
                 let store = accept_store.clone();
@@ -729,14 +746,7 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
                     // A peer holds a few connections at most: each can make this side buffer
                     // up to its flow-control window.
                     let Some(key) = transport::peer_key(&conn) else { return };
-                    let _slot = match ConnectionSlot::take(&open_connections, key, max_peer_connections) {
-                        Some(slot) => slot,
-                        None => {
-                            tracing::warn!(peer = %key.short(), "refusing a connection over the limit of {max_peer_connections} per peer");
-                            transport::close_with(&conn, code::UNAUTHORIZED, "too many connections from this peer");
-                            return;
-                        }
-                    };
+                    let _slot = ConnectionSlot::take(&open_connections, key, &conn, max_peer_connections);
                     let peer = transport::peer_key(&conn)
                         .and_then(|k| store.peer_list().ok()?.into_iter().find(|p| p.key == k).map(|p| p.name))
                         .unwrap_or_else(|| "unknown".into());
