@@ -1295,3 +1295,112 @@ fn npm_and_cargo_install_from_a_spoke_until_a_block_made_through_the_hub_admin_a
         "{out:?}"
     );
 }
+
+/// Uploads `wide` 1.0 as COUNT wheels (build tags 1..COUNT) to the legacy upload API at URL:
+/// each brings its METADATA companion, so the version holds 2 x COUNT files.
+const WIDE_UPLOAD: &str = r#"
+import base64, hashlib, io, sys, urllib.request, uuid, zipfile
+url, token, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+auth = "Basic " + base64.b64encode(f"__token__:{token}".encode()).decode()
+for i in range(1, count + 1):
+    name = f"wide-1.0-{i}-py3-none-any.whl"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("wide/__init__.py", f"N = {i}\n")
+        z.writestr("wide-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: wide\nVersion: 1.0\n")
+        z.writestr("wide-1.0.dist-info/WHEEL", f"Wheel-Version: 1.0\nBuild: {i}\nTag: py3-none-any\n")
+        z.writestr("wide-1.0.dist-info/RECORD", "")
+    data = buf.getvalue()
+    boundary = uuid.uuid4().hex
+    parts = []
+    for k, v in [(":action", "file_upload"), ("name", "wide"), ("version", "1.0"),
+                 ("sha256_digest", hashlib.sha256(data).hexdigest())]:
+        parts.append(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n".encode())
+    parts.append(f"--{boundary}\r\nContent-Disposition: form-data; name=\"content\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    req = urllib.request.Request(url, data=b"".join(parts), method="POST", headers={
+        "Authorization": auth, "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    urllib.request.urlopen(req).read()
+"#;
+
+/// Nothing the server accepts can break replication: a PyPI version with 1,000 files and a
+/// raw version whose manifest is just under the 1 MiB document limit replicate to a spoke and
+/// serve there, and the upload that would take the raw version over the limit is refused.
+#[test]
+fn versions_at_the_limits_replicate_and_one_over_is_refused_at_upload() {
+    let (hub, spoke, publish, _) = hub_and_spoke(&[("pypi", "pypi"), ("files", "raw")]);
+    // 3,700 files with names of 214 characters: a manifest of about 990 KB.
+    let dir = hub.path("wide");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut paths = Vec::new();
+    for i in 0..3700u32 {
+        let p = dir.join(format!("{i:06}-{}", "x".repeat(207)));
+        std::fs::write(&p, i.to_le_bytes()).unwrap();
+        paths.push(p.to_str().unwrap().to_owned());
+    }
+    let mut args = vec!["push", "files"];
+    args.extend(paths.iter().map(String::as_str));
+    args.extend(["--name", "big", "--version", "1"]);
+    hub.ok(&args);
+    let server = Server::start(&hub);
+    run(python(&["-c", WIDE_UPLOAD])
+        .arg(format!("{}/feeds/pypi/legacy/", server.http))
+        .arg(&publish)
+        .arg("500"));
+    // More files into the raw version until its manifest would be over the limit.
+    let auth = format!("Authorization: Bearer {publish}\r\n");
+    let mut added = 0u32;
+    let refusal = loop {
+        let name = format!("more{added:04}-{}", "y".repeat(205));
+        let (status, text) = raw_http(
+            &server.http,
+            &format!("PUT /feeds/files/big/1/{name} HTTP/1.1\r\nHost: HOST\r\n{auth}Content-Length: 4\r\nConnection: close\r\n\r\n"),
+            &added.to_le_bytes(),
+        );
+        if status != 201 {
+            break (status, text);
+        }
+        added += 1;
+        assert!(added < 500, "the manifest never reached the limit");
+    };
+    assert_eq!(refusal.0, 413, "{}", refusal.1);
+    assert!(refusal.1.contains("over the limit"), "{}", refusal.1);
+    eprintln!(
+        "{} files fit in the raw version before the limit",
+        3700 + added
+    );
+    server.stop();
+    let listed = hub.ls("files");
+    assert_eq!(
+        listed[0]["files"].as_array().unwrap().len(),
+        3700 + added as usize
+    );
+    let wide = hub.ls("pypi");
+    assert_eq!(wide[0]["files"].as_array().unwrap().len(), 1000);
+    let _hub_server = Server::start(&hub);
+    converged(&spoke);
+    let spoke_server = Server::start(&spoke);
+    let (status, page) = http(
+        &spoke_server.http,
+        "GET /feeds/pypi/simple/wide/ HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        page.matches(".whl#sha256=").count(),
+        500,
+        "{}",
+        &page[..page.len().min(2000)]
+    );
+    let (status, body) = http_bytes(
+        &spoke_server.http,
+        &format!(
+            "GET /feeds/files/big/1/{} HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
+            paths[1234].rsplit('/').next().unwrap()
+        ),
+        b"",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(body, 1234u32.to_le_bytes());
+    spoke_server.stop();
+    assert!(spoke.ok(&["verify"]).contains(": ok"));
+}
