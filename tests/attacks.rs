@@ -1061,3 +1061,110 @@ fn http_attacks_are_refused_and_change_nothing() {
 
 /// `npm publish` of `evil@1.0.0` whose `dist.integrity` is not its tarball's.
 const NPM_BAD: &str = r#"{"name":"evil","versions":{"1.0.0":{"name":"evil","version":"1.0.0","dist":{"integrity":"sha512-AAAA","shasum":"00"}}},"_attachments":{"evil-1.0.0.tgz":{"data":"H4sIAAAAAAAAA+3OMQ6AIBAF0d/ctkROyDEILYVKgbqX2x/fnvoYAAAAAAAAAAD+6QCHkVb8ACgAAA=="}}}"#;
+
+/// Revocation on a running instance: withdrawn trust stops documents being served at once
+/// (and `verify` reports them), a revoked token stops the next run, a removed peer is cut off.
+#[test]
+fn trust_token_and_peer_changes_take_effect_without_a_restart() {
+    let hub = Instance::new();
+    let spoke = Instance::new();
+    for i in [&hub, &spoke] {
+        i.ok(&["feed", "create", "files", "--type", "raw"]);
+    }
+    let f = hub.path("f");
+    std::fs::write(&f, crate::util::bytes(1, 40_000)).unwrap();
+    hub.ok(&[
+        "push",
+        "files",
+        f.to_str().unwrap(),
+        "--name",
+        "p",
+        "--version",
+        "1",
+    ]);
+    let port = free_udp_port();
+    crate::util::peer_spoke_with_hub(&hub, &spoke, "spoke", port);
+    let replicate_token = token(&hub, &["replicate:files"]);
+    let (hub_admin, spoke_admin) = (token(&hub, &["admin"]), token(&spoke, &["admin"]));
+    std::fs::write(
+        hub.data().join("cairn.toml"),
+        format!("[sync]\nlisten = \"127.0.0.1:{port}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        spoke.data().join("cairn.toml"),
+        format!("[sync]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[[replication]]\nname = \"pull\"\npeer = \"hub\"\ntoken = \"{replicate_token}\"\nfeeds = [\"files\"]\nmode = \"pull\"\ninterval_secs = 0\n"),
+    )
+    .unwrap();
+    let hub_server = Server::start(&hub);
+    let spoke_server = Server::start(&spoke);
+    assert_eq!(replicate(&spoke)["feeds"][0]["converged"], true);
+    let call = |server: &Server, method: &str, path: &str, token: &str| {
+        http(
+            &server.http,
+            &format!("{method} {path} HTTP/1.1\r\nHost: HOST\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    let get = || {
+        http(
+            &spoke_server.http,
+            "GET /feeds/files/p/1/f HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
+        )
+        .0
+    };
+    assert_eq!(get(), 200);
+    // Trust: the spoke stops trusting the hub through its admin API.
+    let (status, text) = call(
+        &spoke_server,
+        "DELETE",
+        &format!("/api/v1/trust/{}?feed=*", key_of(&hub)),
+        &spoke_admin,
+    );
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(get(), 404);
+    let (_, listing) = http(
+        &spoke_server.http,
+        "GET /feeds/files/ HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
+    );
+    assert!(!listing.contains("\"name\":\"p\""), "{listing}");
+    // The command line reaches the running server too, with the same effect at once.
+    assert!(spoke
+        .ok(&["trust", "add", &key_of(&hub)])
+        .contains("trusted"));
+    assert_eq!(get(), 200);
+    spoke.ok(&["trust", "rm", &key_of(&hub)]);
+    assert_eq!(get(), 404);
+    assert!(spoke.ok(&["peer", "list"]).contains("hub"));
+    let out = spoke.run(&["trust", "rm", &key_of(&hub)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("was not trusted"));
+    // Token: the hub revokes the spoke's replication token.
+    let id = replicate_token.split('_').nth(1).unwrap();
+    let (status, text) = call(
+        &hub_server,
+        "DELETE",
+        &format!("/api/v1/tokens/{id}"),
+        &hub_admin,
+    );
+    assert_eq!(status, 200, "{text}");
+    let r = replicate(&spoke);
+    assert!(run_error(&r).contains("invalid replication token"), "{r}");
+    // Peer: the hub forgets the spoke; its open connection is cut at the next run.
+    let (status, text) = call(&hub_server, "DELETE", "/api/v1/peers/spoke", &hub_admin);
+    assert_eq!(status, 200, "{text}");
+    let r = replicate(&spoke);
+    assert!(
+        !run_error(&r).is_empty() && r["feeds"].as_array().is_none_or(|f| f.is_empty()),
+        "{r}"
+    );
+    spoke_server.stop();
+    let out = spoke.run(&["verify"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        spoke.report(&["verify"], &out)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("untrusted"));
+    drop(hub_server);
+}

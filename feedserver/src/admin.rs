@@ -6,6 +6,10 @@
 //! | `GET instance` | the instance key and its feeds' count |
 //! | `GET feeds`, `POST feeds` `{"name", "type"}` | feeds with type, entry count, Merkle root and cursor; create one |
 //! | `POST feeds/FEED/yank` `{"name", "version", "reason"}`, `POST feeds/FEED/unyank` | mark a version yanked (PEP 592 in PyPI indexes) or not |
+//! | `GET checkpoints` | per feed, the checkpoint held (signer, sequence number, age, whether it covers the feed's state now), and the newest checkpoint that came through each upstream |
+//! | `GET tokens`, `POST tokens` `{"scopes": [..], "label"}` (the secret is in the answer, once), `DELETE tokens/ID` | access tokens; a change applies to the next request or run |
+//! | `GET trust`, `POST trust` `{"key", "feed"}`, `DELETE trust/KEY?feed=FEED` | which keys may sign for which feeds; documents whose signer loses trust stop being served and offered at once |
+//! | `GET peers`, `POST peers` `{"name", "addr", "key"}`, `DELETE peers/NAME` | peers and their pinned keys; new connections are checked against the list as it is |
 //! | `GET replications` | the configured replications (tokens left out) |
 //! | `GET replication-log?limit=N` | the newest replication runs |
 //! | `GET vulnerabilities`, `POST vulnerabilities` (OSV JSON, one or an array), `DELETE vulnerabilities/ID` | vulnerability records |
@@ -106,6 +110,7 @@ async fn handle(
                         "root": summary.root.fingerprint.to_string(),
                         "cursor": { "epoch": format!("{:016x}", cursor.epoch), "seq": cursor.seq },
                         "replica_of": s.replicas.get(&f.name),
+                        "checkpoint": held_checkpoint(s.store(), &f.name)?,
                     }));
                 }
                 Ok(json!(out))
@@ -148,6 +153,138 @@ async fn handle(
                     }],
                 )?;
                 Ok(json!({ "feed": feed, "name": name, "version": version, "yanked": yank }))
+            })
+            .await?
+        }
+        (&Method::GET, ["checkpoints"]) => {
+            blocking(move || {
+                let store = s.store();
+                let mut feeds = serde_json::Map::new();
+                for name in store
+                    .list_feeds()?
+                    .into_iter()
+                    .map(|f| f.name)
+                    .chain([cairn_store::SYSTEM_FEED.to_owned()])
+                {
+                    feeds.insert(name.clone(), held_checkpoint(store, &name)?);
+                }
+                let now = crate::blocking::now_secs();
+                let upstreams: Vec<serde_json::Value> = store
+                    .upstream_checkpoints()?
+                    .into_iter()
+                    .map(|u| {
+                        json!({
+                            "upstream": u.upstream,
+                            "feed": u.feed,
+                            "seq": u.seq,
+                            "signed_secs": u.signed_secs,
+                            "age_secs": now.saturating_sub(u.signed_secs),
+                            "expires_in_secs": u.expires_secs as i64 - now as i64,
+                            "received_ms": u.received_ms,
+                        })
+                    })
+                    .collect();
+                Ok(json!({ "feeds": feeds, "upstreams": upstreams }))
+            })
+            .await?
+        }
+        (&Method::GET, ["tokens"]) => blocking(move || Ok(json!(s.store().token_list()?))).await?,
+        (&Method::POST, ["tokens"]) => {
+            let body = body_json(request).await?;
+            let scopes = body
+                .get("scopes")
+                .and_then(|v| v.as_array())
+                .ok_or_else(|| ApiError::bad_request("`scopes` must be a list of scopes"))?
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .unwrap_or("")
+                        .parse::<cairn_store::admin::Scope>()
+                        .map_err(ApiError::bad_request)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let label = body
+                .get("label")
+                .and_then(|l| l.as_str())
+                .unwrap_or("")
+                .to_owned();
+            blocking(move || {
+                let (secret, info) = s.store().token_create(scopes, &label)?;
+                Ok(json!({ "token": secret, "info": info }))
+            })
+            .await?
+        }
+        (&Method::DELETE, ["tokens", id]) => {
+            let id = (*id).to_owned();
+            blocking(move || match s.store().token_revoke(&id)? {
+                true => Ok(json!({ "revoked": id })),
+                false => Err(ApiError::not_found(format!("no token with id {id}"))),
+            })
+            .await?
+        }
+        (&Method::GET, ["trust"]) => {
+            blocking(move || {
+                Ok(json!(s
+                    .store()
+                    .trust_list()?
+                    .into_iter()
+                    .map(|(scope, key)| json!({ "key": key.fingerprint(), "feed": scope }))
+                    .collect::<Vec<_>>()))
+            })
+            .await?
+        }
+        (&Method::POST, ["trust"]) => {
+            let body = body_json(request).await?;
+            let key = parse_key(&text(&body, "key")?)?;
+            let feed = body
+                .get("feed")
+                .and_then(|f| f.as_str())
+                .unwrap_or(cairn_store::TRUST_ALL)
+                .to_owned();
+            blocking(move || {
+                s.store().trust_add(&feed, &key)?;
+                Ok(json!({ "trusted": key.fingerprint(), "feed": feed }))
+            })
+            .await?
+        }
+        (&Method::DELETE, ["trust", key]) => {
+            let key = parse_key(key)?;
+            let feed = query_param(request.uri(), "feed")
+                .unwrap_or_else(|| cairn_store::TRUST_ALL.to_owned());
+            blocking(move || match s.store().trust_remove(&feed, &key)? {
+                true => Ok(json!({ "untrusted": key.fingerprint(), "feed": feed })),
+                false => Err(ApiError::not_found(format!(
+                    "key {} was not trusted for {feed}",
+                    key.short()
+                ))),
+            })
+            .await?
+        }
+        (&Method::GET, ["peers"]) => blocking(move || Ok(json!(s.store().peer_list()?))).await?,
+        (&Method::POST, ["peers"]) => {
+            let body = body_json(request).await?;
+            let peer = cairn_store::admin::Peer {
+                name: text(&body, "name")?,
+                addr: text(&body, "addr")?,
+                key: parse_key(&text(&body, "key")?)?,
+            };
+            peer.addr.parse::<std::net::SocketAddr>().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "`{}` is not host:port with a numeric address",
+                    peer.addr
+                ))
+            })?;
+            blocking(move || {
+                s.store().peer_add(&peer)?;
+                Ok(json!({ "peer": peer.name, "key": peer.key.fingerprint() }))
+            })
+            .await?
+        }
+        (&Method::DELETE, ["peers", name]) => {
+            let name = (*name).to_owned();
+            blocking(move || match s.store().peer_remove(&name)? {
+                true => Ok(json!({ "removed": name })),
+                false => Err(ApiError::not_found(format!("no peer named {name}"))),
             })
             .await?
         }
@@ -241,4 +378,34 @@ async fn handle(
         }
     };
     Ok(axum::Json(reply).into_response())
+}
+
+/// The checkpoint held for `feed`: who signed it, what it covers, how old it is, and whether
+/// it covers the feed's state now (`null` when none is held).
+fn held_checkpoint(store: &cairn_store::Store, feed: &str) -> Result<serde_json::Value, ApiError> {
+    let Some((cp, doc)) = store.checkpoint(feed)? else {
+        return Ok(serde_json::Value::Null);
+    };
+    let now = crate::blocking::now_secs();
+    let root = store.feed_summary(feed)?.root;
+    Ok(json!({
+        "signer": doc.signer().fingerprint(),
+        "seq": cp.seq,
+        "signed_secs": cp.time,
+        "age_secs": now.saturating_sub(cp.time),
+        "expires_in_secs": cp.expires as i64 - now as i64,
+        "covers_current_state": cp.root.as_bytes() == root.fingerprint.as_bytes() && cp.count == root.count,
+    }))
+}
+
+fn parse_key(text: &str) -> Result<cairn_store::PublicKey, ApiError> {
+    text.parse()
+        .map_err(|e: cairn_store::doc::ParseKeyError| ApiError::bad_request(e.to_string()))
+}
+
+fn query_param(uri: &axum::http::Uri, name: &str) -> Option<String> {
+    uri.query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| v.to_owned())
+    })
 }

@@ -395,6 +395,38 @@ async fn metrics(axum::extract::State(server): axum::extract::State<Arc<FeedServ
     {
         out.push_str(&replication_metrics(&log, blocking::now_secs()));
     }
+    let s = server.clone();
+    if let Ok(Ok(seen)) =
+        tokio::task::spawn_blocking(move || s.store().upstream_checkpoints()).await
+    {
+        out.push_str(&checkpoint_metrics(&seen, blocking::now_secs()));
+    }
+    out
+}
+
+/// How fresh the state each upstream gave is: the age of the newest checkpoint that came
+/// through it per feed, and the seconds until it expires (negative once it has).
+fn checkpoint_metrics(seen: &[cairn_store::admin::UpstreamCheckpoint], now_secs: u64) -> String {
+    let mut out = String::from(
+        "# HELP cairn_checkpoint_age_seconds age of the newest checkpoint received per feed and upstream\n# TYPE cairn_checkpoint_age_seconds gauge\n",
+    );
+    for c in seen {
+        out.push_str(&format!(
+            "cairn_checkpoint_age_seconds{{feed=\"{}\",upstream=\"{}\"}} {}\n",
+            c.feed,
+            c.upstream,
+            now_secs.saturating_sub(c.signed_secs)
+        ));
+    }
+    out.push_str("# HELP cairn_checkpoint_expires_in_seconds seconds until that checkpoint expires\n# TYPE cairn_checkpoint_expires_in_seconds gauge\n");
+    for c in seen {
+        out.push_str(&format!(
+            "cairn_checkpoint_expires_in_seconds{{feed=\"{}\",upstream=\"{}\"}} {}\n",
+            c.feed,
+            c.upstream,
+            c.expires_secs as i64 - now_secs as i64
+        ));
+    }
     out
 }
 

@@ -184,6 +184,11 @@ pub trait Authorizer {
     fn guard(&self) -> GuardRail {
         GuardRail::default()
     }
+    /// Whether the peer with this key may still run replications on its open connection (a
+    /// peer removed since it connected is not).
+    fn peer_allowed(&self, _peer: &PublicKey) -> bool {
+        true
+    }
 }
 
 /// How a feed was reconciled.

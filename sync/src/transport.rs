@@ -1147,6 +1147,10 @@ pub async fn serve_connection(
         let Ok((send, recv)) = conn.accept_bi().await else {
             return;
         };
+        if !authorizer.peer_allowed(&peer) {
+            close_with(conn, wire::code::UNAUTHORIZED, "no longer a known peer");
+            return;
+        }
         let session = Session::responder(ResponderConfig {
             peer,
             now_secs: unix_secs(),

@@ -395,6 +395,45 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs a command that needs nothing but the store: the same code serves the command line
+/// and a running server's control socket (which forwards the command line to it).
+fn run_on_store(
+    store: &Store,
+    command: Command,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<()> {
+    match command {
+        Command::Trust { command } => trust(store, out, command),
+        Command::Token { command } => token(store, out, err, command),
+        Command::Peer { command } => peer(store, out, command),
+        _ => bail!("this command does not run through a running server; stop `cairn serve` first"),
+    }
+}
+
+/// A command line forwarded to a running server: its exit code, standard output and error.
+pub(crate) fn run_forwarded(store: &Store, argv: &[String]) -> (u8, String, String) {
+    let cli = match Cli::try_parse_from(
+        std::iter::once("cairn".to_owned()).chain(argv.iter().cloned()),
+    ) {
+        Ok(cli) => cli,
+        Err(e) => return (2, String::new(), e.to_string()),
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = match run_on_store(store, cli.command, &mut out, &mut err) {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e:#}");
+            2
+        }
+    };
+    (
+        code,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}
+
 /// Store options from the configuration (its `[blobs]` section).
 fn options(dir: &Path, config: Option<&Path>) -> Result<StoreOptions> {
     Ok(serve::load_config(dir, config)?.store_options())
@@ -460,7 +499,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let id = cairn_store::identity::Identity::load(dir)?;
             println!("{}", id.public_key());
         }
-        Command::Trust { command } => trust(&open(dir)?, command)?,
+        command @ (Command::Trust { .. } | Command::Token { .. } | Command::Peer { .. }) => {
+            // A running server holds the store: the command runs there, and takes effect at
+            // once.
+            let argv: Vec<String> = std::env::args().skip(1).collect();
+            if let Some((code, out, err)) = serve::forward(dir, &argv)? {
+                print!("{out}");
+                eprint!("{err}");
+                return Ok(ExitCode::from(code));
+            }
+            run_on_store(&open(dir)?, command, &mut io::stdout(), &mut io::stderr())?;
+        }
         Command::Feed { command } => feed(&open(dir)?, command)?,
         Command::Push {
             feed,
@@ -517,11 +566,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
         }
-        Command::Token { command } => token(&open(dir)?, command)?,
         Command::Vuln { command } => system::vuln(&open(dir)?, command)?,
         Command::AssessmentType { command } => system::assessment_type(&open(dir)?, command)?,
         Command::Assessment { command } => system::assessment(&open(dir)?, command)?,
-        Command::Peer { command } => peer(&open(dir)?, command)?,
         Command::Replication {
             command: ReplicationCommand::Log { limit, json },
         } => {
@@ -573,23 +620,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn trust(store: &Store, command: TrustCommand) -> Result<()> {
+fn trust(store: &Store, out: &mut dyn Write, command: TrustCommand) -> Result<()> {
     match command {
         TrustCommand::Add { key, feed } => {
             let k: PublicKey = key.parse()?;
             store.trust_add(&feed, &k)?;
-            println!("trusted {} for {feed}", k.short());
+            writeln!(out, "trusted {} for {feed}", k.short())?;
         }
         TrustCommand::Rm { key, feed } => {
             let k: PublicKey = key.parse()?;
             if !store.trust_remove(&feed, &k)? {
                 bail!("key {} was not trusted for {feed}", k.short());
             }
-            println!("no longer trusting {} for {feed}", k.short());
+            writeln!(out, "no longer trusting {} for {feed}", k.short())?;
         }
         TrustCommand::List => {
             for (scope, key) in store.trust_list()? {
-                println!("{key} {scope}");
+                writeln!(out, "{key} {scope}")?;
             }
         }
     }
@@ -642,11 +689,17 @@ fn print_summary(s: &serve::RunSummary, dry_run: bool) {
     );
 }
 
-fn token(store: &Store, command: TokenCommand) -> Result<()> {
+fn token(
+    store: &Store,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    command: TokenCommand,
+) -> Result<()> {
     match command {
         TokenCommand::Create { scopes, label } => {
             let (secret, info) = store.token_create(scopes, &label)?;
-            eprintln!(
+            writeln!(
+                err,
                 "created token {} ({}); the secret is shown only now:",
                 info.id,
                 info.scopes
@@ -654,26 +707,26 @@ fn token(store: &Store, command: TokenCommand) -> Result<()> {
                     .map(|s| s.to_string())
                     .collect::<Vec<_>>()
                     .join(" ")
-            );
-            println!("{secret}");
+            )?;
+            writeln!(out, "{secret}")?;
         }
         TokenCommand::List => {
             for t in store.token_list()? {
                 let scopes: Vec<String> = t.scopes.iter().map(|s| s.to_string()).collect();
-                println!("{} {} {}", t.id, scopes.join(","), t.label);
+                writeln!(out, "{} {} {}", t.id, scopes.join(","), t.label)?;
             }
         }
         TokenCommand::Revoke { id } => {
             if !store.token_revoke(&id)? {
                 bail!("no token with id {id}");
             }
-            println!("revoked {id}");
+            writeln!(out, "revoked {id}")?;
         }
     }
     Ok(())
 }
 
-fn peer(store: &Store, command: PeerCommand) -> Result<()> {
+fn peer(store: &Store, out: &mut dyn Write, command: PeerCommand) -> Result<()> {
     match command {
         PeerCommand::Add { name, addr, key } => {
             let key: PublicKey = key.parse()?;
@@ -684,18 +737,18 @@ fn peer(store: &Store, command: PeerCommand) -> Result<()> {
                 addr,
                 key,
             })?;
-            println!("peer {name} pinned to key {}", key.short());
+            writeln!(out, "peer {name} pinned to key {}", key.short())?;
         }
         PeerCommand::List => {
             for p in store.peer_list()? {
-                println!("{} {} {}", p.name, p.addr, p.key);
+                writeln!(out, "{} {} {}", p.name, p.addr, p.key)?;
             }
         }
         PeerCommand::Rm { name } => {
             if !store.peer_remove(&name)? {
                 bail!("no peer named {name}");
             }
-            println!("removed peer {name}");
+            writeln!(out, "removed peer {name}")?;
         }
     }
     Ok(())

@@ -642,6 +642,13 @@ impl Authorizer for TokenAuthorizer {
         }
         Ok(())
     }
+
+    fn peer_allowed(&self, peer: &cairn_store::PublicKey) -> bool {
+        self.store
+            .peer_list()
+            .map(|peers| peers.iter().any(|p| p.key == *peer))
+            .unwrap_or(false)
+    }
 }
 
 /// The connections each peer holds open to this instance.
@@ -822,6 +829,17 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
                     let (read, mut write) = stream.into_split();
                     let mut line = String::new();
                     if BufReader::new(read).read_line(&mut line).await.is_err() {
+                        return;
+                    }
+                    // A command line forwarded by `cairn` while this server holds the store.
+                    if let Some(argv) = line.strip_prefix("run ") {
+                        let argv: Vec<String> = serde_json::from_str(argv).unwrap_or_default();
+                        let store = store.clone();
+                        let (code, out, err) = tokio::task::spawn_blocking(move || crate::run_forwarded(&store, &argv))
+                            .await
+                            .unwrap_or((2, String::new(), "the command failed on the server".into()));
+                        let reply = serde_json::json!({ "code": code, "stdout": out, "stderr": err });
+                        let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
                         return;
                     }
                     let words: Vec<&str> = line.split_whitespace().collect();
@@ -1012,6 +1030,25 @@ pub fn replicate(
             }
         }
     }))
+}
+
+/// Runs a command line on the server that holds the store at `data_dir`, if one is running:
+/// its exit code, standard output and error; `None` when no server answers.
+pub fn forward(data_dir: &Path, argv: &[String]) -> Result<Option<(u8, String, String)>> {
+    use std::io::{BufRead, Write};
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(control_socket(data_dir)) else {
+        return Ok(None);
+    };
+    stream.write_all(format!("run {}\n", serde_json::to_string(argv)?).as_bytes())?;
+    let mut reply = String::new();
+    std::io::BufReader::new(stream).read_line(&mut reply)?;
+    let reply: serde_json::Value =
+        serde_json::from_str(&reply).with_context(|| "reading the server's answer".to_string())?;
+    Ok(Some((
+        reply["code"].as_u64().unwrap_or(2).min(255) as u8,
+        reply["stdout"].as_str().unwrap_or("").to_owned(),
+        reply["stderr"].as_str().unwrap_or("").to_owned(),
+    )))
 }
 
 /// For `replication list`.

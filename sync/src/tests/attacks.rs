@@ -770,3 +770,47 @@ fn a_version_with_many_small_files_and_long_lists_replicate_in_pages() {
     assert!(pages > 2, "{pages} pages");
     assert!(spoke.verify().unwrap().ok());
 }
+
+#[test]
+fn documents_whose_signer_lost_trust_are_not_offered() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = new_store(&dir.path().join("hub"));
+    let relay = new_store(&dir.path().join("relay"));
+    let spoke = new_store(&dir.path().join("spoke"));
+    for s in [&hub, &relay, &spoke] {
+        s.create_feed("demo", Ecosystem::Raw).unwrap();
+    }
+    relay.trust_add("*", &hub.identity().public_key()).unwrap();
+    spoke.trust_add("*", &hub.identity().public_key()).unwrap();
+    publish(&hub, "demo", 0, 10, 10);
+    let o = sim::run(
+        &relay,
+        &hub,
+        config(Mode::Pull, &["demo"]),
+        &AllowAll,
+        lan(),
+    );
+    assert_converged(&o, &relay, &hub, "demo");
+    // The relay stops trusting the hub: it keeps the entries but offers none of them.
+    relay
+        .trust_remove("*", &hub.identity().public_key())
+        .unwrap();
+    let o = sim::run(
+        &spoke,
+        &relay,
+        config(Mode::Pull, &["demo"]),
+        &AllowAll,
+        lan(),
+    );
+    assert_eq!(o.responder[0].docs_sent, 0, "{o:?}");
+    assert_eq!(root(&spoke, "demo").count, 0);
+    assert!(!o.initiator[0].converged());
+    let report = relay.verify().unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.detail.contains("untrusted")),
+        "{report:?}"
+    );
+}
