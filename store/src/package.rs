@@ -645,6 +645,45 @@ mod tests {
         assert_eq!((c.name.as_str(), c.version.as_str()), ("foo", "0.3.1"));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// Real package files with bytes changed: the tar formats are changed before
+        /// compression (so the damage reaches the tar reader), wheels as they are. Reading them
+        /// never panics.
+        #[test]
+        fn mutated_packages_never_panic(
+            pick in 0usize..4,
+            edits in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 1..24),
+        ) {
+            let (format, bytes) = match pick {
+                0 => (PackageFormat::Wheel, fixtures::wheel("p", "1.0", &["d"])),
+                1 => (PackageFormat::Sdist, gunzip(&fixtures::sdist("p", "1.0"))),
+                2 => (PackageFormat::NpmTarball, gunzip(&fixtures::npm_tarball("p", "1.0.0"))),
+                _ => (PackageFormat::Crate, gunzip(&fixtures::crate_file("p", "1.0.0"))),
+            };
+            let mut bytes = bytes;
+            for (at, byte) in edits {
+                let i = at % bytes.len();
+                bytes[i] ^= byte | 1;
+            }
+            if format != PackageFormat::Wheel {
+                use std::io::Write;
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                gz.write_all(&bytes).unwrap();
+                bytes = gz.finish().unwrap();
+            }
+            let _ = inspect(format, Cursor::new(bytes));
+        }
+    }
+
+    fn gunzip(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(bytes)
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
     #[test]
     fn malformed_archives_are_clear_errors() {
         let err = inspect(

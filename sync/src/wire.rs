@@ -515,6 +515,32 @@ mod tests {
     }
 
     proptest! {
+        /// Every published frame, with bytes changed, dropped or added: decoding never
+        /// panics, and what decodes re-encodes to a frame that decodes the same.
+        #[test]
+        fn mutated_frames_never_panic(
+            pick in 0usize..64,
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0u8..3), 1..12),
+        ) {
+            let frames = vector_frames();
+            let mut bytes = encode(&frames[pick % frames.len()].1);
+            for (at, byte, kind) in edits {
+                let i = at % (bytes.len() + 1);
+                match kind {
+                    0 if i < bytes.len() => bytes[i] ^= byte | 1,
+                    1 if i < bytes.len() => { bytes.remove(i); }
+                    _ => bytes.insert(i, byte),
+                }
+            }
+            let mut r = FrameReader::default();
+            r.push(&bytes);
+            if let Ok(Some(f)) = r.next_frame() {
+                let mut again = FrameReader::default();
+                again.push(&encode(&f));
+                prop_assert_eq!(again.next_frame(), Ok(Some(f)));
+            }
+        }
+
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let mut r = FrameReader::default();
