@@ -1168,3 +1168,73 @@ fn trust_token_and_peer_changes_take_effect_without_a_restart() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("untrusted"));
     drop(hub_server);
 }
+
+/// Key rotation and compromise: the hub moves to a new key; the spoke that pinned and trusted
+/// the old one follows on its next run without manual steps; then someone holding the old key
+/// (a copy of the hub from before) is refused, connection and documents alike.
+#[test]
+fn a_spoke_follows_its_hub_to_a_new_key_and_the_old_key_is_refused() {
+    let hub = Instance::new();
+    let spoke = Instance::new();
+    for i in [&hub, &spoke] {
+        i.ok(&["feed", "create", "demo", "--type", "raw"]);
+    }
+    for n in 0..3u64 {
+        let f = hub.path(&format!("f{n}"));
+        std::fs::write(&f, crate::util::bytes(n, 30_000)).unwrap();
+        hub.ok(&[
+            "push",
+            "demo",
+            f.to_str().unwrap(),
+            "--name",
+            &format!("p{n}"),
+            "--version",
+            "1",
+        ]);
+    }
+    let port = free_udp_port();
+    crate::util::peer_spoke_with_hub(&hub, &spoke, "spoke", port);
+    let replicate_token = token(&hub, &["replicate:demo"]);
+    std::fs::write(
+        hub.data().join("cairn.toml"),
+        format!("[sync]\nlisten = \"127.0.0.1:{port}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        spoke.data().join("cairn.toml"),
+        format!("[[replication]]\nname = \"pull\"\npeer = \"hub\"\ntoken = \"{replicate_token}\"\nfeeds = [\"demo\"]\nmode = \"pull\"\ninterval_secs = 0\n"),
+    )
+    .unwrap();
+    let server = Server::start(&hub);
+    assert_eq!(replicate(&spoke)["feeds"][0]["converged"], true);
+    server.stop();
+    let old_key = key_of(&hub);
+    // Someone keeps a copy of the hub with the old key.
+    let impostor = hub.path("impostor");
+    copy_dir(&hub.data(), &impostor);
+    let new_key = hub.ok(&["key", "rotate"]).trim().to_owned();
+    assert_ne!(new_key, old_key);
+    assert_eq!(key_of(&hub), new_key);
+    assert!(hub.ok(&["verify"]).contains(": ok"));
+    let server = Server::start(&hub);
+    let r = replicate(&spoke);
+    assert_eq!(r["feeds"][0]["converged"], true, "{r}");
+    assert!(spoke.ok(&["peer", "list"]).contains(&new_key));
+    let trusted = spoke.ok(&["trust", "list"]);
+    assert!(
+        trusted.contains(&new_key) && !trusted.contains(&old_key),
+        "{trusted}"
+    );
+    let listed = spoke.ls("demo");
+    assert_eq!(listed.len(), 3);
+    server.stop();
+    assert!(spoke.ok(&["verify"]).contains(": ok"));
+    assert_eq!(spoke.root("demo")["root"], hub.root("demo")["root"]);
+    // The old key, on the hub's address: refused in the handshake's aftermath.
+    replace_dir(&hub.data(), &impostor);
+    let before = spoke.root("demo");
+    let _impostor_server = Server::start(&hub);
+    let r = replicate(&spoke);
+    assert!(run_error(&r).contains("pinned"), "{r}");
+    assert_eq!(spoke.root("demo"), before);
+}

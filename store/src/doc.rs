@@ -44,11 +44,13 @@ pub enum DocType {
     Policy,
     /// A feed's signed state: root, count and change-log position.
     Checkpoint,
+    /// An instance's move to a new key, signed by the old one.
+    KeyRotation,
 }
 
 impl DocType {
     /// Every type, for tables and tests.
-    pub const ALL: [DocType; 7] = [
+    pub const ALL: [DocType; 8] = [
         DocType::Manifest,
         DocType::Tombstone,
         DocType::Vulnerability,
@@ -56,6 +58,7 @@ impl DocType {
         DocType::AssessmentType,
         DocType::Policy,
         DocType::Checkpoint,
+        DocType::KeyRotation,
     ];
 
     /// The name used in envelopes and in the signature's domain separator.
@@ -68,6 +71,7 @@ impl DocType {
             DocType::AssessmentType => "assessment-type",
             DocType::Policy => "policy",
             DocType::Checkpoint => "checkpoint",
+            DocType::KeyRotation => "key-rotation",
         }
     }
 
@@ -381,6 +385,28 @@ impl SignedDocument {
         let WireEnvelope(_, _, key, _, _) = cbor::from_canonical(bytes, MAX_DOCUMENT_BYTES)
             .map_err(|e| DocumentError::MalformedEnvelope(e.to_string()))?;
         PublicKey::from_bytes(key).ok_or(DocumentError::InvalidKey)
+    }
+
+    /// The same payload signed by `key` instead: for an instance that moves to a new key and
+    /// re-signs what it signed with the old one.
+    pub fn resign(&self, key: &SigningKey) -> Result<SignedDocument, CborError> {
+        let signature = key.sign(&signing_message(self.doc_type, &self.payload));
+        let signer = PublicKey::from(key);
+        let env = WireEnvelope(
+            ENVELOPE_VERSION,
+            self.doc_type.as_str().to_owned(),
+            signer.0,
+            self.payload.clone(),
+            signature.to_bytes().to_vec(),
+        );
+        let bytes = cbor::to_canonical(&env)?;
+        Ok(SignedDocument {
+            id: Hash::of(&bytes),
+            bytes,
+            doc_type: self.doc_type,
+            signer,
+            payload: self.payload.clone(),
+        })
     }
 
     /// The envelope bytes, exactly as signed.
@@ -837,6 +863,27 @@ pub struct Checkpoint {
 
 impl Payload for Checkpoint {
     const TYPE: DocType = DocType::Checkpoint;
+}
+
+/// An instance's move from one key to another, signed by the old key: peers that trust and
+/// pin the old key follow it to the new one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRotation {
+    /// Payload version.
+    pub v: u64,
+    /// The key given up.
+    #[serde(with = "serde_bytes_array")]
+    pub old: [u8; 32],
+    /// The key taken on.
+    #[serde(with = "serde_bytes_array")]
+    pub new: [u8; 32],
+    /// Unix seconds when it was made.
+    pub time: u64,
+}
+
+impl Payload for KeyRotation {
+    const TYPE: DocType = DocType::KeyRotation;
 }
 
 mod serde_bytes_vec {

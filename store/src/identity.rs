@@ -57,6 +57,11 @@ pub fn key_path(data_dir: &Path) -> PathBuf {
     data_dir.join("identity").join("instance.key")
 }
 
+/// Where the key of a move to a new key waits until the move is committed.
+pub fn next_key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("identity").join("instance.key.next")
+}
+
 impl Identity {
     /// Creates a fresh key pair in `data_dir`; fails if one exists.
     pub fn create(data_dir: &Path) -> Result<Identity, IdentityError> {
@@ -64,6 +69,52 @@ impl Identity {
         if path.exists() {
             return Err(IdentityError::Exists { path });
         }
+        Identity::create_at(data_dir, &path)
+    }
+
+    /// Creates the key an instance is moving to, beside its current one
+    /// (`identity/instance.key.next`), replacing any left by an unfinished move.
+    pub fn create_next(data_dir: &Path) -> Result<Identity, IdentityError> {
+        Identity::create_at(data_dir, &next_key_path(data_dir))
+    }
+
+    /// The key an unfinished move was going to, if there is one.
+    pub fn load_next(data_dir: &Path) -> Result<Option<Identity>, IdentityError> {
+        let path = next_key_path(data_dir);
+        if !path.exists() {
+            return Ok(None);
+        }
+        Identity::load_from(&path).map(Some)
+    }
+
+    /// Makes the next key the instance key (the old one is gone).
+    pub fn commit_next(data_dir: &Path) -> Result<(), IdentityError> {
+        let (next, path) = (next_key_path(data_dir), key_path(data_dir));
+        fs::rename(&next, &path).map_err(|source| IdentityError::Io {
+            action: "renaming to",
+            path: path.clone(),
+            source,
+        })?;
+        let dir = path.parent().unwrap_or(data_dir);
+        crate::blob::sync_dir(dir).map_err(|source| IdentityError::Io {
+            action: "syncing",
+            path: dir.to_owned(),
+            source,
+        })
+    }
+
+    /// Drops the key of a move that did not happen.
+    pub fn discard_next(data_dir: &Path) -> Result<(), IdentityError> {
+        let next = next_key_path(data_dir);
+        fs::remove_file(&next).map_err(|source| IdentityError::Io {
+            action: "removing",
+            path: next,
+            source,
+        })
+    }
+
+    fn create_at(data_dir: &Path, path: &Path) -> Result<Identity, IdentityError> {
+        let path = path.to_owned();
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| IdentityError::Random(e.to_string()))?;
         let key = SigningKey::from_bytes(&seed);
@@ -97,7 +148,11 @@ impl Identity {
 
     /// Loads the key from `data_dir`, refusing a file that others can read.
     pub fn load(data_dir: &Path) -> Result<Identity, IdentityError> {
-        let path = key_path(data_dir);
+        Identity::load_from(&key_path(data_dir))
+    }
+
+    fn load_from(path: &Path) -> Result<Identity, IdentityError> {
+        let path = path.to_owned();
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -197,6 +197,9 @@ pub enum StoreError {
     /// The configured blob backend is not the one this store's blobs are in, or cannot be used.
     #[error("{0}")]
     BlobBackend(String),
+    /// A peer's key-rotation statements do not hold.
+    #[error(transparent)]
+    Rotation(#[from] crate::rotation::RotationError),
 }
 
 impl StoreError {
@@ -723,7 +726,7 @@ fn changelog_key(feed: u32, seq: u64) -> [u8; 12] {
     k
 }
 
-fn trust_key(scope: &str, key: &PublicKey) -> Vec<u8> {
+pub(crate) fn trust_key(scope: &str, key: &PublicKey) -> Vec<u8> {
     let mut k = META_TRUST.to_vec();
     k.extend_from_slice(scope.as_bytes());
     k.push(0);
@@ -811,8 +814,16 @@ impl Store {
         Ok(store)
     }
 
-    /// Opens an existing store.
+    /// Opens an existing store (finishing or dropping a move to a new key that a crash
+    /// interrupted).
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Store> {
+        if dir.join("db").join("CURRENT").exists() {
+            Store::settle_rotation(dir, &options)?;
+        }
+        Store::open_unsettled(dir, options)
+    }
+
+    pub(crate) fn open_unsettled(dir: &Path, options: StoreOptions) -> Result<Store> {
         if !dir.join("db").join("CURRENT").exists() {
             return Err(StoreError::NotInitialized {
                 path: dir.to_owned(),
@@ -2525,6 +2536,16 @@ impl<'s> Txn<'s> {
     }
 
     /// Writes the batch; the caller syncs after releasing the lock.
+    /// A `meta` record written with the batch.
+    pub(crate) fn meta_put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.batch.put_cf(self.store.cf(CF_META), key, value);
+    }
+
+    /// A `meta` record deleted with the batch.
+    pub(crate) fn meta_delete(&mut self, key: Vec<u8>) {
+        self.batch.delete_cf(self.store.cf(CF_META), key);
+    }
+
     pub(crate) fn commit(mut self, state: &mut WriteState) -> Result<()> {
         let store = self.store;
         for (k, n) in &self.nodes {

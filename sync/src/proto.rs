@@ -913,7 +913,10 @@ impl Session {
             let opening = matches!(
                 (self.role, &frame),
                 (_, Frame::Error { .. })
-                    | (Role::Responder, Frame::Hello { .. })
+                    | (
+                        Role::Responder,
+                        Frame::Hello { .. } | Frame::RotationRequest { .. }
+                    )
                     | (Role::Initiator, Frame::HelloReply { .. })
             );
             if !opening {
@@ -925,6 +928,19 @@ impl Session {
         }
         match (self.role, frame) {
             (_, Frame::Error { code, reason }) => Err(SessionError::Peer { code, reason }),
+            (Role::Responder, Frame::RotationRequest { key }) if !self.hello_done => {
+                // A peer that pinned a key this instance moved away from asks how it moved;
+                // the answer ends the session (the run follows on a new stream).
+                let from = PublicKey::from_bytes(key).ok_or_else(|| {
+                    SessionError::Protocol("ROTATION-REQUEST names no valid key".into())
+                })?;
+                let statements = store.rotation_chain(&from).map_err(store_err)?;
+                self.outbox.push_back(Frame::Rotation {
+                    statements: statements.into_iter().map(ByteBuf::from).collect(),
+                });
+                self.hello_done = true;
+                Ok(())
+            }
             (
                 Role::Responder,
                 Frame::Hello {
@@ -2526,6 +2542,8 @@ fn frame_name(f: &Frame) -> &'static str {
         Frame::BlobStream { .. } => "BLOB-STREAM",
         Frame::Done { .. } => "DONE",
         Frame::FeedFailed { .. } => "FEED-FAILED",
+        Frame::RotationRequest { .. } => "ROTATION-REQUEST",
+        Frame::Rotation { .. } => "ROTATION",
         Frame::Error { .. } => "ERROR",
     }
 }

@@ -169,6 +169,48 @@ impl ServerCertVerifier for PinnedServer {
     }
 }
 
+/// Accepts any well-formed ed25519 certificate (the TLS 1.3 signature still proves the peer
+/// holds the key): for [`connect_following`], which checks the key after the handshake.
+#[derive(Debug)]
+struct AnyKey;
+
+impl ServerCertVerifier for AnyKey {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match certificate_key(end_entity) {
+            Some(_) => Ok(ServerCertVerified::assertion()),
+            None => Err(rustls::Error::General(
+                "peer certificate carries no ed25519 key".into(),
+            )),
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not used".into()))
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
 /// Which client keys a server accepts.
 pub type PeerFilter = Arc<dyn Fn(&PublicKey) -> bool + Send + Sync>;
 
@@ -390,12 +432,108 @@ pub async fn connect(
     addr: SocketAddr,
     expected: PublicKey,
 ) -> Result<quinn::Connection, TransportError> {
+    connect_with(identity, addr, Arc::new(PinnedServer { expected })).await
+}
+
+/// A peer that moved to a new key, and the statements that lead to it from the one pinned.
+#[derive(Clone, Debug)]
+pub struct Followed {
+    /// The key it presented.
+    pub presented: PublicKey,
+    /// Key-rotation documents from the pinned key to it, checked.
+    pub statements: Vec<Vec<u8>>,
+}
+
+/// Connects to a peer pinned to `expected`, following it if it moved to a new key: the
+/// handshake accepts any ed25519 key (TLS 1.3 proves the peer holds it), and when it is not
+/// the pinned one, the only thing said on the connection is a ROTATION-REQUEST; the
+/// statements must lead from the pinned key to the presented one, or the connection is
+/// closed and refused. The caller records what it followed.
+pub async fn connect_following(
+    identity: &Identity,
+    addr: SocketAddr,
+    expected: PublicKey,
+) -> Result<(quinn::Connection, Option<Followed>), TransportError> {
+    let conn = connect_with(identity, addr, Arc::new(AnyKey)).await?;
+    let refused = |reason: String| TransportError::Connect { addr, reason };
+    let presented = peer_key(&conn).ok_or_else(|| refused("the peer presented no key".into()))?;
+    if presented == expected {
+        return Ok((conn, None));
+    }
+    let statements = match ask_rotation(&conn, expected).await {
+        Ok(s) => s,
+        Err(e) => {
+            close(&conn);
+            return Err(e);
+        }
+    };
+    if let Err(e) = cairn_store::rotation::check_chain(&expected, &presented, &statements) {
+        close_with(&conn, wire::code::UNAUTHORIZED, "key not pinned");
+        return Err(refused(e.to_string()));
+    }
+    Ok((
+        conn,
+        Some(Followed {
+            presented,
+            statements,
+        }),
+    ))
+}
+
+/// Asks a peer how it moved away from `from`.
+async fn ask_rotation(
+    conn: &quinn::Connection,
+    from: PublicKey,
+) -> Result<Vec<Vec<u8>>, TransportError> {
+    let broken = |e: String| TransportError::Connection(e);
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| broken(e.to_string()))?;
+    send.write_all(&wire::encode(&Frame::RotationRequest {
+        key: *from.as_bytes(),
+    }))
+    .await
+    .map_err(|e| broken(e.to_string()))?;
+    let _ = send.finish();
+    let mut reader = FrameReader::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    let answer = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match reader.next_frame() {
+                Ok(Some(Frame::Rotation { statements })) => return Ok(statements),
+                Ok(Some(other)) => {
+                    return Err(broken(format!(
+                        "the peer answered a rotation request with {other:?}"
+                    )))
+                }
+                Ok(None) => {}
+                Err(e) => return Err(broken(e.to_string())),
+            }
+            match recv.read(&mut buf).await {
+                Ok(Some(n)) => reader.push(&buf[..n]),
+                Ok(None) => return Err(broken("the peer ended the stream unanswered".into())),
+                Err(e) => return Err(broken(e.to_string())),
+            }
+        }
+    })
+    .await
+    .map_err(|_| TransportError::Stalled("no answer to a rotation request in 30 s".into()))??;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(_)) = recv.read(&mut buf).await {}
+    })
+    .await;
+    Ok(answer.into_iter().map(|b| b.into_vec()).collect())
+}
+
+async fn connect_with(
+    identity: &Identity,
+    addr: SocketAddr,
+    verifier: Arc<dyn ServerCertVerifier>,
+) -> Result<quinn::Connection, TransportError> {
     let (cert, key) = tls_identity(identity)?;
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TransportError::Setup(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedServer { expected }))
+        .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(vec![cert], key)
         .map_err(|e| TransportError::Setup(e.to_string()))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];

@@ -302,6 +302,20 @@ pub enum Frame {
         #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
         checkpoint: Option<Vec<u8>>,
     },
+    /// Initiator -> responder, alone on a control stream, before HELLO: the responder
+    /// presented another key than `key`, the one pinned for it; it answers with the
+    /// statements that lead from `key` to its key now ([`Frame::Rotation`]).
+    RotationRequest {
+        /// The key pinned for the responder.
+        #[serde(with = "serde_bytes")]
+        key: [u8; 32],
+    },
+    /// The key-rotation statements from the asked key to the responder's key, oldest first
+    /// (none when it never held the asked key).
+    Rotation {
+        /// Signed key-rotation documents.
+        statements: Vec<serde_bytes::ByteBuf>,
+    },
     /// A fatal error; the connection closes after it.
     Error {
         /// Error code (see the wire spec).
@@ -759,6 +773,16 @@ pub fn vector_frames() -> Vec<(&'static str, Frame)> {
                 feed: "pypi".into(),
                 code: code::GUARD_RAIL,
                 reason: "would delete 90%".into(),
+            },
+        ),
+        (
+            "rotation-request",
+            Frame::RotationRequest { key: [0x66; 32] },
+        ),
+        (
+            "rotation",
+            Frame::Rotation {
+                statements: vec![serde_bytes::ByteBuf::from(vec![0x85, 0x01])],
             },
         ),
         (

@@ -316,6 +316,11 @@ fn parse_scope(s: &str) -> Result<Scope, String> {
 enum KeyCommand {
     /// Print the instance's public key fingerprint (what peers pin).
     Show,
+    /// Move the instance to a new key: the old key signs a statement naming the new one,
+    /// every document it signed is signed again, and the old key's secret is discarded.
+    /// Peers that pin and trust the old key follow on their next run. Stop `cairn serve`
+    /// first.
+    Rotate,
 }
 
 #[derive(Subcommand, Debug)]
@@ -498,6 +503,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let id = cairn_store::identity::Identity::load(dir)?;
             println!("{}", id.public_key());
+        }
+        Command::Key {
+            command: KeyCommand::Rotate,
+        } => {
+            if serve::control_socket(dir).exists()
+                && std::os::unix::net::UnixStream::connect(serve::control_socket(dir)).is_ok()
+            {
+                bail!(
+                    "`cairn serve` is running on {}; stop it, rotate, and start it again",
+                    dir.display()
+                );
+            }
+            let r = Store::rotate_key(dir, options(dir, config_path.as_deref())?)?;
+            eprintln!(
+                "moved from key {} to the new key; {} documents signed again; peers that pin the old key follow on their next run",
+                r.old.short(),
+                r.resigned
+            );
+            println!("{}", r.new);
         }
         command @ (Command::Trust { .. } | Command::Token { .. } | Command::Peer { .. }) => {
             // A running server holds the store: the command runs there, and takes effect at

@@ -492,7 +492,7 @@ pub async fn run_replication(
             .addr
             .parse()
             .with_context(|| format!("peer `{}` address `{}`", peer.name, peer.addr))?;
-        let config = InitiatorConfig {
+        let mut config = InitiatorConfig {
             peer: peer.key,
             now_secs: transport::unix_secs(),
             limits: sync.session_limits(),
@@ -513,7 +513,11 @@ pub async fn run_replication(
         let was_warm = reused.is_some();
         let conn = match reused {
             Some(c) => c,
-            None => transport::connect(store.identity(), addr, peer.key).await?,
+            None => {
+                let (conn, key) = connect_peer(store, &peer, addr).await?;
+                config.peer = key;
+                conn
+            }
         };
         let limits = sync.run_limits();
         let mut result =
@@ -524,7 +528,9 @@ pub async fn run_replication(
             // The peer restarted or the path changed while the connection sat idle: once more
             // on a new one.
             tracing::debug!(replication = %rep.name, "warm connection failed; reconnecting");
-            conn = transport::connect(store.identity(), addr, peer.key).await?;
+            let (fresh, key) = connect_peer(store, &peer, addr).await?;
+            conn = fresh;
+            config.peer = key;
             result = transport::run_initiator_with_progress(store, &conn, config, limits, progress)
                 .await;
         }
@@ -593,6 +599,25 @@ pub async fn run_replication(
         }
     }
     summary
+}
+
+/// Connects to `peer`, following it to a new key if it moved (its pin and the trust in it
+/// move with it; the old key is refused from then on); the key it is reached with.
+async fn connect_peer(
+    store: &Store,
+    peer: &cairn_store::admin::Peer,
+    addr: SocketAddr,
+) -> Result<(transport::Connection, cairn_store::PublicKey)> {
+    let (conn, followed) = transport::connect_following(store.identity(), addr, peer.key).await?;
+    match followed {
+        None => Ok((conn, peer.key)),
+        Some(f) => {
+            tokio::task::block_in_place(|| {
+                store.follow_rotation(&peer.key, &f.presented, &f.statements)
+            })?;
+            Ok((conn, f.presented))
+        }
+    }
 }
 
 /// Tokens decide what an incoming peer may replicate: `replicate:FEED` lets it pull,
