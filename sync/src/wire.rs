@@ -1,4 +1,4 @@
-//! Wire types of `cairn/sync/1` and their framing: a 4-byte big-endian length, then one CBOR
+//! Wire types of `cairn/sync/2` and their framing: a 4-byte big-endian length, then one CBOR
 //! item. The length is checked against [`MAX_FRAME`] before anything is allocated. These types
 //! are only for the wire; [`crate::proto`] converts them to and from store types explicitly.
 //! `wire-spec/README.md` is the normative description.

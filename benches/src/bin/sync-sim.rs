@@ -1,4 +1,4 @@
-//! Round trips and bytes of `cairn/sync/1` per scenario, from the simulated pair (virtual
+//! Round trips and bytes of `cairn/sync/2` per scenario, from the simulated pair (virtual
 //! time, so the figures are exact counts, not timings): a hub with N entries, a spoke that has
 //! pulled it, then d differences (60% new entries, 40% deletions) and a pull.
 //!
