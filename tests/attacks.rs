@@ -209,18 +209,14 @@ fn hub() -> (Instance, Instance, u16, [String; 3], (Hash, u64)) {
     let attacker = Instance::new();
     hub.ok(&["feed", "create", "demo", "--type", "raw"]);
     for i in 0..20u64 {
-        let f = hub.path(&format!("f{i}"));
         let size = if i == 0 { 300_000 } else { 2_000 };
-        std::fs::write(&f, crate::util::bytes(i, size)).unwrap();
-        hub.ok(&[
-            "push",
+        hub.push(
             "demo",
-            f.to_str().unwrap(),
-            "--name",
+            "f",
             &format!("p{i}"),
-            "--version",
             "1",
-        ]);
+            &crate::util::bytes(i, size),
+        );
     }
     let large = Hash::of(&crate::util::bytes(0, 300_000));
     let osv = hub.path("osv.json");
@@ -660,17 +656,13 @@ fn a_relay_passes_the_hubs_checkpoint_and_cannot_roll_back_freeze_or_sign() {
         i.ok(&["feed", "create", "demo", "--type", "raw"]);
     }
     let push = |n: u64| {
-        let f = hub.path(&format!("v{n}"));
-        std::fs::write(&f, crate::util::bytes(n, 30_000)).unwrap();
-        hub.ok(&[
-            "push",
+        hub.push(
             "demo",
-            f.to_str().unwrap(),
-            "--name",
+            "f",
             "p",
-            "--version",
-            &format!("{n}"),
-        ]);
+            &n.to_string(),
+            &crate::util::bytes(n, 30_000),
+        )
     };
     push(1);
     let hub_token = token(&hub, &["replicate:demo"]);
@@ -769,17 +761,7 @@ fn a_relay_passes_the_hubs_checkpoint_and_cannot_roll_back_freeze_or_sign() {
     // A relay whose copy is no writer's state signs its own checkpoint, which the spoke does
     // not trust.
     relay_server.stop();
-    let f = relay.path("own");
-    std::fs::write(&f, b"relay's own").unwrap();
-    relay.ok(&[
-        "push",
-        "demo",
-        f.to_str().unwrap(),
-        "--name",
-        "own",
-        "--version",
-        "1",
-    ]);
+    relay.push("demo", "f", "own", "1", b"relay's own");
     let _relay_server = Server::start(&relay);
     let r = replicate(&spoke);
     assert!(run_error(&r).contains("not trusted"), "{r}");
@@ -911,18 +893,8 @@ fn six_hundred_stalled_downloads_leave_the_server_responsive() {
     use std::io::{Read, Write};
     let inst = Instance::new();
     inst.ok(&["feed", "create", "files", "--type", "raw"]);
-    let f = inst.path("big");
     // Larger than the verified cache keeps: it streams.
-    std::fs::write(&f, crate::util::bytes(9, 24 << 20)).unwrap();
-    inst.ok(&[
-        "push",
-        "files",
-        f.to_str().unwrap(),
-        "--name",
-        "big",
-        "--version",
-        "1",
-    ]);
+    inst.push("files", "big", "big", "1", &crate::util::bytes(9, 24 << 20));
     std::fs::write(
         inst.data().join("cairn.toml"),
         "[sync]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n",
@@ -972,18 +944,8 @@ fn http_attacks_are_refused_and_change_nothing() {
     inst.ok(&["feed", "create", "files", "--type", "raw"]);
     inst.ok(&["feed", "create", "npm", "--type", "npm"]);
     let token = token(&inst, &["publish:files", "publish:npm"]);
-    let f = inst.path("big");
     let data = crate::util::bytes(3, 200_000);
-    std::fs::write(&f, &data).unwrap();
-    inst.ok(&[
-        "push",
-        "files",
-        f.to_str().unwrap(),
-        "--name",
-        "t",
-        "--version",
-        "1",
-    ]);
+    inst.push("files", "big", "t", "1", &data);
     std::fs::write(
         inst.data().join("cairn.toml"),
         "[sync]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\nmax_upload_mib = 1\n",
@@ -1071,17 +1033,7 @@ fn trust_token_and_peer_changes_take_effect_without_a_restart() {
     for i in [&hub, &spoke] {
         i.ok(&["feed", "create", "files", "--type", "raw"]);
     }
-    let f = hub.path("f");
-    std::fs::write(&f, crate::util::bytes(1, 40_000)).unwrap();
-    hub.ok(&[
-        "push",
-        "files",
-        f.to_str().unwrap(),
-        "--name",
-        "p",
-        "--version",
-        "1",
-    ]);
+    hub.push("files", "f", "p", "1", &crate::util::bytes(1, 40_000));
     let port = free_udp_port();
     crate::util::peer_spoke_with_hub(&hub, &spoke, "spoke", port);
     let replicate_token = token(&hub, &["replicate:files"]);
@@ -1180,17 +1132,13 @@ fn a_spoke_follows_its_hub_to_a_new_key_and_the_old_key_is_refused() {
         i.ok(&["feed", "create", "demo", "--type", "raw"]);
     }
     for n in 0..3u64 {
-        let f = hub.path(&format!("f{n}"));
-        std::fs::write(&f, crate::util::bytes(n, 30_000)).unwrap();
-        hub.ok(&[
-            "push",
+        hub.push(
             "demo",
-            f.to_str().unwrap(),
-            "--name",
+            "f",
             &format!("p{n}"),
-            "--version",
             "1",
-        ]);
+            &crate::util::bytes(n, 30_000),
+        );
     }
     let port = free_udp_port();
     crate::util::peer_spoke_with_hub(&hub, &spoke, "spoke", port);

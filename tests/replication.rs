@@ -218,20 +218,6 @@ fn hub_and_two_spokes_converge_over_quic() {
     );
 }
 
-fn push_file(inst: &Instance, feed: &str, name: &str, content: &[u8]) {
-    let f = inst.path(&format!("{feed}-{name}.bin"));
-    std::fs::write(&f, content).unwrap();
-    inst.ok(&[
-        "push",
-        feed,
-        f.to_str().unwrap(),
-        "--name",
-        name,
-        "--version",
-        "1",
-    ]);
-}
-
 fn names(inst: &Instance, feed: &str) -> Vec<String> {
     let mut v: Vec<String> = inst
         .ls(feed)
@@ -296,27 +282,30 @@ fn hub_pushes_to_and_mirrors_with_two_spokes() {
     write_config(&hub.inst, &config);
     for i in 0..200u64 {
         let size = if i % 50 == 0 { 300_000 } else { 2_000 };
-        push_file(
-            &hub.inst,
+        hub.inst.push(
             "pushed",
+            "f.bin",
             &format!("p{i}"),
+            "1",
             &crate::util::bytes(i, size),
         );
     }
     for i in 0..40u64 {
-        push_file(
-            &hub.inst,
+        hub.inst.push(
             "shared",
+            "f.bin",
             &format!("h{i}"),
+            "1",
             &crate::util::bytes(1000 + i, 3_000),
         );
     }
     for (n, s) in spokes.iter().enumerate() {
         for i in 0..10u64 {
-            push_file(
-                &s.inst,
+            s.inst.push(
                 "shared",
+                "f.bin",
                 &format!("s{n}-{i}"),
+                "1",
                 &crate::util::bytes(2000 + 10 * n as u64 + i, 3_000),
             );
         }

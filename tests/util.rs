@@ -91,6 +91,24 @@ impl Instance {
         )
     }
 
+    /// Publishes `content` as the file `file` of `name` `version` in `feed` with `cairn push`
+    /// (the server must not be running).
+    pub fn push(&self, feed: &str, file: &str, name: &str, version: &str, content: &[u8]) {
+        let dir = self.path(&format!("push-{feed}-{name}-{version}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join(file);
+        std::fs::write(&f, content).unwrap();
+        self.ok(&[
+            "push",
+            feed,
+            f.to_str().unwrap(),
+            "--name",
+            name,
+            "--version",
+            version,
+        ]);
+    }
+
     /// `cairn ls FEED --json --all` parsed.
     pub fn ls(&self, feed: &str) -> Vec<serde_json::Value> {
         serde_json::from_str(&self.ok(&["ls", feed, "--json", "--all"])).expect("ls --json")

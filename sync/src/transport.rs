@@ -122,9 +122,12 @@ fn verify_tls13(
     )
 }
 
+/// Checks the server's certificate against the pinned key; `None` accepts any well-formed
+/// ed25519 key (the TLS 1.3 signature still proves the peer holds it): for
+/// [`connect_following`], which checks the key after the handshake.
 #[derive(Debug)]
 struct PinnedServer {
-    expected: PublicKey,
+    expected: Option<PublicKey>,
 }
 
 impl ServerCertVerifier for PinnedServer {
@@ -136,56 +139,15 @@ impl ServerCertVerifier for PinnedServer {
         _: &[u8],
         _: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match certificate_key(end_entity) {
-            Some(k) if k == self.expected => Ok(ServerCertVerified::assertion()),
-            Some(k) => Err(rustls::Error::General(format!(
+        match (certificate_key(end_entity), self.expected) {
+            (Some(_), None) => Ok(ServerCertVerified::assertion()),
+            (Some(k), Some(expected)) if k == expected => Ok(ServerCertVerified::assertion()),
+            (Some(k), Some(expected)) => Err(rustls::Error::General(format!(
                 "peer presented key {} but {} is pinned",
                 k.fingerprint(),
-                self.expected.fingerprint()
+                expected.fingerprint()
             ))),
-            None => Err(rustls::Error::General(
-                "peer certificate carries no ed25519 key".into(),
-            )),
-        }
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not used".into()))
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
-    }
-}
-
-/// Accepts any well-formed ed25519 certificate (the TLS 1.3 signature still proves the peer
-/// holds the key): for [`connect_following`], which checks the key after the handshake.
-#[derive(Debug)]
-struct AnyKey;
-
-impl ServerCertVerifier for AnyKey {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match certificate_key(end_entity) {
-            Some(_) => Ok(ServerCertVerified::assertion()),
-            None => Err(rustls::Error::General(
+            (None, _) => Err(rustls::Error::General(
                 "peer certificate carries no ed25519 key".into(),
             )),
         }
@@ -432,7 +394,14 @@ pub async fn connect(
     addr: SocketAddr,
     expected: PublicKey,
 ) -> Result<quinn::Connection, TransportError> {
-    connect_with(identity, addr, Arc::new(PinnedServer { expected })).await
+    connect_with(
+        identity,
+        addr,
+        Arc::new(PinnedServer {
+            expected: Some(expected),
+        }),
+    )
+    .await
 }
 
 /// A peer that moved to a new key, and the statements that lead to it from the one pinned.
@@ -454,7 +423,7 @@ pub async fn connect_following(
     addr: SocketAddr,
     expected: PublicKey,
 ) -> Result<(quinn::Connection, Option<Followed>), TransportError> {
-    let conn = connect_with(identity, addr, Arc::new(AnyKey)).await?;
+    let conn = connect_with(identity, addr, Arc::new(PinnedServer { expected: None })).await?;
     let refused = |reason: String| TransportError::Connect { addr, reason };
     let presented = peer_key(&conn).ok_or_else(|| refused("the peer presented no key".into()))?;
     if presented == expected {
