@@ -643,6 +643,43 @@ pub struct Store {
     pub(crate) sending: Mutex<Vec<SendingBlob>>,
     /// Bumped by every change of trust: caches of what is served key on it.
     trust_generation: std::sync::atomic::AtomicU64,
+    /// Documents whose signatures checked, by id (see [`CheckedDocs`]).
+    checked_docs: Mutex<CheckedDocs>,
+}
+
+/// Documents decoded and signature-checked recently, so that serving a hot manifest does not
+/// check its ed25519 signature on every request. A document's id is the BLAKE3 of its bytes,
+/// so a hit is taken only when the bytes read from the database now hash to the id: a change
+/// of the stored bytes is a miss and is decoded and checked again. Two generations of at most
+/// [`CheckedDocs::GENERATION_BYTES`] each bound the memory; `cairn verify` never uses it.
+#[derive(Default)]
+pub(crate) struct CheckedDocs {
+    current: HashMap<Hash, SignedDocument>,
+    current_bytes: usize,
+    previous: HashMap<Hash, SignedDocument>,
+}
+
+impl CheckedDocs {
+    const GENERATION_BYTES: usize = 16 << 20;
+
+    fn get(&mut self, id: &Hash) -> Option<SignedDocument> {
+        if let Some(d) = self.current.get(id) {
+            return Some(d.clone());
+        }
+        let d = self.previous.remove(id)?;
+        self.insert(d.clone());
+        Some(d)
+    }
+
+    fn insert(&mut self, doc: SignedDocument) {
+        let size = doc.bytes().len() * 2 + 128;
+        if self.current_bytes + size > Self::GENERATION_BYTES {
+            self.previous = std::mem::take(&mut self.current);
+            self.current_bytes = 0;
+        }
+        self.current_bytes += size;
+        self.current.insert(doc.id(), doc);
+    }
 }
 
 /// An open blob being sent: its hash, bytes and outboard.
@@ -896,6 +933,7 @@ impl Store {
             pins: Arc::new(Mutex::new(HashMap::new())),
             sending: Mutex::new(Vec::new()),
             trust_generation: std::sync::atomic::AtomicU64::new(0),
+            checked_docs: Mutex::new(CheckedDocs::default()),
         };
         store.write.get_mut().hlc = store.meta_u64(META_HLC)?.unwrap_or(0);
         match store.meta_u64(META_SCHEMA)? {
@@ -1321,12 +1359,24 @@ impl Store {
         }
     }
 
-    /// A stored document, decoded and its signature checked again.
+    /// A stored document, decoded and its signature checked (once for the same bytes: see
+    /// [`CheckedDocs`]). Bytes that do not hash to `id` are a corrupt record.
     pub fn document(&self, id: &Hash) -> Result<Option<SignedDocument>> {
-        match self.db.get_pinned_cf(self.cf(CF_DOCS), id.as_bytes())? {
-            None => Ok(None),
-            Some(b) => Ok(Some(SignedDocument::decode(&b)?)),
+        let Some(b) = self.db.get_pinned_cf(self.cf(CF_DOCS), id.as_bytes())? else {
+            return Ok(None);
+        };
+        if Hash::of(&b) != *id {
+            return Err(StoreError::CorruptRecord {
+                what: "document",
+                detail: format!("the bytes stored for document {id} do not hash to its id"),
+            });
         }
+        if let Some(d) = self.checked_docs.lock().get(id) {
+            return Ok(Some(d));
+        }
+        let d = SignedDocument::decode(&b)?;
+        self.checked_docs.lock().insert(d.clone());
+        Ok(Some(d))
     }
 
     // -----------------------------------------------------------------------------------------

@@ -104,6 +104,27 @@ fn publish_get_and_dedup() {
 }
 
 #[test]
+fn a_checked_document_is_served_only_while_its_stored_bytes_hash_to_its_id() {
+    let (_d, s) = store();
+    s.create_feed("demo", Ecosystem::Raw).unwrap();
+    let p = s.publish("demo", package(&s, "x", "1", b"one")).unwrap();
+    let other = s.publish("demo", package(&s, "y", "1", b"two")).unwrap();
+    // Read once: decoded, its signature checked, remembered.
+    let first = s.document(&p.doc).unwrap().unwrap();
+    assert_eq!(first.id(), p.doc);
+    assert_eq!(s.document(&p.doc).unwrap().unwrap(), first);
+    // The stored bytes change under it (another valid document's bytes): the remembered
+    // check does not stand in for them.
+    let swapped = s.document_bytes(&other.doc).unwrap().unwrap();
+    s.db.put_cf(s.cf(crate::store::CF_DOCS), p.doc.as_bytes(), &swapped)
+        .unwrap();
+    let err = s.document(&p.doc).unwrap_err();
+    assert!(matches!(err, StoreError::CorruptRecord { .. }), "{err}");
+    assert!(s.served_document("demo", &p.doc).is_err());
+    assert!(!s.verify().unwrap().ok());
+}
+
+#[test]
 fn pypi_versions_gain_files() {
     let (_d, s) = store();
     s.create_feed("py", Ecosystem::Pypi).unwrap();
