@@ -110,9 +110,14 @@ impl Hostile {
     /// first, each with its bytes), then frames read until the stream ends or `wait` passes.
     fn converse(&self, bytes: Vec<u8>, uni: Vec<Vec<u8>>, wait: Duration) -> Reply {
         self.rt.block_on(async {
-            let conn = transport::connect(&self.identity, self.addr, self.hub_key)
-                .await
-                .expect("the hub accepts the pinned attacker");
+            let conn = transport::connect(
+                &self.identity,
+                self.addr,
+                self.hub_key,
+                &transport::TransportOptions::default(),
+            )
+            .await
+            .expect("the hub accepts the pinned attacker");
             // Written in the background: a peer that does not read them holds the writers
             // back by flow control.
             for data in uni {
@@ -459,6 +464,7 @@ fn hostile_upstream(
                 "127.0.0.1:0".parse().unwrap(),
                 &identity,
                 std::sync::Arc::new(move |k: &PublicKey| *k == spoke),
+                &transport::TransportOptions::default(),
             )
         })
         .unwrap();

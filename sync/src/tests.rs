@@ -553,8 +553,13 @@ mod quic {
         allowed: Vec<cairn_store::PublicKey>,
     ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
         let filter: transport::PeerFilter = Arc::new(move |k| allowed.contains(k));
-        let endpoint =
-            transport::server("127.0.0.1:0".parse().unwrap(), store.identity(), filter).unwrap();
+        let endpoint = transport::server(
+            "127.0.0.1:0".parse().unwrap(),
+            store.identity(),
+            filter,
+            &transport::TransportOptions::default(),
+        )
+        .unwrap();
         let addr = endpoint.local_addr().unwrap();
         let task = tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
@@ -588,9 +593,14 @@ mod quic {
         publish(&hub, "demo", 1000, 1002, 3_000_000);
         let hub = Arc::new(hub);
         let (addr, server) = serve(hub.clone(), vec![spoke.identity().public_key()]);
-        let conn = transport::connect(spoke.identity(), addr, hub.identity().public_key())
-            .await
-            .unwrap();
+        let conn = transport::connect(
+            spoke.identity(),
+            addr,
+            hub.identity().public_key(),
+            &transport::TransportOptions::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             transport::peer_key(&conn),
             Some(hub.identity().public_key())
@@ -622,13 +632,23 @@ mod quic {
         let hub = Arc::new(hub);
         let (addr, server) = serve(hub.clone(), vec![spoke.identity().public_key()]);
         // The spoke pinned another key for this address.
-        let err = transport::connect(spoke.identity(), addr, stranger.identity().public_key())
-            .await
-            .unwrap_err();
+        let err = transport::connect(
+            spoke.identity(),
+            addr,
+            stranger.identity().public_key(),
+            &transport::TransportOptions::default(),
+        )
+        .await
+        .unwrap_err();
         assert!(err.to_string().contains("pinned"), "{err}");
         // The hub does not know the stranger.
-        let result =
-            transport::connect(stranger.identity(), addr, hub.identity().public_key()).await;
+        let result = transport::connect(
+            stranger.identity(),
+            addr,
+            hub.identity().public_key(),
+            &transport::TransportOptions::default(),
+        )
+        .await;
         let refused = match result {
             Err(_) => true,
             // With TLS 1.3 the client may finish before the server rejects its certificate;
@@ -648,9 +668,14 @@ mod quic {
         publish(&hub, "demo", 0, 3, 10);
         let hub = Arc::new(hub);
         let (addr, server) = serve(hub.clone(), vec![spoke.identity().public_key()]);
-        let conn = transport::connect(spoke.identity(), addr, hub.identity().public_key())
-            .await
-            .unwrap();
+        let conn = transport::connect(
+            spoke.identity(),
+            addr,
+            hub.identity().public_key(),
+            &transport::TransportOptions::default(),
+        )
+        .await
+        .unwrap();
         let mut c = config(Mode::Pull, &["demo"]);
         c.token = "wrong".into();
         let (reports, _) = transport::run_initiator(&spoke, &conn, c).await.unwrap();

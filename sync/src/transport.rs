@@ -240,33 +240,66 @@ pub enum Congestion {
     NewReno,
 }
 
-static CONGESTION: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-
-/// Chooses the congestion controller of connections made from now on in this process.
-pub fn set_congestion(c: Congestion) {
-    CONGESTION.store(c as u8, Ordering::Relaxed);
-}
-
-/// The congestion controller in use.
-pub fn congestion() -> Congestion {
-    match CONGESTION.load(Ordering::Relaxed) {
-        1 => Congestion::Cubic,
-        2 => Congestion::NewReno,
-        _ => Congestion::Bbr,
-    }
-}
-
 /// The flow-control window per connection, in MiB, unless configured otherwise: enough for
 /// about 1.7 Gbit/s at 300 ms.
 pub const DEFAULT_WINDOW_MIB: u32 = 64;
 
-static WINDOW_MIB: std::sync::atomic::AtomicU32 =
-    std::sync::atomic::AtomicU32::new(DEFAULT_WINDOW_MIB);
+/// How an endpoint's connections behave on the network: carried by value to [`server`],
+/// [`connect`] and [`connect_following`] (and into each run through
+/// [`RunLimits::max_receive_window`]), never held in process-wide state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransportOptions {
+    /// The congestion controller.
+    pub congestion: Congestion,
+    /// The flow-control window per connection in MiB (a stream gets half), at most 1,024; 0
+    /// keeps quinn's defaults (for comparison).
+    pub window_mib: u32,
+}
 
-/// Sets the flow-control window per connection (MiB; a stream gets half) of connections made
-/// from now on in this process; 0 keeps quinn's defaults (for comparison).
-pub fn set_window_mib(mib: u32) {
-    WINDOW_MIB.store(mib, Ordering::Relaxed);
+impl Default for TransportOptions {
+    fn default() -> TransportOptions {
+        TransportOptions {
+            congestion: Congestion::Bbr,
+            window_mib: DEFAULT_WINDOW_MIB,
+        }
+    }
+}
+
+impl TransportOptions {
+    /// The connection window in bytes (0: quinn's defaults).
+    pub fn window_bytes(&self) -> u64 {
+        u64::from(self.window_mib.min(1024)) << 20
+    }
+
+    /// quinn's settings for these options, for links up to about 1 Gbit/s at 300 ms.
+    pub fn transport_config(&self) -> quinn::TransportConfig {
+        let mut t = quinn::TransportConfig::default();
+        let window = self.window_bytes();
+        if window > 0 {
+            t.stream_receive_window(quinn::VarInt::from_u32((window / 2) as u32));
+            t.receive_window(quinn::VarInt::from_u32(window as u32));
+            t.send_window(window);
+        }
+        t.max_concurrent_uni_streams(quinn::VarInt::from_u32(256));
+        // A peer that vanishes (killed, partitioned) is given up on after 20 s of silence; the
+        // keep-alive keeps a healthy but quiet connection well inside that.
+        t.keep_alive_interval(Some(Duration::from_secs(5)));
+        if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(20)) {
+            t.max_idle_timeout(Some(idle));
+        }
+        match self.congestion {
+            Congestion::Bbr => {
+                t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+            }
+            Congestion::Cubic => {
+                t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
+            }
+            Congestion::NewReno => t.congestion_controller_factory(Arc::new(
+                quinn::congestion::NewRenoConfig::default(),
+            )),
+        };
+        t
+    }
 }
 
 /// The smallest connection receive window the tuner sets.
@@ -279,8 +312,7 @@ const MIN_TUNED_WINDOW: u64 = 2 << 20;
 /// bottleneck and lose most of them (over half the packets sent were dropped on the emulated
 /// link). Twice the BDP still lets the window double every adjustment while the rate grows,
 /// and caps what can queue at one BDP. Runs until the connection closes.
-async fn tune_receive_window(conn: quinn::Connection) {
-    let max = u64::from(WINDOW_MIB.load(Ordering::Relaxed).min(1024)) << 20;
+async fn tune_receive_window(conn: quinn::Connection, max: u64) {
     if max == 0 {
         return;
     }
@@ -314,41 +346,12 @@ async fn tune_receive_window(conn: quinn::Connection) {
     }
 }
 
-/// Transport settings for links up to about 1 Gbit/s at 300 ms.
-pub fn transport_config() -> quinn::TransportConfig {
-    let mut t = quinn::TransportConfig::default();
-    let window = WINDOW_MIB.load(Ordering::Relaxed).min(1024) << 20;
-    if window > 0 {
-        t.stream_receive_window(quinn::VarInt::from_u32(window / 2));
-        t.receive_window(quinn::VarInt::from_u32(window));
-        t.send_window(u64::from(window));
-    }
-    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(256));
-    // A peer that vanishes (killed, partitioned) is given up on after 20 s of silence; the
-    // keep-alive keeps a healthy but quiet connection well inside that.
-    t.keep_alive_interval(Some(Duration::from_secs(5)));
-    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(20)) {
-        t.max_idle_timeout(Some(idle));
-    }
-    match congestion() {
-        Congestion::Bbr => {
-            t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
-        }
-        Congestion::Cubic => {
-            t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
-        }
-        Congestion::NewReno => {
-            t.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default()))
-        }
-    };
-    t
-}
-
 /// A server endpoint on `addr` accepting the peers `allowed` lets through.
 pub fn server(
     addr: SocketAddr,
     identity: &Identity,
     allowed: PeerFilter,
+    options: &TransportOptions,
 ) -> Result<quinn::Endpoint, TransportError> {
     let (cert, key) = tls_identity(identity)?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
@@ -363,7 +366,7 @@ pub fn server(
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     // A peer gets 1 MiB of credit on a new connection: until a run's tuner opens the window,
     // streams it opens before saying HELLO cannot make this side buffer more.
-    let mut transport = transport_config();
+    let mut transport = options.transport_config();
     transport.receive_window(quinn::VarInt::from_u32(1 << 20));
     config.transport_config(Arc::new(transport));
     // Stateless resets are keyed by the instance identity rather than at random, so after a
@@ -393,6 +396,7 @@ pub async fn connect(
     identity: &Identity,
     addr: SocketAddr,
     expected: PublicKey,
+    options: &TransportOptions,
 ) -> Result<quinn::Connection, TransportError> {
     connect_with(
         identity,
@@ -400,6 +404,7 @@ pub async fn connect(
         Arc::new(PinnedServer {
             expected: Some(expected),
         }),
+        options,
     )
     .await
 }
@@ -422,8 +427,15 @@ pub async fn connect_following(
     identity: &Identity,
     addr: SocketAddr,
     expected: PublicKey,
+    options: &TransportOptions,
 ) -> Result<(quinn::Connection, Option<Followed>), TransportError> {
-    let conn = connect_with(identity, addr, Arc::new(PinnedServer { expected: None })).await?;
+    let conn = connect_with(
+        identity,
+        addr,
+        Arc::new(PinnedServer { expected: None }),
+        options,
+    )
+    .await?;
     let refused = |reason: String| TransportError::Connect { addr, reason };
     let presented = peer_key(&conn).ok_or_else(|| refused("the peer presented no key".into()))?;
     if presented == expected {
@@ -496,6 +508,7 @@ async fn connect_with(
     identity: &Identity,
     addr: SocketAddr,
     verifier: Arc<dyn ServerCertVerifier>,
+    options: &TransportOptions,
 ) -> Result<quinn::Connection, TransportError> {
     let (cert, key) = tls_identity(identity)?;
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
@@ -509,7 +522,7 @@ async fn connect_with(
     let crypto =
         QuicClientConfig::try_from(tls).map_err(|e| TransportError::Setup(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config()));
+    config.transport_config(Arc::new(options.transport_config()));
     let bind: SocketAddr = if addr.is_ipv6() {
         "[::]:0"
     } else {
@@ -676,6 +689,9 @@ pub struct RunLimits {
     pub bulk_buffer_bytes: u32,
     /// Blob pieces verified and written at once (each holds a blocking thread).
     pub concurrent_pieces: u32,
+    /// The largest receive window the run's tuner opens on the connection (the transport's
+    /// window, [`TransportOptions::window_bytes`]); 0 leaves the window as configured.
+    pub max_receive_window: u64,
 }
 
 impl Default for RunLimits {
@@ -686,6 +702,7 @@ impl Default for RunLimits {
             max_run: Duration::from_secs(24 * 3600),
             bulk_buffer_bytes: 64 << 20,
             concurrent_pieces: 32,
+            max_receive_window: TransportOptions::default().window_bytes(),
         }
     }
 }
@@ -980,7 +997,7 @@ async fn drive(
     limits: RunLimits,
 ) -> Result<(Session, RunStats), TransportError> {
     let start = Instant::now();
-    let tuner = tokio::spawn(tune_receive_window(conn.clone()));
+    let tuner = tokio::spawn(tune_receive_window(conn.clone(), limits.max_receive_window));
     let _stop_tuner = AbortOnDrop(tuner);
     let mut stats = RunStats::default();
     let budget = StreamBudget::new(&limits);

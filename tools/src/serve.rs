@@ -167,7 +167,16 @@ impl SyncConfig {
             window: Duration::from_secs(self.stall_secs.max(1)),
             min_progress_bytes: self.min_progress_kib.saturating_mul(1 << 10),
             max_run: Duration::from_secs(self.max_run_secs.max(1)),
+            max_receive_window: self.transport().window_bytes(),
             ..RunLimits::default()
+        }
+    }
+
+    /// How connections behave on the network.
+    pub fn transport(&self) -> transport::TransportOptions {
+        transport::TransportOptions {
+            congestion: self.congestion,
+            window_mib: self.window_mib,
         }
     }
 }
@@ -261,8 +270,6 @@ pub fn load_config(data_dir: &Path, path: Option<&Path>) -> Result<Config> {
     };
     let config: Config =
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    transport::set_congestion(config.sync.congestion);
-    transport::set_window_mib(config.sync.window_mib);
     match (config.blobs.backend, config.blobs.s3.is_some()) {
         (BackendKind::S3, false) => bail!(
             "{}: [blobs] backend = \"s3\" needs a [blobs.s3] section with endpoint and bucket",
@@ -514,7 +521,7 @@ pub async fn run_replication(
         let conn = match reused {
             Some(c) => c,
             None => {
-                let (conn, key) = connect_peer(store, &peer, addr).await?;
+                let (conn, key) = connect_peer(store, &peer, addr, &sync.transport()).await?;
                 config.peer = key;
                 conn
             }
@@ -528,7 +535,7 @@ pub async fn run_replication(
             // The peer restarted or the path changed while the connection sat idle: once more
             // on a new one.
             tracing::debug!(replication = %rep.name, "warm connection failed; reconnecting");
-            let (fresh, key) = connect_peer(store, &peer, addr).await?;
+            let (fresh, key) = connect_peer(store, &peer, addr, &sync.transport()).await?;
             conn = fresh;
             config.peer = key;
             result = transport::run_initiator_with_progress(store, &conn, config, limits, progress)
@@ -607,8 +614,10 @@ async fn connect_peer(
     store: &Store,
     peer: &cairn_store::admin::Peer,
     addr: SocketAddr,
+    options: &transport::TransportOptions,
 ) -> Result<(transport::Connection, cairn_store::PublicKey)> {
-    let (conn, followed) = transport::connect_following(store.identity(), addr, peer.key).await?;
+    let (conn, followed) =
+        transport::connect_following(store.identity(), addr, peer.key, options).await?;
     match followed {
         None => Ok((conn, peer.key)),
         Some(f) => {
@@ -745,7 +754,7 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
         let store = Arc::new(Store::open(data_dir, config.store_options())?);
         let filter_store = store.clone();
         let filter: transport::PeerFilter = Arc::new(move |k| filter_store.peer_list().map(|peers| peers.iter().any(|p| p.key == *k)).unwrap_or(false));
-        let endpoint = transport::server(config.sync.listen, store.identity(), filter)?;
+        let endpoint = transport::server(config.sync.listen, store.identity(), filter, &config.sync.transport())?;
         let local = endpoint.local_addr()?;
         let http = tokio::net::TcpListener::bind(config.http.listen).await.with_context(|| format!("binding the HTTP server to {}; set [http] listen in cairn.toml", config.http.listen))?;
         let http_addr = http.local_addr()?;
