@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::util::{bytes, cairn_bin, Instance};
+use cairn_store::rng::Xorshift;
 
 #[test]
 fn kill_9_during_pushes_never_leaves_a_mix() {
@@ -23,7 +24,7 @@ fn kill_9_during_pushes_never_leaves_a_mix() {
         inputs.push(p);
     }
     let mut succeeded = BTreeSet::new();
-    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut rng = Xorshift::new(0x2545_F491_4F6C_DD1D);
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut version = 0u64;
     let mut kills = 0;
@@ -51,10 +52,7 @@ fn kill_9_during_pushes_never_leaves_a_mix() {
             .process_group(0)
             .spawn()
             .unwrap();
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let delay = Duration::from_millis(rng % 400);
+        let delay = Duration::from_millis(rng.below(400));
         let pid = child.id() as i32;
         let killer = std::thread::spawn(move || {
             std::thread::sleep(delay);
@@ -217,13 +215,8 @@ fn kill_9_during_pulls_and_of_the_hub_leaves_runs_that_finish() {
     )
     .unwrap();
     let mut server = crate::util::Server::start(&hub);
-    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rng = Xorshift::new(1);
+    let mut next = || rng.next_u64();
     let (mut spoke_kills, mut hub_kills, mut slowest) = (0, 0, Duration::ZERO);
     for round in 0..ROUNDS {
         // New uploads on the hub: ten small files and a large one (24 MiB every 25th round).

@@ -32,14 +32,7 @@ pub fn median(samples: &[Duration]) -> Duration {
 
 /// Deterministic pseudo-random bytes (xorshift), incompressible enough for storage benchmarks.
 pub fn fill_bytes(seed: u64, out: &mut [u8]) {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for chunk in out.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let b = x.to_le_bytes();
-        chunk.copy_from_slice(&b[..chunk.len()]);
-    }
+    cairn_store::rng::Xorshift::new(seed).fill(out);
 }
 
 /// Bytes per second as MiB/s.
@@ -73,23 +66,33 @@ mod tests {
     }
 }
 
-/// A child process stopped on drop: SIGTERM, then SIGKILL after 5 s.
+/// Stops a child: SIGTERM, then SIGKILL if it has not exited within `grace`; reaped either
+/// way. The one way benchmarks and tests stop what they started.
+pub fn stop_child(child: &mut std::process::Child, grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .stderr(std::process::Stdio::null())
+        .status();
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A child process stopped on drop ([`stop_child`], 5 s of grace).
 #[derive(Debug)]
 pub struct Proc(pub std::process::Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        stop_child(&mut self.0, Duration::from_secs(5));
     }
 }

@@ -54,6 +54,7 @@ pub mod merkle;
 pub mod names;
 pub mod package;
 pub mod replica;
+pub mod rng;
 pub mod rotation;
 pub mod s3;
 pub mod store;

@@ -296,10 +296,9 @@ proptest! {
         let versions: Vec<u16> = versions.into_iter().collect();
         let mut shuffled = versions.clone();
         // Deterministic shuffle from the seed.
-        let mut x = seed | 1;
+        let mut rng = crate::rng::Xorshift::new(seed);
         for i in (1..shuffled.len()).rev() {
-            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-            shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+            shuffled.swap(i, rng.below(i as u64 + 1) as usize);
         }
         let (_d1, a) = store();
         let (_d2, b) = store();

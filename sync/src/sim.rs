@@ -167,7 +167,7 @@ pub fn run_tampered(
     let mut link_free = [0u64; 2];
     let mut last_scheduled = [0u64; 2];
     let mut order = 0u64;
-    let mut rng = link.seed | 1;
+    let mut rng = cairn_store::rng::Xorshift::new(link.seed);
     let mut max_needed_depth = 0u64;
     let mut send = |side: usize,
                     depth: u64,
@@ -188,10 +188,7 @@ pub fn run_tampered(
                 let mut arrival = start + ser_us + link.rtt_us / 2;
                 let packets = bytes.len().div_ceil(1200) as u64;
                 for _ in 0..packets {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    if ((rng % 1_000_000) as f64) < link.loss * 1_000_000.0 {
+                    if rng.unit() < link.loss {
                         arrival += link.rtt_us;
                         break;
                     }

@@ -18,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use cairn_store::rng::Xorshift;
 use cairn_store::{NewFile, NewPackage, Store, StoreOptions};
 use clap::Parser;
 use serde::Serialize;
@@ -89,30 +90,21 @@ impl Corpus {
     }
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn unit(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.unit().max(1e-12), self.unit());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
+/// Standard normal (Box-Muller).
+fn normal(rng: &mut Xorshift) -> f64 {
+    let (u, v) = (rng.unit().max(1e-12), rng.unit());
+    (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
 }
 
 fn corpus_spec(name: &str, quick: bool, seed: u64) -> Result<Vec<(String, u64, u64)>> {
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Xorshift::new(seed);
     let path = |i: usize| format!("d{:03}/f{i:06}.bin", i / 1000);
     let seed_of = |i: usize| seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
     Ok(match name {
         // Log-normal, median 40 KiB, clamped to 1 KiB..10 MiB: about 2 GiB for 20,000 files.
         "M" => (0..if quick { 200 } else { 20_000 })
             .map(|i| {
-                let size = (40_960.0 * (1.38 * rng.normal()).exp()).clamp(1024.0, 10_485_760.0);
+                let size = (40_960.0 * (1.38 * normal(&mut rng)).exp()).clamp(1024.0, 10_485_760.0);
                 (path(i), size as u64, seed_of(i))
             })
             .collect(),
@@ -276,19 +268,7 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         untrack(self.child.id());
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        cairn_benches::stop_child(&mut self.child, Duration::from_secs(10));
     }
 }
 
@@ -1196,7 +1176,7 @@ fn change_corpus(
 ) -> Result<(Vec<(String, u64, u64)>, Vec<(String, u64, u64)>)> {
     // The corpus no longer matches its spec until restore_corpus rewrites it.
     let _ = fs::remove_file(corpus.dir.join(".complete"));
-    let mut rng = Rng((seed ^ ((step as u64 + 1) * 0x5151)) | 1);
+    let mut rng = Xorshift::new(seed ^ ((step as u64 + 1) * 0x5151));
     let added: Vec<(String, u64, u64)> = (0..add)
         .map(|i| {
             (

@@ -105,24 +105,8 @@ pub enum Verdict {
     Drop(Drop),
 }
 
-/// A seeded xorshift generator: runs with the same seed drop the same packets.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from a seed (any value; 0 is mapped to a fixed non-zero state).
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x9e37_79b9_7f4a_7c15 | 1)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+/// The seeded generator: runs with the same seed drop the same packets.
+pub use cairn_store::rng::Xorshift as Rng;
 
 /// The state of one direction.
 #[derive(Debug)]
