@@ -125,6 +125,19 @@ fn assert_converged(o: &Outcome, a: &Store, b: &Store, feed: &str) {
     );
 }
 
+/// Runs the simulated pair (every frame allowed) and asserts it converged on `feed`.
+fn converge(
+    initiator: &Store,
+    responder: &Store,
+    config: InitiatorConfig,
+    link: Link,
+    feed: &str,
+) -> Outcome {
+    let o = sim::run(initiator, responder, config, &AllowAll, link);
+    assert_converged(&o, initiator, responder, feed);
+    o
+}
+
 /// A hub with 100,000 entries and a spoke that pulled all of it, built once and copied per test.
 fn big_pair() -> &'static (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     static PAIR: OnceLock<(tempfile::TempDir, std::path::PathBuf, std::path::PathBuf)> =
@@ -139,14 +152,7 @@ fn big_pair() -> &'static (tempfile::TempDir, std::path::PathBuf, std::path::Pat
             hub.create_feed("demo", Ecosystem::Raw).unwrap();
             spoke.create_feed("demo", Ecosystem::Raw).unwrap();
             publish(&hub, "demo", 0, 100_000, 24);
-            let o = sim::run(
-                &spoke,
-                &hub,
-                config(Mode::Pull, &["demo"]),
-                &AllowAll,
-                lan(),
-            );
-            assert_converged(&o, &spoke, &hub, "demo");
+            converge(&spoke, &hub, config(Mode::Pull, &["demo"]), lan(), "demo");
         }
         (dir, ha, sa)
     })
@@ -178,14 +184,13 @@ fn big_copy() -> (tempfile::TempDir, Store, Store) {
 #[test]
 fn noop_between_equal_feeds_of_100k_is_one_round_trip_under_1kb() {
     let (_d, hub, spoke) = big_copy();
-    let o = sim::run(
+    let o = converge(
         &spoke,
         &hub,
         config(Mode::Pull, &["demo"]),
-        &AllowAll,
         Link::far_lossy(),
+        "demo",
     );
-    assert_converged(&o, &spoke, &hub, "demo");
     assert_eq!(o.round_trips, 1, "{o:?}");
     assert!(
         o.bytes[0] + o.bytes[1] < 1024,
@@ -204,14 +209,13 @@ fn hundred_differences_among_100k_cost_at_most_3_round_trips_and_200_bytes_each(
             .unwrap();
     }
     let d = 100;
-    let o = sim::run(
+    let o = converge(
         &spoke,
         &hub,
         config(Mode::Pull, &["demo"]),
-        &AllowAll,
         Link::far_lossy(),
+        "demo",
     );
-    assert_converged(&o, &spoke, &hub, "demo");
     assert!(o.round_trips <= 3, "{} round trips", o.round_trips);
     let per_diff = o.protocol_bytes() / d;
     assert!(
@@ -230,8 +234,7 @@ fn second_pull_uses_the_change_log() {
     publish(&hub, "demo", 300_000, 300_010, 24);
     let mut c = config(Mode::Pull, &["demo"]);
     c.since.insert("demo".into(), cursor);
-    let o = sim::run(&spoke, &hub, c, &AllowAll, Link::far_lossy());
-    assert_converged(&o, &spoke, &hub, "demo");
+    let o = converge(&spoke, &hub, c, Link::far_lossy(), "demo");
     assert_eq!(o.initiator[0].path, SyncPath::Log);
     assert!(o.round_trips <= 2, "{} round trips", o.round_trips);
     assert_eq!(
@@ -255,24 +258,22 @@ fn pull_replaces_local_extras_and_large_blobs_arrive_verified() {
     let (_d, hub, spoke) = small_pair();
     publish(&hub, "demo", 0, 200, 100);
     publish(&hub, "demo", 1000, 1003, 3_000_000);
-    let o = sim::run(
+    let o = converge(
         &spoke,
         &hub,
         config(Mode::Pull, &["demo"]),
-        &AllowAll,
         Link::far_lossy(),
+        "demo",
     );
-    assert_converged(&o, &spoke, &hub, "demo");
     assert!(o.round_trips <= 3, "{o:?}");
     publish(&spoke, "demo", 5000, 5010, 10);
-    let o = sim::run(
+    let o = converge(
         &spoke,
         &hub,
         config(Mode::Pull, &["demo"]),
-        &AllowAll,
         Link::far_lossy(),
+        "demo",
     );
-    assert_converged(&o, &spoke, &hub, "demo");
     assert_eq!(o.initiator[0].deletions, 10);
     assert!(spoke.verify().unwrap().ok());
     // Deletions travel as tombstones.
@@ -280,14 +281,13 @@ fn pull_replaces_local_extras_and_large_blobs_arrive_verified() {
         hub.delete("demo", &format!("p{}", i % 997), &format!("1.{i}"))
             .unwrap();
     }
-    let o = sim::run(
+    converge(
         &spoke,
         &hub,
         config(Mode::Pull, &["demo"]),
-        &AllowAll,
         Link::far_lossy(),
+        "demo",
     );
-    assert_converged(&o, &spoke, &hub, "demo");
     assert!(spoke.manifest("demo", "p0", "1.0").unwrap().is_none());
 }
 
@@ -296,24 +296,22 @@ fn push_makes_the_responder_a_copy() {
     let (_d, hub, spoke) = small_pair();
     publish(&hub, "demo", 0, 150, 50);
     publish(&hub, "demo", 1000, 1002, 2_000_000);
-    let o = sim::run(
+    converge(
         &hub,
         &spoke,
         config(Mode::Push, &["demo"]),
-        &AllowAll,
         Link::far_lossy(),
+        "demo",
     );
-    assert_converged(&o, &hub, &spoke, "demo");
     publish(&spoke, "demo", 900, 905, 50);
     hub.delete("demo", "p3", "1.3").unwrap();
-    let o = sim::run(
+    converge(
         &hub,
         &spoke,
         config(Mode::Push, &["demo"]),
-        &AllowAll,
         Link::far_lossy(),
+        "demo",
     );
-    assert_converged(&o, &hub, &spoke, "demo");
     assert_eq!(root(&spoke, "demo").count, 152);
     assert!(spoke.manifest("demo", "p3", "1.3").unwrap().is_none());
     assert!(spoke.verify().unwrap().ok());
@@ -323,8 +321,7 @@ fn push_makes_the_responder_a_copy() {
 fn mirror_converges_with_changes_on_both_sides() {
     let (_d, a, b) = small_pair();
     publish(&a, "demo", 0, 100, 30);
-    let o = sim::run(&a, &b, config(Mode::Mirror, &["demo"]), &AllowAll, lan());
-    assert_converged(&o, &a, &b, "demo");
+    converge(&a, &b, config(Mode::Mirror, &["demo"]), lan(), "demo");
     // Both sides change, including the same key.
     publish(&a, "demo", 100, 130, 30);
     publish(&b, "demo", 200, 220, 30);
@@ -332,14 +329,13 @@ fn mirror_converges_with_changes_on_both_sides() {
     b.delete("demo", "p2", "1.2").unwrap();
     std::thread::sleep(std::time::Duration::from_millis(3));
     b.delete("demo", "p1", "1.1").unwrap();
-    let o = sim::run(
+    converge(
         &a,
         &b,
         config(Mode::Mirror, &["demo"]),
-        &AllowAll,
         Link::far_lossy(),
+        "demo",
     );
-    assert_converged(&o, &a, &b, "demo");
     assert_eq!(root(&a, "demo").count, 150);
     assert!(a.manifest("demo", "p2", "1.2").unwrap().is_none());
 }
@@ -351,14 +347,7 @@ fn a_collected_deletion_does_not_come_back_from_a_stale_mirror_peer() {
     for hub_dials in [false, true] {
         let (_d, hub, spoke) = small_pair();
         publish(&hub, "demo", 0, 20, 30);
-        let o = sim::run(
-            &spoke,
-            &hub,
-            config(Mode::Mirror, &["demo"]),
-            &AllowAll,
-            lan(),
-        );
-        assert_converged(&o, &spoke, &hub, "demo");
+        converge(&spoke, &hub, config(Mode::Mirror, &["demo"]), lan(), "demo");
         hub.delete("demo", "p3", "1.3").unwrap();
         hub.delete("demo", "p4", "1.4").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(5));
@@ -412,14 +401,13 @@ fn system_documents_replicate() {
         hlc: 0,
     })
     .unwrap();
-    let o = sim::run(
+    converge(
         &spoke,
         &hub,
         config(Mode::Pull, &[SYSTEM_FEED]),
-        &AllowAll,
         lan(),
+        SYSTEM_FEED,
     );
-    assert_converged(&o, &spoke, &hub, SYSTEM_FEED);
     assert!(spoke
         .entry(SYSTEM_FEED, "assessment-type/Blocked")
         .unwrap()
@@ -452,8 +440,7 @@ fn guard_rail_stops_a_pull_that_would_delete_most_entries_and_dry_run_only_plans
     assert_eq!(root(&spoke, "demo"), before);
     let mut allow = config(Mode::Pull, &["demo"]);
     allow.guard.allow = true;
-    let o = sim::run(&spoke, &hub, allow, &AllowAll, lan());
-    assert_converged(&o, &spoke, &hub, "demo");
+    converge(&spoke, &hub, allow, lan(), "demo");
 }
 
 #[test]
@@ -707,14 +694,7 @@ fn a_pull_keeps_the_upstream_checkpoint_and_refuses_a_rollback() {
     copy_dir(&hub_dir, &old_dir);
     let hub = Store::open(&hub_dir, opts()).unwrap();
     publish(&hub, "demo", 5, 10, 10);
-    let o = sim::run(
-        &spoke,
-        &hub,
-        config(Mode::Pull, &["demo"]),
-        &AllowAll,
-        lan(),
-    );
-    assert_converged(&o, &spoke, &hub, "demo");
+    converge(&spoke, &hub, config(Mode::Pull, &["demo"]), lan(), "demo");
     let (cp, _) = spoke
         .checkpoint("demo")
         .unwrap()
