@@ -26,6 +26,7 @@
 //! No authorizer means every feed is refused.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use cairn_store::doc::{Checkpoint, Manifest, PublicKey};
 use cairn_store::merkle;
@@ -260,7 +261,7 @@ impl FeedReport {
 }
 
 /// Why a session failed as a whole.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum SessionError {
     /// The peer said so.
@@ -276,9 +277,10 @@ pub enum SessionError {
     /// The peer speaks another protocol version.
     #[error("{0}")]
     Version(String),
-    /// Local store failure.
+    /// Local store failure, with the store's own error (shared: a session error is cloned
+    /// into every feed report it ends).
     #[error("local store: {0}")]
-    Store(String),
+    Store(Arc<StoreError>),
     /// The peer sent data that failed verification.
     #[error("peer sent bad data: {0}")]
     BadData(String),
@@ -613,7 +615,7 @@ fn sketch_seed(feed: &str, root: &[u8; 32]) -> u64 {
 }
 
 fn store_err(e: StoreError) -> SessionError {
-    SessionError::Store(e.to_string())
+    SessionError::Store(Arc::new(e))
 }
 
 /// The first byte of an item's key hash: its level-1 bucket.
@@ -873,9 +875,14 @@ impl Session {
         if self.error.is_some() {
             return;
         }
+        // Everything said while handling a frame about a feed is told under that feed.
+        let span = frame
+            .feed()
+            .map(|feed| tracing::debug_span!("feed", feed = %feed).entered());
         if let Err(e) = self.dispatch(store, frame, authorizer) {
             self.fail(e);
         }
+        drop(span);
     }
 
     /// The job of a feed in this run; a feed refused at HELLO, or never in it, is an error
@@ -2042,7 +2049,7 @@ impl Session {
             let d = store
                 .document_bytes(&v.doc)
                 .map_err(store_err)?
-                .ok_or_else(|| SessionError::Store(format!("document {} missing", v.doc)))?;
+                .ok_or_else(|| store_err(StoreError::missing_document("entry", key, &v.doc)))?;
             if !offerable(store, feed, &d)? {
                 keys.pop_front();
                 continue;
@@ -2467,9 +2474,12 @@ impl Session {
             }
             let held = store.blob_size(&hash).map_err(store_err)?;
             if held != Some(size) {
-                return Err(SessionError::Store(format!(
-                    "blob {hash} is named by a document here but not stored at {size} bytes"
-                )));
+                return Err(store_err(StoreError::CorruptRecord {
+                    what: "blob",
+                    detail: format!(
+                        "blob {hash} is named by a document here but not stored at {size} bytes"
+                    ),
+                }));
             }
             let groups = group_count(size);
             let mut prev_end = 0;
@@ -2511,9 +2521,7 @@ impl Session {
 fn offerable(store: &Store, feed: &str, doc: &[u8]) -> Result<bool, SessionError> {
     match SignedDocument::peek_signer(doc) {
         Ok(signer) => store.is_trusted(feed, &signer).map_err(store_err),
-        Err(e) => Err(SessionError::Store(format!(
-            "a stored document does not parse: {e}"
-        ))),
+        Err(e) => Err(store_err(StoreError::Document(e))),
     }
 }
 
@@ -2655,7 +2663,7 @@ fn log_suffix(
                             .document_bytes(&v.doc)
                             .map_err(store_err)?
                             .ok_or_else(|| {
-                                SessionError::Store(format!("document {} missing", v.doc))
+                                store_err(StoreError::missing_document("entry", &key, &v.doc))
                             })?,
                     ),
                     None => None,

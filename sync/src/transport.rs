@@ -37,6 +37,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
 
 use crate::proto::{
     Authorizer, FeedReport, InitiatorConfig, Limits, ResponderConfig, Session, SessionError,
@@ -59,13 +60,34 @@ pub enum TransportError {
     Connect { addr: SocketAddr, reason: String },
     /// The connection broke.
     #[error("connection: {0}")]
-    Connection(String),
+    Connection(#[from] ConnectionLost),
     /// The protocol session failed.
     #[error(transparent)]
     Session(#[from] SessionError),
     /// The peer moved too little data for too long, or the run took too long.
     #[error("stalled: {0}")]
     Stalled(String),
+}
+
+/// How a connection or one of its streams broke, with quinn's own error where there is one.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectionLost {
+    /// The connection itself (closed, reset, timed out) when opening or accepting a stream.
+    #[error("{0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// Writing to a stream.
+    #[error("writing: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// Reading from a stream.
+    #[error("reading: {0}")]
+    Read(#[from] quinn::ReadError),
+    /// The peer ended a stream before the exchange on it was over (`what`: which).
+    #[error("the peer ended {0}")]
+    Ended(&'static str),
+    /// A bulk stream failed while it was read (why).
+    #[error("{0}")]
+    Bulk(String),
 }
 
 const ED25519_SPKI_PREFIX: [u8; 12] = [
@@ -466,13 +488,13 @@ async fn ask_rotation(
     conn: &quinn::Connection,
     from: PublicKey,
 ) -> Result<Vec<Vec<u8>>, TransportError> {
-    let broken = |e: String| TransportError::Connection(e);
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| broken(e.to_string()))?;
+    let broken = |e: ConnectionLost| TransportError::Connection(e);
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| broken(e.into()))?;
     send.write_all(&wire::encode(&Frame::RotationRequest {
         key: *from.as_bytes(),
     }))
     .await
-    .map_err(|e| broken(e.to_string()))?;
+    .map_err(|e| broken(e.into()))?;
     let _ = send.finish();
     let mut reader = FrameReader::default();
     let mut buf = vec![0u8; 64 * 1024];
@@ -481,17 +503,25 @@ async fn ask_rotation(
             match reader.next_frame() {
                 Ok(Some(Frame::Rotation { statements })) => return Ok(statements),
                 Ok(Some(other)) => {
-                    return Err(broken(format!(
+                    return Err(TransportError::Session(SessionError::Protocol(format!(
                         "the peer answered a rotation request with {other:?}"
-                    )))
+                    ))))
                 }
                 Ok(None) => {}
-                Err(e) => return Err(broken(e.to_string())),
+                Err(e) => {
+                    return Err(TransportError::Session(SessionError::Protocol(
+                        e.to_string(),
+                    )))
+                }
             }
             match recv.read(&mut buf).await {
                 Ok(Some(n)) => reader.push(&buf[..n]),
-                Ok(None) => return Err(broken("the peer ended the stream unanswered".into())),
-                Err(e) => return Err(broken(e.to_string())),
+                Ok(None) => {
+                    return Err(broken(ConnectionLost::Ended(
+                        "the rotation request's stream unanswered",
+                    )))
+                }
+                Err(e) => return Err(broken(e.into())),
             }
         }
     })
@@ -1042,7 +1072,7 @@ async fn drive(
                     let mut uni = watchdog
                         .guard(conn.open_uni())
                         .await?
-                        .map_err(|e| TransportError::Connection(e.to_string()))?;
+                        .map_err(ConnectionLost::from)?;
                     // They go out one after another rather than interleaved, so when a run is
                     // cut the receiver holds whole verified pieces, not many partial ones;
                     // control frames (priority 0) still go first.
@@ -1052,14 +1082,14 @@ async fn drive(
                         watchdog
                             .guard(uni.write_all(part))
                             .await?
-                            .map_err(|e| TransportError::Connection(e.to_string()))?;
+                            .map_err(ConnectionLost::from)?;
                     }
                     let _ = uni.finish();
                 } else {
                     watchdog
                         .guard(send.write_all(&parts[0]))
                         .await?
-                        .map_err(|e| TransportError::Connection(e.to_string()))?;
+                        .map_err(ConnectionLost::from)?;
                 }
             }
             progress.update(&stats, &session);
@@ -1075,8 +1105,8 @@ async fn drive(
                         reader.push(&buf[..n]);
                         None
                     }
-                    Ok(None) => return Err(TransportError::Connection("peer closed the control stream".into())),
-                    Err(e) => return Err(TransportError::Connection(e.to_string())),
+                    Ok(None) => return Err(ConnectionLost::Ended("the control stream").into()),
+                    Err(e) => return Err(ConnectionLost::from(e).into()),
                 },
                 // Bulk streams only once HELLO is through: before it, a peer can make this side
                 // buffer no more than the connection's flow-control window.
@@ -1085,7 +1115,7 @@ async fn drive(
                         tokio::spawn(read_uni(stream, tx.clone(), budget.clone()));
                         None
                     }
-                    Err(e) => return Err(TransportError::Connection(e.to_string())),
+                    Err(e) => return Err(ConnectionLost::from(e).into()),
                 },
                 msg = rx.recv() => msg,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {
@@ -1115,7 +1145,7 @@ async fn drive(
                 }
                 Some(Incoming::Failed(e)) => {
                     session.fail(SessionError::Protocol(e.clone()));
-                    return Err(TransportError::Connection(e));
+                    return Err(ConnectionLost::Bulk(e).into());
                 }
                 None => {}
             }
@@ -1198,6 +1228,13 @@ pub async fn run_initiator(
 
 /// [`run_initiator`] within `limits`, keeping `progress` current as the run goes. A run over
 /// more feeds than one HELLO carries ([`MAX_HELLO_FEEDS`]) is several sessions in turn.
+#[tracing::instrument(name = "run", skip_all, fields(
+    role = "initiator",
+    peer = %config.peer.short(),
+    addr = %conn.remote_address(),
+    mode = ?config.mode,
+    feeds = config.feeds.len(),
+))]
 pub async fn run_initiator_with_progress(
     store: &Store,
     conn: &quinn::Connection,
@@ -1213,10 +1250,7 @@ pub async fn run_initiator_with_progress(
             ..config.clone()
         };
         let session = tokio::task::block_in_place(|| Session::initiator(store, part))?;
-        let (send, recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| TransportError::Connection(e.to_string()))?;
+        let (send, recv) = conn.open_bi().await.map_err(ConnectionLost::from)?;
         let (session, stats) =
             drive(store, session, conn, send, recv, None, progress, limits).await?;
         if let Some(e) = session.error() {
@@ -1248,6 +1282,7 @@ pub fn close_with(conn: &quinn::Connection, code: u32, reason: &str) {
 /// Answers the runs an incoming connection carries, one after another (a peer keeps its
 /// connection warm between runs), until the peer closes it or a run fails; `on_run` gets
 /// each run's outcome.
+#[tracing::instrument(name = "connection", skip_all, fields(addr = %conn.remote_address()))]
 pub async fn serve_connection(
     store: &Store,
     conn: &quinn::Connection,
@@ -1267,6 +1302,7 @@ pub async fn serve_connection(
     // a run's tuner opens the window to what the path needs.
     let idle_window = quinn::VarInt::from_u32(1 << 20);
     conn.set_receive_window(idle_window);
+    let mut runs = 0u64;
     loop {
         let Ok((send, recv)) = conn.accept_bi().await else {
             return;
@@ -1280,6 +1316,7 @@ pub async fn serve_connection(
             now_secs: unix_secs(),
             limits: session_limits,
         });
+        runs += 1;
         let result = drive(
             store,
             session,
@@ -1290,6 +1327,7 @@ pub async fn serve_connection(
             &Progress::default(),
             limits,
         )
+        .instrument(tracing::info_span!("run", role = "responder", run = runs))
         .await;
         let failed = match &result {
             Err(e) => {

@@ -368,6 +368,24 @@ pub mod code {
     pub const GUARD_RAIL: u32 = 8;
 }
 
+impl Frame {
+    /// The feed a frame is about, for frames that are about one.
+    pub fn feed(&self) -> Option<&str> {
+        match self {
+            Frame::SummaryRequest { feed, .. }
+            | Frame::Summary { feed, .. }
+            | Frame::Sketch { feed, .. }
+            | Frame::SketchFailed { feed, .. }
+            | Frame::ItemList { feed, .. }
+            | Frame::Diff { feed, .. }
+            | Frame::Docs { feed, .. }
+            | Frame::FeedFailed { feed, .. }
+            | Frame::Done { feed, .. } => Some(feed),
+            _ => None,
+        }
+    }
+}
+
 /// Why bytes are not a frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

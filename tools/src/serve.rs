@@ -447,6 +447,7 @@ impl WarmConnections {
 
 /// Runs one configured replication now; `warm` keeps its connection open for the next run
 /// (the server), `None` closes it at the end (a one-off `cairn replicate`).
+#[tracing::instrument(name = "replication", skip_all, fields(name = %rep.name, peer = %rep.peer))]
 pub async fn run_replication(
     store: &Store,
     sync: &SyncConfig,

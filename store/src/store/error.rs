@@ -124,7 +124,7 @@ pub enum StoreError {
 impl StoreError {
     /// An entry (`what`: which kind) whose document is not in the store: the database is
     /// damaged.
-    pub(crate) fn missing_document(what: &'static str, key: &str, doc: &Hash) -> StoreError {
+    pub fn missing_document(what: &'static str, key: &str, doc: &Hash) -> StoreError {
         StoreError::CorruptRecord {
             what,
             detail: format!("`{key}` names missing document {doc}"),
