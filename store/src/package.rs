@@ -557,8 +557,19 @@ pub mod fixtures {
     }
 
     /// A minimal wheel for `name` `version`.
-    #[allow(clippy::unwrap_used)]
     pub fn wheel(name: &str, version: &str, requires: &[&str]) -> Vec<u8> {
+        wheel_with_payload(name, version, requires, &[])
+    }
+
+    /// A wheel for `name` `version` that also carries `payload` (stored uncompressed, so the
+    /// wheel's size follows it) as `MODULE/data.bin`.
+    #[allow(clippy::unwrap_used)]
+    pub fn wheel_with_payload(
+        name: &str,
+        version: &str,
+        requires: &[&str],
+        payload: &[u8],
+    ) -> Vec<u8> {
         let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
         let opts = zip::write::SimpleFileOptions::default();
         let module = name.replace('-', "_");
@@ -566,6 +577,12 @@ pub mod fixtures {
             .unwrap();
         zip.write_all(format!("VERSION = '{version}'\n").as_bytes())
             .unwrap();
+        if !payload.is_empty() {
+            let stored = opts.compression_method(zip::CompressionMethod::Stored);
+            zip.start_file(format!("{module}/data.bin"), stored)
+                .unwrap();
+            zip.write_all(payload).unwrap();
+        }
         let dist = format!("{module}-{version}.dist-info");
         let mut meta = format!("Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nSummary: test package {name}\n");
         for r in requires {
@@ -625,6 +642,11 @@ mod tests {
             w.metadata["requires_dist"],
             Value::Array(vec![Value::Text("dep>=1".into())])
         );
+        // With a payload: as large as it, and still read the same way.
+        let big = fixtures::wheel_with_payload("my-pkg", "1.2.0", &[], &[7u8; 100_000]);
+        assert!(big.len() > 100_000, "{}", big.len());
+        let w = inspect(PackageFormat::Wheel, Cursor::new(big)).unwrap();
+        assert_eq!((w.name.as_str(), w.version.as_str()), ("my-pkg", "1.2.0"));
         let s = inspect(
             PackageFormat::Sdist,
             Cursor::new(fixtures::sdist("my-pkg", "1.2.0")),

@@ -179,22 +179,14 @@ fn store_file(store: &Store, ecosystem: Ecosystem, name: &str, bytes: &[u8]) -> 
 
 /// A wheel of about `size` bytes (a payload file of seeded bytes, stored uncompressed).
 fn wheel(name: &str, version: &str, size: usize) -> Result<Vec<u8>> {
-    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let stored =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    let module = name.replace('-', "_");
     let mut pad = vec![0u8; size];
     cairn_benches::fill_bytes(7, &mut pad);
-    zip.start_file(format!("{module}/data.bin"), stored)?;
-    zip.write_all(&pad)?;
-    zip.start_file(format!("{module}-{version}.dist-info/METADATA"), stored)?;
-    zip.write_all(
-        format!(
-            "Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nRequires-Python: >=3.8\n"
-        )
-        .as_bytes(),
-    )?;
-    Ok(zip.finish()?.into_inner())
+    Ok(cairn_store::package::fixtures::wheel_with_payload(
+        name,
+        version,
+        &[],
+        &pad,
+    ))
 }
 
 fn main() -> Result<()> {
