@@ -25,13 +25,13 @@ use axum::response::{IntoResponse, Response};
 use cairn_store::doc::{Ecosystem, Manifest};
 use cairn_store::names;
 use cairn_store::package::{self, DigestingReader, PackageFormat};
-use cairn_store::store::{FeedRecord, NewFile, NewPackage, PublishOutcome};
+use cairn_store::store::{NewFile, NewPackage, PublishOutcome};
 use ciborium::Value;
 use serde_json::json;
 
 use crate::auth::Access;
 use crate::blocking::now_secs;
-use crate::{blocking, ApiError, FeedServer};
+use crate::{blocking, ApiError, FeedRequest, FeedServer};
 
 /// Largest publish JSON accepted.
 const MAX_PUBLISH_JSON: u32 = 1 << 20;
@@ -41,14 +41,17 @@ const INDEX_LINE: &str = "cargo_index_line";
 const YANKED: &str = "yanked";
 
 /// Answers a request for `rest` (the path after `/feeds/NAME/`) of a Cargo feed.
-pub async fn handle(
+pub(crate) async fn handle(
     server: &Arc<FeedServer>,
-    feed: FeedRecord,
-    rest: &str,
+    req: FeedRequest<'_>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let method = request.method().clone();
-    let headers = request.headers().clone();
+    let FeedRequest {
+        feed,
+        method,
+        headers,
+        rest,
+    } = req;
     let segments: Vec<&str> = rest.split('/').collect();
     match (&method, segments.as_slice()) {
         (&Method::GET, ["config.json"]) => {

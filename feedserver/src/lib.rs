@@ -328,15 +328,32 @@ async fn dispatch(
         )));
     }
     let record = server.store().feed(feed)?;
-    match record.ecosystem() {
-        Some(cairn_store::Ecosystem::Pypi) => pypi::handle(server, record, rest, request).await,
-        Some(cairn_store::Ecosystem::Raw) => raw::handle(server, record, rest, request).await,
-        Some(cairn_store::Ecosystem::Cargo) => cargo::handle(server, record, rest, request).await,
-        Some(cairn_store::Ecosystem::Npm) => npm::handle(server, record, rest, request).await,
-        None => Err(ApiError::not_found(format!(
+    let Some(ecosystem) = record.ecosystem() else {
+        return Err(ApiError::not_found(format!(
             "`{feed}` is not a package feed"
-        ))),
+        )));
+    };
+    let req = FeedRequest {
+        feed: record,
+        method: request.method().clone(),
+        headers: request.headers().clone(),
+        rest,
+    };
+    match ecosystem {
+        cairn_store::Ecosystem::Pypi => pypi::handle(server, req, request).await,
+        cairn_store::Ecosystem::Raw => raw::handle(server, req, request).await,
+        cairn_store::Ecosystem::Cargo => cargo::handle(server, req, request).await,
+        cairn_store::Ecosystem::Npm => npm::handle(server, req, request).await,
     }
+}
+
+/// What every ecosystem handler starts from: the feed, the request's method and headers, and
+/// the path after `/feeds/NAME/` (already refused if it holds `..`, `.`, `\\` or NUL segments).
+pub(crate) struct FeedRequest<'a> {
+    pub(crate) feed: cairn_store::FeedRecord,
+    pub(crate) method: axum::http::Method,
+    pub(crate) headers: axum::http::HeaderMap,
+    pub(crate) rest: &'a str,
 }
 
 async fn count(

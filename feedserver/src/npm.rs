@@ -40,21 +40,24 @@ use serde_json::json;
 use crate::auth::Access;
 use crate::blocking::now_secs;
 use crate::versions::compare;
-use crate::{blocking, ApiError, FeedServer};
+use crate::{blocking, ApiError, FeedRequest, FeedServer};
 
 /// Metadata key of the dist-tags that point at a version.
 const TAGS: &str = "npm_tags";
 const ABBREVIATED: &str = "application/vnd.npm.install-v1+json";
 
 /// Answers a request for `rest` (the path after `/feeds/NAME/`) of an npm feed.
-pub async fn handle(
+pub(crate) async fn handle(
     server: &Arc<FeedServer>,
-    feed: FeedRecord,
-    rest: &str,
+    req: FeedRequest<'_>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let method = request.method().clone();
-    let headers = request.headers().clone();
+    let FeedRequest {
+        feed,
+        method,
+        headers,
+        rest,
+    } = req;
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     if let ["-", "ping"] = segments.as_slice() {
         return Ok(axum::Json(json!({})).into_response());

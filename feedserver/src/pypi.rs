@@ -32,7 +32,7 @@ use sha2::Digest as _;
 use crate::auth::Access;
 use crate::blocking::{now_secs, Block};
 use crate::versions::{compare, normalize_pypi};
-use crate::{blocking, ApiError, FeedServer};
+use crate::{blocking, ApiError, FeedRequest, FeedServer};
 
 const JSON: &str = "application/vnd.pypi.simple.v1+json";
 const HTML: &str = "application/vnd.pypi.simple.v1+html";
@@ -40,14 +40,17 @@ const HTML: &str = "application/vnd.pypi.simple.v1+html";
 const METADATA_SUFFIX: &str = ".metadata";
 
 /// Answers a request for `rest` (the path after `/feeds/NAME/`) of a PyPI feed.
-pub async fn handle(
+pub(crate) async fn handle(
     server: &Arc<FeedServer>,
-    feed: FeedRecord,
-    rest: &str,
+    req: FeedRequest<'_>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let method = request.method().clone();
-    let headers = request.headers().clone();
+    let FeedRequest {
+        feed,
+        method,
+        headers,
+        rest,
+    } = req;
     let segments: Vec<&str> = rest.split('/').collect();
     match (&method, segments.as_slice()) {
         (&Method::POST, ["legacy"] | ["legacy", ""] | [""]) => upload(server, &feed, request).await,

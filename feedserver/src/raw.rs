@@ -20,7 +20,7 @@ use cairn_store::store::{FeedRecord, NewFile, NewPackage, PublishOutcome};
 use futures_util::StreamExt;
 
 use crate::auth::Access;
-use crate::{blocking, ApiError, FeedServer};
+use crate::{blocking, ApiError, FeedRequest, FeedServer};
 
 /// Body chunks queued between the request and the store's ingest.
 const BODY_QUEUE: usize = 16;
@@ -65,14 +65,17 @@ impl std::io::Read for BodyReader {
 }
 
 /// Answers a request for `rest` (the path after `/feeds/NAME/`) of a raw feed.
-pub async fn handle(
+pub(crate) async fn handle(
     server: &Arc<FeedServer>,
-    feed: FeedRecord,
-    rest: &str,
+    req: FeedRequest<'_>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let method = request.method().clone();
-    let headers = request.headers().clone();
+    let FeedRequest {
+        feed,
+        method,
+        headers,
+        rest,
+    } = req;
     let segments: Vec<&str> = rest.split('/').collect();
     match (&method, segments.as_slice()) {
         (&Method::GET, [""]) => {
