@@ -535,6 +535,15 @@ mod quic {
     use super::*;
     use crate::transport;
 
+    /// Connects from `identity` to `addr`, pinning `key`, with the default transport options.
+    async fn dial(
+        identity: &cairn_store::identity::Identity,
+        addr: SocketAddr,
+        key: cairn_store::PublicKey,
+    ) -> Result<quinn::Connection, transport::TransportError> {
+        transport::connect(identity, addr, key, &transport::TransportOptions::default()).await
+    }
+
     fn serve(
         store: Arc<Store>,
         allowed: Vec<cairn_store::PublicKey>,
@@ -580,14 +589,9 @@ mod quic {
         publish(&hub, "demo", 1000, 1002, 3_000_000);
         let hub = Arc::new(hub);
         let (addr, server) = serve(hub.clone(), vec![spoke.identity().public_key()]);
-        let conn = transport::connect(
-            spoke.identity(),
-            addr,
-            hub.identity().public_key(),
-            &transport::TransportOptions::default(),
-        )
-        .await
-        .unwrap();
+        let conn = dial(spoke.identity(), addr, hub.identity().public_key())
+            .await
+            .unwrap();
         assert_eq!(
             transport::peer_key(&conn),
             Some(hub.identity().public_key())
@@ -619,23 +623,12 @@ mod quic {
         let hub = Arc::new(hub);
         let (addr, server) = serve(hub.clone(), vec![spoke.identity().public_key()]);
         // The spoke pinned another key for this address.
-        let err = transport::connect(
-            spoke.identity(),
-            addr,
-            stranger.identity().public_key(),
-            &transport::TransportOptions::default(),
-        )
-        .await
-        .unwrap_err();
+        let err = dial(spoke.identity(), addr, stranger.identity().public_key())
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("pinned"), "{err}");
         // The hub does not know the stranger.
-        let result = transport::connect(
-            stranger.identity(),
-            addr,
-            hub.identity().public_key(),
-            &transport::TransportOptions::default(),
-        )
-        .await;
+        let result = dial(stranger.identity(), addr, hub.identity().public_key()).await;
         let refused = match result {
             Err(_) => true,
             // With TLS 1.3 the client may finish before the server rejects its certificate;
@@ -655,14 +648,9 @@ mod quic {
         publish(&hub, "demo", 0, 3, 10);
         let hub = Arc::new(hub);
         let (addr, server) = serve(hub.clone(), vec![spoke.identity().public_key()]);
-        let conn = transport::connect(
-            spoke.identity(),
-            addr,
-            hub.identity().public_key(),
-            &transport::TransportOptions::default(),
-        )
-        .await
-        .unwrap();
+        let conn = dial(spoke.identity(), addr, hub.identity().public_key())
+            .await
+            .unwrap();
         let mut c = config(Mode::Pull, &["demo"]);
         c.token = "wrong".into();
         let (reports, _) = transport::run_initiator(&spoke, &conn, c).await.unwrap();
