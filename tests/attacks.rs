@@ -716,12 +716,15 @@ fn a_relay_passes_the_hubs_checkpoint_and_cannot_roll_back_freeze_or_sign() {
     .unwrap();
     std::fs::write(
         relay.data().join("cairn.toml"),
-        format!("[sync]\nlisten = \"127.0.0.1:{relay_port}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[[replication]]\nname = \"pull\"\npeer = \"hub\"\ntoken = \"{hub_token}\"\nfeeds = [\"demo\"]\nmode = \"pull\"\ninterval_secs = 0\n"),
+        format!(
+            "[sync]\nlisten = \"127.0.0.1:{relay_port}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n{}",
+            crate::util::pull_section("hub", &hub_token, "demo")
+        ),
     )
     .unwrap();
     std::fs::write(
         spoke.data().join("cairn.toml"),
-        format!("[[replication]]\nname = \"pull\"\npeer = \"up\"\ntoken = \"{relay_token}\"\nfeeds = [\"demo\"]\nmode = \"pull\"\ninterval_secs = 0\n"),
+        crate::util::pull_section("up", &relay_token, "demo"),
     )
     .unwrap();
     let hub_root = hub.root("demo");
@@ -1051,7 +1054,10 @@ fn trust_token_and_peer_changes_take_effect_without_a_restart() {
     .unwrap();
     std::fs::write(
         spoke.data().join("cairn.toml"),
-        format!("[sync]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[[replication]]\nname = \"pull\"\npeer = \"hub\"\ntoken = \"{replicate_token}\"\nfeeds = [\"files\"]\nmode = \"pull\"\ninterval_secs = 0\n"),
+        format!(
+            "[sync]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n{}",
+            crate::util::pull_section("hub", &replicate_token, "files")
+        ),
     )
     .unwrap();
     let hub_server = Server::start(&hub);
@@ -1156,7 +1162,7 @@ fn a_spoke_follows_its_hub_to_a_new_key_and_the_old_key_is_refused() {
     .unwrap();
     std::fs::write(
         spoke.data().join("cairn.toml"),
-        format!("[[replication]]\nname = \"pull\"\npeer = \"hub\"\ntoken = \"{replicate_token}\"\nfeeds = [\"demo\"]\nmode = \"pull\"\ninterval_secs = 0\n"),
+        crate::util::pull_section("hub", &replicate_token, "demo"),
     )
     .unwrap();
     let server = Server::start(&hub);

@@ -211,7 +211,7 @@ fn kill_9_during_pulls_and_of_the_hub_leaves_runs_that_finish() {
     .unwrap();
     fs::write(
         spoke.data().join("cairn.toml"),
-        format!("[[replication]]\nname = \"pull\"\npeer = \"hub\"\ntoken = \"{replicate}\"\nfeeds = [\"demo\"]\nmode = \"pull\"\ninterval_secs = 0\n"),
+        crate::util::pull_section("hub", &replicate, "demo"),
     )
     .unwrap();
     let mut server = crate::util::Server::start(&hub);

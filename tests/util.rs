@@ -144,6 +144,12 @@ pub fn peer_spoke_with_hub(hub: &Instance, spoke: &Instance, spoke_name: &str, p
     ]);
 }
 
+/// A `[[replication]]` section named "pull" that pulls `feed` from `peer` with `token`, run
+/// on demand (`interval_secs = 0`).
+pub fn pull_section(peer: &str, token: &str, feed: &str) -> String {
+    format!("[[replication]]\nname = \"pull\"\npeer = \"{peer}\"\ntoken = \"{token}\"\nfeeds = [\"{feed}\"]\nmode = \"pull\"\ninterval_secs = 0\n")
+}
+
 /// Every file below `dir` with its size.
 pub fn listing(dir: &Path) -> String {
     let mut out = String::new();

@@ -17,16 +17,7 @@ impl Store {
             what: "meta",
             detail: "feed ids exhausted".into(),
         })?;
-        let rec = FeedRecord {
-            id: id32,
-            name: name.into(),
-            kind: FeedKind::Package(ecosystem),
-            created_ms: now_ms(),
-            epoch: random_u64()?,
-            seq: 0,
-            log_floor: 0,
-            collected_hlc: 0,
-        };
+        let rec = FeedRecord::new(id32, name, FeedKind::Package(ecosystem))?;
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_FEEDS), name, self.encode_feed(&rec)?);
         batch.put_cf(self.cf(CF_META), META_NEXT_FEED, (id + 1).to_be_bytes());

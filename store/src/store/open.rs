@@ -159,16 +159,7 @@ impl Store {
     }
 
     pub(crate) fn bootstrap(&self) -> Result<()> {
-        let system = FeedRecord {
-            id: SYSTEM_FEED_ID,
-            name: SYSTEM_FEED.into(),
-            kind: FeedKind::System,
-            created_ms: now_ms(),
-            epoch: random_u64()?,
-            seq: 0,
-            log_floor: 0,
-            collected_hlc: 0,
-        };
+        let system = FeedRecord::new(SYSTEM_FEED_ID, SYSTEM_FEED, FeedKind::System)?;
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_FEEDS), SYSTEM_FEED, self.encode_feed(&system)?);
         batch.put_cf(self.cf(CF_META), META_NEXT_FEED, 1u64.to_be_bytes());

@@ -80,6 +80,20 @@ pub struct FeedRecord {
 }
 
 impl FeedRecord {
+    /// A new, empty feed: created now, in a fresh change-log epoch.
+    pub(crate) fn new(id: u32, name: &str, kind: FeedKind) -> Result<FeedRecord> {
+        Ok(FeedRecord {
+            id,
+            name: name.into(),
+            kind,
+            created_ms: now_ms(),
+            epoch: random_u64()?,
+            seq: 0,
+            log_floor: 0,
+            collected_hlc: 0,
+        })
+    }
+
     /// The ecosystem, for package feeds.
     pub fn ecosystem(&self) -> Option<Ecosystem> {
         match self.kind {
