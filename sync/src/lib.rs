@@ -1,20 +1,22 @@
 //! `cairn-sync`: the replication protocol between Cairn instances.
 //!
-//! This crate will own, as the replication work lands:
-//! - `proto`: the sans-IO core (no sockets, no clock, no randomness of its own) that
-//!   reconciles two feeds' Merkle summaries ([`cairn_store::Store::merkle_children`],
-//!   [`cairn_store::Store::entries_under`]) and change logs
-//!   ([`cairn_store::Store::changes_since`]) and plans blob transfers;
-//! - `transport`: the QUIC driver (quinn + rustls) around that core;
-//! - `replication`: configured replications (pull, push, mirror; incoming or outgoing) and
-//!   the replication log.
+//! Read it top down:
+//! - [`replication`]: configured replications (pull, push, mirror; outgoing or incoming) end
+//!   to end: configuration, schedule, warm connections, one run, the responder's tokens, the
+//!   replication log, and the control socket;
+//! - [`transport`]: the QUIC driver (quinn + rustls) that runs a session over a connection:
+//!   streams, flow control, deadlines, progress;
+//! - [`proto`]: the sans-IO core (no sockets, no clock, no randomness of its own) that
+//!   reconciles two feeds' Merkle summaries and change logs, verifies what it receives and
+//!   plans blob transfers;
+//! - [`wire`]: the frames and their CBOR encoding; [`iblt`]: the invertible Bloom lookup
+//!   tables of the sketch path; [`sim`]: a deterministic network for tests.
 //!
 //! The normative description of the wire format is in `wire-spec/` at the repository root.
-//! What exists: [`iblt`], the invertible Bloom lookup tables that find the entries two feeds
-//! disagree on in one message whose size grows with the difference, not the feed.
 
 pub mod iblt;
 pub mod proto;
+pub mod replication;
 pub mod sim;
 pub mod transport;
 pub mod wire;

@@ -603,7 +603,7 @@ pub struct RunStats {
     pub frames_sent: u64,
     /// Frames received.
     pub frames_received: u64,
-    /// Blobs sent (asked for by the peer).
+    /// Blobs sent (asked for by the peer, or small ones sent along with documents).
     pub blobs_sent: u64,
     /// Blob payload bytes sent.
     pub blob_bytes_sent: u64,

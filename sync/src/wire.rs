@@ -30,6 +30,17 @@ pub enum Mode {
     Mirror,
 }
 
+impl Mode {
+    /// As configured and logged: `pull`, `push` or `mirror`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Pull => "pull",
+            Mode::Push => "push",
+            Mode::Mirror => "mirror",
+        }
+    }
+}
+
 /// A change-log position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireCursor {
@@ -369,6 +380,29 @@ pub mod code {
 }
 
 impl Frame {
+    /// The frame's name in the spec (`HELLO`, `DOCS`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Hello { .. } => "HELLO",
+            Frame::HelloReply { .. } => "HELLO-REPLY",
+            Frame::SummaryRequest { .. } => "SUMMARY-REQUEST",
+            Frame::Summary { .. } => "SUMMARY",
+            Frame::Sketch { .. } => "SKETCH",
+            Frame::SketchFailed { .. } => "SKETCH-FAILED",
+            Frame::ItemList { .. } => "ITEM-LIST",
+            Frame::Diff { .. } => "DIFF",
+            Frame::Docs { .. } => "DOCS",
+            Frame::WantBlobs { .. } => "WANT-BLOBS",
+            Frame::BlobPiece { .. } => "BLOB-PIECE",
+            Frame::BlobStream { .. } => "BLOB-STREAM",
+            Frame::Done { .. } => "DONE",
+            Frame::FeedFailed { .. } => "FEED-FAILED",
+            Frame::RotationRequest { .. } => "ROTATION-REQUEST",
+            Frame::Rotation { .. } => "ROTATION",
+            Frame::Error { .. } => "ERROR",
+        }
+    }
+
     /// The feed a frame is about, for frames that are about one.
     pub fn feed(&self) -> Option<&str> {
         match self {

@@ -477,7 +477,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
         } => {
             let config = serve::load_config(dir, config_path.as_deref())?;
-            let s = serve::replicate(dir, &config, &name, dry_run, allow_deletes)?;
+            let options = cairn_sync::replication::RunOptions {
+                dry_run,
+                allow_deletes,
+            };
+            let s = serve::replicate(dir, &config, &name, options)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
@@ -495,7 +499,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("no replications configured");
             }
             for r in &config.replications {
-                println!("{}", serve::describe(r));
+                println!("{}", r.describe());
             }
         }
         Command::Key {

@@ -1,0 +1,182 @@
+//! Configured replications end to end: their configuration ([`SyncConfig`],
+//! [`ReplicationConfig`]), one run ([`run`]: resolve, dial or reuse the warm connection,
+//! drive the session, remember cursors and checkpoints, log), the schedule, the responder's
+//! side (tokens, per-peer connection slots, the log record of incoming runs), and the control
+//! socket through which a command asks the running server for a run now ([`control`]).
+//!
+//! A server builds one [`Replicator`], calls [`Replicator::listen`] and
+//! [`Replicator::schedule`], and [`Replicator::shut_down`] at the end; a one-off run without a
+//! server calls [`run`] directly.
+
+mod config;
+pub mod control;
+mod incoming;
+mod run;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_store::Store;
+
+pub use config::{pull_replicas, Direction, ReplicationConfig, SyncConfig};
+pub use incoming::TokenAuthorizer;
+pub use run::{run, FeedSummary, ReplicationError, RunOptions, RunSummary, WarmConnections};
+
+use crate::transport::{self, Progress, TransportError};
+
+/// The replications of one instance: runs them on schedule or on request (never two runs of
+/// one replication at once), keeps their connections warm, and answers peers' runs.
+#[derive(Clone)]
+pub struct Replicator(Arc<Inner>);
+
+impl std::fmt::Debug for Replicator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self
+            .0
+            .replications
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        f.debug_struct("Replicator")
+            .field("replications", &names)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    store: Arc<Store>,
+    sync: SyncConfig,
+    replications: Vec<ReplicationConfig>,
+    /// One per replication: a run never overlaps another run of the same replication.
+    locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    warm: WarmConnections,
+    tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Replicator {
+    /// The replications configured for `store`.
+    pub fn new(
+        store: Arc<Store>,
+        sync: SyncConfig,
+        replications: Vec<ReplicationConfig>,
+    ) -> Replicator {
+        let locks = replications
+            .iter()
+            .map(|r| (r.name.clone(), Arc::default()))
+            .collect();
+        Replicator(Arc::new(Inner {
+            store,
+            sync,
+            replications,
+            locks,
+            warm: WarmConnections::default(),
+            tasks: parking_lot::Mutex::default(),
+        }))
+    }
+
+    /// The store replicated.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.0.store
+    }
+
+    /// As configured.
+    pub fn replications(&self) -> &[ReplicationConfig] {
+        &self.0.replications
+    }
+
+    /// Opens the QUIC endpoint on `[sync] listen` (only peers added here get through the
+    /// handshake) and answers their runs until [`Replicator::shut_down`].
+    pub fn listen(&self) -> Result<quinn::Endpoint, TransportError> {
+        let inner = &self.0;
+        let filter_store = inner.store.clone();
+        let filter: transport::PeerFilter =
+            Arc::new(move |k| incoming::is_known_peer(&filter_store, k));
+        let endpoint = transport::server(
+            inner.sync.listen,
+            inner.store.identity(),
+            filter,
+            &inner.sync.transport(),
+        )?;
+        let responder = incoming::Responder {
+            store: inner.store.clone(),
+            pull_replicas: pull_replicas(&inner.replications, &inner.store),
+            run_limits: inner.sync.run_limits(),
+            session_limits: inner.sync.session_limits(),
+            max_peer_connections: inner.sync.max_peer_connections,
+        };
+        let task = tokio::spawn(incoming::accept_loop(endpoint.clone(), responder));
+        inner.tasks.lock().push(task);
+        Ok(endpoint)
+    }
+
+    /// Starts every outgoing replication with an interval on its schedule (the first run at
+    /// once); a failed run is logged and retried at the next tick.
+    pub fn schedule(&self) {
+        for rep in self
+            .0
+            .replications
+            .iter()
+            .filter(|r| r.direction == Direction::Outgoing && r.interval_secs > 0)
+        {
+            let this = self.clone();
+            let name = rep.name.clone();
+            let every = Duration::from_secs(rep.interval_secs.max(1));
+            let task = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let s = this
+                        .run_now(&name, RunOptions::default(), &Progress::default())
+                        .await;
+                    if !s.ok(false) {
+                        tracing::warn!(replication = %name, "scheduled run failed: {}", s.error.clone().unwrap_or_else(|| format!("{:?}", s.feeds)));
+                    }
+                }
+            });
+            self.0.tasks.lock().push(task);
+        }
+    }
+
+    /// Runs the replication `name` now, after any run of it under way; `progress` is updated
+    /// as it goes.
+    pub async fn run_now(
+        &self,
+        name: &str,
+        options: RunOptions,
+        progress: &Progress,
+    ) -> RunSummary {
+        let inner = &self.0;
+        let (Some(rep), Some(lock)) = (
+            inner.replications.iter().find(|r| r.name == name),
+            inner.locks.get(name),
+        ) else {
+            return RunSummary {
+                replication: name.to_owned(),
+                error: Some(ReplicationError::Unknown(name.to_owned()).to_string()),
+                ..RunSummary::default()
+            };
+        };
+        let _guard = lock.lock().await;
+        run(
+            &inner.store,
+            &inner.sync,
+            rep,
+            options,
+            progress,
+            Some(&inner.warm),
+        )
+        .await
+    }
+
+    /// Stops the schedule and the accept loop, closes the warm connections (peers hear that
+    /// this instance is going rather than waiting out the idle timeout) and `endpoint`.
+    pub async fn shut_down(&self, endpoint: &quinn::Endpoint) {
+        for task in self.0.tasks.lock().drain(..) {
+            task.abort();
+        }
+        self.0.warm.close_all().await;
+        transport::shut_down(endpoint).await;
+    }
+}
