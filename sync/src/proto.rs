@@ -109,6 +109,9 @@ pub struct Limits {
     pub list_page_items: usize,
     /// Keys per list of a DIFF page this side sends ([`MAX_DIFF_KEYS`]; smaller in tests).
     pub diff_page_keys: usize,
+    /// Bytes of documents and small blobs per DOCS frame this side sends
+    /// ([`DOC_BATCH_BYTES`]; smaller in tests).
+    pub doc_batch_bytes: usize,
 }
 
 impl Default for Limits {
@@ -119,6 +122,7 @@ impl Default for Limits {
             checkpoint_ttl_secs: CHECKPOINT_TTL_SECS,
             list_page_items: MAX_LIST_ITEMS,
             diff_page_keys: MAX_DIFF_KEYS,
+            doc_batch_bytes: DOC_BATCH_BYTES,
         }
     }
 }
@@ -291,12 +295,14 @@ pub enum SessionError {
 pub struct SessionStats {
     /// Blob pieces sent.
     pub pieces_sent: u64,
-    /// Blobs the peer asked for (each sent whole or from where its copy stopped).
+    /// Blobs sent: those the peer asked for (each sent whole or from where its copy stopped)
+    /// and small ones sent along with their documents.
     pub blobs_sent: u64,
     /// Blob payload bytes sent.
     pub blob_bytes_sent: u64,
-    /// Blob payload bytes the peer asked this side for (sending) plus those this side asked
-    /// the peer for (receiving): the total a progress display works towards.
+    /// Blob payload bytes the peer asked this side for or that went with documents (sending)
+    /// plus those this side asked the peer for (receiving): the total a progress display
+    /// works towards.
     pub blob_bytes_due: u64,
     /// Blob payload bytes received and verified.
     pub blob_bytes_received: u64,
@@ -338,24 +344,164 @@ struct Batch {
     _pins: Vec<cairn_store::BlobPin>,
 }
 
-/// Where the responder's reconciliation of one feed stands.
+/// Where one feed of a session stands. Every per-feed frame that arrives is first judged by
+/// [`verdict`] from the feed's phase alone (wire-spec section 13 tabulates it per role and
+/// mode); the handlers then check what the frame says.
+///
+/// A feed moves forward only: `Hello` (initiator) → `Reconcile` → `Documents` → `Blobs` →
+/// `Final` → `Done`, skipping what its path does not need (equal roots go straight to
+/// `Final`, a change log to `Documents`), or to `Failed` from anywhere. The one step back is a
+/// pull whose change log did not reach the upstream's root: both sides go from `Documents` or
+/// `Final` back to `Reconcile` for a second round by summary.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-enum Recon {
-    /// Waiting for a sketch or the first item-list page (after HELLO or SUMMARY-REQUEST).
+pub enum Phase {
+    /// Initiator: named in HELLO, its status not read yet.
     #[default]
-    Open,
-    /// Sketches answered with SKETCH-FAILED so far.
-    Sketched { failures: u32 },
-    /// Item-list pages are arriving.
-    Listing,
-    /// The difference is known and answered: nothing more comes for this round.
-    Resolved,
+    Hello,
+    /// The difference is being worked out: summary, sketches, item lists, DIFF pages.
+    Reconcile(Recon),
+    /// The difference is known and this side has sent or queued everything it sends
+    /// unasked; documents (`receiving`: also to this side) are still moving.
+    Documents {
+        /// Documents come to this side in this round.
+        receiving: bool,
+    },
+    /// Every document for this side has arrived; blobs they name are still coming before
+    /// the last of them can be applied.
+    Blobs,
+    /// This side's state for the feed is final and it has said so (DONE, or equal roots);
+    /// waiting for the peer's DONE.
+    Final,
+    /// Both sides are final and the end was handled (checkpoint accepted, mirror clock
+    /// raised).
+    Done,
+    /// Stopped here or by the peer (FEED-FAILED); frames still in flight for it are ignored.
+    Failed,
 }
 
-/// The initiator's wants and their count while DIFF pages arrive.
+/// The steps of [`Phase::Reconcile`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Recon {
+    /// Initiator: its sketch or item list is out. Responder: waiting for a sketch or the
+    /// first item-list page (after HELLO or SUMMARY-REQUEST).
+    #[default]
+    Open,
+    /// Initiator: a SUMMARY-REQUEST is outstanding (second round of a pull).
+    SummaryRequested,
+    /// Responder: sketches answered with SKETCH-FAILED so far.
+    Sketched {
+        /// How many.
+        failures: u32,
+    },
+    /// Responder: item-list pages are arriving.
+    Listing,
+}
+
+impl Phase {
+    /// The phase's name in wire-spec section 13.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Hello => "hello",
+            Phase::Reconcile(_) => "reconcile",
+            Phase::Documents { .. } => "documents",
+            Phase::Blobs => "blobs",
+            Phase::Final => "final",
+            Phase::Done => "done",
+            Phase::Failed => "failed",
+        }
+    }
+
+    /// Every phase name, in order.
+    pub const NAMES: [&'static str; 7] = [
+        "hello",
+        "reconcile",
+        "documents",
+        "blobs",
+        "final",
+        "done",
+        "failed",
+    ];
+}
+
+/// What a feed does with a frame that names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Handled.
+    Accept,
+    /// Read and dropped: the feed failed, and the peer may not have heard yet.
+    Ignore,
+    /// A protocol violation that ends the session.
+    Refuse,
+}
+
+/// The frames that name one feed, as wire-spec section 13 lists them.
+pub const FEED_FRAMES: [&str; 9] = [
+    "SUMMARY-REQUEST",
+    "SUMMARY",
+    "SKETCH",
+    "SKETCH-FAILED",
+    "ITEM-LIST",
+    "DIFF",
+    "DOCS",
+    "DONE",
+    "FEED-FAILED",
+];
+
+/// Which per-feed frames (by wire name, [`FEED_FRAMES`]) a feed in the phase named `phase`
+/// accepts at `role` in `mode`: the one place where a frame out of turn is refused. Frames
+/// travel on several streams, so a phase accepts what an honest peer can send before it
+/// hears this side's latest: DOCS may overtake the DIFF pages they follow, and a pull
+/// responder's DONE after a change log may arrive when the initiator has already asked for a
+/// second round.
+pub fn verdict(role: Role, mode: Mode, phase: &str, frame: &str) -> Verdict {
+    use Verdict::{Accept, Ignore, Refuse};
+    let to_initiator = role == Role::Initiator;
+    // Who may receive the frame at all in this mode.
+    let direction = match frame {
+        "SUMMARY" => to_initiator && mode == Mode::Pull,
+        "SKETCH-FAILED" | "DIFF" => to_initiator,
+        "SUMMARY-REQUEST" => !to_initiator && mode == Mode::Pull,
+        "SKETCH" | "ITEM-LIST" => !to_initiator,
+        "DOCS" => match mode {
+            Mode::Pull => to_initiator,
+            Mode::Push => !to_initiator,
+            Mode::Mirror => true,
+        },
+        "DONE" | "FEED-FAILED" => true,
+        _ => false,
+    };
+    if !direction {
+        return Refuse;
+    }
+    if phase == "failed" {
+        return Ignore;
+    }
+    let accepted: &[&str] = match frame {
+        "SUMMARY" | "SKETCH-FAILED" | "DIFF" | "SKETCH" | "ITEM-LIST" => &["reconcile"],
+        "SUMMARY-REQUEST" => &["final"],
+        "DOCS" if to_initiator => &["reconcile", "documents"],
+        "DOCS" => &["documents"],
+        "DONE" if to_initiator && mode == Mode::Pull => {
+            &["reconcile", "documents", "blobs", "final"]
+        }
+        "DONE" => &["documents", "blobs", "final"],
+        "FEED-FAILED" => &["reconcile", "documents", "blobs", "final"],
+        _ => &[],
+    };
+    if accepted.contains(&phase) {
+        Accept
+    } else {
+        Refuse
+    }
+}
+
+/// What the initiator gathers while DIFF pages arrive: nothing is removed or sent until the
+/// last page, so the deletions of the whole round meet the guard rail together.
 #[derive(Default)]
 struct DiffPages {
     wants: Vec<u64>,
+    removals: Vec<u64>,
+    absent: HashSet<u64>,
     pages: u64,
 }
 
@@ -369,8 +515,16 @@ struct FeedJob {
     /// has seen the peer hold.
     peer_collected: u64,
     guard: GuardRail,
-    /// Deletions made so far in this round, counted against the guard rail together.
-    round_deletes: u64,
+    /// Entries held when the run began: what the guard rail's share is of.
+    run_base: u64,
+    /// Deletions made (or, in a dry run, planned) so far in this run, counted against the
+    /// guard rail together.
+    run_deletes: u64,
+    /// Responder: keys of this round's item-list pages to act on once the last page is in
+    /// (push: extras to remove, as 8-byte key hashes; mirror: entries only this side holds,
+    /// which may be stale).
+    pending_removals: Vec<u64>,
+    pending_stale: Vec<String>,
     dry_run: bool,
     /// Key prefixes (8 bytes of key hash) to our keys, for the buckets in play.
     local_keys: HashMap<u64, Vec<String>>,
@@ -380,7 +534,7 @@ struct FeedJob {
     buckets: Vec<u8>,
     sketch_cells: usize,
     sketch_retries: u32,
-    recon: Recon,
+    phase: Phase,
     /// Responder: buckets item-list pages have covered this round (each may come once).
     listed_buckets: HashSet<u8>,
     diff_pages: DiffPages,
@@ -388,15 +542,9 @@ struct FeedJob {
     to_send: Vec<String>,
     /// Responder: keys asked for in this round's DIFF pages.
     wants_sent: u64,
-    /// Initiator: a SUMMARY-REQUEST is outstanding.
-    summary_requested: bool,
     batches: Vec<Batch>,
     waiting_bytes: u64,
     incoming: HashMap<Hash, IncomingBlob>,
-    /// This side has sent everything it will send unasked for this feed.
-    sent_all: bool,
-    /// Whether documents are coming to this side (unknown until the exchange shows it).
-    expect_docs: Option<bool>,
     /// DOCS frames received this round, and how many there are in all once the one marked
     /// `last` (or a DIFF marked `last`) has arrived; they may arrive in any order, each on
     /// its own stream.
@@ -407,11 +555,11 @@ struct FeedJob {
     /// The authoritative side's checkpoints (from its status, then from its DONE), checked
     /// for trust and freshness when they arrived; one is accepted once both sides are done.
     checkpoints: Vec<Vec<u8>>,
+    /// The peer said DONE for the feed in this run (it does once).
     peer_done: bool,
+    /// This side said DONE (or had nothing to say: equal roots); once per run, so a second
+    /// round after a change log ends without another.
     local_done: bool,
-    /// Both sides were done and the end of the feed was handled.
-    finished: bool,
-    failed: bool,
 }
 
 impl FeedJob {
@@ -435,23 +583,22 @@ impl FeedJob {
     }
 
     /// Starts a new reconciliation round (after a log that did not converge).
-    fn new_round(&mut self) {
-        self.sent_all = false;
-        self.expect_docs = None;
+    fn new_round(&mut self, step: Recon) {
+        self.phase = Phase::Reconcile(step);
         self.docs_seen = 0;
         self.docs_total = None;
         self.docs_seq_out = 0;
-        self.recon = Recon::Open;
         self.listed_buckets.clear();
         self.diff_pages = DiffPages::default();
         self.to_send.clear();
         self.wants_sent = 0;
-        self.round_deletes = 0;
+        self.pending_removals.clear();
+        self.pending_stale.clear();
         self.sketch_retries = 0;
     }
 
     fn fail(&mut self, reason: String) {
-        self.failed = true;
+        self.phase = Phase::Failed;
         self.report.error = Some(reason);
     }
 }
@@ -678,10 +825,9 @@ impl Session {
                 Mode::Pull => Some(ApplyRule::Authoritative),
                 Mode::Mirror => Some(ApplyRule::LastWriterWins),
             };
-            s.jobs.insert(
-                name.clone(),
-                FeedJob::new(name, rule, config.guard, config.dry_run),
-            );
+            let mut job = FeedJob::new(name, rule, config.guard, config.dry_run);
+            job.run_base = sum.root.count;
+            s.jobs.insert(name.clone(), job);
             s.order.push(name.clone());
         }
         s.outbox.push_back(Frame::Hello {
@@ -817,7 +963,7 @@ impl Session {
                 && self
                     .jobs
                     .values()
-                    .all(|j| j.failed || (j.local_done && j.peer_done)))
+                    .all(|j| matches!(j.phase, Phase::Failed | Phase::Done)))
     }
 
     /// Per-feed reports, in HELLO order (refused feeds included).
@@ -929,8 +1075,23 @@ impl Session {
             if !opening {
                 return Err(SessionError::Protocol(format!(
                     "{} before HELLO",
-                    frame_name(&frame)
+                    frame.name()
                 )));
+            }
+        }
+        // Every frame about one feed is judged first by that feed's phase, here alone.
+        if let Some(feed) = frame.feed() {
+            let (role, mode, name) = (self.role, self.mode, frame.name());
+            let phase = self.job(feed)?.phase;
+            match verdict(role, mode, phase.name(), name) {
+                Verdict::Accept => {}
+                Verdict::Ignore => return Ok(()),
+                Verdict::Refuse => {
+                    return Err(SessionError::Protocol(format!(
+                        "{name} for `{feed}` in phase {} at the {role:?} of a {mode:?}",
+                        phase.name()
+                    )))
+                }
             }
         }
         match (self.role, frame) {
@@ -971,13 +1132,13 @@ impl Session {
             (Role::Responder, Frame::SummaryRequest { feed }) => {
                 let mode = self.mode;
                 let job = self.job(&feed)?;
-                if mode != Mode::Pull || job.report.path != Path::Log {
+                if job.report.path != Path::Log {
                     return Err(SessionError::Protocol(format!(
                         "SUMMARY-REQUEST for `{feed}`, which was not answered with a log"
                     )));
                 }
                 job.report.path = Path::Sketch;
-                job.new_round();
+                job.new_round(Recon::Open);
                 let checkpoint =
                     serve_checkpoint(store, mode, &feed, self.limits.checkpoint_ttl_secs)?;
                 let status = summary(store, &feed, mode, checkpoint)?;
@@ -986,7 +1147,7 @@ impl Session {
             }
             (Role::Initiator, Frame::Summary { feed, status }) => {
                 let job = self.job(&feed)?;
-                if !std::mem::take(&mut job.summary_requested)
+                if job.phase != Phase::Reconcile(Recon::SummaryRequested)
                     || !matches!(status, FeedStatus::Summary { .. })
                 {
                     return Err(SessionError::Protocol(format!(
@@ -1015,7 +1176,7 @@ impl Session {
             ) => self.on_item_list(store, &feed, &buckets, &items, last),
             (Role::Initiator, Frame::SketchFailed { feed }) => {
                 let job = self.job(&feed)?;
-                if job.report.path != Path::Sketch || job.sent_all || job.failed {
+                if job.report.path != Path::Sketch || job.phase != Phase::Reconcile(Recon::Open) {
                     return Err(SessionError::Protocol(format!(
                         "SKETCH-FAILED for `{feed}`, which has no sketch outstanding"
                     )));
@@ -1058,11 +1219,6 @@ impl Session {
                 },
             ) => {
                 let job = self.job(&feed)?;
-                if job.rule.is_none() {
-                    return Err(SessionError::Protocol(format!(
-                        "documents for `{feed}` sent to a side that does not receive in this mode"
-                    )));
-                }
                 if job.docs_total.is_some_and(|t| seq >= t) {
                     return Err(SessionError::Protocol(format!(
                         "DOCS frame {seq} for `{feed}` after the last one"
@@ -1111,7 +1267,7 @@ impl Session {
             ) => self.on_done(store, &feed, root, count, checkpoint),
             (role, other) => Err(SessionError::Protocol(format!(
                 "{role:?} cannot receive {}",
-                frame_name(&other)
+                other.name()
             ))),
         }
     }
@@ -1204,6 +1360,8 @@ impl Session {
                     Mode::Mirror => Some(ApplyRule::LastWriterWins),
                 };
                 let mut job = FeedJob::new(&h.feed, rule, guard, false);
+                job.phase = Phase::Reconcile(Recon::Open);
+                job.run_base = sum.root.count;
                 if mode == Mode::Push {
                     job.checkpoints.extend(h.checkpoint.clone());
                 }
@@ -1216,6 +1374,7 @@ impl Session {
                 let status =
                     if sum.root.fingerprint.as_bytes() == &h.root && sum.root.count == h.count {
                         job.report.path = Path::Equal;
+                        job.phase = Phase::Final;
                         job.local_done = true;
                         job.peer_done = true;
                         job.report.local_root = Some((h.root, h.count));
@@ -1236,8 +1395,7 @@ impl Session {
                                 job.report.path = Path::Log;
                                 job.report.docs_sent +=
                                     changes.iter().filter(|c| c.doc.is_some()).count() as u64;
-                                job.sent_all = true;
-                                job.expect_docs = Some(false);
+                                job.phase = Phase::Documents { receiving: false };
                                 for c in &changes {
                                     if let Some(d) = &c.doc {
                                         offer_blobs(&mut self.offered, d);
@@ -1376,6 +1534,7 @@ impl Session {
                 let r = (*sum.root.fingerprint.as_bytes(), sum.root.count);
                 job.report.local_root = Some(r);
                 job.report.peer_root = Some(r);
+                job.phase = Phase::Final;
                 job.local_done = true;
                 job.peer_done = true;
                 self.finish_feed(store, feed)
@@ -1401,8 +1560,7 @@ impl Session {
                     job.report.path = Path::Log;
                     job.report.peer_cursor = Some(cursor_from_wire(cursor));
                     job.report.peer_root = Some((root, count));
-                    job.sent_all = true;
-                    job.expect_docs = Some(true);
+                    job.phase = Phase::Documents { receiving: true };
                     job.docs_total = Some(0);
                 }
                 let removed: Vec<String> = changes
@@ -1441,6 +1599,7 @@ impl Session {
                 }
                 let mine = pack_l1(store, feed)?;
                 let job = self.job(feed)?;
+                job.phase = Phase::Reconcile(Recon::Open);
                 job.report.peer_cursor = Some(cursor_from_wire(cursor));
                 job.report.peer_root = Some((root, count));
                 let mut mismatched = Vec::new();
@@ -1542,9 +1701,11 @@ impl Session {
         seed: u64,
         cells: &[u8],
     ) -> Result<(), SessionError> {
-        let failures = match self.job(feed)?.recon {
-            Recon::Open => 0,
-            Recon::Sketched { failures } if failures <= MAX_SKETCH_RETRIES => failures,
+        let failures = match self.job(feed)?.phase {
+            Phase::Reconcile(Recon::Open) => 0,
+            Phase::Reconcile(Recon::Sketched { failures }) if failures <= MAX_SKETCH_RETRIES => {
+                failures
+            }
             _ => {
                 return Err(SessionError::Protocol(format!(
                     "SKETCH for `{feed}` after its difference was settled or past the retries"
@@ -1579,13 +1740,12 @@ impl Session {
             Iblt::from_cells(cells, seed).map_err(|e| SessionError::Protocol(e.to_string()))?;
         match diff.decode() {
             Ok((theirs_only, mine_only)) => {
-                self.job(feed)?.recon = Recon::Resolved;
                 self.responder_resolve(store, feed, &theirs_only, &mine_only, true)
             }
             Err(_) => {
-                self.job(feed)?.recon = Recon::Sketched {
+                self.job(feed)?.phase = Phase::Reconcile(Recon::Sketched {
                     failures: failures + 1,
-                };
+                });
                 self.outbox.push_back(Frame::SketchFailed {
                     feed: feed.to_owned(),
                 });
@@ -1607,13 +1767,13 @@ impl Session {
         let buckets = from_bitmap(buckets)?;
         let theirs: HashSet<Item> = unpack_items(items)?.into_iter().collect();
         let job = self.job(feed)?;
-        match job.recon {
-            Recon::Open | Recon::Sketched { .. } => {
-                job.recon = Recon::Listing;
+        match job.phase {
+            Phase::Reconcile(Recon::Open | Recon::Sketched { .. }) => {
+                job.phase = Phase::Reconcile(Recon::Listing);
                 job.listed_buckets.clear();
             }
-            Recon::Listing => {}
-            Recon::Resolved => {
+            Phase::Reconcile(Recon::Listing) => {}
+            _ => {
                 return Err(SessionError::Protocol(format!(
                     "ITEM-LIST for `{feed}` after its difference was settled"
                 )))
@@ -1638,9 +1798,6 @@ impl Session {
         let mine: HashSet<Item> = job.local_items.iter().copied().collect();
         let theirs_only: Vec<Item> = theirs.difference(&mine).copied().collect();
         let mine_only: Vec<Item> = mine.difference(&theirs).copied().collect();
-        if last {
-            job.recon = Recon::Resolved;
-        }
         self.responder_resolve(store, feed, &theirs_only, &mine_only, last)
     }
 
@@ -1670,12 +1827,9 @@ impl Session {
                     .filter(|i| !their_keys.contains(&i.key))
                     .flat_map(|i| job.local_keys.get(&i.key).cloned().unwrap_or_default())
                     .collect();
-                let Some(gone) = self.drop_stale(store, feed, &only_here)? else {
-                    return Ok(());
-                };
-                keys.retain(|k| !gone.contains(k));
+                job.pending_stale.extend(only_here);
             }
-            self.job(feed)?.to_send.extend(keys);
+            job.to_send.append(&mut keys);
         }
         let remove: Vec<u64> = if mode == Mode::Pull {
             their_keys.difference(&my_keys).copied().collect()
@@ -1688,10 +1842,27 @@ impl Session {
             their_keys.iter().copied().collect()
         };
         if mode == Mode::Push {
-            // We become a copy of the initiator: drop what it does not have at all.
-            let extras: Vec<u64> = my_keys.difference(&their_keys).copied().collect();
-            if !self.remove_by_key8(store, feed, &extras)? {
+            // We become a copy of the initiator: drop what it does not have at all (once the
+            // last page is in, all together against the guard rail).
+            let job = self.job(feed)?;
+            job.pending_removals
+                .extend(my_keys.difference(&their_keys).copied());
+        }
+        if last {
+            let job = self.job(feed)?;
+            let (extras, only_here) = (
+                std::mem::take(&mut job.pending_removals),
+                std::mem::take(&mut job.pending_stale),
+            );
+            if !extras.is_empty() && !self.remove_by_key8(store, feed, &extras)? {
                 return Ok(());
+            }
+            if !only_here.is_empty() {
+                let Some(gone) = self.drop_stale(store, feed, &only_here)? else {
+                    return Ok(());
+                };
+                let gone: HashSet<String> = gone.into_iter().collect();
+                self.job(feed)?.to_send.retain(|k| !gone.contains(k));
             }
         }
         let absent: Vec<u64> = if mode == Mode::Mirror {
@@ -1739,8 +1910,9 @@ impl Session {
             return Ok(());
         }
         let job = self.job(feed)?;
-        job.sent_all = true;
-        job.expect_docs = Some(mode != Mode::Pull && job.wants_sent > 0);
+        job.phase = Phase::Documents {
+            receiving: mode != Mode::Pull && job.wants_sent > 0,
+        };
         self.maybe_done(store, feed)
     }
 
@@ -1761,10 +1933,9 @@ impl Session {
     ) -> Result<(), SessionError> {
         let mode = self.mode;
         let job = self.job(feed)?;
-        if job.failed {
-            return Ok(());
-        }
-        if !matches!(job.report.path, Path::Sketch | Path::List) || job.sent_all {
+        if !matches!(job.report.path, Path::Sketch | Path::List)
+            || job.phase != Phase::Reconcile(Recon::Open)
+        {
             return Err(SessionError::Protocol(format!(
                 "DIFF for `{feed}`, which has no reconciliation outstanding"
             )));
@@ -1775,8 +1946,8 @@ impl Session {
             )));
         }
         let removals = unpack_u64s(remove)?;
-        let mut wants = unpack_u64s(want)?;
-        let absent: HashSet<u64> = unpack_u64s(absent)?.into_iter().collect();
+        let wants = unpack_u64s(want)?;
+        let absent = unpack_u64s(absent)?;
         if mode == Mode::Pull && !wants.is_empty() {
             return Err(SessionError::Protocol(
                 "a pull responder asked for documents".into(),
@@ -1787,6 +1958,30 @@ impl Session {
                 "a {mode:?} responder told this side to remove entries"
             )));
         }
+        let held = store.feed_summary(feed).map_err(store_err)?.root.count;
+        let job = self.job(feed)?;
+        job.diff_pages.pages += 1;
+        job.diff_pages.wants.extend(wants);
+        job.diff_pages.removals.extend(removals);
+        job.diff_pages.absent.extend(absent);
+        // Every want and every removal names one of our keys; more than we hold is a peer
+        // making us allocate.
+        if job.diff_pages.wants.len() as u64 > held || job.diff_pages.removals.len() as u64 > held {
+            return Err(SessionError::Protocol(format!(
+                "DIFF for `{feed}` wants or removes more documents than this side holds"
+            )));
+        }
+        if more {
+            return Ok(());
+        }
+        // The last page: the round's removals and mirror drops meet the guard rail together,
+        // before any is made; then the wanted documents go out.
+        let DiffPages {
+            mut wants,
+            removals,
+            absent,
+            ..
+        } = std::mem::take(&mut job.diff_pages);
         if mode == Mode::Mirror && !absent.is_empty() {
             let absent_keys: Vec<u64> = wants
                 .iter()
@@ -1806,26 +2001,13 @@ impl Session {
         if !removals.is_empty() && !self.remove_by_key8(store, feed, &removals)? {
             return Ok(());
         }
-        let held = store.feed_summary(feed).map_err(store_err)?.root.count;
-        let job = self.job(feed)?;
-        job.diff_pages.pages += 1;
-        job.diff_pages.wants.extend(wants);
-        // Every want names one of our keys; more wants than keys is a peer making us allocate.
-        if job.diff_pages.wants.len() as u64 > held {
-            return Err(SessionError::Protocol(format!(
-                "DIFF for `{feed}` wants more documents than this side holds"
-            )));
-        }
-        if more {
-            return Ok(());
-        }
-        let wants = std::mem::take(&mut job.diff_pages.wants);
         if !wants.is_empty() {
             self.send_docs_by_key8(store, feed, &wants)?;
         }
         let job = self.job(feed)?;
-        job.sent_all = true;
-        job.expect_docs = Some(mode != Mode::Push);
+        job.phase = Phase::Documents {
+            receiving: mode != Mode::Push,
+        };
         if last {
             job.docs_total = Some(0);
         }
@@ -1877,10 +2059,10 @@ impl Session {
     fn finish_feed(&mut self, store: &Store, feed: &str) -> Result<(), SessionError> {
         let (role, mode, now, peer) = (self.role, self.mode, self.now_secs, self.peer);
         let job = self.job(feed)?;
-        if job.failed || !job.local_done || !job.peer_done || job.finished {
+        if matches!(job.phase, Phase::Failed | Phase::Done) || !job.local_done || !job.peer_done {
             return Ok(());
         }
-        job.finished = true;
+        job.phase = Phase::Done;
         if job.dry_run {
             return Ok(());
         }
@@ -1940,32 +2122,32 @@ impl Session {
         feed: &str,
         keys: &[String],
     ) -> Result<bool, SessionError> {
-        let total = store.feed_summary(feed).map_err(store_err)?.root.count;
-        if !self.check_guard(feed, total, keys.len() as u64)? {
+        if !self.check_guard(feed, keys.len() as u64)? {
             return Ok(false);
         }
         let job = self.job(feed)?;
         if job.dry_run {
             job.report.plan_deletes += keys.len() as u64;
-            job.round_deletes += keys.len() as u64;
+            job.run_deletes += keys.len() as u64;
             return Ok(true);
         }
         let n = store.remove_entries(feed, keys).map_err(store_err)?;
         let job = self.job(feed)?;
         job.report.deletions += n;
-        job.round_deletes += n;
+        job.run_deletes += n;
         Ok(true)
     }
 
     /// False (and the feed failed, the peer told) when `deletes` more deletions, with those
-    /// already made this round, are over the guard rail.
-    fn check_guard(&mut self, feed: &str, total: u64, deletes: u64) -> Result<bool, SessionError> {
+    /// already made in this run, are over the guard rail: a share of the entries held when
+    /// the run began (entries received since do not raise it).
+    fn check_guard(&mut self, feed: &str, deletes: u64) -> Result<bool, SessionError> {
         let job = self.job(feed)?;
-        let before = total + job.round_deletes;
+        let before = job.run_base;
         if deletes == 0 || job.guard.allow || before == 0 {
             return Ok(true);
         }
-        let planned = job.round_deletes + deletes;
+        let planned = job.run_deletes + deletes;
         let share = planned as f64 / before as f64;
         if share <= job.guard.max_delete_share {
             return Ok(true);
@@ -2028,7 +2210,7 @@ impl Session {
         Ok(job.docs_seq_out - 1)
     }
 
-    /// The next batch of documents (up to [`DOC_BATCH_BYTES`]) for the keys at the front of
+    /// The next batch of documents (up to [`Limits::doc_batch_bytes`]) for the keys at the front of
     /// `keys`, with as many of the small blobs their manifests name as fit in the same budget
     /// (the rest the peer asks for); counted as sent, and every blob they name offered.
     fn next_batch(
@@ -2041,6 +2223,7 @@ impl Session {
         let mut blobs: Vec<SmallBlob> = Vec::new();
         let mut seen = HashSet::new();
         let mut bytes = 0;
+        let budget = self.limits.doc_batch_bytes.clamp(1, DOC_BATCH_BYTES);
         while let Some(key) = keys.front() {
             let Some(v) = store.entry(feed, key).map_err(store_err)? else {
                 keys.pop_front();
@@ -2054,7 +2237,7 @@ impl Session {
                 keys.pop_front();
                 continue;
             }
-            if bytes + d.len() > DOC_BATCH_BYTES && !docs.is_empty() {
+            if bytes + d.len() > budget && !docs.is_empty() {
                 break;
             }
             keys.pop_front();
@@ -2063,11 +2246,16 @@ impl Session {
                 for f in m.files {
                     self.offered.insert(f.blob, f.size);
                     let inline = f.size <= cairn_store::blob::INLINE_MAX;
-                    let fits = bytes + f.size as usize + 48 <= DOC_BATCH_BYTES;
+                    let fits = bytes + f.size as usize + 48 <= budget;
                     if inline && fits && seen.insert(f.blob) {
                         let mut data = Vec::with_capacity(f.size as usize);
                         store.read_blob_to(&f.blob, &mut data).map_err(store_err)?;
                         bytes += data.len() + 48;
+                        // Counted as sent like a blob the peer asks for: both roles' logs
+                        // count blobs, not pieces or requests.
+                        self.stats.blobs_sent += 1;
+                        self.stats.blob_bytes_sent += data.len() as u64;
+                        self.stats.blob_bytes_due += data.len() as u64;
                         blobs.push(SmallBlob {
                             hash: *f.blob.as_bytes(),
                             data,
@@ -2099,7 +2287,7 @@ impl Session {
                 "documents for `{feed}` sent to a side that does not receive in this mode"
             )));
         }
-        if job.failed {
+        if job.phase == Phase::Failed {
             return Ok(());
         }
         let dry_run = job.dry_run;
@@ -2171,12 +2359,11 @@ impl Session {
                 }
             }
         }
-        let total = store.feed_summary(feed).map_err(store_err)?.root.count;
-        if !self.check_guard(feed, total, deletes)? {
+        if !self.check_guard(feed, deletes)? {
             return Ok(());
         }
         let job = self.job(feed)?;
-        job.round_deletes += deletes;
+        job.run_deletes += deletes;
         if dry_run {
             job.report.plan_adds += verified.len() as u64 - deletes;
             job.report.plan_deletes += deletes;
@@ -2368,7 +2555,7 @@ impl Session {
 
     fn apply_ready(&mut self, store: &Store, feed: &str) -> Result<(), SessionError> {
         let job = self.job(feed)?;
-        if job.failed {
+        if job.phase == Phase::Failed {
             return Ok(());
         }
         let rule = job.rule.unwrap_or(ApplyRule::Authoritative);
@@ -2407,17 +2594,19 @@ impl Session {
         }
         let (role, mode) = (self.role, self.mode);
         let job = self.job(feed)?;
-        if job.failed || job.local_done || !job.sent_all {
-            return Ok(());
-        }
-        let receiving = !job.batches.is_empty() || !job.incoming.is_empty();
-        let final_here = match job.expect_docs {
-            None => false,
-            Some(false) => true,
-            Some(true) => job.docs_complete() && !receiving,
+        let receiving = match job.phase {
+            Phase::Documents { receiving } => receiving,
+            Phase::Blobs => true,
+            _ => return Ok(()),
         };
-        if !final_here {
-            return Ok(());
+        if receiving {
+            if !job.docs_complete() {
+                return Ok(());
+            }
+            if !job.batches.is_empty() || !job.incoming.is_empty() {
+                job.phase = Phase::Blobs;
+                return Ok(());
+            }
         }
         let sum = store.feed_summary(feed).map_err(store_err)?;
         let root = (*sum.root.fingerprint.as_bytes(), sum.root.count);
@@ -2429,15 +2618,18 @@ impl Session {
             && !job.dry_run
         {
             job.report.path = Path::Sketch;
-            job.new_round();
-            job.summary_requested = true;
+            job.new_round(Recon::SummaryRequested);
             self.outbox.push_back(Frame::SummaryRequest {
                 feed: feed.to_owned(),
             });
             return Ok(());
         }
-        job.local_done = true;
+        job.phase = Phase::Final;
         job.report.local_root = Some(root);
+        if std::mem::replace(&mut job.local_done, true) {
+            // A second round after a change log: the DONE of the first stands.
+            return self.finish_feed(store, feed);
+        }
         // The authoritative side of a pull says what its state is as it finishes.
         let checkpoint = if role == Role::Responder && mode == Mode::Pull {
             serve_checkpoint(store, mode, feed, self.limits.checkpoint_ttl_secs)?
@@ -2531,28 +2723,6 @@ fn offer_blobs(offered: &mut HashMap<Hash, u64>, doc: &[u8]) {
         for f in m.files {
             offered.insert(f.blob, f.size);
         }
-    }
-}
-
-fn frame_name(f: &Frame) -> &'static str {
-    match f {
-        Frame::Hello { .. } => "HELLO",
-        Frame::HelloReply { .. } => "HELLO-REPLY",
-        Frame::SummaryRequest { .. } => "SUMMARY-REQUEST",
-        Frame::Summary { .. } => "SUMMARY",
-        Frame::Sketch { .. } => "SKETCH",
-        Frame::SketchFailed { .. } => "SKETCH-FAILED",
-        Frame::ItemList { .. } => "ITEM-LIST",
-        Frame::Diff { .. } => "DIFF",
-        Frame::Docs { .. } => "DOCS",
-        Frame::WantBlobs { .. } => "WANT-BLOBS",
-        Frame::BlobPiece { .. } => "BLOB-PIECE",
-        Frame::BlobStream { .. } => "BLOB-STREAM",
-        Frame::Done { .. } => "DONE",
-        Frame::FeedFailed { .. } => "FEED-FAILED",
-        Frame::RotationRequest { .. } => "ROTATION-REQUEST",
-        Frame::Rotation { .. } => "ROTATION",
-        Frame::Error { .. } => "ERROR",
     }
 }
 
@@ -2737,3 +2907,35 @@ fn keys_by_key8(store: &Store, feed: &str, key8s: &[u64]) -> Result<Vec<String>,
 
 /// Documents for one frame and the small blobs they name.
 type DocBatch = (Vec<ByteBuf>, Vec<SmallBlob>);
+
+#[cfg(test)]
+impl Session {
+    /// A session past HELLO whose one feed `feed` is in `phase`: for walking the phase table.
+    pub(crate) fn with_feed_in_phase(
+        role: Role,
+        mode: Mode,
+        peer: PublicKey,
+        feed: &str,
+        phase: Phase,
+    ) -> Session {
+        let mut s = Session::new(role, mode, String::new(), peer, 0, Limits::default());
+        let rule = match (role, mode) {
+            (_, Mode::Mirror) => Some(ApplyRule::LastWriterWins),
+            (Role::Initiator, Mode::Pull) | (Role::Responder, Mode::Push) => {
+                Some(ApplyRule::Authoritative)
+            }
+            _ => None,
+        };
+        let mut job = FeedJob::new(feed, rule, GuardRail::default(), false);
+        job.phase = phase;
+        s.jobs.insert(feed.to_owned(), job);
+        s.order.push(feed.to_owned());
+        s.hello_done = true;
+        s
+    }
+
+    /// The phase `feed` is in.
+    pub(crate) fn phase_of(&self, feed: &str) -> Option<Phase> {
+        self.jobs.get(feed).map(|j| j.phase)
+    }
+}

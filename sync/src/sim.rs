@@ -2,6 +2,13 @@
 //! loss, with no sockets and no sleeping, so a 300 ms, lossy run of thousands of frames
 //! finishes in moments and gives the same answer every time.
 //!
+//! Streams are modelled as QUIC has them (wire-spec section 3): control frames travel in
+//! order on one stream; each bulk frame (DOCS, BLOB-PIECE) travels on a stream of its own,
+//! with its own delay ([`Link::bulk_jitter_us`]) and its own losses, so it may arrive after
+//! control frames sent later (a DONE overtaking the DOCS before it). A connection may be cut
+//! ([`Link::cut_after_frames`]): the frames still in flight are lost, a piece partly written
+//! stays as written, and both sessions stop where they are, as after a crash or a broken path.
+//!
 //! Round trips are counted causally: HELLO has depth 1 and a frame sent while handling a frame
 //! of depth `d` has depth `d + 1`; the run's round trips are half the deepest frame the
 //! initiator needed (rounded up).
@@ -24,8 +31,26 @@ pub struct Link {
     pub bandwidth_bps: u64,
     /// Probability that a 1200-byte packet is lost (a loss delays its frame by one RTT).
     pub loss: f64,
-    /// Seed of the loss pattern.
+    /// Seed of the loss and delay pattern.
     pub seed: u64,
+    /// Extra delay of each bulk frame, uniform in `0..bulk_jitter_us`.
+    pub bulk_jitter_us: u64,
+    /// Cut the connection once this many frames have been delivered (both ways together).
+    pub cut_after_frames: Option<u64>,
+}
+
+impl Default for Link {
+    /// A LAN: 1 ms, 1 Gbit/s, no loss, bulk frames in order, never cut.
+    fn default() -> Link {
+        Link {
+            rtt_us: 1_000,
+            bandwidth_bps: 1_000_000_000,
+            loss: 0.0,
+            seed: 1,
+            bulk_jitter_us: 0,
+            cut_after_frames: None,
+        }
+    }
 }
 
 impl Link {
@@ -36,6 +61,7 @@ impl Link {
             bandwidth_bps: 100_000_000,
             loss: 0.01,
             seed: 7,
+            ..Link::default()
         }
     }
 }
@@ -61,6 +87,8 @@ pub struct Outcome {
     pub initiator_error: Option<SessionError>,
     /// Responder's error, if the session failed.
     pub responder_error: Option<SessionError>,
+    /// The connection was cut before the run ended.
+    pub cut: bool,
 }
 
 impl Outcome {
@@ -193,9 +221,21 @@ pub fn run_tampered(
                         break;
                     }
                 }
-                // A stream delivers in order: never before the frame sent ahead of it.
-                arrival = arrival.max(last_scheduled[side]);
-                last_scheduled[side] = arrival;
+                let bulk = matches!(
+                    frame,
+                    Frame::Docs { .. } | Frame::BlobPiece { .. } | Frame::BlobStream { .. }
+                );
+                if bulk {
+                    // A stream of its own: its delay is its own.
+                    if link.bulk_jitter_us > 0 {
+                        arrival += rng.below(link.bulk_jitter_us);
+                    }
+                } else {
+                    // The control stream delivers in order: never before the frame sent ahead
+                    // of it.
+                    arrival = arrival.max(last_scheduled[side]);
+                    last_scheduled[side] = arrival;
+                }
                 order += 1;
                 queue.push(InFlight {
                     arrival,
@@ -216,6 +256,23 @@ pub fn run_tampered(
             break;
         }
         let to = if f.to_responder { 1 } else { 0 };
+        if link.cut_after_frames.is_some_and(|n| steps > n) {
+            out.cut = true;
+            // The frame on the wire is cut mid-way: a blob piece leaves the groups of its first
+            // half written (and verified) at the receiver, as a broken stream does.
+            if let Ok(Frame::BlobPiece {
+                hash,
+                size,
+                groups,
+                data,
+            }) = wire::decode_body(&f.frame_bytes[4..])
+            {
+                if let Some(writer) = sessions[to].begin_piece(hash, size) {
+                    let _ = writer.write_from(&groups, &data[..data.len() / 2]);
+                }
+            }
+            break;
+        }
         let now = f.arrival.max(last_arrival[to]);
         last_arrival[to] = now;
         let frame = match wire::decode_body(&f.frame_bytes[4..]) {

@@ -98,12 +98,7 @@ fn config(mode: Mode, feeds: &[&str]) -> InitiatorConfig {
 }
 
 fn lan() -> Link {
-    Link {
-        rtt_us: 1_000,
-        bandwidth_bps: 1_000_000_000,
-        loss: 0.0,
-        seed: 1,
-    }
+    Link::default()
 }
 
 fn root(s: &Store, feed: &str) -> cairn_store::merkle::NodeSummary {
@@ -774,3 +769,497 @@ fn a_token_scoped_to_another_feed_is_refused_for_this_one() {
 }
 
 mod attacks;
+
+mod phases {
+    use super::*;
+    use crate::proto::{verdict, Phase, Recon, Role, Session, SessionError, Verdict, FEED_FRAMES};
+    use crate::wire::{FeedStatus, Frame, WireCursor};
+
+    const ROLES: [(Role, &str); 2] = [
+        (Role::Initiator, "initiator"),
+        (Role::Responder, "responder"),
+    ];
+    const MODES: [Mode; 3] = [Mode::Pull, Mode::Push, Mode::Mirror];
+
+    /// A phase of each name.
+    fn phases() -> [Phase; 7] {
+        [
+            Phase::Hello,
+            Phase::Reconcile(Recon::Open),
+            Phase::Documents { receiving: true },
+            Phase::Blobs,
+            Phase::Final,
+            Phase::Done,
+            Phase::Failed,
+        ]
+    }
+
+    /// Section 13's tables as `verdict` gives them.
+    fn tables() -> String {
+        let mut out = String::new();
+        for (role, role_name) in ROLES {
+            for mode in MODES {
+                out.push_str(&format!("**{role_name}, {}**\n\n", mode.name()));
+                out.push_str(&format!("| frame | {} |\n", Phase::NAMES.join(" | ")));
+                out.push_str(&format!("| --- |{}\n", " --- |".repeat(Phase::NAMES.len())));
+                for frame in FEED_FRAMES {
+                    let row: Vec<Verdict> = Phase::NAMES
+                        .iter()
+                        .map(|p| verdict(role, mode, p, frame))
+                        .collect();
+                    if row.iter().all(|v| *v == Verdict::Refuse)
+                        && verdict(role, mode, "failed", frame) == Verdict::Refuse
+                    {
+                        continue;
+                    }
+                    let cells: Vec<&str> = row
+                        .iter()
+                        .map(|v| match v {
+                            Verdict::Accept => "yes",
+                            Verdict::Ignore => "ignored",
+                            Verdict::Refuse => "no",
+                        })
+                        .collect();
+                    out.push_str(&format!("| {frame} | {} |\n", cells.join(" | ")));
+                }
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_spec_tables_are_the_code_s() {
+        let spec = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../wire-spec/README.md"),
+        )
+        .unwrap();
+        let section = &spec[spec.find("## 13. Per-feed phases").expect("section 13")..];
+        let tables = tables();
+        assert!(
+            section.contains(tables.trim_end()),
+            "wire-spec section 13 differs from proto::verdict; it should read:\n{tables}"
+        );
+        // Every phase has its row in the phase table.
+        for name in Phase::NAMES {
+            assert!(section.contains(&format!("\n| {name} | ")), "phase {name}");
+        }
+        for p in phases() {
+            assert!(Phase::NAMES.contains(&p.name()));
+        }
+    }
+
+    fn frame(kind: &str, feed: &str) -> Frame {
+        let feed = feed.to_owned();
+        match kind {
+            "SUMMARY-REQUEST" => Frame::SummaryRequest { feed },
+            "SUMMARY" => Frame::Summary {
+                feed,
+                status: FeedStatus::Summary {
+                    root: [1; 32],
+                    count: 1,
+                    cursor: WireCursor { epoch: 0, seq: 0 },
+                    l1: vec![0; 3072],
+                    checkpoint: None,
+                    collected: 0,
+                },
+            },
+            "SKETCH" => Frame::Sketch {
+                feed,
+                buckets: vec![0; 32],
+                seed: 0,
+                cells: Vec::new(),
+            },
+            "SKETCH-FAILED" => Frame::SketchFailed { feed },
+            "ITEM-LIST" => Frame::ItemList {
+                feed,
+                buckets: vec![0; 32],
+                items: Vec::new(),
+                last: true,
+            },
+            "DIFF" => Frame::Diff {
+                feed,
+                docs: Vec::new(),
+                remove: Vec::new(),
+                want: Vec::new(),
+                absent: Vec::new(),
+                blobs: Vec::new(),
+                last: true,
+                more: false,
+            },
+            "DOCS" => Frame::Docs {
+                feed,
+                docs: Vec::new(),
+                blobs: Vec::new(),
+                last: true,
+                seq: 0,
+            },
+            "DONE" => Frame::Done {
+                feed,
+                root: [0; 32],
+                count: 0,
+                checkpoint: None,
+            },
+            "FEED-FAILED" => Frame::FeedFailed {
+                feed,
+                code: code::INTERNAL,
+                reason: "stopped".into(),
+            },
+            other => panic!("no sample of {other}"),
+        }
+    }
+
+    /// Every (role, mode, phase, frame) of the table, delivered to a real session: a refused
+    /// pair ends the session naming the phase, an ignored one changes nothing, an accepted
+    /// one gets past the phase check (what the frame says may still be wrong).
+    #[test]
+    fn every_pair_of_the_table_is_answered_as_it_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = new_store(dir.path());
+        store.create_feed("f", Ecosystem::Raw).unwrap();
+        let mut seen = [0usize; 3];
+        for (role, _) in ROLES {
+            for mode in MODES {
+                for phase in phases() {
+                    for kind in FEED_FRAMES {
+                        let mut s =
+                            Session::with_feed_in_phase(role, mode, placeholder_peer(), "f", phase);
+                        s.handle(&store, frame(kind, "f"), None);
+                        let phase_error = matches!(
+                            s.error(),
+                            Some(SessionError::Protocol(m)) if m.contains(&format!("in phase {}", phase.name()))
+                        );
+                        let case = format!("{kind} to the {role:?} of a {mode:?} in {phase:?}");
+                        match verdict(role, mode, phase.name(), kind) {
+                            Verdict::Refuse => {
+                                seen[0] += 1;
+                                assert!(phase_error, "{case}: {:?}", s.error())
+                            }
+                            Verdict::Ignore => {
+                                seen[1] += 1;
+                                assert!(s.error().is_none(), "{case}: {:?}", s.error());
+                                assert_eq!(s.phase_of("f"), Some(Phase::Failed), "{case}");
+                            }
+                            Verdict::Accept => {
+                                seen[2] += 1;
+                                assert!(!phase_error, "{case}: {:?}", s.error())
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(seen.iter().sum::<usize>(), 2 * 3 * 7 * 9);
+        assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
+    }
+}
+
+/// Random interaction in the manner of quinn-proto's: two instances with random feeds edit
+/// both sides at random, replicate in random modes and directions over a link that reorders
+/// bulk frames, cut runs at random points (mid-frame too), and restart from their stores;
+/// after every run the invariants hold. `CAIRN_SIM_CASES` sets the number of cases (16 by
+/// default, for CI).
+mod random_interaction {
+    use super::*;
+    use cairn_store::Cursor;
+    use proptest::prelude::*;
+
+    const FEEDS: [&str; 2] = ["alpha", "beta"];
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Publish `n` packages numbered from `from` (some sizes go inline, some stream).
+        Publish {
+            side: usize,
+            feed: usize,
+            from: u64,
+            n: u64,
+            size: usize,
+        },
+        /// Delete the `pick`-th live entry, if there is one.
+        Delete {
+            side: usize,
+            feed: usize,
+            pick: usize,
+        },
+        /// One replication run.
+        Run {
+            initiator: usize,
+            mode: Mode,
+            feeds: usize,
+            /// Small pages and batches: many DIFF pages, ITEM-LIST pages and DOCS frames.
+            small_pages: bool,
+            jitter_us: u64,
+            cut: Option<u64>,
+            seed: u64,
+            allow_deletes: bool,
+        },
+        /// Close a store and open it again.
+        Restart { side: usize },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let mode = prop_oneof![Just(Mode::Pull), Just(Mode::Push), Just(Mode::Mirror)];
+        prop_oneof![
+            3 => (0..2usize, 0..2usize, 0..60u64, 1..40u64, prop_oneof![Just(100usize), Just(3_000), Just(40_000), Just(1_200_000)])
+                .prop_map(|(side, feed, from, n, size)| Op::Publish { side, feed, from: from * 10, n, size }),
+            2 => (0..2usize, 0..2usize, 0..64usize).prop_map(|(side, feed, pick)| Op::Delete { side, feed, pick }),
+            5 => (0..2usize, mode, 1..4usize, any::<bool>(), prop_oneof![Just(0u64), Just(2_000), Just(200_000)],
+                  prop_oneof![3 => Just(None), 1 => (1..200u64).prop_map(Some)], any::<u64>(), any::<bool>())
+                .prop_map(|(initiator, mode, feeds, small_pages, jitter_us, cut, seed, allow_deletes)| Op::Run {
+                    initiator, mode, feeds, small_pages, jitter_us, cut, seed, allow_deletes,
+                }),
+            1 => (0..2usize).prop_map(|side| Op::Restart { side }),
+        ]
+    }
+
+    struct Site {
+        dir: std::path::PathBuf,
+        store: Option<Store>,
+    }
+
+    impl Site {
+        fn get(&self) -> &Store {
+            self.store.as_ref().unwrap()
+        }
+    }
+
+    fn roots(s: &Store) -> Vec<cairn_store::merkle::NodeSummary> {
+        FEEDS.iter().map(|f| root(s, f)).collect()
+    }
+
+    fn live(s: &Store, feed: &str) -> Vec<(String, String)> {
+        s.entries(feed)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.value.kind != cairn_store::EntryKind::Tombstone)
+            .filter_map(|e| {
+                let (name, version) = e.key.rsplit_once('/')?;
+                Some((name.to_owned(), version.to_owned()))
+            })
+            .collect()
+    }
+
+    fn check_store(s: &Store, what: &str) -> Result<(), TestCaseError> {
+        let report = s.verify().unwrap();
+        prop_assert!(
+            report.problems.is_empty(),
+            "{what}: the store holds what it should not: {:?}",
+            report.problems
+        );
+        Ok(())
+    }
+
+    fn play(ops: &[Op]) -> Result<(), TestCaseError> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sites: Vec<Site> = (0..2)
+            .map(|i| {
+                let d = dir.path().join(format!("site{i}"));
+                let store = new_store(&d);
+                for f in FEEDS {
+                    store.create_feed(f, Ecosystem::Raw).unwrap();
+                }
+                Site {
+                    dir: d,
+                    store: Some(store),
+                }
+            })
+            .collect();
+        trust_each_other(sites[0].get(), sites[1].get());
+        // Pull cursors, by (initiator, feed), as a replication keeps them.
+        let mut cursors: HashMap<(usize, String), Cursor> = HashMap::new();
+        for (step, op) in ops.iter().enumerate() {
+            match op.clone() {
+                Op::Publish {
+                    side,
+                    feed,
+                    from,
+                    n,
+                    size,
+                } => {
+                    let s = sites[side].get();
+                    // Both sides may publish the same version: a conflict for mirror to settle.
+                    let _ = s.publish_many(FEEDS[feed], packages(s, from, from + n, size));
+                }
+                Op::Delete { side, feed, pick } => {
+                    let s = sites[side].get();
+                    let live = live(s, FEEDS[feed]);
+                    if let Some((name, version)) = live.get(pick % live.len().max(1)) {
+                        s.delete(FEEDS[feed], name, version).unwrap();
+                    }
+                }
+                Op::Restart { side } => {
+                    let before = roots(sites[side].get());
+                    drop(sites[side].store.take());
+                    let s = Store::open(&sites[side].dir, opts()).unwrap();
+                    prop_assert_eq!(
+                        &roots(&s),
+                        &before,
+                        "step {}: a restart changed a root",
+                        step
+                    );
+                    sites[side].store = Some(s);
+                }
+                Op::Run {
+                    initiator,
+                    mode,
+                    feeds,
+                    small_pages,
+                    jitter_us,
+                    cut,
+                    seed,
+                    allow_deletes,
+                } => {
+                    let (a, b) = (sites[initiator].get(), sites[1 - initiator].get());
+                    let names: Vec<&str> = FEEDS
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| feeds & (1 << i) != 0)
+                        .map(|(_, f)| *f)
+                        .collect();
+                    let mut cfg = config(mode, &names);
+                    cfg.guard.allow = allow_deletes;
+                    if small_pages {
+                        cfg.limits.list_page_items = 3;
+                        cfg.limits.diff_page_keys = 2;
+                        cfg.limits.doc_batch_bytes = 1024;
+                    }
+                    if mode == Mode::Pull {
+                        for f in &names {
+                            if let Some(c) = cursors.get(&(initiator, f.to_string())) {
+                                cfg.since.insert(f.to_string(), *c);
+                            }
+                        }
+                    }
+                    let before = [roots(a), roots(b)];
+                    let link = Link {
+                        rtt_us: 20_000,
+                        bandwidth_bps: 100_000_000,
+                        loss: 0.02,
+                        seed,
+                        bulk_jitter_us: jitter_us,
+                        cut_after_frames: cut,
+                    };
+                    let o = sim::run(a, b, cfg, &AllowAll, link);
+                    let what = format!("step {step}: {op:?}");
+                    // Honest peers never break the protocol, however the frames travel.
+                    for e in [&o.initiator_error, &o.responder_error]
+                        .into_iter()
+                        .flatten()
+                    {
+                        prop_assert!(
+                            !matches!(
+                                e,
+                                crate::proto::SessionError::Protocol(_)
+                                    | crate::proto::SessionError::Unauthorized(_)
+                                    | crate::proto::SessionError::BadData(_)
+                            ),
+                            "{}: {:?}",
+                            what,
+                            e
+                        );
+                    }
+                    if !o.cut {
+                        prop_assert!(
+                            o.initiator_error.is_none() && o.responder_error.is_none(),
+                            "{}: {:?} / {:?}",
+                            what,
+                            o.initiator_error,
+                            o.responder_error
+                        );
+                    }
+                    for (i, r) in o.initiator.iter().enumerate() {
+                        let feed = &r.feed;
+                        let fi = FEEDS.iter().position(|f| f == feed).unwrap();
+                        // Converged means equal roots.
+                        if r.converged() {
+                            prop_assert_eq!(
+                                root(a, feed),
+                                root(b, feed),
+                                "{}: {} said converged",
+                                what,
+                                feed
+                            );
+                            if mode == Mode::Pull {
+                                if let Some(c) = r.peer_cursor {
+                                    cursors.insert((initiator, feed.clone()), c);
+                                }
+                            }
+                        }
+                        // The authoritative side is not changed by the run.
+                        match mode {
+                            Mode::Pull => prop_assert_eq!(
+                                &root(b, feed),
+                                &before[1][fi],
+                                "{}: the upstream changed",
+                                what
+                            ),
+                            Mode::Push => prop_assert_eq!(
+                                &root(a, feed),
+                                &before[0][fi],
+                                "{}: the pusher changed",
+                                what
+                            ),
+                            Mode::Mirror => {}
+                        }
+                        // No guard rail crossed: a run that may not delete more than half
+                        // deleted at most half of what the side held.
+                        if !allow_deletes {
+                            let responder = o.responder.get(i);
+                            for (deletions, count) in [
+                                (r.deletions, before[0][fi].count),
+                                (responder.map_or(0, |r| r.deletions), before[1][fi].count),
+                            ] {
+                                prop_assert!(
+                                    deletions as f64 <= 0.5 * count as f64,
+                                    "{}: {} deleted {} of {}",
+                                    what,
+                                    feed,
+                                    deletions,
+                                    count
+                                );
+                            }
+                        }
+                        // A run without errors that was not cut converges.
+                        if !o.cut && r.error.is_none() {
+                            prop_assert!(r.converged(), "{}: {:?}", what, r);
+                        }
+                    }
+                    // Nothing is held that is not signed, trusted and whole.
+                    check_store(a, &what)?;
+                    check_store(b, &what)?;
+                }
+            }
+        }
+        // In the end, with nothing cut, a mirror with deletions allowed brings both sides to
+        // one state.
+        let (a, b) = (sites[0].get(), sites[1].get());
+        let mut cfg = config(Mode::Mirror, &FEEDS);
+        cfg.guard.allow = true;
+        let o = sim::run(a, b, cfg, &AllowAll, Link::default());
+        prop_assert!(
+            o.initiator_error.is_none() && o.responder_error.is_none(),
+            "{:?}",
+            o
+        );
+        for f in FEEDS {
+            prop_assert_eq!(root(a, f), root(b, f), "final mirror of {}", f);
+        }
+        Ok(())
+    }
+
+    fn cases() -> u32 {
+        std::env::var("CAIRN_SIM_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(16)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), max_shrink_iters: 200, ..ProptestConfig::default() })]
+        #[test]
+        fn random_edits_runs_cuts_and_restarts_keep_the_invariants(ops in proptest::collection::vec(op(), 1..14)) {
+            play(&ops)?;
+        }
+    }
+}

@@ -93,6 +93,7 @@ fn pull(spoke: &Store, hub: &Store) -> sim::Outcome {
             bandwidth_bps: 200_000_000,
             loss: 0.0,
             seed: 1,
+            ..Link::default()
         },
     )
 }
