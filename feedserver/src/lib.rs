@@ -536,9 +536,13 @@ impl From<cairn_store::store::StoreError> for ApiError {
         let status = match &e {
             E::FeedNotFound { .. } | E::EntryNotFound { .. } => StatusCode::NOT_FOUND,
             E::VersionExists { .. } | E::FeedExists { .. } => StatusCode::CONFLICT,
-            E::Name(_) | E::InvalidPackage(_) | E::WrongFeedKind(_) | E::Input(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            E::Name(_)
+            | E::InvalidPackage { .. }
+            | E::InvalidInput { .. }
+            | E::UnknownReference { .. }
+            | E::SystemFeed { .. }
+            | E::NotSystemDocument { .. }
+            | E::Input(_) => StatusCode::BAD_REQUEST,
             E::BlobStoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             E::DocumentTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

@@ -252,9 +252,10 @@ impl Store {
     /// Creates a token; the secret string is returned once and stored only as a hash.
     pub fn token_create(&self, scopes: Vec<Scope>, label: &str) -> Result<(String, TokenInfo)> {
         if scopes.is_empty() {
-            return Err(StoreError::InvalidPackage(
-                "a token needs at least one scope".into(),
-            ));
+            return Err(StoreError::InvalidInput {
+                what: "token",
+                detail: "a token needs at least one scope".into(),
+            });
         }
         let id = random_hex(6)?;
         let secret = format!("cairn_{id}_{}", random_hex(20)?);
@@ -481,8 +482,10 @@ impl Store {
             time: now,
             expires: now + ttl_secs,
         };
-        SignedDocument::sign(&cp, self.identity().signing_key())
-            .map_err(|e| StoreError::InvalidPackage(e.to_string()))
+        SignedDocument::sign(&cp, self.identity().signing_key()).map_err(StoreError::signing(
+            "checkpoint".into(),
+            "name a shorter feed",
+        ))
     }
 
     /// Checks an upstream checkpoint for `feed` before applying anything: signed by a key

@@ -67,6 +67,7 @@ pub use doc::{Ecosystem, PublicKey, SignedDocument};
 pub use hash::Hash;
 pub use store::{
     Amendment, BlobPin, BlobsConfig, Change, ChangesSince, Cursor, Entry, EntryKind, EntryValue,
-    FeedKind, FeedRecord, FeedSummary, GcReport, NewFile, NewPackage, Problem, PublishOutcome,
-    Published, Store, StoreError, StoreOptions, StoredBlob, VerifyReport, SYSTEM_FEED, TRUST_ALL,
+    FeedKind, FeedRecord, FeedSummary, GcReport, NewFile, NewPackage, PackageProblem, Problem,
+    PublishOutcome, Published, Store, StoreError, StoreOptions, StoredBlob, VerifyReport,
+    SYSTEM_FEED, TRUST_ALL,
 };

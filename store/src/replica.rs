@@ -85,9 +85,9 @@ pub fn system_key(doc: &SignedDocument) -> Result<String> {
         DocType::Policy => format!("policy/{}", doc.payload::<Policy>().map_err(bad)?.name),
         DocType::Tombstone => doc.payload::<Tombstone>().map_err(bad)?.key,
         other => {
-            return Err(StoreError::WrongFeedKind(format!(
-                "a {other} document is not a system document"
-            )))
+            return Err(StoreError::NotSystemDocument {
+                doc_type: other.to_string(),
+            })
         }
     })
 }
@@ -375,8 +375,9 @@ impl Store {
         let mut txn = Txn::new(self, w.hlc);
         let hlc = txn.tick();
         payload.set_hlc(hlc);
-        let doc = SignedDocument::sign(&payload, self.identity().signing_key())
-            .map_err(|e| StoreError::InvalidPackage(format!("document cannot be encoded: {e}")))?;
+        let doc = SignedDocument::sign(&payload, self.identity().signing_key()).map_err(
+            StoreError::signing("system document".into(), "shorten its text"),
+        )?;
         let key = system_key(&doc)?;
         txn.put_doc(&doc);
         txn.set_entry(
@@ -419,7 +420,7 @@ impl Store {
             },
             self.identity().signing_key(),
         )
-        .map_err(|e| StoreError::InvalidPackage(e.to_string()))?;
+        .map_err(StoreError::signing("tombstone".into(), "shorten the key"))?;
         txn.put_doc(&doc);
         txn.set_entry(
             SYSTEM_FEED,
@@ -852,9 +853,11 @@ impl IncomingBlob {
         let outboard_path = dir.join(format!("{hex}.obao"));
         let have_path = dir.join(format!("{hex}.have"));
         if size > MAX_RECEIVED_BLOB_BYTES {
-            return Err(StoreError::InvalidPackage(format!(
-                "blob {hash} declared as {size} bytes, over the limit of {MAX_RECEIVED_BLOB_BYTES}"
-            )));
+            return Err(StoreError::BlobTooLarge {
+                hash,
+                size,
+                max: MAX_RECEIVED_BLOB_BYTES,
+            });
         }
         let groups = group_count(size);
         let mut incoming = IncomingBlob {
@@ -963,10 +966,7 @@ impl IncomingBlob {
             return Ok(Finished::Inline(b));
         }
         if !self.is_complete() {
-            return Err(StoreError::InvalidPackage(format!(
-                "blob {} is incomplete",
-                self.hash
-            )));
+            return Err(StoreError::BlobIncomplete { hash: self.hash });
         }
         // Check the assembled file once more end to end before it becomes a stored blob.
         let data =

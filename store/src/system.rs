@@ -51,8 +51,11 @@ impl Store {
 
     /// Imports OSV records (one JSON object or an array of them); returns their ids.
     pub fn import_osv(&self, json: &str) -> Result<Vec<String>> {
-        let value: serde_json::Value = serde_json::from_str(json)
-            .map_err(|e| StoreError::InvalidPackage(format!("not JSON: {e}")))?;
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| StoreError::InvalidInput {
+                what: "OSV record",
+                detail: format!("not JSON: {e}"),
+            })?;
         let records = match value {
             serde_json::Value::Array(a) => a,
             other => vec![other],
@@ -61,7 +64,12 @@ impl Store {
         let parsed = records
             .iter()
             .map(|r| {
-                Vulnerability::from_osv_json(&r.to_string()).map_err(StoreError::InvalidPackage)
+                Vulnerability::from_osv_json(&r.to_string()).map_err(|detail| {
+                    StoreError::InvalidInput {
+                        what: "OSV record",
+                        detail,
+                    }
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         let mut ids = Vec::new();
@@ -115,16 +123,21 @@ impl Store {
             .iter()
             .any(|t| t.name == new.assessment_type)
         {
-            return Err(StoreError::InvalidPackage(format!(
-                "no assessment type `{}`; create it with `cairn assessment-type create {}`",
-                new.assessment_type, new.assessment_type
-            )));
+            return Err(StoreError::UnknownReference {
+                what: "assessment type",
+                name: new.assessment_type.clone(),
+                advice: format!(
+                    "create it with `cairn assessment-type create {}`",
+                    new.assessment_type
+                ),
+            });
         }
         if !self.system_entry_live(&format!("vulnerability/{}", new.vulnerability))? {
-            return Err(StoreError::InvalidPackage(format!(
-                "no vulnerability `{}`; import it with `cairn vuln import FILE`",
-                new.vulnerability
-            )));
+            return Err(StoreError::UnknownReference {
+                what: "vulnerability",
+                name: new.vulnerability.clone(),
+                advice: "import it with `cairn vuln import FILE`".into(),
+            });
         }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

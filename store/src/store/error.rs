@@ -76,8 +76,31 @@ pub enum StoreError {
         file: String,
     },
     /// A package version lists no files, or one file twice.
-    #[error("invalid package: {0}")]
-    InvalidPackage(String),
+    #[error("invalid package {name} {version}: {problem}")]
+    InvalidPackage {
+        name: String,
+        version: String,
+        problem: PackageProblem,
+    },
+    /// Input the caller gave (a token, an OSV record) does not say what it must.
+    #[error("invalid {what}: {detail}")]
+    InvalidInput { what: &'static str, detail: String },
+    /// Something named by the caller (an assessment type, a vulnerability) does not exist.
+    #[error("no {what} `{name}`; {advice}")]
+    UnknownReference {
+        what: &'static str,
+        name: String,
+        advice: String,
+    },
+    /// A document could not be encoded.
+    #[error("the {what} cannot be encoded: {detail}")]
+    Unencodable { what: String, detail: String },
+    /// A peer declared a blob larger than any this store accepts.
+    #[error("blob {hash} declared as {size} bytes, over the limit of {max}")]
+    BlobTooLarge { hash: Hash, size: u64, max: u64 },
+    /// A received blob was to be installed before every group arrived.
+    #[error("blob {hash} is incomplete")]
+    BlobIncomplete { hash: Hash },
     /// A document received from a peer does not fit where it was sent.
     #[error("rejected document {doc} for feed `{feed}`: {reason}")]
     RemoteRejected {
@@ -103,9 +126,15 @@ pub enum StoreError {
         key: String,
         missing: Vec<Hash>,
     },
-    /// Operation not allowed on this feed.
-    #[error("{0}")]
-    WrongFeedKind(String),
+    /// Operation not allowed on the system feed (`action`: what was tried).
+    #[error("the system feed {action}")]
+    SystemFeed { action: &'static str },
+    /// A document of a type the system feed does not hold.
+    #[error("a {doc_type} document is not a system document")]
+    NotSystemDocument { doc_type: String },
+    /// Merkle nodes asked for below the depth they are stored to.
+    #[error("merkle nodes are stored to depth {max}; list entries under deeper prefixes (asked for depth {depth})")]
+    MerkleTooDeep { depth: usize, max: usize },
     /// The blob storage (an object store) did not answer or refused: nothing was changed, and
     /// the operation may be retried.
     #[error("blob storage unavailable while {action}: {detail}; nothing was stored, retry later")]
@@ -113,12 +142,34 @@ pub enum StoreError {
         action: &'static str,
         detail: String,
     },
-    /// The configured blob backend is not the one this store's blobs are in, or cannot be used.
-    #[error("{0}")]
-    BlobBackend(String),
+    /// The configured blob backend is not the one this store's blobs are in.
+    #[error("this store keeps its large blobs in {stored}, but the configuration says {configured}; use the [blobs] configuration the store was created with")]
+    BlobHomeMismatch { stored: String, configured: String },
+    /// The configured blob backend cannot be used.
+    #[error("blob backend {location}: {source}")]
+    BlobBackend {
+        location: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// A peer's key-rotation statements do not hold.
     #[error(transparent)]
     Rotation(#[from] crate::rotation::RotationError),
+}
+
+/// What is wrong with a package version's file list.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PackageProblem {
+    /// It lists no files.
+    #[error("it has no files")]
+    NoFiles,
+    /// It lists one file name twice.
+    #[error("file `{0}` is listed twice")]
+    FileTwice(String),
+    /// Nothing was published.
+    #[error("nothing was published")]
+    Empty,
 }
 
 impl StoreError {
@@ -132,7 +183,7 @@ impl StoreError {
     }
 
     /// The error for a document that could not be signed: [`StoreError::DocumentTooLarge`]
-    /// when it is over the limit, else `InvalidPackage`.
+    /// when it is over the limit, else [`StoreError::Unencodable`].
     pub(crate) fn signing(
         what: String,
         advice: &'static str,
@@ -144,7 +195,10 @@ impl StoreError {
                 max,
                 advice,
             },
-            other => StoreError::InvalidPackage(format!("{what} cannot be encoded: {other}")),
+            other => StoreError::Unencodable {
+                what,
+                detail: other.to_string(),
+            },
         }
     }
 

@@ -53,9 +53,9 @@ impl Store {
         let _w = self.write.lock();
         let f = self.feed(name)?;
         if f.kind == FeedKind::System {
-            return Err(StoreError::WrongFeedKind(
-                "the system feed cannot be deleted".into(),
-            ));
+            return Err(StoreError::SystemFeed {
+                action: "cannot be deleted",
+            });
         }
         let mut batch = WriteBatch::default();
         let start = feed_prefix(f.id).to_vec();
@@ -107,9 +107,10 @@ impl Store {
     pub fn merkle_children(&self, feed: &str, prefix: &[u8]) -> Result<Vec<(u8, NodeSummary)>> {
         let f = self.feed(feed)?;
         if prefix.len() >= MAX_DEPTH {
-            return Err(StoreError::WrongFeedKind(format!(
-                "merkle nodes are stored to depth {MAX_DEPTH}; list entries under deeper prefixes"
-            )));
+            return Err(StoreError::MerkleTooDeep {
+                depth: prefix.len(),
+                max: MAX_DEPTH,
+            });
         }
         let mut child_prefix = merkle_key(f.id, prefix);
         child_prefix[4] += 1;

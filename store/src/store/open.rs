@@ -86,15 +86,24 @@ impl Store {
                     .map_err(StoreError::io("creating", &dir.join("blobs")))?,
             ),
             BlobsConfig::S3(config) => Box::new(
-                crate::s3::S3Blobs::new(config, &identity.public_key().fingerprint())
-                    .map_err(|e| StoreError::BlobBackend(e.to_string()))?,
+                crate::s3::S3Blobs::new(config, &identity.public_key().fingerprint()).map_err(
+                    |source| StoreError::BlobBackend {
+                        location: options.blobs.location(),
+                        source,
+                    },
+                )?,
             ),
         };
         match files.check() {
             Ok(()) => {}
             // Metadata can still be read and served; blob operations will report it.
             Err(e) if blob::as_unavailable(&e).is_some() => tracing::warn!("{e}"),
-            Err(e) => return Err(StoreError::BlobBackend(e.to_string())),
+            Err(source) => {
+                return Err(StoreError::BlobBackend {
+                    location: options.blobs.location(),
+                    source,
+                })
+            }
         }
         let mut store = Store {
             dir: dir.to_owned(),
@@ -139,10 +148,10 @@ impl Store {
         let configured = self.options.blobs.location();
         match self.db.get_cf(self.cf(CF_META), META_BLOBS)? {
             // A store made before blob backends existed keeps its blobs on local disk.
-            None if !create && configured != "local" => Err(StoreError::BlobBackend(format!(
-                "this store keeps its large blobs in local, but the configuration says {configured}; \
-                 use the [blobs] configuration the store was created with"
-            ))),
+            None if !create && configured != "local" => Err(StoreError::BlobHomeMismatch {
+                stored: "local".into(),
+                configured,
+            }),
             None => {
                 self.db
                     .put_cf(self.cf(CF_META), META_BLOBS, configured.as_bytes())?;
@@ -150,11 +159,10 @@ impl Store {
                 Ok(())
             }
             Some(v) if v == configured.as_bytes() => Ok(()),
-            Some(v) => Err(StoreError::BlobBackend(format!(
-                "this store keeps its large blobs in {}, but the configuration says {configured}; \
-                 use the [blobs] configuration the store was created with",
-                String::from_utf8_lossy(&v)
-            ))),
+            Some(v) => Err(StoreError::BlobHomeMismatch {
+                stored: String::from_utf8_lossy(&v).into_owned(),
+                configured,
+            }),
         }
     }
 

@@ -22,33 +22,38 @@ impl Store {
     /// size, signs a manifest and makes it visible in one write batch.
     pub fn publish(&self, feed: &str, package: NewPackage) -> Result<Published> {
         let mut out = self.publish_many(feed, vec![package])?;
-        out.pop()
-            .ok_or_else(|| StoreError::InvalidPackage("nothing published".into()))
+        out.pop().ok_or_else(|| StoreError::InvalidPackage {
+            name: String::new(),
+            version: String::new(),
+            problem: PackageProblem::Empty,
+        })
     }
 
     /// Publishes several package versions in one commit (all or none).
     pub fn publish_many(&self, feed: &str, packages: Vec<NewPackage>) -> Result<Vec<Published>> {
         let f = self.feed(feed)?;
-        let ecosystem = f.ecosystem().ok_or_else(|| {
-            StoreError::WrongFeedKind("packages cannot be published to the system feed".into())
+        let ecosystem = f.ecosystem().ok_or(StoreError::SystemFeed {
+            action: "holds no packages: publish to a package feed",
         })?;
         for p in &packages {
             names::check_package_name(ecosystem, &p.name)?;
             names::check_version(&p.version)?;
             if p.files.is_empty() {
-                return Err(StoreError::InvalidPackage(format!(
-                    "{} {} has no files",
-                    p.name, p.version
-                )));
+                return Err(StoreError::InvalidPackage {
+                    name: p.name.clone(),
+                    version: p.version.clone(),
+                    problem: PackageProblem::NoFiles,
+                });
             }
             let mut seen = HashSet::new();
             for file in &p.files {
                 names::check_file_name(&file.name)?;
                 if !seen.insert(&file.name) {
-                    return Err(StoreError::InvalidPackage(format!(
-                        "file `{}` listed twice",
-                        file.name
-                    )));
+                    return Err(StoreError::InvalidPackage {
+                        name: p.name.clone(),
+                        version: p.version.clone(),
+                        problem: PackageProblem::FileTwice(file.name.clone()),
+                    });
                 }
             }
         }
@@ -136,8 +141,8 @@ impl Store {
     /// change are left as they are.
     pub fn amend_metadata(&self, feed: &str, changes: &[Amendment]) -> Result<Vec<Published>> {
         let f = self.feed(feed)?;
-        let ecosystem = f.ecosystem().ok_or_else(|| {
-            StoreError::WrongFeedKind("the system feed holds no package versions".into())
+        let ecosystem = f.ecosystem().ok_or(StoreError::SystemFeed {
+            action: "holds no package versions",
         })?;
         let mut w = self.write.lock();
         let mut txn = Txn::new(self, w.hlc);
