@@ -22,6 +22,20 @@ impl Authorizer for AllowAll {
     }
 }
 
+/// [`AllowAll`] with a responder that lets a run delete anything.
+struct AllowDeletes;
+impl Authorizer for AllowDeletes {
+    fn authorize(&self, token: &str, feed: &str, mode: Mode) -> Result<(), Refusal> {
+        AllowAll.authorize(token, feed, mode)
+    }
+    fn guard(&self) -> GuardRail {
+        GuardRail {
+            allow: true,
+            ..GuardRail::default()
+        }
+    }
+}
+
 /// Wall-clock seconds, as the driver gives a session.
 fn now() -> u64 {
     crate::transport::unix_secs()
@@ -1231,12 +1245,12 @@ mod random_interaction {
                 }
             }
         }
-        // In the end, with nothing cut, a mirror with deletions allowed brings both sides to
-        // one state.
+        // In the end, with nothing cut, a mirror with deletions allowed on both sides brings
+        // them to one state.
         let (a, b) = (sites[0].get(), sites[1].get());
         let mut cfg = config(Mode::Mirror, &FEEDS);
         cfg.guard.allow = true;
-        let o = sim::run(a, b, cfg, &AllowAll, Link::default());
+        let o = sim::run(a, b, cfg, &AllowDeletes, Link::default());
         prop_assert!(
             o.initiator_error.is_none() && o.responder_error.is_none(),
             "{:?}",
@@ -1262,4 +1276,28 @@ mod random_interaction {
             play(&ops)?;
         }
     }
+}
+
+/// Found by the random-interaction test: the responder's own guard rail holds in a mirror
+/// whatever the initiator allows; with the responder's leave the deletion wins on both sides.
+#[test]
+fn the_responders_guard_rail_holds_in_a_mirror_the_initiator_allows() {
+    let (_d, a, b) = small_pair();
+    publish(&a, "demo", 0, 1, 100);
+    converge(&a, &b, config(Mode::Push, &["demo"]), lan(), "demo");
+    a.delete("demo", "p0", "1.0").unwrap();
+    let mut cfg = config(Mode::Mirror, &["demo"]);
+    cfg.guard.allow = true;
+    let o = sim::run(&a, &b, cfg.clone(), &AllowAll, lan());
+    assert!(
+        o.responder[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("guard rail")),
+        "{o:?}"
+    );
+    assert!(b.manifest("demo", "p0", "1.0").unwrap().is_some());
+    let o = sim::run(&a, &b, cfg, &AllowDeletes, lan());
+    assert_converged(&o, &a, &b, "demo");
+    assert!(b.manifest("demo", "p0", "1.0").unwrap().is_none());
 }
