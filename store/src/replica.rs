@@ -161,9 +161,48 @@ impl Store {
         self.check_received(feed, doc)
     }
 
+    /// [`Store::verify_remote`] of each of `docs`, answers in order: the signatures are
+    /// checked on every core, and each signer's trust is read once.
+    pub fn verify_remote_many(
+        &self,
+        feed: &crate::FeedRecord,
+        docs: &[&[u8]],
+    ) -> Vec<Result<VerifiedDoc>> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut trusted: std::collections::HashMap<crate::PublicKey, bool> =
+            std::collections::HashMap::new();
+        SignedDocument::decode_many(docs, threads)
+            .into_iter()
+            .map(|doc| {
+                let doc = doc?;
+                let signer = doc.signer();
+                let t = match trusted.get(&signer) {
+                    Some(&t) => t,
+                    None => {
+                        let t = self.is_trusted(&feed.name, &signer)?;
+                        trusted.insert(signer, t);
+                        t
+                    }
+                };
+                self.check_received_trusted(feed, doc, t)
+            })
+            .collect()
+    }
+
     fn check_received(&self, feed: &crate::FeedRecord, doc: SignedDocument) -> Result<VerifiedDoc> {
+        let trusted = self.is_trusted(&feed.name, &doc.signer())?;
+        self.check_received_trusted(feed, doc, trusted)
+    }
+
+    /// The checks after the signature, `trusted` saying whether the signer is trusted for the
+    /// feed.
+    fn check_received_trusted(
+        &self,
+        feed: &crate::FeedRecord,
+        doc: SignedDocument,
+        trusted: bool,
+    ) -> Result<VerifiedDoc> {
         let scope = feed.name.as_str();
-        let trusted = self.is_trusted(scope, &doc.signer())?;
         doc.check_trusted(scope, |_| trusted)?;
         let mismatch = |why: String| StoreError::RemoteRejected {
             feed: feed.name.clone(),

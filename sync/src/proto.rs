@@ -2293,10 +2293,10 @@ impl Session {
         let dry_run = job.dry_run;
         let record = store.feed(feed).map_err(store_err)?;
         let mut verified = Vec::with_capacity(docs.len());
-        let mut doc_bytes = 0u64;
-        for bytes in &docs {
-            doc_bytes += bytes.len() as u64;
-            let v = store.verify_remote(&record, bytes).map_err(|e| {
+        let doc_bytes: u64 = docs.iter().map(|d| d.len() as u64).sum();
+        let slices: Vec<&[u8]> = docs.iter().map(Vec::as_slice).collect();
+        for v in store.verify_remote_many(&record, &slices) {
+            let v = v.map_err(|e| {
                 tracing::warn!(feed, "rejected a document from the peer: {e}");
                 SessionError::BadData(format!("document for `{feed}` rejected: {e}"))
             })?;

@@ -7,6 +7,9 @@
 //!   thread, by four threads, and in batches of 100; the baseline is signing alone.
 //! - `merkle`: per-write cost of a publish into a feed of 1,000 entries and one of 1,000,000
 //!   (the difference is what a larger trie costs), and the cost of reading the root.
+//! - `verify`: 20,000 received manifests checked as a replica checks them (decode, signature,
+//!   payload): one at a time (the baseline), and as one batch with each signer's key
+//!   decompressed once, on one thread and on every core.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -43,6 +46,7 @@ enum Which {
     Ingest,
     Publish,
     Merkle,
+    Verify,
     All,
 }
 
@@ -58,6 +62,9 @@ fn main() -> Result<()> {
     }
     if matches!(args.which, Which::Merkle | Which::All) {
         results.insert("merkle".into(), merkle(&args)?);
+    }
+    if matches!(args.which, Which::Verify | Which::All) {
+        results.insert("verify".into(), verify(&args)?);
     }
     if let Some(path) = &args.json {
         fs::write(path, serde_json::to_string_pretty(&results)?)?;
@@ -336,4 +343,67 @@ fn merkle(args: &Args) -> Result<serde_json::Value> {
         fs::remove_dir_all(&dir)?;
     }
     Ok(out.into())
+}
+
+fn verify(args: &Args) -> Result<serde_json::Value> {
+    const N: u64 = 20_000;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let docs: Vec<Vec<u8>> = (0..N)
+        .map(|i| {
+            let m = Manifest {
+                v: PAYLOAD_VERSION,
+                feed: "bench".into(),
+                ecosystem: Ecosystem::Raw,
+                name: format!("pkg{}", i % 1000),
+                version: format!("1.0.{i}"),
+                files: vec![cairn_store::doc::FileEntry {
+                    name: format!("pkg-1.0.{i}.tgz"),
+                    blob: cairn_store::Hash::of(&i.to_le_bytes()),
+                    size: 2048,
+                    digests: Default::default(),
+                }],
+                metadata: Default::default(),
+                hlc: i,
+            };
+            Ok(SignedDocument::sign(&m, &key)?.bytes().to_vec())
+        })
+        .collect::<Result<_>>()?;
+    let slices: Vec<&[u8]> = docs.iter().map(Vec::as_slice).collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (mut alone, mut batch1, mut batch_all) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..args.runs {
+        let t = Instant::now();
+        for d in &slices {
+            SignedDocument::decode(d)?;
+        }
+        alone.push(t.elapsed());
+        for (threads, out) in [(1, &mut batch1), (cores, &mut batch_all)] {
+            let t = Instant::now();
+            for r in SignedDocument::decode_many(&slices, threads) {
+                r?;
+            }
+            out.push(t.elapsed());
+        }
+    }
+    let per_s = |d: Duration| N as f64 / d.as_secs_f64();
+    let (a, b1, ba) = (median(&alone), median(&batch1), median(&batch_all));
+    println!(
+        "verify {N} received manifests, median of {} runs:",
+        args.runs
+    );
+    println!("  baseline: one at a time           {:>9.0} /s", per_s(a));
+    println!(
+        "  one batch, 1 thread               {:>9.0} /s ({:.2}x)",
+        per_s(b1),
+        a.as_secs_f64() / b1.as_secs_f64()
+    );
+    println!(
+        "  one batch, {cores} threads              {:>9.0} /s ({:.2}x)",
+        per_s(ba),
+        a.as_secs_f64() / ba.as_secs_f64()
+    );
+    Ok(serde_json::json!({
+        "alone_per_s": per_s(a), "batch_1_thread_per_s": per_s(b1),
+        "batch_all_cores_per_s": per_s(ba), "cores": cores,
+    }))
 }
