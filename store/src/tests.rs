@@ -843,3 +843,26 @@ fn a_replica_never_collects_an_upstream_tombstone_on_its_own() {
     assert_eq!(spoke.gc_with(1).unwrap().tombstones_removed, 0);
     assert_eq!(hub.gc_with(1).unwrap().tombstones_removed, 1);
 }
+
+#[test]
+fn small_blobs_stored_together_must_match_their_hashes_and_nothing_is_kept_otherwise() {
+    let (_d, s) = store();
+    let (a, b) = (b"first small blob".to_vec(), b"second small blob".to_vec());
+    let stored = s
+        .put_small_blobs(&[(Hash::of(&a), &a[..]), (Hash::of(&b), &b[..])])
+        .unwrap();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(read(&s, &Hash::of(&b)).unwrap(), b);
+    // One that does not hash to its name fails the whole write: the good one with it is
+    // not stored either.
+    let (c, d) = (b"third".to_vec(), b"fourth".to_vec());
+    let err = s
+        .put_small_blobs(&[(Hash::of(&c), &c[..]), (Hash::of(&a), &d[..])])
+        .unwrap_err();
+    assert!(matches!(err, StoreError::CorruptBlob(_)), "{err}");
+    assert!(!s.has_blob(&Hash::of(&c)).unwrap());
+    assert!(!s.has_blob(&Hash::of(&d)).unwrap());
+    // Too large to be a small blob.
+    let big = vec![7u8; crate::blob::INLINE_MAX as usize + 1];
+    assert!(s.put_small_blobs(&[(Hash::of(&big), &big[..])]).is_err());
+}

@@ -2319,8 +2319,8 @@ impl Session {
             .iter()
             .flat_map(|v| v.blobs().iter().copied())
             .collect();
-        let mut pins = Vec::with_capacity(small.len());
-        for b in small {
+        let mut checked = Vec::with_capacity(small.len());
+        for b in &small {
             let want = Hash::from_bytes(b.hash);
             let size = b.data.len() as u64;
             if named.get(&want) != Some(&size) || size > cairn_store::blob::INLINE_MAX {
@@ -2334,14 +2334,18 @@ impl Session {
                     "blob {want} does not match its hash"
                 )));
             }
-            if dry_run {
-                continue;
-            }
-            let stored = store.put_blob(&b.data[..]).map_err(store_err)?;
+            checked.push((want, &b.data[..]));
+        }
+        let mut pins = Vec::with_capacity(checked.len());
+        if !dry_run && !checked.is_empty() {
+            // All of the frame's small blobs in one write.
+            let stored = store.put_small_blobs(&checked).map_err(store_err)?;
             let job = self.job(feed)?;
-            job.report.blobs_received += 1;
-            job.report.blob_bytes_received += stored.size;
-            pins.push(stored.into_pin());
+            for b in stored {
+                job.report.blobs_received += 1;
+                job.report.blob_bytes_received += b.size;
+                pins.push(b.into_pin());
+            }
         }
         // Deletions the batch would cause count against the guard rail.
         let mut deletes = 0u64;

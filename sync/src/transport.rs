@@ -730,7 +730,7 @@ impl Default for RunLimits {
             window: Duration::from_secs(60),
             min_progress_bytes: 64 << 10,
             max_run: Duration::from_secs(24 * 3600),
-            bulk_buffer_bytes: 64 << 20,
+            bulk_buffer_bytes: 16 << 20,
             concurrent_pieces: 32,
             max_receive_window: TransportOptions::default().window_bytes(),
         }

@@ -32,6 +32,44 @@ impl Store {
         })
     }
 
+    /// Stores small blobs (each at most [`blob::INLINE_MAX`] bytes) whose hashes the caller
+    /// has checked, in one write: a replica takes hundreds at once with their documents.
+    /// Returns them pinned, in order; `hashes[i]` must be the hash of `blobs[i]`.
+    pub fn put_small_blobs(&self, blobs: &[(Hash, &[u8])]) -> Result<Vec<StoredBlob>> {
+        let mut out = Vec::with_capacity(blobs.len());
+        let mut batch = WriteBatch::default();
+        for &(hash, bytes) in blobs {
+            let size = bytes.len() as u64;
+            if size > blob::INLINE_MAX || Hash::of(bytes) != hash {
+                return Err(StoreError::CorruptBlob(CorruptBlob {
+                    hash,
+                    offset: 0,
+                    location: "inline".into(),
+                }));
+            }
+            let pin = self.pin(hash);
+            let existed = self.has_blob(&hash)?;
+            if !existed {
+                batch.put_cf(
+                    self.cf(CF_BLOBS),
+                    hash.as_bytes(),
+                    blob_record(size, Some(bytes)),
+                );
+            }
+            out.push(StoredBlob {
+                hash,
+                size,
+                existed,
+                _pin: pin,
+            });
+        }
+        if !batch.is_empty() {
+            let _w = self.write.lock();
+            self.db.write(batch)?;
+        }
+        Ok(out)
+    }
+
     pub(crate) fn install_files(&self, staged: StagedBlob) -> Result<()> {
         let path = staged.data_path().to_owned();
         self.files

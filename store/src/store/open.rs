@@ -2,6 +2,11 @@
 
 use super::*;
 
+/// Bytes of memtables all column families may hold together before the largest is flushed.
+const MEMTABLE_BUDGET: usize = 32 << 20;
+/// Bytes of the block cache the column families share.
+const BLOCK_CACHE_BYTES: usize = 32 << 20;
+
 impl Store {
     /// Creates a new store in `dir`: instance key, database, the system feed, and trust in the
     /// instance's own key for every feed.
@@ -60,9 +65,22 @@ impl Store {
         opts.increase_parallelism(2);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.set_keep_log_file_num(4);
+        // RocksDB's memory is bounded whatever the feeds hold: the memtables of all column
+        // families together, and one block cache they share (by default each column family
+        // would fill memtables of 64 MiB and keep a cache of its own).
+        opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
+        let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let cfs = ALL_CFS.iter().map(|name| {
             let mut o = Options::default();
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            o.set_write_buffer_size(MEMTABLE_BUDGET / 2);
+            let mut table = rocksdb::BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            // Index and filter blocks are charged to the cache too, or they would grow with
+            // the number of table files outside any bound.
+            table.set_cache_index_and_filter_blocks(true);
+            table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            o.set_block_based_table_factory(&table);
             ColumnFamilyDescriptor::new(*name, o)
         });
         let db = DB::open_cf_descriptors(&opts, &db_dir, cfs).map_err(|e| {
