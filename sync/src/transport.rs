@@ -834,8 +834,10 @@ impl StreamBudget {
 /// A frame takes its size from the connection's bulk budget before it is read (waiting, and
 /// so holding the peer back by flow control, while the budget is spent).
 async fn read_uni(mut recv: quinn::RecvStream, tx: mpsc::Sender<Incoming>, budget: StreamBudget) {
+    // Chunks are taken as quinn holds them (no buffer of our own per stream: a peer may keep
+    // hundreds of streams open while they wait for the bulk budget).
+    const CHUNK: usize = 64 * 1024;
     let mut reader = FrameReader::default();
-    let mut buf = vec![0u8; 64 * 1024];
     let mut n = 0u64;
     let mut permit = None;
     let head = loop {
@@ -861,11 +863,12 @@ async fn read_uni(mut recv: quinn::RecvStream, tx: mpsc::Sender<Incoming>, budge
                 return;
             }
         }
-        match recv.read(&mut buf).await {
-            Ok(Some(k)) => {
+        match recv.read_chunk(CHUNK, true).await {
+            Ok(Some(c)) => {
+                let k = c.bytes.len();
                 n += k as u64;
                 budget.received.fetch_add(k as u64, Ordering::Relaxed);
-                reader.push(&buf[..k]);
+                reader.push(&c.bytes);
             }
             Ok(None) => {
                 let why = "unidirectional stream ended before its frame".to_string();
@@ -941,7 +944,7 @@ async fn read_uni(mut recv: quinn::RecvStream, tx: mpsc::Sender<Incoming>, budge
             break;
         }
         if left == 0 {
-            match recv.read(&mut buf).await {
+            match recv.read_chunk(CHUNK, true).await {
                 Ok(None) => {}
                 Ok(Some(_)) => {
                     failure = Some(format!(
@@ -953,11 +956,12 @@ async fn read_uni(mut recv: quinn::RecvStream, tx: mpsc::Sender<Incoming>, budge
             }
             break;
         }
-        match recv.read(&mut buf).await {
-            Ok(Some(k)) => {
+        match recv.read_chunk(CHUNK, true).await {
+            Ok(Some(c)) => {
+                let k = c.bytes.len();
                 n += k as u64;
                 budget.received.fetch_add(k as u64, Ordering::Relaxed);
-                chunk = buf[..k].to_vec();
+                chunk = c.bytes.to_vec();
             }
             Ok(None) => break,
             Err(e) => {
