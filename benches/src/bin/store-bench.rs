@@ -240,16 +240,7 @@ fn publish(args: &Args) -> Result<serde_json::Value> {
     for _ in 0..args.runs {
         let t = Instant::now();
         for i in 0..N {
-            let m = Manifest {
-                v: PAYLOAD_VERSION,
-                feed: "bench".into(),
-                ecosystem: Ecosystem::Raw,
-                name: format!("pkg{}", i % 1000),
-                version: format!("1.0.{i}"),
-                files: vec![],
-                metadata: Default::default(),
-                hlc: i,
-            };
+            let m = bench_manifest(i, vec![]);
             SignedDocument::sign(&m, &key)?;
         }
         sign.push(t.elapsed());
@@ -345,26 +336,34 @@ fn merkle(args: &Args) -> Result<serde_json::Value> {
     Ok(out.into())
 }
 
+/// The manifest of version `1.0.i` of one of 1,000 packages in the feed `bench`.
+fn bench_manifest(i: u64, files: Vec<cairn_store::doc::FileEntry>) -> Manifest {
+    Manifest {
+        v: PAYLOAD_VERSION,
+        feed: "bench".into(),
+        ecosystem: Ecosystem::Raw,
+        name: format!("pkg{}", i % 1000),
+        version: format!("1.0.{i}"),
+        files,
+        metadata: Default::default(),
+        hlc: i,
+    }
+}
+
 fn verify(args: &Args) -> Result<serde_json::Value> {
     const N: u64 = 20_000;
     let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
     let docs: Vec<Vec<u8>> = (0..N)
         .map(|i| {
-            let m = Manifest {
-                v: PAYLOAD_VERSION,
-                feed: "bench".into(),
-                ecosystem: Ecosystem::Raw,
-                name: format!("pkg{}", i % 1000),
-                version: format!("1.0.{i}"),
-                files: vec![cairn_store::doc::FileEntry {
+            let m = bench_manifest(
+                i,
+                vec![cairn_store::doc::FileEntry {
                     name: format!("pkg-1.0.{i}.tgz"),
                     blob: cairn_store::Hash::of(&i.to_le_bytes()),
                     size: 2048,
                     digests: Default::default(),
                 }],
-                metadata: Default::default(),
-                hlc: i,
-            };
+            );
             Ok(SignedDocument::sign(&m, &key)?.bytes().to_vec())
         })
         .collect::<Result<_>>()?;
