@@ -2237,12 +2237,22 @@ impl Session {
                 keys.pop_front();
                 continue;
             }
-            if bytes + d.len() > budget && !docs.is_empty() {
+            let manifest = SignedDocument::peek_payload::<Manifest>(&d).ok();
+            // A document goes with its small blobs: one whose blobs would not fit waits for the
+            // next batch (asking for them would cost the peer a round of its own).
+            let inline_need: usize = manifest.as_ref().map_or(0, |m| {
+                m.files
+                    .iter()
+                    .filter(|f| f.size <= cairn_store::blob::INLINE_MAX && !seen.contains(&f.blob))
+                    .map(|f| f.size as usize + 48)
+                    .sum()
+            });
+            if bytes + d.len() + inline_need > budget && !docs.is_empty() {
                 break;
             }
             keys.pop_front();
             bytes += d.len();
-            if let Ok(m) = SignedDocument::peek_payload::<Manifest>(&d) {
+            if let Some(m) = manifest {
                 for f in m.files {
                     self.offered.insert(f.blob, f.size);
                     let inline = f.size <= cairn_store::blob::INLINE_MAX;

@@ -1301,3 +1301,28 @@ fn the_responders_guard_rail_holds_in_a_mirror_the_initiator_allows() {
     assert_converged(&o, &a, &b, "demo");
     assert!(b.manifest("demo", "p0", "1.0").unwrap().is_none());
 }
+
+/// Small blobs travel with their documents: a batch ends before a document whose blobs would
+/// not fit, so a pull of small packages asks for no blob (each request would cost a round).
+#[test]
+fn small_blobs_go_with_their_documents_and_none_is_asked_for() {
+    let (_d, hub, spoke) = small_pair();
+    publish(&hub, "demo", 0, 3000, 2500);
+    let mut wants = 0;
+    let o = sim::run_tampered(
+        &spoke,
+        &hub,
+        config(Mode::Pull, &["demo"]),
+        &AllowAll,
+        lan(),
+        &mut |_, f| {
+            if matches!(f, crate::wire::Frame::WantBlobs { .. }) {
+                wants += 1;
+            }
+            vec![f]
+        },
+    );
+    assert_converged(&o, &spoke, &hub, "demo");
+    assert_eq!(o.initiator[0].blobs_received, 3000);
+    assert_eq!(wants, 0, "{o:?}");
+}
