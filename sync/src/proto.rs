@@ -411,15 +411,16 @@ impl Phase {
         }
     }
 
-    /// Every phase name, in order.
-    pub const NAMES: [&'static str; 7] = [
-        "hello",
-        "reconcile",
-        "documents",
-        "blobs",
-        "final",
-        "done",
-        "failed",
+    /// One phase of each name, in order (a reconcile at its first step, documents coming to
+    /// this side).
+    pub const EACH: [Phase; 7] = [
+        Phase::Hello,
+        Phase::Reconcile(Recon::Open),
+        Phase::Documents { receiving: true },
+        Phase::Blobs,
+        Phase::Final,
+        Phase::Done,
+        Phase::Failed,
     ];
 }
 
@@ -447,13 +448,13 @@ pub const FEED_FRAMES: [&str; 9] = [
     "FEED-FAILED",
 ];
 
-/// Which per-feed frames (by wire name, [`FEED_FRAMES`]) a feed in the phase named `phase`
-/// accepts at `role` in `mode`: the one place where a frame out of turn is refused. Frames
+/// Which per-feed frames (by wire name, [`FEED_FRAMES`]) a feed in `phase` accepts at `role`
+/// in `mode`: the one place where a frame out of turn is refused. Frames
 /// travel on several streams, so a phase accepts what an honest peer can send before it
 /// hears this side's latest: DOCS may overtake the DIFF pages they follow, and a pull
 /// responder's DONE after a change log may arrive when the initiator has already asked for a
 /// second round.
-pub fn verdict(role: Role, mode: Mode, phase: &str, frame: &str) -> Verdict {
+pub fn verdict(role: Role, mode: Mode, phase: Phase, frame: &str) -> Verdict {
     use Verdict::{Accept, Ignore, Refuse};
     let to_initiator = role == Role::Initiator;
     // Who may receive the frame at all in this mode.
@@ -473,7 +474,7 @@ pub fn verdict(role: Role, mode: Mode, phase: &str, frame: &str) -> Verdict {
     if !direction {
         return Refuse;
     }
-    if phase == "failed" {
+    if phase == Phase::Failed {
         return Ignore;
     }
     let accepted: &[&str] = match frame {
@@ -488,7 +489,7 @@ pub fn verdict(role: Role, mode: Mode, phase: &str, frame: &str) -> Verdict {
         "FEED-FAILED" => &["reconcile", "documents", "blobs", "final"],
         _ => &[],
     };
-    if accepted.contains(&phase) {
+    if accepted.contains(&phase.name()) {
         Accept
     } else {
         Refuse
@@ -1083,7 +1084,7 @@ impl Session {
         if let Some(feed) = frame.feed() {
             let (role, mode, name) = (self.role, self.mode, frame.name());
             let phase = self.job(feed)?.phase;
-            match verdict(role, mode, phase.name(), name) {
+            match verdict(role, mode, phase, name) {
                 Verdict::Accept => {}
                 Verdict::Ignore => return Ok(()),
                 Verdict::Refuse => {
@@ -2338,18 +2339,24 @@ impl Session {
                     "small blob {want} of {size} bytes that no document of its frame names"
                 )));
             }
-            if Hash::of(&b.data) != want {
-                tracing::warn!(blob = %want, "peer sent a small blob whose bytes do not match its hash");
-                return Err(SessionError::BadData(format!(
-                    "blob {want} does not match its hash"
-                )));
-            }
             checked.push((want, &b.data[..]));
         }
         let mut pins = Vec::with_capacity(checked.len());
-        if !dry_run && !checked.is_empty() {
-            // All of the frame's small blobs in one write.
-            let stored = store.put_small_blobs(&checked).map_err(store_err)?;
+        if !checked.is_empty() {
+            // All of the frame's small blobs in one write, each checked against its hash
+            // first (nothing is written if one fails); a dry run only checks.
+            let stored = if dry_run {
+                Store::check_small_blobs(&checked).map(|()| Vec::new())
+            } else {
+                store.put_small_blobs(&checked)
+            };
+            let stored = stored.map_err(|e| match e {
+                StoreError::CorruptBlob(c) => {
+                    tracing::warn!(blob = %c.hash, "peer sent a small blob whose bytes do not match its hash");
+                    SessionError::BadData(format!("blob {} does not match its hash", c.hash))
+                }
+                other => store_err(other),
+            })?;
             let job = self.job(feed)?;
             for b in stored {
                 job.report.blobs_received += 1;

@@ -32,21 +32,32 @@ impl Store {
         })
     }
 
-    /// Stores small blobs (each at most [`blob::INLINE_MAX`] bytes) whose hashes the caller
-    /// has checked, in one write: a replica takes hundreds at once with their documents.
-    /// Returns them pinned, in order; `hashes[i]` must be the hash of `blobs[i]`.
+    /// Whether each of `blobs` is a small blob (at most [`blob::INLINE_MAX`] bytes) whose
+    /// bytes hash to the name it comes with: [`StoreError::CorruptBlob`] for the first that
+    /// is not.
+    pub fn check_small_blobs(blobs: &[(Hash, &[u8])]) -> Result<()> {
+        match blobs
+            .iter()
+            .find(|(hash, bytes)| bytes.len() as u64 > blob::INLINE_MAX || Hash::of(bytes) != *hash)
+        {
+            None => Ok(()),
+            Some(&(hash, _)) => Err(StoreError::CorruptBlob(CorruptBlob {
+                hash,
+                offset: 0,
+                location: "inline".into(),
+            })),
+        }
+    }
+
+    /// Stores small blobs, each named by its hash, in one write after checking them all
+    /// ([`Store::check_small_blobs`]; nothing is written if one fails): a replica takes
+    /// hundreds at once with their documents. Returns them pinned, in order.
     pub fn put_small_blobs(&self, blobs: &[(Hash, &[u8])]) -> Result<Vec<StoredBlob>> {
+        Store::check_small_blobs(blobs)?;
         let mut out = Vec::with_capacity(blobs.len());
         let mut batch = WriteBatch::default();
         for &(hash, bytes) in blobs {
             let size = bytes.len() as u64;
-            if size > blob::INLINE_MAX || Hash::of(bytes) != hash {
-                return Err(StoreError::CorruptBlob(CorruptBlob {
-                    hash,
-                    offset: 0,
-                    location: "inline".into(),
-                }));
-            }
             let pin = self.pin(hash);
             let existed = self.has_blob(&hash)?;
             if !existed {

@@ -538,6 +538,37 @@ fn small_blobs_no_document_of_the_frame_names_are_refused() {
 }
 
 #[test]
+fn a_small_blob_whose_bytes_do_not_match_the_name_its_document_gives_is_refused() {
+    let (_d, hub, spoke) = small_pair();
+    publish(&hub, "demo", 0, 1, 10);
+    let entry = &hub.entries("demo").unwrap()[0];
+    let doc = hub.document_bytes(&entry.value.doc).unwrap().unwrap();
+    let m: Manifest = SignedDocument::peek_payload(&doc).unwrap();
+    let named = m.files[0].blob;
+    // Same length as the real blob, other bytes: only the hash tells them apart.
+    let forged = vec![0x5a; m.files[0].size as usize];
+    let mut s = initiator_after_summary(&spoke, &hub);
+    s.handle(
+        &spoke,
+        diff_with(
+            vec![doc],
+            vec![SmallBlob {
+                hash: *named.as_bytes(),
+                data: forged,
+            }],
+        ),
+        None,
+    );
+    assert!(
+        matches!(s.error(), Some(SessionError::BadData(_))),
+        "{:?}",
+        s.error()
+    );
+    assert!(!spoke.has_blob(&named).unwrap());
+    assert_eq!(root(&spoke, "demo").count, 0);
+}
+
+#[test]
 fn a_pull_without_a_checkpoint_or_with_an_expired_one_applies_nothing() {
     let (_d, hub, spoke) = small_pair();
     publish(&hub, "demo", 0, 10, 10);
