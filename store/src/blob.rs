@@ -191,6 +191,12 @@ pub trait BlobBackend: Send + Sync + fmt::Debug {
     }
     /// Opens a blob's bytes and outboard for reading.
     fn open(&self, hash: &Hash) -> io::Result<(Box<dyn RandomAccess>, Box<dyn RandomAccess>)>;
+    /// A blob's bytes as a local file, opened, for backends that keep them in one (the feed
+    /// server hands such a file to the socket once it verified it); `None` for others.
+    fn local_file(&self, hash: &Hash) -> Option<io::Result<File>> {
+        let _ = hash;
+        None
+    }
     /// Removes a blob (both parts); absent is not an error.
     fn remove(&self, hash: &Hash) -> io::Result<()>;
     /// Every blob the backend holds.
@@ -243,6 +249,10 @@ impl BlobBackend for LocalFiles {
         let data = File::open(self.data_path(hash))?;
         let outboard = File::open(self.outboard_path(hash))?;
         Ok((Box::new(data), Box::new(outboard)))
+    }
+
+    fn local_file(&self, hash: &Hash) -> Option<io::Result<File>> {
+        Some(File::open(self.data_path(hash)))
     }
 
     fn remove(&self, hash: &Hash) -> io::Result<()> {

@@ -204,6 +204,35 @@ impl Store {
         })
     }
 
+    /// A stored blob's bytes as an open local file and its size, when the blob backend keeps
+    /// it in one (not inline, not in object storage). Nothing here is verified: the caller
+    /// hashes what it reads (the feed server does, before it sends the file).
+    pub fn open_local_blob(&self, hash: &Hash) -> Result<Option<(std::fs::File, u64)>> {
+        let Some(BlobRecord::Backend(size)) = self.blob_record(hash)? else {
+            return Ok(None);
+        };
+        match self.files.local_file(hash) {
+            None => Ok(None),
+            Some(Ok(file)) => Ok(Some((file, size))),
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StoreError::BlobFileMissing {
+                    hash: *hash,
+                    location: self.files.describe(hash),
+                })
+            }
+            Some(Err(e)) => Err(StoreError::io(
+                "opening blob",
+                Path::new(&self.files.describe(hash)),
+            )(e)),
+        }
+    }
+
+    /// The local file of a blob [`Store::open_local_blob`] found before, opened again without
+    /// looking the blob up (`None`: the backend keeps no local files). Unverified, as there.
+    pub fn reopen_local_blob(&self, hash: &Hash) -> Option<std::io::Result<std::fs::File>> {
+        self.files.local_file(hash)
+    }
+
     /// A verified reader over bytes `start..end` of a blob that reads and checks only the
     /// chunk groups holding them; its first byte is byte `start`, and it may run past `end` to
     /// the end of that group (the caller takes `end - start` bytes).
