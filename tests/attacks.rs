@@ -902,7 +902,8 @@ fn six_hundred_stalled_downloads_leave_the_server_responsive() {
     use std::io::{Read, Write};
     let inst = Instance::new();
     inst.ok(&["feed", "create", "files", "--type", "raw"]);
-    // Larger than the verified cache keeps: it streams.
+    // Larger than the verified cache keeps: streamed at first, then sent from its file once
+    // one download verified it, never by a thread waiting on a client.
     inst.push("files", "big", "big", "1", &crate::util::bytes(9, 24 << 20));
     std::fs::write(
         inst.data().join("cairn.toml"),
@@ -1028,6 +1029,65 @@ fn http_attacks_are_refused_and_change_nothing() {
     assert_eq!(inst.root("files")["count"], 1);
     assert_eq!(inst.root("npm")["count"], 0);
     assert!(inst.ok(&["verify"]).contains(": ok"));
+}
+
+/// A blob file changed under a running server after downloads verified it (and had it sent
+/// from the file without a copy) is noticed at the next download and refused, however it was
+/// changed: in place with its modification time set back, or replaced by another file.
+#[test]
+fn a_blob_changed_on_disk_under_a_running_server_is_refused() {
+    use std::os::unix::fs::FileExt;
+    let inst = Instance::new();
+    inst.ok(&["feed", "create", "files", "--type", "raw"]);
+    let data = crate::util::bytes(5, 300_000);
+    inst.push("files", "big", "t", "1", &data);
+    std::fs::write(
+        inst.data().join("cairn.toml"),
+        "[sync]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let blob = crate::util::listing(&inst.data().join("blobs"))
+        .lines()
+        .map(|l| l.rsplit_once(' ').unwrap().0.to_owned())
+        .find(|p| !p.ends_with(".obao"))
+        .unwrap();
+    let server = Server::start(&inst);
+    let get = || {
+        crate::feeds::http_bytes(
+            &server.http,
+            "GET /feeds/files/t/1/big HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
+            b"",
+        )
+    };
+    // Verified by the first download, sent from the file by the next ones.
+    for _ in 0..3 {
+        assert_eq!(get(), (200, data.clone()));
+    }
+    // One byte changed in place, the modification time put back.
+    let original = std::fs::read(&blob).unwrap();
+    let modified = std::fs::metadata(&blob).unwrap().modified().unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&blob).unwrap();
+    f.write_all_at(&[original[250_000] ^ 1], 250_000).unwrap();
+    f.set_modified(modified).unwrap();
+    drop(f);
+    let (status, body) = get();
+    assert_eq!(status, 500);
+    assert!(String::from_utf8_lossy(&body).contains("failed verification"));
+    // Put right: served again, after a new verification.
+    std::fs::write(&blob, &original).unwrap();
+    assert_eq!(get(), (200, data.clone()));
+    // Replaced by another file of the same size.
+    let mut other = original.clone();
+    other[10] ^= 1;
+    let tmp = format!("{blob}.new");
+    std::fs::write(&tmp, &other).unwrap();
+    std::fs::rename(&tmp, &blob).unwrap();
+    let (status, body) = get();
+    assert_eq!(status, 500);
+    assert!(String::from_utf8_lossy(&body).contains("failed verification"));
+    std::fs::write(&blob, &original).unwrap();
+    assert_eq!(get(), (200, data));
+    server.stop();
 }
 
 /// `npm publish` of `evil@1.0.0` whose `dist.integrity` is not its tarball's.

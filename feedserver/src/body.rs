@@ -1,8 +1,14 @@
 //! Downloads from the store with bounded memory, verified as they go.
 //!
-//! Three ways, all sending only bytes that verified against the blob's BLAKE3:
+//! Four ways, all sending only bytes that verified against the blob's BLAKE3:
+//! - a blob asked for whole whose local file was hashed whole recently ([`VerifiedFiles`])
+//!   and has not changed since (its [`FileStamp`]) is handed to the socket by the kernel
+//!   (`sendfile`, [`crate::zerocopy`]): no read, no copy, no hashing, no thread. A file of up
+//!   to [`MAX_SENT_FILE`] not verified yet is hashed whole first, and again at least every
+//!   [`REVERIFY`];
 //! - a blob that is *hot* (read whole and verified recently) is served from [`VerifiedBlobs`],
-//!   a cache of verified bytes bounded in total size: no disk read, no hashing, no thread;
+//!   a cache of verified bytes bounded in total size (blobs with no local file: inline in the
+//!   index, in object storage, or under a server not run by [`crate::zerocopy::serve`]);
 //! - a blob of up to [`VerifiedBlobs::max_blob`] asked for whole is read and verified whole on
 //!   the blocking pool (within a bound on the bytes being filled at once), kept, and served;
 //! - anything else streams: chunk groups are read and verified a batch at a time on the
@@ -11,15 +17,22 @@
 //!
 //! A blob that fails verification before its first byte is sent gets a 500 naming it; one
 //! that fails later has its response cut, so a client never receives a byte that did not
-//! verify and never mistakes a cut response for a whole one (the length was announced).
+//! verify and never mistakes a cut response for a whole one (the length was announced). A file
+//! sent by the kernel is stat'ed again before the response's last bytes: changed meanwhile,
+//! the response is cut the same way.
 //!
-//! The cache holds the verified bytes themselves, so a later change of the file on disk can
-//! never reach a client through it; what it trades is memory (bounded) for the hashing.
+//! What the file path trusts that the others do not: that a file whose stamp (inode, size,
+//! modification and change times) is unchanged holds the bytes it held when it was hashed,
+//! for at most [`REVERIFY`]. Every write through the file system moves the change time, which
+//! no user can set back; damage below the file system (a failing disk) is caught at the next
+//! hashing, within [`REVERIFY`], or by `cairn verify`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -28,31 +41,87 @@ use cairn_store::Hash;
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 
+use crate::zerocopy::{self, FileStamp};
 use crate::{ApiError, FeedServer};
 
 /// Verified bytes of recently downloaded blobs, least recently used out first.
 #[derive(Debug)]
 pub struct VerifiedBlobs {
-    inner: Mutex<Lru>,
+    inner: Mutex<Lru<Bytes>>,
     max_bytes: usize,
     /// KiB of blobs being read whole to be kept, at once (a burst of first downloads of large
     /// blobs streams instead of filling memory).
     filling: Arc<Semaphore>,
 }
 
-#[derive(Debug, Default)]
-struct Lru {
-    map: HashMap<Hash, (Bytes, u64)>,
+/// Values by blob, each with a weight, the least recently used dropped beyond a total weight.
+#[derive(Debug)]
+struct Lru<V> {
+    map: HashMap<Hash, (V, u64, usize)>,
     order: BTreeMap<u64, Hash>,
-    bytes: usize,
+    weight: usize,
+    max_weight: usize,
     tick: u64,
+}
+
+impl<V: Clone> Lru<V> {
+    fn new(max_weight: usize) -> Lru<V> {
+        Lru {
+            map: HashMap::new(),
+            order: BTreeMap::new(),
+            weight: 0,
+            max_weight,
+            tick: 0,
+        }
+    }
+
+    fn get(&mut self, hash: &Hash) -> Option<V> {
+        self.tick += 1;
+        let tick = self.tick;
+        let (value, old) = {
+            let (value, t, _) = self.map.get_mut(hash)?;
+            let old = std::mem::replace(t, tick);
+            (value.clone(), old)
+        };
+        self.order.remove(&old);
+        self.order.insert(tick, *hash);
+        Some(value)
+    }
+
+    /// Keeps `value` (replacing what `hash` had), dropping the least recently used beyond the
+    /// bound; a value heavier than the bound is not kept.
+    fn insert(&mut self, hash: Hash, value: V, weight: usize) {
+        self.remove(&hash);
+        if weight > self.max_weight {
+            return;
+        }
+        while self.weight + weight > self.max_weight {
+            let Some((_, oldest)) = self.order.pop_first() else {
+                break;
+            };
+            if let Some((_, _, w)) = self.map.remove(&oldest) {
+                self.weight -= w;
+            }
+        }
+        self.tick += 1;
+        self.weight += weight;
+        self.order.insert(self.tick, hash);
+        self.map.insert(hash, (value, self.tick, weight));
+    }
+
+    fn remove(&mut self, hash: &Hash) {
+        if let Some((_, t, w)) = self.map.remove(hash) {
+            self.order.remove(&t);
+            self.weight -= w;
+        }
+    }
 }
 
 impl VerifiedBlobs {
     /// A cache of at most `max_bytes` (0 turns it off).
     pub fn new(max_bytes: usize) -> VerifiedBlobs {
         VerifiedBlobs {
-            inner: Mutex::new(Lru::default()),
+            inner: Mutex::new(Lru::new(max_bytes)),
             max_bytes,
             filling: Arc::new(Semaphore::new((max_bytes / 4) >> 10)),
         }
@@ -65,47 +134,170 @@ impl VerifiedBlobs {
 
     /// The verified bytes of `hash`, if kept.
     pub fn get(&self, hash: &Hash) -> Option<Bytes> {
-        let mut lru = self.inner.lock();
-        let tick = lru.tick + 1;
-        lru.tick = tick;
-        let (bytes, old) = {
-            let (bytes, t) = lru.map.get_mut(hash)?;
-            let old = std::mem::replace(t, tick);
-            (bytes.clone(), old)
-        };
-        lru.order.remove(&old);
-        lru.order.insert(tick, *hash);
-        Some(bytes)
+        self.inner.lock().get(hash)
     }
 
     /// Keeps the verified bytes of `hash`, dropping the least recently used beyond the bound.
     pub fn insert(&self, hash: Hash, bytes: Bytes) {
-        if bytes.len() as u64 > self.max_blob() || self.max_bytes == 0 {
+        if bytes.len() as u64 > self.max_blob() {
             return;
         }
-        let mut lru = self.inner.lock();
-        if lru.map.contains_key(&hash) {
-            return;
-        }
-        while lru.bytes + bytes.len() > self.max_bytes {
-            let Some((_, oldest)) = lru.order.pop_first() else {
-                break;
-            };
-            if let Some((b, _)) = lru.map.remove(&oldest) {
-                lru.bytes -= b.len();
-            }
-        }
-        lru.tick += 1;
-        let tick = lru.tick;
-        lru.bytes += bytes.len();
-        lru.order.insert(tick, hash);
-        lru.map.insert(hash, (bytes, tick));
+        let n = bytes.len();
+        self.inner.lock().insert(hash, bytes, n);
     }
 
     /// Bytes kept now.
     pub fn bytes(&self) -> usize {
-        self.inner.lock().bytes
+        self.inner.lock().weight
     }
+}
+
+/// Blob files read whole and verified, remembered by their [`FileStamp`], so that later
+/// downloads hand the file to the socket (see [`crate::zerocopy`]) without reading it again.
+///
+/// A remembered verification holds while the file's stamp is the one it had when it was
+/// hashed (any write through the file system changes it) and for at most [`REVERIFY`]; after
+/// that the next download hashes the file again. The stamp is checked again when the file's
+/// bytes have gone out, before the response's last bytes (kept here), so a file changed in
+/// between leaves the client a cut response, never a whole unverified one.
+#[derive(Debug)]
+pub struct VerifiedFiles {
+    inner: Mutex<Lru<Remembered>>,
+    /// Files being hashed at once; more first downloads stream instead.
+    verifying: Arc<Semaphore>,
+}
+
+#[derive(Clone, Debug)]
+struct Remembered {
+    stamp: FileStamp,
+    at: Instant,
+    tail: Bytes,
+}
+
+/// How long a verification of a file is trusted without hashing it again.
+pub const REVERIFY: Duration = Duration::from_secs(60);
+/// The largest blob sent from its file; larger ones stream, verified as they go.
+pub const MAX_SENT_FILE: u64 = 64 << 20;
+/// Verifications remembered.
+const FILES_REMEMBERED: usize = 8192;
+/// Bytes at the end of a file sent from memory after the check that it did not change.
+const TAIL: u64 = 64;
+
+impl Default for VerifiedFiles {
+    fn default() -> VerifiedFiles {
+        VerifiedFiles {
+            inner: Mutex::new(Lru::new(FILES_REMEMBERED)),
+            verifying: Arc::new(Semaphore::new(4)),
+        }
+    }
+}
+
+impl VerifiedFiles {
+    fn get(&self, hash: &Hash) -> Option<Remembered> {
+        self.inner
+            .lock()
+            .get(hash)
+            .filter(|r| r.at.elapsed() < REVERIFY)
+    }
+
+    fn insert(&self, hash: Hash, remembered: Remembered) {
+        self.inner.lock().insert(hash, remembered, 1);
+    }
+
+    /// Verifications remembered now.
+    pub fn len(&self) -> usize {
+        self.inner.lock().weight
+    }
+
+    /// Whether none is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The body of a whole blob of `size` bytes sent from its local file, verified before (now or
+/// within [`REVERIFY`]); `None` when it cannot be (no local file, not this kind of
+/// connection, too many first verifications at once, the file changing while it is hashed):
+/// the caller serves it another way.
+async fn file_body(
+    server: &Arc<FeedServer>,
+    hash: Hash,
+    size: u64,
+) -> Result<Option<Body>, ApiError> {
+    if size == 0 || size > MAX_SENT_FILE || !zerocopy::available() {
+        return Ok(None);
+    }
+    // Verified before and unchanged: an open and an `fstat`, here (no disk read).
+    if let Some(r) = server.verified_files().get(&hash) {
+        if let Some(Ok(file)) = server.store().reopen_local_blob(&hash) {
+            if r.stamp.size() == size && FileStamp::of(&file).is_ok_and(|s| s == r.stamp) {
+                let sent = size - r.tail.len() as u64;
+                return Ok(zerocopy::file_body(file, 0, sent, r.tail, r.stamp));
+            }
+        }
+    }
+    let s = server.clone();
+    let found = crate::blocking(move || {
+        let Some((file, stored)) = s.store().open_local_blob(&hash)? else {
+            return Ok(None);
+        };
+        if stored != size {
+            return Ok(None);
+        }
+        let files = s.verified_files();
+        let stamp = FileStamp::of(&file).map_err(|e| corrupt(hash, e))?;
+        if let Some(r) = files.get(&hash).filter(|r| r.stamp == stamp) {
+            return Ok(Some((file, r)));
+        }
+        let Ok(_permit) = files.verifying.clone().try_acquire_owned() else {
+            return Ok(None);
+        };
+        let tail = verify_file(&file, hash, size).map_err(|e| corrupt(hash, e))?;
+        if FileStamp::of(&file).map_err(|e| corrupt(hash, e))? != stamp {
+            return Ok(None);
+        }
+        let r = Remembered {
+            stamp,
+            at: Instant::now(),
+            tail,
+        };
+        files.insert(hash, r.clone());
+        Ok(Some((file, r)))
+    })
+    .await?;
+    Ok(found.and_then(|(file, r)| {
+        let sent = size - r.tail.len() as u64;
+        zerocopy::file_body(file, 0, sent, r.tail, r.stamp)
+    }))
+}
+
+/// Hashes the whole file, which must hold `size` bytes hashing to `hash`; its last bytes.
+fn verify_file(file: &std::fs::File, hash: Hash, size: u64) -> std::io::Result<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut at = 0u64;
+    loop {
+        let n = file.read_at(&mut buf, at)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        at += n as u64;
+        if at > size {
+            break;
+        }
+    }
+    if at != size || Hash::from(hasher.finalize()) != hash {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("its file holds {at} bytes that do not hash to it"),
+        ));
+    }
+    let tail = TAIL.min(size);
+    let mut end = vec![0u8; tail as usize];
+    file.read_exact_at(&mut end, size - tail)?;
+    Ok(Bytes::from(end))
 }
 
 /// Bytes read and verified per step of a streamed download (16 chunk groups).
@@ -227,6 +419,13 @@ pub async fn blob_response(
             .body(body)
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
     };
+    // Whole, from its verified file, without a copy.
+    if range.is_none() {
+        if let Some(body) = file_body(server, hash, size).await? {
+            sent(len);
+            return ok(builder, body);
+        }
+    }
     // Hot: verified bytes from memory.
     let cache = server.verified();
     if let Some(bytes) = cache.get(&hash) {

@@ -17,7 +17,10 @@
 //! - [`blocking`]: the vulnerability assessments that refuse downloads.
 //! - [`admin`]: the JSON admin and status API (feeds, replications and their log, vulnerabilities,
 //!   assessment types, assessments), and `/metrics` in Prometheus text format.
-//! - [`body`]: downloads streamed from the store, verified chunk group by chunk group.
+//! - [`body`]: downloads streamed from the store, verified chunk group by chunk group, or
+//!   sent from a blob's verified file without a copy.
+//! - [`zerocopy`]: the HTTP/1.1 connections [`zerocopy::serve`] owns, which hand a verified
+//!   file to the socket (`sendfile`) and check it did not change before the last bytes.
 //!
 //! Invariants: nothing is stored until an upload has been read whole, its declared digests
 //! checked and its metadata read; a download never sends a byte of a chunk group that failed
@@ -28,7 +31,7 @@
 //! # async fn run(store: std::sync::Arc<cairn_store::Store>) -> std::io::Result<()> {
 //! let server = cairn_feedserver::FeedServer::new(store, cairn_feedserver::HttpConfig::default());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! axum::serve(listener, server.router()).await
+//! cairn_feedserver::zerocopy::serve(listener, server.router()).await
 //! # }
 //! ```
 
@@ -55,6 +58,7 @@ pub mod npm;
 pub mod pypi;
 pub mod raw;
 pub mod versions;
+pub mod zerocopy;
 
 /// The `[http]` section of the configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -141,8 +145,24 @@ pub struct FeedServer {
     blocklist: blocking::Cache,
     /// Rendered index documents by (feed, key), with the state they were rendered from.
     rendered: parking_lot::Mutex<HashMap<(String, String), RenderedDoc>>,
+    /// What recent downloads resolved to, by (feed, name, version, file), with the state
+    /// they were resolved at (as `rendered`, to the second).
+    resolved: parking_lot::Mutex<HashMap<DownloadKey, ([u64; 6], Resolved)>>,
     /// Verified bytes of hot blobs.
     verified: body::VerifiedBlobs,
+    /// Blob files verified recently.
+    verified_files: body::VerifiedFiles,
+}
+
+/// A download's (feed, name, version, file).
+pub(crate) type DownloadKey = (String, String, String, String);
+
+/// What a download resolved to: the file's blob and size, and the block that refuses it.
+#[derive(Clone, Debug)]
+pub(crate) struct Resolved {
+    pub(crate) blob: cairn_store::Hash,
+    pub(crate) size: u64,
+    pub(crate) block: Option<blocking::Block>,
 }
 
 /// A rendered document and the (feed epoch, feed seq, system epoch, system seq, minute, trust
@@ -183,10 +203,12 @@ impl FeedServer {
             metrics: Metrics::default(),
             blocklist: blocking::Cache::default(),
             rendered: parking_lot::Mutex::new(HashMap::new()),
+            resolved: parking_lot::Mutex::new(HashMap::new()),
             verified: body::VerifiedBlobs::new(
                 usize::try_from(config.verified_cache_mib.saturating_mul(1 << 20))
                     .unwrap_or(usize::MAX),
             ),
+            verified_files: body::VerifiedFiles::default(),
             config,
         })
     }
@@ -204,6 +226,11 @@ impl FeedServer {
     /// The counters.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The blob files verified recently, sent without a copy.
+    pub fn verified_files(&self) -> &body::VerifiedFiles {
+        &self.verified_files
     }
 
     /// The verified bytes of hot blobs.
@@ -259,16 +286,7 @@ impl FeedServer {
         key: &str,
         build: impl FnOnce() -> Result<String, ApiError>,
     ) -> Result<Arc<String>, ApiError> {
-        let system = self.store.feed(cairn_store::SYSTEM_FEED)?.cursor();
-        let cursor = feed.cursor();
-        let stamp = [
-            cursor.epoch,
-            cursor.seq,
-            system.epoch,
-            system.seq,
-            blocking::now_secs() / 60,
-            self.store.trust_generation(),
-        ];
+        let stamp = self.state_stamp(feed, blocking::now_secs() / 60)?;
         let cache_key = (feed.name.clone(), key.to_owned());
         if let Some((s, body)) = self.rendered.lock().get(&cache_key) {
             if *s == stamp {
@@ -282,6 +300,46 @@ impl FeedServer {
         }
         cache.insert(cache_key, (stamp, body.clone()));
         Ok(body)
+    }
+
+    /// What a feed's documents are read at: (feed epoch, feed seq, system epoch, system seq,
+    /// `time`, trust generation).
+    fn state_stamp(&self, feed: &cairn_store::FeedRecord, time: u64) -> Result<[u64; 6], ApiError> {
+        let system = self.store.feed(cairn_store::SYSTEM_FEED)?.cursor();
+        let cursor = feed.cursor();
+        Ok([
+            cursor.epoch,
+            cursor.seq,
+            system.epoch,
+            system.seq,
+            time,
+            self.store.trust_generation(),
+        ])
+    }
+
+    /// What a download of `key` in `feed` resolved to within this second, with nothing
+    /// written to the feed, the system set or the trust since; `resolve` finds it otherwise
+    /// (on the blocking pool). `None` from `resolve` (not there) is not kept.
+    pub(crate) async fn resolve_download(
+        self: &Arc<Self>,
+        feed: &cairn_store::FeedRecord,
+        key: DownloadKey,
+        resolve: impl FnOnce(&FeedServer, DownloadKey) -> Result<Resolved, ApiError> + Send + 'static,
+    ) -> Result<Resolved, ApiError> {
+        let stamp = self.state_stamp(feed, blocking::now_secs())?;
+        if let Some((s, r)) = self.resolved.lock().get(&key) {
+            if *s == stamp {
+                return Ok(r.clone());
+            }
+        }
+        let (s, k) = (self.clone(), key.clone());
+        let resolved = blocking(move || resolve(&s, k)).await?;
+        let mut cache = self.resolved.lock();
+        if cache.len() >= MAX_RENDERED {
+            cache.clear();
+        }
+        cache.insert(key, (stamp, resolved.clone()));
+        Ok(resolved)
     }
 
     /// Refuses a publish to a pull replica.

@@ -315,39 +315,46 @@ pub(crate) async fn serve_file(
     names::check_package_name(ecosystem, name)?;
     names::check_version(version)?;
     names::check_file_name(file)?;
-    let (s, f, n, v) = (
-        server.clone(),
+    let key = (
         feed.name.clone(),
         name.to_owned(),
         version.to_owned(),
+        file.to_owned(),
     );
-    let (manifest, block) = blocking(move || {
-        let manifest = s.store().manifest(&f, &n, &v)?;
-        let block = s
-            .blocklist
-            .get(s.store())?
-            .check(&f, ecosystem, &n, &v, now_secs())
-            .cloned();
-        Ok((manifest, block))
-    })
-    .await?;
-    let Some((_, manifest)) = manifest else {
-        return Err(ApiError::not_found(format!(
-            "{name} {version} is not in feed `{}`",
-            feed.name
-        )));
-    };
-    let Some(entry) = manifest.files.iter().find(|f| f.name == file) else {
-        return Err(ApiError::not_found(format!(
-            "{name} {version} has no file `{file}`"
-        )));
-    };
+    let resolved = server
+        .resolve_download(feed, key, move |s, (f, n, v, file)| {
+            let Some((_, manifest)) = s.store().manifest(&f, &n, &v)? else {
+                return Err(ApiError::not_found(format!("{n} {v} is not in feed `{f}`")));
+            };
+            let Some(entry) = manifest.files.iter().find(|e| e.name == file) else {
+                return Err(ApiError::not_found(format!("{n} {v} has no file `{file}`")));
+            };
+            let block = s
+                .blocklist
+                .get(s.store())?
+                .check(&f, ecosystem, &n, &v, now_secs())
+                .cloned();
+            Ok(crate::Resolved {
+                blob: entry.blob,
+                size: entry.size,
+                block,
+            })
+        })
+        .await?;
     // The metadata of a blocked version stays readable, so resolvers can say why.
-    if let Some(b) = block.filter(|_| !file.ends_with(METADATA_SUFFIX)) {
+    if let Some(b) = resolved.block.filter(|_| !file.ends_with(METADATA_SUFFIX)) {
         server.metrics().blocked.fetch_add(1, Ordering::Relaxed);
         return Err(blocked(name, version, &b));
     }
-    crate::body::blob_response(server, entry.blob, entry.size, headers, content_type, head).await
+    crate::body::blob_response(
+        server,
+        resolved.blob,
+        resolved.size,
+        headers,
+        content_type,
+        head,
+    )
+    .await
 }
 
 /// The 403 for a blocked version.

@@ -166,7 +166,7 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
         );
         let router = feeds.router();
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(http, router).await {
+            if let Err(e) = cairn_feedserver::zerocopy::serve(http, router).await {
                 tracing::error!("HTTP server stopped: {e}");
             }
         });
