@@ -41,6 +41,18 @@ struct Args {
     /// Projects in the PyPI feed (one wheel each).
     #[arg(long, default_value_t = 200)]
     projects: usize,
+    /// Only the rows whose measurement names this (`raw`, `npm`, `wheel`...); the servers no
+    /// chosen row uses are not started.
+    #[arg(long)]
+    only: Option<String>,
+}
+
+impl Args {
+    fn chosen(&self, what: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| what.to_lowercase().contains(&o.to_lowercase()))
+    }
 }
 
 use cairn_benches::Proc;
@@ -298,26 +310,31 @@ fn main() -> Result<()> {
         fs::write(pypi_dir.join(file), bytes)?;
     }
     let pypi_port = free_port()?;
-    let _pypi = Proc(
-        Command::new("pypi-server")
-            .args([
-                "run",
-                "-p",
-                &pypi_port.to_string(),
-                "-i",
-                "127.0.0.1",
-                "-a",
-                ".",
-                "-P",
-                ".",
-            ])
-            .arg(&pypi_dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting pypi-server (pip install pypiserver)")?,
-    );
-    wait_ready(pypi_port, "/simple/")?;
+    let pypi_wanted = args.chosen("PyPI simple page") || args.chosen("PyPI 1 MiB wheel");
+    let _pypi = pypi_wanted.then(|| -> Result<Proc> {
+        let p = Proc(
+            Command::new("pypi-server")
+                .args([
+                    "run",
+                    "-p",
+                    &pypi_port.to_string(),
+                    "-i",
+                    "127.0.0.1",
+                    "-a",
+                    ".",
+                    "-P",
+                    ".",
+                ])
+                .arg(&pypi_dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting pypi-server (pip install pypiserver)")?,
+        );
+        wait_ready(pypi_port, "/simple/")?;
+        Ok(p)
+    });
+    let _pypi = _pypi.transpose()?;
 
     // verdaccio, with the same npm versions published through its own API.
     let v_dir = root.join("verdaccio");
@@ -331,19 +348,24 @@ fn main() -> Result<()> {
             v_dir.join("htpasswd").display()
         ),
     )?;
-    let _verdaccio = Proc(
-        Command::new(&args.verdaccio)
-            .arg("--config")
-            .arg(v_dir.join("config.yaml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting verdaccio")?,
-    );
-    wait_ready(v_port, "/-/ping")?;
-    for (v, tgz) in &npm_versions {
-        publish_to_verdaccio(v_port, "bench-pkg", v, tgz)?;
-    }
+    let npm_wanted = args.chosen("npm packument") || args.chosen("npm tarball");
+    let _verdaccio = npm_wanted.then(|| -> Result<Proc> {
+        let p = Proc(
+            Command::new(&args.verdaccio)
+                .arg("--config")
+                .arg(v_dir.join("config.yaml"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting verdaccio")?,
+        );
+        wait_ready(v_port, "/-/ping")?;
+        for (v, tgz) in &npm_versions {
+            publish_to_verdaccio(v_port, "bench-pkg", v, tgz)?;
+        }
+        Ok(p)
+    });
+    let _verdaccio = _verdaccio.transpose()?;
 
     // nginx, serving the raw file from disk.
     let ng_dir = root.join("nginx");
@@ -370,6 +392,9 @@ fn main() -> Result<()> {
     );
     wait_ready(ng_port, "/1mib.bin")?;
 
+    // The set-up's writes reach the disk before any measurement, so that no server is
+    // measured while the kernel writes them back.
+    Command::new("sync").status()?;
     let page = format!("proj-{:04}", args.projects / 3);
     let (big_name, big_file, _) = &wheels[big];
     let c = format!("http://127.0.0.1:{cairn_port}");
@@ -435,6 +460,9 @@ fn main() -> Result<()> {
         ),
         ("raw 1 MiB file", "nginx", format!("{ng}/1mib.bin"), vec![]),
     ] {
+        if !args.chosen(what) {
+            continue;
+        }
         rows.push(wrk(&args, what, server, &url, &headers)?);
     }
     write_results(&root, &args, &rows)
