@@ -145,9 +145,9 @@ pub struct FeedServer {
     blocklist: blocking::Cache,
     /// Rendered index documents by (feed, key), with the state they were rendered from.
     rendered: parking_lot::Mutex<HashMap<(String, String), RenderedDoc>>,
-    /// What recent downloads resolved to, by (feed, name, version, file), with the state
-    /// they were resolved at (as `rendered`, to the second).
-    resolved: parking_lot::Mutex<HashMap<DownloadKey, ([u64; 6], Resolved)>>,
+    /// What recent downloads resolved to, by (feed, name, version, file), with the store's
+    /// write sequence, the second and the trust generation they were resolved at.
+    resolved: parking_lot::Mutex<HashMap<DownloadKey, ([u64; 3], Resolved)>>,
     /// Verified bytes of hot blobs.
     verified: body::VerifiedBlobs,
     /// Blob files verified recently.
@@ -286,7 +286,16 @@ impl FeedServer {
         key: &str,
         build: impl FnOnce() -> Result<String, ApiError>,
     ) -> Result<Arc<String>, ApiError> {
-        let stamp = self.state_stamp(feed, blocking::now_secs() / 60)?;
+        let system = self.store.feed(cairn_store::SYSTEM_FEED)?.cursor();
+        let cursor = feed.cursor();
+        let stamp = [
+            cursor.epoch,
+            cursor.seq,
+            system.epoch,
+            system.seq,
+            blocking::now_secs() / 60,
+            self.store.trust_generation(),
+        ];
         let cache_key = (feed.name.clone(), key.to_owned());
         if let Some((s, body)) = self.rendered.lock().get(&cache_key) {
             if *s == stamp {
@@ -302,31 +311,19 @@ impl FeedServer {
         Ok(body)
     }
 
-    /// What a feed's documents are read at: (feed epoch, feed seq, system epoch, system seq,
-    /// `time`, trust generation).
-    fn state_stamp(&self, feed: &cairn_store::FeedRecord, time: u64) -> Result<[u64; 6], ApiError> {
-        let system = self.store.feed(cairn_store::SYSTEM_FEED)?.cursor();
-        let cursor = feed.cursor();
-        Ok([
-            cursor.epoch,
-            cursor.seq,
-            system.epoch,
-            system.seq,
-            time,
-            self.store.trust_generation(),
-        ])
-    }
-
-    /// What a download of `key` in `feed` resolved to within this second, with nothing
-    /// written to the feed, the system set or the trust since; `resolve` finds it otherwise
-    /// (on the blocking pool). `None` from `resolve` (not there) is not kept.
+    /// What a download of `key` resolved to within this second, with nothing written to the
+    /// store and no trust changed since; `resolve` finds it otherwise (on the blocking pool).
+    /// An error from `resolve` is not kept.
     pub(crate) async fn resolve_download(
         self: &Arc<Self>,
-        feed: &cairn_store::FeedRecord,
         key: DownloadKey,
         resolve: impl FnOnce(&FeedServer, DownloadKey) -> Result<Resolved, ApiError> + Send + 'static,
     ) -> Result<Resolved, ApiError> {
-        let stamp = self.state_stamp(feed, blocking::now_secs())?;
+        let stamp = [
+            self.store.write_sequence(),
+            blocking::now_secs(),
+            self.store.trust_generation(),
+        ];
         if let Some((s, r)) = self.resolved.lock().get(&key) {
             if *s == stamp {
                 return Ok(r.clone());

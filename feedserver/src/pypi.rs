@@ -322,7 +322,7 @@ pub(crate) async fn serve_file(
         file.to_owned(),
     );
     let resolved = server
-        .resolve_download(feed, key, move |s, (f, n, v, file)| {
+        .resolve_download(key, move |s, (f, n, v, file)| {
             let Some((_, manifest)) = s.store().manifest(&f, &n, &v)? else {
                 return Err(ApiError::not_found(format!("{n} {v} is not in feed `{f}`")));
             };

@@ -25,6 +25,12 @@ impl Store {
         Ok(had)
     }
 
+    /// A number that grows with every write to the store (within this process): what a cache
+    /// of anything read from it is keyed by.
+    pub fn write_sequence(&self) -> u64 {
+        self.db.latest_sequence_number()
+    }
+
     /// A number that changes whenever trust does (within this process).
     pub fn trust_generation(&self) -> u64 {
         self.trust_generation
