@@ -609,6 +609,153 @@ fn raw_files_put_get_range_delete_and_a_tampered_blob_is_never_served() {
     assert_eq!(status, 404);
 }
 
+/// A `.crate` stored with `cairn push` is listed in the sparse index exactly as a `cargo
+/// publish` of the same file lists it (dependencies of every kind, renamed, optional, for a
+/// target, with features; features, `links`, `rust-version`), and cargo builds against it.
+#[test]
+fn a_crate_pushed_with_the_cli_is_indexed_as_cargo_publish_indexes_it() {
+    let (inst, tokens) = instance_with(
+        &[("crates", "cargo"), ("pushed", "cargo")],
+        &["publish:crates"],
+    );
+    let server = Server::start(&inst);
+    let home = inst.path("cargo-home");
+    cargo_registry(&home, &server.http);
+    let write_crate = |name: &str, toml: &str, files: &[(&str, &str)]| {
+        let dir = inst.path(name);
+        std::fs::create_dir_all(dir.join("src")).unwrap();
+        std::fs::write(dir.join("Cargo.toml"), toml).unwrap();
+        std::fs::write(dir.join("src/lib.rs"), "pub fn answer() -> u32 { 42 }\n").unwrap();
+        for (file, text) in files {
+            std::fs::write(dir.join(file), text).unwrap();
+        }
+        dir
+    };
+    let head = |name: &str, version: &str| {
+        format!("[package]\nname = \"{name}\"\nversion = \"{version}\"\nedition = \"2021\"\ndescription = \"test\"\nlicense = \"MIT\"\n")
+    };
+    let crates = [
+        ("dep-a", "0.1.3"),
+        ("dep-b", "1.2.0"),
+        ("dep-c", "0.3.1"),
+        ("top", "0.2.0"),
+    ];
+    for (name, version) in &crates[..3] {
+        let dir = write_crate(
+            name,
+            &format!("{}\n[features]\nextra = []\n", head(name, version)),
+            &[],
+        );
+        run(&mut cargo_publish(&home, &dir, &tokens[0]));
+    }
+    let top = write_crate(
+        "top",
+        &format!(
+            "{}rust-version = \"1.60\"\nlinks = \"top\"\nbuild = \"build.rs\"\n\n\
+             [dependencies]\n\
+             dep-a = {{ version = \"0.1\", registry = \"cairn\" }}\n\
+             renamed = {{ package = \"dep-b\", version = \">= 1.1, < 2\", registry = \"cairn\", default-features = false, features = [\"extra\"], optional = true }}\n\n\
+             [build-dependencies]\ndep-a = {{ version = \"=0.1.3\", registry = \"cairn\" }}\n\n\
+             [dev-dependencies]\ndep-b = {{ version = \"1\", registry = \"cairn\" }}\n\n\
+             [target.'cfg(unix)'.dependencies]\ndep-c = {{ version = \"~0.3\", registry = \"cairn\", features = [\"extra\"] }}\n\n\
+             [features]\ndefault = [\"more\"]\nmore = [\"renamed/extra\"]\nplain = []\n",
+            head("top", "0.2.0")
+        ),
+        &[("build.rs", "fn main() {}\n")],
+    );
+    run(&mut cargo_publish(&home, &top, &tokens[0]));
+    // The very files cargo uploaded, pushed into the other feed with the command line.
+    let mut files = Vec::new();
+    for (name, version) in crates {
+        let (status, bytes) = http_bytes(
+            &server.http,
+            &format!("GET /feeds/crates/api/v1/crates/{name}/{version}/download HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n"),
+            b"",
+        );
+        assert_eq!(status, 200);
+        let path = inst.path(&format!("{name}-{version}.crate"));
+        std::fs::write(&path, bytes).unwrap();
+        files.push(path.to_str().unwrap().to_owned());
+    }
+    // A crate as crates.io serves them: its dependencies name no registry, so they resolve
+    // in the registry that lists it.
+    let solo_toml = "[package]\nedition = \"2021\"\nname = \"solo\"\nversion = \"0.1.0\"\ndescription = \"t\"\nlicense = \"MIT\"\n\n[dependencies.dep-a]\nversion = \"0.1\"\n";
+    let solo = inst.path("solo-0.1.0.crate");
+    std::fs::write(
+        &solo,
+        cairn_store::package::fixtures::tar_gz(&[
+            ("solo-0.1.0/Cargo.toml", solo_toml.as_bytes()),
+            (
+                "solo-0.1.0/src/lib.rs",
+                b"pub fn f() -> u32 { dep_a::answer() }\n",
+            ),
+        ]),
+    )
+    .unwrap();
+    files.push(solo.to_str().unwrap().to_owned());
+    let crates_index = format!("sparse+{}/feeds/crates/", server.http);
+    server.stop();
+    let mut args = vec!["push", "pushed"];
+    args.extend(files.iter().map(String::as_str));
+    inst.ok(&args);
+    let server = Server::start(&inst);
+    let index = |feed: &str, name: &str| -> serde_json::Value {
+        let (status, body) = http_bytes(
+            &server.http,
+            &format!(
+                "GET /feeds/{feed}/{} HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
+                cairn_feedserver::cargo::index_path(name)
+            ),
+            b"",
+        );
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 200, "{feed} {name}: {body}");
+        serde_json::from_str(body.trim()).unwrap()
+    };
+    for (name, _) in crates {
+        // The files were packaged for the feed `crates`, so their dependencies name it; a
+        // publish to that very feed leaves the registry out, a push elsewhere keeps it.
+        let mut pushed = index("pushed", name);
+        for dep in pushed["deps"].as_array_mut().unwrap() {
+            let registry = dep.as_object_mut().unwrap().remove("registry");
+            assert_eq!(registry, Some(serde_json::json!(crates_index)), "{name}");
+        }
+        assert_eq!(pushed, index("crates", name), "{name}");
+    }
+    let line = index("pushed", "top");
+    assert_eq!(line["deps"].as_array().unwrap().len(), 5, "{line}");
+    assert_eq!(line["links"], "top");
+    assert_eq!(line["rust_version"], "1.60");
+    let line = index("pushed", "solo");
+    assert_eq!(line["deps"][0]["name"], "dep-a");
+    assert_eq!(line["deps"][0]["req"], "^0.1");
+    assert!(line["deps"][0].get("registry").is_none(), "{line}");
+
+    // cargo resolves and builds `solo` and its dependency from the pushed feed alone.
+    std::fs::write(
+        home.join("config.toml"),
+        format!(
+            "[registries.pushed]\nindex = \"sparse+{}/feeds/pushed/\"\n",
+            server.http
+        ),
+    )
+    .unwrap();
+    let app = inst.path("app");
+    std::fs::create_dir_all(app.join("src")).unwrap();
+    std::fs::write(
+        app.join("Cargo.toml"),
+        "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\nsolo = { version = \"0.1\", registry = \"pushed\" }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        app.join("src/main.rs"),
+        "fn main() { println!(\"{}\", solo::f()); }\n",
+    )
+    .unwrap();
+    let out = run(&mut cargo(&home, &app, &["run", "--quiet"]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+}
+
 /// A `cargo` command with its own home (registry configuration, caches) and target dir.
 pub(crate) fn cargo(home: &Path, dir: &Path, args: &[&str]) -> Command {
     let mut c = Command::new("cargo");

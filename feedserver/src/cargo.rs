@@ -315,6 +315,20 @@ fn publish(server: &FeedServer, feed: &str, body: Bytes) -> Result<serde_json::V
     Ok(json!({ "invalid_categories": [], "invalid_badges": [], "other": [] }))
 }
 
+/// The metadata entry that lists a crate in the sparse index, for a `.crate` stored without
+/// cargo (`cairn push`): built from its normalized `Cargo.toml` as cargo builds its publish
+/// request, so the index line is the one a `cargo publish` of the same file gives. `cksum` is
+/// the file's SHA-256 (hex).
+pub fn pushed_crate_metadata(
+    dot_crate: impl Read,
+    cksum: &str,
+) -> Result<(String, Value), package::PackageError> {
+    let meta = package::crate_publish_metadata(dot_crate)?;
+    let field = |k: &str| meta[k].as_str().unwrap_or_default().to_owned();
+    let line = index_line(&meta, &field("name"), &field("vers"), cksum);
+    Ok((INDEX_LINE.to_owned(), Value::Text(line.to_string())))
+}
+
 /// The index line of a version, from the publish metadata (cargo's registry web API format
 /// turned into the index format).
 fn index_line(
@@ -323,7 +337,7 @@ fn index_line(
     version: &str,
     cksum: &str,
 ) -> serde_json::Value {
-    let deps: Vec<serde_json::Value> = meta
+    let mut deps: Vec<serde_json::Value> = meta
         .get("deps")
         .and_then(|d| d.as_array())
         .map(|deps| {
@@ -356,6 +370,8 @@ fn index_line(
                 .collect()
         })
         .unwrap_or_default();
+    // In one order whatever order the request listed them in.
+    deps.sort_by_key(|d| d.to_string());
     let mut line = json!({
         "name": name,
         "vers": version,

@@ -427,6 +427,153 @@ pub fn parse_cargo_toml(text: &str) -> Result<PackageInfo, PackageError> {
     })
 }
 
+/// What `cargo publish` sends as a crate's metadata (the registry web API's JSON: `name`,
+/// `vers`, `deps`, `features`, `links`, `rust_version`), read from the normalized
+/// `Cargo.toml` inside the `.crate` that `r` holds, so that a crate stored without cargo lists
+/// the same way as one cargo published.
+pub fn crate_publish_metadata(r: impl Read) -> Result<serde_json::Value, PackageError> {
+    const FILE: &str = "Cargo.toml";
+    let text = find_in_tar_gz(r, "crate", |p| is_top_level_file(p, FILE))?.ok_or(
+        PackageError::MissingMetadata {
+            format: "crate",
+            file: FILE,
+        },
+    )?;
+    let bad = |detail: String| PackageError::BadMetadata { file: FILE, detail };
+    let doc: toml::Table = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let info = parse_cargo_toml(&text)?;
+    let package = doc
+        .get("package")
+        .and_then(|p| p.as_table())
+        .ok_or_else(|| bad("no [package] table".into()))?;
+    let mut deps = Vec::new();
+    let sections = [
+        ("dependencies", "normal"),
+        ("dev-dependencies", "dev"),
+        ("dev_dependencies", "dev"),
+        ("build-dependencies", "build"),
+        ("build_dependencies", "build"),
+    ];
+    let mut add = |table: &toml::Table, target: Option<&str>| -> Result<(), PackageError> {
+        for (section, kind) in sections {
+            let Some(list) = table.get(section) else {
+                continue;
+            };
+            let list = list
+                .as_table()
+                .ok_or_else(|| bad(format!("[{section}] is not a table")))?;
+            for (key, spec) in list {
+                deps.push(cargo_dep(key, spec, kind, target).map_err(&bad)?);
+            }
+        }
+        Ok(())
+    };
+    add(&doc, None)?;
+    if let Some(targets) = doc.get("target").and_then(|t| t.as_table()) {
+        for (cfg, table) in targets {
+            if let Some(table) = table.as_table() {
+                add(table, Some(cfg))?;
+            }
+        }
+    }
+    let mut features = serde_json::Map::new();
+    if let Some(table) = doc.get("features").and_then(|f| f.as_table()) {
+        for (name, values) in table {
+            let values: Vec<String> = values
+                .as_array()
+                .ok_or_else(|| bad(format!("feature `{name}` is not a list")))?
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect::<Option<_>>()
+                .ok_or_else(|| bad(format!("feature `{name}` lists a value that is not text")))?;
+            features.insert(name.clone(), serde_json::json!(values));
+        }
+    }
+    let text_field = |k: &str| {
+        package
+            .get(k)
+            .and_then(|v| v.as_str())
+            .map_or(serde_json::Value::Null, |s| serde_json::json!(s))
+    };
+    Ok(serde_json::json!({
+        "name": info.name,
+        "vers": info.version,
+        "deps": deps,
+        "features": features,
+        "links": text_field("links"),
+        "rust_version": text_field("rust-version"),
+    }))
+}
+
+/// One dependency as `cargo publish` describes it, from its `Cargo.toml` entry.
+fn cargo_dep(
+    key: &str,
+    spec: &toml::Value,
+    kind: &str,
+    target: Option<&str>,
+) -> Result<serde_json::Value, String> {
+    let (req, table) = match spec {
+        toml::Value::String(req) => (req.as_str(), None),
+        toml::Value::Table(t) => (
+            t.get("version").and_then(|v| v.as_str()).unwrap_or("*"),
+            Some(t),
+        ),
+        _ => {
+            return Err(format!(
+                "dependency `{key}` is neither a version nor a table"
+            ))
+        }
+    };
+    let get = |k: &str| {
+        table.and_then(|t| {
+            t.get(k)
+                .or_else(|| t.get(k.replace('-', "_").as_str()))
+                .cloned()
+        })
+    };
+    let features: Vec<String> = match get("features") {
+        None => Vec::new(),
+        Some(toml::Value::Array(a)) => a
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect::<Option<_>>()
+            .ok_or_else(|| format!("dependency `{key}` lists a feature that is not text"))?,
+        Some(_) => return Err(format!("the features of dependency `{key}` are not a list")),
+    };
+    let flag = |k: &str, default: bool| get(k).and_then(|v| v.as_bool()).unwrap_or(default);
+    let package = get("package").and_then(|v| v.as_str().map(str::to_owned));
+    Ok(serde_json::json!({
+        "name": package.as_deref().unwrap_or(key),
+        "version_req": normalize_version_req(req),
+        "features": features,
+        "optional": flag("optional", false),
+        "default_features": flag("default-features", true),
+        "target": target,
+        "kind": kind,
+        "registry": get("registry-index").and_then(|v| v.as_str().map(str::to_owned)),
+        "explicit_name_in_toml": package.is_some().then_some(key),
+    }))
+}
+
+/// A version requirement as cargo writes it (`1.0` is `^1.0`, `>= 1, < 2` is `>=1, <2`).
+fn normalize_version_req(req: &str) -> String {
+    req.split(',')
+        .map(|part| {
+            let part = part.trim();
+            let op_len = part
+                .find(|c: char| !matches!(c, '<' | '>' | '=' | '~' | '^'))
+                .unwrap_or(part.len());
+            let (op, version) = (&part[..op_len], part[op_len..].trim());
+            match op {
+                "" if version == "*" || version.contains(['*', 'x', 'X']) => version.to_owned(),
+                "" => format!("^{version}"),
+                op => format!("{op}{version}"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Converts JSON to CBOR values that deterministic encoding accepts (floats become text).
 pub fn json_to_cbor(v: &serde_json::Value) -> Value {
     match v {
@@ -540,7 +687,8 @@ impl<R: Read> Read for DigestingReader<R> {
 pub mod fixtures {
     use std::io::Write;
 
-    fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
+    /// A gzip-compressed tar of `files` (path, bytes).
+    pub fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
         let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         let mut tar = tar::Builder::new(gz);
         for (path, data) in files {
@@ -629,6 +777,21 @@ pub mod fixtures {
 mod tests {
     use super::*;
     use std::io::Cursor;
+
+    #[test]
+    fn version_requirements_are_written_as_cargo_writes_them() {
+        for (req, cargo) in [
+            ("1.0", "^1.0"),
+            ("^1.2.3", "^1.2.3"),
+            (">= 1.1, < 2", ">=1.1, <2"),
+            ("=0.1.3", "=0.1.3"),
+            ("~ 0.3", "~0.3"),
+            ("*", "*"),
+            ("1.*", "1.*"),
+        ] {
+            assert_eq!(normalize_version_req(req), cargo, "{req}");
+        }
+    }
 
     #[test]
     fn reads_each_format() {

@@ -861,7 +861,27 @@ fn push(
                 let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
                 let info = package::inspect(format, BufReader::new(f))
                     .with_context(|| format!("reading package metadata from {}", path.display()))?;
-                (info.name, info.version, info.metadata)
+                let mut metadata = info.metadata;
+                if ecosystem == Ecosystem::Cargo && format == PackageFormat::Crate {
+                    // What cargo would have sent had it published the file: the sparse index
+                    // lists a crate by it.
+                    let mut digesting = DigestingReader::new(
+                        File::open(path).with_context(|| format!("opening {}", path.display()))?,
+                        ecosystem,
+                    );
+                    io::copy(&mut digesting, &mut io::sink())
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let cksum = digesting.finish().remove("sha256").unwrap_or_default();
+                    let f =
+                        File::open(path).with_context(|| format!("opening {}", path.display()))?;
+                    let (key, line) =
+                        cairn_feedserver::cargo::pushed_crate_metadata(BufReader::new(f), &cksum)
+                            .with_context(|| {
+                            format!("reading the crate metadata of {}", path.display())
+                        })?;
+                    metadata.insert(key, line);
+                }
+                (info.name, info.version, metadata)
             }
         };
         names::check_package_name(ecosystem, &pkg_name)?;
