@@ -170,14 +170,15 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
                 tracing::error!("HTTP server stopped: {e}");
             }
         });
-        println!(
+        // A server whose standard output was closed (its reader gone) goes on serving.
+        say(format_args!(
             "cairn serving {} on {} (replication, QUIC) and http://{} (feeds); key {}; blobs {}",
             data_dir.display(),
             local,
             http_addr,
             store.identity().public_key(),
             config.store_options().blobs.location()
-        );
+        ));
         replicator.schedule();
         let sock = control_socket(data_dir);
         let forward_store = store.clone();
@@ -189,9 +190,16 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
         shutdown_signal().await;
         drop(control);
         replicator.shut_down(&endpoint).await;
-        println!("cairn stopped");
+        say(format_args!("cairn stopped"));
         anyhow::Ok(())
     })
+}
+
+/// A line on standard output, unless nobody reads it any more.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 async fn shutdown_signal() {
