@@ -1,0 +1,242 @@
+//! A spoke's first sync of a feed of many small files, on loopback: its time and peak memory
+//! at several feed sizes, to show what the memory depends on. For each N: a hub of N entries
+//! (one file of 1-4 KiB each, as corpus T), `cairn serve` on it, a fresh spoke running
+//! `cairn replicate` once; the spoke's peak RSS is its `VmHWM`, read while it runs.
+//!
+//! `first-sync --entries 100000,1000000`
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use cairn_benches::Proc;
+use cairn_store::{Ecosystem, NewFile, NewPackage, Store, StoreOptions};
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(about = "Time and peak RSS of a spoke's first sync, by feed size")]
+struct Args {
+    /// Feed sizes to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![100_000u64, 1_000_000])]
+    entries: Vec<u64>,
+    /// Where instances go.
+    #[arg(long, default_value = "bench-scratch/first-sync")]
+    dir: std::path::PathBuf,
+}
+
+fn free_udp_port() -> Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A hub store of `n` entries in feed `corpus`.
+fn build_hub(dir: &Path, n: u64) -> Result<()> {
+    let store = Store::init(
+        dir,
+        StoreOptions {
+            sync_writes: false,
+            ..StoreOptions::default()
+        },
+    )?;
+    store.create_feed("corpus", Ecosystem::Raw)?;
+    let mut seed = 0x5eed_u64;
+    let mut i = 0;
+    while i < n {
+        let end = (i + 2000).min(n);
+        let mut files = Vec::new();
+        for j in i..end {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let mut bytes = vec![0u8; 1024 + (seed >> 33) as usize % 3072];
+            cairn_benches::fill_bytes(j, &mut bytes);
+            files.push(bytes);
+        }
+        let named: Vec<(cairn_store::Hash, &[u8])> = files
+            .iter()
+            .map(|f| (cairn_store::Hash::of(f), f.as_slice()))
+            .collect();
+        let blobs = store.put_small_blobs(&named)?;
+        let batch = blobs
+            .into_iter()
+            .zip(i..end)
+            .map(|(b, j)| NewPackage {
+                name: format!("d{:04}", j / 1000),
+                version: format!("1.{j}"),
+                files: vec![NewFile {
+                    name: format!("f{j:07}.bin"),
+                    blob: b.hash,
+                    size: b.size,
+                    digests: BTreeMap::new(),
+                }],
+                metadata: BTreeMap::new(),
+            })
+            .collect();
+        store.publish_many("corpus", batch)?;
+        i = end;
+    }
+    Ok(())
+}
+
+fn cairn(bin: &Path, dir: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(bin)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "cairn {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn key_of(bin: &Path, dir: &Path) -> Result<String> {
+    let out = cairn(bin, dir, &["key", "show"])?;
+    out.split_whitespace()
+        .find(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_owned)
+        .context("no key in `cairn key show`")
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Seconds and peak RSS (KiB) of the spoke's first sync of a hub of `n` entries.
+fn measure(bin: &Path, root: &Path, n: u64) -> Result<(f64, u64)> {
+    let (hub, spoke) = (root.join("hub"), root.join("spoke"));
+    let t = Instant::now();
+    build_hub(&hub, n)?;
+    eprintln!("first-sync: hub of {n} entries built in {:?}", t.elapsed());
+    cairn(bin, &spoke, &["init"])?;
+    cairn(bin, &spoke, &["feed", "create", "corpus", "--type", "raw"])?;
+    let (hub_key, spoke_key) = (key_of(bin, &hub)?, key_of(bin, &spoke)?);
+    let token = cairn(
+        bin,
+        &hub,
+        &["token", "create", "--scope", "replicate:corpus"],
+    )?;
+    let token = token
+        .split_whitespace()
+        .find(|w| w.starts_with("cairn_"))
+        .context("no token printed")?
+        .to_owned();
+    let (hub_port, spoke_port) = (free_udp_port()?, free_udp_port()?);
+    cairn(
+        bin,
+        &hub,
+        &[
+            "peer",
+            "add",
+            "spoke",
+            &format!("127.0.0.1:{spoke_port}"),
+            "--key",
+            &spoke_key,
+        ],
+    )?;
+    cairn(
+        bin,
+        &spoke,
+        &[
+            "peer",
+            "add",
+            "hub",
+            &format!("127.0.0.1:{hub_port}"),
+            "--key",
+            &hub_key,
+        ],
+    )?;
+    cairn(bin, &spoke, &["trust", "add", &hub_key])?;
+    fs::write(
+        hub.join("cairn.toml"),
+        format!("[sync]\nlisten = \"127.0.0.1:{hub_port}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n"),
+    )?;
+    fs::write(
+        spoke.join("cairn.toml"),
+        format!(
+            "[sync]\nlisten = \"127.0.0.1:{spoke_port}\"\n\n[[replication]]\nname = \"from-hub\"\npeer = \"hub\"\ntoken = \"{token}\"\nfeeds = [\"corpus\"]\nmode = \"pull\"\ninterval_secs = 0\n"
+        ),
+    )?;
+    let mut hub_proc = Proc(
+        Command::new(bin)
+            .arg("--data-dir")
+            .arg(&hub)
+            .arg("serve")
+            .env("CAIRN_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()?,
+    );
+    // The start line comes once both servers listen.
+    let mut hub_out = std::io::BufReader::new(hub_proc.0.stdout.take().context("hub stdout")?);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut hub_out, &mut line)?;
+    ensure!(line.contains("cairn serving"), "hub did not start: {line}");
+    let started = Instant::now();
+    let mut child = Command::new(bin)
+        .arg("--data-dir")
+        .arg(&spoke)
+        .args(["replicate", "from-hub"])
+        .env("CAIRN_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let mut peak = 0;
+    let status = loop {
+        if let Some(kib) = peak_rss_kib(pid) {
+            peak = peak.max(kib);
+        }
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(3600) {
+            let _ = child.kill();
+            bail!("the first sync of {n} entries took over an hour");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let secs = started.elapsed().as_secs_f64();
+    let mut out = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        use std::io::Read;
+        o.read_to_string(&mut out)?;
+    }
+    ensure!(
+        status.success() && out.contains("converged"),
+        "the spoke did not converge: {out}"
+    );
+    drop(hub_proc);
+    drop(hub_out);
+    Ok((secs, peak))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let bin = std::env::current_exe()?.with_file_name("cairn");
+    let root = cairn_benches::fresh_dir(&args.dir)?;
+    let mut rows = Vec::new();
+    for &n in &args.entries {
+        let dir = root.join(format!("n{n}"));
+        let (secs, kib) = measure(&bin, &dir, n)?;
+        eprintln!(
+            "first-sync: {n} entries in {secs:.1} s, spoke peak RSS {} MiB",
+            kib >> 10
+        );
+        rows.push((n, secs, kib));
+        fs::remove_dir_all(&dir)?;
+    }
+    println!("| entries | first sync | spoke peak RSS |\n| --- | --- | --- |");
+    for (n, secs, kib) in rows {
+        println!("| {n} | {secs:.1} s | {:.0} MiB |", kib as f64 / 1024.0);
+    }
+    Ok(())
+}
