@@ -98,7 +98,21 @@ fn package_files_name_themselves() {
     let py = c.ls("py");
     assert_eq!(py.len(), 1, "wheel and sdist are one version");
     assert_eq!(py[0]["name"], "demo-pkg");
-    assert_eq!(py[0]["files"].as_array().unwrap().len(), 2);
+    // The wheel's core metadata goes beside it (PEP 658), as an upload stores it.
+    let names: Vec<&str> = py[0]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "demo_pkg-1.0.0-py3-none-any.whl",
+            "demo_pkg-1.0.0-py3-none-any.whl.metadata",
+            "demo-pkg-1.0.0.tar.gz"
+        ]
+    );
     assert_eq!(py[0]["metadata"]["requires_dist"][0], "other>=1");
     assert_eq!(
         py[0]["files"][0]["digests"]["sha256"]
@@ -122,7 +136,7 @@ fn package_files_name_themselves() {
         (rs[0]["name"].as_str(), rs[0]["version"].as_str()),
         (Some("foo"), Some("0.2.0"))
     );
-    // Getting a file of a two-file version needs its name.
+    // Getting a file of a version of several files needs its name.
     let err = c.fails(
         &[
             "get",
@@ -134,7 +148,7 @@ fn package_files_name_themselves() {
         ],
         2,
     );
-    assert!(err.contains("has 2 files"), "{err}");
+    assert!(err.contains("has 3 files"), "{err}");
     c.ok(&[
         "get",
         "py",

@@ -609,6 +609,76 @@ fn raw_files_put_get_range_delete_and_a_tampered_blob_is_never_served() {
     assert_eq!(status, 404);
 }
 
+/// A wheel and an sdist stored with `cairn push` are listed in the simple index (both forms)
+/// exactly as a `twine upload` of the same files lists them, core metadata (PEP 658) included.
+#[test]
+fn pypi_files_pushed_with_the_cli_are_indexed_as_twine_uploads_index_them() {
+    let (inst, tokens) = instance_with(&[("pypi", "pypi"), ("other", "pypi")], &["publish:pypi"]);
+    let pkgs: PathBuf = inst.path("pkgs");
+    std::fs::create_dir_all(&pkgs).unwrap();
+    run(python(&["-c", BUILD]).arg(&pkgs));
+    let wheel = pkgs.join("cairn_beta-2.0.0-py3-none-any.whl");
+    let sdist = pkgs.join("cairn_alpha-1.0.0.tar.gz");
+    let server = Server::start(&inst);
+    let upload = format!("{}/feeds/pypi/legacy/", server.http);
+    for file in [&wheel, &sdist] {
+        assert!(twine_upload(&upload, &tokens[0], file).status.success());
+    }
+    server.stop();
+    inst.ok(&[
+        "push",
+        "other",
+        wheel.to_str().unwrap(),
+        sdist.to_str().unwrap(),
+    ]);
+    let server = Server::start(&inst);
+    let page = |feed: &str, project: &str, accept: &str| {
+        let (status, body) = http_bytes(
+            &server.http,
+            &format!("GET /feeds/{feed}/simple/{project}/ HTTP/1.1\r\nHost: HOST\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"),
+            b"",
+        );
+        assert_eq!(status, 200, "{feed} {project}");
+        String::from_utf8_lossy(&body).replace(&format!("/feeds/{feed}/"), "/feeds/FEED/")
+    };
+    for project in ["cairn-alpha", "cairn-beta"] {
+        for accept in ["application/vnd.pypi.simple.v1+json", "text/html"] {
+            assert_eq!(
+                page("other", project, accept),
+                page("pypi", project, accept),
+                "{project} {accept}"
+            );
+        }
+    }
+    let json: serde_json::Value = serde_json::from_str(&page(
+        "other",
+        "cairn-beta",
+        "application/vnd.pypi.simple.v1+json",
+    ))
+    .unwrap();
+    let file = &json["files"][0];
+    assert!(file["core-metadata"].is_object(), "{json}");
+    let url = file["url"].as_str().unwrap();
+    let path = url[url.find("/feeds/").unwrap()..]
+        .split('#')
+        .next()
+        .unwrap()
+        .to_owned();
+    let metadata = |feed: &str| {
+        http_bytes(
+            &server.http,
+            &format!(
+                "GET {}.metadata HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n",
+                path.replace("/feeds/FEED/", &format!("/feeds/{feed}/"))
+            ),
+            b"",
+        )
+    };
+    let pushed = metadata("other");
+    assert_eq!(pushed.0, 200);
+    assert_eq!(pushed, metadata("pypi"));
+}
+
 /// A `.crate` stored with `cairn push` is listed in the sparse index exactly as a `cargo
 /// publish` of the same file lists it (dependencies of every kind, renamed, optional, for a
 /// target, with features; features, `links`, `rust-version`), and cargo builds against it.

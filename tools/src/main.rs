@@ -849,6 +849,7 @@ fn push(
         if !meta.is_file() {
             bail!("{} is not a regular file", path.display());
         }
+        let mut companion = None;
         let (pkg_name, pkg_version, metadata) = match (&name, &version) {
             (Some(n), Some(v)) => (n.clone(), v.clone(), BTreeMap::new()),
             _ => {
@@ -881,40 +882,73 @@ fn push(
                         })?;
                     metadata.insert(key, line);
                 }
+                if ecosystem == Ecosystem::Pypi && format == PackageFormat::Wheel {
+                    // The core metadata beside the wheel (PEP 658), as an upload stores it.
+                    let f =
+                        File::open(path).with_context(|| format!("opening {}", path.display()))?;
+                    let text = package::wheel_metadata(BufReader::new(f)).with_context(|| {
+                        format!("reading the core metadata of {}", path.display())
+                    })?;
+                    companion = Some((format!("{file_name}.metadata"), text));
+                }
                 (info.name, info.version, metadata)
             }
         };
+        // A PyPI project keeps the spelling it was first published with, as an upload's.
+        let pkg_name = match ecosystem {
+            Ecosystem::Pypi => {
+                let normalized = cairn_feedserver::versions::normalize_pypi(&pkg_name);
+                store
+                    .entries(feed)?
+                    .iter()
+                    .filter_map(|e| names::split_package_key(&e.key).map(|(n, _)| n))
+                    .find(|n| cairn_feedserver::versions::normalize_pypi(n) == normalized)
+                    .map_or(pkg_name, str::to_owned)
+            }
+            _ => pkg_name,
+        };
         names::check_package_name(ecosystem, &pkg_name)?;
         names::check_version(&pkg_version)?;
-        plans.push((path, file_name, pkg_name, pkg_version, metadata));
+        plans.push((path, file_name, pkg_name, pkg_version, metadata, companion));
     }
     let mut pins = Vec::new();
     let mut packages: Vec<NewPackage> = Vec::new();
-    for (path, file_name, pkg_name, pkg_version, metadata) in plans {
+    for (path, file_name, pkg_name, pkg_version, metadata, companion) in plans {
         let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let mut reader = DigestingReader::new(f, ecosystem);
         let stored = store
             .put_blob(&mut reader)
             .with_context(|| format!("storing {}", path.display()))?;
-        let new_file = NewFile {
+        let mut new_files = vec![NewFile {
             name: file_name,
             blob: stored.hash,
             size: stored.size,
             digests: reader.finish(),
-        };
+        }];
         pins.push(stored);
+        if let Some((name, text)) = companion {
+            let mut reader = DigestingReader::new(text.as_bytes(), ecosystem);
+            let stored = store.put_blob(&mut reader)?;
+            new_files.push(NewFile {
+                name,
+                blob: stored.hash,
+                size: stored.size,
+                digests: reader.finish(),
+            });
+            pins.push(stored);
+        }
         match packages
             .iter_mut()
             .find(|p| p.name == pkg_name && p.version == pkg_version)
         {
             Some(p) => {
-                p.files.push(new_file);
+                p.files.extend(new_files);
                 p.metadata.extend(metadata);
             }
             None => packages.push(NewPackage {
                 name: pkg_name,
                 version: pkg_version,
-                files: vec![new_file],
+                files: new_files,
                 metadata,
             }),
         }
