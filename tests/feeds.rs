@@ -811,19 +811,35 @@ fn a_crate_pushed_with_the_cli_is_indexed_as_cargo_publish_indexes_it() {
     )
     .unwrap();
     let app = inst.path("app");
-    std::fs::create_dir_all(app.join("src")).unwrap();
+    assert_eq!(
+        cargo_app_prints(&home, &app, "solo", "0.1", "pushed", "solo::f()"),
+        "42"
+    );
+}
+
+/// Builds and runs, with cargo, a program in `dir` that depends on `krate` `req` from
+/// `registry` and prints `expr`; what it printed.
+pub(crate) fn cargo_app_prints(
+    home: &Path,
+    dir: &Path,
+    krate: &str,
+    req: &str,
+    registry: &str,
+    expr: &str,
+) -> String {
+    std::fs::create_dir_all(dir.join("src")).unwrap();
     std::fs::write(
-        app.join("Cargo.toml"),
-        "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\nsolo = { version = \"0.1\", registry = \"pushed\" }\n",
+        dir.join("Cargo.toml"),
+        format!("[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\n{krate} = {{ version = \"{req}\", registry = \"{registry}\" }}\n"),
     )
     .unwrap();
     std::fs::write(
-        app.join("src/main.rs"),
-        "fn main() { println!(\"{}\", solo::f()); }\n",
+        dir.join("src/main.rs"),
+        format!("fn main() {{ println!(\"{{}}\", {expr}); }}\n"),
     )
     .unwrap();
-    let out = run(&mut cargo(&home, &app, &["run", "--quiet"]));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+    let out = run(&mut cargo(home, dir, &["run", "--quiet"]));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// A `cargo` command with its own home (registry configuration, caches) and target dir.
@@ -864,19 +880,17 @@ fn cargo_publishes_yanks_and_builds_through_the_sparse_registry() {
     run(&mut cargo_publish(&home, &dep, token));
 
     let app = inst.path("app");
-    std::fs::create_dir_all(app.join("src")).unwrap();
-    std::fs::write(
-        app.join("Cargo.toml"),
-        "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\ncairn-dep = { version = \"0.1\", registry = \"cairn\" }\n",
-    )
-    .unwrap();
-    std::fs::write(
-        app.join("src/main.rs"),
-        "fn main() { println!(\"{}\", cairn_dep::answer()); }\n",
-    )
-    .unwrap();
-    let out = run(&mut cargo(&home, &app, &["run", "--quiet"]));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+    assert_eq!(
+        cargo_app_prints(
+            &home,
+            &app,
+            "cairn-dep",
+            "0.1",
+            "cairn",
+            "cairn_dep::answer()"
+        ),
+        "42"
+    );
 
     // Yank and unyank show in the index.
     let index = || {

@@ -87,6 +87,27 @@ pub fn stop_child(child: &mut std::process::Child, grace: Duration) {
     let _ = child.wait();
 }
 
+/// Runs `BIN --data-dir DIR ARGS` (the `cairn` command line), which must succeed; its stdout,
+/// trimmed.
+pub fn cairn_cli(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    args: &[&str],
+) -> anyhow::Result<String> {
+    let out = std::process::Command::new(bin)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "cairn {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
 /// A child process stopped on drop ([`stop_child`], 5 s of grace).
 #[derive(Debug)]
 pub struct Proc(pub std::process::Child);

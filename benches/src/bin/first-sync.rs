@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use cairn_benches::Proc;
+use cairn_benches::{cairn_cli, Proc};
 use cairn_store::{Ecosystem, NewFile, NewPackage, Store, StoreOptions};
 use clap::Parser;
 
@@ -82,22 +82,8 @@ fn build_hub(dir: &Path, n: u64) -> Result<()> {
     Ok(())
 }
 
-fn cairn(bin: &Path, dir: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new(bin)
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "cairn {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 fn key_of(bin: &Path, dir: &Path) -> Result<String> {
-    let out = cairn(bin, dir, &["key", "show"])?;
+    let out = cairn_cli(bin, dir, &["key", "show"])?;
     out.split_whitespace()
         .find(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
         .map(str::to_owned)
@@ -118,10 +104,10 @@ fn measure(bin: &Path, root: &Path, n: u64) -> Result<(f64, u64)> {
     let t = Instant::now();
     build_hub(&hub, n)?;
     eprintln!("first-sync: hub of {n} entries built in {:?}", t.elapsed());
-    cairn(bin, &spoke, &["init"])?;
-    cairn(bin, &spoke, &["feed", "create", "corpus", "--type", "raw"])?;
+    cairn_cli(bin, &spoke, &["init"])?;
+    cairn_cli(bin, &spoke, &["feed", "create", "corpus", "--type", "raw"])?;
     let (hub_key, spoke_key) = (key_of(bin, &hub)?, key_of(bin, &spoke)?);
-    let token = cairn(
+    let token = cairn_cli(
         bin,
         &hub,
         &["token", "create", "--scope", "replicate:corpus"],
@@ -132,7 +118,7 @@ fn measure(bin: &Path, root: &Path, n: u64) -> Result<(f64, u64)> {
         .context("no token printed")?
         .to_owned();
     let (hub_port, spoke_port) = (free_udp_port()?, free_udp_port()?);
-    cairn(
+    cairn_cli(
         bin,
         &hub,
         &[
@@ -144,7 +130,7 @@ fn measure(bin: &Path, root: &Path, n: u64) -> Result<(f64, u64)> {
             &spoke_key,
         ],
     )?;
-    cairn(
+    cairn_cli(
         bin,
         &spoke,
         &[
@@ -156,7 +142,7 @@ fn measure(bin: &Path, root: &Path, n: u64) -> Result<(f64, u64)> {
             &hub_key,
         ],
     )?;
-    cairn(bin, &spoke, &["trust", "add", &hub_key])?;
+    cairn_cli(bin, &spoke, &["trust", "add", &hub_key])?;
     fs::write(
         hub.join("cairn.toml"),
         format!("[sync]\nlisten = \"127.0.0.1:{hub_port}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n"),

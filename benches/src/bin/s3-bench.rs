@@ -53,29 +53,13 @@ struct Cairn {
     token: String,
 }
 
-/// Runs `cairn --data-dir DIR ARGS`, which must succeed; its stdout.
-fn cairn_cli(bin: &Path, dir: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new(bin)
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "cairn {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
 /// Makes an instance in `dir` with a raw feed `files`: its publish token.
 fn cairn_init(bin: &Path, dir: &Path, config: &str) -> Result<String> {
     fs::create_dir_all(dir)?;
     fs::write(dir.join("cairn.toml"), config)?;
-    cairn_cli(bin, dir, &["init"])?;
-    cairn_cli(bin, dir, &["feed", "create", "files", "--type", "raw"])?;
-    cairn_cli(bin, dir, &["token", "create", "--scope", "publish:files"])
+    cairn_benches::cairn_cli(bin, dir, &["init"])?;
+    cairn_benches::cairn_cli(bin, dir, &["feed", "create", "files", "--type", "raw"])?;
+    cairn_benches::cairn_cli(bin, dir, &["token", "create", "--scope", "publish:files"])
 }
 
 fn cairn(bin: &Path, dir: &Path, config: &str) -> Result<Cairn> {
@@ -258,7 +242,7 @@ fn replication(
         let f = root.join("replicated-file.bin");
         fs::write(&f, &buf)?;
         let name = format!("s{i}");
-        cairn_cli(
+        cairn_benches::cairn_cli(
             bin,
             &hub,
             &[
@@ -273,8 +257,9 @@ fn replication(
         )?;
         fs::remove_file(&f)?;
     }
-    let hub_key = cairn_cli(bin, &hub, &["key", "show"])?;
-    let replicate = cairn_cli(bin, &hub, &["token", "create", "--scope", "replicate:*"])?;
+    let hub_key = cairn_benches::cairn_cli(bin, &hub, &["key", "show"])?;
+    let replicate =
+        cairn_benches::cairn_cli(bin, &hub, &["token", "create", "--scope", "replicate:*"])?;
     let mut dirs = Vec::new();
     for (name, blobs) in spokes {
         let dir = root.join(format!("{tag}-{name}"));
@@ -282,14 +267,14 @@ fn replication(
             "[sync]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n{blobs}\n[[replication]]\nname = \"from-hub\"\npeer = \"hub\"\ntoken = \"{replicate}\"\nfeeds = [\"files\"]\nmode = \"pull\"\ninterval_secs = 0\n"
         );
         cairn_init(bin, &dir, &config)?;
-        let key = cairn_cli(bin, &dir, &["key", "show"])?;
-        cairn_cli(
+        let key = cairn_benches::cairn_cli(bin, &dir, &["key", "show"])?;
+        cairn_benches::cairn_cli(
             bin,
             &hub,
             &["peer", "add", name, "127.0.0.1:1", "--key", &key],
         )?;
-        cairn_cli(bin, &dir, &["trust", "add", &hub_key])?;
-        cairn_cli(
+        cairn_benches::cairn_cli(bin, &dir, &["trust", "add", &hub_key])?;
+        cairn_benches::cairn_cli(
             bin,
             &dir,
             &[
@@ -308,7 +293,7 @@ fn replication(
     let mut out = Vec::new();
     for (name, dir) in &spokes {
         let start = Instant::now();
-        let text = cairn_cli(bin, dir, &["replicate", "from-hub", "--json"])?;
+        let text = cairn_benches::cairn_cli(bin, dir, &["replicate", "from-hub", "--json"])?;
         let seconds = start.elapsed().as_secs_f64();
         let v: serde_json::Value = serde_json::from_str(&text)?;
         let feed = &v["feeds"][0];
