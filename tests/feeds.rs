@@ -41,6 +41,18 @@ with tarfile.open(os.path.join(out, f"{top}.tar.gz"), "w:gz") as t:
         t.addfile(info, io.BytesIO(d))
 "#;
 
+/// The wheel `cairn_beta` 2.0.0 (which needs `cairn-alpha`) and the sdist `cairn_alpha`
+/// 1.0.0, built by [`BUILD`] in the instance's directory.
+fn build_python_packages(inst: &Instance) -> (PathBuf, PathBuf) {
+    let pkgs: PathBuf = inst.path("pkgs");
+    std::fs::create_dir_all(&pkgs).unwrap();
+    run(python(&["-c", BUILD]).arg(&pkgs));
+    (
+        pkgs.join("cairn_beta-2.0.0-py3-none-any.whl"),
+        pkgs.join("cairn_alpha-1.0.0.tar.gz"),
+    )
+}
+
 pub(crate) fn run(cmd: &mut Command) -> Output {
     let out = cmd
         .output()
@@ -155,11 +167,7 @@ fn twine_uploads_and_pip_installs_a_wheel_and_an_sdist_with_a_dependency() {
         &["publish:pypi", "publish:other", "admin"],
     );
     let (token, other_token, admin) = (&tokens[0], &tokens[1], &tokens[2]);
-    let pkgs: PathBuf = inst.path("pkgs");
-    std::fs::create_dir_all(&pkgs).unwrap();
-    run(python(&["-c", BUILD]).arg(&pkgs));
-    let wheel = pkgs.join("cairn_beta-2.0.0-py3-none-any.whl");
-    let sdist = pkgs.join("cairn_alpha-1.0.0.tar.gz");
+    let (wheel, sdist) = build_python_packages(&inst);
 
     let server = Server::start(&inst);
     let upload_url = format!("{}/feeds/pypi/legacy/", server.http);
@@ -614,11 +622,7 @@ fn raw_files_put_get_range_delete_and_a_tampered_blob_is_never_served() {
 #[test]
 fn pypi_files_pushed_with_the_cli_are_indexed_as_twine_uploads_index_them() {
     let (inst, tokens) = instance_with(&[("pypi", "pypi"), ("other", "pypi")], &["publish:pypi"]);
-    let pkgs: PathBuf = inst.path("pkgs");
-    std::fs::create_dir_all(&pkgs).unwrap();
-    run(python(&["-c", BUILD]).arg(&pkgs));
-    let wheel = pkgs.join("cairn_beta-2.0.0-py3-none-any.whl");
-    let sdist = pkgs.join("cairn_alpha-1.0.0.tar.gz");
+    let (wheel, sdist) = build_python_packages(&inst);
     let server = Server::start(&inst);
     let upload = format!("{}/feeds/pypi/legacy/", server.http);
     for file in [&wheel, &sdist] {
@@ -1208,9 +1212,7 @@ fn hub_and_spoke(feeds: &[(&str, &str)]) -> (Instance, Instance, String, String)
 #[test]
 fn a_spoke_serves_what_the_hub_has_and_a_block_made_on_the_hub_holds_on_both() {
     let (hub, spoke, publish, _) = hub_and_spoke(&[("pypi", "pypi")]);
-    let pkgs = hub.path("pkgs");
-    std::fs::create_dir_all(&pkgs).unwrap();
-    run(python(&["-c", BUILD]).arg(&pkgs));
+    let (wheel, sdist) = build_python_packages(&hub);
 
     let hub_server = Server::start(&hub);
     run(python(&[
@@ -1226,8 +1228,8 @@ fn a_spoke_serves_what_the_hub_has_and_a_block_made_on_the_hub_holds_on_both() {
         "-p",
         &publish,
     ])
-    .arg(pkgs.join("cairn_beta-2.0.0-py3-none-any.whl"))
-    .arg(pkgs.join("cairn_alpha-1.0.0.tar.gz")));
+    .arg(&wheel)
+    .arg(&sdist));
     let spoke_publish = spoke
         .ok(&["token", "create", "--scope", "publish:pypi"])
         .trim()
@@ -1247,7 +1249,7 @@ fn a_spoke_serves_what_the_hub_has_and_a_block_made_on_the_hub_holds_on_both() {
     let out = twine_upload(
         &format!("{}/feeds/pypi/legacy/", spoke_server.http),
         &publish,
-        &pkgs.join("cairn_beta-2.0.0-py3-none-any.whl"),
+        &wheel,
     );
     assert!(!out.status.success());
     let (status, body) = http(
