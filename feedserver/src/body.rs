@@ -31,7 +31,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -203,16 +202,6 @@ impl VerifiedFiles {
     fn insert(&self, hash: Hash, remembered: Remembered) {
         self.inner.lock().insert(hash, remembered, 1);
     }
-
-    /// Verifications remembered now.
-    pub fn len(&self) -> usize {
-        self.inner.lock().weight
-    }
-
-    /// Whether none is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// The body of a whole blob of `size` bytes sent from its local file, verified before (now or
@@ -231,8 +220,7 @@ async fn file_body(
     if let Some(r) = server.verified_files().get(&hash) {
         if let Some(Ok(file)) = server.store().reopen_local_blob(&hash) {
             if r.stamp.size() == size && FileStamp::of(&file).is_ok_and(|s| s == r.stamp) {
-                let sent = size - r.tail.len() as u64;
-                return Ok(zerocopy::file_body(file, 0, sent, r.tail, r.stamp));
+                return Ok(zerocopy::file_body(file, r.tail, r.stamp));
             }
         }
     }
@@ -246,9 +234,6 @@ async fn file_body(
         }
         let files = s.verified_files();
         let stamp = FileStamp::of(&file).map_err(|e| corrupt(hash, e))?;
-        if let Some(r) = files.get(&hash).filter(|r| r.stamp == stamp) {
-            return Ok(Some((file, r)));
-        }
         let Ok(_permit) = files.verifying.clone().try_acquire_owned() else {
             return Ok(None);
         };
@@ -256,19 +241,18 @@ async fn file_body(
         if FileStamp::of(&file).map_err(|e| corrupt(hash, e))? != stamp {
             return Ok(None);
         }
-        let r = Remembered {
-            stamp,
-            at: Instant::now(),
-            tail,
-        };
-        files.insert(hash, r.clone());
-        Ok(Some((file, r)))
+        files.insert(
+            hash,
+            Remembered {
+                stamp,
+                at: Instant::now(),
+                tail: tail.clone(),
+            },
+        );
+        Ok(Some((file, tail, stamp)))
     })
     .await?;
-    Ok(found.and_then(|(file, r)| {
-        let sent = size - r.tail.len() as u64;
-        zerocopy::file_body(file, 0, sent, r.tail, r.stamp)
-    }))
+    Ok(found.and_then(|(file, tail, stamp)| zerocopy::file_body(file, tail, stamp)))
 }
 
 /// Hashes the whole file, which must hold `size` bytes hashing to `hash`; its last bytes.

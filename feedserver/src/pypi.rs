@@ -37,7 +37,7 @@ use crate::{blocking, ApiError, FeedRequest, FeedServer};
 const JSON: &str = "application/vnd.pypi.simple.v1+json";
 const HTML: &str = "application/vnd.pypi.simple.v1+html";
 /// Suffix of the PEP 658 companion file stored beside each wheel.
-const METADATA_SUFFIX: &str = ".metadata";
+pub const METADATA_SUFFIX: &str = ".metadata";
 
 /// Answers a request for `rest` (the path after `/feeds/NAME/`) of a PyPI feed.
 pub(crate) async fn handle(

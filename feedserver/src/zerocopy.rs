@@ -94,16 +94,16 @@ pub fn available() -> bool {
     QUEUE.try_with(|_| ()).is_ok()
 }
 
-/// A body of `len` bytes of `file` from `offset` followed by `tail` (at least one byte, the
-/// file's verified bytes right after the sent range), or `None` when this task's connection
-/// cannot carry files. `stamp` is the file's stamp when it was verified.
-pub fn file_body(file: File, offset: u64, len: u64, tail: Bytes, stamp: FileStamp) -> Option<Body> {
+/// A body of the whole of `file` as it was when verified (`stamp`, its size included): its
+/// bytes but the last `tail.len()` sent from the file, then `tail`, those last bytes as they
+/// were verified (at least one); `None` when this task's connection cannot carry files.
+pub fn file_body(file: File, tail: Bytes, stamp: FileStamp) -> Option<Body> {
     let queue = QUEUE.try_with(|q| q.clone()).ok()?;
     Some(Body::new(FileBody {
         queue,
         file: Arc::new(file),
-        offset,
-        left: len,
+        offset: 0,
+        left: stamp.size.saturating_sub(tail.len() as u64),
         tail: Some(tail),
         stamp,
     }))

@@ -835,6 +835,15 @@ fn push(
     if name.is_some() != version.is_some() {
         bail!("give both --name and --version, or neither");
     }
+    // PyPI projects already in the feed, by normalized name.
+    let mut spellings = BTreeMap::new();
+    if ecosystem == Ecosystem::Pypi {
+        for entry in store.entries(feed)? {
+            if let Some((n, _)) = names::split_package_key(&entry.key) {
+                spellings.insert(cairn_feedserver::versions::normalize_pypi(n), n.to_owned());
+            }
+        }
+    }
     // Check every input before storing anything.
     let mut plans = Vec::new();
     for path in files {
@@ -866,20 +875,16 @@ fn push(
                 if ecosystem == Ecosystem::Cargo && format == PackageFormat::Crate {
                     // What cargo would have sent had it published the file: the sparse index
                     // lists a crate by it.
-                    let mut digesting = DigestingReader::new(
-                        File::open(path).with_context(|| format!("opening {}", path.display()))?,
-                        ecosystem,
-                    );
-                    io::copy(&mut digesting, &mut io::sink())
+                    let bytes = std::fs::read(path)
                         .with_context(|| format!("reading {}", path.display()))?;
+                    let mut digesting = DigestingReader::new(&bytes[..], ecosystem);
+                    io::copy(&mut digesting, &mut io::sink())?;
                     let cksum = digesting.finish().remove("sha256").unwrap_or_default();
-                    let f =
-                        File::open(path).with_context(|| format!("opening {}", path.display()))?;
                     let (key, line) =
-                        cairn_feedserver::cargo::pushed_crate_metadata(BufReader::new(f), &cksum)
+                        cairn_feedserver::cargo::pushed_crate_metadata(&bytes[..], &cksum)
                             .with_context(|| {
-                            format!("reading the crate metadata of {}", path.display())
-                        })?;
+                                format!("reading the crate metadata of {}", path.display())
+                            })?;
                     metadata.insert(key, line);
                 }
                 if ecosystem == Ecosystem::Pypi && format == PackageFormat::Wheel {
@@ -889,24 +894,17 @@ fn push(
                     let text = package::wheel_metadata(BufReader::new(f)).with_context(|| {
                         format!("reading the core metadata of {}", path.display())
                     })?;
-                    companion = Some((format!("{file_name}.metadata"), text));
+                    let suffix = cairn_feedserver::pypi::METADATA_SUFFIX;
+                    companion = Some((format!("{file_name}{suffix}"), text));
                 }
                 (info.name, info.version, metadata)
             }
         };
         // A PyPI project keeps the spelling it was first published with, as an upload's.
-        let pkg_name = match ecosystem {
-            Ecosystem::Pypi => {
-                let normalized = cairn_feedserver::versions::normalize_pypi(&pkg_name);
-                store
-                    .entries(feed)?
-                    .iter()
-                    .filter_map(|e| names::split_package_key(&e.key).map(|(n, _)| n))
-                    .find(|n| cairn_feedserver::versions::normalize_pypi(n) == normalized)
-                    .map_or(pkg_name, str::to_owned)
-            }
-            _ => pkg_name,
-        };
+        let pkg_name = spellings
+            .get(&cairn_feedserver::versions::normalize_pypi(&pkg_name))
+            .cloned()
+            .unwrap_or(pkg_name);
         names::check_package_name(ecosystem, &pkg_name)?;
         names::check_version(&pkg_version)?;
         plans.push((path, file_name, pkg_name, pkg_version, metadata, companion));
