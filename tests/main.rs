@@ -6,6 +6,7 @@ mod cli;
 mod crash;
 mod feeds;
 mod link;
+mod operations;
 mod replication;
 mod s3;
 mod util;

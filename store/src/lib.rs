@@ -68,6 +68,6 @@ pub use hash::Hash;
 pub use store::{
     Amendment, BlobPin, BlobsConfig, Change, ChangesSince, Cursor, Entry, EntryKind, EntryValue,
     FeedKind, FeedRecord, FeedSummary, GcReport, NewFile, NewPackage, PackageProblem, Problem,
-    PublishOutcome, Published, Store, StoreError, StoreOptions, StoredBlob, VerifyReport,
-    SYSTEM_FEED, TRUST_ALL,
+    PublishOutcome, Published, Store, StoreError, StoreOptions, StoredBlob, VerifyProgress,
+    VerifyReport, SYSTEM_FEED, TRUST_ALL,
 };

@@ -400,43 +400,207 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs a command that needs nothing but the store: the same code serves the command line
-/// and a running server's control socket (which forwards the command line to it).
+/// Runs a command that needs the store, writing to `out` and `err`: the same code serves the
+/// command line and a running server's control socket (which forwards the command line to
+/// it). Returns the exit code.
 fn run_on_store(
     store: &Store,
     command: Command,
     out: &mut dyn Write,
     err: &mut dyn Write,
-) -> Result<()> {
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<u8> {
     match command {
-        Command::Trust { command } => trust(store, out, command),
-        Command::Token { command } => token(store, out, err, command),
-        Command::Peer { command } => peer(store, out, command),
-        _ => bail!("this command does not run through a running server; stop `cairn serve` first"),
+        Command::Trust { command } => trust(store, out, command)?,
+        Command::Token { command } => token(store, out, err, command)?,
+        Command::Peer { command } => peer(store, out, command)?,
+        Command::Feed { command } => feed(store, out, command)?,
+        Command::Push {
+            feed,
+            files,
+            name,
+            version,
+        } => push(store, out, &feed, &files, name, version)?,
+        Command::Ls { feed, json, all } => ls(store, out, &feed, json, all)?,
+        Command::Get {
+            feed,
+            name,
+            version,
+            file,
+            output,
+        } => get(store, out, &feed, &name, &version, file.as_deref(), &output)?,
+        Command::Rm {
+            feed,
+            name,
+            version,
+        } => {
+            let d = store.delete(&feed, &name, &version)?;
+            writeln!(
+                out,
+                "deleted {name} {version} from {feed} (tombstone {})",
+                d.doc
+            )?;
+        }
+        Command::Verify { json } => return verify(store, out, json, progress),
+        Command::Gc {
+            json,
+            tombstone_horizon_days,
+        } => {
+            let r = store.gc_with(tombstone_horizon_days.saturating_mul(86_400_000))?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "removed {} blobs ({} bytes), {} orphan files, {} documents, {} tombstones, {} interrupted transfers; {} blobs live{}",
+                    r.blobs_removed,
+                    r.bytes_freed,
+                    r.orphan_files_removed,
+                    r.docs_removed,
+                    r.tombstones_removed,
+                    r.partial_removed,
+                    r.blobs_live,
+                    if r.shared_orphans_removed > 0 {
+                        format!("; {} blobs nobody sharing the bucket referenced", r.shared_orphans_removed)
+                    } else {
+                        String::new()
+                    }
+                )?;
+            }
+        }
+        Command::Vuln { command } => system::vuln(store, out, command)?,
+        Command::AssessmentType { command } => system::assessment_type(store, out, command)?,
+        Command::Assessment { command } => system::assessment(store, out, command)?,
+        Command::Replication {
+            command: ReplicationCommand::Log { limit, json },
+        } => {
+            let log = store.replication_log(limit)?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&log)?)?;
+            } else if log.is_empty() {
+                writeln!(out, "no replication runs yet")?;
+            } else {
+                for r in log {
+                    writeln!(
+                    out,
+                        "#{} {} {} with {} [{}] {} ms: {} docs in, {} out, {} blobs in, {} deletions, {} bytes in, {} out{}",
+                        r.seq,
+                        r.replication,
+                        r.mode,
+                        r.peer,
+                        r.feeds.join(","),
+                        r.ended_ms.saturating_sub(r.started_ms),
+                        r.docs_received,
+                        r.docs_sent,
+                        r.blobs_received,
+                        r.deletions,
+                        r.bytes_received,
+                        r.bytes_sent,
+                        if r.outcome == "ok" { String::new() } else { format!(": FAILED {}", r.error) }
+                    )?;
+                }
+            }
+        }
+        Command::Root { feed, json } => {
+            let s = store.feed_summary(&feed)?;
+            let cursor = s.feed.cursor();
+            if json {
+                let v = serde_json::json!({
+                    "feed": feed,
+                    "root": s.root.fingerprint.to_hex(),
+                    "count": s.root.count,
+                    "epoch": format!("{:016x}", cursor.epoch),
+                    "seq": cursor.seq,
+                });
+                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+            } else {
+                writeln!(out, "root   {}", s.root.fingerprint)?;
+                writeln!(out, "count  {}", s.root.count)?;
+                writeln!(out, "cursor {cursor}")?;
+            }
+        }
+        Command::Init
+        | Command::Serve
+        | Command::Replicate { .. }
+        | Command::Replication {
+            command: ReplicationCommand::List,
+        }
+        | Command::Key { .. } => bail!("this command does not run on a server"),
     }
+    out.flush()?;
+    Ok(0)
 }
 
-/// A command line forwarded to a running server: its exit code, standard output and error.
-pub(crate) fn run_forwarded(store: &Store, argv: &[String]) -> (u8, String, String) {
+/// A command line forwarded to a running server from the working directory `cwd`, run with
+/// its output going to the client as it is written; returns the exit code.
+pub(crate) fn run_forwarded(
+    store: &Store,
+    argv: &[String],
+    cwd: &Path,
+    output: &cairn_sync::replication::control::Output,
+) -> u8 {
+    let mut err = output.stderr();
     let cli = match Cli::try_parse_from(
         std::iter::once("cairn".to_owned()).chain(argv.iter().cloned()),
     ) {
         Ok(cli) => cli,
-        Err(e) => return (2, String::new(), e.to_string()),
-    };
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = match run_on_store(store, cli.command, &mut out, &mut err) {
-        Ok(()) => 0,
         Err(e) => {
+            let _ = write!(err, "{e}");
+            return 2;
+        }
+    };
+    let mut command = cli.command;
+    rebase(&mut command, cwd);
+    let mut out = output.stdout();
+    let mut last = std::time::Instant::now();
+    let mut progress = |done: u64, due: u64| {
+        // At most five progress frames a second, and the last one.
+        if done >= due || last.elapsed() >= std::time::Duration::from_millis(200) {
+            last = std::time::Instant::now();
+            output.progress(done, due);
+        }
+    };
+    match run_on_store(store, command, &mut out, &mut err, &mut progress) {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = out.flush();
             let _ = writeln!(err, "error: {e:#}");
             2
         }
+    }
+}
+
+/// Makes the relative paths of a forwarded command relative to the client's directory.
+fn rebase(command: &mut Command, cwd: &Path) {
+    let fix = |p: &mut PathBuf| {
+        if p.is_relative() && p.as_path() != Path::new("-") {
+            *p = cwd.join(&*p);
+        }
     };
-    (
-        code,
-        String::from_utf8_lossy(&out).into_owned(),
-        String::from_utf8_lossy(&err).into_owned(),
-    )
+    match command {
+        Command::Push { files, .. }
+        | Command::Vuln {
+            command: VulnCommand::Import { files },
+        } => files.iter_mut().for_each(fix),
+        Command::Get { output, .. } => fix(output),
+        _ => {}
+    }
+}
+
+/// A progress bar on standard error, drawn only when it is a terminal.
+fn progress_bar() -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(0),
+        indicatif::ProgressDrawTarget::stderr_with_hz(5),
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "[{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar
 }
 
 /// Store options from the configuration (its `[blobs]` section).
@@ -527,122 +691,36 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             println!("{}", r.new);
         }
-        command @ (Command::Trust { .. } | Command::Token { .. } | Command::Peer { .. }) => {
+        command => {
             // A running server holds the store: the command runs there, and takes effect at
             // once.
-            let argv: Vec<String> = std::env::args().skip(1).collect();
-            if let Some((code, out, err)) = serve::forward(dir, &argv)? {
-                print!("{out}");
-                eprint!("{err}");
+            let argv = std::env::args_os()
+                .skip(1)
+                .map(|a| {
+                    a.into_string()
+                        .map_err(|a| anyhow!("argument {a:?} is not UTF-8"))
+                })
+                .collect::<Result<Vec<String>>>()?;
+            let cwd = std::env::current_dir().context("reading the working directory")?;
+            let bar = progress_bar();
+            let mut on_progress = |done, due| {
+                bar.set_length(due);
+                bar.set_position(done);
+            };
+            let (mut out, mut err) = (io::stdout(), io::stderr());
+            if let Some(code) =
+                serve::forward(dir, &argv, &cwd, &mut out, &mut err, &mut on_progress)?
+            {
                 return Ok(ExitCode::from(code));
             }
-            run_on_store(&open(dir)?, command, &mut io::stdout(), &mut io::stderr())?;
-        }
-        Command::Feed { command } => feed(&open(dir)?, command)?,
-        Command::Push {
-            feed,
-            files,
-            name,
-            version,
-        } => push(&open(dir)?, &feed, &files, name, version)?,
-        Command::Ls { feed, json, all } => ls(&open(dir)?, &feed, json, all)?,
-        Command::Get {
-            feed,
-            name,
-            version,
-            file,
-            output,
-        } => get(
-            &open(dir)?,
-            &feed,
-            &name,
-            &version,
-            file.as_deref(),
-            &output,
-        )?,
-        Command::Rm {
-            feed,
-            name,
-            version,
-        } => {
-            let d = open(dir)?.delete(&feed, &name, &version)?;
-            println!("deleted {name} {version} from {feed} (tombstone {})", d.doc);
-        }
-        Command::Verify { json } => return verify(&open(dir)?, json),
-        Command::Gc {
-            json,
-            tombstone_horizon_days,
-        } => {
-            let r = open(dir)?.gc_with(tombstone_horizon_days.saturating_mul(86_400_000))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                println!(
-                    "removed {} blobs ({} bytes), {} orphan files, {} documents, {} tombstones, {} interrupted transfers; {} blobs live{}",
-                    r.blobs_removed,
-                    r.bytes_freed,
-                    r.orphan_files_removed,
-                    r.docs_removed,
-                    r.tombstones_removed,
-                    r.partial_removed,
-                    r.blobs_live,
-                    if r.shared_orphans_removed > 0 {
-                        format!("; {} blobs nobody sharing the bucket referenced", r.shared_orphans_removed)
-                    } else {
-                        String::new()
-                    }
-                );
-            }
-        }
-        Command::Vuln { command } => system::vuln(&open(dir)?, command)?,
-        Command::AssessmentType { command } => system::assessment_type(&open(dir)?, command)?,
-        Command::Assessment { command } => system::assessment(&open(dir)?, command)?,
-        Command::Replication {
-            command: ReplicationCommand::Log { limit, json },
-        } => {
-            let log = open(dir)?.replication_log(limit)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&log)?);
-            } else if log.is_empty() {
-                println!("no replication runs yet");
-            } else {
-                for r in log {
-                    println!(
-                        "#{} {} {} with {} [{}] {} ms: {} docs in, {} out, {} blobs in, {} deletions, {} bytes in, {} out{}",
-                        r.seq,
-                        r.replication,
-                        r.mode,
-                        r.peer,
-                        r.feeds.join(","),
-                        r.ended_ms.saturating_sub(r.started_ms),
-                        r.docs_received,
-                        r.docs_sent,
-                        r.blobs_received,
-                        r.deletions,
-                        r.bytes_received,
-                        r.bytes_sent,
-                        if r.outcome == "ok" { String::new() } else { format!(": FAILED {}", r.error) }
-                    );
-                }
-            }
-        }
-        Command::Root { feed, json } => {
-            let s = open(dir)?.feed_summary(&feed)?;
-            let cursor = s.feed.cursor();
-            if json {
-                let v = serde_json::json!({
-                    "feed": feed,
-                    "root": s.root.fingerprint.to_hex(),
-                    "count": s.root.count,
-                    "epoch": format!("{:016x}", cursor.epoch),
-                    "seq": cursor.seq,
-                });
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                println!("root   {}", s.root.fingerprint);
-                println!("count  {}", s.root.count);
-                println!("cursor {cursor}");
-            }
+            let code = run_on_store(
+                &open(dir)?,
+                command,
+                &mut out.lock(),
+                &mut err,
+                &mut on_progress,
+            )?;
+            return Ok(ExitCode::from(code));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -782,11 +860,11 @@ fn peer(store: &Store, out: &mut dyn Write, command: PeerCommand) -> Result<()> 
     Ok(())
 }
 
-fn feed(store: &Store, command: FeedCommand) -> Result<()> {
+fn feed(store: &Store, out: &mut dyn Write, command: FeedCommand) -> Result<()> {
     match command {
         FeedCommand::Create { name, ecosystem } => {
             store.create_feed(&name, ecosystem)?;
-            println!("created {ecosystem} feed {name}");
+            writeln!(out, "created {ecosystem} feed {name}")?;
         }
         FeedCommand::List { json } => {
             let mut rows = Vec::new();
@@ -800,22 +878,23 @@ fn feed(store: &Store, command: FeedCommand) -> Result<()> {
                 }));
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
             } else {
                 for r in rows {
-                    println!(
+                    writeln!(
+                        out,
                         "{:<24} {:<6} {:>8} entries  root {}",
                         r["name"].as_str().unwrap_or(""),
                         r["type"].as_str().unwrap_or(""),
                         r["entries"],
                         &r["root"].as_str().unwrap_or("")[..12]
-                    );
+                    )?;
                 }
             }
         }
         FeedCommand::Rm { name } => {
             store.delete_feed(&name)?;
-            println!("removed feed {name}; run `cairn gc` to free its blobs");
+            writeln!(out, "removed feed {name}; run `cairn gc` to free its blobs")?;
         }
     }
     Ok(())
@@ -823,6 +902,7 @@ fn feed(store: &Store, command: FeedCommand) -> Result<()> {
 
 fn push(
     store: &Store,
+    out: &mut dyn Write,
     feed: &str,
     files: &[PathBuf],
     name: Option<String>,
@@ -963,11 +1043,12 @@ fn push(
             PublishOutcome::FilesAdded => "added files to",
             PublishOutcome::Unchanged => "unchanged",
         };
-        println!(
+        writeln!(
+            out,
             "{what} {n} {v} ({count} file{}) manifest {}",
             if count == 1 { "" } else { "s" },
             r.doc.short()
-        );
+        )?;
     }
     Ok(())
 }
@@ -981,7 +1062,7 @@ fn detect_format(ecosystem: Ecosystem, file_name: &str) -> Option<PackageFormat>
     })
 }
 
-fn ls(store: &Store, feed: &str, json: bool, all: bool) -> Result<()> {
+fn ls(store: &Store, out: &mut dyn Write, feed: &str, json: bool, all: bool) -> Result<()> {
     let mut rows = Vec::new();
     for entry in store.entries(feed)? {
         let (name, version) = names::split_package_key(&entry.key).unwrap_or((&entry.key, ""));
@@ -1025,10 +1106,9 @@ fn ls(store: &Store, feed: &str, json: bool, all: bool) -> Result<()> {
         rows.push(row);
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
         return Ok(());
     }
-    let mut out = io::stdout().lock();
     for r in rows {
         let files = r["files"].as_array().map(|a| a.len()).unwrap_or(0);
         let size: u64 = r["files"]
@@ -1050,6 +1130,7 @@ fn ls(store: &Store, feed: &str, json: bool, all: bool) -> Result<()> {
 
 fn get(
     store: &Store,
+    out: &mut dyn Write,
     feed: &str,
     name: &str,
     version: &str,
@@ -1074,8 +1155,7 @@ fn get(
         ),
     };
     if output == Path::new("-") {
-        let mut out = io::stdout().lock();
-        store.read_blob_to(&f.blob, &mut out)?;
+        store.read_blob_to(&f.blob, &mut &mut *out)?;
         return Ok(());
     }
     // Write beside the target and rename, so a failed verification leaves no partial file.
@@ -1107,15 +1187,21 @@ fn file_list(m: &Manifest) -> String {
         .join(", ")
 }
 
-fn verify(store: &Store, json: bool) -> Result<ExitCode> {
-    let report = store.verify()?;
+fn verify(
+    store: &Store,
+    out: &mut dyn Write,
+    json: bool,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<u8> {
+    let report = store.verify_with_progress(&mut |p| progress(p.bytes_done, p.bytes_due))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
     } else {
         for p in &report.problems {
-            println!("problem: {} {}: {}", p.kind, p.subject, p.detail);
+            writeln!(out, "problem: {} {}: {}", p.kind, p.subject, p.detail)?;
         }
-        println!(
+        writeln!(
+            out,
             "checked {} blobs ({} bytes), {} documents, {} entries, {} feeds: {}",
             report.blobs,
             report.blob_bytes,
@@ -1127,11 +1213,8 @@ fn verify(store: &Store, json: bool) -> Result<ExitCode> {
             } else {
                 format!("{} problems", report.problems.len())
             }
-        );
+        )?;
     }
-    Ok(if report.ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    out.flush()?;
+    Ok(if report.ok() { 0 } else { 1 })
 }

@@ -183,8 +183,9 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
         let sock = control_socket(data_dir);
         let forward_store = store.clone();
         // A command line forwarded by `cairn` while this server holds the store.
-        let forward: control::Forward =
-            Arc::new(move |argv: Vec<String>| crate::run_forwarded(&forward_store, &argv));
+        let forward: control::Forward = Arc::new(move |argv, cwd, output| {
+            crate::run_forwarded(&forward_store, &argv, &cwd, output)
+        });
         let control = control::serve(&sock, replicator.clone(), forward)
             .with_context(|| format!("binding {}", sock.display()))?;
         shutdown_signal().await;
@@ -293,8 +294,23 @@ pub fn replicate(
     }))
 }
 
-/// Runs a command line on the server that holds the store at `data_dir`, if one is running:
-/// its exit code, standard output and error; `None` when no server answers.
-pub fn forward(data_dir: &Path, argv: &[String]) -> Result<Option<(u8, String, String)>> {
-    Ok(control::forward(&control_socket(data_dir), argv)?)
+/// Runs a command line on the server that holds the store at `data_dir`, if one is running,
+/// copying its output to `stdout` and `stderr` as it comes: its exit code; `None` when no
+/// server answers.
+pub fn forward(
+    data_dir: &Path,
+    argv: &[String],
+    cwd: &Path,
+    stdout: &mut dyn std::io::Write,
+    stderr: &mut dyn std::io::Write,
+    on_progress: &mut dyn FnMut(u64, u64),
+) -> Result<Option<u8>> {
+    Ok(control::forward(
+        &control_socket(data_dir),
+        argv,
+        cwd,
+        stdout,
+        stderr,
+        on_progress,
+    )?)
 }

@@ -1,6 +1,8 @@
 //! CLI for the system set: vulnerability records, assessment types and assessments. The checks
 //! live in the store (`cairn_store::system`), shared with the HTTP API.
 
+use std::io::Write;
+
 use anyhow::{Context, Result};
 use cairn_store::doc::{Assessment, Vulnerability};
 use cairn_store::system::NewAssessment;
@@ -8,7 +10,7 @@ use cairn_store::Store;
 
 use crate::{AssessmentCommand, AssessmentTypeCommand, VulnCommand};
 
-pub(crate) fn vuln(store: &Store, command: VulnCommand) -> Result<()> {
+pub(crate) fn vuln(store: &Store, out: &mut dyn Write, command: VulnCommand) -> Result<()> {
     match command {
         VulnCommand::Import { files } => {
             for f in files {
@@ -18,20 +20,30 @@ pub(crate) fn vuln(store: &Store, command: VulnCommand) -> Result<()> {
                     .import_osv(&text)
                     .with_context(|| format!("importing {}", f.display()))?
                 {
-                    println!("imported {id}");
+                    writeln!(out, "imported {id}")?;
                 }
             }
         }
         VulnCommand::List => {
             for v in store.system_documents::<Vulnerability>("vulnerability/")? {
-                println!("{} {} {}", v.id, v.modified, v.summary.unwrap_or_default());
+                writeln!(
+                    out,
+                    "{} {} {}",
+                    v.id,
+                    v.modified,
+                    v.summary.unwrap_or_default()
+                )?;
             }
         }
     }
     Ok(())
 }
 
-pub(crate) fn assessment_type(store: &Store, command: AssessmentTypeCommand) -> Result<()> {
+pub(crate) fn assessment_type(
+    store: &Store,
+    out: &mut dyn Write,
+    command: AssessmentTypeCommand,
+) -> Result<()> {
     match command {
         AssessmentTypeCommand::Create {
             name,
@@ -41,30 +53,36 @@ pub(crate) fn assessment_type(store: &Store, command: AssessmentTypeCommand) -> 
             store
                 .create_assessment_type(&name, blocking, &description)
                 .with_context(|| format!("assessment type `{name}`"))?;
-            println!(
+            writeln!(
+                out,
                 "assessment type {name}{}",
                 if blocking { " (blocking)" } else { "" }
-            );
+            )?;
         }
         AssessmentTypeCommand::Rm { name } => {
             store.delete_system_document(&format!("assessment-type/{name}"))?;
-            println!("deleted assessment type {name}");
+            writeln!(out, "deleted assessment type {name}")?;
         }
         AssessmentTypeCommand::List => {
             for t in store.assessment_types()? {
-                println!(
+                writeln!(
+                    out,
                     "{} {} {}",
                     t.name,
                     if t.blocking { "blocking" } else { "-" },
                     t.description
-                );
+                )?;
             }
         }
     }
     Ok(())
 }
 
-pub(crate) fn assessment(store: &Store, command: AssessmentCommand) -> Result<()> {
+pub(crate) fn assessment(
+    store: &Store,
+    out: &mut dyn Write,
+    command: AssessmentCommand,
+) -> Result<()> {
     match command {
         AssessmentCommand::Create {
             vulnerability,
@@ -80,7 +98,7 @@ pub(crate) fn assessment(store: &Store, command: AssessmentCommand) -> Result<()
                 author,
                 expires_days,
             })?;
-            println!("{id}");
+            writeln!(out, "{id}")?;
         }
         AssessmentCommand::List { json } => {
             let all = store.system_documents::<Assessment>("assessment/")?;
@@ -89,19 +107,20 @@ pub(crate) fn assessment(store: &Store, command: AssessmentCommand) -> Result<()
                     .iter()
                     .map(|a| serde_json::json!({"id": a.id, "vulnerability": a.vulnerability, "type": a.assessment_type, "comment": a.comment, "author": a.author, "created": a.created, "expires": a.expires}))
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
             } else {
                 for a in all {
-                    println!(
+                    writeln!(
+                        out,
                         "{} {} {} {} {}",
                         a.id, a.vulnerability, a.assessment_type, a.author, a.comment
-                    );
+                    )?;
                 }
             }
         }
         AssessmentCommand::Rm { id } => {
             store.delete_system_document(&format!("assessment/{id}"))?;
-            println!("deleted assessment {id}");
+            writeln!(out, "deleted assessment {id}")?;
         }
     }
     Ok(())

@@ -1,6 +1,14 @@
 //! Garbage collection: tombstones past the horizon, unreferenced blobs and documents, leftovers of interrupted transfers.
 
 use super::*;
+use std::time::Instant;
+
+impl GcReport {
+    fn note_pause(&mut self, held: Instant) {
+        let us = u64::try_from(held.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.longest_pause_us = self.longest_pause_us.max(us);
+    }
+}
 
 impl Store {
     // Garbage collection
@@ -19,13 +27,17 @@ impl Store {
     /// than the log gets the full reconciliation, which is authoritative.
     pub fn gc_with(&self, tombstone_horizon_ms: u64) -> Result<GcReport> {
         let mut report = self.gc_blobs_and_docs()?;
+        let mut pause = report.longest_pause_us;
         report.partial_removed =
             self.collect_partial(std::time::Duration::from_secs(PARTIAL_MAX_AGE_SECS))?;
         report.tombstones_removed = self.collect_tombstones(tombstone_horizon_ms)?;
         if report.tombstones_removed > 0 {
             // The tombstones' documents are unreferenced now.
-            report.docs_removed += self.gc_blobs_and_docs()?.docs_removed;
+            let again = self.gc_blobs_and_docs()?;
+            report.docs_removed += again.docs_removed;
+            pause = pause.max(again.longest_pause_us);
         }
+        report.longest_pause_us = pause;
         Ok(report)
     }
 
@@ -163,6 +175,7 @@ impl Store {
             }
             for chunk in candidates.chunks(256) {
                 let w = self.write.lock();
+                let held = Instant::now();
                 let pins = self.pins.lock();
                 let protect = w.gc_protect.as_ref();
                 let mut batch = WriteBatch::default();
@@ -197,6 +210,7 @@ impl Store {
                 }
                 drop(pins);
                 drop(w);
+                report.note_pause(held);
             }
         }
 
@@ -207,6 +221,7 @@ impl Store {
             .map_err(StoreError::io("listing blobs in", &self.dir.join("blobs")))?;
         for h in on_disk {
             let _w = self.write.lock();
+            let held = Instant::now();
             let pinned = self.pins.lock().contains_key(&h);
             if !pinned && !self.has_blob(&h)? {
                 self.files.remove(&h).map_err(StoreError::io(
@@ -215,6 +230,7 @@ impl Store {
                 ))?;
                 report.orphan_files_removed += 1;
             }
+            report.note_pause(held);
         }
         // Blobs in a shared bucket that nobody references any more.
         report.shared_orphans_removed = self

@@ -347,6 +347,9 @@ pub struct GcReport {
     /// Interrupted blob transfers removed from `partial/`: untouched for a day, or of a blob
     /// stored since.
     pub partial_removed: u64,
+    /// The longest time, in microseconds, gc held the store's write lock at once (publishes
+    /// and replication wait for it meanwhile; gc takes it for at most 256 removals at a time).
+    pub longest_pause_us: u64,
 }
 
 /// A blob transfer in `partial/` that nothing has written to for this long is given up.
@@ -378,6 +381,19 @@ pub struct VerifyReport {
     pub feeds: u64,
     /// Everything wrong.
     pub problems: Vec<Problem>,
+}
+
+/// How far [`Store::verify_with_progress`] is with the blobs (the long part).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct VerifyProgress {
+    /// Blobs rehashed so far.
+    pub blobs_done: u64,
+    /// Blobs to rehash.
+    pub blobs_due: u64,
+    /// Their bytes rehashed so far.
+    pub bytes_done: u64,
+    /// Bytes to rehash.
+    pub bytes_due: u64,
 }
 
 impl VerifyReport {

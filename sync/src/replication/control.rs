@@ -3,8 +3,11 @@
 //!
 //! - `replicate NAME [dry-run] [allow-deletes]`: progress lines
 //!   `progress DONE DUE SENT RECEIVED` every 200 ms, then the [`RunSummary`] as one JSON line;
-//! - `run ARGV-JSON`: a command line run on the server by the embedder's [`Forward`], answered
-//!   as `{"code":..,"stdout":..,"stderr":..}`.
+//! - `exec {"argv": [..], "cwd": ".."}`: a command line run on the server by the embedder's
+//!   [`Forward`] (relative paths in it are relative to `cwd`), answered as it runs by frames of
+//!   one tag byte, a 4-byte big-endian length and that many bytes: `o` standard output, `e`
+//!   standard error, `p` progress (`DONE DUE` in ASCII), and last `x` with the exit code (one
+//!   byte). A client that goes away makes the command's next write fail.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -19,8 +22,67 @@ use crate::transport::{Progress, ProgressSnapshot};
 /// Longest request line read.
 const MAX_REQUEST: u64 = 1 << 20;
 
-/// Runs a forwarded command line: exit code, standard output, standard error.
-pub type Forward = Arc<dyn Fn(Vec<String>) -> (u8, String, String) + Send + Sync>;
+/// Runs a forwarded command line (its words and the client's working directory), writing to
+/// the [`Output`]; returns the exit code.
+pub type Forward = Arc<dyn Fn(Vec<String>, PathBuf, &Output) -> u8 + Send + Sync>;
+
+/// Frames queued for the client at most; a command writing faster waits.
+const FRAMES_QUEUED: usize = 64;
+
+/// Largest frame payload written (output is cut into frames of at most this).
+const MAX_FRAME: usize = 256 * 1024;
+
+/// Where a forwarded command writes: its standard output and error and its progress go to the
+/// client as they are written.
+#[derive(Clone, Debug)]
+pub struct Output {
+    tx: tokio::sync::mpsc::Sender<(u8, Vec<u8>)>,
+}
+
+impl Output {
+    fn send(&self, tag: u8, bytes: &[u8]) -> std::io::Result<()> {
+        for chunk in bytes.chunks(MAX_FRAME) {
+            self.tx
+                .blocking_send((tag, chunk.to_vec()))
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        }
+        Ok(())
+    }
+
+    /// The command's standard output.
+    pub fn stdout(&self) -> impl Write + '_ {
+        std::io::BufWriter::with_capacity(64 * 1024, Stream(self, b'o'))
+    }
+
+    /// The command's standard error.
+    pub fn stderr(&self) -> impl Write + '_ {
+        Stream(self, b'e')
+    }
+
+    /// Tells the client how far the command is: `done` of `due` (units of the command's
+    /// choosing, bytes for `verify`).
+    pub fn progress(&self, done: u64, due: u64) {
+        let _ = self.send(b'p', format!("{done} {due}").as_bytes());
+    }
+}
+
+struct Stream<'a>(&'a Output, u8);
+
+impl Write for Stream<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.send(self.1, buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ExecRequest {
+    argv: Vec<String>,
+    cwd: PathBuf,
+}
 
 /// Where the control socket of the instance at `data_dir` lives.
 pub fn socket_path(data_dir: &Path) -> PathBuf {
@@ -49,6 +111,8 @@ pub fn serve(
 ) -> std::io::Result<ControlSocket> {
     let _ = std::fs::remove_file(path);
     let listener = tokio::net::UnixListener::bind(path)?;
+    // Whoever reaches the socket administers the instance: its owner only.
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -71,13 +135,45 @@ async fn answer(stream: tokio::net::UnixStream, replicator: Replicator, forward:
     if reader.read_line(&mut line).await.is_err() {
         return;
     }
-    if let Some(argv) = line.strip_prefix("run ") {
-        let argv: Vec<String> = serde_json::from_str(argv).unwrap_or_default();
-        let (code, out, err) = tokio::task::spawn_blocking(move || forward(argv))
-            .await
-            .unwrap_or((2, String::new(), "the command failed on the server".into()));
-        let reply = serde_json::json!({ "code": code, "stdout": out, "stderr": err });
-        let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
+    if let Some(request) = line.strip_prefix("exec ") {
+        let request: ExecRequest = match serde_json::from_str(request) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = write_frame(&mut write, b'e', format!("error: {e}\n").as_bytes()).await;
+                let _ = write_frame(&mut write, b'x', &[2]).await;
+                return;
+            }
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel(FRAMES_QUEUED);
+        let output = Output { tx };
+        let mut command = tokio::task::spawn_blocking(move || {
+            let code = forward(request.argv, request.cwd, &output);
+            drop(output);
+            code
+        });
+        let mut client_gone = false;
+        let code = loop {
+            tokio::select! {
+                frame = rx.recv(), if !client_gone => match frame {
+                    Some((tag, bytes)) => {
+                        if write_frame(&mut write, tag, &bytes).await.is_err() {
+                            // The command's next write fails; it stops there.
+                            client_gone = true;
+                            rx.close();
+                        }
+                    }
+                    None => client_gone = true,
+                },
+                code = &mut command => {
+                    // Whatever the command wrote before it returned.
+                    while let Ok((tag, bytes)) = rx.try_recv() {
+                        let _ = write_frame(&mut write, tag, &bytes).await;
+                    }
+                    break code.unwrap_or(2);
+                }
+            }
+        };
+        let _ = write_frame(&mut write, b'x', &[code]).await;
         return;
     }
     let words: Vec<&str> = line.split_whitespace().collect();
@@ -154,23 +250,76 @@ pub fn request_run(
     }
 }
 
-/// Runs a command line on the server at `path`: its exit code, standard output and error;
-/// `None` when no server answers.
-pub fn forward(path: &Path, argv: &[String]) -> std::io::Result<Option<(u8, String, String)>> {
+async fn write_frame(
+    write: &mut (impl tokio::io::AsyncWrite + Unpin),
+    tag: u8,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    let len = u32::try_from(bytes.len()).map_err(|_| other("frame too long"))?;
+    let mut head = [0u8; 5];
+    head[0] = tag;
+    head[1..].copy_from_slice(&len.to_be_bytes());
+    write.write_all(&head).await?;
+    write.write_all(bytes).await
+}
+
+/// Runs a command line on the server at `path`, from the working directory `cwd`, copying
+/// its standard output and error to `stdout` and `stderr` as they come and its progress to
+/// `on_progress`; its exit code, or `None` when no server answers.
+pub fn forward(
+    path: &Path,
+    argv: &[String],
+    cwd: &Path,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+    on_progress: &mut dyn FnMut(u64, u64),
+) -> std::io::Result<Option<u8>> {
+    use std::io::Read;
     let Ok(mut stream) = std::os::unix::net::UnixStream::connect(path) else {
         return Ok(None);
     };
-    let argv = serde_json::to_string(argv).map_err(|e| other(&e.to_string()))?;
-    stream.write_all(format!("run {argv}\n").as_bytes())?;
-    let mut reply = String::new();
-    std::io::BufReader::new(stream).read_line(&mut reply)?;
-    let reply: serde_json::Value = serde_json::from_str(&reply)
-        .map_err(|e| other(&format!("reading the server's answer: {e}")))?;
-    Ok(Some((
-        reply["code"].as_u64().unwrap_or(2).min(255) as u8,
-        reply["stdout"].as_str().unwrap_or("").to_owned(),
-        reply["stderr"].as_str().unwrap_or("").to_owned(),
-    )))
+    let request = ExecRequest {
+        argv: argv.to_vec(),
+        cwd: cwd.to_owned(),
+    };
+    let request = serde_json::to_string(&request).map_err(|e| other(&e.to_string()))?;
+    stream.write_all(format!("exec {request}\n").as_bytes())?;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut payload = Vec::new();
+    loop {
+        let mut head = [0u8; 5];
+        if let Err(e) = reader.read_exact(&mut head) {
+            stdout.flush()?;
+            return Err(other(&format!(
+                "the server closed the control socket before the command finished: {e}"
+            )));
+        }
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        if len > MAX_FRAME {
+            return Err(other("the server sent a frame longer than allowed"));
+        }
+        payload.resize(len, 0);
+        reader.read_exact(&mut payload)?;
+        match head[0] {
+            b'o' => stdout.write_all(&payload)?,
+            b'e' => {
+                stdout.flush()?;
+                stderr.write_all(&payload)?;
+            }
+            b'p' => {
+                let text = String::from_utf8_lossy(&payload);
+                let mut n = text.split(' ').filter_map(|w| w.parse::<u64>().ok());
+                if let (Some(done), Some(due)) = (n.next(), n.next()) {
+                    on_progress(done, due);
+                }
+            }
+            b'x' => {
+                stdout.flush()?;
+                return Ok(Some(payload.first().copied().unwrap_or(2)));
+            }
+            _ => return Err(other("the server sent a frame of an unknown kind")),
+        }
+    }
 }
 
 /// The progress line the control socket sends: `progress DONE DUE SENT RECEIVED`.
