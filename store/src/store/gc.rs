@@ -3,6 +3,10 @@
 use super::*;
 use std::time::Instant;
 
+/// Removals gc makes per hold of the write lock: publishes and replication wait at most this
+/// many record deletions, one fsync and their file removals.
+const GC_BATCH: usize = 32;
+
 impl GcReport {
     fn note_pause(&mut self, held: Instant) {
         let us = u64::try_from(held.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -173,7 +177,7 @@ impl Store {
                     }
                 }
             }
-            for chunk in candidates.chunks(256) {
+            for chunk in candidates.chunks(GC_BATCH) {
                 let w = self.write.lock();
                 let held = Instant::now();
                 let pins = self.pins.lock();

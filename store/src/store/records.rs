@@ -348,7 +348,7 @@ pub struct GcReport {
     /// stored since.
     pub partial_removed: u64,
     /// The longest time, in microseconds, gc held the store's write lock at once (publishes
-    /// and replication wait for it meanwhile; gc takes it for at most 256 removals at a time).
+    /// and replication wait for it meanwhile; gc takes it for at most 32 removals at a time).
     pub longest_pause_us: u64,
 }
 
