@@ -1415,6 +1415,80 @@ fn the_admin_api_manages_feeds_vulnerabilities_and_assessments() {
 }
 
 #[test]
+fn the_admin_api_does_what_the_command_line_does() {
+    let (inst, tokens) = instance_with(&[("js", "npm"), ("bin", "raw")], &["admin"]);
+    let admin = &tokens[0];
+    let server = Server::start(&inst);
+    let call = |method: &str, path: &str, body: &[u8]| {
+        raw_http(
+            &server.http,
+            &format!(
+                "{method} {path} HTTP/1.1\r\nHost: HOST\r\nAuthorization: Bearer {admin}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            ),
+            body,
+        )
+    };
+    // Push: name and version from the npm tarball itself, as `cairn push` reads them.
+    let tgz = cairn_store::package::fixtures::npm_tarball("cairn-api", "1.2.3");
+    let (status, text) = call("POST", "/api/v1/feeds/js/files/cairn-api-1.2.3.tgz", &tgz);
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("published cairn-api 1.2.3 (1 file)"),
+        "{text}"
+    );
+    let (status, text) = call(
+        "POST",
+        "/api/v1/feeds/bin/files/tool.bin?name=tool&version=2",
+        b"raw bytes",
+    );
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = call(
+        "POST",
+        "/api/v1/feeds/bin/files/..%2Fx?name=t&version=1",
+        b"x",
+    );
+    assert!(status == 400 || status == 404, "{text}");
+    let (status, text) = call("POST", "/api/v1/feeds/bin/files/plain.bin", b"x");
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("cannot tell the name and version"), "{text}");
+    // The API's entries are `cairn ls --json`'s.
+    let (status, text) = call("GET", "/api/v1/feeds/js/entries", b"");
+    assert_eq!(status, 200, "{text}");
+    let listed: serde_json::Value =
+        serde_json::from_str(&inst.ok(&["ls", "js", "--json"])).unwrap();
+    assert_eq!(json_body(&text), listed);
+    assert_eq!(listed[0]["name"], "cairn-api");
+    // Root, delete a version, gc, verify.
+    let (_, text) = call("GET", "/api/v1/feeds/bin", b"");
+    assert_eq!(json_body(&text)["count"], 1, "{text}");
+    assert_eq!(json_body(&text)["root"], inst.root("bin")["root"], "{text}");
+    let (status, text) = call("DELETE", "/api/v1/feeds/bin/versions/tool/2", b"");
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = call("POST", "/api/v1/gc", b"");
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(json_body(&text)["blobs_removed"], 1, "{text}");
+    let (status, text) = call("POST", "/api/v1/verify", b"");
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        json_body(&text)["problems"],
+        serde_json::json!([]),
+        "{text}"
+    );
+    // A replication this server does not have.
+    let (status, text) = call("POST", "/api/v1/replications/nope/run", b"{}");
+    assert_eq!(status, 200, "{text}");
+    assert!(json_body(&text)["error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("nope"));
+    // Removing a feed.
+    let (status, text) = call("DELETE", "/api/v1/feeds/bin", b"");
+    assert_eq!(status, 200, "{text}");
+    assert!(!inst.ok(&["feed", "list"]).contains("bin"));
+}
+
+#[test]
 fn npm_and_cargo_install_from_a_spoke_until_a_block_made_through_the_hub_admin_api() {
     let (hub, spoke, publish, admin) = hub_and_spoke(&[("npm", "npm"), ("crates", "cargo")]);
     let hub_server = Server::start(&hub);

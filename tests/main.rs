@@ -9,4 +9,5 @@ mod link;
 mod operations;
 mod replication;
 mod s3;
+mod status;
 mod util;

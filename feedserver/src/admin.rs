@@ -10,7 +10,15 @@
 //! | `GET tokens`, `POST tokens` `{"scopes": [..], "label"}` (the secret is in the answer, once), `DELETE tokens/ID` | access tokens; a change applies to the next request or run |
 //! | `GET trust`, `POST trust` `{"key", "feed"}`, `DELETE trust/KEY?feed=FEED` | which keys may sign for which feeds; documents whose signer loses trust stop being served and offered at once |
 //! | `GET peers`, `POST peers` `{"name", "addr", "key"}`, `DELETE peers/NAME` | peers and their pinned keys; new connections are checked against the list as it is |
-//! | `GET replications` | the configured replications (tokens left out) |
+//! | `GET feeds/FEED` | the feed's Merkle root, entry count and change-log cursor (`cairn root`) |
+//! | `DELETE feeds/FEED` | remove a feed and its entries (`cairn feed rm`) |
+//! | `GET feeds/FEED/entries?all=true` | its versions with files and metadata, tombstones with `all` (`cairn ls --json`) |
+//! | `DELETE feeds/FEED/versions/NAME/VERSION` | delete a version with a signed tombstone (`cairn rm`) |
+//! | `POST feeds/FEED/files/FILE?name=N&version=V` (the file as the body) | publish a file as `cairn push` does: name and version from the file itself unless given |
+//! | `POST gc` `{"tombstone_horizon_days"}` | garbage collection on the live store (`cairn gc --json`) |
+//! | `POST verify` | rehash and check everything (`cairn verify --json`) |
+//! | `GET replications` | the configured replications (tokens left out) with their state: `ok`, `running`, `behind`, `failing`, `never run` or `incoming`, the reason in words, the last run, lag and next run |
+//! | `POST replications/NAME/run` `{"dry_run", "allow_deletes"}` | run it now; the run's summary (`cairn replicate NAME --json`) |
 //! | `GET replication-log?limit=N` | the newest replication runs |
 //! | `GET vulnerabilities`, `POST vulnerabilities` (OSV JSON, one or an array), `DELETE vulnerabilities/ID` | vulnerability records |
 //! | `GET assessment-types`, `POST assessment-types` `{"name", "blocking", "description"}`, `DELETE assessment-types/NAME` | kinds of assessment, built-in ones included |
@@ -66,6 +74,113 @@ async fn body_json(request: Request) -> Result<serde_json::Value, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("the request body could not be read: {e}")))?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("the request body is not JSON: {e}")))
+}
+
+/// A request body written to a temporary file under the data directory, refused beyond the
+/// upload limit.
+async fn receive_body(
+    server: &FeedServer,
+    request: Request,
+    file: &str,
+) -> Result<tempfile::NamedTempFile, ApiError> {
+    use futures_util::StreamExt;
+    use std::io::Write;
+    let internal = |e: std::io::Error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("writing the upload: {e}"),
+        )
+    };
+    let tmp_dir = server.store().dir().join("tmp");
+    std::fs::create_dir_all(&tmp_dir).map_err(internal)?;
+    let mut staged = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(internal)?;
+    let limit = server.config().max_upload_bytes();
+    let mut size = 0u64;
+    let mut stream = request.into_body().into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request(format!("the upload of {file} was cut short: {e}"))
+        })?;
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "{file} is larger than the {} MiB upload limit",
+                    server.config().max_upload_mib
+                ),
+            ));
+        }
+        staged.write_all(&chunk).map_err(internal)?;
+    }
+    Ok(staged)
+}
+
+/// A JSON body, or `{}` when there is none.
+async fn body_json_or_empty(request: Request) -> Result<serde_json::Value, ApiError> {
+    let bytes = axum::body::to_bytes(request.into_body(), 1 << 20)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("the request body could not be read: {e}")))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not JSON: {e}")))
+}
+
+/// The entries of `feed` as `cairn ls --json` prints them: live versions with their files and
+/// metadata, and with `all` tombstones (and system documents) too.
+pub fn entry_rows(
+    store: &cairn_store::Store,
+    feed: &str,
+    all: bool,
+) -> Result<Vec<serde_json::Value>, cairn_store::StoreError> {
+    use cairn_store::{names, package, EntryKind};
+    let mut rows = Vec::new();
+    for entry in store.entries(feed)? {
+        let (name, version) = names::split_package_key(&entry.key).unwrap_or((&entry.key, ""));
+        let mut row = json!({
+            "key": entry.key,
+            "name": name,
+            "version": version,
+            "kind": match entry.value.kind {
+                EntryKind::Manifest => "manifest",
+                EntryKind::Tombstone => "tombstone",
+                EntryKind::Document => "document",
+            },
+            "doc": entry.value.doc.to_hex(),
+            "hlc": entry.value.hlc,
+        });
+        match entry.value.kind {
+            EntryKind::Manifest => {
+                let doc = store.document(&entry.value.doc)?.ok_or_else(|| {
+                    cairn_store::StoreError::CorruptRecord {
+                        what: "entry",
+                        detail: format!(
+                            "document {} of {} is missing; run `cairn verify`",
+                            entry.value.doc, entry.key
+                        ),
+                    }
+                })?;
+                let m: cairn_store::doc::Manifest = doc.payload()?;
+                row["files"] = m
+                    .files
+                    .iter()
+                    .map(|f| json!({"name": f.name, "blob": f.blob.to_hex(), "size": f.size, "digests": f.digests}))
+                    .collect();
+                row["metadata"] = m
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| (k.clone(), package::cbor_to_json(v)))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into();
+            }
+            _ if !all => continue,
+            _ => {}
+        }
+        rows.push(row);
+    }
+    Ok(rows)
 }
 
 fn text(v: &serde_json::Value, key: &str) -> Result<String, ApiError> {
@@ -288,7 +403,94 @@ async fn handle(
             })
             .await?
         }
-        (&Method::GET, ["replications"]) => json!(server.replications),
+        (&Method::GET, ["replications"]) => json!(server.replication_states()),
+        (&Method::POST, ["replications", name, "run"]) => {
+            let Some(ops) = server.operations() else {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "this server runs no replications",
+                ));
+            };
+            let body = body_json_or_empty(request).await?;
+            let flag = |k: &str| body.get(k).and_then(|b| b.as_bool()).unwrap_or(false);
+            ops.run((*name).to_owned(), flag("dry_run"), flag("allow_deletes"))
+                .await
+        }
+        (&Method::GET, ["feeds", feed]) => {
+            let feed = (*feed).to_owned();
+            blocking(move || {
+                let summary = s.store().feed_summary(&feed)?;
+                let cursor = summary.feed.cursor();
+                Ok(json!({
+                    "feed": feed,
+                    "root": summary.root.fingerprint.to_hex(),
+                    "count": summary.root.count,
+                    "epoch": format!("{:016x}", cursor.epoch),
+                    "seq": cursor.seq,
+                }))
+            })
+            .await?
+        }
+        (&Method::DELETE, ["feeds", feed]) => {
+            let feed = (*feed).to_owned();
+            blocking(move || {
+                s.store().delete_feed(&feed)?;
+                Ok(json!({ "removed": feed }))
+            })
+            .await?
+        }
+        (&Method::GET, ["feeds", feed, "entries"]) => {
+            let feed = (*feed).to_owned();
+            let all = query_param(request.uri(), "all").is_some_and(|v| v == "true" || v == "1");
+            blocking(move || Ok(json!(entry_rows(s.store(), &feed, all)?))).await?
+        }
+        (&Method::DELETE, ["feeds", feed, "versions", name, version]) => {
+            let (feed, name, version) = (
+                (*feed).to_owned(),
+                (*name).to_owned(),
+                (*version).to_owned(),
+            );
+            blocking(move || {
+                let d = s.store().delete(&feed, &name, &version)?;
+                Ok(json!({ "feed": feed, "name": name, "version": version, "tombstone": d.doc.to_hex() }))
+            })
+            .await?
+        }
+        (&Method::POST, ["feeds", feed, "files", file]) => {
+            let (feed, file) = ((*feed).to_owned(), (*file).to_owned());
+            cairn_store::names::check_file_name(&file)?;
+            let name = query_param(request.uri(), "name");
+            let version = query_param(request.uri(), "version");
+            let staged = receive_body(server, request, &file).await?;
+            blocking(move || {
+                let files = [crate::push::PushFile {
+                    path: staged.path().to_owned(),
+                    file_name: file.clone(),
+                    shown: file,
+                }];
+                let pushed = crate::push::push(s.store(), &feed, &files, name, version)?;
+                drop(staged);
+                Ok(json!(pushed
+                    .iter()
+                    .map(|p| json!({
+                        "name": p.name,
+                        "version": p.version,
+                        "manifest": p.doc.to_hex(),
+                        "line": p.line(),
+                    }))
+                    .collect::<Vec<_>>()))
+            })
+            .await?
+        }
+        (&Method::POST, ["gc"]) => {
+            let body = body_json_or_empty(request).await?;
+            let days = body
+                .get("tombstone_horizon_days")
+                .and_then(|d| d.as_u64())
+                .unwrap_or(30);
+            blocking(move || Ok(json!(s.store().gc_with(days.saturating_mul(86_400_000))?))).await?
+        }
+        (&Method::POST, ["verify"]) => blocking(move || Ok(json!(s.store().verify()?))).await?,
         (&Method::GET, ["replication-log"]) => {
             blocking(move || Ok(json!(s.store().replication_log(1000)?))).await?
         }

@@ -55,8 +55,10 @@ pub mod blocking;
 pub mod body;
 pub mod cargo;
 pub mod npm;
+pub mod push;
 pub mod pypi;
 pub mod raw;
+pub mod status;
 pub mod versions;
 pub mod zerocopy;
 
@@ -139,8 +141,8 @@ pub struct FeedServer {
     config: HttpConfig,
     /// Feeds that are pull replicas, with the peer they replicate from: read-only here.
     replicas: HashMap<String, String>,
-    /// The configured replications as the admin API shows them (no tokens).
-    replications: Vec<serde_json::Value>,
+    /// The replications of the server this feed server is part of, if any.
+    operations: Option<Arc<dyn Operations>>,
     metrics: Metrics,
     blocklist: blocking::Cache,
     /// Rendered index documents by (feed, key), with the state they were rendered from.
@@ -152,6 +154,22 @@ pub struct FeedServer {
     verified: body::VerifiedBlobs,
     /// Blob files verified recently.
     verified_files: body::VerifiedFiles,
+}
+
+/// What the server around a feed server does besides serving feeds: its replications, for
+/// the status page and the admin API.
+pub trait Operations: Send + Sync + std::fmt::Debug {
+    /// Every configured replication and its state, as JSON objects (name, peer, mode,
+    /// direction, feeds, interval_secs, state, reason, last_*, lag_secs, next_run_ms).
+    fn replications(&self) -> Vec<serde_json::Value>;
+
+    /// Runs the replication `name` now; its summary as JSON (an `error` member if it failed).
+    fn run(
+        &self,
+        name: String,
+        dry_run: bool,
+        allow_deletes: bool,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = serde_json::Value> + Send>>;
 }
 
 /// A download's (feed, name, version, file).
@@ -185,21 +203,21 @@ impl FeedServer {
         config: HttpConfig,
         replicas: HashMap<String, String>,
     ) -> Arc<FeedServer> {
-        FeedServer::with_replications(store, config, replicas, Vec::new())
+        FeedServer::with_operations(store, config, replicas, None)
     }
 
-    /// [`FeedServer::with_replicas`], also showing `replications` (the configured ones,
-    /// without tokens) in the admin API.
-    pub fn with_replications(
+    /// [`FeedServer::with_replicas`], also showing the replications of `operations` (their
+    /// state, without tokens) on the status page and in the admin API, which can run them.
+    pub fn with_operations(
         store: Arc<Store>,
         config: HttpConfig,
         replicas: HashMap<String, String>,
-        replications: Vec<serde_json::Value>,
+        operations: Option<Arc<dyn Operations>>,
     ) -> Arc<FeedServer> {
         Arc::new(FeedServer {
             store,
             replicas,
-            replications,
+            operations,
             metrics: Metrics::default(),
             blocklist: blocking::Cache::default(),
             rendered: parking_lot::Mutex::new(HashMap::new()),
@@ -216,6 +234,19 @@ impl FeedServer {
     /// The store served.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The replications around this feed server, if it is part of a server that runs them.
+    pub fn operations(&self) -> Option<&Arc<dyn Operations>> {
+        self.operations.as_ref()
+    }
+
+    /// Every replication with its state (none without [`Operations`]).
+    pub fn replication_states(&self) -> Vec<serde_json::Value> {
+        self.operations
+            .as_ref()
+            .map(|o| o.replications())
+            .unwrap_or_default()
     }
 
     /// The configuration.
@@ -242,6 +273,7 @@ impl FeedServer {
     pub fn router(self: &Arc<Self>) -> Router {
         let limit = usize::try_from(self.config.max_upload_bytes()).unwrap_or(usize::MAX);
         Router::new()
+            .route("/", get(status::page))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/metrics", get(metrics))
             .route("/api/v1/{*rest}", any(admin::route))

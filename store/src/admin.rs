@@ -183,6 +183,16 @@ pub struct UpstreamCheckpoint {
     pub received_ms: u64,
 }
 
+/// A duration in seconds as a person says it: `45 s`, `12 min`, `3 h`, `2 d`.
+pub fn duration_words(secs: u64) -> String {
+    match secs {
+        0..=119 => format!("{secs} s"),
+        120..=7199 => format!("{} min", secs / 60),
+        7200..=172_799 => format!("{} h", secs / 3600),
+        _ => format!("{} d", secs / 86_400),
+    }
+}
+
 /// One run of a replication, as kept in the replication log.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicationRecord {

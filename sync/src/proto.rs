@@ -255,6 +255,8 @@ pub struct FeedReport {
     pub plan_bytes: u64,
     /// Why the feed failed, if it did.
     pub error: Option<String>,
+    /// The deletion guard rail stopped the feed: the replica is held back, not broken.
+    pub held_back: bool,
 }
 
 impl FeedReport {
@@ -2159,6 +2161,7 @@ impl Session {
             job.guard.max_delete_share * 100.0
         );
         self.fail_feed(feed, code::GUARD_RAIL, reason)?;
+        self.job(feed)?.report.held_back = true;
         Ok(false)
     }
 

@@ -2,20 +2,15 @@
 //!
 //! Exit codes: 0 success; 1 `verify` found problems; 2 any error (bad arguments included).
 
-use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufReader, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
 use cairn_store::admin::{Peer, Scope};
 use cairn_store::doc::{Manifest, PublicKey};
-use cairn_store::package::{self, DigestingReader, PackageFormat};
-use cairn_store::{
-    names, Ecosystem, EntryKind, NewFile, NewPackage, PublishOutcome, Store, StoreOptions,
-    TRUST_ALL,
-};
+use cairn_store::{Ecosystem, Store, StoreOptions, TRUST_ALL};
 use clap::{Parser, Subcommand};
 
 mod serve;
@@ -908,203 +903,31 @@ fn push(
     name: Option<String>,
     version: Option<String>,
 ) -> Result<()> {
-    let ecosystem = store
-        .feed(feed)?
-        .ecosystem()
-        .ok_or_else(|| anyhow!("cannot push to the system feed"))?;
-    if name.is_some() != version.is_some() {
-        bail!("give both --name and --version, or neither");
-    }
-    // PyPI projects already in the feed, by normalized name.
-    let mut spellings = BTreeMap::new();
-    if ecosystem == Ecosystem::Pypi {
-        for entry in store.entries(feed)? {
-            if let Some((n, _)) = names::split_package_key(&entry.key) {
-                spellings.insert(cairn_feedserver::versions::normalize_pypi(n), n.to_owned());
-            }
-        }
-    }
-    // Check every input before storing anything.
-    let mut plans = Vec::new();
-    for path in files {
-        let file_name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| anyhow!("{} has no usable file name", path.display()))?
-            .to_owned();
-        names::check_file_name(&file_name)?;
-        let meta =
-            std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
-        if !meta.is_file() {
-            bail!("{} is not a regular file", path.display());
-        }
-        let mut companion = None;
-        let (pkg_name, pkg_version, metadata) = match (&name, &version) {
-            (Some(n), Some(v)) => (n.clone(), v.clone(), BTreeMap::new()),
-            _ => {
-                let format = detect_format(ecosystem, &file_name).ok_or_else(|| {
-                    anyhow!(
-                        "cannot tell the name and version of {}; pass --name and --version",
-                        path.display()
-                    )
-                })?;
-                let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-                let info = package::inspect(format, BufReader::new(f))
-                    .with_context(|| format!("reading package metadata from {}", path.display()))?;
-                let mut metadata = info.metadata;
-                if ecosystem == Ecosystem::Cargo && format == PackageFormat::Crate {
-                    // What cargo would have sent had it published the file: the sparse index
-                    // lists a crate by it.
-                    let bytes = std::fs::read(path)
-                        .with_context(|| format!("reading {}", path.display()))?;
-                    let mut digesting = DigestingReader::new(&bytes[..], ecosystem);
-                    io::copy(&mut digesting, &mut io::sink())?;
-                    let cksum = digesting.finish().remove("sha256").unwrap_or_default();
-                    let (key, line) =
-                        cairn_feedserver::cargo::pushed_crate_metadata(&bytes[..], &cksum)
-                            .with_context(|| {
-                                format!("reading the crate metadata of {}", path.display())
-                            })?;
-                    metadata.insert(key, line);
-                }
-                if ecosystem == Ecosystem::Pypi && format == PackageFormat::Wheel {
-                    // The core metadata beside the wheel (PEP 658), as an upload stores it.
-                    let f =
-                        File::open(path).with_context(|| format!("opening {}", path.display()))?;
-                    let text = package::wheel_metadata(BufReader::new(f)).with_context(|| {
-                        format!("reading the core metadata of {}", path.display())
-                    })?;
-                    let suffix = cairn_feedserver::pypi::METADATA_SUFFIX;
-                    companion = Some((format!("{file_name}{suffix}"), text));
-                }
-                (info.name, info.version, metadata)
-            }
-        };
-        // A PyPI project keeps the spelling it was first published with, as an upload's.
-        let pkg_name = spellings
-            .get(&cairn_feedserver::versions::normalize_pypi(&pkg_name))
-            .cloned()
-            .unwrap_or(pkg_name);
-        names::check_package_name(ecosystem, &pkg_name)?;
-        names::check_version(&pkg_version)?;
-        plans.push((path, file_name, pkg_name, pkg_version, metadata, companion));
-    }
-    let mut pins = Vec::new();
-    let mut packages: Vec<NewPackage> = Vec::new();
-    for (path, file_name, pkg_name, pkg_version, metadata, companion) in plans {
-        let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let mut reader = DigestingReader::new(f, ecosystem);
-        let stored = store
-            .put_blob(&mut reader)
-            .with_context(|| format!("storing {}", path.display()))?;
-        let mut new_files = vec![NewFile {
-            name: file_name,
-            blob: stored.hash,
-            size: stored.size,
-            digests: reader.finish(),
-        }];
-        pins.push(stored);
-        if let Some((name, text)) = companion {
-            let mut reader = DigestingReader::new(text.as_bytes(), ecosystem);
-            let stored = store.put_blob(&mut reader)?;
-            new_files.push(NewFile {
-                name,
-                blob: stored.hash,
-                size: stored.size,
-                digests: reader.finish(),
-            });
-            pins.push(stored);
-        }
-        match packages
-            .iter_mut()
-            .find(|p| p.name == pkg_name && p.version == pkg_version)
-        {
-            Some(p) => {
-                p.files.extend(new_files);
-                p.metadata.extend(metadata);
-            }
-            None => packages.push(NewPackage {
-                name: pkg_name,
-                version: pkg_version,
-                files: new_files,
-                metadata,
-            }),
-        }
-    }
-    let summary: Vec<(String, String, usize)> = packages
+    let files = files
         .iter()
-        .map(|p| (p.name.clone(), p.version.clone(), p.files.len()))
-        .collect();
-    let results = store.publish_many(feed, packages)?;
-    drop(pins);
-    for ((n, v, count), r) in summary.into_iter().zip(results) {
-        let what = match r.outcome {
-            PublishOutcome::Created => "published",
-            PublishOutcome::FilesAdded => "added files to",
-            PublishOutcome::Unchanged => "unchanged",
-        };
-        writeln!(
-            out,
-            "{what} {n} {v} ({count} file{}) manifest {}",
-            if count == 1 { "" } else { "s" },
-            r.doc.short()
-        )?;
+        .map(|path| {
+            let file_name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| anyhow!("{} has no usable file name", path.display()))?
+                .to_owned();
+            Ok(cairn_feedserver::push::PushFile {
+                path: path.clone(),
+                file_name,
+                shown: path.display().to_string(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let pushed = cairn_feedserver::push::push(store, feed, &files, name, version)
+        .map_err(|e| anyhow!(e.message))?;
+    for p in pushed {
+        writeln!(out, "{}", p.line())?;
     }
     Ok(())
 }
 
-fn detect_format(ecosystem: Ecosystem, file_name: &str) -> Option<PackageFormat> {
-    PackageFormat::from_file_name(ecosystem, file_name).or_else(|| {
-        // A raw feed may hold package files too; read them by their extension.
-        Ecosystem::ALL
-            .into_iter()
-            .find_map(|e| PackageFormat::from_file_name(e, file_name))
-    })
-}
-
 fn ls(store: &Store, out: &mut dyn Write, feed: &str, json: bool, all: bool) -> Result<()> {
-    let mut rows = Vec::new();
-    for entry in store.entries(feed)? {
-        let (name, version) = names::split_package_key(&entry.key).unwrap_or((&entry.key, ""));
-        let mut row = serde_json::json!({
-            "key": entry.key,
-            "name": name,
-            "version": version,
-            "kind": match entry.value.kind {
-                EntryKind::Manifest => "manifest",
-                EntryKind::Tombstone => "tombstone",
-                EntryKind::Document => "document",
-            },
-            "doc": entry.value.doc.to_hex(),
-            "hlc": entry.value.hlc,
-        });
-        match entry.value.kind {
-            EntryKind::Manifest => {
-                let doc = store.document(&entry.value.doc)?.ok_or_else(|| {
-                    anyhow!(
-                        "document {} of {} is missing; run `cairn verify`",
-                        entry.value.doc,
-                        entry.key
-                    )
-                })?;
-                let m: Manifest = doc.payload()?;
-                row["files"] = m
-                    .files
-                    .iter()
-                    .map(|f| serde_json::json!({"name": f.name, "blob": f.blob.to_hex(), "size": f.size, "digests": f.digests}))
-                    .collect();
-                row["metadata"] = m
-                    .metadata
-                    .iter()
-                    .map(|(k, v)| (k.clone(), package::cbor_to_json(v)))
-                    .collect::<serde_json::Map<_, _>>()
-                    .into();
-            }
-            _ if !all => continue,
-            _ => {}
-        }
-        rows.push(row);
-    }
+    let rows = cairn_feedserver::admin::entry_rows(store, feed, all)?;
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
         return Ok(());

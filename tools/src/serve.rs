@@ -157,12 +157,11 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
                 )
             })?;
         let http_addr = http.local_addr()?;
-        let shown = config.replications.iter().map(|r| r.to_json()).collect();
-        let feeds = FeedServer::with_replications(
+        let feeds = FeedServer::with_operations(
             store.clone(),
             config.http.clone(),
             config.pull_replicas(&store),
-            shown,
+            Some(Arc::new(Replications(replicator.clone()))),
         );
         let router = feeds.router();
         tokio::spawn(async move {
@@ -194,6 +193,39 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
         say(format_args!("cairn stopped"));
         anyhow::Ok(())
     })
+}
+
+/// The replications as the feed server's status page and admin API see them.
+#[derive(Debug)]
+struct Replications(Replicator);
+
+impl cairn_feedserver::Operations for Replications {
+    fn replications(&self) -> Vec<serde_json::Value> {
+        self.0
+            .status()
+            .into_iter()
+            .map(|s| serde_json::to_value(s).unwrap_or_default())
+            .collect()
+    }
+
+    fn run(
+        &self,
+        name: String,
+        dry_run: bool,
+        allow_deletes: bool,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = serde_json::Value> + Send>> {
+        let replicator = self.0.clone();
+        Box::pin(async move {
+            let options = RunOptions {
+                dry_run,
+                allow_deletes,
+            };
+            let summary = replicator
+                .run_now(&name, options, &Progress::default())
+                .await;
+            serde_json::to_value(summary).unwrap_or_default()
+        })
+    }
 }
 
 /// A line on standard output, unless nobody reads it any more.

@@ -12,6 +12,7 @@ mod config;
 pub mod control;
 mod incoming;
 mod run;
+mod status;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use cairn_store::Store;
 pub use config::{pull_replicas, Direction, ReplicationConfig, SyncConfig};
 pub use incoming::TokenAuthorizer;
 pub use run::{run, FeedSummary, ReplicationError, RunOptions, RunSummary, WarmConnections};
+pub use status::ReplicationStatus;
 
 use crate::transport::{self, Progress, TransportError};
 
@@ -52,6 +54,8 @@ struct Inner {
     locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
     warm: WarmConnections,
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// What each replication is doing and did.
+    states: parking_lot::Mutex<HashMap<String, status::RunState>>,
 }
 
 impl Replicator {
@@ -65,6 +69,11 @@ impl Replicator {
             .iter()
             .map(|r| (r.name.clone(), Arc::default()))
             .collect();
+        let log = store.replication_log(usize::MAX).unwrap_or_default();
+        let states = replications
+            .iter()
+            .map(|r| (r.name.clone(), status::RunState::from_log(&r.name, &log)))
+            .collect();
         Replicator(Arc::new(Inner {
             store,
             sync,
@@ -72,6 +81,7 @@ impl Replicator {
             locks,
             warm: WarmConnections::default(),
             tasks: parking_lot::Mutex::default(),
+            states: parking_lot::Mutex::new(states),
         }))
     }
 
@@ -127,9 +137,15 @@ impl Replicator {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
+                    let started = run::now_ms();
                     let s = this
                         .run_now(&name, RunOptions::default(), &Progress::default())
                         .await;
+                    // A missed tick fires at once (`Delay`), else one interval after the last.
+                    let next = (started + every.as_millis() as u64).max(run::now_ms());
+                    if let Some(state) = this.0.states.lock().get_mut(&name) {
+                        state.set_next_run(next);
+                    }
                     if !s.ok(false) {
                         tracing::warn!(replication = %name, "scheduled run failed: {}", s.error.clone().unwrap_or_else(|| format!("{:?}", s.feeds)));
                     }
@@ -159,7 +175,13 @@ impl Replicator {
             };
         };
         let _guard = lock.lock().await;
-        run(
+        let started = run::now_ms();
+        if !options.dry_run {
+            if let Some(state) = inner.states.lock().get_mut(name) {
+                state.started(started);
+            }
+        }
+        let summary = run(
             &inner.store,
             &inner.sync,
             rep,
@@ -167,7 +189,18 @@ impl Replicator {
             progress,
             Some(&inner.warm),
         )
-        .await
+        .await;
+        if !options.dry_run {
+            if let Some(state) = inner.states.lock().get_mut(name) {
+                state.finished(started, &summary, run::now_ms());
+            }
+        }
+        summary
+    }
+
+    /// What every configured replication is doing and did.
+    pub fn status(&self) -> Vec<ReplicationStatus> {
+        status::all(&self.0.replications, &self.0.states.lock(), run::now_ms())
     }
 
     /// Stops the schedule and the accept loop, closes the warm connections (peers hear that

@@ -116,6 +116,9 @@ pub struct FeedSummary {
     pub plan: Option<(u64, u64, u64)>,
     /// Error.
     pub error: Option<String>,
+    /// The deletion guard rail held the feed back (the error says by how much).
+    #[serde(default)]
+    pub held_back: bool,
 }
 
 impl FeedSummary {
@@ -138,6 +141,7 @@ impl FeedSummary {
             blob_bytes_adopted: r.blob_bytes_adopted,
             plan: dry_run.then_some((r.plan_adds, r.plan_deletes, r.plan_bytes)),
             error: r.error.clone(),
+            held_back: r.held_back,
         }
     }
 }

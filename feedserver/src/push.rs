@@ -1,0 +1,222 @@
+//! Publishing files as they are, the way `cairn push` and `POST /api/v1/feeds/FEED/files/FILE`
+//! do: name and version come from the package file itself (wheel, sdist, npm tarball,
+//! `.crate`) unless given, and the index entries are the ones the ecosystem's own client
+//! would have produced (a wheel's PEP 658 metadata beside it, a crate's index line, a PyPI
+//! project's first spelling).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufReader};
+use std::path::PathBuf;
+
+use axum::http::StatusCode;
+use cairn_store::package::{self, DigestingReader, PackageFormat};
+use cairn_store::{names, Ecosystem, Hash, NewFile, NewPackage, PublishOutcome, Store};
+
+use crate::ApiError;
+
+/// One file to publish.
+#[derive(Clone, Debug)]
+pub struct PushFile {
+    /// Where its bytes are.
+    pub path: PathBuf,
+    /// The name it is published under.
+    pub file_name: String,
+    /// How messages name it (the path the user gave).
+    pub shown: String,
+}
+
+/// One version a push published or changed.
+#[derive(Clone, Debug)]
+pub struct Pushed {
+    /// Created, files added, or unchanged.
+    pub outcome: PublishOutcome,
+    /// Package name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Files given for it (companions not counted).
+    pub files: usize,
+    /// Its manifest.
+    pub doc: Hash,
+}
+
+fn bad(message: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, message)
+}
+
+/// Publishes `files` to `feed`: every file is read and checked before anything is stored;
+/// with `name` and `version` all files go into that version.
+pub fn push(
+    store: &Store,
+    feed: &str,
+    files: &[PushFile],
+    name: Option<String>,
+    version: Option<String>,
+) -> Result<Vec<Pushed>, ApiError> {
+    let ecosystem = store
+        .feed(feed)?
+        .ecosystem()
+        .ok_or_else(|| bad("cannot push to the system feed".into()))?;
+    if name.is_some() != version.is_some() {
+        return Err(bad("give both --name and --version, or neither".into()));
+    }
+    // PyPI projects already in the feed, by normalized name.
+    let mut spellings = BTreeMap::new();
+    if ecosystem == Ecosystem::Pypi {
+        for entry in store.entries(feed)? {
+            if let Some((n, _)) = names::split_package_key(&entry.key) {
+                spellings.insert(crate::versions::normalize_pypi(n), n.to_owned());
+            }
+        }
+    }
+    let open =
+        |f: &PushFile| File::open(&f.path).map_err(|e| bad(format!("opening {}: {e}", f.shown)));
+    // Check every input before storing anything.
+    let mut plans = Vec::new();
+    for f in files {
+        names::check_file_name(&f.file_name)?;
+        let meta =
+            std::fs::metadata(&f.path).map_err(|e| bad(format!("reading {}: {e}", f.shown)))?;
+        if !meta.is_file() {
+            return Err(bad(format!("{} is not a regular file", f.shown)));
+        }
+        let mut companion = None;
+        let (pkg_name, pkg_version, metadata) = match (&name, &version) {
+            (Some(n), Some(v)) => (n.clone(), v.clone(), BTreeMap::new()),
+            _ => {
+                let format = detect_format(ecosystem, &f.file_name).ok_or_else(|| {
+                    bad(format!(
+                        "cannot tell the name and version of {}; pass --name and --version",
+                        f.shown
+                    ))
+                })?;
+                let info = package::inspect(format, BufReader::new(open(f)?))
+                    .map_err(|e| bad(format!("reading package metadata from {}: {e}", f.shown)))?;
+                let mut metadata = info.metadata;
+                if ecosystem == Ecosystem::Cargo && format == PackageFormat::Crate {
+                    // What cargo would have sent had it published the file: the sparse index
+                    // lists a crate by it.
+                    let bytes = std::fs::read(&f.path)
+                        .map_err(|e| bad(format!("reading {}: {e}", f.shown)))?;
+                    let mut digesting = DigestingReader::new(&bytes[..], ecosystem);
+                    io::copy(&mut digesting, &mut io::sink())
+                        .map_err(|e| bad(format!("reading {}: {e}", f.shown)))?;
+                    let cksum = digesting.finish().remove("sha256").unwrap_or_default();
+                    let (key, line) = crate::cargo::pushed_crate_metadata(&bytes[..], &cksum)
+                        .map_err(|e| {
+                            bad(format!("reading the crate metadata of {}: {e}", f.shown))
+                        })?;
+                    metadata.insert(key, line);
+                }
+                if ecosystem == Ecosystem::Pypi && format == PackageFormat::Wheel {
+                    // The core metadata beside the wheel (PEP 658), as an upload stores it.
+                    let text = package::wheel_metadata(BufReader::new(open(f)?)).map_err(|e| {
+                        bad(format!("reading the core metadata of {}: {e}", f.shown))
+                    })?;
+                    let suffix = crate::pypi::METADATA_SUFFIX;
+                    companion = Some((format!("{}{suffix}", f.file_name), text));
+                }
+                (info.name, info.version, metadata)
+            }
+        };
+        // A PyPI project keeps the spelling it was first published with, as an upload's.
+        let pkg_name = spellings
+            .get(&crate::versions::normalize_pypi(&pkg_name))
+            .cloned()
+            .unwrap_or(pkg_name);
+        names::check_package_name(ecosystem, &pkg_name)?;
+        names::check_version(&pkg_version)?;
+        plans.push((f, pkg_name, pkg_version, metadata, companion));
+    }
+    let mut pins = Vec::new();
+    let mut packages: Vec<NewPackage> = Vec::new();
+    let mut counts: Vec<usize> = Vec::new();
+    for (f, pkg_name, pkg_version, metadata, companion) in plans {
+        let mut reader = DigestingReader::new(open(f)?, ecosystem);
+        let stored = store.put_blob(&mut reader)?;
+        let mut new_files = vec![NewFile {
+            name: f.file_name.clone(),
+            blob: stored.hash,
+            size: stored.size,
+            digests: reader.finish(),
+        }];
+        pins.push(stored);
+        if let Some((name, text)) = companion {
+            let mut reader = DigestingReader::new(text.as_bytes(), ecosystem);
+            let stored = store.put_blob(&mut reader)?;
+            new_files.push(NewFile {
+                name,
+                blob: stored.hash,
+                size: stored.size,
+                digests: reader.finish(),
+            });
+            pins.push(stored);
+        }
+        match packages
+            .iter()
+            .position(|p| p.name == pkg_name && p.version == pkg_version)
+        {
+            Some(i) => {
+                packages[i].files.extend(new_files);
+                packages[i].metadata.extend(metadata);
+                counts[i] += 1;
+            }
+            None => {
+                packages.push(NewPackage {
+                    name: pkg_name,
+                    version: pkg_version,
+                    files: new_files,
+                    metadata,
+                });
+                counts.push(1);
+            }
+        }
+    }
+    let names: Vec<(String, String)> = packages
+        .iter()
+        .map(|p| (p.name.clone(), p.version.clone()))
+        .collect();
+    let results = store.publish_many(feed, packages)?;
+    drop(pins);
+    Ok(names
+        .into_iter()
+        .zip(counts)
+        .zip(results)
+        .map(|(((name, version), files), r)| Pushed {
+            outcome: r.outcome,
+            name,
+            version,
+            files,
+            doc: r.doc,
+        })
+        .collect())
+}
+
+impl Pushed {
+    /// The line `cairn push` prints for it.
+    pub fn line(&self) -> String {
+        let what = match self.outcome {
+            PublishOutcome::Created => "published",
+            PublishOutcome::FilesAdded => "added files to",
+            PublishOutcome::Unchanged => "unchanged",
+        };
+        format!(
+            "{what} {} {} ({} file{}) manifest {}",
+            self.name,
+            self.version,
+            self.files,
+            if self.files == 1 { "" } else { "s" },
+            self.doc.short()
+        )
+    }
+}
+
+fn detect_format(ecosystem: Ecosystem, file_name: &str) -> Option<PackageFormat> {
+    PackageFormat::from_file_name(ecosystem, file_name).or_else(|| {
+        // A raw feed may hold package files too; read them by their extension.
+        Ecosystem::ALL
+            .into_iter()
+            .find_map(|e| PackageFormat::from_file_name(e, file_name))
+    })
+}
