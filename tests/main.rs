@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `cairn` binary, run as separate processes on real data
 //! directories. One test binary with modules.
 
+mod alerts;
 mod attacks;
 mod cli;
 mod crash;

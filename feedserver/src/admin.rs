@@ -490,7 +490,16 @@ async fn handle(
                 .unwrap_or(30);
             blocking(move || Ok(json!(s.store().gc_with(days.saturating_mul(86_400_000))?))).await?
         }
-        (&Method::POST, ["verify"]) => blocking(move || Ok(json!(s.store().verify()?))).await?,
+        (&Method::POST, ["verify"]) => {
+            blocking(move || {
+                let report = s.store().verify()?;
+                if let Some(a) = s.alerter() {
+                    a.verified(&report.problems);
+                }
+                Ok(json!(report))
+            })
+            .await?
+        }
         (&Method::GET, ["replication-log"]) => {
             blocking(move || Ok(json!(s.store().replication_log(1000)?))).await?
         }

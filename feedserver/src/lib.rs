@@ -50,6 +50,7 @@ use cairn_store::Store;
 use serde::Deserialize;
 
 pub mod admin;
+pub mod alerts;
 pub mod auth;
 pub mod blocking;
 pub mod body;
@@ -143,6 +144,8 @@ pub struct FeedServer {
     replicas: HashMap<String, String>,
     /// The replications of the server this feed server is part of, if any.
     operations: Option<Arc<dyn Operations>>,
+    /// The webhook alerts, once started.
+    alerter: std::sync::OnceLock<Arc<alerts::Alerter>>,
     metrics: Metrics,
     blocklist: blocking::Cache,
     /// Rendered index documents by (feed, key), with the state they were rendered from.
@@ -218,6 +221,7 @@ impl FeedServer {
             store,
             replicas,
             operations,
+            alerter: std::sync::OnceLock::new(),
             metrics: Metrics::default(),
             blocklist: blocking::Cache::default(),
             rendered: parking_lot::Mutex::new(HashMap::new()),
@@ -239,6 +243,20 @@ impl FeedServer {
     /// The replications around this feed server, if it is part of a server that runs them.
     pub fn operations(&self) -> Option<&Arc<dyn Operations>> {
         self.operations.as_ref()
+    }
+
+    /// Starts the webhook alerts of `config` (nothing without a webhook); once.
+    pub fn start_alerts(self: &Arc<Self>, config: alerts::AlertsConfig) {
+        if self.alerter.get().is_none() {
+            if let Some(a) = alerts::start(self, config) {
+                let _ = self.alerter.set(a);
+            }
+        }
+    }
+
+    /// The alerts, when a webhook is configured.
+    pub fn alerter(&self) -> Option<&Arc<alerts::Alerter>> {
+        self.alerter.get()
     }
 
     /// Every replication with its state (none without [`Operations`]).

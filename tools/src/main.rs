@@ -404,6 +404,7 @@ fn run_on_store(
     out: &mut dyn Write,
     err: &mut dyn Write,
     progress: &mut dyn FnMut(u64, u64),
+    on_verify: &dyn Fn(&[cairn_store::Problem]),
 ) -> Result<u8> {
     match command {
         Command::Trust { command } => trust(store, out, command)?,
@@ -436,7 +437,7 @@ fn run_on_store(
                 d.doc
             )?;
         }
-        Command::Verify { json } => return verify(store, out, json, progress),
+        Command::Verify { json } => return verify(store, out, json, progress, on_verify),
         Command::Gc {
             json,
             tombstone_horizon_days,
@@ -533,6 +534,7 @@ pub(crate) fn run_forwarded(
     argv: &[String],
     cwd: &Path,
     output: &cairn_sync::replication::control::Output,
+    on_verify: &dyn Fn(&[cairn_store::Problem]),
 ) -> u8 {
     let mut err = output.stderr();
     let cli = match Cli::try_parse_from(
@@ -555,7 +557,7 @@ pub(crate) fn run_forwarded(
             output.progress(done, due);
         }
     };
-    match run_on_store(store, command, &mut out, &mut err, &mut progress) {
+    match run_on_store(store, command, &mut out, &mut err, &mut progress, on_verify) {
         Ok(code) => code,
         Err(e) => {
             let _ = out.flush();
@@ -714,6 +716,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 &mut out.lock(),
                 &mut err,
                 &mut on_progress,
+                &|_| {},
             )?;
             return Ok(ExitCode::from(code));
         }
@@ -1015,8 +1018,10 @@ fn verify(
     out: &mut dyn Write,
     json: bool,
     progress: &mut dyn FnMut(u64, u64),
+    on_verify: &dyn Fn(&[cairn_store::Problem]),
 ) -> Result<u8> {
     let report = store.verify_with_progress(&mut |p| progress(p.bytes_done, p.bytes_due))?;
+    on_verify(&report.problems);
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
     } else {

@@ -31,6 +31,9 @@ pub struct Config {
     /// Where large blobs live.
     #[serde(default)]
     pub blobs: BlobsSection,
+    /// The webhook told when things go wrong and right again.
+    #[serde(default)]
+    pub alerts: cairn_feedserver::alerts::AlertsConfig,
 }
 
 /// `[blobs]`: `backend = "local"` (the default, files under the data directory) or `"s3"`
@@ -101,6 +104,10 @@ pub fn load_config(data_dir: &Path, path: Option<&Path>) -> Result<Config> {
         ),
         _ => {}
     }
+    config
+        .alerts
+        .check()
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let mut names = std::collections::HashSet::new();
     for r in &config.replications {
         if !names.insert(&r.name) {
@@ -163,6 +170,7 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
             config.pull_replicas(&store),
             Some(Arc::new(Replications(replicator.clone()))),
         );
+        feeds.start_alerts(config.alerts.clone());
         let router = feeds.router();
         tokio::spawn(async move {
             if let Err(e) = cairn_feedserver::zerocopy::serve(http, router).await {
@@ -180,10 +188,15 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
         ));
         replicator.schedule();
         let sock = control_socket(data_dir);
-        let forward_store = store.clone();
+        let forward_feeds = feeds.clone();
         // A command line forwarded by `cairn` while this server holds the store.
         let forward: control::Forward = Arc::new(move |argv, cwd, output| {
-            crate::run_forwarded(&forward_store, &argv, &cwd, output)
+            let on_verify = |problems: &[cairn_store::Problem]| {
+                if let Some(a) = forward_feeds.alerter() {
+                    a.verified(problems);
+                }
+            };
+            crate::run_forwarded(forward_feeds.store(), &argv, &cwd, output, &on_verify)
         });
         let control = control::serve(&sock, replicator.clone(), forward)
             .with_context(|| format!("binding {}", sock.display()))?;
