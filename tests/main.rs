@@ -8,6 +8,7 @@ mod crash;
 mod feeds;
 mod link;
 mod operations;
+mod packaging;
 mod replication;
 mod s3;
 mod status;

@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use cairn_store::admin::{Peer, Scope};
 use cairn_store::doc::{Manifest, PublicKey};
 use cairn_store::{Ecosystem, Store, StoreOptions, TRUST_ALL};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod serve;
 mod system;
@@ -367,8 +367,22 @@ fn parse_ecosystem(s: &str) -> Result<Ecosystem, String> {
     s.parse()
 }
 
+/// What `cairn --version` prints after the name: the release and the replication protocol.
+fn version() -> &'static str {
+    let v = format!(
+        "{} (replication protocol {})",
+        env!("CARGO_PKG_VERSION"),
+        cairn_sync::wire::PROTOCOL_VERSION
+    );
+    Box::leak(v.into_boxed_str())
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let parsed = Cli::command()
+        .version(version())
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();

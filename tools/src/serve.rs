@@ -140,7 +140,11 @@ pub fn control_socket(data_dir: &Path) -> PathBuf {
     control::socket_path(data_dir)
 }
 
-/// Runs the server until interrupted.
+/// How long a stopping server lets the runs under way finish (systemd's stop timeout, 90 s by
+/// default, leaves room for it).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Runs the server until interrupted (SIGINT or SIGTERM).
 pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -202,7 +206,16 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
             .with_context(|| format!("binding {}", sock.display()))?;
         shutdown_signal().await;
         drop(control);
-        replicator.shut_down(&endpoint).await;
+        say(format_args!(
+            "cairn stopping: letting runs under way finish (at most {} s)",
+            SHUTDOWN_GRACE.as_secs()
+        ));
+        let cut = replicator.shut_down(&endpoint, SHUTDOWN_GRACE).await;
+        if cut > 0 {
+            say(format_args!(
+                "{cut} run(s) cut at the deadline; they resume where they stopped at the next start"
+            ));
+        }
         say(format_args!("cairn stopped"));
         anyhow::Ok(())
     })

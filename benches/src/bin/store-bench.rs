@@ -10,6 +10,9 @@
 //! - `verify`: 20,000 received manifests checked as a replica checks them (decode, signature,
 //!   payload): one at a time (the baseline), and as one batch with each signer's key
 //!   decompressed once, on one thread and on every core.
+//! - `gc`: 10,000 unreferenced blobs of 20 KiB collected while another thread publishes small
+//!   versions one at a time: the longest hold of the write lock gc reports, and the publish
+//!   latency during gc against the same publisher with no gc (the baseline).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -47,6 +50,7 @@ enum Which {
     Publish,
     Merkle,
     Verify,
+    Gc,
     All,
 }
 
@@ -65,6 +69,9 @@ fn main() -> Result<()> {
     }
     if matches!(args.which, Which::Verify | Which::All) {
         results.insert("verify".into(), verify(&args)?);
+    }
+    if matches!(args.which, Which::Gc | Which::All) {
+        results.insert("gc".into(), gc(&args)?);
     }
     if let Some(path) = &args.json {
         fs::write(path, serde_json::to_string_pretty(&results)?)?;
@@ -405,4 +412,96 @@ fn verify(args: &Args) -> Result<serde_json::Value> {
         "alone_per_s": per_s(a), "batch_1_thread_per_s": per_s(b1),
         "batch_all_cores_per_s": per_s(ba), "cores": cores,
     }))
+}
+
+/// Publish latencies (median, p99, max in ms) of one thread publishing small versions until
+/// `stop` is set.
+fn publish_latencies(
+    store: &Store,
+    from: u64,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<(f64, f64, f64, usize)> {
+    let mut content = vec![0u8; 1024];
+    let mut lat = Vec::new();
+    let mut i = from;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && lat.len() < 100_000 {
+        let t = Instant::now();
+        let p = small_package(store, i, &mut content)?;
+        store.publish_many("live", vec![p])?;
+        lat.push(t.elapsed());
+        i += 1;
+    }
+    lat.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let n = lat.len().max(1);
+    Ok((
+        ms(median(&lat)),
+        ms(lat[(n * 99 / 100).min(lat.len().saturating_sub(1))]),
+        ms(*lat.last().unwrap_or(&Duration::ZERO)),
+        lat.len(),
+    ))
+}
+
+fn gc(args: &Args) -> Result<serde_json::Value> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const BLOBS: u64 = 10_000;
+    let mut runs = Vec::new();
+    for run in 0..args.runs {
+        let dir = scratch(args, &format!("gc-{run}"))?;
+        let store = Store::init(&dir, StoreOptions::default())?;
+        store.create_feed("old", Ecosystem::Raw)?;
+        store.create_feed("live", Ecosystem::Raw)?;
+        let mut content = vec![0u8; 20 * 1024];
+        let mut batch = Vec::new();
+        for i in 0..BLOBS {
+            batch.push(small_package(&store, i, &mut content)?);
+            if batch.len() == 500 {
+                store.publish_many("old", std::mem::take(&mut batch))?;
+            }
+        }
+        store.delete_feed("old")?;
+        sync_all()?;
+        // Baseline: the publisher alone, for 3 s.
+        let stop = AtomicBool::new(false);
+        let base = std::thread::scope(|scope| {
+            let h = scope.spawn(|| publish_latencies(&store, 1_000_000, &stop));
+            std::thread::sleep(Duration::from_secs(3));
+            stop.store(true, Ordering::Relaxed);
+            h.join().map_err(|_| anyhow::anyhow!("publisher panicked"))
+        })??;
+        // The same publisher while gc runs.
+        let stop = AtomicBool::new(false);
+        let (during, report, gc_time) = std::thread::scope(|scope| -> Result<_> {
+            let h = scope.spawn(|| publish_latencies(&store, 2_000_000, &stop));
+            std::thread::sleep(Duration::from_millis(200));
+            let t = Instant::now();
+            let report = store.gc();
+            let gc_time = t.elapsed();
+            stop.store(true, Ordering::Relaxed);
+            let during = h
+                .join()
+                .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
+            Ok((during, report?, gc_time))
+        })?;
+        if report.blobs_removed < BLOBS {
+            bail!("gc removed {} of {BLOBS} blobs", report.blobs_removed);
+        }
+        println!(
+            "gc run {run}: {} blobs in {:.2} s, longest lock hold {:.1} ms; publish ms median/p99/max alone {:.2}/{:.2}/{:.2}, during gc {:.2}/{:.2}/{:.2} ({} publishes)",
+            report.blobs_removed,
+            gc_time.as_secs_f64(),
+            report.longest_pause_us as f64 / 1000.0,
+            base.0, base.1, base.2, during.0, during.1, during.2, during.3
+        );
+        runs.push(serde_json::json!({
+            "blobs_removed": report.blobs_removed,
+            "gc_secs": gc_time.as_secs_f64(),
+            "longest_pause_ms": report.longest_pause_us as f64 / 1000.0,
+            "publish_alone_ms": {"median": base.0, "p99": base.1, "max": base.2},
+            "publish_during_gc_ms": {"median": during.0, "p99": during.1, "max": during.2, "count": during.3},
+        }));
+        drop(store);
+        fs::remove_dir_all(&dir)?;
+    }
+    Ok(serde_json::json!(runs))
 }

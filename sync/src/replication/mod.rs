@@ -56,6 +56,8 @@ struct Inner {
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// What each replication is doing and did.
     states: parking_lot::Mutex<HashMap<String, status::RunState>>,
+    /// Set by [`Replicator::shut_down`]: no new run starts.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Replicator {
@@ -82,6 +84,7 @@ impl Replicator {
             warm: WarmConnections::default(),
             tasks: parking_lot::Mutex::default(),
             states: parking_lot::Mutex::new(states),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -175,6 +178,13 @@ impl Replicator {
             };
         };
         let _guard = lock.lock().await;
+        if inner.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return RunSummary {
+                replication: name.to_owned(),
+                error: Some("the server is stopping".into()),
+                ..RunSummary::default()
+            };
+        }
         let started = run::now_ms();
         if !options.dry_run {
             if let Some(state) = inner.states.lock().get_mut(name) {
@@ -203,13 +213,30 @@ impl Replicator {
         status::all(&self.0.replications, &self.0.states.lock(), run::now_ms())
     }
 
-    /// Stops the schedule and the accept loop, closes the warm connections (peers hear that
-    /// this instance is going rather than waiting out the idle timeout) and `endpoint`.
-    pub async fn shut_down(&self, endpoint: &quinn::Endpoint) {
+    /// Stops starting runs, lets the runs under way finish for at most `grace` (a run cut
+    /// after that resumes its partly transferred blobs at the next start), then stops the
+    /// schedule and the accept loop, closes the warm connections (peers hear that this
+    /// instance is going rather than waiting out the idle timeout) and `endpoint`. Returns
+    /// how many runs were still going when the grace ran out.
+    pub async fn shut_down(&self, endpoint: &quinn::Endpoint, grace: Duration) -> usize {
+        self.0
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut cut = 0;
+        for lock in self.0.locks.values() {
+            if tokio::time::timeout_at(deadline, lock.lock())
+                .await
+                .is_err()
+            {
+                cut += 1;
+            }
+        }
         for task in self.0.tasks.lock().drain(..) {
             task.abort();
         }
         self.0.warm.close_all().await;
         transport::shut_down(endpoint).await;
+        cut
     }
 }
