@@ -1489,6 +1489,44 @@ fn the_admin_api_does_what_the_command_line_does() {
 }
 
 #[test]
+fn an_npm_tarball_pushed_with_the_cli_lists_as_npm_publish_lists_it() {
+    let (inst, tokens) = instance_with(&[("npm", "npm"), ("pushed", "npm")], &["publish:*"]);
+    let server = Server::start(&inst);
+    let home = inst.path("npm-home");
+    npm_registry(&home, &server.http, &tokens[0]);
+    let pkg = inst.path("pkg");
+    for version in ["1.0.0", "1.1.0"] {
+        write_package(
+            &pkg,
+            &format!(
+                r#"{{"name":"@cairn/same","version":"{version}","main":"index.js","description":"one package two ways","license":"MIT","dependencies":{{"left-pad":"^1.3.0"}},"bin":{{"same":"index.js"}}}}"#
+            ),
+            "module.exports = 1;\n",
+        );
+        // The same tarball npm would publish, pushed with the CLI to the running server...
+        let out = run(&mut npm(&home, &pkg, &["pack", "--pack-destination", ".."]));
+        let tgz = inst.path(String::from_utf8_lossy(&out.stdout).trim());
+        inst.ok(&["push", "pushed", tgz.to_str().unwrap()]);
+        // ... and published with npm.
+        run(&mut npm(&home, &pkg, &["publish", "--access", "public"]));
+    }
+    let packument = |feed: &str, accept: &str| {
+        let (status, text) = http(
+            &server.http,
+            &format!("GET /feeds/{feed}/@cairn%2fsame HTTP/1.1\r\nHost: HOST\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"),
+        );
+        assert_eq!(status, 200, "{text}");
+        // The tarball URLs name the feed; everything else must be the same.
+        json_body(&text.replace("/feeds/pushed/", "/feeds/npm/"))
+    };
+    for accept in ["application/json", "application/vnd.npm.install-v1+json"] {
+        let (published, pushed) = (packument("npm", accept), packument("pushed", accept));
+        assert_eq!(pushed, published, "{accept}");
+        assert_eq!(pushed["dist-tags"]["latest"], "1.1.0");
+    }
+}
+
+#[test]
 fn npm_and_cargo_install_from_a_spoke_until_a_block_made_through_the_hub_admin_api() {
     let (hub, spoke, publish, admin) = hub_and_spoke(&[("npm", "npm"), ("crates", "cargo")]);
     let hub_server = Server::start(&hub);

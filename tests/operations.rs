@@ -209,6 +209,40 @@ fn a_days_operations_on_a_hub_and_a_spoke_that_are_never_stopped() {
         "cairn-beta==2.0.0",
     );
     assert!(out.status.success(), "{out:?}");
+    let out = std::process::Command::new("uv")
+        .args([
+            "pip",
+            "install",
+            "--no-cache",
+            "--no-build-isolation",
+            "--python",
+            "python3",
+            "--index-url",
+        ])
+        .arg(format!("{}/feeds/pypi/simple/", spoke_server.http))
+        .arg("--target")
+        .arg(spoke.path("site-uv"))
+        .arg("cairn-beta==2.0.0")
+        .env_remove("PIP_FIND_LINKS")
+        .env_remove("UV_INDEX_URL")
+        .env_remove("UV_EXTRA_INDEX_URL")
+        .env_remove("UV_FIND_LINKS")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    npm_registry(&npm_home, &spoke_server.http, &publish);
+    let app = spoke.path("npm-app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(
+        app.join("package.json"),
+        r#"{"name":"app","version":"1.0.0"}"#,
+    )
+    .unwrap();
+    run(&mut npm(&npm_home, &app, &["install", "@cairn/day@1.0.0"]));
+    assert!(app.join("node_modules/@cairn/day/index.js").exists());
+    let (status, line) = get(&spoke_server, "/feeds/crates/ca/ir/cairn-day");
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&line).contains("\"vers\":\"0.1.0\""));
 
     // A token is revoked at noon and refused at once, with no restart.
     let id = hub

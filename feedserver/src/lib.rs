@@ -159,6 +159,28 @@ pub struct FeedServer {
     verified_files: body::VerifiedFiles,
 }
 
+/// The manifests of `feed` whose package name `keep` accepts, as served: a version signed by
+/// a key no longer trusted for the feed is left out.
+pub(crate) fn served_manifests(
+    store: &Store,
+    feed: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<cairn_store::doc::Manifest>, ApiError> {
+    let mut out = Vec::new();
+    for e in store.entries(feed)? {
+        if e.value.kind != cairn_store::EntryKind::Manifest {
+            continue;
+        }
+        if !cairn_store::names::split_package_key(&e.key).is_some_and(|(n, _)| keep(n)) {
+            continue;
+        }
+        if let Some(doc) = store.served_document(feed, &e.value.doc)? {
+            out.push(doc.payload().map_err(cairn_store::StoreError::from)?);
+        }
+    }
+    Ok(out)
+}
+
 /// What the server around a feed server does besides serving feeds: its replications, for
 /// the status page and the admin API.
 pub trait Operations: Send + Sync + std::fmt::Debug {
@@ -310,21 +332,7 @@ impl FeedServer {
         feed: &str,
         keep: impl Fn(&str) -> bool,
     ) -> Result<Vec<cairn_store::doc::Manifest>, ApiError> {
-        let store = self.store();
-        let mut out = Vec::new();
-        for e in store.entries(feed)? {
-            if e.value.kind != cairn_store::EntryKind::Manifest {
-                continue;
-            }
-            if !cairn_store::names::split_package_key(&e.key).is_some_and(|(n, _)| keep(n)) {
-                continue;
-            }
-            // A version signed by a key no longer trusted for the feed is not served.
-            if let Some(doc) = store.served_document(feed, &e.value.doc)? {
-                out.push(doc.payload().map_err(cairn_store::StoreError::from)?);
-            }
-        }
-        Ok(out)
+        served_manifests(self.store(), feed, keep)
     }
 
     /// An index document (a PyPI page, a packument, a cargo index file) for `feed`, rendered by

@@ -43,7 +43,7 @@ use crate::versions::compare;
 use crate::{blocking, ApiError, FeedRequest, FeedServer};
 
 /// Metadata key of the dist-tags that point at a version.
-const TAGS: &str = "npm_tags";
+pub(crate) const TAGS: &str = "npm_tags";
 const ABBREVIATED: &str = "application/vnd.npm.install-v1+json";
 
 /// Answers a request for `rest` (the path after `/feeds/NAME/`) of an npm feed.
@@ -172,7 +172,7 @@ fn split_name<'a, 'b>(segments: &'a [&'b str]) -> Result<(String, &'a [&'b str])
 }
 
 /// The tarball file name of a version: the name without its scope, `-`, the version.
-fn tarball_name(name: &str, version: &str) -> String {
+pub(crate) fn tarball_name(name: &str, version: &str) -> String {
     let base = name.rsplit('/').next().unwrap_or(name);
     format!("{base}-{version}.tgz")
 }
@@ -485,6 +485,30 @@ fn publish(
     }
     tracing::info!(feed, %name, %version, "published npm package");
     Ok(())
+}
+
+/// The dist-tag `npm publish` gives a version it publishes (its default `--tag`).
+pub(crate) const PUBLISH_TAG: &str = "latest";
+
+/// The metadata a pushed tarball's version carries so that, as after `npm publish`, `latest`
+/// points at it.
+pub(crate) fn publish_tag_metadata() -> (String, Value) {
+    (
+        TAGS.to_owned(),
+        Value::Array(vec![Value::Text(PUBLISH_TAG.to_owned())]),
+    )
+}
+
+/// After `version` of `name` took `latest` by a push: the amendments that take it off the
+/// other versions, as a publish does.
+pub(crate) fn untag_after_push(
+    store: &cairn_store::Store,
+    feed: &str,
+    name: &str,
+    version: &str,
+) -> Result<Vec<Amendment>, ApiError> {
+    let all = crate::served_manifests(store, feed, |n| n == name)?;
+    Ok(untag_others(&all, version, &[PUBLISH_TAG.to_owned()]))
 }
 
 /// Amendments that take `tags` off every version but `keep`.

@@ -2,7 +2,7 @@
 //! do: name and version come from the package file itself (wheel, sdist, npm tarball,
 //! `.crate`) unless given, and the index entries are the ones the ecosystem's own client
 //! would have produced (a wheel's PEP 658 metadata beside it, a crate's index line, a PyPI
-//! project's first spelling).
+//! project's first spelling, `latest` moved to an npm tarball's version).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -82,6 +82,7 @@ pub fn push(
             return Err(bad(format!("{} is not a regular file", f.shown)));
         }
         let mut companion = None;
+        let mut stored_name = f.file_name.clone();
         let (pkg_name, pkg_version, metadata) = match (&name, &version) {
             (Some(n), Some(v)) => (n.clone(), v.clone(), BTreeMap::new()),
             _ => {
@@ -109,6 +110,14 @@ pub fn push(
                         })?;
                     metadata.insert(key, line);
                 }
+                if ecosystem == Ecosystem::Npm && format == PackageFormat::NpmTarball {
+                    // `npm publish` tags what it publishes `latest`.
+                    let (key, tags) = crate::npm::publish_tag_metadata();
+                    metadata.insert(key, tags);
+                    // Under the name the registry gives it (`npm pack` names a scoped
+                    // package's tarball `scope-name-1.0.0.tgz`; the registry `name-1.0.0.tgz`).
+                    stored_name = crate::npm::tarball_name(&info.name, &info.version);
+                }
                 if ecosystem == Ecosystem::Pypi && format == PackageFormat::Wheel {
                     // The core metadata beside the wheel (PEP 658), as an upload stores it.
                     let text = package::wheel_metadata(BufReader::new(open(f)?)).map_err(|e| {
@@ -127,16 +136,16 @@ pub fn push(
             .unwrap_or(pkg_name);
         names::check_package_name(ecosystem, &pkg_name)?;
         names::check_version(&pkg_version)?;
-        plans.push((f, pkg_name, pkg_version, metadata, companion));
+        plans.push((f, stored_name, pkg_name, pkg_version, metadata, companion));
     }
     let mut pins = Vec::new();
     let mut packages: Vec<NewPackage> = Vec::new();
     let mut counts: Vec<usize> = Vec::new();
-    for (f, pkg_name, pkg_version, metadata, companion) in plans {
+    for (f, stored_name, pkg_name, pkg_version, metadata, companion) in plans {
         let mut reader = DigestingReader::new(open(f)?, ecosystem);
         let stored = store.put_blob(&mut reader)?;
         let mut new_files = vec![NewFile {
-            name: f.file_name.clone(),
+            name: stored_name,
             blob: stored.hash,
             size: stored.size,
             digests: reader.finish(),
@@ -177,8 +186,21 @@ pub fn push(
         .iter()
         .map(|p| (p.name.clone(), p.version.clone()))
         .collect();
+    let tagged: Vec<bool> = packages
+        .iter()
+        .map(|p| ecosystem == Ecosystem::Npm && p.metadata.contains_key(crate::npm::TAGS))
+        .collect();
     let results = store.publish_many(feed, packages)?;
     drop(pins);
+    // The versions that had `latest` before lose it, as after `npm publish`.
+    for (((name, version), r), tagged) in names.iter().zip(&results).zip(tagged) {
+        if tagged && r.outcome == PublishOutcome::Created {
+            let moved = crate::npm::untag_after_push(store, feed, name, version)?;
+            if !moved.is_empty() {
+                store.amend_metadata(feed, &moved)?;
+            }
+        }
+    }
     Ok(names
         .into_iter()
         .zip(counts)

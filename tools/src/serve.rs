@@ -181,15 +181,6 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
                 tracing::error!("HTTP server stopped: {e}");
             }
         });
-        // A server whose standard output was closed (its reader gone) goes on serving.
-        say(format_args!(
-            "cairn serving {} on {} (replication, QUIC) and http://{} (feeds); key {}; blobs {}",
-            data_dir.display(),
-            local,
-            http_addr,
-            store.identity().public_key(),
-            config.store_options().blobs.location()
-        ));
         replicator.schedule();
         let sock = control_socket(data_dir);
         let forward_feeds = feeds.clone();
@@ -204,6 +195,16 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
         });
         let control = control::serve(&sock, replicator.clone(), forward)
             .with_context(|| format!("binding {}", sock.display()))?;
+        // Said once every part answers, the control socket included. A server whose standard
+        // output was closed (its reader gone) goes on serving.
+        say(format_args!(
+            "cairn serving {} on {} (replication, QUIC) and http://{} (feeds); key {}; blobs {}",
+            data_dir.display(),
+            local,
+            http_addr,
+            store.identity().public_key(),
+            config.store_options().blobs.location()
+        ));
         shutdown_signal().await;
         drop(control);
         say(format_args!(
