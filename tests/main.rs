@@ -13,3 +13,4 @@ mod replication;
 mod s3;
 mod status;
 mod util;
+mod verifier;

@@ -51,6 +51,7 @@ use serde::Deserialize;
 
 pub mod admin;
 pub mod alerts;
+pub mod audit;
 pub mod auth;
 pub mod blocking;
 pub mod body;
@@ -144,6 +145,8 @@ pub struct FeedServer {
     replicas: HashMap<String, String>,
     /// The replications of the server this feed server is part of, if any.
     operations: Option<Arc<dyn Operations>>,
+    /// Per feed, the blobs its manifests name (for the verification API).
+    feed_blobs: audit::FeedBlobs,
     /// The webhook alerts, once started.
     alerter: std::sync::OnceLock<Arc<alerts::Alerter>>,
     metrics: Metrics,
@@ -244,6 +247,7 @@ impl FeedServer {
             replicas,
             operations,
             alerter: std::sync::OnceLock::new(),
+            feed_blobs: audit::FeedBlobs::default(),
             metrics: Metrics::default(),
             blocklist: blocking::Cache::default(),
             rendered: parking_lot::Mutex::new(HashMap::new()),
@@ -314,6 +318,7 @@ impl FeedServer {
         let limit = usize::try_from(self.config.max_upload_bytes()).unwrap_or(usize::MAX);
         Router::new()
             .route("/", get(status::page))
+            .route("/verify/v1/feeds/{feed}/{*rest}", get(audit::route))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/metrics", get(metrics))
             .route("/api/v1/{*rest}", any(admin::route))

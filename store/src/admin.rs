@@ -183,6 +183,9 @@ pub struct UpstreamCheckpoint {
     pub received_ms: u64,
 }
 
+/// How long a checkpoint this instance signs stays valid unless configured otherwise.
+pub const CHECKPOINT_TTL_SECS: u64 = 7 * 24 * 3600;
+
 /// A duration in seconds as a person says it: `45 s`, `12 min`, `3 h`, `2 d`.
 pub fn duration_words(secs: u64) -> String {
     match secs {

@@ -64,7 +64,7 @@ pub const DOC_BATCH_BYTES: usize = 1 << 20;
 /// Sketch retries before falling back to the item list.
 pub const MAX_SKETCH_RETRIES: u32 = 2;
 /// How long a checkpoint signed for a run stays valid.
-pub const CHECKPOINT_TTL_SECS: u64 = 7 * 24 * 3600;
+pub const CHECKPOINT_TTL_SECS: u64 = cairn_store::admin::CHECKPOINT_TTL_SECS;
 
 /// Which end of the connection this session is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

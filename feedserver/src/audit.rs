@@ -1,0 +1,241 @@
+//! The read-only verification API, `/verify/v1/`: what a third party needs to check a feed
+//! against its writer's signature without a replication token and without trusting this
+//! instance. Each feed is open to whoever may read it (anonymously where the feed is).
+//!
+//! | request | answer |
+//! | --- | --- |
+//! | `GET /verify/v1/feeds/FEED/checkpoint` | the signed checkpoint document (`application/cbor`, the exact bytes): the writer's when this instance holds one that covers its current state, else one this instance signs now |
+//! | `GET /verify/v1/feeds/FEED/entries?after=KEY&limit=N` | `{"feed", "entries": [{"key", "doc", "kind"}], "next"}`: the feed's entries in key order (byte order of the key), tombstones included, at most `limit` (default and most 10,000) after `after`; `next` is the `after` of the next page, absent on the last |
+//! | `GET /verify/v1/feeds/FEED/docs/ID` | a document an entry of FEED names (or its checkpoint), as its exact bytes |
+//! | `GET /verify/v1/feeds/FEED/blobs/HASH` | a blob a manifest of FEED names (`Range` works); sent verified like every download, so a blob damaged on this instance answers an error |
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use cairn_store::{EntryKind, Hash};
+use serde_json::json;
+
+use crate::auth::Access;
+use crate::{blocking, ApiError, FeedServer};
+
+/// Entries per page at most.
+const MAX_PAGE: usize = 10_000;
+
+/// The blobs a feed's manifests name, and the store write sequence they were read at.
+type BlobSet = (u64, Arc<HashSet<Hash>>);
+
+/// Per feed, the blobs its manifests name.
+#[derive(Debug, Default)]
+pub(crate) struct FeedBlobs(parking_lot::Mutex<HashMap<String, BlobSet>>);
+
+/// The axum handler for `/verify/v1/feeds/{feed}/{*rest}`.
+pub async fn route(
+    State(server): State<Arc<FeedServer>>,
+    Path((feed, rest)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    match handle(&server, feed, &rest, request).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn cbor(bytes: Vec<u8>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/cbor")],
+        bytes,
+    )
+        .into_response()
+}
+
+fn hash_of(text: &str) -> Result<Hash, ApiError> {
+    text.parse()
+        .map_err(|_| ApiError::bad_request(format!("`{text}` is not a hash (64 hex digits)")))
+}
+
+async fn handle(
+    server: &Arc<FeedServer>,
+    feed: String,
+    rest: &str,
+    request: Request,
+) -> Result<Response, ApiError> {
+    if request.method() != axum::http::Method::GET && request.method() != axum::http::Method::HEAD {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "the verification API is read-only",
+        ));
+    }
+    server.authorize(request.headers(), &feed, Access::Read)?;
+    // Nothing of the request is held across an await (its body is not `Sync`).
+    let (headers, uri) = (request.headers().clone(), request.uri().clone());
+    drop(request);
+    let s = server.clone();
+    let segments: Vec<String> = rest
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let query = |name: &str| {
+        uri.query().and_then(|q| {
+            q.split('&').find_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                (k == name).then(|| v.to_owned())
+            })
+        })
+    };
+    match segments.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["checkpoint"] => {
+            let ttl = cairn_store::admin::CHECKPOINT_TTL_SECS;
+            blocking(move || {
+                s.store().feed(&feed)?;
+                Ok(cbor(s.store().checkpoint_to_serve(&feed, ttl)?))
+            })
+            .await
+        }
+        ["entries"] => {
+            let after = query("after").map(|a| percent_decode(&a)).transpose()?;
+            let limit = query("limit")
+                .map(|l| l.parse::<usize>())
+                .transpose()
+                .map_err(|_| ApiError::bad_request("`limit` is a number"))?
+                .unwrap_or(MAX_PAGE)
+                .clamp(1, MAX_PAGE);
+            blocking(move || {
+                let mut entries = s.store().entries(&feed)?;
+                entries.sort_by(|a, b| a.key.as_bytes().cmp(b.key.as_bytes()));
+                let start = match &after {
+                    Some(a) => entries.partition_point(|e| e.key.as_bytes() <= a.as_bytes()),
+                    None => 0,
+                };
+                let page = &entries[start..entries.len().min(start + limit)];
+                let rows: Vec<_> = page
+                    .iter()
+                    .map(|e| {
+                        json!({
+                            "key": e.key,
+                            "doc": e.value.doc.to_hex(),
+                            "kind": match e.value.kind {
+                                EntryKind::Manifest => "manifest",
+                                EntryKind::Tombstone => "tombstone",
+                                EntryKind::Document => "document",
+                            },
+                        })
+                    })
+                    .collect();
+                let mut body = json!({ "feed": feed, "entries": rows });
+                if start + page.len() < entries.len() {
+                    if let Some(last) = page.last() {
+                        body["next"] = json!(last.key);
+                    }
+                }
+                Ok(axum::Json(body).into_response())
+            })
+            .await
+        }
+        ["docs", id] => {
+            let id = hash_of(id)?;
+            blocking(move || {
+                let store = s.store();
+                // Only documents of this feed: an entry names it, or it is its checkpoint.
+                let named = store.entries(&feed)?.iter().any(|e| e.value.doc == id)
+                    || store
+                        .checkpoint(&feed)?
+                        .is_some_and(|(_, doc)| doc.id() == id);
+                let doc = match named {
+                    true => store.document(&id)?,
+                    false => None,
+                };
+                let doc = doc.ok_or_else(|| {
+                    ApiError::not_found(format!("no document {id} in feed `{feed}`"))
+                })?;
+                Ok(cbor(doc.bytes().to_vec()))
+            })
+            .await
+        }
+        ["blobs", hash] => {
+            let hash = hash_of(hash)?;
+            let blobs = s.feed_blobs(&feed).await?;
+            if !blobs.contains(&hash) {
+                return Err(ApiError::not_found(format!(
+                    "no blob {hash} in feed `{feed}`"
+                )));
+            }
+            let (st, h) = (s.clone(), hash);
+            let size = blocking(move || Ok(st.store().blob_size(&h)?))
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("blob {hash} is not stored here")))?;
+            // Sent verified, as every download: a blob damaged here is an error, not bytes.
+            crate::body::blob_response(
+                server,
+                hash,
+                size,
+                &headers,
+                "application/octet-stream",
+                false,
+            )
+            .await
+        }
+        _ => Err(ApiError::not_found(
+            "the verification API has checkpoint, entries, docs/ID and blobs/HASH",
+        )),
+    }
+}
+
+fn percent_decode(s: &str) -> Result<String, ApiError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| ApiError::bad_request("a bad %-escape"))?;
+                out.push(hex);
+                i += 3;
+            }
+            b'%' => return Err(ApiError::bad_request("a bad %-escape")),
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| ApiError::bad_request("`after` is not UTF-8"))
+}
+
+impl FeedServer {
+    /// The blobs the manifests of `feed` name (cached per store write sequence).
+    pub(crate) async fn feed_blobs(
+        self: &Arc<Self>,
+        feed: &str,
+    ) -> Result<Arc<HashSet<Hash>>, ApiError> {
+        let seq = self.store().write_sequence();
+        let cached = self.feed_blobs.0.lock().get(feed).cloned();
+        if let Some((at, set)) = cached {
+            if at == seq {
+                return Ok(set);
+            }
+        }
+        let (s, f) = (self.clone(), feed.to_owned());
+        let set = blocking(move || {
+            let mut set = HashSet::new();
+            for m in s.manifests(&f, |_| true)? {
+                set.extend(m.files.iter().map(|file| file.blob));
+            }
+            Ok(Arc::new(set))
+        })
+        .await?;
+        let mut cache = self.feed_blobs.0.lock();
+        if cache.len() > 1000 {
+            cache.clear();
+        }
+        cache.insert(feed.to_owned(), (seq, set.clone()));
+        Ok(set)
+    }
+}

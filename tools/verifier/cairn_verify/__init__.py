@@ -1,0 +1,1 @@
+"""Independent verification of a Cairn feed against its writer's signed checkpoint."""
