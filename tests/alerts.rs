@@ -110,27 +110,18 @@ fn a_webhook_hears_of_failures_stale_checkpoints_and_verify_problems_and_of_reco
         .ok(&["token", "create", "--scope", "replicate:*"])
         .trim()
         .to_owned();
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::util::free_udp_port();
     peer_spoke_with_hub(&hub, &spoke, "spoke", port);
-    std::fs::write(
-        hub.data().join("cairn.toml"),
-        format!("[sync]\nlisten = \"127.0.0.1:{port}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n"),
-    )
-    .unwrap();
+    crate::util::serve_config(&hub, port, "");
     let secret = "webhook-secret";
-    std::fs::write(
-        spoke.data().join("cairn.toml"),
-        format!("[sync]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n\
-[alerts]\nwebhook = \"{url}\"\nsecret = \"{secret}\"\nreplication_failures = 2\ncheck_secs = 1\n\
+    crate::util::serve_config(
+        &spoke,
+        0,
+        &format!("[alerts]\nwebhook = \"{url}\"\nsecret = \"{secret}\"\nreplication_failures = 2\ncheck_secs = 1\n\
 feed_checkpoint_max_age_secs = {{ files = 3 }}\n\n\
 [[replication]]\nname = \"from-hub\"\npeer = \"hub\"\ntoken = \"{replicate}\"\nfeeds = [\"files\"]\nmode = \"pull\"\ninterval_secs = 0\n\n\
 [[replication]]\nname = \"from-tokyo\"\npeer = \"tokyo\"\ntoken = \"{replicate}\"\nfeeds = [\"east\"]\nmode = \"pull\"\ninterval_secs = 1\n"),
-    )
-    .unwrap();
+    );
     let _hub_server = Server::start(&hub);
     let _spoke_server = Server::start(&spoke);
     spoke.ok(&["replicate", "from-hub"]);

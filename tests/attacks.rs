@@ -21,14 +21,6 @@ use cairn_sync::wire::{self, code, BlobRequest, FeedHello, Frame, FrameReader, M
 use crate::feeds::{http, raw_http};
 use crate::util::{Instance, Server};
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn key_of(inst: &Instance) -> String {
     inst.ok(&["key", "show"]).trim().to_owned()
 }
@@ -253,7 +245,7 @@ fn hub() -> (Instance, Instance, u16, [String; 3], (Hash, u64)) {
         token(&hub, &["replicate-write:demo"]),
         token(&hub, &["admin"]),
     ];
-    let port = free_udp_port();
+    let port = crate::util::free_udp_port();
     std::fs::write(
         hub.data().join("cairn.toml"),
         format!("[sync]\nlisten = \"127.0.0.1:{port}\"\nstall_secs = 3\n\n[http]\nlisten = \"127.0.0.1:0\"\n"),
@@ -657,7 +649,7 @@ fn a_relay_passes_the_hubs_checkpoint_and_cannot_roll_back_freeze_or_sign() {
     let hub = Instance::new();
     let relay = Instance::new();
     let spoke = Instance::new();
-    let (hub_port, relay_port) = (free_udp_port(), free_udp_port());
+    let (hub_port, relay_port) = (crate::util::free_udp_port(), crate::util::free_udp_port());
     for i in [&hub, &relay, &spoke] {
         i.ok(&["feed", "create", "demo", "--type", "raw"]);
     }
@@ -1103,7 +1095,7 @@ fn trust_token_and_peer_changes_take_effect_without_a_restart() {
         i.ok(&["feed", "create", "files", "--type", "raw"]);
     }
     hub.push("files", "f", "p", "1", &crate::util::bytes(1, 40_000));
-    let port = free_udp_port();
+    let port = crate::util::free_udp_port();
     crate::util::peer_spoke_with_hub(&hub, &spoke, "spoke", port);
     let replicate_token = token(&hub, &["replicate:files"]);
     let (hub_admin, spoke_admin) = (token(&hub, &["admin"]), token(&spoke, &["admin"]));
@@ -1212,7 +1204,7 @@ fn a_spoke_follows_its_hub_to_a_new_key_and_the_old_key_is_refused() {
             &crate::util::bytes(n, 30_000),
         );
     }
-    let port = free_udp_port();
+    let port = crate::util::free_udp_port();
     crate::util::peer_spoke_with_hub(&hub, &spoke, "spoke", port);
     let replicate_token = token(&hub, &["replicate:demo"]);
     std::fs::write(

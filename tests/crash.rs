@@ -190,11 +190,7 @@ fn kill_9_during_pulls_and_of_the_hub_leaves_runs_that_finish() {
     let spoke = Instance::new();
     hub.ok(&["feed", "create", "demo", "--type", "raw"]);
     spoke.ok(&["feed", "create", "demo", "--type", "raw"]);
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::util::free_udp_port();
     let publish = hub
         .ok(&["token", "create", "--scope", "publish:demo"])
         .trim()

@@ -1189,11 +1189,7 @@ fn hub_and_spoke(feeds: &[(&str, &str)]) -> (Instance, Instance, String, String)
     let publish = token(&["publish:*"]);
     let admin = token(&["admin"]);
     let replicate = token(&["replicate:*"]);
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::util::free_udp_port();
     crate::util::peer_spoke_with_hub(&hub, &spoke, "spoke", port);
     std::fs::write(
         hub.data().join("cairn.toml"),

@@ -12,14 +12,6 @@ use crate::feeds::{
 };
 use crate::util::{bytes, Instance, Server};
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Both servers are still the ones started at the beginning.
 fn still_running(servers: &mut [&mut Server]) {
     for s in servers {
@@ -66,12 +58,8 @@ fn a_days_operations_on_a_hub_and_a_spoke_that_are_never_stopped() {
     // Morning: two fresh instances, started before anything is set up.
     let hub = Instance::new();
     let spoke = Instance::new();
-    let hub_port = free_udp_port();
-    std::fs::write(
-        hub.data().join("cairn.toml"),
-        format!("[sync]\nlisten = \"127.0.0.1:{hub_port}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n"),
-    )
-    .unwrap();
+    let hub_port = crate::util::free_udp_port();
+    crate::util::serve_config(&hub, hub_port, "");
     let mut hub_server = Server::start(&hub);
     // Whoever reaches the control socket administers the instance: its owner only.
     let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -106,11 +94,11 @@ fn a_days_operations_on_a_hub_and_a_spoke_that_are_never_stopped() {
     assert!(hub.ok(&["peer", "list"]).contains(&spoke_key));
 
     // The spoke starts with its replication configured, then gets its feeds, trust and peer.
-    std::fs::write(
-        spoke.data().join("cairn.toml"),
-        format!("[sync]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[[replication]]\nname = \"from-hub\"\npeer = \"hub\"\ntoken = \"{replicate}\"\nfeeds = [\"pypi\", \"npm\", \"crates\", \"files\", \"@system\"]\nmode = \"pull\"\ninterval_secs = 0\n"),
-    )
-    .unwrap();
+    crate::util::serve_config(
+        &spoke,
+        0,
+        &format!("[[replication]]\nname = \"from-hub\"\npeer = \"hub\"\ntoken = \"{replicate}\"\nfeeds = [\"pypi\", \"npm\", \"crates\", \"files\", \"@system\"]\nmode = \"pull\"\ninterval_secs = 0\n"),
+    );
     let mut spoke_server = Server::start(&spoke);
     for (name, kind) in [
         ("pypi", "pypi"),

@@ -5,14 +5,6 @@ use std::time::{Duration, Instant};
 
 use crate::util::{Instance, Server};
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn replicate(inst: &Instance, name: &str) -> serde_json::Value {
     let out = inst.run(&["replicate", name, "--json"]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout)
@@ -38,7 +30,7 @@ fn site() -> Site {
     let key = inst.ok(&["key", "show"]).trim().to_owned();
     Site {
         inst,
-        port: free_udp_port(),
+        port: crate::util::free_udp_port(),
         key,
     }
 }

@@ -288,11 +288,7 @@ fn pip_npm_and_cargo_install_from_an_instance_whose_blobs_are_in_garage() {
 /// A hub with a raw feed `files` and `blobs` as its `[blobs]` section (empty: local disk),
 /// serving on a fixed UDP port; returns it with that port and a replication token.
 fn hub(blobs: &str) -> (Instance, u16, String) {
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::util::free_udp_port();
     let hub = Instance::with_config(&format!(
         "[sync]\nlisten = \"127.0.0.1:{port}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n{blobs}"
     ));

@@ -56,25 +56,16 @@ fn the_status_page_shows_a_replication_behind_and_one_failing_with_their_reasons
         .ok(&["token", "create", "--scope", "replicate:*"])
         .trim()
         .to_owned();
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::util::free_udp_port();
     peer_spoke_with_hub(&hub, &spoke, "spoke", port);
-    std::fs::write(
-        hub.data().join("cairn.toml"),
-        format!("[sync]\nlisten = \"127.0.0.1:{port}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n"),
-    )
-    .unwrap();
+    crate::util::serve_config(&hub, port, "");
     // Two replications on the spoke: one from the hub, one from a peer never added.
-    std::fs::write(
-        spoke.data().join("cairn.toml"),
-        format!("[sync]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n\
-[[replication]]\nname = \"from-hub\"\npeer = \"hub\"\ntoken = \"{replicate}\"\nfeeds = [\"files\"]\nmode = \"pull\"\ninterval_secs = 0\n\n\
+    crate::util::serve_config(
+        &spoke,
+        0,
+        &format!("[[replication]]\nname = \"from-hub\"\npeer = \"hub\"\ntoken = \"{replicate}\"\nfeeds = [\"files\"]\nmode = \"pull\"\ninterval_secs = 0\n\n\
 [[replication]]\nname = \"from-tokyo\"\npeer = \"tokyo\"\ntoken = \"x\"\nfeeds = [\"east\"]\nmode = \"pull\"\ninterval_secs = 0\n"),
-    )
-    .unwrap();
+    );
     let _hub_server = Server::start(&hub);
     let spoke_server = Server::start(&spoke);
     spoke.ok(&["replicate", "from-hub"]);

@@ -120,6 +120,25 @@ impl Instance {
     }
 }
 
+/// A UDP port free on loopback now (for a `[sync] listen` a peer must know in advance).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes the instance's `cairn.toml`: the QUIC endpoint on loopback `sync_port` (0: any),
+/// HTTP on any loopback port, then `rest` (replications, alerts, ...).
+pub fn serve_config(inst: &Instance, sync_port: u16, rest: &str) {
+    std::fs::write(
+        inst.data().join("cairn.toml"),
+        format!("[sync]\nlisten = \"127.0.0.1:{sync_port}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n{rest}"),
+    )
+    .unwrap();
+}
+
 /// Makes `spoke` pull from `hub`: the hub knows the spoke's key as peer `spoke_name`, and the
 /// spoke trusts the hub's key and knows it as peer `hub` at `127.0.0.1:port` (UDP).
 pub fn peer_spoke_with_hub(hub: &Instance, spoke: &Instance, spoke_name: &str, port: u16) {

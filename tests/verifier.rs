@@ -37,25 +37,10 @@ fn the_independent_verifier_passes_an_honest_spoke_and_names_a_damaged_blob() {
         .ok(&["token", "create", "--scope", "replicate:files"])
         .trim()
         .to_owned();
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::util::free_udp_port();
     peer_spoke_with_hub(&hub, &spoke, "spoke", port);
-    std::fs::write(
-        hub.data().join("cairn.toml"),
-        format!("[sync]\nlisten = \"127.0.0.1:{port}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n"),
-    )
-    .unwrap();
-    std::fs::write(
-        spoke.data().join("cairn.toml"),
-        format!(
-            "[sync]\nlisten = \"127.0.0.1:0\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n{}",
-            pull_section("hub", &token, "files")
-        ),
-    )
-    .unwrap();
+    crate::util::serve_config(&hub, port, "");
+    crate::util::serve_config(&spoke, 0, &pull_section("hub", &token, "files"));
     let hub_server = Server::start(&hub);
     let spoke_server = Server::start(&spoke);
     spoke.ok(&["replicate", "pull"]);
