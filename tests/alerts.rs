@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::util::{bytes, peer_spoke_with_hub, Instance, Server};
+use crate::util::{bytes, Instance, Server};
 
 /// What the receiver got: the signature header and the body of each POST it accepted.
 type Received = Arc<Mutex<Vec<(String, String)>>>;
@@ -106,13 +106,7 @@ fn a_webhook_hears_of_failures_stale_checkpoints_and_verify_problems_and_of_reco
     spoke.ok(&["feed", "create", "east", "--type", "raw"]);
     let content = bytes(7, 100_000);
     hub.push("files", "tool.bin", "tool", "1", &content);
-    let replicate = hub
-        .ok(&["token", "create", "--scope", "replicate:*"])
-        .trim()
-        .to_owned();
-    let port = crate::util::free_udp_port();
-    peer_spoke_with_hub(&hub, &spoke, "spoke", port);
-    crate::util::serve_config(&hub, port, "");
+    let (replicate, port) = crate::util::hub_serving(&hub, &spoke, "replicate:*");
     let secret = "webhook-secret";
     crate::util::serve_config(
         &spoke,

@@ -1030,6 +1030,33 @@ pub(crate) fn cargo_registry(home: &Path, http: &str) {
     .unwrap();
 }
 
+/// Writes an npm package into `dir` and publishes it with `npm publish` (registry and token
+/// from `home`, see [`npm_registry`]).
+pub(crate) fn publish_npm(home: &Path, dir: &Path, package_json: &str, index_js: &str) {
+    write_package(dir, package_json, index_js);
+    run(&mut npm(home, dir, &["publish", "--access", "public"]));
+}
+
+/// Writes the library crate `name` `version` (its `lib.rs` is `lib_rs`) into `dir` and
+/// publishes it with `cargo publish` to registry `cairn` (see [`cargo_registry`]).
+pub(crate) fn publish_crate(
+    home: &Path,
+    dir: &Path,
+    name: &str,
+    version: &str,
+    lib_rs: &str,
+    token: &str,
+) {
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!("[package]\nname = \"{name}\"\nversion = \"{version}\"\nedition = \"2021\"\ndescription = \"t\"\nlicense = \"MIT\"\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("src/lib.rs"), lib_rs).unwrap();
+    run(&mut cargo_publish(home, dir, token));
+}
+
 pub(crate) fn write_package(dir: &Path, package_json: &str, index_js: &str) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("package.json"), package_json).unwrap();
@@ -1531,25 +1558,23 @@ fn npm_and_cargo_install_from_a_spoke_until_a_block_made_through_the_hub_admin_a
     let npm_home = hub.path("npm-home");
     let npmrc = |server: &Server| npm_registry(&npm_home, &server.http, &publish);
     npmrc(&hub_server);
-    let lib = hub.path("npm-lib");
-    write_package(
-        &lib,
+    publish_npm(
+        &npm_home,
+        &hub.path("npm-lib"),
         r#"{"name":"@cairn/lib","version":"1.0.0","main":"index.js"}"#,
         "module.exports = 7;\n",
     );
-    run(&mut npm(
-        &npm_home,
-        &lib,
-        &["publish", "--access", "public"],
-    ));
     let cargo_home = hub.path("cargo-home");
     let cargo_config = |server: &Server| cargo_registry(&cargo_home, &server.http);
     cargo_config(&hub_server);
-    let dep = hub.path("cairn-lib");
-    std::fs::create_dir_all(dep.join("src")).unwrap();
-    std::fs::write(dep.join("Cargo.toml"), "[package]\nname = \"cairn-lib\"\nversion = \"0.3.0\"\nedition = \"2021\"\ndescription = \"t\"\nlicense = \"MIT\"\n").unwrap();
-    std::fs::write(dep.join("src/lib.rs"), "pub fn seven() -> u32 { 7 }\n").unwrap();
-    run(&mut cargo_publish(&cargo_home, &dep, &publish));
+    publish_crate(
+        &cargo_home,
+        &hub.path("cairn-lib"),
+        "cairn-lib",
+        "0.3.0",
+        "pub fn seven() -> u32 { 7 }\n",
+        &publish,
+    );
     converged(&spoke);
 
     // Install from the spoke.

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::feeds::{
-    build_python_packages, cargo_publish, cargo_registry, http, http_bytes, npm, npm_registry,
-    pip_install, run, twine_upload, write_package,
+    build_python_packages, cargo_registry, http, http_bytes, npm, npm_registry, pip_install,
+    publish_crate, publish_npm, run, twine_upload,
 };
 use crate::util::{bytes, Instance, Server};
 
@@ -130,24 +130,22 @@ fn a_days_operations_on_a_hub_and_a_spoke_that_are_never_stopped() {
     assert!(pushed.contains("published cairn-alpha 1.0.0"), "{pushed}");
     let npm_home = hub.path("npm-home");
     npm_registry(&npm_home, &hub_server.http, &publish);
-    let lib = hub.path("npm-lib");
-    write_package(
-        &lib,
+    publish_npm(
+        &npm_home,
+        &hub.path("npm-lib"),
         r#"{"name":"@cairn/day","version":"1.0.0","main":"index.js"}"#,
         "module.exports = 'day';\n",
     );
-    run(&mut npm(
-        &npm_home,
-        &lib,
-        &["publish", "--access", "public"],
-    ));
     let cargo_home = hub.path("cargo-home");
     cargo_registry(&cargo_home, &hub_server.http);
-    let krate = hub.path("cairn-day");
-    std::fs::create_dir_all(krate.join("src")).unwrap();
-    std::fs::write(krate.join("Cargo.toml"), "[package]\nname = \"cairn-day\"\nversion = \"0.1.0\"\nedition = \"2021\"\ndescription = \"t\"\nlicense = \"MIT\"\n").unwrap();
-    std::fs::write(krate.join("src/lib.rs"), "pub fn day() {}\n").unwrap();
-    run(&mut cargo_publish(&cargo_home, &krate, &publish));
+    publish_crate(
+        &cargo_home,
+        &hub.path("cairn-day"),
+        "cairn-day",
+        "0.1.0",
+        "pub fn day() {}\n",
+        &publish,
+    );
     // Raw files pushed from a relative path: the server reads them where the command runs.
     let files_dir = hub.path("raw");
     std::fs::create_dir_all(&files_dir).unwrap();

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::feeds::http;
-use crate::util::{peer_spoke_with_hub, Instance, Server};
+use crate::util::{Instance, Server};
 
 /// Runs headless Chromium on `url`: the DOM after load, and a screenshot at `png`.
 fn chromium(profile: &Path, url: &str, png: &Path) -> String {
@@ -52,13 +52,7 @@ fn the_status_page_shows_a_replication_behind_and_one_failing_with_their_reasons
     for v in ["1", "2", "3", "4"] {
         hub.push("files", "tool.bin", "tool", v, v.as_bytes());
     }
-    let replicate = hub
-        .ok(&["token", "create", "--scope", "replicate:*"])
-        .trim()
-        .to_owned();
-    let port = crate::util::free_udp_port();
-    peer_spoke_with_hub(&hub, &spoke, "spoke", port);
-    crate::util::serve_config(&hub, port, "");
+    let (replicate, _) = crate::util::hub_serving(&hub, &spoke, "replicate:*");
     // Two replications on the spoke: one from the hub, one from a peer never added.
     crate::util::serve_config(
         &spoke,

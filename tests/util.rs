@@ -163,6 +163,20 @@ pub fn peer_spoke_with_hub(hub: &Instance, spoke: &Instance, spoke_name: &str, p
     ]);
 }
 
+/// Makes `hub` a server `spoke` can pull from: a replicate token of `scope` (returned), the
+/// two pinned to each other as peers (`hub` and `spoke`), the spoke trusting the hub, and the
+/// hub's `cairn.toml` on a free loopback port (also returned).
+pub fn hub_serving(hub: &Instance, spoke: &Instance, scope: &str) -> (String, u16) {
+    let token = hub
+        .ok(&["token", "create", "--scope", scope])
+        .trim()
+        .to_owned();
+    let port = free_udp_port();
+    peer_spoke_with_hub(hub, spoke, "spoke", port);
+    serve_config(hub, port, "");
+    (token, port)
+}
+
 /// A `[[replication]]` section named "pull" that pulls `feed` from `peer` with `token`, run
 /// on demand (`interval_secs = 0`).
 pub fn pull_section(peer: &str, token: &str, feed: &str) -> String {

@@ -4,7 +4,7 @@
 
 use std::process::{Command, Output};
 
-use crate::util::{bytes, peer_spoke_with_hub, pull_section, Instance, Server};
+use crate::util::{bytes, pull_section, Instance, Server};
 
 fn cairn_verify(url: &str, key: &str) -> Output {
     Command::new("cairn-verify")
@@ -33,13 +33,7 @@ fn the_independent_verifier_passes_an_honest_spoke_and_names_a_damaged_blob() {
     hub.push("files", "small.txt", "tool", "2", b"small");
     hub.push("files", "other.bin", "other", "0.1", &bytes(2, 50_000));
     hub.ok(&["rm", "files", "other", "0.1"]);
-    let token = hub
-        .ok(&["token", "create", "--scope", "replicate:files"])
-        .trim()
-        .to_owned();
-    let port = crate::util::free_udp_port();
-    peer_spoke_with_hub(&hub, &spoke, "spoke", port);
-    crate::util::serve_config(&hub, port, "");
+    let (token, _) = crate::util::hub_serving(&hub, &spoke, "replicate:files");
     crate::util::serve_config(&spoke, 0, &pull_section("hub", &token, "files"));
     let hub_server = Server::start(&hub);
     let spoke_server = Server::start(&spoke);
