@@ -84,6 +84,28 @@ fn the_independent_verifier_passes_an_honest_spoke_and_names_a_damaged_blob() {
     let out = cairn_verify(&format!("{}/feeds/files", hub_server.http), &hub_key);
     assert!(out.status.success(), "{}", text(&out));
 
+    // Against the hub as reference, a spoke that has not yet taken a new version is named
+    // behind it, entry by entry (the spoke's own copy still adds up to what it re-serves).
+    std::fs::write(&damaged, {
+        b[123_456] ^= 0x40;
+        &b
+    })
+    .unwrap();
+    hub.push("files", "new.bin", "tool", "3", b"new");
+    let out = Command::new("cairn-verify")
+        .arg(format!("{}/feeds/files", spoke_server.http))
+        .args(["--key", &hub_key, "--reference"])
+        .arg(format!("{}/feeds/files", hub_server.http))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("missing: tool/3: the reference has it"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("1 problems"), "{}", text(&out));
+
     // The API is read-only and stays inside the feed.
     let (status, _) = crate::feeds::http(
         &spoke_server.http,

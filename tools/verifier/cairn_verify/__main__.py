@@ -1,4 +1,4 @@
-"""cairn-verify FEED_URL --key HEX [--key HEX ...] [--sample N] [--token T]
+"""cairn-verify FEED_URL --key HEX [--key HEX ...] [--sample N] [--token T] [--reference URL]
 
 Implements wire-spec/README.md section 1 (signed documents, leaves, Merkle root) and section
 11 (checkpoints) and the /verify/v1/ HTTP API; no code is shared with Cairn.
@@ -114,7 +114,7 @@ def leaf(key, doc_id):
     return blake3.blake3(LEAF_TAG + len(k).to_bytes(8, "little") + k + doc_id).digest()
 
 
-def verify(feed, trusted, sample, out):
+def verify(feed, trusted, sample, out, reference=None):
     problems = []
 
     def problem(kind, subject, detail):
@@ -159,6 +159,18 @@ def verify(feed, trusted, sample, out):
             f"{count_want} entries with root {root_want.hex() if isinstance(root_want, bytes) else root_want!r}: "
             "entries are missing, extra or altered",
         )
+
+    # Against a reference (the hub, say): which entries are missing, extra or different here.
+    if reference is not None:
+        theirs = {e["key"]: e["doc"] for e in reference.entries()}
+        ours = {e["key"]: e["doc"] for e in entries}
+        for key in sorted(theirs.keys() - ours.keys()):
+            problem("missing", key, f"the reference has it (document {theirs[key]}), this instance does not serve it")
+        for key in sorted(ours.keys() - theirs.keys()):
+            problem("extra", key, f"this instance serves it (document {ours[key]}), the reference does not have it")
+        for key in sorted(ours.keys() & theirs.keys()):
+            if ours[key] != theirs[key]:
+                problem("altered", key, f"document {ours[key]} here, {theirs[key]} at the reference")
 
     # Each document.
     blobs = []
@@ -225,6 +237,10 @@ def main(argv=None):
     p.add_argument("--key", action="append", required=True, help="a key trusted to sign the feed (64 hex digits); repeatable")
     p.add_argument("--sample", type=int, help="hash only this many blobs, chosen at random")
     p.add_argument("--token", help="a read token, for a feed that is not anonymous")
+    p.add_argument(
+        "--reference",
+        help="the same feed on another instance (the hub): also name each entry missing, extra or different here",
+    )
     args = p.parse_args(argv)
     trusted = set()
     for k in args.key:
@@ -233,7 +249,8 @@ def main(argv=None):
             p.error(f"--key {k!r} is not 64 hex digits")
         trusted.add(k)
     try:
-        problems = verify(Feed(args.feed_url, args.token), trusted, args.sample, sys.stdout)
+        reference = Feed(args.reference, args.token) if args.reference else None
+        problems = verify(Feed(args.feed_url, args.token), trusted, args.sample, sys.stdout, reference)
     except Unreachable as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
