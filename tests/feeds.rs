@@ -1206,13 +1206,7 @@ fn hub_and_spoke(feeds: &[(&str, &str)]) -> (Instance, Instance, String, String)
             inst.ok(&["feed", "create", name, "--type", kind]);
         }
     }
-    let token = |scopes: &[&str]| {
-        let mut args = vec!["token", "create"];
-        for s in scopes {
-            args.extend(["--scope", s]);
-        }
-        hub.ok(&args).trim().to_owned()
-    };
+    let token = |scopes: &[&str]| hub.token(scopes);
     let publish = token(&["publish:*"]);
     let admin = token(&["admin"]);
     let replicate = token(&["replicate:*"]);

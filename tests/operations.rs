@@ -79,13 +79,7 @@ fn a_days_operations_on_a_hub_and_a_spoke_that_are_never_stopped() {
         let out = hub.ok(&["feed", "create", name, "--type", kind]);
         assert_eq!(out.trim(), format!("created {kind} feed {name}"));
     }
-    let token = |scopes: &[&str]| {
-        let mut args = vec!["token", "create"];
-        for s in scopes {
-            args.extend(["--scope", s]);
-        }
-        hub.ok(&args).trim().to_owned()
-    };
+    let token = |scopes: &[&str]| hub.token(scopes);
     let publish = token(&["publish:*"]);
     let replicate = token(&["replicate:*"]);
     let hub_key = hub.ok(&["key", "show"]).trim().to_owned();

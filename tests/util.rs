@@ -109,6 +109,15 @@ impl Instance {
         ]);
     }
 
+    /// A new token with `scopes`; its secret.
+    pub fn token(&self, scopes: &[&str]) -> String {
+        let mut args = vec!["token", "create"];
+        for s in scopes {
+            args.extend(["--scope", s]);
+        }
+        self.ok(&args).trim().to_owned()
+    }
+
     /// `cairn ls FEED --json --all` parsed.
     pub fn ls(&self, feed: &str) -> Vec<serde_json::Value> {
         serde_json::from_str(&self.ok(&["ls", feed, "--json", "--all"])).expect("ls --json")
@@ -167,10 +176,7 @@ pub fn peer_spoke_with_hub(hub: &Instance, spoke: &Instance, spoke_name: &str, p
 /// two pinned to each other as peers (`hub` and `spoke`), the spoke trusting the hub, and the
 /// hub's `cairn.toml` on a free loopback port (also returned).
 pub fn hub_serving(hub: &Instance, spoke: &Instance, scope: &str) -> (String, u16) {
-    let token = hub
-        .ok(&["token", "create", "--scope", scope])
-        .trim()
-        .to_owned();
+    let token = hub.token(&[scope]);
     let port = free_udp_port();
     peer_spoke_with_hub(hub, spoke, "spoke", port);
     serve_config(hub, port, "");

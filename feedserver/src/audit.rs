@@ -24,12 +24,21 @@ use crate::{blocking, ApiError, FeedServer};
 /// Entries per page at most.
 const MAX_PAGE: usize = 10_000;
 
-/// The blobs a feed's manifests name, and the store write sequence they were read at.
-type BlobSet = (u64, Arc<HashSet<Hash>>);
-
-/// Per feed, the blobs its manifests name.
+/// What the API may hand out of one feed: the documents its entries name (and its
+/// checkpoint), and the blobs its manifests name.
 #[derive(Debug, Default)]
-pub(crate) struct FeedBlobs(parking_lot::Mutex<HashMap<String, BlobSet>>);
+pub(crate) struct FeedIndex {
+    docs: HashSet<Hash>,
+    blobs: HashSet<Hash>,
+}
+
+/// A feed's index and the store write sequence it was read at.
+type Indexed = (u64, Arc<FeedIndex>);
+
+/// Per feed, its index (built once per store write sequence, so a verifier fetching every
+/// document and blob does not scan the feed for each).
+#[derive(Debug, Default)]
+pub(crate) struct FeedIndexes(parking_lot::Mutex<HashMap<String, Indexed>>);
 
 /// The axum handler for `/verify/v1/feeds/{feed}/{*rest}`.
 pub async fn route(
@@ -138,18 +147,14 @@ async fn handle(
         }
         ["docs", id] => {
             let id = hash_of(id)?;
+            // Only documents of this feed: an entry names it, or it is its checkpoint.
+            if !s.feed_index(&feed).await?.docs.contains(&id) {
+                return Err(ApiError::not_found(format!(
+                    "no document {id} in feed `{feed}`"
+                )));
+            }
             blocking(move || {
-                let store = s.store();
-                // Only documents of this feed: an entry names it, or it is its checkpoint.
-                let named = store.entries(&feed)?.iter().any(|e| e.value.doc == id)
-                    || store
-                        .checkpoint(&feed)?
-                        .is_some_and(|(_, doc)| doc.id() == id);
-                let doc = match named {
-                    true => store.document(&id)?,
-                    false => None,
-                };
-                let doc = doc.ok_or_else(|| {
+                let doc = s.store().document(&id)?.ok_or_else(|| {
                     ApiError::not_found(format!("no document {id} in feed `{feed}`"))
                 })?;
                 Ok(cbor(doc.bytes().to_vec()))
@@ -158,8 +163,7 @@ async fn handle(
         }
         ["blobs", hash] => {
             let hash = hash_of(hash)?;
-            let blobs = s.feed_blobs(&feed).await?;
-            if !blobs.contains(&hash) {
+            if !s.feed_index(&feed).await?.blobs.contains(&hash) {
                 return Err(ApiError::not_found(format!(
                     "no blob {hash} in feed `{feed}`"
                 )));
@@ -210,32 +214,39 @@ fn percent_decode(s: &str) -> Result<String, ApiError> {
 }
 
 impl FeedServer {
-    /// The blobs the manifests of `feed` name (cached per store write sequence).
-    pub(crate) async fn feed_blobs(
+    /// What the API may hand out of `feed` (cached per store write sequence).
+    pub(crate) async fn feed_index(
         self: &Arc<Self>,
         feed: &str,
-    ) -> Result<Arc<HashSet<Hash>>, ApiError> {
+    ) -> Result<Arc<FeedIndex>, ApiError> {
         let seq = self.store().write_sequence();
-        let cached = self.feed_blobs.0.lock().get(feed).cloned();
-        if let Some((at, set)) = cached {
+        let cached = self.feed_indexes.0.lock().get(feed).cloned();
+        if let Some((at, index)) = cached {
             if at == seq {
-                return Ok(set);
+                return Ok(index);
             }
         }
         let (s, f) = (self.clone(), feed.to_owned());
-        let set = blocking(move || {
-            let mut set = HashSet::new();
-            for m in s.manifests(&f, |_| true)? {
-                set.extend(m.files.iter().map(|file| file.blob));
+        let index = blocking(move || {
+            let store = s.store();
+            let mut index = FeedIndex::default();
+            index
+                .docs
+                .extend(store.entries(&f)?.iter().map(|e| e.value.doc));
+            if let Some((_, doc)) = store.checkpoint(&f)? {
+                index.docs.insert(doc.id());
             }
-            Ok(Arc::new(set))
+            for m in s.manifests(&f, |_| true)? {
+                index.blobs.extend(m.files.iter().map(|file| file.blob));
+            }
+            Ok(Arc::new(index))
         })
         .await?;
-        let mut cache = self.feed_blobs.0.lock();
+        let mut cache = self.feed_indexes.0.lock();
         if cache.len() > 1000 {
             cache.clear();
         }
-        cache.insert(feed.to_owned(), (seq, set.clone()));
-        Ok(set)
+        cache.insert(feed.to_owned(), (seq, index.clone()));
+        Ok(index)
     }
 }

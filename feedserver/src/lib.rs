@@ -145,8 +145,8 @@ pub struct FeedServer {
     replicas: HashMap<String, String>,
     /// The replications of the server this feed server is part of, if any.
     operations: Option<Arc<dyn Operations>>,
-    /// Per feed, the blobs its manifests name (for the verification API).
-    feed_blobs: audit::FeedBlobs,
+    /// Per feed, what the verification API may hand out.
+    feed_indexes: audit::FeedIndexes,
     /// The webhook alerts, once started.
     alerter: std::sync::OnceLock<Arc<alerts::Alerter>>,
     metrics: Metrics,
@@ -247,7 +247,7 @@ impl FeedServer {
             replicas,
             operations,
             alerter: std::sync::OnceLock::new(),
-            feed_blobs: audit::FeedBlobs::default(),
+            feed_indexes: audit::FeedIndexes::default(),
             metrics: Metrics::default(),
             blocklist: blocking::Cache::default(),
             rendered: parking_lot::Mutex::new(HashMap::new()),
