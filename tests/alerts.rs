@@ -107,6 +107,13 @@ fn a_webhook_hears_of_failures_stale_checkpoints_and_verify_problems_and_of_reco
     let content = bytes(7, 100_000);
     hub.push("files", "tool.bin", "tool", "1", &content);
     let (replicate, port) = crate::util::hub_serving(&hub, &spoke, "replicate:*");
+    // The hub signs a fresh checkpoint for every pull a second apart (by default it passes
+    // on the one it signed for five minutes while the feed is unchanged).
+    std::fs::write(
+        hub.data().join("cairn.toml"),
+        format!("[sync]\nlisten = \"127.0.0.1:{port}\"\ncheckpoint_refresh_secs = 1\n\n[http]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
     let secret = "webhook-secret";
     crate::util::serve_config(
         &spoke,

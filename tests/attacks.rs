@@ -64,7 +64,7 @@ impl Reply {
         self.frames
             .iter()
             .filter_map(|f| match f {
-                Frame::HelloReply { feeds } => Some(feeds),
+                Frame::HelloReply { feeds, .. } => Some(feeds),
                 _ => None,
             })
             .flatten()
@@ -168,6 +168,7 @@ fn hello(token: &str, mode: Mode, feeds: &[&str], checkpoint: Option<Vec<u8>>) -
                 collected: if mode == Mode::Mirror { u64::MAX } else { 0 },
             })
             .collect(),
+        heads: vec![],
     }
 }
 
@@ -604,6 +605,7 @@ fn a_spoke_gives_up_on_a_silent_or_trickling_upstream_and_on_forged_content() {
                     }],
                     checkpoint: None,
                 }],
+                log: None,
             },
         ),
         (

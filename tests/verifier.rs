@@ -118,3 +118,187 @@ fn the_independent_verifier_passes_an_honest_spoke_and_names_a_damaged_blob() {
     );
     assert_eq!(status, 404);
 }
+
+/// The body of `GET path` on a server, with its status.
+fn get(server: &Server, path: &str) -> (u16, String) {
+    let (status, text) = crate::feeds::http(
+        &server.http,
+        &format!("GET {path} HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n"),
+    );
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
+    (status, body.unwrap_or_default())
+}
+
+fn split_views(server: &Server) -> Vec<serde_json::Value> {
+    let (status, body) = get(server, "/verify/v1/log/views");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["split_views"].as_array().cloned().unwrap_or_default()
+}
+
+/// A hub whose key signs two histories (its data directory copied and both copies kept
+/// publishing) shows each spoke a consistent log on its own; the spokes' exchange of tree
+/// heads exposes the fork at the second spoke's next run, on its status page, `/metrics` and
+/// the log API.
+#[test]
+fn a_hub_forked_into_two_histories_is_caught_by_the_second_spoke() {
+    let hub = Instance::new();
+    let (a, b) = (Instance::new(), Instance::new());
+    for inst in [&hub, &a, &b] {
+        inst.ok(&["feed", "create", "files", "--type", "raw"]);
+    }
+    hub.push("files", "one.txt", "tool", "1", b"one");
+    let hub_key = hub.ok(&["key", "show"]).trim().to_owned();
+    let a_key = a.ok(&["key", "show"]).trim().to_owned();
+    let token = hub.token(&["replicate:files"]);
+    let hub_port = crate::util::free_udp_port();
+    crate::util::peer_spoke_with_hub(&hub, &a, "a", hub_port);
+    crate::util::peer_spoke_with_hub(&hub, &b, "b", hub_port);
+    crate::util::serve_config(&hub, hub_port, "");
+    // b also pulls from a (its second upstream), so the two spokes talk.
+    let a_port = crate::util::free_udp_port();
+    let a_token = a.token(&["replicate:files"]);
+    let b_key = b.ok(&["key", "show"]).trim().to_owned();
+    a.ok(&["peer", "add", "b", "127.0.0.1:1", "--key", &b_key]);
+    b.ok(&[
+        "peer",
+        "add",
+        "a",
+        &format!("127.0.0.1:{a_port}"),
+        "--key",
+        &a_key,
+    ]);
+    crate::util::serve_config(&a, a_port, &pull_section("hub", &token, "files"));
+    crate::util::serve_config(
+        &b,
+        0,
+        &format!(
+            "{}\n[[replication]]\nname = \"sibling\"\npeer = \"a\"\ntoken = \"{a_token}\"\nfeeds = [\"files\"]\nmode = \"pull\"\ninterval_secs = 0\n",
+            pull_section("hub", &token, "files")
+        ),
+    );
+
+    // Honest: both spokes see one history, and exchanging heads finds nothing.
+    let hub_server = Server::start(&hub);
+    let a_server = Server::start(&a);
+    let b_server = Server::start(&b);
+    a.ok(&["replicate", "pull"]);
+    b.ok(&["replicate", "pull"]);
+    b.run(&["replicate", "sibling"]);
+    b.ok(&["replicate", "pull"]);
+    for s in [&a_server, &b_server] {
+        assert_eq!(split_views(s), Vec::<serde_json::Value>::new());
+    }
+    let (_, views) = get(&b_server, "/verify/v1/log/views");
+    assert!(views.contains(&hub_key), "b follows the hub's log: {views}");
+
+    // The fork: the hub's directory copied, each copy publishing something else.
+    hub_server.stop();
+    let fork = Instance {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(hub.data())
+        .arg(fork.data())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let fork_port = crate::util::free_udp_port();
+    crate::util::serve_config(&fork, fork_port, "");
+    let hub_server = Server::start(&hub);
+    let fork_server = Server::start(&fork);
+    hub.push("files", "two.txt", "tool", "2", b"the hub's second version");
+    fork.push(
+        "files",
+        "two.txt",
+        "tool",
+        "2",
+        b"the fork's second version",
+    );
+    assert_eq!(fork.ok(&["key", "show"]).trim(), hub_key);
+
+    // a stays with the hub; b is sent to the fork (same key, so the handshake succeeds).
+    a.ok(&["replicate", "pull"]);
+    b.ok(&["peer", "rm", "hub"]);
+    b.ok(&[
+        "peer",
+        "add",
+        "hub",
+        &format!("127.0.0.1:{fork_port}"),
+        "--key",
+        &hub_key,
+    ]);
+    b.ok(&["replicate", "pull"]);
+    // Each history on its own is consistent: nothing yet.
+    assert_eq!(split_views(&a_server), Vec::<serde_json::Value>::new());
+    assert_eq!(split_views(&b_server), Vec::<serde_json::Value>::new());
+
+    // b's next runs: with a (which gossips the hub's head), then with its upstream again.
+    b.run(&["replicate", "sibling"]);
+    b.run(&["replicate", "pull"]);
+    let views = split_views(&b_server);
+    assert!(!views.is_empty(), "the fork went unnoticed");
+    assert!(views.iter().all(|v| v["log"] == hub_key), "{views:?}");
+    let (_, metrics) = get(&b_server, "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("cairn_transparency_split_views_total ")
+                && l != "cairn_transparency_split_views_total 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "cairn_transparency_split_views{{log=\"{hub_key}\"}}"
+        )),
+        "{metrics}"
+    );
+    let (_, page) = get(&b_server, "/");
+    assert!(page.contains("Split view"), "{page}");
+    drop((hub_server, fork_server));
+}
+
+/// The verifier's second half, written from the spec alone, recomputes every published vector
+/// (frames byte for byte, documents re-signed with the test key, Merkle values, the IBLT, blob
+/// outboards and encodings with its own BLAKE3, the transparency log's proofs).
+#[test]
+fn an_implementation_from_the_spec_alone_reproduces_every_vector() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wire-spec/vectors");
+    let out = Command::new("cairn-verify")
+        .arg("vectors")
+        .arg(&dir)
+        .output()
+        .expect("cairn-verify runs");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).ends_with("vectors: ok\n"), "{}", text(&out));
+    // And it is not a rubber stamp: one byte changed in a copy is found.
+    let copy = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(&dir).unwrap().flatten() {
+        std::fs::copy(f.path(), copy.path().join(f.file_name())).unwrap();
+    }
+    let frames = std::fs::read_to_string(copy.path().join("frames.txt")).unwrap();
+    let tampered: String = frames
+        .lines()
+        .map(|l| match l.strip_prefix("blob-piece: ") {
+            Some(hex) => format!(
+                "blob-piece: {}{}\n",
+                &hex[..hex.len() - 2],
+                if hex.ends_with("00") { "01" } else { "00" }
+            ),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(copy.path().join("frames.txt"), tampered).unwrap();
+    let out = Command::new("cairn-verify")
+        .arg("vectors")
+        .arg(copy.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("frame blob-piece: data is not the encoding of its groups"),
+        "{}",
+        text(&out)
+    );
+}

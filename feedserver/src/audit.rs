@@ -8,6 +8,17 @@
 //! | `GET /verify/v1/feeds/FEED/entries?after=KEY&limit=N` | `{"feed", "entries": [{"key", "doc", "kind"}], "next"}`: the feed's entries in key order (byte order of the key), tombstones included, at most `limit` (default and most 10,000) after `after`; `next` is the `after` of the next page, absent on the last |
 //! | `GET /verify/v1/feeds/FEED/docs/ID` | a document an entry of FEED names (or its checkpoint), as its exact bytes |
 //! | `GET /verify/v1/feeds/FEED/blobs/HASH` | a blob a manifest of FEED names (`Range` works); sent verified like every download, so a blob damaged on this instance answers an error |
+//!
+//! And this instance's transparency log of the checkpoints it signed (open to everyone: it
+//! holds hashes; an entry is served to whoever may read its feed):
+//!
+//! | request | answer |
+//! | --- | --- |
+//! | `GET /verify/v1/log/head` | the newest signed tree head (`application/cbor`) |
+//! | `GET /verify/v1/log/entries/N` | entry N, a checkpoint document (`application/cbor`) |
+//! | `GET /verify/v1/log/inclusion?doc=ID&size=N` | `{"index", "size", "proof": [hex]}`: the inclusion proof of checkpoint ID in the first N entries (default: the whole log) |
+//! | `GET /verify/v1/log/consistency?first=M&second=N` | `{"first", "second", "proof": [hex]}` |
+//! | `GET /verify/v1/log/views` | `{"log", "size", "head", "seen": [...], "split_views": [...]}`: this log, the newest head proven of every log this instance follows, and the split views it found |
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -101,7 +112,11 @@ async fn handle(
             let ttl = cairn_store::admin::CHECKPOINT_TTL_SECS;
             blocking(move || {
                 s.store().feed(&feed)?;
-                Ok(cbor(s.store().checkpoint_to_serve(&feed, ttl)?))
+                Ok(cbor(s.store().checkpoint_to_serve(
+                    &feed,
+                    ttl,
+                    cairn_store::admin::CHECKPOINT_REFRESH_SECS,
+                )?))
             })
             .await
         }
@@ -185,6 +200,153 @@ async fn handle(
         }
         _ => Err(ApiError::not_found(
             "the verification API has checkpoint, entries, docs/ID and blobs/HASH",
+        )),
+    }
+}
+
+fn query_param(uri: &axum::http::Uri, name: &str) -> Option<String> {
+    uri.query().and_then(|q| {
+        q.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            (k == name).then(|| v.to_owned())
+        })
+    })
+}
+
+fn number(uri: &axum::http::Uri, name: &str) -> Result<Option<u64>, ApiError> {
+    query_param(uri, name)
+        .map(|v| v.parse::<u64>())
+        .transpose()
+        .map_err(|_| ApiError::bad_request(format!("`{name}` is a number")))
+}
+
+fn hexes(proof: &[Hash]) -> Vec<String> {
+    proof.iter().map(Hash::to_hex).collect()
+}
+
+/// The axum handler for `/verify/v1/log/{*rest}`.
+pub async fn log_route(
+    State(server): State<Arc<FeedServer>>,
+    Path(rest): Path<String>,
+    request: Request,
+) -> Response {
+    match log_handle(&server, &rest, request).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn log_handle(
+    server: &Arc<FeedServer>,
+    rest: &str,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (headers, uri) = (request.headers().clone(), request.uri().clone());
+    drop(request);
+    let s = server.clone();
+    let segments: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    match segments[..] {
+        ["head"] => {
+            blocking(move || {
+                let head = s.store().log_head()?.ok_or_else(|| {
+                    ApiError::not_found("this instance has signed no checkpoint yet")
+                })?;
+                Ok(cbor(head.doc.bytes().to_vec()))
+            })
+            .await
+        }
+        ["entries", n] => {
+            let n: u64 = n
+                .parse()
+                .map_err(|_| ApiError::bad_request("an entry is named by its number"))?;
+            let doc = blocking(move || {
+                s.store()
+                    .log_entry(n)?
+                    .ok_or_else(|| ApiError::not_found(format!("no entry {n} in the log")))
+            })
+            .await?;
+            let cp: cairn_store::doc::Checkpoint = doc.payload().map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("entry {n}: {e}"))
+            })?;
+            server.authorize(&headers, &cp.feed, Access::Read)?;
+            Ok(cbor(doc.bytes().to_vec()))
+        }
+        ["inclusion"] => {
+            let id = hash_of(
+                &query_param(&uri, "doc")
+                    .ok_or_else(|| ApiError::bad_request("name the checkpoint: `?doc=ID`"))?,
+            )?;
+            let size = number(&uri, "size")?;
+            blocking(move || {
+                let store = s.store();
+                let index = store.log_index_of(&id)?.ok_or_else(|| {
+                    ApiError::not_found(format!("checkpoint {id} is not in this log"))
+                })?;
+                let size = size.unwrap_or(store.log_size()?);
+                let proof = store
+                    .log_inclusion(index, size)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                Ok(
+                    axum::Json(json!({ "index": index, "size": size, "proof": hexes(&proof) }))
+                        .into_response(),
+                )
+            })
+            .await
+        }
+        ["consistency"] => {
+            let first = number(&uri, "first")?.unwrap_or(0);
+            let second = match number(&uri, "second")? {
+                Some(n) => n,
+                None => {
+                    blocking({
+                        let s = s.clone();
+                        move || Ok(s.store().log_size()?)
+                    })
+                    .await?
+                }
+            };
+            blocking(move || {
+                let proof = s
+                    .store()
+                    .log_consistency(first, second)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                Ok(
+                    axum::Json(json!({ "first": first, "second": second, "proof": hexes(&proof) }))
+                        .into_response(),
+                )
+            })
+            .await
+        }
+        ["views"] => {
+            blocking(move || {
+                let store = s.store();
+                let head = store.log_head()?;
+                let seen: Vec<_> = store
+                    .log_seen_all()?
+                    .iter()
+                    .map(|h| {
+                        json!({
+                            "log": h.log.fingerprint(),
+                            "size": h.head.size,
+                            "root": h.head.root.to_hex(),
+                            "time": h.head.time,
+                            "head": hex::encode(h.doc.bytes()),
+                        })
+                    })
+                    .collect();
+                Ok(axum::Json(json!({
+                    "log": store.identity().public_key().fingerprint(),
+                    "size": store.log_size()?,
+                    "head": head.map(|h| hex::encode(h.doc.bytes())),
+                    "seen": seen,
+                    "split_views": store.split_views()?,
+                }))
+                .into_response())
+            })
+            .await
+        }
+        _ => Err(ApiError::not_found(
+            "the log API has head, entries/N, inclusion, consistency and views",
         )),
     }
 }

@@ -319,6 +319,7 @@ impl FeedServer {
         Router::new()
             .route("/", get(status::page))
             .route("/verify/v1/feeds/{feed}/{*rest}", get(audit::route))
+            .route("/verify/v1/log/{*rest}", get(audit::log_route))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/metrics", get(metrics))
             .route("/api/v1/{*rest}", any(admin::route))
@@ -536,7 +537,45 @@ async fn metrics(axum::extract::State(server): axum::extract::State<Arc<FeedServ
     {
         out.push_str(&checkpoint_metrics(&seen, blocking::now_secs()));
     }
+    let s = server.clone();
+    if let Ok(Ok(text)) = tokio::task::spawn_blocking(move || transparency_metrics(s.store())).await
+    {
+        out.push_str(&text);
+    }
     out
+}
+
+/// The transparency log: this instance's size, the newest proven size of each log it
+/// follows, and the split views found per log (any is an alarm).
+fn transparency_metrics(store: &cairn_store::Store) -> Result<String, cairn_store::StoreError> {
+    let mut out = format!(
+        "# HELP cairn_transparency_log_size entries in this instance's transparency log of checkpoints\n# TYPE cairn_transparency_log_size gauge\ncairn_transparency_log_size {}\n",
+        store.log_size()?
+    );
+    out.push_str("# HELP cairn_transparency_seen_size size of the newest tree head proven consistent, per log followed\n# TYPE cairn_transparency_seen_size gauge\n");
+    for h in store.log_seen_all()? {
+        out.push_str(&format!(
+            "cairn_transparency_seen_size{{log=\"{}\"}} {}\n",
+            h.log.fingerprint(),
+            h.head.size
+        ));
+    }
+    let views = store.split_views()?;
+    let mut per: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for v in &views {
+        *per.entry(v.log.as_str()).or_default() += 1;
+    }
+    out.push_str(&format!(
+        "# HELP cairn_transparency_split_views_total split views found in all: tree heads of one log that no consistency proof joins (a log showing different histories to different sites)\n# TYPE cairn_transparency_split_views_total gauge\ncairn_transparency_split_views_total {}\n",
+        views.len()
+    ));
+    out.push_str("# HELP cairn_transparency_split_views split views found per log\n# TYPE cairn_transparency_split_views gauge\n");
+    for (log, n) in per {
+        out.push_str(&format!(
+            "cairn_transparency_split_views{{log=\"{log}\"}} {n}\n"
+        ));
+    }
+    Ok(out)
 }
 
 /// How fresh the state each upstream gave is: the age of the newest checkpoint that came

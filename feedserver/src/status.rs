@@ -48,7 +48,7 @@ pub async fn page(State(server): State<Arc<FeedServer>>) -> Response {
 async fn render(server: &Arc<FeedServer>) -> Result<String, ApiError> {
     let replications = server.replication_states();
     let s = server.clone();
-    let (key, feeds, peers, log) = blocking(move || {
+    let (key, feeds, peers, log, transparency) = blocking(move || {
         let store = s.store();
         let mut feeds = Vec::new();
         for f in store.list_feeds()? {
@@ -65,7 +65,18 @@ async fn render(server: &Arc<FeedServer>) -> Result<String, ApiError> {
         }
         let peers = store.peer_list()?;
         let log = store.replication_log(1000)?;
-        Ok((store.identity().public_key(), feeds, peers, log))
+        let transparency = (
+            store.log_size()?,
+            store.log_seen_all()?,
+            store.split_views()?,
+        );
+        Ok((
+            store.identity().public_key(),
+            feeds,
+            peers,
+            log,
+            transparency,
+        ))
     })
     .await?;
     let now_secs = crate::blocking::now_secs();
@@ -82,7 +93,8 @@ async fn render(server: &Arc<FeedServer>) -> Result<String, ApiError> {
 <header><h1>Cairn instance <code>{short}</code></h1>\
 <p>Key <code>{key}</code>. This page refreshes itself every {REFRESH_SECS} s.</p></header>\
 <nav aria-label=\"Sections\"><a href=\"#replications\">Replications</a><a href=\"#feeds\">Feeds</a>\
-<a href=\"#peers\">Peers</a><a href=\"#log\">Recent runs</a></nav><main>",
+<a href=\"#peers\">Peers</a><a href=\"#transparency\">Transparency</a>\
+<a href=\"#log\">Recent runs</a></nav><main>",
         short = escape(&key.short()),
         key = escape(&key.to_string()),
     );
@@ -219,6 +231,52 @@ async fn render(server: &Arc<FeedServer>) -> Result<String, ApiError> {
                 "<tr><th scope=\"row\">{}</th><td><code>{}</code></td><td>{reach}</td></tr>",
                 escape(&p.name),
                 escape(&p.key.to_string()),
+            );
+        }
+        h.push_str("</tbody></table>");
+    }
+    h.push_str("</section>");
+
+    // The transparency log.
+    let (size, seen, views) = transparency;
+    let _ = write!(
+        h,
+        "<section aria-labelledby=\"transparency\"><h2 id=\"transparency\">Transparency</h2>\
+<p>This instance's log holds {size} checkpoint(s) (<a href=\"/verify/v1/log/views\">views</a>).</p>"
+    );
+    if !views.is_empty() {
+        let _ = write!(
+            h,
+            "<p role=\"alert\" class=\"s failing\">Split view: {} time(s) a log showed histories that no proof joins; \
+its key signed different states for different sites.</p><ul>",
+            views.len()
+        );
+        for v in &views {
+            let _ = write!(
+                h,
+                "<li>log <code>{}</code>, via {}, {} ago: {}</li>",
+                escape(&v.log[..12.min(v.log.len())]),
+                escape(&v.via),
+                ago(now_secs.saturating_sub(v.detected_ms / 1000)),
+                escape(&v.reason)
+            );
+        }
+        h.push_str("</ul>");
+    }
+    if seen.is_empty() {
+        h.push_str("<p>No other log's head proven yet.</p>");
+    } else {
+        h.push_str(
+            "<table><thead><tr><th scope=\"col\">Log</th><th scope=\"col\">Proven size</th>\
+<th scope=\"col\">Signed</th></tr></thead><tbody>",
+        );
+        for s in &seen {
+            let _ = write!(
+                h,
+                "<tr><th scope=\"row\"><code>{}</code></th><td>{}</td><td>{} ago</td></tr>",
+                escape(&s.log.short()),
+                s.head.size,
+                ago(now_secs.saturating_sub(s.head.time))
             );
         }
         h.push_str("</tbody></table>");

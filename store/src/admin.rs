@@ -19,6 +19,11 @@ const LOG_NEXT: &[u8] = b"replog-next";
 const CURSOR_PREFIX: &[u8] = b"cursor\0";
 const PEER_SEEN_PREFIX: &[u8] = b"peer-seen\0";
 const UPSTREAM_CHECKPOINT_PREFIX: &[u8] = b"upstream-checkpoint\0";
+const OWN_CHECKPOINT_PREFIX: &[u8] = b"own-checkpoint\0";
+
+/// How long a checkpoint this instance signed is served again while its feed is unchanged,
+/// unless configured otherwise.
+pub const CHECKPOINT_REFRESH_SECS: u64 = 300;
 
 /// How far in the future a checkpoint's signing time may be (clocks disagree a little).
 pub const CHECKPOINT_CLOCK_SKEW_SECS: u64 = 300;
@@ -481,8 +486,15 @@ impl Store {
     // ---------------------------------------------------------------------------------------
     // Checkpoints
 
-    /// Signs this instance's current state of `feed`, valid for `ttl_secs`.
+    /// Signs this instance's current state of `feed`, valid for `ttl_secs`, and appends the
+    /// checkpoint to this instance's transparency log (one write batch: the checkpoint, the
+    /// log entry and the new signed tree head).
     pub fn sign_checkpoint(&self, feed: &str, ttl_secs: u64) -> Result<SignedDocument> {
+        let _log = self.tlog.lock();
+        self.sign_checkpoint_locked(feed, ttl_secs)
+    }
+
+    fn sign_checkpoint_locked(&self, feed: &str, ttl_secs: u64) -> Result<SignedDocument> {
         let s = self.feed_summary(feed)?;
         let now = now_ms() / 1000;
         let cp = Checkpoint {
@@ -495,10 +507,52 @@ impl Store {
             time: now,
             expires: now + ttl_secs,
         };
-        SignedDocument::sign(&cp, self.identity().signing_key()).map_err(StoreError::signing(
-            "checkpoint".into(),
-            "name a shorter feed",
-        ))
+        let doc = SignedDocument::sign(&cp, self.identity().signing_key()).map_err(
+            StoreError::signing("checkpoint".into(), "name a shorter feed"),
+        )?;
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(
+            self.cf(CF_META),
+            prefixed(OWN_CHECKPOINT_PREFIX, feed.as_bytes()),
+            doc.bytes(),
+        );
+        self.log_append(&mut batch, &doc)?;
+        self.db.write(batch)?;
+        Ok(doc)
+    }
+
+    /// A checkpoint of this instance's current state of `feed`: the one it signed last while
+    /// that still covers the state and is younger than `refresh_secs` (and than half of
+    /// `ttl_secs`), else a new one. Every run and every auditor asks for one; signing each
+    /// time would grow the transparency log with reads rather than with changes.
+    pub fn own_checkpoint(
+        &self,
+        feed: &str,
+        ttl_secs: u64,
+        refresh_secs: u64,
+    ) -> Result<SignedDocument> {
+        let _log = self.tlog.lock();
+        if let Some(bytes) = self.db.get_pinned_cf(
+            self.cf(CF_META),
+            prefixed(OWN_CHECKPOINT_PREFIX, feed.as_bytes()),
+        )? {
+            let doc = SignedDocument::decode(&bytes)?;
+            let cp: Checkpoint = doc.payload()?;
+            let s = self.feed_summary(feed)?;
+            let now = now_ms() / 1000;
+            let fresh =
+                now < cp.time + refresh_secs.min(ttl_secs / 2) && cp.expires == cp.time + ttl_secs;
+            if fresh
+                && doc.signer() == self.identity().public_key()
+                && cp.root.as_bytes() == s.root.fingerprint.as_bytes()
+                && cp.count == s.root.count
+                && cp.epoch == s.feed.epoch
+                && cp.seq == s.feed.seq
+            {
+                return Ok(doc);
+            }
+        }
+        self.sign_checkpoint_locked(feed, ttl_secs)
     }
 
     /// Checks an upstream checkpoint for `feed` before applying anything: signed by a key
@@ -588,7 +642,12 @@ impl Store {
     /// instance. Otherwise (this instance writes the feed, or its copy is between two
     /// checkpoints) it signs its own, valid for `ttl_secs`, which a peer accepts only if it
     /// trusts this instance for the feed.
-    pub fn checkpoint_to_serve(&self, feed: &str, ttl_secs: u64) -> Result<Vec<u8>> {
+    pub fn checkpoint_to_serve(
+        &self,
+        feed: &str,
+        ttl_secs: u64,
+        refresh_secs: u64,
+    ) -> Result<Vec<u8>> {
         if let Some((held, doc)) = self.checkpoint(feed)? {
             let s = self.feed_summary(feed)?;
             if doc.signer() != self.identity().public_key()
@@ -598,7 +657,10 @@ impl Store {
                 return Ok(doc.bytes().to_vec());
             }
         }
-        Ok(self.sign_checkpoint(feed, ttl_secs)?.bytes().to_vec())
+        Ok(self
+            .own_checkpoint(feed, ttl_secs, refresh_secs)?
+            .bytes()
+            .to_vec())
     }
 
     /// Records that a checkpoint of `feed` came through `upstream` (a replication's peer), for

@@ -46,11 +46,13 @@ pub enum DocType {
     Checkpoint,
     /// An instance's move to a new key, signed by the old one.
     KeyRotation,
+    /// A signed tree head of an instance's transparency log of checkpoints.
+    TreeHead,
 }
 
 impl DocType {
     /// Every type, for tables and tests.
-    pub const ALL: [DocType; 8] = [
+    pub const ALL: [DocType; 9] = [
         DocType::Manifest,
         DocType::Tombstone,
         DocType::Vulnerability,
@@ -59,6 +61,7 @@ impl DocType {
         DocType::Policy,
         DocType::Checkpoint,
         DocType::KeyRotation,
+        DocType::TreeHead,
     ];
 
     /// The name used in envelopes and in the signature's domain separator.
@@ -72,6 +75,7 @@ impl DocType {
             DocType::Policy => "policy",
             DocType::Checkpoint => "checkpoint",
             DocType::KeyRotation => "key-rotation",
+            DocType::TreeHead => "tree-head",
         }
     }
 

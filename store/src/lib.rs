@@ -59,6 +59,7 @@ pub mod rotation;
 pub mod s3;
 pub mod store;
 pub mod system;
+pub mod tlog;
 
 #[cfg(test)]
 mod tests;

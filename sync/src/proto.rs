@@ -105,6 +105,9 @@ pub struct Limits {
     /// How long a checkpoint this side signs for a peer stays valid, in seconds: how long a
     /// site may go on serving this state as current when it can no longer hear from here.
     pub checkpoint_ttl_secs: u64,
+    /// How long a checkpoint this side signed is given again while its feed is unchanged,
+    /// in seconds (see [`Store::own_checkpoint`]).
+    pub checkpoint_refresh_secs: u64,
     /// Items per ITEM-LIST page this side sends ([`MAX_LIST_ITEMS`]; smaller in tests).
     pub list_page_items: usize,
     /// Keys per list of a DIFF page this side sends ([`MAX_DIFF_KEYS`]; smaller in tests).
@@ -120,6 +123,7 @@ impl Default for Limits {
             max_blob_bytes: 64 << 30,
             max_waiting_doc_bytes: 256 << 20,
             checkpoint_ttl_secs: CHECKPOINT_TTL_SECS,
+            checkpoint_refresh_secs: cairn_store::admin::CHECKPOINT_REFRESH_SECS,
             list_page_items: MAX_LIST_ITEMS,
             diff_page_keys: MAX_DIFF_KEYS,
             doc_batch_bytes: DOC_BATCH_BYTES,
@@ -624,6 +628,8 @@ pub struct Session {
     /// Blobs named by documents this side sent in this run, with their sizes: the only blobs
     /// the peer may ask for, each once.
     offered: HashMap<Hash, u64>,
+    /// Initiator: the signed tree heads offered in HELLO (the answer proves them).
+    heads_offered: Vec<Vec<u8>>,
     jobs: BTreeMap<String, FeedJob>,
     /// Feeds refused at HELLO: reported, and gone from the session.
     refused: HashMap<String, FeedReport>,
@@ -697,7 +703,7 @@ fn from_bitmap(m: &[u8]) -> Result<Vec<u8>, SessionError> {
         .collect())
 }
 
-fn pack_cells(t: &Iblt) -> Vec<u8> {
+pub(crate) fn pack_cells(t: &Iblt) -> Vec<u8> {
     let mut out = Vec::with_capacity(t.cells().len() * CELL_BYTES);
     for c in t.cells() {
         // Counts travel modulo 2^16: a pure cell of the difference is still exactly +1 or -1.
@@ -807,7 +813,11 @@ impl Session {
                 Mode::Pull => None,
                 Mode::Push | Mode::Mirror => Some(
                     store
-                        .checkpoint_to_serve(name, config.limits.checkpoint_ttl_secs)
+                        .checkpoint_to_serve(
+                            name,
+                            config.limits.checkpoint_ttl_secs,
+                            config.limits.checkpoint_refresh_secs,
+                        )
                         .map_err(store_err)?,
                 ),
             };
@@ -833,11 +843,13 @@ impl Session {
             s.jobs.insert(name.clone(), job);
             s.order.push(name.clone());
         }
+        s.heads_offered = store.log_heads_to_offer(&s.peer).map_err(store_err)?;
         s.outbox.push_back(Frame::Hello {
             version: wire::PROTOCOL_VERSION,
             token: config.token,
             mode: config.mode,
             feeds,
+            heads: s.heads_offered.iter().cloned().map(ByteBuf::from).collect(),
         });
         Ok(s)
     }
@@ -873,6 +885,7 @@ impl Session {
             pieces: VecDeque::new(),
             doc_queue: VecDeque::new(),
             offered: HashMap::new(),
+            heads_offered: Vec::new(),
             jobs: BTreeMap::new(),
             refused: HashMap::new(),
             order: Vec::new(),
@@ -1119,13 +1132,18 @@ impl Session {
                     token,
                     mode,
                     feeds,
+                    heads,
                 },
-            ) => self.on_hello(store, version, token, mode, feeds, authorizer),
-            (Role::Initiator, Frame::HelloReply { feeds }) => {
+            ) => {
+                self.on_hello(store, version, token, mode, feeds, authorizer)?;
+                self.answer_log(store, heads)
+            }
+            (Role::Initiator, Frame::HelloReply { feeds, log }) => {
                 if self.hello_done || feeds.len() != self.order.len() {
                     return Err(SessionError::Protocol("unexpected HELLO reply".into()));
                 }
                 self.hello_done = true;
+                self.check_log(store, log.unwrap_or_default())?;
                 let names = self.order.clone();
                 for (name, status) in names.iter().zip(feeds) {
                     self.initiator_status(store, name, status)?;
@@ -1142,8 +1160,7 @@ impl Session {
                 }
                 job.report.path = Path::Sketch;
                 job.new_round(Recon::Open);
-                let checkpoint =
-                    serve_checkpoint(store, mode, &feed, self.limits.checkpoint_ttl_secs)?;
+                let checkpoint = serve_checkpoint(store, mode, &feed, &self.limits)?;
                 let status = summary(store, &feed, mode, checkpoint)?;
                 self.outbox.push_back(Frame::Summary { feed, status });
                 Ok(())
@@ -1275,6 +1292,60 @@ impl Session {
         }
     }
 
+    /// Responder: answers the transparency-log heads HELLO offered, in the HELLO-REPLY just
+    /// queued (after the statuses, so its head covers the checkpoints they carry).
+    fn answer_log(&mut self, store: &Store, heads: Vec<ByteBuf>) -> Result<(), SessionError> {
+        let heads: Vec<Vec<u8>> = heads.into_iter().map(ByteBuf::into_vec).collect();
+        let via = store.peer_label(&self.peer).map_err(store_err)?;
+        let answer = store.log_answer(&heads, &via).map_err(store_err)?;
+        let log = wire::WireLog {
+            head: answer.head,
+            proofs: answer
+                .proofs
+                .iter()
+                .map(|p| ByteBuf::from(p.iter().flat_map(|h| *h.as_bytes()).collect::<Vec<u8>>()))
+                .collect(),
+            heads: answer.heads.into_iter().map(ByteBuf::from).collect(),
+        };
+        if let Some(Frame::HelloReply { log: slot, .. }) = self
+            .outbox
+            .iter_mut()
+            .rev()
+            .find(|f| matches!(f, Frame::HelloReply { .. }))
+        {
+            *slot = Some(log);
+        }
+        Ok(())
+    }
+
+    /// Initiator: checks the responder's transparency-log answer against the heads offered.
+    /// A contradiction is recorded as a split view (it does not stop the run: the feeds'
+    /// own checks still hold); a head not signed by the responder is bad data.
+    fn check_log(&mut self, store: &Store, log: wire::WireLog) -> Result<(), SessionError> {
+        let proofs = log
+            .proofs
+            .iter()
+            .map(|p| {
+                if p.len() % 32 != 0 || p.len() / 32 > cairn_store::tlog::MAX_PROOF {
+                    return Err(SessionError::Protocol(
+                        "a consistency proof is not a list of at most 65 hashes".into(),
+                    ));
+                }
+                Ok(p.chunks(32).filter_map(Hash::from_slice).collect())
+            })
+            .collect::<Result<Vec<Vec<Hash>>, _>>()?;
+        let answer = cairn_store::tlog::LogAnswer {
+            head: log.head,
+            proofs,
+            heads: log.heads.into_iter().map(ByteBuf::into_vec).collect(),
+        };
+        let via = store.peer_label(&self.peer).map_err(store_err)?;
+        let offered = std::mem::take(&mut self.heads_offered);
+        store
+            .log_check_answer(&self.peer, &offered, &answer, &via, self.now_secs)
+            .map_err(|e| SessionError::BadData(format!("transparency log: {e}")))
+    }
+
     fn on_hello(
         &mut self,
         store: &Store,
@@ -1317,7 +1388,10 @@ impl Session {
                 self.responder_hello(store, &token, guard, h, authorizer, &mut log_budget)?;
             statuses.push(status);
         }
-        self.outbox.push_back(Frame::HelloReply { feeds: statuses });
+        self.outbox.push_back(Frame::HelloReply {
+            feeds: statuses,
+            log: None,
+        });
         for name in self.order.clone() {
             if self.jobs.contains_key(&name) {
                 self.maybe_done(store, &name)?;
@@ -1338,7 +1412,7 @@ impl Session {
         authorizer: Option<&dyn Authorizer>,
         log_budget: &mut usize,
     ) -> Result<FeedStatus, SessionError> {
-        let (mode, ttl) = (self.mode, self.limits.checkpoint_ttl_secs);
+        let (mode, limits) = (self.mode, self.limits);
         self.order.push(h.feed.clone());
         match self.admit(store, token, mode, &h, authorizer)? {
             Err(refusal) => {
@@ -1384,7 +1458,7 @@ impl Session {
                         job.report.peer_root = Some((h.root, h.count));
                         FeedStatus::Equal {
                             cursor: cursor_to_wire(sum.feed.cursor()),
-                            checkpoint: serve_checkpoint(store, mode, &h.feed, ttl)?,
+                            checkpoint: serve_checkpoint(store, mode, &h.feed, &limits)?,
                         }
                     } else {
                         let log = match (mode, h.since) {
@@ -1409,14 +1483,14 @@ impl Session {
                                     count: sum.root.count,
                                     cursor: cursor_to_wire(sum.feed.cursor()),
                                     changes,
-                                    checkpoint: serve_checkpoint(store, mode, &h.feed, ttl)?,
+                                    checkpoint: serve_checkpoint(store, mode, &h.feed, &limits)?,
                                 }
                             }
                             None => summary(
                                 store,
                                 &h.feed,
                                 mode,
-                                serve_checkpoint(store, mode, &h.feed, ttl)?,
+                                serve_checkpoint(store, mode, &h.feed, &limits)?,
                             )?,
                         }
                     };
@@ -2656,7 +2730,7 @@ impl Session {
         }
         // The authoritative side of a pull says what its state is as it finishes.
         let checkpoint = if role == Role::Responder && mode == Mode::Pull {
-            serve_checkpoint(store, mode, feed, self.limits.checkpoint_ttl_secs)?
+            serve_checkpoint(store, mode, feed, &self.limits)?
         } else {
             None
         };
@@ -2812,13 +2886,17 @@ fn serve_checkpoint(
     store: &Store,
     mode: Mode,
     feed: &str,
-    ttl_secs: u64,
+    limits: &Limits,
 ) -> Result<Option<Vec<u8>>, SessionError> {
     if mode == Mode::Push {
         return Ok(None);
     }
     store
-        .checkpoint_to_serve(feed, ttl_secs)
+        .checkpoint_to_serve(
+            feed,
+            limits.checkpoint_ttl_secs,
+            limits.checkpoint_refresh_secs,
+        )
         .map(Some)
         .map_err(store_err)
 }

@@ -126,7 +126,7 @@ fn payload_of(f: &Frame) -> u64 {
             docs.iter().map(|d| d.len() as u64).sum::<u64>()
                 + blobs.iter().map(|b| b.data.len() as u64).sum::<u64>()
         }
-        Frame::HelloReply { feeds } => feeds
+        Frame::HelloReply { feeds, .. } => feeds
             .iter()
             .map(|s| match s {
                 wire::FeedStatus::Log { changes, .. } => changes

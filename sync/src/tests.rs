@@ -729,6 +729,7 @@ fn a_protocol_version_mismatch_is_refused_and_nothing_is_written() {
         token: "good".into(),
         mode: Mode::Pull,
         feeds: vec![],
+        heads: vec![],
     };
     responder.handle(&hub, hello, Some(&AllowAll));
     match responder.poll_transmit(&hub) {
@@ -1310,4 +1311,70 @@ fn small_blobs_go_with_their_documents_and_none_is_asked_for() {
     assert_converged(&o, &spoke, &hub, "demo");
     assert_eq!(o.initiator[0].blobs_received, 3000);
     assert_eq!(wants, 0, "{o:?}");
+}
+
+/// A hub whose key signs two histories of different lengths: neither spoke can tell alone,
+/// the second learns the first's head (a gossip head it cannot check yet), and its next run
+/// with its own hub asks for a consistency proof the fork cannot give.
+#[test]
+fn a_forked_log_is_found_when_the_forks_differ_in_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h1, h2) = (dir.path().join("h1"), dir.path().join("h2"));
+    let a = new_store(&dir.path().join("a"));
+    let b = new_store(&dir.path().join("b"));
+    trust_each_other(&a, &b);
+    {
+        let hub = new_store(&h1);
+        hub.create_feed("demo", Ecosystem::Raw).unwrap();
+        publish(&hub, "demo", 0, 3, 100);
+        for s in [&a, &b] {
+            trust_each_other(s, &hub);
+            s.create_feed("demo", Ecosystem::Raw).unwrap();
+            // Both spokes see the common history first.
+            converge(s, &hub, config(Mode::Pull, &["demo"]), lan(), "demo");
+        }
+    }
+    copy_dir(&h1, &h2);
+    let hub = Store::open(&h1, opts()).unwrap();
+    let fork = Store::open(&h2, opts()).unwrap();
+    let key = hub.identity().public_key();
+    assert_eq!(key, fork.identity().public_key());
+    assert_eq!(
+        a.log_seen(&key).unwrap().unwrap().head,
+        b.log_seen(&key).unwrap().unwrap().head
+    );
+
+    // The two copies go their own ways, the fork signing more checkpoints than the hub.
+    publish(&hub, "demo", 10, 11, 100);
+    publish(&fork, "demo", 20, 22, 100);
+    fork.sign_checkpoint("demo", 3600).unwrap();
+    fork.sign_checkpoint("demo", 3600).unwrap();
+    converge(&a, &hub, config(Mode::Pull, &["demo"]), lan(), "demo");
+    converge(&b, &fork, config(Mode::Pull, &["demo"]), lan(), "demo");
+    let (sa, sb) = (
+        a.log_seen(&key).unwrap().unwrap().head.size,
+        b.log_seen(&key).unwrap().unwrap().head.size,
+    );
+    assert_ne!(sa, sb, "the forks differ in length");
+    assert_eq!(a.split_views().unwrap(), vec![]);
+    assert_eq!(b.split_views().unwrap(), vec![]);
+
+    // b talks to a (a mirror of another feed would do; any run exchanges heads).
+    let _ = sim::run(&b, &a, config(Mode::Pull, &[]), &AllowAll, lan());
+    assert!(
+        b.split_views().unwrap().is_empty(),
+        "sizes differ: nothing to compare yet"
+    );
+    assert!(a.split_views().unwrap().is_empty());
+    // b's next run with its hub asks the fork to prove a's head: it cannot.
+    let _ = sim::run(&b, &fork, config(Mode::Pull, &["demo"]), &AllowAll, lan());
+    let views = b.split_views().unwrap();
+    assert_eq!(views.len(), 1, "{views:?}");
+    assert_eq!(views[0].log, key.fingerprint());
+    // a's next run with the honest hub, after hearing of the fork's head from b, finds it too.
+    let _ = sim::run(&a, &b, config(Mode::Pull, &[]), &AllowAll, lan());
+    let _ = sim::run(&a, &hub, config(Mode::Pull, &["demo"]), &AllowAll, lan());
+    assert_eq!(a.split_views().unwrap().len(), 1);
+    // The honest hub proves what it signed: a's run with it keeps a's proven head moving.
+    assert!(a.log_seen(&key).unwrap().unwrap().head.size >= sa);
 }

@@ -1248,6 +1248,11 @@ pub async fn run_initiator_with_progress(
 ) -> Result<(Vec<FeedReport>, RunStats), TransportError> {
     let mut reports = Vec::new();
     let mut total = RunStats::default();
+    // The peer is who the handshake proved it is (its transparency log is judged by it).
+    let config = InitiatorConfig {
+        peer: peer_key(conn).unwrap_or(config.peer),
+        ..config
+    };
     for feeds in config.feeds.chunks(MAX_HELLO_FEEDS) {
         let part = InitiatorConfig {
             feeds: feeds.to_vec(),

@@ -1,14 +1,14 @@
-//! Wire types of `cairn/sync/2` and their framing: a 4-byte big-endian length, then one CBOR
+//! Wire types of `cairn/sync/3` and their framing: a 4-byte big-endian length, then one CBOR
 //! item. The length is checked against [`MAX_FRAME`] before anything is allocated. These types
 //! are only for the wire; [`crate::proto`] converts them to and from store types explicitly.
 //! `wire-spec/README.md` is the normative description.
 
 use serde::{Deserialize, Serialize};
 
-/// Protocol version carried in HELLO (and in the ALPN `cairn/sync/2`).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Protocol version carried in HELLO (and in the ALPN `cairn/sync/3`).
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The ALPN of this protocol version.
-pub const ALPN: &[u8] = b"cairn/sync/2";
+pub const ALPN: &[u8] = b"cairn/sync/3";
 /// Largest frame body accepted.
 pub const MAX_FRAME: usize = 8 << 20;
 /// Nesting limit for frame bodies.
@@ -152,6 +152,20 @@ pub enum FeedStatus {
     },
 }
 
+/// The responder's answer about transparency logs, in HELLO-REPLY.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireLog {
+    /// The responder's newest signed tree head (absent while its log is empty).
+    #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
+    pub head: Option<Vec<u8>>,
+    /// For each head of the responder's log in HELLO, in order: the consistency proof from
+    /// it to `head`, its hashes concatenated (32 bytes each).
+    pub proofs: Vec<serde_bytes::ByteBuf>,
+    /// The newest heads the responder holds of other logs (gossip).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub heads: Vec<serde_bytes::ByteBuf>,
+}
+
 /// Everything that travels on the control stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -166,11 +180,18 @@ pub enum Frame {
         mode: Mode,
         /// The feeds to replicate.
         feeds: Vec<FeedHello>,
+        /// Signed tree heads of transparency logs the initiator holds: the responder's own
+        /// (each gets a consistency proof) and the newest of other logs (gossip).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        heads: Vec<serde_bytes::ByteBuf>,
     },
     /// Responder -> initiator: one status per feed, in HELLO's order.
     HelloReply {
         /// Statuses.
         feeds: Vec<FeedStatus>,
+        /// The responder's transparency log: its head and the proofs HELLO's heads ask for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        log: Option<WireLog>,
     },
     /// Ask for the level-1 summary of a feed again (after applying a log that did not converge).
     SummaryRequest {
@@ -527,6 +548,7 @@ mod tests {
                 checkpoint: None,
                 collected: 0,
             }],
+            heads: Vec::new(),
         }
     }
 
@@ -588,7 +610,7 @@ mod tests {
             pick in 0usize..64,
             edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0u8..3), 1..12),
         ) {
-            let frames = vector_frames();
+            let frames = crate::vectors::all_frames();
             let mut bytes = encode(&frames[pick % frames.len()].1);
             for (at, byte, kind) in edits {
                 let i = at % (bytes.len() + 1);
@@ -617,277 +639,6 @@ mod tests {
                     _ => break,
                 }
             }
-        }
-    }
-}
-
-/// The frames whose encodings are published in `wire-spec/vectors/frames.txt`, one of each
-/// kind with fixed contents.
-pub fn vector_frames() -> Vec<(&'static str, Frame)> {
-    let cursor = WireCursor {
-        epoch: 0x0123_4567_89ab_cdef,
-        seq: 42,
-    };
-    vec![
-        (
-            "hello",
-            Frame::Hello {
-                version: PROTOCOL_VERSION,
-                token: "cairn_rt_example".into(),
-                mode: Mode::Pull,
-                feeds: vec![FeedHello {
-                    feed: "pypi".into(),
-                    root: [0x11; 32],
-                    count: 3,
-                    since: Some(cursor),
-                    checkpoint: None,
-                    collected: 0,
-                }],
-            },
-        ),
-        (
-            "hello-reply-equal",
-            Frame::HelloReply {
-                feeds: vec![FeedStatus::Equal {
-                    cursor,
-                    checkpoint: Some(vec![0x85, 0x01]),
-                }],
-            },
-        ),
-        (
-            "hello-reply-log",
-            Frame::HelloReply {
-                feeds: vec![FeedStatus::Log {
-                    root: [0x22; 32],
-                    count: 4,
-                    cursor,
-                    changes: vec![
-                        WireChange {
-                            key: "x/1".into(),
-                            doc: Some(vec![0x85, 0x01]),
-                        },
-                        WireChange {
-                            key: "y/2".into(),
-                            doc: None,
-                        },
-                    ],
-                    checkpoint: None,
-                }],
-            },
-        ),
-        (
-            "hello-reply-summary",
-            Frame::HelloReply {
-                feeds: vec![FeedStatus::Summary {
-                    root: [0x22; 32],
-                    count: 4,
-                    cursor,
-                    l1: vec![0; 12],
-                    checkpoint: None,
-                    collected: 0,
-                }],
-            },
-        ),
-        (
-            "hello-reply-refused",
-            Frame::HelloReply {
-                feeds: vec![FeedStatus::Refused {
-                    code: code::UNAUTHORIZED,
-                    reason: "bad token".into(),
-                }],
-            },
-        ),
-        (
-            "summary-request",
-            Frame::SummaryRequest {
-                feed: "pypi".into(),
-            },
-        ),
-        (
-            "sketch",
-            Frame::Sketch {
-                feed: "pypi".into(),
-                buckets: vec![0x01; 32],
-                seed: 7,
-                cells: vec![0; CELL_BYTES],
-            },
-        ),
-        (
-            "sketch-failed",
-            Frame::SketchFailed {
-                feed: "pypi".into(),
-            },
-        ),
-        (
-            "item-list",
-            Frame::ItemList {
-                feed: "pypi".into(),
-                buckets: vec![0x80; 32],
-                items: vec![0xaa; 16],
-                last: true,
-            },
-        ),
-        (
-            "diff",
-            Frame::Diff {
-                feed: "pypi".into(),
-                docs: vec![serde_bytes::ByteBuf::from(vec![0x85, 0x01])],
-                remove: vec![0x01; 8],
-                want: vec![],
-                absent: vec![],
-                blobs: vec![SmallBlob {
-                    hash: [0x33; 32],
-                    data: b"hi".to_vec(),
-                }],
-                last: true,
-                more: false,
-            },
-        ),
-        (
-            "hello-mirror",
-            Frame::Hello {
-                version: PROTOCOL_VERSION,
-                token: "cairn_rt_example".into(),
-                mode: Mode::Mirror,
-                feeds: vec![FeedHello {
-                    feed: "pypi".into(),
-                    root: [0x11; 32],
-                    count: 3,
-                    since: None,
-                    checkpoint: None,
-                    collected: 0x0001_9a00_0000_0005,
-                }],
-            },
-        ),
-        (
-            "diff-mirror",
-            Frame::Diff {
-                feed: "pypi".into(),
-                docs: vec![],
-                remove: vec![],
-                want: vec![0x02; 16],
-                absent: vec![0x02; 8],
-                blobs: vec![],
-                last: true,
-                more: false,
-            },
-        ),
-        (
-            "docs",
-            Frame::Docs {
-                feed: "pypi".into(),
-                docs: vec![serde_bytes::ByteBuf::from(vec![0x85, 0x01])],
-                blobs: vec![],
-                last: true,
-                seq: 3,
-            },
-        ),
-        (
-            "want-blobs",
-            Frame::WantBlobs {
-                blobs: vec![BlobRequest {
-                    hash: [0x44; 32],
-                    size: 100_000,
-                    groups: vec![(0, 7)],
-                }],
-            },
-        ),
-        (
-            "blob-piece",
-            Frame::BlobPiece {
-                hash: [0x44; 32],
-                size: 100_000,
-                groups: vec![(0, 1)],
-                data: vec![0x55; 4],
-            },
-        ),
-        (
-            "blob-stream",
-            Frame::BlobStream {
-                hash: [0x44; 32],
-                size: 100_000,
-                groups: vec![(0, 7)],
-                len: 100_512,
-            },
-        ),
-        (
-            "done",
-            Frame::Done {
-                feed: "pypi".into(),
-                root: [0x22; 32],
-                count: 4,
-                checkpoint: None,
-            },
-        ),
-        (
-            "feed-failed",
-            Frame::FeedFailed {
-                feed: "pypi".into(),
-                code: code::GUARD_RAIL,
-                reason: "would delete 90%".into(),
-            },
-        ),
-        (
-            "rotation-request",
-            Frame::RotationRequest { key: [0x66; 32] },
-        ),
-        (
-            "rotation",
-            Frame::Rotation {
-                statements: vec![serde_bytes::ByteBuf::from(vec![0x85, 0x01])],
-            },
-        ),
-        (
-            "error",
-            Frame::Error {
-                code: code::VERSION,
-                reason: "protocol version 2 is not supported".into(),
-            },
-        ),
-    ]
-}
-
-/// The vector file's text: `name: hex` per line, length prefix included.
-pub fn vector_text() -> String {
-    let mut out = String::from("# cairn/sync/2 frame vectors: name, then the frame with its 4-byte length prefix, in hex.\n# Generated by `CAIRN_BLESS=1 cargo test -p cairn-sync vectors`; checked byte for byte by that test.\n");
-    for (name, frame) in vector_frames() {
-        out.push_str(name);
-        out.push_str(": ");
-        for b in encode(&frame) {
-            out.push_str(&format!("{b:02x}"));
-        }
-        out.push('\n');
-    }
-    out
-}
-
-#[cfg(test)]
-mod vector_tests {
-    use super::*;
-
-    #[test]
-    fn vectors_are_fresh_and_decode_to_their_frames() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../wire-spec/vectors/frames.txt");
-        let text = vector_text();
-        if std::env::var_os("CAIRN_BLESS").is_some() {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, &text).unwrap();
-        }
-        let on_disk = std::fs::read_to_string(&path).expect("wire-spec/vectors/frames.txt exists");
-        assert_eq!(on_disk, text, "wire-spec/vectors/frames.txt is stale: run CAIRN_BLESS=1 cargo test -p cairn-sync vectors and review the change");
-        for ((name, frame), line) in vector_frames()
-            .into_iter()
-            .zip(on_disk.lines().filter(|l| !l.starts_with('#')))
-        {
-            let hex = line.strip_prefix(&format!("{name}: ")).unwrap();
-            let bytes: Vec<u8> = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-                .collect();
-            let mut r = FrameReader::default();
-            r.push(&bytes);
-            assert_eq!(r.next_frame().unwrap(), Some(frame), "{name}");
         }
     }
 }

@@ -98,6 +98,8 @@ pub struct Store {
     trust_generation: std::sync::atomic::AtomicU64,
     /// Documents whose signatures checked, by id (see [`CheckedDocs`]).
     checked_docs: Mutex<CheckedDocs>,
+    /// Held while appending to the transparency log (one append per write batch).
+    pub(crate) tlog: Mutex<()>,
 }
 
 /// An open blob being sent: its hash, bytes and outboard.

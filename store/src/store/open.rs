@@ -138,6 +138,7 @@ impl Store {
             sending: Mutex::new(Vec::new()),
             trust_generation: std::sync::atomic::AtomicU64::new(0),
             checked_docs: Mutex::new(CheckedDocs::default()),
+            tlog: Mutex::new(()),
         };
         store.write.get_mut().hlc = store.meta_u64(META_HLC)?.unwrap_or(0);
         match store.meta_u64(META_SCHEMA)? {

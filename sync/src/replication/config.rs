@@ -45,6 +45,15 @@ pub struct SyncConfig {
     /// long a spoke may serve this state as current once it cannot hear from here.
     #[serde(default = "default_checkpoint_ttl_secs")]
     pub checkpoint_ttl_secs: u64,
+    /// How long a checkpoint this instance signed is passed on again while its feed is
+    /// unchanged, in seconds: its transparency log grows by at most one entry per feed per
+    /// this long, and the checkpoints its spokes hold are at most this old when they pull.
+    #[serde(default = "default_checkpoint_refresh_secs")]
+    pub checkpoint_refresh_secs: u64,
+}
+
+fn default_checkpoint_refresh_secs() -> u64 {
+    Limits::default().checkpoint_refresh_secs
 }
 
 fn default_checkpoint_ttl_secs() -> u64 {
@@ -81,6 +90,7 @@ impl SyncConfig {
         Limits {
             max_blob_bytes: self.max_blob_mib.saturating_mul(1 << 20),
             checkpoint_ttl_secs: self.checkpoint_ttl_secs.max(1),
+            checkpoint_refresh_secs: self.checkpoint_refresh_secs,
             ..Limits::default()
         }
     }
@@ -117,6 +127,7 @@ impl Default for SyncConfig {
             max_run_secs: default_max_run_secs(),
             max_peer_connections: default_max_peer_connections(),
             checkpoint_ttl_secs: default_checkpoint_ttl_secs(),
+            checkpoint_refresh_secs: default_checkpoint_refresh_secs(),
         }
     }
 }

@@ -57,6 +57,7 @@ fn hello(from: &Store, mode: Mode, token: &str, feeds: &[&str]) -> Frame {
                 }
             })
             .collect(),
+        heads: vec![],
     }
 }
 
@@ -140,7 +141,7 @@ fn no_authorizer_refuses_every_feed() {
     r.handle(&hub, hello(&spoke, Mode::Pull, "good", &["demo"]), None);
     let out = drain(&mut r, &hub);
     match &out[..] {
-        [Frame::HelloReply { feeds }] => assert!(
+        [Frame::HelloReply { feeds, .. }] => assert!(
             matches!(&feeds[0], FeedStatus::Refused { code: c, .. } if *c == code::UNAUTHORIZED),
             "{feeds:?}"
         ),
@@ -173,7 +174,7 @@ fn a_refused_feed_is_gone_and_naming_it_ends_the_connection() {
         r.handle(&hub, hello(&spoke, mode, "bad", &["demo"]), Some(&AllowAll));
         let out = drain(&mut r, &hub);
         assert!(
-            matches!(&out[..], [Frame::HelloReply { feeds }] if matches!(feeds[0], FeedStatus::Refused { .. })),
+            matches!(&out[..], [Frame::HelloReply { feeds, .. }] if matches!(feeds[0], FeedStatus::Refused { .. })),
             "{out:?}"
         );
         r.handle(&hub, later, Some(&AllowAll));
@@ -297,7 +298,7 @@ fn a_reader_cannot_push_or_mirror_and_a_writer_needs_a_trusted_checkpoint() {
     let refused = |r: &mut Session| {
         let out = drain(r, &hub);
         match &out[..] {
-            [Frame::HelloReply { feeds }] => match &feeds[0] {
+            [Frame::HelloReply { feeds, .. }] => match &feeds[0] {
                 FeedStatus::Refused { code, reason } => (*code, reason.clone()),
                 other => panic!("{other:?}"),
             },
@@ -401,6 +402,7 @@ fn initiator_after_summary(spoke: &Store, hub: &Store) -> Session {
                 checkpoint: Some(hub.sign_checkpoint("demo", 3600).unwrap().bytes().to_vec()),
                 collected: 0,
             }],
+            log: None,
         },
         None,
     );
@@ -594,13 +596,13 @@ fn a_pull_without_a_checkpoint_or_with_an_expired_one_applies_nothing() {
     };
     for (what, replace) in [("none", None), ("expired", Some(expired))] {
         let mut strip = |_to_responder: bool, f: Frame| match f {
-            Frame::HelloReply { mut feeds } => {
+            Frame::HelloReply { mut feeds, log } => {
                 for s in &mut feeds {
                     if let FeedStatus::Summary { checkpoint, .. } = s {
                         *checkpoint = replace.clone();
                     }
                 }
-                vec![Frame::HelloReply { feeds }]
+                vec![Frame::HelloReply { feeds, log }]
             }
             f => vec![f],
         };

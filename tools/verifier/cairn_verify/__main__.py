@@ -232,6 +232,11 @@ def verify(feed, trusted, sample, out, reference=None):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["vectors"]:
+        from . import vectors
+
+        return vectors.main(argv[1] if len(argv) > 1 else "wire-spec/vectors")
     p = argparse.ArgumentParser(prog="cairn-verify", description=__doc__.splitlines()[0])
     p.add_argument("feed_url", help="http://HOST:PORT/feeds/NAME on any instance that serves the feed")
     p.add_argument("--key", action="append", required=True, help="a key trusted to sign the feed (64 hex digits); repeatable")
