@@ -220,6 +220,23 @@ fn a_hub_forked_into_two_histories_is_caught_by_the_second_spoke() {
 
     // a stays with the hub; b is sent to the fork (same key, so the handshake succeeds).
     a.ok(&["replicate", "pull"]);
+    // An auditor checks a against the hub's log and keeps the head it saw.
+    let state = hub.path("auditor-log-state.json");
+    let audit = |server: &Server, log: &Server| {
+        Command::new("cairn-verify")
+            .arg(format!("{}/feeds/files", server.http))
+            .args(["--key", &hub_key, "--log", &log.http, "--log-state"])
+            .arg(&state)
+            .output()
+            .unwrap()
+    };
+    let out = audit(&a_server, &hub_server);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("log: the checkpoint is entry "),
+        "{}",
+        text(&out)
+    );
     b.ok(&["peer", "rm", "hub"]);
     b.ok(&[
         "peer",
@@ -256,6 +273,18 @@ fn a_hub_forked_into_two_histories_is_caught_by_the_second_spoke() {
     );
     let (_, page) = get(&b_server, "/");
     assert!(page.contains("Split view"), "{page}");
+    // The auditor, checking b against the log of the hub b knows (the fork), finds that its
+    // head does not extend the one the hub showed before.
+    let out = audit(&b_server, &fork_server);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("split view: the head of"),
+        "{}",
+        text(&out)
+    );
+    // While a, checked again against the honest hub, still passes, the head extending.
+    let out = audit(&a_server, &hub_server);
+    assert!(out.status.success(), "{}", text(&out));
     drop((hub_server, fork_server));
 }
 

@@ -296,6 +296,21 @@ pub enum SessionError {
     BadData(String),
 }
 
+impl SessionError {
+    /// The error code (wire-spec section 10) the peer hears, and the connection closes with;
+    /// 0 for the peer's own error.
+    pub fn code(&self) -> u32 {
+        match self {
+            SessionError::Protocol(_) => code::PROTOCOL,
+            SessionError::Unauthorized(_) => code::UNAUTHORIZED,
+            SessionError::Version(_) => code::VERSION,
+            SessionError::Store(_) => code::INTERNAL,
+            SessionError::BadData(_) => code::BAD_DATA,
+            SessionError::Peer { .. } => 0,
+        }
+    }
+}
+
 /// Totals over a session.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SessionStats {
@@ -1015,14 +1030,7 @@ impl Session {
         tracing::warn!(role = ?self.role, "replication session failed: {e}");
         // Control frames already queued answer earlier frames and go first; the error ends
         // the session after them (documents and pieces not yet read are dropped).
-        let code = match &e {
-            SessionError::Protocol(_) => code::PROTOCOL,
-            SessionError::Unauthorized(_) => code::UNAUTHORIZED,
-            SessionError::Version(_) => code::VERSION,
-            SessionError::Store(_) => code::INTERNAL,
-            SessionError::BadData(_) => code::BAD_DATA,
-            SessionError::Peer { .. } => 0,
-        };
+        let code = e.code();
         if code != 0 {
             self.outbox.push_back(Frame::Error {
                 code,

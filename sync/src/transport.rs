@@ -1188,9 +1188,11 @@ async fn drive(
     }
     let _ = send.finish();
     if let Err(e) = result {
-        if let Some(SessionError::Protocol(_) | SessionError::Unauthorized(_)) = session.error() {
+        if let Some(err @ (SessionError::Protocol(_) | SessionError::Unauthorized(_))) =
+            session.error()
+        {
             conn.close(
-                quinn::VarInt::from_u32(wire::code::PROTOCOL),
+                quinn::VarInt::from_u32(err.code()),
                 e.to_string().as_bytes(),
             );
         }
@@ -1263,7 +1265,7 @@ pub async fn run_initiator_with_progress(
         let (session, stats) =
             drive(store, session, conn, send, recv, None, progress, limits).await?;
         if let Some(e) = session.error() {
-            conn.close(quinn::VarInt::from_u32(1), e.to_string().as_bytes());
+            conn.close(quinn::VarInt::from_u32(e.code()), e.to_string().as_bytes());
             return Err(TransportError::Session(e.clone()));
         }
         reports.extend(session.reports());

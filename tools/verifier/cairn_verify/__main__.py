@@ -1,7 +1,8 @@
-"""cairn-verify FEED_URL --key HEX [--key HEX ...] [--sample N] [--token T] [--reference URL]
+"""cairn-verify FEED_URL --key HEX [--key HEX ...] [--sample N] [--token T] [--reference URL] [--log URL [--log-state FILE]]
 
-Implements wire-spec/README.md section 1 (signed documents, leaves, Merkle root) and section
-11 (checkpoints) and the /verify/v1/ HTTP API; no code is shared with Cairn.
+Implements wire-spec/README.md section 1 (signed documents, leaves, Merkle root), section 11
+(checkpoints), section 16 (the transparency log) and the /verify/v1/ HTTP API; no code is
+shared with Cairn. `cairn-verify vectors DIR` recomputes the spec's vectors.
 """
 
 import argparse
@@ -26,6 +27,7 @@ DOC_TYPES = {
     "assessment-type",
     "policy",
     "checkpoint",
+    "tree-head",
 }
 KIND_TYPES = {"manifest": {"manifest"}, "tombstone": {"tombstone"}}
 LEAF_TAG = b"cairn/v1/leaf\x00"
@@ -114,7 +116,124 @@ def leaf(key, doc_id):
     return blake3.blake3(LEAF_TAG + len(k).to_bytes(8, "little") + k + doc_id).digest()
 
 
-def verify(feed, trusted, sample, out, reference=None):
+def node(left, right):
+    return blake3.blake3(b"\x01" + left + right).digest()
+
+
+def verify_inclusion(leaf_hash, index, size, proof, root):
+    """RFC 9162 section 2.1.3.2."""
+    if index >= size:
+        return False
+    fn, sn, r = index, size - 1, leaf_hash
+    for p in proof:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = node(p, r)
+            while not fn & 1 and fn:
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = node(r, p)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and r == root
+
+
+def verify_consistency(first, first_root, second, second_root, proof):
+    """RFC 9162 section 2.1.4.2."""
+    if first > second:
+        return False
+    if first == second:
+        return not proof and first_root == second_root
+    if first == 0:
+        return not proof
+    if not proof:
+        return False
+    if first & (first - 1) == 0:
+        proof = [first_root] + proof
+    fn, sn = first - 1, second - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = proof[0]
+    for c in proof[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr, sr = node(c, fr), node(c, sr)
+            while not fn & 1 and fn:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = node(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return fr == first_root and sr == second_root and sn == 0
+
+
+def check_log(log_url, cp_bytes, trusted, state_path, problem, out):
+    """The checkpoint is in the writer's transparency log, and the log's head extends the one
+    seen before (kept in `state_path`): wire-spec section 16."""
+    base = log_url.rstrip("/") + "/verify/v1/log"
+
+    def get(path):
+        try:
+            with urllib.request.urlopen(f"{base}/{path}", timeout=60) as r:
+                return r.read()
+        except urllib.error.HTTPError as e:
+            raise Unreachable(f"GET {base}/{path}: HTTP {e.code} {e.read()[:300]!r}") from e
+        except (urllib.error.URLError, OSError) as e:
+            raise Unreachable(f"GET {base}/{path}: {e}") from e
+
+    head_bytes = get("head")
+    try:
+        doc_type, signer, head = open_document(head_bytes, trusted)
+    except (ValueError, cbor2.CBORDecodeError) as e:
+        problem("log", "head", str(e))
+        return
+    if doc_type != "tree-head":
+        problem("log", "head", f"a {doc_type} document, not a tree head")
+        return
+    size, root = head["size"], head["root"]
+    cp_id = blake3.blake3(cp_bytes).hexdigest()
+    try:
+        answer = json.loads(get(f"inclusion?doc={cp_id}&size={size}"))
+        proof = [bytes.fromhex(h) for h in answer["proof"]]
+        leaf_hash = blake3.blake3(b"\x00" + cp_bytes).digest()
+        if verify_inclusion(leaf_hash, answer["index"], size, proof, root):
+            print(f"log: the checkpoint is entry {answer['index']} of the log of {size} entries signed by {signer}", file=out)
+        else:
+            problem("log", "inclusion", f"the proof does not put checkpoint {cp_id} in the log of {size} entries")
+    except Unreachable as e:
+        problem("log", "inclusion", f"checkpoint {cp_id} is not in the writer's log: {e}")
+    if not state_path:
+        return
+    try:
+        with open(state_path, encoding="utf-8") as f:
+            state = json.load(f)
+    except FileNotFoundError:
+        state = {}
+    old = state.get(signer)
+    if old is not None:
+        first, first_root = old["size"], bytes.fromhex(old["root"])
+        try:
+            proof = [bytes.fromhex(h) for h in json.loads(get(f"consistency?first={first}&second={size}"))["proof"]]
+        except Unreachable as e:
+            proof = None
+            problem("log", "consistency", f"no proof from the head of {first} entries seen before: {e}")
+        if proof is not None:
+            if verify_consistency(first, first_root, size, root, proof):
+                print(f"log: the head of {size} entries extends the one of {first} seen before", file=out)
+            else:
+                problem("log", "consistency", f"split view: the head of {size} entries does not extend the one of {first} entries seen before (kept in {state_path})")
+                return
+    state[signer] = {"size": size, "root": root.hex(), "head": head_bytes.hex()}
+    with open(state_path, "w", encoding="utf-8") as f:
+        json.dump(state, f)
+
+
+def verify(feed, trusted, sample, out, reference=None, log=None, log_state=None):
     problems = []
 
     def problem(kind, subject, detail):
@@ -140,6 +259,8 @@ def verify(feed, trusted, sample, out, reference=None):
         problem("checkpoint", feed.name, f"signed in the future ({cp.get('time')})")
     root_want = cp.get("root")
     count_want = cp.get("count")
+    if log is not None:
+        check_log(log, cp_bytes, trusted, log_state, problem, out)
 
     # The entries: their leaves sum to the root.
     entries = list(feed.entries())
@@ -246,6 +367,8 @@ def main(argv=None):
         "--reference",
         help="the same feed on another instance (the hub): also name each entry missing, extra or different here",
     )
+    p.add_argument("--log", help="the writer's instance (http://HOST:PORT): check the checkpoint is in its transparency log")
+    p.add_argument("--log-state", help="a file keeping the last tree head seen: check the log's new head extends it")
     args = p.parse_args(argv)
     trusted = set()
     for k in args.key:
@@ -255,7 +378,10 @@ def main(argv=None):
         trusted.add(k)
     try:
         reference = Feed(args.reference, args.token) if args.reference else None
-        problems = verify(Feed(args.feed_url, args.token), trusted, args.sample, sys.stdout, reference)
+        problems = verify(
+            Feed(args.feed_url, args.token), trusted, args.sample, sys.stdout, reference,
+            args.log, args.log_state,
+        )
     except Unreachable as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
