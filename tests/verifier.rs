@@ -331,3 +331,99 @@ fn an_implementation_from_the_spec_alone_reproduces_every_vector() {
         text(&out)
     );
 }
+
+/// Tampering with a spoke's store on disk, below the server: a document's bytes changed in
+/// place, and an index entry pointed at another version's document. The verifier names each.
+#[test]
+fn tampering_with_a_spokes_documents_and_index_on_disk_is_named() {
+    let hub = Instance::new();
+    let spoke = Instance::new();
+    for inst in [&hub, &spoke] {
+        inst.ok(&["feed", "create", "files", "--type", "raw"]);
+    }
+    for v in ["1", "2", "3"] {
+        hub.push(
+            "files",
+            &format!("tool-{v}.txt"),
+            "tool",
+            v,
+            format!("version {v}").as_bytes(),
+        );
+    }
+    let (token, _) = crate::util::hub_serving(&hub, &spoke, "replicate:files");
+    crate::util::serve_config(&spoke, 0, &pull_section("hub", &token, "files"));
+    let _hub_server = Server::start(&hub);
+    let spoke_server = Server::start(&spoke);
+    spoke.ok(&["replicate", "pull"]);
+    let hub_key = hub.ok(&["key", "show"]).trim().to_owned();
+    let url = format!("{}/feeds/files", spoke_server.http);
+    let out = cairn_verify(&url, &hub_key);
+    assert!(out.status.success(), "{}", text(&out));
+    let (_, body) = get(&spoke_server, "/verify/v1/feeds/files/entries");
+    let entries: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let doc_of = |key: &str| -> Vec<u8> {
+        let hex = entries["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["key"] == key)
+            .unwrap()["doc"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (0..64)
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
+    };
+    let (doc1, doc2, doc3) = (doc_of("tool/1"), doc_of("tool/2"), doc_of("tool/3"));
+    spoke_server.stop();
+
+    {
+        let path = spoke.data().join("db");
+        let opts = rocksdb::Options::default();
+        let cfs = rocksdb::DB::list_cf(&opts, &path).unwrap();
+        let db = rocksdb::DB::open_cf(&opts, &path, &cfs).unwrap();
+        // tool/2's manifest, one byte of its payload changed where it is stored.
+        let docs = db.cf_handle("docs").unwrap();
+        let mut bytes = db.get_cf(&docs, &doc2).unwrap().expect("tool/2's document");
+        let at = bytes
+            .windows(4)
+            .position(|w| w == b"tool")
+            .expect("the name in the payload");
+        bytes[at] = b'T';
+        db.put_cf(&docs, &doc2, &bytes).unwrap();
+        // tool/1's index entry pointed at tool/3's document.
+        let index = db.cf_handle("entries").unwrap();
+        let (key, mut value) = db
+            .iterator_cf(&index, rocksdb::IteratorMode::Start)
+            .flatten()
+            .find(|(_, v)| v.windows(32).any(|w| w == doc1.as_slice()))
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .expect("tool/1's entry");
+        let at = value
+            .windows(32)
+            .position(|w| w == doc1.as_slice())
+            .unwrap();
+        value[at..at + 32].copy_from_slice(&doc3);
+        db.put_cf(&index, &key, &value).unwrap();
+    }
+
+    let spoke_server = Server::start(&spoke);
+    let out = cairn_verify(&format!("{}/feeds/files", spoke_server.http), &hub_key);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("document: tool/2: ") && t.contains("do not hash to its id"),
+        "the altered document: {t}"
+    );
+    assert!(
+        t.contains("document: tool/1: the manifest is of tool/3"),
+        "the altered index entry: {t}"
+    );
+    assert!(!t.contains("document: tool/3: "), "tool/3 is intact: {t}");
+    assert!(
+        t.contains("root: files: "),
+        "the entries no longer add up: {t}"
+    );
+}

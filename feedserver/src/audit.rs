@@ -392,14 +392,25 @@ impl FeedServer {
         let index = blocking(move || {
             let store = s.store();
             let mut index = FeedIndex::default();
-            index
-                .docs
-                .extend(store.entries(&f)?.iter().map(|e| e.value.doc));
+            for e in store.entries(&f)? {
+                index.docs.insert(e.value.doc);
+                if e.value.kind != EntryKind::Manifest {
+                    continue;
+                }
+                // A damaged document is reported when it is asked for; it must not hide the
+                // feed's other documents and blobs from an auditor.
+                let manifest = store.document(&e.value.doc).and_then(|d| match d {
+                    Some(d) => Ok(Some(d.payload::<cairn_store::doc::Manifest>()?)),
+                    None => Ok(None),
+                });
+                match manifest {
+                    Ok(Some(m)) => index.blobs.extend(m.files.iter().map(|file| file.blob)),
+                    Ok(None) => {}
+                    Err(err) => tracing::warn!(feed = %f, key = %e.key, "verification API: {err}"),
+                }
+            }
             if let Some((_, doc)) = store.checkpoint(&f)? {
                 index.docs.insert(doc.id());
-            }
-            for m in s.manifests(&f, |_| true)? {
-                index.blobs.extend(m.files.iter().map(|file| file.blob));
             }
             Ok(Arc::new(index))
         })

@@ -297,7 +297,11 @@ def verify(feed, trusted, sample, out, reference=None, log=None, log_state=None)
     blobs = []
     for e in entries:
         key, doc_id = e["key"], bytes.fromhex(e["doc"])
-        data = feed.get(f"docs/{e['doc']}", ok_missing=True)
+        try:
+            data = feed.get(f"docs/{e['doc']}", ok_missing=True)
+        except Unreachable as err:
+            problem("document", key, f"document {e['doc']} could not be read: {err}")
+            continue
         if data is None:
             problem("document", key, f"document {e['doc']} is missing")
             continue
