@@ -377,6 +377,18 @@ fn tampering_with_a_spokes_documents_and_index_on_disk_is_named() {
             .collect()
     };
     let (doc1, doc2, doc3) = (doc_of("tool/1"), doc_of("tool/2"), doc_of("tool/3"));
+    // Pages: two entries and where the next page starts, then the last one.
+    let (_, body) = get(&spoke_server, "/verify/v1/feeds/files/entries?limit=2");
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["entries"].as_array().unwrap().len(), 2, "{page}");
+    assert_eq!(page["next"], "tool/2", "{page}");
+    let (_, body) = get(
+        &spoke_server,
+        "/verify/v1/feeds/files/entries?limit=2&after=tool%2F2",
+    );
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["entries"][0]["key"], "tool/3", "{page}");
+    assert!(page.get("next").is_none(), "{page}");
     spoke_server.stop();
 
     {

@@ -129,13 +129,7 @@ async fn handle(
                 .unwrap_or(MAX_PAGE)
                 .clamp(1, MAX_PAGE);
             blocking(move || {
-                let mut entries = s.store().entries(&feed)?;
-                entries.sort_by(|a, b| a.key.as_bytes().cmp(b.key.as_bytes()));
-                let start = match &after {
-                    Some(a) => entries.partition_point(|e| e.key.as_bytes() <= a.as_bytes()),
-                    None => 0,
-                };
-                let page = &entries[start..entries.len().min(start + limit)];
+                let (page, more) = s.store().entries_page(&feed, after.as_deref(), limit)?;
                 let rows: Vec<_> = page
                     .iter()
                     .map(|e| {
@@ -151,7 +145,7 @@ async fn handle(
                     })
                     .collect();
                 let mut body = json!({ "feed": feed, "entries": rows });
-                if start + page.len() < entries.len() {
+                if more {
                     if let Some(last) = page.last() {
                         body["next"] = json!(last.key);
                     }

@@ -175,6 +175,49 @@ fn bad_input_is_refused_and_changes_nothing() {
 }
 
 #[test]
+fn entries_come_in_pages_from_where_each_starts() {
+    let (_d, s) = store();
+    s.create_feed("demo", Ecosystem::Raw).unwrap();
+    s.create_feed("other", Ecosystem::Raw).unwrap();
+    for v in ["1", "2", "10", "3"] {
+        s.publish("demo", package(&s, "x", v, v.as_bytes()))
+            .unwrap();
+    }
+    s.publish("demo", package(&s, "x-y", "1", b"xy")).unwrap();
+    s.publish("other", package(&s, "z", "1", b"z")).unwrap();
+    s.delete("demo", "x", "3").unwrap();
+    let all: Vec<String> = s
+        .entries("demo")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(
+        all,
+        ["x-y/1", "x/1", "x/10", "x/2", "x/3"],
+        "byte order of the key"
+    );
+    for limit in 1..=6 {
+        let (mut got, mut after) = (Vec::new(), None::<String>);
+        loop {
+            let (page, more) = s.entries_page("demo", after.as_deref(), limit).unwrap();
+            assert!(page.len() <= limit);
+            got.extend(page.iter().map(|e| e.key.clone()));
+            if !more {
+                break;
+            }
+            after = page.last().map(|e| e.key.clone());
+        }
+        assert_eq!(got, all, "pages of {limit}");
+    }
+    let (page, more) = s.entries_page("demo", Some("x/10"), 10).unwrap();
+    assert_eq!(page.len(), 2);
+    assert!(!more);
+    let (page, _) = s.entries_page("demo", Some("zzz"), 10).unwrap();
+    assert!(page.is_empty(), "nothing of the next feed");
+}
+
+#[test]
 fn delete_writes_a_tombstone_that_changes_the_root() {
     let (_d, s) = store();
     s.create_feed("demo", Ecosystem::Raw).unwrap();

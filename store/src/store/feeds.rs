@@ -192,6 +192,47 @@ impl Store {
         Ok(out)
     }
 
+    /// At most `limit` entries of a feed in byte order of the key after `after` (from the
+    /// first when `None`), tombstones included, and whether more follow: a page read from
+    /// where it starts, however large the feed.
+    pub fn entries_page(
+        &self,
+        feed: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, bool)> {
+        let f = self.feed(feed)?;
+        let prefix = feed_prefix(f.id);
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_iterate_range(rocksdb::PrefixRange(prefix.to_vec()));
+        let start = match after {
+            Some(a) => [prefix.as_slice(), a.as_bytes(), b"\0"].concat(),
+            None => prefix.to_vec(),
+        };
+        let iter = self.db.iterator_cf_opt(
+            self.cf(CF_ENTRIES),
+            ro,
+            rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter {
+            let (k, v) = item?;
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            let key =
+                String::from_utf8(k[4..].to_vec()).map_err(|_| StoreError::CorruptRecord {
+                    what: "entry",
+                    detail: "key is not utf-8".into(),
+                })?;
+            out.push(Entry {
+                key,
+                value: EntryValue::decode(&v)?,
+            });
+        }
+        Ok((out, false))
+    }
+
     /// The live manifest of a package version (`None` as well when its signer is no longer
     /// trusted for the feed: such a version is not served).
     pub fn manifest(
