@@ -179,15 +179,7 @@ impl Store {
         let mut out = Vec::new();
         for item in self.scan(CF_ENTRIES, &feed_prefix(f.id), None) {
             let (k, v) = item?;
-            let key =
-                String::from_utf8(k[4..].to_vec()).map_err(|_| StoreError::CorruptRecord {
-                    what: "entry",
-                    detail: "key is not utf-8".into(),
-                })?;
-            out.push(Entry {
-                key,
-                value: EntryValue::decode(&v)?,
-            });
+            out.push(entry_record(&k, &v)?);
         }
         Ok(out)
     }
@@ -220,15 +212,7 @@ impl Store {
             if out.len() == limit {
                 return Ok((out, true));
             }
-            let key =
-                String::from_utf8(k[4..].to_vec()).map_err(|_| StoreError::CorruptRecord {
-                    what: "entry",
-                    detail: "key is not utf-8".into(),
-                })?;
-            out.push(Entry {
-                key,
-                value: EntryValue::decode(&v)?,
-            });
+            out.push(entry_record(&k, &v)?);
         }
         Ok((out, false))
     }
@@ -325,4 +309,20 @@ impl Store {
             complete,
         })
     }
+}
+
+/// An entry from its record in the entries column family (feed id ++ key -> value).
+fn entry_record(k: &[u8], v: &[u8]) -> Result<Entry> {
+    let corrupt = |detail: &str| StoreError::CorruptRecord {
+        what: "entry",
+        detail: detail.into(),
+    };
+    let rest = k
+        .get(4..)
+        .ok_or_else(|| corrupt("key shorter than a feed id"))?;
+    let key = String::from_utf8(rest.to_vec()).map_err(|_| corrupt("key is not utf-8"))?;
+    Ok(Entry {
+        key,
+        value: EntryValue::decode(v)?,
+    })
 }

@@ -293,17 +293,23 @@ def verify(feed, trusted, sample, out, reference=None, log=None, log_state=None)
             if ours[key] != theirs[key]:
                 problem("altered", key, f"document {ours[key]} here, {theirs[key]} at the reference")
 
+    def fetch(kind, subject, path, what):
+        """GET path, or None with the problem reported."""
+        try:
+            data = feed.get(path, ok_missing=True)
+        except Unreachable as err:
+            problem(kind, subject, f"{what} could not be read: {err}")
+            return None
+        if data is None:
+            problem(kind, subject, f"{what} is missing")
+        return data
+
     # Each document.
     blobs = []
     for e in entries:
         key, doc_id = e["key"], bytes.fromhex(e["doc"])
-        try:
-            data = feed.get(f"docs/{e['doc']}", ok_missing=True)
-        except Unreachable as err:
-            problem("document", key, f"document {e['doc']} could not be read: {err}")
-            continue
+        data = fetch("document", key, f"docs/{e['doc']}", f"document {e['doc']}")
         if data is None:
-            problem("document", key, f"document {e['doc']} is missing")
             continue
         if blake3.blake3(data).digest() != doc_id:
             problem("document", key, f"the bytes served as {e['doc']} hash to {blake3.blake3(data).hexdigest()}")
@@ -336,13 +342,8 @@ def verify(feed, trusted, sample, out, reference=None, log=None, log_state=None)
         if not (isinstance(blob, bytes) and len(blob) == 32):
             problem("blob", subject, "the manifest names no 32-byte blob hash")
             continue
-        try:
-            data = feed.get(f"blobs/{blob.hex()}", ok_missing=True)
-        except Unreachable as err:
-            problem("blob", subject, f"{blob.hex()} could not be read: {err}")
-            continue
+        data = fetch("blob", subject, f"blobs/{blob.hex()}", blob.hex())
         if data is None:
-            problem("blob", subject, f"{blob.hex()} is missing")
             continue
         got = blake3.blake3(data).digest()
         if got != blob or len(data) != size:
