@@ -99,14 +99,7 @@ async fn handle(
         .filter(|p| !p.is_empty())
         .map(str::to_owned)
         .collect();
-    let query = |name: &str| {
-        uri.query().and_then(|q| {
-            q.split('&').find_map(|kv| {
-                let (k, v) = kv.split_once('=')?;
-                (k == name).then(|| v.to_owned())
-            })
-        })
-    };
+    let query = |name: &str| query_param(&uri, name);
     match segments.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["checkpoint"] => {
             let ttl = cairn_store::admin::CHECKPOINT_TTL_SECS;
