@@ -169,6 +169,8 @@ fn hello(token: &str, mode: Mode, feeds: &[&str], checkpoint: Option<Vec<u8>>) -
             })
             .collect(),
         heads: vec![],
+        notify: false,
+        max_rate: 0,
     }
 }
 

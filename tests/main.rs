@@ -12,5 +12,6 @@ mod packaging;
 mod replication;
 mod s3;
 mod status;
+mod upstreams;
 mod util;
 mod verifier;

@@ -240,6 +240,10 @@ pub struct ReplicationRecord {
     /// Error text when failed.
     #[serde(default)]
     pub error: String,
+    /// Why the run used `peer` rather than a preferred upstream (each one tried before it,
+    /// and what went wrong), empty when it used the first.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub failover: String,
 }
 
 fn meta_err(what: &'static str) -> impl Fn(cbor::CborError) -> StoreError {
@@ -633,6 +637,7 @@ impl Store {
         );
         self.db.write(batch)?;
         self.db.flush_wal(true)?;
+        self.bump_changes();
         Ok(cp)
     }
 
@@ -661,6 +666,23 @@ impl Store {
             .own_checkpoint(feed, ttl_secs, refresh_secs)?
             .bytes()
             .to_vec())
+    }
+
+    /// The root of `feed` a downstream pulling now would take with a checkpoint from its
+    /// writer: the current root, unless this instance replicates the feed from upstream and
+    /// its copy is between two of the writer's checkpoints (then `None`: a downstream told to
+    /// pull now would be handed this instance's own signature, which it need not trust).
+    pub fn servable_root(&self, feed: &str) -> Result<Option<[u8; 32]>> {
+        let s = self.feed_summary(feed)?;
+        let root = *s.root.fingerprint.as_bytes();
+        if let Some((held, doc)) = self.checkpoint(feed)? {
+            if doc.signer() != self.identity().public_key()
+                && (held.root.as_bytes() != &root || held.count != s.root.count)
+            {
+                return Ok(None);
+            }
+        }
+        Ok(Some(root))
     }
 
     /// Records that a checkpoint of `feed` came through `upstream` (a replication's peer), for

@@ -152,6 +152,12 @@ pub struct InitiatorConfig {
     pub guard: GuardRail,
     /// Plan only: report adds, deletes and bytes, change nothing.
     pub dry_run: bool,
+    /// Ask the responder to say on this connection, between runs, when a pulled feed changes
+    /// ([`Frame::Notify`]).
+    pub notify: bool,
+    /// The most bytes per second either side may send in this run's bulk data (0: no cap):
+    /// this side paces what it sends, and HELLO asks the responder to do the same.
+    pub max_rate: u64,
 }
 
 /// How the responder runs.
@@ -652,6 +658,10 @@ pub struct Session {
     error: Option<SessionError>,
     hello_done: bool,
     stats: SessionStats,
+    /// Initiator: asked for notifications; responder: the initiator asked for them.
+    notify: bool,
+    /// The cap on this side's sending rate, bytes per second (0: none).
+    max_rate: u64,
 }
 
 impl std::fmt::Debug for Session {
@@ -859,12 +869,16 @@ impl Session {
             s.order.push(name.clone());
         }
         s.heads_offered = store.log_heads_to_offer(&s.peer).map_err(store_err)?;
+        s.notify = config.notify;
+        s.max_rate = config.max_rate;
         s.outbox.push_back(Frame::Hello {
             version: wire::PROTOCOL_VERSION,
             token: config.token,
             mode: config.mode,
             feeds,
             heads: s.heads_offered.iter().cloned().map(ByteBuf::from).collect(),
+            notify: config.notify,
+            max_rate: config.max_rate,
         });
         Ok(s)
     }
@@ -907,7 +921,28 @@ impl Session {
             error: None,
             hello_done: false,
             stats: SessionStats::default(),
+            notify: false,
+            max_rate: 0,
         }
+    }
+
+    /// The most bytes per second this side may send (0: no cap): the initiator's own
+    /// setting, or what the initiator's HELLO asked of the responder.
+    pub fn max_rate(&self) -> u64 {
+        self.max_rate
+    }
+
+    /// Responder: the feeds the initiator pulled in this run and asked to hear about when
+    /// they change (none unless HELLO asked, the mode is pull and the feed was accepted).
+    pub fn notify_feeds(&self) -> Vec<String> {
+        if self.role != Role::Responder || !self.notify || self.mode != Mode::Pull {
+            return Vec::new();
+        }
+        self.order
+            .iter()
+            .filter(|f| self.jobs.contains_key(*f) && !self.refused.contains_key(*f))
+            .cloned()
+            .collect()
     }
 
     /// Totals for the session.
@@ -1141,8 +1176,12 @@ impl Session {
                     mode,
                     feeds,
                     heads,
+                    notify,
+                    max_rate,
                 },
             ) => {
+                self.notify = notify;
+                self.max_rate = max_rate;
                 self.on_hello(store, version, token, mode, feeds, authorizer)?;
                 self.answer_log(store, heads)
             }

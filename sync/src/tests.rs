@@ -108,6 +108,8 @@ fn config(mode: Mode, feeds: &[&str]) -> InitiatorConfig {
         since: HashMap::new(),
         guard: GuardRail::default(),
         dry_run: false,
+        notify: false,
+        max_rate: 0,
     }
 }
 
@@ -730,6 +732,8 @@ fn a_protocol_version_mismatch_is_refused_and_nothing_is_written() {
         mode: Mode::Pull,
         feeds: vec![],
         heads: vec![],
+        notify: false,
+        max_rate: 0,
     };
     responder.handle(&hub, hello, Some(&AllowAll));
     match responder.poll_transmit(&hub) {

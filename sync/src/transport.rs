@@ -21,6 +21,7 @@
 //! 64 MiB in flight per connection; BBR is used because it keeps the pipe full under random
 //! loss where loss-based controllers back off. The link benchmark measures these choices.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -611,6 +612,8 @@ pub struct RunStats {
     pub rounds: u64,
     /// Wall time.
     pub elapsed: Duration,
+    /// The peer said during the run that a feed changed again ([`Frame::Notify`]).
+    pub notified: bool,
 }
 
 impl RunStats {
@@ -623,6 +626,7 @@ impl RunStats {
         self.blob_bytes_sent += o.blob_bytes_sent;
         self.rounds += o.rounds;
         self.elapsed += o.elapsed;
+        self.notified |= o.notified;
     }
 }
 
@@ -804,6 +808,54 @@ impl Watchdog {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => self.check()?,
             }
         }
+    }
+}
+
+/// Holds what this side sends on a connection to a rate: before each write it waits until
+/// the bytes that have left (the larger of what was written to streams and what went out as
+/// UDP datagrams, with their IP and UDP headers) fit in the time since the run started at
+/// that rate. Writes are cut to [`PACE_SLICE`] bytes, so the link sees no burst longer than
+/// that.
+struct Pacer {
+    conn: quinn::Connection,
+    start: Instant,
+    udp_base: u64,
+    written: u64,
+}
+
+/// The largest write between two looks at the rate.
+const PACE_SLICE: usize = 16 * 1024;
+/// Bytes of IPv4 and UDP headers on each datagram (the link carries them too).
+const DATAGRAM_OVERHEAD: u64 = 28;
+
+impl Pacer {
+    fn new(conn: &quinn::Connection) -> Pacer {
+        let mut p = Pacer {
+            conn: conn.clone(),
+            start: Instant::now(),
+            udp_base: 0,
+            written: 0,
+        };
+        p.udp_base = p.udp_bytes();
+        p
+    }
+
+    fn udp_bytes(&self) -> u64 {
+        let tx = self.conn.stats().udp_tx;
+        tx.bytes + tx.datagrams * DATAGRAM_OVERHEAD
+    }
+
+    /// Waits until `n` more bytes may go at `rate` bytes per second (0: at once).
+    async fn wait(&mut self, rate: u64, n: usize) {
+        self.written += n as u64;
+        if rate == 0 {
+            return;
+        }
+        let sent = self
+            .written
+            .max(self.udp_bytes().saturating_sub(self.udp_base));
+        let due = self.start + Duration::from_secs_f64(sent as f64 / rate as f64);
+        tokio::time::sleep_until(due.into()).await;
     }
 }
 
@@ -1042,6 +1094,7 @@ async fn drive(
     // Set when this side has sent something and not yet heard back: each answer is one round.
     let mut awaiting = false;
     let mut pieces_opened = 0u64;
+    let mut pacer = Pacer::new(conn);
     let result: Result<(), TransportError> = async {
         loop {
             // Flush whatever the session wants to say.
@@ -1082,14 +1135,20 @@ async fn drive(
                     // control frames (priority 0) still go first.
                     pieces_opened += 1;
                     let _ = uni.set_priority(-(pieces_opened.min(i32::MAX as u64) as i32));
-                    for part in &parts {
+                    for slice in parts.iter().flat_map(|p| p.chunks(PACE_SLICE)) {
                         watchdog
-                            .guard(uni.write_all(part))
+                            .guard(pacer.wait(session.max_rate(), slice.len()))
+                            .await?;
+                        watchdog
+                            .guard(uni.write_all(slice))
                             .await?
                             .map_err(ConnectionLost::from)?;
                     }
                     let _ = uni.finish();
                 } else {
+                    watchdog
+                        .guard(pacer.wait(session.max_rate(), parts[0].len()))
+                        .await?;
                     watchdog
                         .guard(send.write_all(&parts[0]))
                         .await?
@@ -1130,6 +1189,12 @@ async fn drive(
             let mut frames = Vec::new();
             let mut heard = false;
             match incoming {
+                Some(Incoming::Frame(Frame::Notify { .. }, n, _)) => {
+                    // The peer's state moved on again since this run's HELLO: the next run
+                    // follows at once.
+                    stats.bytes_received += n;
+                    stats.notified = true;
+                }
                 Some(Incoming::Frame(f, n, permit)) => {
                     stats.bytes_received += n;
                     frames.push((f, permit));
@@ -1290,6 +1355,52 @@ pub fn close_with(conn: &quinn::Connection, code: u32, reason: &str) {
     conn.close(quinn::VarInt::from_u32(code), reason.as_bytes());
 }
 
+/// How long the responder waits after a change before it tells its downstreams (so a burst
+/// of writes becomes one NOTIFY).
+const NOTIFY_COALESCE: Duration = Duration::from_millis(20);
+/// The least time between two NOTIFYs on one connection.
+const NOTIFY_GAP: Duration = Duration::from_millis(200);
+
+/// Sends NOTIFY for every feed in `watched` whose servable root (see
+/// [`Store::servable_root`]) differs from the one recorded, and records it; true if one went
+/// out. A peer that does not take it within a few seconds is not waited for (it polls).
+async fn notify_changed(
+    store: &Store,
+    conn: &quinn::Connection,
+    watched: &mut HashMap<String, Option<[u8; 32]>>,
+) -> bool {
+    let mut changed: Vec<String> = tokio::task::block_in_place(|| {
+        watched
+            .iter_mut()
+            .filter_map(|(feed, seen)| match store.servable_root(feed) {
+                Ok(Some(root)) if *seen != Some(root) => {
+                    *seen = Some(root);
+                    Some(feed.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    });
+    if changed.is_empty() {
+        return false;
+    }
+    changed.sort();
+    changed.truncate(wire::MAX_NOTIFY_FEEDS);
+    tracing::debug!(feeds = ?changed, "telling the peer its feeds changed");
+    let frame = wire::encode(&Frame::Notify { feeds: changed });
+    let sent = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut uni = conn.open_uni().await?;
+        uni.write_all(&frame).await?;
+        uni.finish()?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    })
+    .await;
+    if !matches!(sent, Ok(Ok(()))) {
+        tracing::debug!("the peer did not take a NOTIFY");
+    }
+    true
+}
+
 /// Answers the runs an incoming connection carries, one after another (a peer keeps its
 /// connection warm between runs), until the peer closes it or a run fails; `on_run` gets
 /// each run's outcome.
@@ -1314,8 +1425,34 @@ pub async fn serve_connection(
     let idle_window = quinn::VarInt::from_u32(1 << 20);
     conn.set_receive_window(idle_window);
     let mut runs = 0u64;
+    let mut changes = store.watch_changes();
+    // Feeds the peer's last run pulled and asked to hear about, with the root it ended with
+    // (`None`: unknown, say so at the next change).
+    let mut watched: HashMap<String, Option<[u8; 32]>> = HashMap::new();
+    let mut last_notify: Option<Instant> = None;
     loop {
-        let Ok((send, recv)) = conn.accept_bi().await else {
+        let accepted = loop {
+            tokio::select! {
+                bi = conn.accept_bi() => break bi,
+                changed = changes.changed(), if !watched.is_empty() => {
+                    if changed.is_err() {
+                        watched.clear();
+                        continue;
+                    }
+                    // A burst of writes (a publish, a run applying many documents) becomes
+                    // one NOTIFY, and one connection hears at most one per NOTIFY_GAP.
+                    let wait = last_notify.map_or(NOTIFY_COALESCE, |t| {
+                        (t + NOTIFY_GAP).saturating_duration_since(Instant::now()).max(NOTIFY_COALESCE)
+                    });
+                    tokio::time::sleep(wait).await;
+                    changes.borrow_and_update();
+                    if notify_changed(store, conn, &mut watched).await {
+                        last_notify = Some(Instant::now());
+                    }
+                }
+            }
+        };
+        let Ok((send, recv)) = accepted else {
             return;
         };
         if !authorizer.peer_allowed(&peer) {
@@ -1348,6 +1485,25 @@ pub async fn serve_connection(
             Ok((session, _)) => session.error().is_some(),
         };
         conn.set_receive_window(idle_window);
+        if let Ok((session, _)) = &result {
+            let reports = session.reports();
+            watched = session
+                .notify_feeds()
+                .into_iter()
+                .map(|f| {
+                    let root = reports
+                        .iter()
+                        .find(|r| r.feed == f && r.converged())
+                        .and_then(|r| r.local_root.map(|(root, _)| root));
+                    (f, root)
+                })
+                .collect();
+            // What changed while the run went on is said now.
+            changes.borrow_and_update();
+            if !failed && notify_changed(store, conn, &mut watched).await {
+                last_notify = Some(Instant::now());
+            }
+        }
         on_run(result);
         if failed {
             // The initiator closes the connection once it has read the error; give it a

@@ -404,6 +404,8 @@ pub fn frames() -> Vec<(&'static str, Frame)> {
         mode,
         feeds,
         heads,
+        notify: false,
+        max_rate: 0,
     };
     let key_prefix = |k: &str| merkle::key_hash(k).as_bytes()[..8].to_vec();
     vec![
@@ -426,6 +428,24 @@ pub fn frames() -> Vec<(&'static str, Frame)> {
                 vec![feed_hello(None, None, 0)],
                 vec![ByteBuf::from(head.bytes().to_vec())],
             ),
+        ),
+        (
+            "hello-notify-rate",
+            Frame::Hello {
+                version: PROTOCOL_VERSION,
+                token: "cairn_rt_example".into(),
+                mode: Mode::Pull,
+                feeds: vec![feed_hello(None, None, 0)],
+                heads: vec![],
+                notify: true,
+                max_rate: 2_500_000,
+            },
+        ),
+        (
+            "notify",
+            Frame::Notify {
+                feeds: vec!["pypi".into(), "@system".into()],
+            },
         ),
         (
             "hello-reply-equal",

@@ -11,6 +11,8 @@ pub const PROTOCOL_VERSION: u32 = 3;
 pub const ALPN: &[u8] = b"cairn/sync/3";
 /// Largest frame body accepted.
 pub const MAX_FRAME: usize = 8 << 20;
+/// Most feeds one NOTIFY names.
+pub const MAX_NOTIFY_FEEDS: usize = 1024;
 /// Nesting limit for frame bodies.
 pub const MAX_NESTING: usize = 16;
 /// Bytes of one level-1 summary record: count (u32 BE) and 8 bytes of fingerprint.
@@ -184,6 +186,19 @@ pub enum Frame {
         /// (each gets a consistency proof) and the newest of other logs (gossip).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         heads: Vec<serde_bytes::ByteBuf>,
+        /// Ask the responder to send [`Frame::Notify`] on this connection when a feed pulled
+        /// in this run changes, until the next run or the connection's end.
+        #[serde(default, skip_serializing_if = "is_false")]
+        notify: bool,
+        /// The most bytes per second the responder may send in this run (0: no cap).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        max_rate: u64,
+    },
+    /// Responder -> initiator, alone on a unidirectional stream of a connection whose last
+    /// HELLO asked for it: these feeds changed here since that run (pull again).
+    Notify {
+        /// Feed names, at most [`MAX_NOTIFY_FEEDS`].
+        feeds: Vec<String>,
     },
     /// Responder -> initiator: one status per feed, in HELLO's order.
     HelloReply {
@@ -406,6 +421,7 @@ impl Frame {
         match self {
             Frame::Hello { .. } => "HELLO",
             Frame::HelloReply { .. } => "HELLO-REPLY",
+            Frame::Notify { .. } => "NOTIFY",
             Frame::SummaryRequest { .. } => "SUMMARY-REQUEST",
             Frame::Summary { .. } => "SUMMARY",
             Frame::Sketch { .. } => "SKETCH",
@@ -549,6 +565,8 @@ mod tests {
                 collected: 0,
             }],
             heads: Vec::new(),
+            notify: false,
+            max_rate: 0,
         }
     }
 

@@ -82,6 +82,8 @@ fn pull(spoke: &Store, hub: &Store) -> sim::Outcome {
             ..GuardRail::default()
         },
         dry_run: false,
+        notify: false,
+        max_rate: 0,
     };
     sim::run(
         spoke,

@@ -96,6 +96,9 @@ pub struct Store {
     pub(crate) sending: Mutex<Vec<SendingBlob>>,
     /// Bumped by every change of trust: caches of what is served key on it.
     trust_generation: std::sync::atomic::AtomicU64,
+    /// Bumped after every committed change of a feed's entries or of a checkpoint held:
+    /// what a replication responder watches to tell its downstreams.
+    pub(crate) changes: tokio::sync::watch::Sender<u64>,
     /// Documents whose signatures checked, by id (see [`CheckedDocs`]).
     checked_docs: Mutex<CheckedDocs>,
     /// Held while appending to the transparency log (one append per write batch).

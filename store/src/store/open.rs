@@ -137,6 +137,7 @@ impl Store {
             pins: Arc::new(Mutex::new(HashMap::new())),
             sending: Mutex::new(Vec::new()),
             trust_generation: std::sync::atomic::AtomicU64::new(0),
+            changes: tokio::sync::watch::channel(0).0,
             checked_docs: Mutex::new(CheckedDocs::default()),
             tlog: Mutex::new(()),
         };

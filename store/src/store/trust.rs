@@ -31,6 +31,16 @@ impl Store {
         self.db.latest_sequence_number()
     }
 
+    /// Wakes when a feed's entries or a checkpoint held change (its value counts the
+    /// changes within this process): a replication responder tells its downstreams.
+    pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    pub(crate) fn bump_changes(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+
     /// A number that changes whenever trust does (within this process).
     pub fn trust_generation(&self) -> u64 {
         self.trust_generation

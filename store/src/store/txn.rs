@@ -272,6 +272,9 @@ impl<'s> Txn<'s> {
         wo.set_sync(false);
         store.db.write_opt(self.batch, &wo)?;
         state.hlc = self.hlc;
+        if !self.feeds.is_empty() {
+            store.bump_changes();
+        }
         if let Some(p) = state.gc_protect.as_mut() {
             p.extend(self.protect);
         }

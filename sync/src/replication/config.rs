@@ -158,11 +158,20 @@ impl Direction {
 pub struct ReplicationConfig {
     /// Name, used by `cairn replicate NAME` and in the log.
     pub name: String,
-    /// A peer added with `cairn peer add`.
-    pub peer: String,
+    /// The upstreams, in order of preference: peers added with `cairn peer add`. `peer` takes
+    /// one name or a list (`peers` is the same field); a run uses the first that answers.
+    #[serde(rename = "peer", alias = "peers", deserialize_with = "one_or_many")]
+    pub peers: Vec<String>,
+    /// How long a run waits for an upstream's handshake before it tries the next, in seconds.
+    #[serde(default = "default_connect_secs")]
+    pub connect_secs: u64,
     /// The replication token the peer issued to this instance.
     #[serde(default)]
     pub token: String,
+    /// Tokens of other upstreams by peer name, where they differ from `token` (each upstream
+    /// issues its own).
+    #[serde(default)]
+    pub tokens: HashMap<String, String>,
     /// Feeds; `*` for every local package feed, `@system` for system replication.
     pub feeds: Vec<String>,
     /// `pull`, `push` or `mirror`.
@@ -176,6 +185,169 @@ pub struct ReplicationConfig {
     /// Largest share of local entries one run may delete before it stops.
     #[serde(default = "default_share")]
     pub max_delete_share: f64,
+    /// The most this replication's runs may send each way: `"20mbit"`, `"5MB"`, or bytes per
+    /// second as a number; none by default. The sending side paces itself (the upstream of
+    /// a pull is asked to, in HELLO).
+    #[serde(default, deserialize_with = "rate")]
+    pub max_rate: Option<Rate>,
+    /// Transfer windows (UTC): when any is given, scheduled and notified runs start only
+    /// inside one, at its `max_rate` if it has one, and a run is cut (to resume) when its
+    /// window ends. `cairn replicate NAME` runs at once whatever the time.
+    #[serde(default)]
+    pub windows: Vec<Window>,
+}
+
+/// A rate in bytes per second, read from `"20mbit"`, `"2.5MB"`, `"512KiB"` or a number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate(pub u64);
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Rate, String> {
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a rate such as 20mbit or 5MB"))?;
+        let per = match unit.trim().trim_end_matches("/s") {
+            "" | "B" => 1.0,
+            "bit" => 0.125,
+            "kbit" => 125.0,
+            "mbit" => 125_000.0,
+            "gbit" => 125_000_000.0,
+            "kB" | "KB" => 1e3,
+            "MB" => 1e6,
+            "GB" => 1e9,
+            "KiB" => 1024.0,
+            "MiB" => 1_048_576.0,
+            "GiB" => 1_073_741_824.0,
+            u => return Err(format!("`{u}` in `{s}` is not a unit: use bit, kbit, mbit, gbit, B, kB, MB, GB, KiB, MiB or GiB")),
+        };
+        let bytes = n * per;
+        if !bytes.is_finite() || !(1.0..=1e13).contains(&bytes) {
+            return Err(format!("rate `{s}` is out of range"));
+        }
+        Ok(Rate(bytes as u64))
+    }
+}
+
+fn rate<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Rate>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Number(0) => Err(serde::de::Error::custom("a rate of 0 sends nothing")),
+        Raw::Number(n) => Ok(Some(Rate(n))),
+        Raw::Text(t) => t.parse().map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+/// A daily time span, UTC: `from` to `to` (`"HH:MM"` or `"HH:MM:SS"`); it wraps past
+/// midnight when `to` is earlier, and covers the whole day when they are equal.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    /// Start, UTC.
+    #[serde(deserialize_with = "time_of_day")]
+    pub from: u32,
+    /// End, UTC.
+    #[serde(deserialize_with = "time_of_day")]
+    pub to: u32,
+    /// The rate inside this window (else the replication's).
+    #[serde(default, deserialize_with = "rate")]
+    pub max_rate: Option<Rate>,
+}
+
+const DAY: u32 = 86_400;
+
+fn time_of_day<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_time_of_day(&s).map_err(serde::de::Error::custom)
+}
+
+/// Seconds after midnight of `"HH:MM"` or `"HH:MM:SS"` (`"24:00"` is the day's end).
+pub fn parse_time_of_day(s: &str) -> Result<u32, String> {
+    let bad = || format!("`{s}` is not a time of day such as 22:00 or 06:30:00");
+    let parts: Vec<u32> = s
+        .split(':')
+        .map(|p| {
+            if p.len() == 2 {
+                p.parse().map_err(|_| bad())
+            } else {
+                Err(bad())
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    let t = match parts[..] {
+        [h, m] if h < 24 && m < 60 => h * 3600 + m * 60,
+        [h, m, sec] if h < 24 && m < 60 && sec < 60 => h * 3600 + m * 60 + sec,
+        [24, 0] | [24, 0, 0] => DAY,
+        _ => return Err(bad()),
+    };
+    Ok(t % DAY)
+}
+
+impl Window {
+    /// Seconds from `t` (seconds after midnight) until this window ends, if `t` is inside it.
+    fn remaining(&self, t: u32) -> Option<u32> {
+        let len = (self.to + DAY - self.from) % DAY;
+        let len = if len == 0 { DAY } else { len };
+        let into = (t + DAY - self.from) % DAY;
+        (into < len).then_some(len - into)
+    }
+
+    /// Seconds from `t` until this window next opens (0 if open).
+    fn until_open(&self, t: u32) -> u32 {
+        if self.remaining(t).is_some() {
+            0
+        } else {
+            (self.from + DAY - t) % DAY
+        }
+    }
+}
+
+/// Where a replication stands against its transfer windows at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowState {
+    /// It may run, at this rate (bytes per second, 0 for none), for at most this long
+    /// (`None`: no window ends it).
+    Open {
+        rate: u64,
+        until: Option<std::time::Duration>,
+    },
+    /// It must wait this long.
+    Closed(std::time::Duration),
+}
+
+fn default_connect_secs() -> u64 {
+    5
+}
+
+/// A string or a list of strings, as a list of at least one.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let v = match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    };
+    if v.is_empty() || v.iter().any(|p| p.is_empty()) {
+        return Err(serde::de::Error::custom(
+            "`peer` names at least one peer, and no empty name",
+        ));
+    }
+    Ok(v)
 }
 
 fn default_direction() -> Direction {
@@ -189,6 +361,49 @@ fn default_share() -> f64 {
 }
 
 impl ReplicationConfig {
+    /// The token to present to `upstream`.
+    pub fn token_for(&self, upstream: &str) -> &str {
+        self.tokens.get(upstream).unwrap_or(&self.token)
+    }
+
+    /// The preferred upstream (the first listed).
+    pub fn peer(&self) -> &str {
+        self.peers.first().map(String::as_str).unwrap_or("")
+    }
+
+    /// Whether and how fast the replication may run at `unix_secs` (see `windows`).
+    pub fn window_at(&self, unix_secs: u64) -> WindowState {
+        let rate = self.max_rate.map_or(0, |r| r.0);
+        if self.windows.is_empty() {
+            return WindowState::Open { rate, until: None };
+        }
+        let t = (unix_secs % u64::from(DAY)) as u32;
+        let open = self
+            .windows
+            .iter()
+            .filter_map(|w| w.remaining(t).map(|left| (w, left)))
+            .max_by_key(|(_, left)| *left);
+        match open {
+            Some((w, left)) => WindowState::Open {
+                rate: w.max_rate.map_or(rate, |r| r.0),
+                until: Some(std::time::Duration::from_secs(u64::from(left))),
+            },
+            None => WindowState::Closed(std::time::Duration::from_secs(u64::from(
+                self.windows
+                    .iter()
+                    .map(|w| w.until_open(t))
+                    .min()
+                    .unwrap_or(0)
+                    .max(1),
+            ))),
+        }
+    }
+
+    /// The upstreams as one word: `hub` or `hub,relay-tokyo`.
+    pub fn peer_list(&self) -> String {
+        self.peers.join(",")
+    }
+
     /// One line for `replication list`: name, direction, mode, peer, feeds, schedule.
     pub fn describe(&self) -> String {
         let when = match self.interval_secs {
@@ -200,7 +415,7 @@ impl ReplicationConfig {
             self.name,
             self.direction.name(),
             self.mode.name(),
-            self.peer,
+            self.peer_list(),
             self.feeds.join(","),
         )
     }
@@ -208,9 +423,14 @@ impl ReplicationConfig {
     /// What the status API shows of it.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
-            "name": self.name, "peer": self.peer, "feeds": self.feeds, "mode": self.mode.name(),
+            "name": self.name, "peer": self.peer(), "peers": self.peers, "feeds": self.feeds, "mode": self.mode.name(),
             "direction": self.direction.name(),
             "interval_secs": self.interval_secs, "max_delete_share": self.max_delete_share,
+            "connect_secs": self.connect_secs,
+            "max_rate": self.max_rate.map(|r| r.0),
+            "windows": self.windows.iter().map(|w| serde_json::json!({
+                "from": w.from, "to": w.to, "max_rate": w.max_rate.map(|r| r.0),
+            })).collect::<Vec<_>>(),
         })
     }
 }
@@ -226,12 +446,93 @@ pub fn pull_replicas(replications: &[ReplicationConfig], store: &Store) -> HashM
         for f in &r.feeds {
             if f == "*" {
                 for feed in store.list_feeds().unwrap_or_default() {
-                    out.insert(feed.name, r.peer.clone());
+                    out.insert(feed.name, r.peer().to_owned());
                 }
             } else if !f.starts_with('@') {
-                out.insert(f.clone(), r.peer.clone());
+                out.insert(f.clone(), r.peer().to_owned());
             }
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_read_as_people_write_them() {
+        assert_eq!("20mbit".parse::<Rate>(), Ok(Rate(2_500_000)));
+        assert_eq!("2.5MB".parse::<Rate>(), Ok(Rate(2_500_000)));
+        assert_eq!("512KiB".parse::<Rate>(), Ok(Rate(524_288)));
+        assert_eq!("1gbit/s".parse::<Rate>(), Ok(Rate(125_000_000)));
+        assert!("20 furlongs"
+            .parse::<Rate>()
+            .unwrap_err()
+            .contains("not a unit"));
+        assert!("fast".parse::<Rate>().is_err());
+        assert!("0mbit".parse::<Rate>().is_err());
+    }
+
+    fn rep(toml_text: &str) -> ReplicationConfig {
+        toml::from_str(&format!(
+            "name = \"r\"\nfeeds = [\"demo\"]\nmode = \"pull\"\n{toml_text}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn peer_takes_one_name_or_an_ordered_list() {
+        assert_eq!(rep("peer = \"hub\"").peers, ["hub"]);
+        let r = rep("peers = [\"hub\", \"relay\"]");
+        assert_eq!(r.peers, ["hub", "relay"]);
+        assert_eq!(r.peer(), "hub");
+        let e = toml::from_str::<ReplicationConfig>(
+            "name = \"r\"\nfeeds = []\nmode = \"pull\"\npeer = []",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("at least one peer"), "{e}");
+    }
+
+    #[test]
+    fn windows_open_close_wrap_midnight_and_set_the_rate() {
+        let r = rep(
+            "peer = \"hub\"\nmax_rate = \"10mbit\"\nwindows = [{ from = \"22:00\", to = \"06:00\" }, { from = \"12:00\", to = \"13:00\", max_rate = \"1mbit\" }]",
+        );
+        let at = |h: u64, m: u64| 86_400 * 100 + h * 3600 + m * 60;
+        let secs = std::time::Duration::from_secs;
+        assert_eq!(
+            r.window_at(at(23, 0)),
+            WindowState::Open {
+                rate: 1_250_000,
+                until: Some(secs(7 * 3600))
+            }
+        );
+        assert_eq!(
+            r.window_at(at(5, 59)),
+            WindowState::Open {
+                rate: 1_250_000,
+                until: Some(secs(60))
+            }
+        );
+        assert_eq!(r.window_at(at(6, 0)), WindowState::Closed(secs(6 * 3600)));
+        assert_eq!(
+            r.window_at(at(12, 30)),
+            WindowState::Open {
+                rate: 125_000,
+                until: Some(secs(1800))
+            }
+        );
+        assert_eq!(r.window_at(at(13, 0)), WindowState::Closed(secs(9 * 3600)));
+        let always = rep("peer = \"hub\"");
+        assert_eq!(
+            always.window_at(at(3, 0)),
+            WindowState::Open {
+                rate: 0,
+                until: None
+            }
+        );
+        assert!(toml::from_str::<Window>("from = \"25:00\"\nto = \"01:00\"").is_err());
+        assert!(toml::from_str::<Window>("from = \"1:00\"\nto = \"01:00\"").is_err());
+    }
 }

@@ -20,7 +20,10 @@ use std::time::Duration;
 
 use cairn_store::Store;
 
-pub use config::{pull_replicas, Direction, ReplicationConfig, SyncConfig};
+pub use config::{
+    parse_time_of_day, pull_replicas, Direction, Rate, ReplicationConfig, SyncConfig, Window,
+    WindowState,
+};
 pub use incoming::TokenAuthorizer;
 pub use run::{run, FeedSummary, ReplicationError, RunOptions, RunSummary, WarmConnections};
 pub use status::ReplicationStatus;
@@ -58,6 +61,11 @@ struct Inner {
     states: parking_lot::Mutex<HashMap<String, status::RunState>>,
     /// Set by [`Replicator::shut_down`]: no new run starts.
     stopping: std::sync::atomic::AtomicBool,
+    /// Per replication: a run is queued (by a notification) and has not started yet.
+    queued: HashMap<String, std::sync::atomic::AtomicBool>,
+    /// Names of replications whose upstream said a feed changed, until
+    /// [`Replicator::schedule`] takes it.
+    notified: parking_lot::Mutex<Option<tokio::sync::mpsc::Receiver<String>>>,
 }
 
 impl Replicator {
@@ -76,15 +84,22 @@ impl Replicator {
             .iter()
             .map(|r| (r.name.clone(), status::RunState::from_log(&r.name, &log)))
             .collect();
+        let queued = replications
+            .iter()
+            .map(|r| (r.name.clone(), Default::default()))
+            .collect();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
         Replicator(Arc::new(Inner {
             store,
             sync,
             replications,
             locks,
-            warm: WarmConnections::default(),
+            warm: WarmConnections::notifying(tx),
             tasks: parking_lot::Mutex::default(),
             states: parking_lot::Mutex::new(states),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            queued,
+            notified: parking_lot::Mutex::new(Some(rx)),
         }))
     }
 
@@ -124,8 +139,19 @@ impl Replicator {
     }
 
     /// Starts every outgoing replication with an interval on its schedule (the first run at
-    /// once); a failed run is logged and retried at the next tick.
+    /// once, each inside its transfer windows); a failed run is logged and retried at the next
+    /// tick. From then on, an upstream's notification that a feed changed starts a run at
+    /// once (several arriving during a run make one more run after it).
     pub fn schedule(&self) {
+        if let Some(mut rx) = self.0.notified.lock().take() {
+            let this = self.clone();
+            let task = tokio::spawn(async move {
+                while let Some(name) = rx.recv().await {
+                    this.run_soon(&name);
+                }
+            });
+            self.0.tasks.lock().push(task);
+        }
         for rep in self
             .0
             .replications
@@ -140,6 +166,7 @@ impl Replicator {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
+                    this.wait_for_window(&name).await;
                     let started = run::now_ms();
                     let s = this
                         .run_now(&name, RunOptions::default(), &Progress::default())
@@ -155,6 +182,51 @@ impl Replicator {
                 }
             });
             self.0.tasks.lock().push(task);
+        }
+    }
+
+    /// Queues one run of `name` (after the one under way, inside its transfer windows) unless
+    /// one is queued already.
+    fn run_soon(&self, name: &str) {
+        let Some(flag) = self.0.queued.get(name) else {
+            return;
+        };
+        if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let this = self.clone();
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            this.wait_for_window(&name).await;
+            let s = this
+                .run_now(&name, RunOptions::default(), &Progress::default())
+                .await;
+            if !s.ok(false) {
+                tracing::warn!(replication = %name, "notified run failed: {}", s.error.clone().unwrap_or_else(|| format!("{:?}", s.feeds)));
+            }
+        });
+    }
+
+    /// Waits until `name` is inside one of its transfer windows (at once when it has none),
+    /// showing the wait in its status.
+    async fn wait_for_window(&self, name: &str) {
+        let Some(rep) = self.0.replications.iter().find(|r| r.name == name) else {
+            return;
+        };
+        loop {
+            match rep.window_at(transport::unix_secs()) {
+                WindowState::Open { .. } => break,
+                WindowState::Closed(wait) => {
+                    if let Some(state) = self.0.states.lock().get_mut(name) {
+                        state.set_waiting(Some(run::now_ms() + wait.as_millis() as u64));
+                    }
+                    // Clocks jump and windows are checked again: never sleep past a minute.
+                    tokio::time::sleep(wait.min(Duration::from_secs(60))).await;
+                }
+            }
+        }
+        if let Some(state) = self.0.states.lock().get_mut(name) {
+            state.set_waiting(None);
         }
     }
 
@@ -178,6 +250,10 @@ impl Replicator {
             };
         };
         let _guard = lock.lock().await;
+        if let Some(flag) = inner.queued.get(name) {
+            // Whatever is notified from here on needs a run after this one.
+            flag.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
         if inner.stopping.load(std::sync::atomic::Ordering::SeqCst) {
             return RunSummary {
                 replication: name.to_owned(),
@@ -203,6 +279,9 @@ impl Replicator {
         if !options.dry_run {
             if let Some(state) = inner.states.lock().get_mut(name) {
                 state.finished(started, &summary, run::now_ms());
+            }
+            if summary.notified {
+                self.run_soon(name);
             }
         }
         summary

@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cairn_store::admin::{Peer, ReplicationRecord};
 use cairn_store::{PublicKey, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
-use super::config::{Direction, ReplicationConfig, SyncConfig};
+use super::config::{Direction, ReplicationConfig, SyncConfig, WindowState};
 use crate::proto::{FeedReport, GuardRail, InitiatorConfig, Session};
 use crate::transport::{self, Progress, RunStats, TransportError};
 use crate::wire::Mode;
@@ -47,9 +47,28 @@ pub enum ReplicationError {
     /// The local store failed (or a configured feed does not exist).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The peer did not complete the handshake in time.
+    #[error("`{peer}` did not answer within {secs} s")]
+    NoAnswer { peer: String, secs: u64 },
     /// Connecting or running the session failed.
     #[error(transparent)]
     Transport(#[from] TransportError),
+}
+
+impl ReplicationError {
+    /// Whether another upstream may do better: the upstream was missing, silent, unreachable,
+    /// or the run with it failed; not a local failure or a misconfigured replication.
+    pub fn is_upstream_failure(&self) -> bool {
+        match self {
+            ReplicationError::Incoming { .. }
+            | ReplicationError::Unknown(_)
+            | ReplicationError::Store(_) => false,
+            ReplicationError::NoPeer(_)
+            | ReplicationError::Address { .. }
+            | ReplicationError::NoAnswer { .. }
+            | ReplicationError::Transport(_) => true,
+        }
+    }
 }
 
 /// What one run did, as `cairn replicate` prints it and the control socket carries it.
@@ -81,6 +100,13 @@ pub struct RunSummary {
     /// Set when the run as a whole failed.
     #[serde(default)]
     pub error: Option<String>,
+    /// Why `peer` was used rather than a preferred upstream: each one tried before it and
+    /// what went wrong (empty when the first served the run).
+    #[serde(default)]
+    pub failover: String,
+    /// The upstream said, during the run, that a feed changed again: another run is due.
+    #[serde(default)]
+    pub notified: bool,
 }
 
 /// One feed of a run.
@@ -189,6 +215,7 @@ impl RunSummary {
             blobs_received: self.feeds.iter().map(|f| f.blobs_received).sum(),
             deletions: self.feeds.iter().map(|f| f.deletions).sum(),
             outcome: if ok { "ok".into() } else { "failed".into() },
+            failover: self.failover.clone(),
             error: self
                 .error
                 .clone()
@@ -239,34 +266,131 @@ pub(crate) fn log_incoming(
     append_log(store, summary.log_record(started_ms, ok));
 }
 
-/// Connections of outgoing replications kept open between runs, by replication name: a run
-/// on a warm connection costs no handshake (one round trip and a few hundred bytes when
-/// nothing changed). Runs of one replication never overlap, so one connection each suffices.
+/// Connections of outgoing replications kept open between runs, by replication and
+/// upstream: a run on a warm connection costs no handshake (one round trip and a few hundred
+/// bytes when nothing changed). Runs of one replication never overlap, so one connection per
+/// upstream suffices. While a connection waits here, what its upstream says on it (NOTIFY:
+/// a feed changed) is passed on as the replication's name to the channel given to
+/// [`WarmConnections::notifying`].
 #[derive(Clone, Debug, Default)]
-pub struct WarmConnections(Arc<tokio::sync::Mutex<HashMap<String, transport::Connection>>>);
+pub struct WarmConnections {
+    conns: Arc<tokio::sync::Mutex<HashMap<String, Kept>>>,
+    notify: Option<tokio::sync::mpsc::Sender<String>>,
+}
+
+#[derive(Debug)]
+struct Kept {
+    conn: transport::Connection,
+    /// Listens for NOTIFY while the connection waits; stopped when a run takes it.
+    listener: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The largest frame an upstream may send between runs (a NOTIFY naming many feeds).
+const MAX_IDLE_FRAME: usize = 64 << 10;
 
 impl WarmConnections {
-    async fn take(&self, name: &str) -> Option<transport::Connection> {
-        let conn = self.0.lock().await.remove(name)?;
-        conn.close_reason().is_none().then_some(conn)
+    /// Kept connections whose upstreams' notifications go to `tx`.
+    pub fn notifying(tx: tokio::sync::mpsc::Sender<String>) -> WarmConnections {
+        WarmConnections {
+            conns: Arc::default(),
+            notify: Some(tx),
+        }
     }
 
-    async fn keep(&self, name: &str, conn: transport::Connection) {
-        self.0.lock().await.insert(name.to_owned(), conn);
+    async fn take(&self, key: &str) -> Option<transport::Connection> {
+        let kept = self.conns.lock().await.remove(key)?;
+        if let Some(l) = kept.listener {
+            l.abort();
+        }
+        kept.conn.close_reason().is_none().then_some(kept.conn)
+    }
+
+    async fn keep(&self, key: &str, name: &str, conn: transport::Connection) {
+        let listener = self
+            .notify
+            .clone()
+            .map(|tx| tokio::spawn(listen_between_runs(conn.clone(), name.to_owned(), tx)));
+        let old = self
+            .conns
+            .lock()
+            .await
+            .insert(key.to_owned(), Kept { conn, listener });
+        if let Some(Kept {
+            listener: Some(l), ..
+        }) = old
+        {
+            l.abort();
+        }
     }
 
     /// Closes every kept connection, so that peers hear this instance is going.
     pub async fn close_all(&self) {
-        for (_, conn) in self.0.lock().await.drain() {
-            transport::close(&conn);
+        for (_, kept) in self.conns.lock().await.drain() {
+            if let Some(l) = kept.listener {
+                l.abort();
+            }
+            transport::close(&kept.conn);
+        }
+    }
+}
+
+/// Reads what an upstream sends on a kept connection between runs: NOTIFY frames, each alone
+/// on a unidirectional stream, small and quick, or the connection is closed (the next run
+/// dials again).
+async fn listen_between_runs(
+    conn: transport::Connection,
+    name: String,
+    tx: tokio::sync::mpsc::Sender<String>,
+) {
+    loop {
+        let Ok(mut uni) = conn.accept_uni().await else {
+            return;
+        };
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            uni.read_to_end(MAX_IDLE_FRAME + 4),
+        )
+        .await;
+        let mut reader = crate::wire::FrameReader::default();
+        let frame = match read {
+            Ok(Ok(bytes)) => {
+                reader.push(&bytes);
+                match reader.next_frame() {
+                    Ok(Some(f)) if reader.pending() == 0 => Some(f),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        match frame {
+            Some(crate::wire::Frame::Notify { feeds }) => {
+                tracing::debug!(replication = %name, ?feeds, "the upstream's feeds changed");
+                // A full queue already holds a run for it.
+                let _ = tx.try_send(name.clone());
+            }
+            other => {
+                let what = other.map_or("an unreadable stream", |f| f.name());
+                tracing::warn!(replication = %name, "the upstream sent {what} between runs; closing the connection");
+                transport::close_with(
+                    &conn,
+                    crate::wire::code::PROTOCOL,
+                    "only NOTIFY is expected between runs",
+                );
+                return;
+            }
         }
     }
 }
 
 /// Runs one configured replication now and logs it (unless a dry run); `warm` keeps its
 /// connection open for the next run (a server), `None` closes it at the end (a one-off run).
-/// Runs of one replication must not overlap: [`super::Replicator::run_now`] holds its lock.
-#[tracing::instrument(name = "replication", skip_all, fields(name = %rep.name, peer = %rep.peer))]
+/// The upstreams are tried in the configured order: a run uses the first that answers within
+/// `connect_secs` and completes; when one fails (before or during the run), the same run goes
+/// on with the next, which resumes what was partly transferred (blobs are kept group by
+/// group, whoever sent them). Every run starts again from the first, so runs go back to the
+/// preferred upstream as soon as it answers. Runs of one replication must not overlap:
+/// [`super::Replicator::run_now`] holds its lock.
+#[tracing::instrument(name = "replication", skip_all, fields(name = %rep.name, peers = %rep.peer_list()))]
 pub async fn run(
     store: &Store,
     sync: &SyncConfig,
@@ -278,28 +402,58 @@ pub async fn run(
     let started = now_ms();
     let mut summary = RunSummary {
         replication: rep.name.clone(),
-        peer: rep.peer.clone(),
+        peer: rep.peer().to_owned(),
         mode: rep.mode.name().into(),
         ..RunSummary::default()
     };
-    match drive(store, sync, rep, options, progress, warm).await {
-        Ok((reports, stats)) => {
-            for r in &reports {
-                if rep.mode == Mode::Pull && r.converged() && !options.dry_run {
-                    if let Some(c) = r.peer_cursor {
-                        let _ = store.set_replication_cursor(&rep.name, &r.feed, c);
+    let mut tried: Vec<String> = Vec::new();
+    for (i, upstream) in rep.peers.iter().enumerate() {
+        let last = i + 1 == rep.peers.len();
+        summary.peer = upstream.clone();
+        match drive(store, sync, rep, upstream, options, progress, warm).await {
+            Ok((reports, stats)) => {
+                let failed = reports
+                    .iter()
+                    .find(|r| r.error.is_some() && !r.held_back)
+                    .map(|r| format!("`{}`: {}", r.feed, r.error.clone().unwrap_or_default()));
+                for r in &reports {
+                    if rep.mode == Mode::Pull && r.converged() && !options.dry_run {
+                        if let Some(c) = r.peer_cursor {
+                            let _ = store.set_replication_cursor(
+                                &cursor_key(rep, upstream),
+                                &r.feed,
+                                c,
+                            );
+                        }
+                    }
+                    if let Some(cp) = &r.checkpoint {
+                        if let Err(e) = store.record_upstream_checkpoint(upstream, &r.feed, cp) {
+                            tracing::error!("recording a checkpoint: {e}");
+                        }
                     }
                 }
-                if let Some(cp) = &r.checkpoint {
-                    if let Err(e) = store.record_upstream_checkpoint(&rep.peer, &r.feed, cp) {
-                        tracing::error!("recording a checkpoint: {e}");
+                summary.add_session(&reports, &stats, options.dry_run);
+                summary.notified |= stats.notified;
+                match failed {
+                    Some(why) if !last => {
+                        tracing::info!(upstream = %upstream, "trying the next upstream: {why}");
+                        tried.push(format!("{upstream}: {why}"));
                     }
+                    _ => break,
                 }
             }
-            summary.add_session(&reports, &stats, options.dry_run);
+            Err(e) => {
+                let why = e.to_string();
+                if last || !e.is_upstream_failure() {
+                    summary.error = Some(why);
+                    break;
+                }
+                tracing::info!(upstream = %upstream, "trying the next upstream: {why}");
+                tried.push(format!("{upstream}: {why}"));
+            }
         }
-        Err(e) => summary.error = Some(e.to_string()),
     }
+    summary.failover = tried.join("; ");
     summary.elapsed_ms = now_ms().saturating_sub(started);
     if !options.dry_run {
         append_log(store, summary.log_record(started, summary.ok(false)));
@@ -307,12 +461,28 @@ pub async fn run(
     summary
 }
 
-/// Resolves what `rep` names and drives the session, on the warm connection if there is one
-/// (once more on a new one if that connection turns out dead).
+/// Where the change-log cursor of `rep` against `upstream` is kept: each upstream has a change
+/// log of its own, so a position in one means nothing to another.
+fn cursor_key(rep: &ReplicationConfig, upstream: &str) -> String {
+    if upstream == rep.peer() {
+        rep.name.clone()
+    } else {
+        format!("{}\0{upstream}", rep.name)
+    }
+}
+
+/// The key of `rep`'s warm connection to `upstream`.
+fn warm_key(rep: &ReplicationConfig, upstream: &str) -> String {
+    format!("{}\0{upstream}", rep.name)
+}
+
+/// Resolves what `rep` names and drives the session with `upstream`, on the warm connection
+/// if there is one (once more on a new one if that connection turns out dead).
 async fn drive(
     store: &Store,
     sync: &SyncConfig,
     rep: &ReplicationConfig,
+    upstream: &str,
     options: RunOptions,
     progress: &Progress,
     warm: Option<&WarmConnections>,
@@ -320,12 +490,12 @@ async fn drive(
     if rep.direction == Direction::Incoming {
         return Err(ReplicationError::Incoming {
             name: rep.name.clone(),
-            peer: rep.peer.clone(),
+            peer: rep.peer_list(),
         });
     }
     let peer = store
-        .peer(&rep.peer)?
-        .ok_or_else(|| ReplicationError::NoPeer(rep.peer.clone()))?;
+        .peer(upstream)?
+        .ok_or_else(|| ReplicationError::NoPeer(upstream.to_owned()))?;
     let mut feeds = Vec::new();
     for f in &rep.feeds {
         if f == "*" {
@@ -338,7 +508,7 @@ async fn drive(
     let mut since = HashMap::new();
     if rep.mode == Mode::Pull {
         for f in &feeds {
-            if let Some(c) = store.replication_cursor(&rep.name, f)? {
+            if let Some(c) = store.replication_cursor(&cursor_key(rep, upstream), f)? {
                 since.insert(f.clone(), c);
             }
         }
@@ -355,7 +525,7 @@ async fn drive(
         peer: peer.key,
         now_secs: transport::unix_secs(),
         limits: sync.session_limits(),
-        token: rep.token.clone(),
+        token: rep.token_for(upstream).to_owned(),
         mode: rep.mode,
         feeds,
         since,
@@ -364,21 +534,36 @@ async fn drive(
             allow: options.allow_deletes,
         },
         dry_run: options.dry_run,
+        notify: warm.is_some(),
+        max_rate: 0,
     };
+    let mut limits = sync.run_limits();
+    // The transfer window in force now sets the rate and when the run must end (a run
+    // outside every window, asked for by hand, goes at the replication's own rate).
+    match rep.window_at(transport::unix_secs()) {
+        WindowState::Open { rate, until } => {
+            config.max_rate = rate;
+            if let Some(until) = until {
+                limits.max_run = limits.max_run.min(until.max(Duration::from_secs(1)));
+            }
+        }
+        WindowState::Closed(_) => config.max_rate = rep.max_rate.map_or(0, |r| r.0),
+    }
+    let key = warm_key(rep, upstream);
     let reused = match warm {
-        Some(w) => w.take(&rep.name).await,
+        Some(w) => w.take(&key).await,
         None => None,
     };
     let was_warm = reused.is_some();
+    let connect_within = Duration::from_secs(rep.connect_secs.max(1));
     let mut conn = match reused {
         Some(c) => c,
         None => {
-            let (conn, key) = connect_peer(store, &peer, addr, sync).await?;
+            let (conn, key) = connect_peer(store, &peer, addr, sync, connect_within).await?;
             config.peer = key;
             conn
         }
     };
-    let limits = sync.run_limits();
     let mut result =
         transport::run_initiator_with_progress(store, &conn, config.clone(), limits, progress)
             .await;
@@ -386,14 +571,14 @@ async fn drive(
         // The peer restarted or the path changed while the connection sat idle: once more on
         // a new one.
         tracing::debug!("warm connection failed; reconnecting");
-        let (fresh, key) = connect_peer(store, &peer, addr, sync).await?;
+        let (fresh, key) = connect_peer(store, &peer, addr, sync, connect_within).await?;
         conn = fresh;
         config.peer = key;
         result =
             transport::run_initiator_with_progress(store, &conn, config, limits, progress).await;
     }
     match (&result, warm) {
-        (Ok(_), Some(w)) => w.keep(&rep.name, conn).await,
+        (Ok(_), Some(w)) => w.keep(&key, &rep.name, conn).await,
         _ => transport::close(&conn),
     }
     Ok(result?)
@@ -406,9 +591,17 @@ async fn connect_peer(
     peer: &Peer,
     addr: SocketAddr,
     sync: &SyncConfig,
+    within: Duration,
 ) -> Result<(transport::Connection, PublicKey), ReplicationError> {
-    let (conn, followed) =
-        transport::connect_following(store.identity(), addr, peer.key, &sync.transport()).await?;
+    let (conn, followed) = tokio::time::timeout(
+        within,
+        transport::connect_following(store.identity(), addr, peer.key, &sync.transport()),
+    )
+    .await
+    .map_err(|_| ReplicationError::NoAnswer {
+        peer: peer.name.clone(),
+        secs: within.as_secs(),
+    })??;
     match followed {
         None => Ok((conn, peer.key)),
         Some(f) => {

@@ -20,6 +20,8 @@ pub(crate) struct RunState {
     failures_in_a_row: u32,
     last_ok_ended_ms: Option<u64>,
     next_run_ms: Option<u64>,
+    /// Outside its transfer windows until then (Unix ms).
+    waiting_until_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -31,6 +33,8 @@ struct LastRun {
     error: String,
     bytes_sent: u64,
     bytes_received: u64,
+    upstream: String,
+    failover: String,
 }
 
 impl RunState {
@@ -48,6 +52,8 @@ impl RunState {
                 error: r.error.clone(),
                 bytes_sent: r.bytes_sent,
                 bytes_received: r.bytes_received,
+                upstream: r.peer.clone(),
+                failover: r.failover.clone(),
             });
             let mut all = std::iter::once(r).chain(runs);
             let mut failures = 0;
@@ -82,6 +88,8 @@ impl RunState {
                 .unwrap_or_default(),
             bytes_sent: s.bytes_sent,
             bytes_received: s.bytes_received,
+            upstream: s.peer.clone(),
+            failover: s.failover.clone(),
         });
         if ok {
             self.failures_in_a_row = 0;
@@ -89,6 +97,10 @@ impl RunState {
         } else {
             self.failures_in_a_row += 1;
         }
+    }
+
+    pub(crate) fn set_waiting(&mut self, until_ms: Option<u64>) {
+        self.waiting_until_ms = until_ms;
     }
 
     pub(crate) fn set_next_run(&mut self, at_ms: u64) {
@@ -101,8 +113,17 @@ impl RunState {
 pub struct ReplicationStatus {
     /// Name.
     pub name: String,
-    /// The peer (the upstream of a pull).
+    /// The preferred peer (the upstream of a pull).
     pub peer: String,
+    /// Every upstream, in order of preference.
+    pub peers: Vec<String>,
+    /// The upstream the last run used.
+    pub last_upstream: String,
+    /// Why the last run used `last_upstream` rather than a preferred one (empty when it used
+    /// the first).
+    pub last_failover: String,
+    /// Outside its transfer windows, waiting until then (Unix ms).
+    pub waiting_until_ms: Option<u64>,
     /// pull, push or mirror.
     pub mode: String,
     /// outgoing (this instance runs it) or incoming (the peer does).
@@ -144,7 +165,11 @@ pub(crate) fn status(rep: &ReplicationConfig, state: &RunState, now_ms: u64) -> 
     let last = state.last.as_ref();
     let mut s = ReplicationStatus {
         name: rep.name.clone(),
-        peer: rep.peer.clone(),
+        peer: rep.peer().to_owned(),
+        peers: rep.peers.clone(),
+        last_upstream: last.map(|l| l.upstream.clone()).unwrap_or_default(),
+        last_failover: last.map(|l| l.failover.clone()).unwrap_or_default(),
+        waiting_until_ms: state.waiting_until_ms,
         mode: rep.mode.name().to_owned(),
         direction: rep.direction.name().to_owned(),
         feeds: rep.feeds.clone(),
@@ -169,7 +194,18 @@ pub(crate) fn status(rep: &ReplicationConfig, state: &RunState, now_ms: u64) -> 
     let (state_word, reason) = if rep.direction == Direction::Incoming {
         (
             "incoming",
-            format!("`{}` runs it against this instance", rep.peer),
+            format!("`{}` runs it against this instance", rep.peer()),
+        )
+    } else if let Some(until) = state
+        .waiting_until_ms
+        .filter(|_| state.running_since_ms.is_none())
+    {
+        (
+            "waiting",
+            format!(
+                "outside its transfer windows; the next opens in {}",
+                duration_words(until.saturating_sub(now_ms) / 1000)
+            ),
         )
     } else if let Some(since) = state.running_since_ms {
         if interval_ms > 0 && now_ms.saturating_sub(since) > interval_ms {
@@ -226,6 +262,9 @@ pub(crate) fn status(rep: &ReplicationConfig, state: &RunState, now_ms: u64) -> 
                         duration_words(rep.interval_secs)
                     ),
                 )
+            }
+            Some(l) if !l.failover.is_empty() => {
+                ("ok", format!("served by `{}`: {}", l.upstream, l.failover))
             }
             Some(_) => ("ok", String::new()),
         }

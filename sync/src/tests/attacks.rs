@@ -58,6 +58,8 @@ fn hello(from: &Store, mode: Mode, token: &str, feeds: &[&str]) -> Frame {
             })
             .collect(),
         heads: vec![],
+        notify: false,
+        max_rate: 0,
     }
 }
 

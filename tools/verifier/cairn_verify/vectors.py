@@ -21,7 +21,8 @@ import nacl.signing
 # Frames (wire-spec section 2): field order as the CDDL lists it.
 
 FIELDS = {
-    "hello": ["version", "token", "mode", "feeds", "heads"],
+    "hello": ["version", "token", "mode", "feeds", "heads", "notify", "max_rate"],
+    "notify": ["feeds"],
     "feed-hello": ["feed", "root", "count", "since", "checkpoint", "collected"],
     "cursor": ["epoch", "seq"],
     "hello-reply": ["feeds", "log"],
