@@ -277,6 +277,11 @@ pub struct TransportOptions {
     /// The flow-control window per connection in MiB (a stream gets half), at most 1,024; 0
     /// keeps quinn's defaults (for comparison).
     pub window_mib: u32,
+    /// The credit a new connection grants its peer before a run's tuner sets the window, in
+    /// bytes (0: the whole window). A connection dialed for runs capped at a rate starts
+    /// small: credit granted cannot be taken back, and the peer's congestion controller would
+    /// otherwise have the whole window to burst into.
+    pub initial_receive_window: u64,
 }
 
 impl Default for TransportOptions {
@@ -284,6 +289,7 @@ impl Default for TransportOptions {
         TransportOptions {
             congestion: Congestion::Bbr,
             window_mib: DEFAULT_WINDOW_MIB,
+            initial_receive_window: 0,
         }
     }
 }
@@ -300,7 +306,11 @@ impl TransportOptions {
         let window = self.window_bytes();
         if window > 0 {
             t.stream_receive_window(quinn::VarInt::from_u32((window / 2) as u32));
-            t.receive_window(quinn::VarInt::from_u32(window as u32));
+            let initial = match self.initial_receive_window {
+                0 => window,
+                n => n.clamp(MIN_CAPPED_WINDOW, window),
+            };
+            t.receive_window(quinn::VarInt::from_u32(initial as u32));
             t.send_window(window);
         }
         t.max_concurrent_uni_streams(quinn::VarInt::from_u32(256));
@@ -325,6 +335,8 @@ impl TransportOptions {
     }
 }
 
+/// The smallest connection receive window the tuner sets in a run capped at a rate.
+const MIN_CAPPED_WINDOW: u64 = 64 << 10;
 /// The smallest connection receive window the tuner sets.
 const MIN_TUNED_WINDOW: u64 = 2 << 20;
 
@@ -335,7 +347,13 @@ const MIN_TUNED_WINDOW: u64 = 2 << 20;
 /// bottleneck and lose most of them (over half the packets sent were dropped on the emulated
 /// link). Twice the BDP still lets the window double every adjustment while the rate grows,
 /// and caps what can queue at one BDP. Runs until the connection closes.
-async fn tune_receive_window(conn: quinn::Connection, max: u64) {
+///
+/// In a run capped at a rate (`cap`, bytes per second, set once HELLO is through), the window
+/// is twice what the cap carries in the smallest RTT instead (at least 64 KiB): the sender
+/// paces itself to the cap, and its congestion controller, which sees an application-limited
+/// flow, must not be let loose with more in flight than that (quinn's BBR then sent bursts
+/// that filled the bottleneck's queue and lost over a third of its packets).
+async fn tune_receive_window(conn: quinn::Connection, max: u64, cap: Arc<AtomicU64>) {
     if max == 0 {
         return;
     }
@@ -358,8 +376,12 @@ async fn tune_receive_window(conn: quinn::Connection, max: u64) {
         // The smallest RTT seen is the path's; the current one includes the queue this is
         // meant to keep short.
         min_rtt = min_rtt.min(conn.rtt());
-        let window =
-            ((2.0 * peak * min_rtt.as_secs_f64()) as u64).clamp(MIN_TUNED_WINDOW.min(max), max);
+        let capped = cap.load(Ordering::Relaxed);
+        let window = if capped > 0 {
+            ((2.0 * capped as f64 * min_rtt.as_secs_f64()) as u64).clamp(MIN_CAPPED_WINDOW, max)
+        } else {
+            ((2.0 * peak * min_rtt.as_secs_f64()) as u64).clamp(MIN_TUNED_WINDOW.min(max), max)
+        };
         if window != current {
             if let Ok(w) = quinn::VarInt::from_u64(window) {
                 conn.set_receive_window(w);
@@ -1083,7 +1105,12 @@ async fn drive(
     limits: RunLimits,
 ) -> Result<(Session, RunStats), TransportError> {
     let start = Instant::now();
-    let tuner = tokio::spawn(tune_receive_window(conn.clone(), limits.max_receive_window));
+    let cap = Arc::new(AtomicU64::new(session.max_rate()));
+    let tuner = tokio::spawn(tune_receive_window(
+        conn.clone(),
+        limits.max_receive_window,
+        cap.clone(),
+    ));
     let _stop_tuner = AbortOnDrop(tuner);
     let mut stats = RunStats::default();
     let budget = StreamBudget::new(&limits);
@@ -1239,6 +1266,7 @@ async fn drive(
                 tokio::task::block_in_place(|| session.handle(store, f, auth));
                 drop(permit);
             }
+            cap.store(session.max_rate(), Ordering::Relaxed);
         }
     }
     .await;
@@ -1369,7 +1397,7 @@ async fn notify_changed(
     conn: &quinn::Connection,
     watched: &mut HashMap<String, Option<[u8; 32]>>,
 ) -> bool {
-    let mut changed: Vec<String> = tokio::task::block_in_place(|| {
+    let changed: Vec<String> = tokio::task::block_in_place(|| {
         watched
             .iter_mut()
             .filter_map(|(feed, seen)| match store.servable_root(feed) {
@@ -1384,10 +1412,16 @@ async fn notify_changed(
     if changed.is_empty() {
         return false;
     }
-    changed.sort();
-    changed.truncate(wire::MAX_NOTIFY_FEEDS);
-    tracing::debug!(feeds = ?changed, "telling the peer its feeds changed");
-    let frame = wire::encode(&Frame::Notify { feeds: changed });
+    send_notify(conn, changed).await;
+    true
+}
+
+/// Sends one NOTIFY naming `feeds` on a stream of its own, waiting at most a few seconds.
+async fn send_notify(conn: &quinn::Connection, mut feeds: Vec<String>) {
+    feeds.sort();
+    feeds.truncate(wire::MAX_NOTIFY_FEEDS);
+    tracing::debug!(?feeds, "telling the peer its feeds changed");
+    let frame = wire::encode(&Frame::Notify { feeds });
     let sent = tokio::time::timeout(Duration::from_secs(5), async {
         let mut uni = conn.open_uni().await?;
         uni.write_all(&frame).await?;
@@ -1398,7 +1432,6 @@ async fn notify_changed(
     if !matches!(sent, Ok(Ok(()))) {
         tracing::debug!("the peer did not take a NOTIFY");
     }
-    true
 }
 
 /// Answers the runs an incoming connection carries, one after another (a peer keeps its
@@ -1465,6 +1498,7 @@ pub async fn serve_connection(
             limits: session_limits,
         });
         runs += 1;
+        let changes_before = *changes.borrow_and_update();
         let result = drive(
             store,
             session,
@@ -1486,21 +1520,24 @@ pub async fn serve_connection(
         };
         conn.set_receive_window(idle_window);
         if let Ok((session, _)) = &result {
-            let reports = session.reports();
-            watched = session
-                .notify_feeds()
-                .into_iter()
-                .map(|f| {
-                    let root = reports
-                        .iter()
-                        .find(|r| r.feed == f && r.converged())
-                        .and_then(|r| r.local_root.map(|(root, _)| root));
-                    (f, root)
-                })
-                .collect();
-            // What changed while the run went on is said now.
-            changes.borrow_and_update();
-            if !failed && notify_changed(store, conn, &mut watched).await {
+            // The peer has had its chance at the state as it is now: it hears of what changes
+            // from here on (a peer that could not take it, such as one held back by its
+            // deletion guard rail, is not woken again for the same state).
+            let changed_during_run = *changes.borrow_and_update() != changes_before;
+            watched = tokio::task::block_in_place(|| {
+                session
+                    .notify_feeds()
+                    .into_iter()
+                    .map(|f| {
+                        let root = store.servable_root(&f).ok().flatten();
+                        (f, root)
+                    })
+                    .collect()
+            });
+            if changed_during_run && !failed && !watched.is_empty() {
+                // The run may have missed what changed while it went on: say so now, once.
+                let feeds: Vec<String> = watched.keys().cloned().collect();
+                send_notify(conn, feeds).await;
                 last_notify = Some(Instant::now());
             }
         }

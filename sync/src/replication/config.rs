@@ -111,6 +111,7 @@ impl SyncConfig {
         transport::TransportOptions {
             congestion: self.congestion,
             window_mib: self.window_mib,
+            initial_receive_window: 0,
         }
     }
 }

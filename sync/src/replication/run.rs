@@ -534,7 +534,9 @@ async fn drive(
             allow: options.allow_deletes,
         },
         dry_run: options.dry_run,
-        notify: warm.is_some(),
+        // A scheduled replication run by a server hears of changes between runs; one run on
+        // demand only stays on demand.
+        notify: warm.is_some() && rep.interval_secs > 0,
         max_rate: 0,
     };
     let mut limits = sync.run_limits();
@@ -559,7 +561,8 @@ async fn drive(
     let mut conn = match reused {
         Some(c) => c,
         None => {
-            let (conn, key) = connect_peer(store, &peer, addr, sync, connect_within).await?;
+            let (conn, key) =
+                connect_peer(store, &peer, addr, sync, connect_within, config.max_rate).await?;
             config.peer = key;
             conn
         }
@@ -571,7 +574,8 @@ async fn drive(
         // The peer restarted or the path changed while the connection sat idle: once more on
         // a new one.
         tracing::debug!("warm connection failed; reconnecting");
-        let (fresh, key) = connect_peer(store, &peer, addr, sync, connect_within).await?;
+        let (fresh, key) =
+            connect_peer(store, &peer, addr, sync, connect_within, config.max_rate).await?;
         conn = fresh;
         config.peer = key;
         result =
@@ -592,10 +596,14 @@ async fn connect_peer(
     addr: SocketAddr,
     sync: &SyncConfig,
     within: Duration,
+    max_rate: u64,
 ) -> Result<(transport::Connection, PublicKey), ReplicationError> {
+    let mut options = sync.transport();
+    // A run capped at a rate grants its upstream a tenth of a second's worth to start with.
+    options.initial_receive_window = max_rate / 10;
     let (conn, followed) = tokio::time::timeout(
         within,
-        transport::connect_following(store.identity(), addr, peer.key, &sync.transport()),
+        transport::connect_following(store.identity(), addr, peer.key, &options),
     )
     .await
     .map_err(|_| ReplicationError::NoAnswer {
