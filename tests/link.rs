@@ -18,17 +18,14 @@ struct Up(Child);
 
 impl Up {
     fn start(name: &str) -> Up {
+        Up::start_with(name, &["--rate", "50mbit", "--rtt", "40ms"])
+    }
+
+    /// `cairn-link up --name NAME --replace ARGS`, once it says it is up.
+    fn start_with(name: &str, args: &[&str]) -> Up {
         let mut child = Command::new(link_bin())
-            .args([
-                "up",
-                "--name",
-                name,
-                "--rate",
-                "50mbit",
-                "--rtt",
-                "40ms",
-                "--replace",
-            ])
+            .args(["up", "--name", name, "--replace"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -174,29 +171,18 @@ fn a_capped_replication_holds_its_rate_on_the_link() {
     let name = "ccap";
     let samples = std::env::temp_dir().join(format!("ccap-samples-{}", std::process::id()));
     let _ = std::fs::remove_file(&samples);
-    let mut child = Command::new(link_bin())
-        .args([
-            "up",
-            "--name",
-            name,
+    let samples_arg = samples.to_string_lossy().into_owned();
+    let up = Up::start_with(
+        name,
+        &[
             "--rate",
             "100mbit",
             "--rtt",
             "40ms",
-            "--replace",
-        ])
-        .arg("--samples")
-        .arg(&samples)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("cairn-link up"), "{line}");
-    let up = Up(child);
+            "--samples",
+            &samples_arg,
+        ],
+    );
 
     let (hub, spoke) = (Instance::new(), Instance::new());
     for i in [&hub, &spoke] {
