@@ -418,10 +418,7 @@ fn a_hostile_peer_gets_nothing_past_the_hub() {
         r.frames.iter().any(|f| matches!(f, Frame::Diff { .. })),
         "{r:?}"
     );
-    let (status, log) = http(
-        &server.http,
-        &format!("GET /api/v1/replication-log HTTP/1.1\r\nHost: HOST\r\nAuthorization: Bearer {admin}\r\nConnection: close\r\n\r\n"),
-    );
+    let (status, log) = crate::feeds::admin_get(&server.http, &admin, "/api/v1/replication-log");
     assert_eq!(status, 200, "{log}");
     for reason in [
         "before HELLO",

@@ -103,6 +103,15 @@ pub(crate) fn http(addr: &str, head: &str) -> (u16, String) {
     raw_http(addr, head, b"")
 }
 
+/// `GET path` of the admin API with the bearer token `admin`; the status and the whole
+/// response as text.
+pub(crate) fn admin_get(addr: &str, admin: &str, path: &str) -> (u16, String) {
+    http(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: HOST\r\nAuthorization: Bearer {admin}\r\nConnection: close\r\n\r\n"),
+    )
+}
+
 pub(crate) fn raw_http(addr: &str, head: &str, body: &[u8]) -> (u16, String) {
     use std::io::{Read, Write};
     let host = addr.trim_start_matches("http://");

@@ -141,25 +141,13 @@ fn the_link_carries_tcp_with_its_delay_partitions_and_cleans_up() {
 
 /// A `cairn serve` inside namespace `ns`, stopped on drop.
 fn serve_in(ns: &str, inst: &crate::util::Instance) -> crate::util::Server {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns])
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns])
         .arg(crate::util::cairn_bin())
         .arg("--data-dir")
         .arg(inst.data())
-        .arg("serve")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("cairn serving"), "{line}");
-    crate::util::Server {
-        child,
-        http: String::new(),
-    }
+        .arg("serve");
+    crate::util::Server::start_with(cmd)
 }
 
 /// A pull capped at 20 Mbit/s over a 100 Mbit/s link: the hub paces what it sends so that the

@@ -14,7 +14,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::feeds::{
-    cargo, cargo_publish, cargo_registry, http, http_bytes, npm, npm_registry, pip_install, python,
+    cargo, cargo_publish, cargo_registry, http_bytes, npm, npm_registry, pip_install, python,
     raw_http, run, twine_upload, write_package,
 };
 use crate::util::{Instance, Server};
@@ -682,10 +682,8 @@ fn an_object_store_that_stops_answering_fails_publishes_cleanly_and_replication_
     let p0 = push(&hub, "p0", 22, 300_000);
     let hub_server = Server::start(&hub);
     let log = |server: &Server| {
-        let (status, text) = http(
-            &server.http,
-            &format!("GET /api/v1/replication-log?limit=50 HTTP/1.1\r\nHost: HOST\r\nAuthorization: Bearer {admin}\r\nConnection: close\r\n\r\n"),
-        );
+        let (status, text) =
+            crate::feeds::admin_get(&server.http, &admin, "/api/v1/replication-log?limit=50");
         assert_eq!(status, 200, "{text}");
         text
     };

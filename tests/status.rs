@@ -76,10 +76,8 @@ fn the_status_page_shows_a_replication_behind_and_one_failing_with_their_reasons
         .ok(&["token", "create", "--scope", "admin"])
         .trim()
         .to_owned();
-    let (status, text) = http(
-        &spoke_server.http,
-        &format!("GET /api/v1/replications HTTP/1.1\r\nHost: HOST\r\nAuthorization: Bearer {admin}\r\nConnection: close\r\n\r\n"),
-    );
+    let (status, text) =
+        crate::feeds::admin_get(&spoke_server.http, &admin, "/api/v1/replications");
     assert_eq!(status, 200, "{text}");
     let body: serde_json::Value =
         serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap();

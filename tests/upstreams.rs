@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::feeds::http;
+use crate::feeds::admin_get;
 use crate::util::{free_udp_port, Instance, Server};
 
 fn key_of(inst: &Instance) -> String {
@@ -293,10 +293,7 @@ fn a_run_outside_its_transfer_window_waits_for_it() {
     let spoke = Server::start(&t.spoke);
     let admin = token(&t.spoke, "admin");
     std::thread::sleep(Duration::from_secs(2));
-    let (status, text) = http(
-        &spoke.http,
-        &format!("GET /api/v1/replications HTTP/1.1\r\nHost: HOST\r\nAuthorization: Bearer {admin}\r\nConnection: close\r\n\r\n"),
-    );
+    let (status, text) = admin_get(&spoke.http, &admin, "/api/v1/replications");
     assert_eq!(status, 200, "{text}");
     let body: serde_json::Value =
         serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap();

@@ -225,8 +225,13 @@ pub struct Server {
 impl Server {
     /// Starts `cairn serve` and waits (at most 30 s) until it says it is serving.
     pub fn start(inst: &Instance) -> Server {
-        let mut child = inst
-            .cmd(&["serve"])
+        Server::start_with(inst.cmd(&["serve"]))
+    }
+
+    /// Starts `cmd` (a `cairn serve`, perhaps wrapped, as in `ip netns exec`) and waits (at
+    /// most 30 s) until it says it is serving.
+    pub fn start_with(mut cmd: Command) -> Server {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -1459,8 +1459,8 @@ pub async fn serve_connection(
     conn.set_receive_window(idle_window);
     let mut runs = 0u64;
     let mut changes = store.watch_changes();
-    // Feeds the peer's last run pulled and asked to hear about, with the root it ended with
-    // (`None`: unknown, say so at the next change).
+    // Feeds the peer's last run pulled and asked to hear about, with the servable root it was
+    // last told of or had its chance at (`None`: none was servable then).
     let mut watched: HashMap<String, Option<[u8; 32]>> = HashMap::new();
     let mut last_notify: Option<Instant> = None;
     loop {

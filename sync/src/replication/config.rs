@@ -274,7 +274,7 @@ fn time_of_day<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> 
 }
 
 /// Seconds after midnight of `"HH:MM"` or `"HH:MM:SS"` (`"24:00"` is the day's end).
-pub fn parse_time_of_day(s: &str) -> Result<u32, String> {
+fn parse_time_of_day(s: &str) -> Result<u32, String> {
     let bad = || format!("`{s}` is not a time of day such as 22:00 or 06:30:00");
     let parts: Vec<u32> = s
         .split(':')
@@ -502,28 +502,14 @@ mod tests {
         );
         let at = |h: u64, m: u64| 86_400 * 100 + h * 3600 + m * 60;
         let secs = std::time::Duration::from_secs;
-        assert_eq!(
-            r.window_at(at(23, 0)),
-            WindowState::Open {
-                rate: 1_250_000,
-                until: Some(secs(7 * 3600))
-            }
-        );
-        assert_eq!(
-            r.window_at(at(5, 59)),
-            WindowState::Open {
-                rate: 1_250_000,
-                until: Some(secs(60))
-            }
-        );
+        let open = |rate, left| WindowState::Open {
+            rate,
+            until: Some(secs(left)),
+        };
+        assert_eq!(r.window_at(at(23, 0)), open(1_250_000, 7 * 3600));
+        assert_eq!(r.window_at(at(5, 59)), open(1_250_000, 60));
         assert_eq!(r.window_at(at(6, 0)), WindowState::Closed(secs(6 * 3600)));
-        assert_eq!(
-            r.window_at(at(12, 30)),
-            WindowState::Open {
-                rate: 125_000,
-                until: Some(secs(1800))
-            }
-        );
+        assert_eq!(r.window_at(at(12, 30)), open(125_000, 1800));
         assert_eq!(r.window_at(at(13, 0)), WindowState::Closed(secs(9 * 3600)));
         let always = rep("peer = \"hub\"");
         assert_eq!(

@@ -21,8 +21,7 @@ use std::time::Duration;
 use cairn_store::Store;
 
 pub use config::{
-    parse_time_of_day, pull_replicas, Direction, Rate, ReplicationConfig, SyncConfig, Window,
-    WindowState,
+    pull_replicas, Direction, Rate, ReplicationConfig, SyncConfig, Window, WindowState,
 };
 pub use incoming::TokenAuthorizer;
 pub use run::{run, FeedSummary, ReplicationError, RunOptions, RunSummary, WarmConnections};
