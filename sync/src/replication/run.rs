@@ -262,7 +262,16 @@ pub(crate) fn log_incoming(
             false
         }
     };
-    summary.elapsed_ms = now_ms().saturating_sub(started_ms);
+    // `started_ms` is when the connection began waiting for this run; a run that went through
+    // knows how long it took, so its record does not count the idle wait before it.
+    let ended_ms = now_ms();
+    let started_ms = match result {
+        Ok((_, stats)) if !stats.elapsed.is_zero() => {
+            ended_ms.saturating_sub(stats.elapsed.as_millis() as u64)
+        }
+        _ => started_ms,
+    };
+    summary.elapsed_ms = ended_ms.saturating_sub(started_ms);
     append_log(store, summary.log_record(started_ms, ok));
 }
 
