@@ -579,6 +579,7 @@ mod quic {
                             &AllowAll,
                             transport::RunLimits::default(),
                             Limits::default(),
+                            &transport::SendBudget::default(),
                             |r| {
                                 if let Err(e) = r {
                                     eprintln!("responder: {e}");

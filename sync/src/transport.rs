@@ -391,6 +391,90 @@ async fn tune_receive_window(conn: quinn::Connection, max: u64, cap: Arc<AtomicU
     }
 }
 
+/// The smallest send window a connection gets: what it buffers between runs, and its floor
+/// under a shared [`SendBudget`].
+pub const MIN_SEND_WINDOW: u64 = 1 << 20;
+
+/// What all the connections of an instance may hold in their send buffers together. quinn
+/// accepts writes until a connection's unacknowledged data reaches its send window, whatever
+/// the peer's credit; with a fixed 64 MiB window a hub serving a release to N spokes at once
+/// held up to N × 64 MiB. Each run that sends gets an equal share of the budget (never less
+/// than [`MIN_SEND_WINDOW`]) and no more than twice its congestion window, which is all a
+/// sender needs in flight to keep its path full.
+#[derive(Clone, Debug)]
+pub struct SendBudget(Arc<SendBudgetInner>);
+
+#[derive(Debug)]
+struct SendBudgetInner {
+    total: u64,
+    active: AtomicU64,
+}
+
+impl Default for SendBudget {
+    /// No budget beyond each connection's window.
+    fn default() -> SendBudget {
+        SendBudget::new(u64::MAX)
+    }
+}
+
+impl SendBudget {
+    /// A budget of `total` bytes.
+    pub fn new(total: u64) -> SendBudget {
+        SendBudget(Arc::new(SendBudgetInner {
+            total,
+            active: AtomicU64::new(0),
+        }))
+    }
+
+    /// Runs sending under this budget right now.
+    pub fn active(&self) -> u64 {
+        self.0.active.load(Ordering::Relaxed)
+    }
+
+    /// One active run's share.
+    fn share(&self) -> u64 {
+        (self.0.total / self.active().max(1)).max(MIN_SEND_WINDOW)
+    }
+
+    fn enter(&self) -> ActiveSender {
+        self.0.active.fetch_add(1, Ordering::Relaxed);
+        ActiveSender(self.clone())
+    }
+}
+
+struct ActiveSender(SendBudget);
+
+impl Drop for ActiveSender {
+    fn drop(&mut self) {
+        self.0 .0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Keeps a connection's send window at twice its congestion window (at least
+/// [`MIN_SEND_WINDOW`], at most `max`), within its share of `budget`, for as long as the run
+/// lasts (the task is aborted with it); the caller sets the idle window after.
+async fn tune_send_window(conn: quinn::Connection, max: u64, budget: SendBudget) {
+    if max == 0 {
+        return;
+    }
+    let _active = budget.enter();
+    let mut current = 0u64;
+    while conn.close_reason().is_none() {
+        let want = conn
+            .stats()
+            .path
+            .cwnd
+            .saturating_mul(2)
+            .clamp(MIN_SEND_WINDOW, max.max(MIN_SEND_WINDOW));
+        let window = want.min(budget.share());
+        if window != current {
+            conn.set_send_window(window);
+            current = window;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A server endpoint on `addr` accepting the peers `allowed` lets through.
 pub fn server(
     addr: SocketAddr,
@@ -1103,6 +1187,7 @@ async fn drive(
     authorizer: Option<&(dyn Authorizer + Sync)>,
     progress: &Progress,
     limits: RunLimits,
+    send_budget: &SendBudget,
 ) -> Result<(Session, RunStats), TransportError> {
     let start = Instant::now();
     let cap = Arc::new(AtomicU64::new(session.max_rate()));
@@ -1112,6 +1197,12 @@ async fn drive(
         cap.clone(),
     ));
     let _stop_tuner = AbortOnDrop(tuner);
+    let send_tuner = tokio::spawn(tune_send_window(
+        conn.clone(),
+        limits.max_receive_window,
+        send_budget.clone(),
+    ));
+    let _stop_send_tuner = AbortOnDrop(send_tuner);
     let mut stats = RunStats::default();
     let budget = StreamBudget::new(&limits);
     let mut watchdog = Watchdog::new(conn, budget.received.clone(), limits);
@@ -1355,8 +1446,18 @@ pub async fn run_initiator_with_progress(
         };
         let session = tokio::task::block_in_place(|| Session::initiator(store, part))?;
         let (send, recv) = conn.open_bi().await.map_err(ConnectionLost::from)?;
-        let (session, stats) =
-            drive(store, session, conn, send, recv, None, progress, limits).await?;
+        let (session, stats) = drive(
+            store,
+            session,
+            conn,
+            send,
+            recv,
+            None,
+            progress,
+            limits,
+            &SendBudget::default(),
+        )
+        .await?;
         if let Some(e) = session.error() {
             conn.close(quinn::VarInt::from_u32(e.code()), e.to_string().as_bytes());
             return Err(TransportError::Session(e.clone()));
@@ -1444,6 +1545,7 @@ pub async fn serve_connection(
     authorizer: &(dyn Authorizer + Sync),
     limits: RunLimits,
     session_limits: Limits,
+    send_budget: &SendBudget,
     mut on_run: impl FnMut(Result<(Session, RunStats), TransportError>),
 ) {
     let Some(peer) = peer_key(conn) else {
@@ -1457,6 +1559,7 @@ pub async fn serve_connection(
     // a run's tuner opens the window to what the path needs.
     let idle_window = quinn::VarInt::from_u32(1 << 20);
     conn.set_receive_window(idle_window);
+    conn.set_send_window(MIN_SEND_WINDOW);
     let mut runs = 0u64;
     let mut changes = store.watch_changes();
     // Feeds the peer's last run pulled and asked to hear about, with the servable root it was
@@ -1508,9 +1611,12 @@ pub async fn serve_connection(
             Some(authorizer),
             &Progress::default(),
             limits,
+            send_budget,
         )
         .instrument(tracing::info_span!("run", role = "responder", run = runs))
         .await;
+        // What this connection sends between runs (NOTIFY frames) needs little buffer.
+        conn.set_send_window(MIN_SEND_WINDOW);
         let failed = match &result {
             Err(e) => {
                 tracing::warn!("incoming replication failed: {e}");
@@ -1549,5 +1655,27 @@ pub async fn serve_connection(
             close_with(conn, wire::code::PROTOCOL, "the run failed");
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod send_budget_tests {
+    use super::{SendBudget, MIN_SEND_WINDOW};
+
+    #[test]
+    fn a_send_budget_is_shared_equally_with_a_floor() {
+        let budget = SendBudget::new(64 << 20);
+        assert_eq!(budget.share(), 64 << 20);
+        let a = budget.enter();
+        let b = budget.enter();
+        assert_eq!(budget.active(), 2);
+        assert_eq!(budget.share(), 32 << 20);
+        let many: Vec<_> = (0..200).map(|_| budget.enter()).collect();
+        assert_eq!(budget.share(), MIN_SEND_WINDOW);
+        drop(many);
+        drop(a);
+        assert_eq!(budget.share(), 64 << 20);
+        drop(b);
+        assert_eq!(budget.active(), 0);
     }
 }

@@ -377,6 +377,12 @@ fn version() -> &'static str {
     Box::leak(v.into_boxed_str())
 }
 
+/// jemalloc hands freed pages back to the system (after about 10 s). With glibc's malloc, a
+/// hub that had served a release to many spokes at once kept most of the freed send buffers
+/// resident for as long as it ran, pinned by small allocations made after them.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let parsed = Cli::command()
         .version(version())

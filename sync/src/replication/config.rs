@@ -26,6 +26,10 @@ pub struct SyncConfig {
     /// defaults, which cap a stream at about 1.25 MB in flight.
     #[serde(default = "default_window_mib")]
     pub window_mib: u32,
+    /// What all connections together may hold in their send buffers, in MiB: each run that
+    /// sends gets an equal share (at least 1 MiB) and no more than twice its congestion window.
+    #[serde(default = "default_send_budget_mib")]
+    pub send_budget_mib: u64,
     /// Largest blob a received manifest may name, in MiB.
     #[serde(default = "default_max_blob_mib")]
     pub max_blob_mib: u64,
@@ -58,6 +62,9 @@ fn default_checkpoint_refresh_secs() -> u64 {
 
 fn default_checkpoint_ttl_secs() -> u64 {
     Limits::default().checkpoint_ttl_secs
+}
+fn default_send_budget_mib() -> u64 {
+    256
 }
 fn default_max_blob_mib() -> u64 {
     Limits::default().max_blob_bytes >> 20
@@ -122,6 +129,7 @@ impl Default for SyncConfig {
             listen: default_listen(),
             congestion: default_congestion(),
             window_mib: default_window_mib(),
+            send_budget_mib: default_send_budget_mib(),
             max_blob_mib: default_max_blob_mib(),
             stall_secs: default_stall_secs(),
             min_progress_kib: default_min_progress_kib(),

@@ -151,6 +151,8 @@ pub(crate) struct Responder {
     pub run_limits: RunLimits,
     pub session_limits: Limits,
     pub max_peer_connections: usize,
+    /// Shared by every connection this instance answers.
+    pub send_budget: transport::SendBudget,
 }
 
 /// Accepts connections on `endpoint` until it closes and answers each one's runs, logging
@@ -183,6 +185,7 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, responder: Responder)
                 &auth,
                 responder.run_limits,
                 responder.session_limits,
+                &responder.send_budget,
                 |result| {
                     log_incoming(store, &peer, started, &result);
                     started = now_ms();

@@ -131,6 +131,9 @@ impl Replicator {
             run_limits: inner.sync.run_limits(),
             session_limits: inner.sync.session_limits(),
             max_peer_connections: inner.sync.max_peer_connections,
+            send_budget: transport::SendBudget::new(
+                inner.sync.send_budget_mib.saturating_mul(1 << 20),
+            ),
         };
         let task = tokio::spawn(incoming::accept_loop(endpoint.clone(), responder));
         inner.tasks.lock().push(task);
