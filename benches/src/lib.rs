@@ -117,3 +117,59 @@ impl Drop for Proc {
         stop_child(&mut self.0, Duration::from_secs(5));
     }
 }
+
+/// A binary built beside the running one (`cairn`, `cairn-link`).
+pub fn sibling(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let p = std::env::current_exe()?.with_file_name(name);
+    anyhow::ensure!(
+        p.exists(),
+        "{} is missing: build the workspace first (cargo build --release --workspace)",
+        p.display()
+    );
+    Ok(p)
+}
+
+/// CPU seconds a process and its reaped children have used.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some(after) = stat.rsplit_once(')').map(|(_, a)| a) else {
+        return 0.0;
+    };
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|w| w.parse().unwrap_or(0))
+        .collect();
+    // After the command name: state is field 3, utime 14, stime 15, cutime 16, cstime 17.
+    if f.len() < 15 {
+        return 0.0;
+    }
+    (f[11] + f[12] + f[13] + f[14]) as f64 / 100.0
+}
+
+/// A process's resident set and its peak so far (`VmRSS`, `VmHWM`), in bytes; zeros once it
+/// has gone.
+pub fn rss_bytes(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse::<u64>().ok())
+            .map_or(0, |kib| kib << 10)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Registers DejaVu Sans as the charts' "sans-serif" (Debian package fonts-dejavu-core).
+pub fn register_font() -> anyhow::Result<()> {
+    const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+    let bytes = std::fs::read(FONT)
+        .map_err(|e| anyhow::anyhow!("{FONT} (Debian package fonts-dejavu-core): {e}"))?;
+    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+    plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes)
+        .map_err(|_| anyhow::anyhow!("{FONT} is not a usable font"))?;
+    Ok(())
+}

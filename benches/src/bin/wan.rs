@@ -18,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use cairn_benches::{cpu_seconds, sibling};
 use cairn_store::rng::Xorshift;
 use cairn_store::{NewFile, NewPackage, Store, StoreOptions};
 use clap::Parser;
@@ -61,17 +62,6 @@ const LINK: &str = "cairnbench";
 /// What a replica check says: consistent, round trips (Cairn), a note.
 type Checked = Result<(bool, Option<u64>, String)>;
 const HUB_ADDR: &str = "10.77.0.2";
-
-fn sibling(name: &str) -> Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let p = me.with_file_name(name);
-    ensure!(
-        p.exists(),
-        "{} is missing: build the workspace first (cargo build --release --workspace)",
-        p.display()
-    );
-    Ok(p)
-}
 
 // ---------------------------------------------------------------------------------------------
 // Corpora
@@ -300,25 +290,6 @@ fn start_until(mut cmd: Command, ready: &str) -> Result<Proc> {
     rx.recv_timeout(Duration::from_secs(60))
         .map_err(|_| anyhow!("{cmd:?} did not become ready"))?;
     Ok(proc)
-}
-
-/// CPU seconds a process and its reaped children have used.
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let Some(after) = stat.rsplit_once(')').map(|(_, a)| a) else {
-        return 0.0;
-    };
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .map(|w| w.parse().unwrap_or(0))
-        .collect();
-    // After the command name: state is field 3, utime 14, stime 15, cutime 16, cstime 17.
-    if f.len() < 15 {
-        return 0.0;
-    }
-    (f[11] + f[12] + f[13] + f[14]) as f64 / 100.0
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -1355,19 +1326,9 @@ fn draw_chart(
 }
 
 /// The font the charts use (Debian's fonts-dejavu-core), registered once.
-fn register_font() -> Result<()> {
-    const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
-    let bytes =
-        fs::read(FONT).with_context(|| format!("{FONT} (Debian package fonts-dejavu-core)"))?;
-    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-    plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes)
-        .map_err(|_| anyhow!("{FONT} is not a usable font"))?;
-    Ok(())
-}
-
 fn write_results(bench: &Bench) -> Result<()> {
     let root = &bench.root;
-    register_font()?;
+    cairn_benches::register_font()?;
     let mut scenarios: Vec<&str> = Vec::new();
     for r in &bench.rows {
         if !scenarios.contains(&r.scenario.as_str()) {

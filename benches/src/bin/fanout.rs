@@ -1,0 +1,605 @@
+//! The fan-out runner: one hub and N spokes, each a real `cairn serve`, on loopback, first
+//! with every spoke pulling from the hub and then through R relays (each spoke lists its relay
+//! first and the hub second). Every spoke keeps a warm connection and runs on the hub's change
+//! notification. A release of P wheels is published on the hub with one `cairn push`; per N the
+//! runner reports the time until every spoke's root equals the hub's, whether every spoke's
+//! `verify` then passes, and for the hub and each relay: CPU seconds during the release, peak
+//! RSS, RSS once idle with the connections still warm (and its growth per connected spoke),
+//! and bytes sent as its replication log counts them.
+//!
+//! `fanout --spokes 10,30,100 --relays 0,4 --release-mib 64` (see `--help`). Results go to
+//! `DIR/results.json`, `DIR/results.md` and `DIR/fanout.png`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use cairn_benches::{cairn_cli, cpu_seconds, fill_bytes, rss_bytes, sibling, Proc};
+use clap::Parser;
+use serde::Serialize;
+
+#[derive(Parser, Debug)]
+#[command(about = "One hub, many spokes, directly and through relays")]
+struct Args {
+    /// Numbers of spokes to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![10usize, 30, 100])]
+    spokes: Vec<usize>,
+    /// Numbers of relays to measure each spoke count with (0: every spoke pulls from the hub).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![0usize, 4])]
+    relays: Vec<usize>,
+    /// Packages in the release.
+    #[arg(long, default_value_t = 100)]
+    packages: usize,
+    /// Size of the release in MiB (split evenly between its packages).
+    #[arg(long, default_value_t = 64)]
+    release_mib: u64,
+    /// Give up on a run after this many seconds.
+    #[arg(long, default_value_t = 1800)]
+    timeout_secs: u64,
+    /// Where instances and results go (emptied first).
+    #[arg(long, default_value = "bench-scratch/fanout")]
+    dir: PathBuf,
+    /// Keep each run's instances (a copy of the release per spoke) instead of removing them.
+    #[arg(long)]
+    keep: bool,
+}
+
+const FEED: &str = "rel";
+
+#[derive(Serialize, Debug, Default, Clone)]
+struct Figures {
+    /// Bytes resident before any spoke connected.
+    rss_start: u64,
+    /// Peak resident bytes over the whole run.
+    rss_peak: u64,
+    /// Resident bytes 15 s after the last spoke converged, connections still warm.
+    rss_idle: u64,
+    cpu_secs: f64,
+    bytes_sent: u64,
+    /// Spokes (or relays) connected to it.
+    downstreams: usize,
+}
+
+impl Figures {
+    /// Growth of the resident set per connected downstream once idle.
+    fn idle_per_downstream(&self) -> u64 {
+        self.rss_idle.saturating_sub(self.rss_start) / self.downstreams.max(1) as u64
+    }
+}
+
+#[derive(Serialize, Debug, Default, Clone)]
+struct Row {
+    spokes: usize,
+    relays: usize,
+    release_bytes: u64,
+    /// Seconds from the push to the last spoke's root equal to the hub's.
+    converged_secs: f64,
+    /// Median and slowest spoke.
+    median_spoke_secs: f64,
+    verified: usize,
+    hub: Figures,
+    relay: Vec<Figures>,
+}
+
+struct Inst {
+    dir: PathBuf,
+    key: String,
+    admin: String,
+}
+
+struct Running {
+    proc: Proc,
+    http: String,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    ensure!(
+        args.packages > 0 && args.release_mib > 0,
+        "--packages and --release-mib must be positive"
+    );
+    let cairn = sibling("cairn")?;
+    let root = cairn_benches::fresh_dir(&args.dir)?;
+    let release = make_release(&root.join("release"), args.packages, args.release_mib)?;
+    let mut rows = Vec::new();
+    for &relays in &args.relays {
+        for &spokes in &args.spokes {
+            eprintln!("fanout: {spokes} spokes, {relays} relays");
+            let dir = root.join(format!("n{spokes}-r{relays}"));
+            let row = run(&cairn, &dir, spokes, relays, &release, &args)?;
+            print_row(&row);
+            rows.push(row);
+            // Each run's instances hold a copy of the release per spoke.
+            if !args.keep {
+                let _ = fs::remove_dir_all(&dir);
+            }
+        }
+    }
+    fs::write(
+        root.join("results.json"),
+        serde_json::to_string_pretty(&rows)?,
+    )?;
+    let table = table(&rows);
+    fs::write(root.join("results.md"), &table)?;
+    println!("\n{table}");
+    if let Err(e) = draw_chart(&root.join("fanout.png"), &rows) {
+        eprintln!("fanout: no chart: {e:#}");
+    }
+    Ok(())
+}
+
+/// P wheels of about `mib / P` MiB each, incompressible; their paths.
+fn make_release(dir: &Path, packages: usize, mib: u64) -> Result<Vec<PathBuf>> {
+    fs::create_dir_all(dir)?;
+    let each = ((mib << 20) / packages as u64) as usize;
+    let mut out = Vec::new();
+    let mut payload = vec![0u8; each];
+    for i in 0..packages {
+        let name = format!("fan-pkg-{i:03}");
+        fill_bytes(1000 + i as u64, &mut payload);
+        let wheel = cairn_store::package::fixtures::wheel_with_payload(&name, "1.0", &[], &payload);
+        let path = dir.join(format!("{}-1.0-py3-none-any.whl", name.replace('-', "_")));
+        fs::write(&path, wheel)?;
+        out.push(path);
+    }
+    Ok(out)
+}
+
+fn init(cairn: &Path, dir: &Path) -> Result<Inst> {
+    fs::create_dir_all(dir)?;
+    cairn_cli(cairn, dir, &["init"])?;
+    cairn_cli(cairn, dir, &["feed", "create", FEED, "--type", "pypi"])?;
+    Ok(Inst {
+        dir: dir.to_owned(),
+        key: cairn_cli(cairn, dir, &["key", "show"])?,
+        admin: cairn_cli(cairn, dir, &["token", "create", "--scope", "admin"])?,
+    })
+}
+
+fn free_udp_port() -> Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn add_peer(cairn: &Path, to: &Inst, name: &str, of: &Inst, port: u16) -> Result<()> {
+    cairn_cli(
+        cairn,
+        &to.dir,
+        &[
+            "peer",
+            "add",
+            name,
+            &format!("127.0.0.1:{}", port.max(1)),
+            "--key",
+            &of.key,
+        ],
+    )?;
+    Ok(())
+}
+
+fn write_config(inst: &Inst, port: u16, replication: &str) -> Result<()> {
+    fs::write(
+        inst.dir.join("cairn.toml"),
+        format!(
+            "[sync]\nlisten = \"127.0.0.1:{port}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n{replication}"
+        ),
+    )?;
+    Ok(())
+}
+
+/// `cairn serve`, once it says it is serving.
+fn serve(cairn: &Path, inst: &Inst) -> Result<Running> {
+    let mut child = Command::new(cairn)
+        .arg("--data-dir")
+        .arg(&inst.dir)
+        .arg("serve")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting cairn serve")?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let proc = Proc(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("cairn serving") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
+        .map_err(|_| anyhow!("cairn serve in {} did not start", inst.dir.display()))?;
+    let http = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .ok_or_else(|| anyhow!("no address in {line:?}"))?
+        .trim_end_matches('/')
+        .to_owned();
+    Ok(Running { proc, http })
+}
+
+/// One admin API call; the JSON it answers.
+fn api(addr: &str, admin: &str, method: &str, path: &str) -> Result<serde_json::Value> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(300)))?;
+    write!(
+        s,
+        "{method} /api/v1/{path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("no HTTP answer from {addr}"))?;
+    ensure!(
+        head.starts_with("HTTP/1.1 200"),
+        "{method} {path} on {addr}: {}",
+        head.lines().next().unwrap_or("")
+    );
+    Ok(serde_json::from_str(body)?)
+}
+
+fn root_of(addr: &str, admin: &str) -> Result<String> {
+    let v = api(addr, admin, "GET", &format!("feeds/{FEED}"))?;
+    Ok(v["root"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Whether the instance's replication has finished at least one run.
+fn has_run(addr: &str, admin: &str) -> bool {
+    api(addr, admin, "GET", "replications")
+        .map(|v| v[0]["last_ended_ms"].is_u64())
+        .unwrap_or(false)
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Bytes the instance's replication log says it sent in runs that started at or after `since`.
+fn bytes_sent_since(addr: &str, admin: &str, since: u64) -> u64 {
+    api(addr, admin, "GET", "replication-log")
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r["started_ms"].as_u64().unwrap_or(0) >= since)
+        .map(|r| r["bytes_sent"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+fn run(
+    cairn: &Path,
+    dir: &Path,
+    spokes: usize,
+    relays: usize,
+    release: &[PathBuf],
+    args: &Args,
+) -> Result<Row> {
+    fs::create_dir_all(dir)?;
+    // Instances are made on two threads: each is a few CLI calls that open a store.
+    let names: Vec<String> = std::iter::once("hub".to_owned())
+        .chain((0..relays).map(|j| format!("relay{j}")))
+        .chain((0..spokes).map(|i| format!("spoke{i}")))
+        .collect();
+    let made: Vec<Result<Inst>> = std::thread::scope(|s| {
+        let halves: Vec<_> = [0, 1]
+            .iter()
+            .map(|&half| {
+                let names = &names;
+                s.spawn(move || {
+                    names
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| i % 2 == half)
+                        .map(|(i, n)| (i, init(cairn, &dir.join(n))))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<(usize, Result<Inst>)> = halves
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect();
+        all.sort_by_key(|(i, _)| *i);
+        all.into_iter().map(|(_, r)| r).collect()
+    });
+    ensure!(made.len() == names.len(), "an instance thread failed");
+    let mut made = made.into_iter().collect::<Result<Vec<_>>>()?;
+    let spoke_insts: Vec<Inst> = made.split_off(1 + relays);
+    let relay_insts: Vec<Inst> = made.split_off(1);
+    let hub = made.pop().ok_or_else(|| anyhow!("no hub"))?;
+
+    let hub_port = free_udp_port()?;
+    let relay_ports: Vec<u16> = (0..relays)
+        .map(|_| free_udp_port())
+        .collect::<Result<_>>()?;
+    let hub_token = cairn_cli(
+        cairn,
+        &hub.dir,
+        &["token", "create", "--scope", "replicate:rel"],
+    )?;
+    write_config(&hub, hub_port, "")?;
+    for (j, r) in relay_insts.iter().enumerate() {
+        add_peer(cairn, &hub, &format!("relay{j}"), r, 0)?;
+        add_peer(cairn, r, "hub", &hub, hub_port)?;
+        cairn_cli(cairn, &r.dir, &["trust", "add", &hub.key, "--feed", FEED])?;
+        write_config(
+            r,
+            relay_ports[j],
+            &format!("[[replication]]\nname = \"up\"\npeer = \"hub\"\ntoken = \"{hub_token}\"\nfeeds = [\"{FEED}\"]\nmode = \"pull\"\ninterval_secs = 3600\n"),
+        )?;
+    }
+    let relay_tokens: Vec<String> = relay_insts
+        .iter()
+        .map(|r| {
+            cairn_cli(
+                cairn,
+                &r.dir,
+                &["token", "create", "--scope", "replicate:rel"],
+            )
+        })
+        .collect::<Result<_>>()?;
+    for (i, s) in spoke_insts.iter().enumerate() {
+        add_peer(cairn, &hub, &format!("spoke{i}"), s, 0)?;
+        add_peer(cairn, s, "hub", &hub, hub_port)?;
+        cairn_cli(cairn, &s.dir, &["trust", "add", &hub.key, "--feed", FEED])?;
+        let upstream = if relays > 0 {
+            let j = i % relays;
+            add_peer(cairn, &relay_insts[j], &format!("spoke{i}"), s, 0)?;
+            add_peer(cairn, s, "relay", &relay_insts[j], relay_ports[j])?;
+            format!(
+                "peer = [\"relay\", \"hub\"]\ntoken = \"{}\"\ntokens = {{ hub = \"{hub_token}\" }}\n",
+                relay_tokens[j]
+            )
+        } else {
+            format!("peer = \"hub\"\ntoken = \"{hub_token}\"\n")
+        };
+        write_config(
+            s,
+            0,
+            &format!("[[replication]]\nname = \"up\"\n{upstream}feeds = [\"{FEED}\"]\nmode = \"pull\"\ninterval_secs = 3600\n"),
+        )?;
+    }
+
+    let hub_run = serve(cairn, &hub)?;
+    let relay_runs: Vec<Running> = relay_insts
+        .iter()
+        .map(|r| serve(cairn, r))
+        .collect::<Result<_>>()?;
+    // Every downstream connected once, with nothing to pull yet, before the start figures.
+    let wait_for_first_runs = |runs: &[Running], insts: &[Inst]| -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        for (r, inst) in runs.iter().zip(insts) {
+            while !has_run(&r.http, &inst.admin) {
+                ensure!(
+                    Instant::now() < deadline,
+                    "{} never ran",
+                    inst.dir.display()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        Ok(())
+    };
+    wait_for_first_runs(&relay_runs, &relay_insts)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let hub_pid = hub_run.proc.0.id();
+    let relay_pids: Vec<u32> = relay_runs.iter().map(|r| r.proc.0.id()).collect();
+    let mut hub_fig = Figures {
+        rss_start: rss_bytes(hub_pid).0,
+        downstreams: if relays > 0 { relays } else { spokes },
+        ..Figures::default()
+    };
+    let mut relay_figs: Vec<Figures> = vec![Figures::default(); relays];
+    let mut spoke_runs = Vec::new();
+    for (j, r) in relay_pids.iter().enumerate() {
+        relay_figs[j].rss_start = rss_bytes(*r).0;
+        relay_figs[j].downstreams = (0..spokes).filter(|i| i % relays == j).count();
+    }
+    for s in &spoke_insts {
+        spoke_runs.push(serve(cairn, s)?);
+    }
+    wait_for_first_runs(&spoke_runs, &spoke_insts)?;
+    std::thread::sleep(Duration::from_secs(2));
+
+    let cpu0 = cpu_seconds(hub_pid);
+    let relay_cpu0: Vec<f64> = relay_pids.iter().map(|p| cpu_seconds(*p)).collect();
+    let since = unix_ms();
+    let start = Instant::now();
+    let mut push = Command::new(cairn);
+    push.arg("--data-dir")
+        .arg(&hub.dir)
+        .args(["push", FEED])
+        .args(release);
+    let out = push.output()?;
+    ensure!(
+        out.status.success(),
+        "push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pushed = start.elapsed();
+    let hub_root = root_of(&hub_run.http, &hub.admin)?;
+    eprintln!(
+        "fanout: release pushed in {:.1} s; waiting for {spokes} spokes",
+        pushed.as_secs_f64()
+    );
+    let mut done: BTreeMap<usize, f64> = BTreeMap::new();
+    let deadline = start + Duration::from_secs(args.timeout_secs);
+    while done.len() < spokes {
+        if Instant::now() > deadline {
+            bail!(
+                "{} of {spokes} spokes converged within {} s",
+                done.len(),
+                args.timeout_secs
+            );
+        }
+        for (i, (r, inst)) in spoke_runs.iter().zip(&spoke_insts).enumerate() {
+            if done.contains_key(&i) {
+                continue;
+            }
+            if root_of(&r.http, &inst.admin).is_ok_and(|root| root == hub_root) {
+                done.insert(i, start.elapsed().as_secs_f64());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let converged = start.elapsed().as_secs_f64();
+    hub_fig.cpu_secs = cpu_seconds(hub_pid) - cpu0;
+    for (j, p) in relay_pids.iter().enumerate() {
+        relay_figs[j].cpu_secs = cpu_seconds(*p) - relay_cpu0[j];
+    }
+    std::thread::sleep(Duration::from_secs(15));
+    (hub_fig.rss_idle, hub_fig.rss_peak) = rss_bytes(hub_pid);
+    hub_fig.bytes_sent = bytes_sent_since(&hub_run.http, &hub.admin, since);
+    for (j, p) in relay_pids.iter().enumerate() {
+        (relay_figs[j].rss_idle, relay_figs[j].rss_peak) = rss_bytes(*p);
+        relay_figs[j].bytes_sent =
+            bytes_sent_since(&relay_runs[j].http, &relay_insts[j].admin, since);
+    }
+    let mut verified = 0;
+    for (r, inst) in spoke_runs.iter().zip(&spoke_insts) {
+        let report = api(&r.http, &inst.admin, "POST", "verify")?;
+        if report["problems"].as_array().is_some_and(|p| p.is_empty()) {
+            verified += 1;
+        }
+    }
+    let mut times: Vec<f64> = done.values().copied().collect();
+    times.sort_by(f64::total_cmp);
+    let release_bytes = release
+        .iter()
+        .map(|p| fs::metadata(p).map_or(0, |m| m.len()))
+        .sum();
+    drop(spoke_runs);
+    drop(relay_runs);
+    drop(hub_run);
+    Ok(Row {
+        spokes,
+        relays,
+        release_bytes,
+        converged_secs: converged,
+        median_spoke_secs: times[times.len() / 2],
+        verified,
+        hub: hub_fig,
+        relay: relay_figs,
+    })
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1u64 << 20) as f64
+}
+
+fn print_row(r: &Row) {
+    eprintln!(
+        "fanout: {} spokes, {} relays: converged in {:.1} s (median spoke {:.1} s), {} verified; hub cpu {:.1} s, peak {:.0} MiB, idle {:.0} MiB ({:.2} MiB per downstream), sent {:.0} MiB",
+        r.spokes,
+        r.relays,
+        r.converged_secs,
+        r.median_spoke_secs,
+        r.verified,
+        r.hub.cpu_secs,
+        mib(r.hub.rss_peak),
+        mib(r.hub.rss_idle),
+        mib(r.hub.idle_per_downstream()),
+        mib(r.hub.bytes_sent)
+    );
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut t = String::from(
+        "| spokes | relays | release | all converged | median spoke | verified | hub CPU | hub peak RSS | hub idle RSS (per downstream) | hub sent | relays: CPU, peak RSS, sent (each, max) |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for r in rows {
+        let relays = if r.relay.is_empty() {
+            "-".to_owned()
+        } else {
+            let max = |f: &dyn Fn(&Figures) -> f64| r.relay.iter().map(f).fold(0.0f64, f64::max);
+            format!(
+                "{:.1} s, {:.0} MiB, {:.0} MiB",
+                max(&|f| f.cpu_secs),
+                max(&|f| mib(f.rss_peak)),
+                max(&|f| mib(f.bytes_sent))
+            )
+        };
+        t.push_str(&format!(
+            "| {} | {} | {:.0} MiB | {:.1} s | {:.1} s | {}/{} | {:.1} s | {:.0} MiB | {:.0} MiB ({:.2} MiB) | {:.0} MiB | {} |\n",
+            r.spokes,
+            r.relays,
+            mib(r.release_bytes),
+            r.converged_secs,
+            r.median_spoke_secs,
+            r.verified,
+            r.spokes,
+            r.hub.cpu_secs,
+            mib(r.hub.rss_peak),
+            mib(r.hub.rss_idle),
+            mib(r.hub.idle_per_downstream()),
+            mib(r.hub.bytes_sent),
+            relays
+        ));
+    }
+    t
+}
+
+/// The hub's peak RSS and CPU seconds against the number of spokes, one line per relay count.
+fn draw_chart(path: &Path, rows: &[Row]) -> Result<()> {
+    use plotters::prelude::*;
+    cairn_benches::register_font()?;
+    let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(500);
+    let max_n = rows.iter().map(|r| r.spokes).max().unwrap_or(1) as f64;
+    let relay_counts: std::collections::BTreeSet<usize> = rows.iter().map(|r| r.relays).collect();
+    let rss: fn(&Row) -> f64 = |r| mib(r.hub.rss_peak);
+    let cpu: fn(&Row) -> f64 = |r| r.hub.cpu_secs;
+    let panels = [
+        (&left, "hub peak RSS (MiB)", rss),
+        (&right, "hub CPU seconds", cpu),
+    ];
+    for (area, title, value) in panels {
+        let max_y = rows.iter().map(value).fold(1.0f64, f64::max) * 1.15;
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0.0..max_n * 1.05, 0.0..max_y)?;
+        chart
+            .configure_mesh()
+            .x_desc("spokes")
+            .label_style(("sans-serif", 13))
+            .draw()?;
+        for (k, relays) in relay_counts.iter().enumerate() {
+            let color = Palette99::pick(k).to_rgba();
+            let points: Vec<(f64, f64)> = rows
+                .iter()
+                .filter(|r| r.relays == *relays)
+                .map(|r| (r.spokes as f64, value(r)))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+                .label(if *relays == 0 {
+                    "direct".to_owned()
+                } else {
+                    format!("{relays} relays")
+                })
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
+            chart.draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
+        }
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE)
+            .label_font(("sans-serif", 13))
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
