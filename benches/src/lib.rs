@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 pub mod garage;
+pub mod instance;
 
 /// Empties (or makes) a benchmark's scratch directory; its absolute path.
 pub fn fresh_dir(dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {

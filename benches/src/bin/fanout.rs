@@ -12,13 +12,13 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
-use cairn_benches::{cairn_cli, cpu_seconds, fill_bytes, rss_bytes, sibling, Proc};
+use anyhow::{anyhow, bail, ensure, Result};
+use cairn_benches::instance::{api, free_udp_port, unix_ms, Inst, Running};
+use cairn_benches::{cpu_seconds, fill_bytes, rss_bytes, sibling};
 use clap::Parser;
 use serde::Serialize;
 
@@ -85,17 +85,6 @@ struct Row {
     relay: Vec<Figures>,
 }
 
-struct Inst {
-    dir: PathBuf,
-    key: String,
-    admin: String,
-}
-
-struct Running {
-    proc: Proc,
-    http: String,
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     ensure!(
@@ -149,100 +138,13 @@ fn make_release(dir: &Path, packages: usize, mib: u64) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn init(cairn: &Path, dir: &Path) -> Result<Inst> {
-    fs::create_dir_all(dir)?;
-    cairn_cli(cairn, dir, &["init"])?;
-    cairn_cli(cairn, dir, &["feed", "create", FEED, "--type", "pypi"])?;
-    Ok(Inst {
-        dir: dir.to_owned(),
-        key: cairn_cli(cairn, dir, &["key", "show"])?,
-        admin: cairn_cli(cairn, dir, &["token", "create", "--scope", "admin"])?,
-    })
-}
-
-fn free_udp_port() -> Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
+/// `to` knows `of` as peer `name` on loopback `port` (0: it never dials it).
 fn add_peer(cairn: &Path, to: &Inst, name: &str, of: &Inst, port: u16) -> Result<()> {
-    cairn_cli(
-        cairn,
-        &to.dir,
-        &[
-            "peer",
-            "add",
-            name,
-            &format!("127.0.0.1:{}", port.max(1)),
-            "--key",
-            &of.key,
-        ],
-    )?;
-    Ok(())
+    to.add_peer(cairn, name, &of.key, &format!("127.0.0.1:{}", port.max(1)))
 }
 
 fn write_config(inst: &Inst, port: u16, replication: &str) -> Result<()> {
-    fs::write(
-        inst.dir.join("cairn.toml"),
-        format!(
-            "[sync]\nlisten = \"127.0.0.1:{port}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n{replication}"
-        ),
-    )?;
-    Ok(())
-}
-
-/// `cairn serve`, once it says it is serving.
-fn serve(cairn: &Path, inst: &Inst) -> Result<Running> {
-    let mut child = Command::new(cairn)
-        .arg("--data-dir")
-        .arg(&inst.dir)
-        .arg("serve")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting cairn serve")?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let proc = Proc(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.starts_with("cairn serving") {
-                let _ = tx.send(line);
-            }
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(60))
-        .map_err(|_| anyhow!("cairn serve in {} did not start", inst.dir.display()))?;
-    let http = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http://"))
-        .ok_or_else(|| anyhow!("no address in {line:?}"))?
-        .trim_end_matches('/')
-        .to_owned();
-    Ok(Running { proc, http })
-}
-
-/// One admin API call; the JSON it answers.
-fn api(addr: &str, admin: &str, method: &str, path: &str) -> Result<serde_json::Value> {
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(300)))?;
-    write!(
-        s,
-        "{method} /api/v1/{path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("no HTTP answer from {addr}"))?;
-    ensure!(
-        head.starts_with("HTTP/1.1 200"),
-        "{method} {path} on {addr}: {}",
-        head.lines().next().unwrap_or("")
-    );
-    Ok(serde_json::from_str(body)?)
+    inst.config(&format!("127.0.0.1:{port}"), "127.0.0.1:0", replication)
 }
 
 fn root_of(addr: &str, admin: &str) -> Result<String> {
@@ -255,12 +157,6 @@ fn has_run(addr: &str, admin: &str) -> bool {
     api(addr, admin, "GET", "replications")
         .map(|v| v[0]["last_ended_ms"].is_u64())
         .unwrap_or(false)
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Bytes the instance's replication log says it sent in runs that started at or after `since`.
@@ -299,7 +195,7 @@ fn run(
                         .iter()
                         .enumerate()
                         .filter(|(i, _)| i % 2 == half)
-                        .map(|(i, n)| (i, init(cairn, &dir.join(n))))
+                        .map(|(i, n)| (i, Inst::init(cairn, &dir.join(n), FEED, "pypi")))
                         .collect::<Vec<_>>()
                 })
             })
@@ -321,16 +217,13 @@ fn run(
     let relay_ports: Vec<u16> = (0..relays)
         .map(|_| free_udp_port())
         .collect::<Result<_>>()?;
-    let hub_token = cairn_cli(
-        cairn,
-        &hub.dir,
-        &["token", "create", "--scope", "replicate:rel"],
+    let hub_token = hub.cli(cairn, &["token", "create", "--scope", "replicate:rel"],
     )?;
     write_config(&hub, hub_port, "")?;
     for (j, r) in relay_insts.iter().enumerate() {
         add_peer(cairn, &hub, &format!("relay{j}"), r, 0)?;
         add_peer(cairn, r, "hub", &hub, hub_port)?;
-        cairn_cli(cairn, &r.dir, &["trust", "add", &hub.key, "--feed", FEED])?;
+        r.cli(cairn, &["trust", "add", &hub.key, "--feed", FEED])?;
         write_config(
             r,
             relay_ports[j],
@@ -340,17 +233,14 @@ fn run(
     let relay_tokens: Vec<String> = relay_insts
         .iter()
         .map(|r| {
-            cairn_cli(
-                cairn,
-                &r.dir,
-                &["token", "create", "--scope", "replicate:rel"],
+            r.cli(cairn, &["token", "create", "--scope", "replicate:rel"],
             )
         })
         .collect::<Result<_>>()?;
     for (i, s) in spoke_insts.iter().enumerate() {
         add_peer(cairn, &hub, &format!("spoke{i}"), s, 0)?;
         add_peer(cairn, s, "hub", &hub, hub_port)?;
-        cairn_cli(cairn, &s.dir, &["trust", "add", &hub.key, "--feed", FEED])?;
+        s.cli(cairn, &["trust", "add", &hub.key, "--feed", FEED])?;
         let upstream = if relays > 0 {
             let j = i % relays;
             add_peer(cairn, &relay_insts[j], &format!("spoke{i}"), s, 0)?;
@@ -369,10 +259,10 @@ fn run(
         )?;
     }
 
-    let hub_run = serve(cairn, &hub)?;
+    let hub_run = hub.serve(cairn, None)?;
     let relay_runs: Vec<Running> = relay_insts
         .iter()
-        .map(|r| serve(cairn, r))
+        .map(|r| r.serve(cairn, None))
         .collect::<Result<_>>()?;
     // Every downstream connected once, with nothing to pull yet, before the start figures.
     let wait_for_first_runs = |runs: &[Running], insts: &[Inst]| -> Result<()> {
@@ -391,8 +281,8 @@ fn run(
     };
     wait_for_first_runs(&relay_runs, &relay_insts)?;
     std::thread::sleep(Duration::from_secs(1));
-    let hub_pid = hub_run.proc.0.id();
-    let relay_pids: Vec<u32> = relay_runs.iter().map(|r| r.proc.0.id()).collect();
+    let hub_pid = hub_run.pid();
+    let relay_pids: Vec<u32> = relay_runs.iter().map(Running::pid).collect();
     let mut hub_fig = Figures {
         rss_start: rss_bytes(hub_pid).0,
         downstreams: if relays > 0 { relays } else { spokes },
@@ -405,7 +295,7 @@ fn run(
         relay_figs[j].downstreams = (0..spokes).filter(|i| i % relays == j).count();
     }
     for s in &spoke_insts {
-        spoke_runs.push(serve(cairn, s)?);
+        spoke_runs.push(s.serve(cairn, None)?);
     }
     wait_for_first_runs(&spoke_runs, &spoke_insts)?;
     std::thread::sleep(Duration::from_secs(2));

@@ -1,0 +1,154 @@
+//! Real `cairn` instances for scenario runners: made with the CLI, served with `cairn serve`
+//! (in a network namespace if asked), read through the admin API.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, ensure, Context, Result};
+
+use crate::{cairn_cli, Proc};
+
+/// An initialised data directory with one feed.
+#[derive(Debug)]
+pub struct Inst {
+    pub dir: PathBuf,
+    /// The instance's public key.
+    pub key: String,
+    /// An admin token's secret.
+    pub admin: String,
+}
+
+/// A running `cairn serve`.
+#[derive(Debug)]
+pub struct Running {
+    pub proc: Proc,
+    /// `host:port` of its HTTP server.
+    pub http: String,
+}
+
+impl Running {
+    pub fn pid(&self) -> u32 {
+        self.proc.0.id()
+    }
+}
+
+impl Inst {
+    /// `cairn init` in `dir`, a feed `feed` of type `kind`, and an admin token.
+    pub fn init(cairn: &Path, dir: &Path, feed: &str, kind: &str) -> Result<Inst> {
+        std::fs::create_dir_all(dir)?;
+        cairn_cli(cairn, dir, &["init"])?;
+        cairn_cli(cairn, dir, &["feed", "create", feed, "--type", kind])?;
+        Ok(Inst {
+            dir: dir.to_owned(),
+            key: cairn_cli(cairn, dir, &["key", "show"])?,
+            admin: cairn_cli(cairn, dir, &["token", "create", "--scope", "admin"])?,
+        })
+    }
+
+    /// `cairn ARGS` on this instance; its stdout.
+    pub fn cli(&self, cairn: &Path, args: &[&str]) -> Result<String> {
+        cairn_cli(cairn, &self.dir, args)
+    }
+
+    /// Knows `key` as peer `name` at `addr`.
+    pub fn add_peer(&self, cairn: &Path, name: &str, key: &str, addr: &str) -> Result<()> {
+        self.cli(cairn, &["peer", "add", name, addr, "--key", key])?;
+        Ok(())
+    }
+
+    /// Writes `cairn.toml`: QUIC on `sync`, HTTP on `http`, then `rest`.
+    pub fn config(&self, sync: &str, http: &str, rest: &str) -> Result<()> {
+        std::fs::write(
+            self.dir.join("cairn.toml"),
+            format!("[sync]\nlisten = \"{sync}\"\n\n[http]\nlisten = \"{http}\"\n\n{rest}"),
+        )?;
+        Ok(())
+    }
+
+    /// `cairn serve`, in network namespace `netns` if given, once it says it is serving.
+    pub fn serve(&self, cairn: &Path, netns: Option<&str>) -> Result<Running> {
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(cairn);
+                c
+            }
+            None => Command::new(cairn),
+        };
+        let mut child = cmd
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .arg("serve")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting cairn serve")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let proc = Proc(child);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("cairn serving") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .map_err(|_| anyhow!("cairn serve in {} did not start", self.dir.display()))?;
+        let http = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("http://"))
+            .ok_or_else(|| anyhow!("no address in {line:?}"))?
+            .trim_end_matches('/')
+            .to_owned();
+        Ok(Running { proc, http })
+    }
+}
+
+/// One plain HTTP/1.1 request; the status code and body.
+pub fn http(addr: &str, method: &str, path: &str, headers: &str) -> Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(300)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("no HTTP answer from {addr}"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, body.to_owned()))
+}
+
+/// One admin API call (`/api/v1/PATH`); the JSON it answers.
+pub fn api(addr: &str, admin: &str, method: &str, path: &str) -> Result<serde_json::Value> {
+    let (code, body) = http(
+        addr,
+        method,
+        &format!("/api/v1/{path}"),
+        &format!("Authorization: Bearer {admin}\r\n"),
+    )?;
+    ensure!(code == 200, "{method} {path} on {addr}: {code} {body}");
+    Ok(serde_json::from_str(&body)?)
+}
+
+/// A UDP port free on loopback right now.
+pub fn free_udp_port() -> Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
