@@ -11,6 +11,7 @@ mod operations;
 mod packaging;
 mod replication;
 mod s3;
+mod sites;
 mod status;
 mod upstreams;
 mod util;
