@@ -261,3 +261,251 @@ fn a_capped_replication_holds_its_rate_on_the_link() {
     up.stop();
     let _ = std::fs::remove_file(&samples);
 }
+
+/// The hub is killed (`kill -9`) while two relays pull a release from it across the link;
+/// four spokes (two per relay, each listing both relays) converge on what their relays hold.
+/// A secondary hub that mirrors with the first takes a publish while the first is down and
+/// the relays fail over to it; once the first hub is back, all eight instances converge on
+/// everything either hub published, the blocking assessment still holds everywhere, and
+/// `cairn verify` passes everywhere.
+#[test]
+fn sites_keep_working_when_the_hub_is_killed_mid_release() {
+    use crate::util::Instance;
+    let name = "cfail";
+    let up = Up::start_with(name, &["--rate", "100mbit", "--rtt", "40ms"]);
+    let (ns_hubs, ns_site) = (format!("{name}-a"), format!("{name}-b"));
+    let key = |i: &Instance| i.ok(&["key", "show"]).trim().to_owned();
+    let hubs = [Instance::new(), Instance::new()];
+    let relays = [Instance::new(), Instance::new()];
+    let spokes: Vec<Instance> = (0..4).map(|_| Instance::new()).collect();
+    let all: Vec<&Instance> = hubs.iter().chain(&relays).chain(&spokes).collect();
+    for i in &all {
+        i.ok(&["feed", "create", "demo", "--type", "raw"]);
+    }
+    let hub_addr = ["10.77.0.1:7443", "10.77.0.1:7444"];
+    let relay_addr = ["10.77.0.2:7445", "10.77.0.2:7446"];
+    // Both hubs are writers of `demo` and `@system`: everyone trusts both.
+    for i in &all {
+        for h in &hubs {
+            i.ok(&["trust", "add", &key(h)]);
+        }
+    }
+    hubs[0].ok(&[
+        "peer",
+        "add",
+        "hub2",
+        "10.77.0.1:1",
+        "--key",
+        &key(&hubs[1]),
+    ]);
+    hubs[1].ok(&["peer", "add", "hub1", hub_addr[0], "--key", &key(&hubs[0])]);
+    let mirror_token = hubs[0].token(&["replicate-write:*"]);
+    let pull_tokens: Vec<String> = hubs.iter().map(|h| h.token(&["replicate:*"])).collect();
+    for (r, relay) in relays.iter().enumerate() {
+        for (h, hub) in hubs.iter().enumerate() {
+            hub.ok(&[
+                "peer",
+                "add",
+                &format!("relay{r}"),
+                "10.77.0.2:1",
+                "--key",
+                &key(relay),
+            ]);
+            relay.ok(&[
+                "peer",
+                "add",
+                &format!("hub{}", h + 1),
+                hub_addr[h],
+                "--key",
+                &key(hub),
+            ]);
+        }
+    }
+    let relay_tokens: Vec<String> = relays.iter().map(|r| r.token(&["replicate:*"])).collect();
+    for (s, spoke) in spokes.iter().enumerate() {
+        for (r, relay) in relays.iter().enumerate() {
+            relay.ok(&[
+                "peer",
+                "add",
+                &format!("spoke{s}"),
+                "10.77.0.2:1",
+                "--key",
+                &key(spoke),
+            ]);
+            spoke.ok(&[
+                "peer",
+                "add",
+                &format!("relay{r}"),
+                relay_addr[r],
+                "--key",
+                &key(relay),
+            ]);
+        }
+    }
+    let config = |i: &Instance, listen: &str, rest: &str| {
+        std::fs::write(
+            i.data().join("cairn.toml"),
+            format!("[sync]\nlisten = \"{listen}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n{rest}"),
+        )
+        .unwrap();
+    };
+    let feeds = "feeds = [\"demo\", \"@system\"]\n";
+    config(&hubs[0], hub_addr[0], "");
+    config(
+        &hubs[1],
+        hub_addr[1],
+        &format!("[[replication]]\nname = \"mirror\"\npeer = \"hub1\"\ntoken = \"{mirror_token}\"\n{feeds}mode = \"mirror\"\ninterval_secs = 2\nconnect_secs = 1\n"),
+    );
+    for (r, relay) in relays.iter().enumerate() {
+        config(
+            relay,
+            relay_addr[r],
+            &format!("[[replication]]\nname = \"up\"\npeer = [\"hub1\", \"hub2\"]\ntoken = \"{}\"\ntokens = {{ hub2 = \"{}\" }}\n{feeds}mode = \"pull\"\ninterval_secs = 2\nconnect_secs = 1\n", pull_tokens[0], pull_tokens[1]),
+        );
+    }
+    for (s, spoke) in spokes.iter().enumerate() {
+        let (first, second) = (s % 2, 1 - s % 2);
+        config(
+            spoke,
+            "127.0.0.1:0",
+            &format!("[[replication]]\nname = \"up\"\npeer = [\"relay{first}\", \"relay{second}\"]\ntoken = \"{}\"\ntokens = {{ relay{second} = \"{}\" }}\n{feeds}mode = \"pull\"\ninterval_secs = 2\nconnect_secs = 1\n", relay_tokens[first], relay_tokens[second]),
+        );
+    }
+
+    // Before: 20 packages and a blocking assessment of one of them, everywhere.
+    for n in 0..20u64 {
+        hubs[0].push(
+            "demo",
+            "f.bin",
+            &format!("p{n}"),
+            "1",
+            &crate::util::bytes(n, 20_000),
+        );
+    }
+    let osv = hubs[0].path("osv.json");
+    std::fs::write(
+        &osv,
+        r#"{"id": "GHSA-fail-0001", "modified": "2026-01-01T00:00:00Z", "summary": "bad",
+            "affected": [{"package": {"ecosystem": "PyPI", "name": "p1"}, "versions": ["1"]}]}"#,
+    )
+    .unwrap();
+    hubs[0].ok(&["vuln", "import", osv.to_str().unwrap()]);
+    hubs[0].ok(&["assessment-type", "create", "Blocked", "--blocking"]);
+    let assessment = hubs[0]
+        .ok(&[
+            "assessment",
+            "create",
+            "--vuln",
+            "GHSA-fail-0001",
+            "--type",
+            "Blocked",
+            "--comment",
+            "no",
+        ])
+        .trim()
+        .to_owned();
+    let mut hub1 = Some(serve_in(&ns_hubs, &hubs[0]));
+    let _hub2 = serve_in(&ns_hubs, &hubs[1]);
+    let _relays: Vec<_> = relays.iter().map(|r| serve_in(&ns_site, r)).collect();
+    let _spokes: Vec<_> = spokes.iter().map(|s| serve_in(&ns_site, s)).collect();
+    let count = |i: &Instance| {
+        i.ls("demo")
+            .iter()
+            .filter(|e| e["kind"] == "manifest")
+            .count()
+    };
+    let wait_until = |what: &str, limit: u64, ok: &dyn Fn() -> bool| {
+        let start = std::time::Instant::now();
+        while !ok() {
+            assert!(
+                start.elapsed() < Duration::from_secs(limit),
+                "{what} within {limit} s"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    wait_until("everyone holds the first 20", 120, &|| {
+        all.iter().all(|i| count(i) == 20)
+    });
+
+    // The release: 40 packages of 400 kB (16 MB; about 1.3 s per relay at the link's rate).
+    // The hub is killed while the relays pull it.
+    for n in 0..40u64 {
+        hubs[0].push(
+            "demo",
+            "f.bin",
+            &format!("r{n}"),
+            "1",
+            &crate::util::bytes(100 + n, 400_000),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    hub1.take().unwrap().kill();
+    eprintln!(
+        "at the kill: relays hold {} and {} packages, the secondary hub {}",
+        count(&relays[0]),
+        count(&relays[1]),
+        count(&hubs[1])
+    );
+    // The spokes converge on what their relays hold: each spoke's root is one of the relays'.
+    wait_until("every spoke holds what a relay holds", 60, &|| {
+        let relay_roots: Vec<serde_json::Value> = relays
+            .iter()
+            .map(|r| r.root("demo")["root"].clone())
+            .collect();
+        spokes
+            .iter()
+            .all(|s| relay_roots.contains(&s.root("demo")["root"]))
+    });
+    // A publish on the secondary hub reaches every spoke through the relays.
+    hubs[1].push(
+        "demo",
+        "f.bin",
+        "second",
+        "1",
+        &crate::util::bytes(999, 30_000),
+    );
+    let has_second = |i: &Instance| i.ls("demo").iter().any(|e| e["name"] == "second");
+    wait_until("the secondary hub's publish on every spoke", 60, &|| {
+        spokes.iter().all(has_second)
+    });
+    eprintln!(
+        "with the secondary hub's publish: relays hold {} and {}, spokes {:?}",
+        count(&relays[0]),
+        count(&relays[1]),
+        spokes.iter().map(count).collect::<Vec<_>>()
+    );
+    for r in &relays {
+        let log: Vec<serde_json::Value> =
+            serde_json::from_str(&r.ok(&["replication", "log", "--json"])).unwrap();
+        assert!(
+            log.iter()
+                .any(|e| e["peer"] == "hub2" && e["outcome"] == "ok"),
+            "a relay failed over to the secondary hub: {log:?}"
+        );
+    }
+
+    // The first hub comes back: everything converges on all 61 packages.
+    let _hub1 = serve_in(&ns_hubs, &hubs[0]);
+    wait_until(
+        "all eight instances on one root with 61 packages",
+        120,
+        &|| {
+            let root = hubs[0].root("demo")["root"].clone();
+            all.iter()
+                .all(|i| count(i) == 61 && i.root("demo")["root"] == root)
+        },
+    );
+    for i in &all {
+        let assessments: Vec<serde_json::Value> =
+            serde_json::from_str(&i.ok(&["assessment", "list", "--json"])).unwrap();
+        assert!(
+            assessments
+                .iter()
+                .any(|a| a["id"] == assessment.as_str() && a["type"] == "Blocked"),
+            "the block holds: {assessments:?}"
+        );
+        assert!(i.ok(&["verify"]).contains(": ok"));
+    }
+    up.stop();
+}

@@ -260,6 +260,12 @@ impl Server {
         self.terminate();
     }
 
+    /// `kill -9`, and reaped.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     fn terminate(&mut self) {
         cairn_benches::stop_child(&mut self.child, Duration::from_secs(10));
     }
