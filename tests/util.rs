@@ -1,6 +1,5 @@
 //! Helpers for running `cairn` and reporting failures with everything needed to debug them.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -236,23 +235,8 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("cairn serving") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("cairn serve did not start within 30 s");
-        let http = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_default()
-            .to_owned();
+        let http = cairn_benches::instance::serving_address(&mut child, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("cairn serve: {e:#}"));
         Server { child, http }
     }
 

@@ -85,27 +85,38 @@ impl Inst {
             .stderr(Stdio::null())
             .spawn()
             .context("starting cairn serve")?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let waited = serving_address(&mut child, Duration::from_secs(60));
         let proc = Proc(child);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("cairn serving") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .map_err(|_| anyhow!("cairn serve in {} did not start", self.dir.display()))?;
-        let http = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("http://"))
-            .ok_or_else(|| anyhow!("no address in {line:?}"))?
-            .trim_end_matches('/')
+        let http = waited
+            .with_context(|| format!("cairn serve in {}", self.dir.display()))?
+            .trim_start_matches("http://")
             .to_owned();
         Ok(Running { proc, http })
     }
+}
+
+/// Waits (at most `limit`) for `cairn serve` (started with its stdout piped) to say it is
+/// serving; the URL of its HTTP server (`http://host:port`). Its stdout is read to the end
+/// on a thread of its own.
+pub fn serving_address(child: &mut std::process::Child, limit: Duration) -> Result<String> {
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("cairn serving") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(limit)
+        .map_err(|_| anyhow!("it did not start within {} s", limit.as_secs()))?;
+    Ok(line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .ok_or_else(|| anyhow!("no address in {line:?}"))?
+        .trim_end_matches('/')
+        .to_owned())
 }
 
 /// One plain HTTP/1.1 request; the status code and body.
@@ -143,7 +154,9 @@ pub fn api(addr: &str, admin: &str, method: &str, path: &str) -> Result<serde_js
 
 /// A UDP port free on loopback right now.
 pub fn free_udp_port() -> Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Milliseconds since the Unix epoch.

@@ -7,8 +7,12 @@
 //! RSS, RSS once idle with the connections still warm (and its growth per connected spoke),
 //! and bytes sent as its replication log counts them.
 //!
-//! `fanout --spokes 10,30,100 --relays 0,4 --release-mib 64` (see `--help`). Results go to
-//! `DIR/results.json`, `DIR/results.md` and `DIR/fanout.png`.
+//! With `--link P2` (as root) the hub runs in namespace `cairnfan-a` and the relays and spokes
+//! in `cairnfan-b`, behind one emulated link (`cairn-link`): a region whose sites share one WAN
+//! path to the hub. The runner then also reports the bytes the link carried towards the site.
+//!
+//! `fanout --spokes 10,30,100 --relays 0,4 --release-mib 64 [--link P2]` (see `--help`).
+//! Results go to `DIR/results.json`, `DIR/results.md` and `DIR/fanout.png`.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -46,7 +50,17 @@ struct Args {
     /// Keep each run's instances (a copy of the release per spoke) instead of removing them.
     #[arg(long)]
     keep: bool,
+    /// Put the hub behind an emulated link with this profile (P1, P2, P3; as root).
+    #[arg(long)]
+    link: Option<String>,
+    /// (Set by the runner when it runs itself inside the site's namespace.)
+    #[arg(long, hide = true)]
+    inside: bool,
 }
+
+const LINK: &str = "cairnfan";
+/// The hub's QUIC and HTTP address with `--link`: namespace `cairnfan-a`.
+const LINK_HUB: &str = "10.77.0.1";
 
 const FEED: &str = "rel";
 
@@ -83,6 +97,8 @@ struct Row {
     verified: usize,
     hub: Figures,
     relay: Vec<Figures>,
+    /// With `--link`: bytes the link carried from the hub's side during the release.
+    link_bytes: Option<u64>,
 }
 
 fn main() -> Result<()> {
@@ -92,6 +108,19 @@ fn main() -> Result<()> {
         "--packages and --release-mib must be positive"
     );
     let cairn = sibling("cairn")?;
+    if let (Some(profile), false) = (&args.link, args.inside) {
+        // Bring the link up, then run again inside the site's namespace (its instances and
+        // this runner's API calls on loopback there; the hub across the link).
+        let _link = link_up(profile)?;
+        let status = Command::new("ip")
+            .args(["netns", "exec", &format!("{LINK}-b")])
+            .arg(std::env::current_exe()?)
+            .args(std::env::args_os().skip(1))
+            .arg("--inside")
+            .status()?;
+        ensure!(status.success(), "the runner inside the namespace failed");
+        return Ok(());
+    }
     let root = cairn_benches::fresh_dir(&args.dir)?;
     let release = make_release(&root.join("release"), args.packages, args.release_mib)?;
     let mut rows = Vec::new();
@@ -119,6 +148,32 @@ fn main() -> Result<()> {
         eprintln!("fanout: no chart: {e:#}");
     }
     Ok(())
+}
+
+/// The emulated link, up until dropped.
+fn link_up(profile: &str) -> Result<cairn_benches::Proc> {
+    use std::io::BufRead;
+    let mut child = Command::new(sibling("cairn-link")?)
+        .args(["up", "--name", LINK, "--replace", "--profile", profile])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let proc = cairn_benches::Proc(child);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line)?;
+    ensure!(line.starts_with("cairn-link up"), "cairn-link: {line}");
+    Ok(proc)
+}
+
+/// Bytes the link has carried from the hub's side so far.
+fn link_bytes_to_site() -> Result<u64> {
+    let out = Command::new(sibling("cairn-link")?)
+        .args(["stats", "--name", LINK])
+        .output()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    v["a_to_b"]["bytes"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("no link counters"))
 }
 
 /// P wheels of about `mib / P` MiB each, incompressible; their paths.
@@ -213,16 +268,23 @@ fn run(
     let relay_insts: Vec<Inst> = made.split_off(1);
     let hub = made.pop().ok_or_else(|| anyhow!("no hub"))?;
 
-    let hub_port = free_udp_port()?;
+    // With a link the hub is alone in its namespace, on a fixed port.
+    let (hub_host, hub_port) = match args.link {
+        Some(_) => (LINK_HUB, 7443),
+        None => ("127.0.0.1", free_udp_port()?),
+    };
     let relay_ports: Vec<u16> = (0..relays)
         .map(|_| free_udp_port())
         .collect::<Result<_>>()?;
-    let hub_token = hub.cli(cairn, &["token", "create", "--scope", "replicate:rel"],
+    let hub_token = hub.cli(cairn, &["token", "create", "--scope", "replicate:rel"])?;
+    hub.config(
+        &format!("{hub_host}:{hub_port}"),
+        &format!("{hub_host}:0"),
+        "",
     )?;
-    write_config(&hub, hub_port, "")?;
     for (j, r) in relay_insts.iter().enumerate() {
         add_peer(cairn, &hub, &format!("relay{j}"), r, 0)?;
-        add_peer(cairn, r, "hub", &hub, hub_port)?;
+        r.add_peer(cairn, "hub", &hub.key, &format!("{hub_host}:{hub_port}"))?;
         r.cli(cairn, &["trust", "add", &hub.key, "--feed", FEED])?;
         write_config(
             r,
@@ -232,14 +294,11 @@ fn run(
     }
     let relay_tokens: Vec<String> = relay_insts
         .iter()
-        .map(|r| {
-            r.cli(cairn, &["token", "create", "--scope", "replicate:rel"],
-            )
-        })
+        .map(|r| r.cli(cairn, &["token", "create", "--scope", "replicate:rel"]))
         .collect::<Result<_>>()?;
     for (i, s) in spoke_insts.iter().enumerate() {
         add_peer(cairn, &hub, &format!("spoke{i}"), s, 0)?;
-        add_peer(cairn, s, "hub", &hub, hub_port)?;
+        s.add_peer(cairn, "hub", &hub.key, &format!("{hub_host}:{hub_port}"))?;
         s.cli(cairn, &["trust", "add", &hub.key, "--feed", FEED])?;
         let upstream = if relays > 0 {
             let j = i % relays;
@@ -259,7 +318,8 @@ fn run(
         )?;
     }
 
-    let hub_run = hub.serve(cairn, None)?;
+    let hub_ns = args.link.as_ref().map(|_| format!("{LINK}-a"));
+    let hub_run = hub.serve(cairn, hub_ns.as_deref())?;
     let relay_runs: Vec<Running> = relay_insts
         .iter()
         .map(|r| r.serve(cairn, None))
@@ -302,6 +362,10 @@ fn run(
 
     let cpu0 = cpu_seconds(hub_pid);
     let relay_cpu0: Vec<f64> = relay_pids.iter().map(|p| cpu_seconds(*p)).collect();
+    let link_before = match args.link {
+        Some(_) => Some(link_bytes_to_site()?),
+        None => None,
+    };
     let since = unix_ms();
     let start = Instant::now();
     let mut push = Command::new(cairn);
@@ -342,6 +406,10 @@ fn run(
         std::thread::sleep(Duration::from_millis(100));
     }
     let converged = start.elapsed().as_secs_f64();
+    let link_bytes = match link_before {
+        Some(before) => Some(link_bytes_to_site()?.saturating_sub(before)),
+        None => None,
+    };
     hub_fig.cpu_secs = cpu_seconds(hub_pid) - cpu0;
     for (j, p) in relay_pids.iter().enumerate() {
         relay_figs[j].cpu_secs = cpu_seconds(*p) - relay_cpu0[j];
@@ -379,6 +447,7 @@ fn run(
         verified,
         hub: hub_fig,
         relay: relay_figs,
+        link_bytes,
     })
 }
 
@@ -387,24 +456,13 @@ fn mib(b: u64) -> f64 {
 }
 
 fn print_row(r: &Row) {
-    eprintln!(
-        "fanout: {} spokes, {} relays: converged in {:.1} s (median spoke {:.1} s), {} verified; hub cpu {:.1} s, peak {:.0} MiB, idle {:.0} MiB ({:.2} MiB per downstream), sent {:.0} MiB",
-        r.spokes,
-        r.relays,
-        r.converged_secs,
-        r.median_spoke_secs,
-        r.verified,
-        r.hub.cpu_secs,
-        mib(r.hub.rss_peak),
-        mib(r.hub.rss_idle),
-        mib(r.hub.idle_per_downstream()),
-        mib(r.hub.bytes_sent)
-    );
+    let t = table(std::slice::from_ref(r));
+    eprintln!("fanout: {}", t.lines().last().unwrap_or_default());
 }
 
 fn table(rows: &[Row]) -> String {
     let mut t = String::from(
-        "| spokes | relays | release | all converged | median spoke | verified | hub CPU | hub peak RSS | hub idle RSS (per downstream) | hub sent | relays: CPU, peak RSS, sent (each, max) |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| spokes | relays | release | all converged | median spoke | verified | hub CPU | hub peak RSS | hub idle RSS (per downstream) | hub sent | on the link | relays: CPU, peak RSS, sent (each, max) |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for r in rows {
         let relays = if r.relay.is_empty() {
@@ -419,7 +477,7 @@ fn table(rows: &[Row]) -> String {
             )
         };
         t.push_str(&format!(
-            "| {} | {} | {:.0} MiB | {:.1} s | {:.1} s | {}/{} | {:.1} s | {:.0} MiB | {:.0} MiB ({:.2} MiB) | {:.0} MiB | {} |\n",
+            "| {} | {} | {:.0} MiB | {:.1} s | {:.1} s | {}/{} | {:.1} s | {:.0} MiB | {:.0} MiB ({:.2} MiB) | {:.0} MiB | {} | {} |\n",
             r.spokes,
             r.relays,
             mib(r.release_bytes),
@@ -432,6 +490,8 @@ fn table(rows: &[Row]) -> String {
             mib(r.hub.rss_idle),
             mib(r.hub.idle_per_downstream()),
             mib(r.hub.bytes_sent),
+            r.link_bytes
+                .map_or("-".to_owned(), |b| format!("{:.0} MiB", mib(b))),
             relays
         ));
     }

@@ -245,11 +245,24 @@ fn watch(index: &str, file: &str, spec: &str, target: &Path) -> Result<()> {
         std::thread::sleep(Duration::from_millis(10));
     }
     println!("listed {}", unix_ms());
-    let simple = index.trim_end_matches('/').rsplit_once('/').map_or(index, |p| p.0);
+    let simple = index
+        .trim_end_matches('/')
+        .rsplit_once('/')
+        .map_or(index, |p| p.0);
     loop {
-        ensure!(Instant::now() < deadline, "{spec} did not install within 180 s");
+        ensure!(
+            Instant::now() < deadline,
+            "{spec} did not install within 180 s"
+        );
         let out = Command::new("python3")
-            .args(["-m", "pip", "install", "--no-deps", "--no-cache-dir", "--quiet"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--no-deps",
+                "--no-cache-dir",
+                "--quiet",
+            ])
             .args(["--index-url", &format!("{simple}/")])
             .arg("--target")
             .arg(target)
