@@ -513,7 +513,9 @@ pub fn verdict(role: Role, mode: Mode, phase: Phase, frame: &str) -> Verdict {
             &["reconcile", "documents", "blobs", "final"]
         }
         "DONE" => &["documents", "blobs", "final"],
-        "FEED-FAILED" => &["reconcile", "documents", "blobs", "final"],
+        // The initiator checks the writer's checkpoint against what it ends up with only once
+        // both sides said DONE: its refusal reaches a responder already done.
+        "FEED-FAILED" => &["reconcile", "documents", "blobs", "final", "done"],
         _ => &[],
     };
     if accepted.contains(&phase.name()) {
