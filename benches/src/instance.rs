@@ -119,6 +119,23 @@ pub fn serving_address(child: &mut std::process::Child, limit: Duration) -> Resu
         .to_owned())
 }
 
+/// `cairn-link up --name NAME --replace --profile PROFILE` (as root), once it says it is up;
+/// the link goes down when the returned process is dropped.
+pub fn link_up(name: &str, profile: &str) -> Result<Proc> {
+    let mut child = Command::new(crate::sibling("cairn-link")?)
+        .args(["up", "--name", name, "--replace", "--profile", profile])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cairn-link up (as root)")?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let proc = Proc(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    ensure!(line.starts_with("cairn-link up"), "cairn-link: {line}");
+    Ok(proc)
+}
+
 /// One plain HTTP/1.1 request; the status code and body.
 pub fn http(addr: &str, method: &str, path: &str, headers: &str) -> Result<(u16, String)> {
     let mut s = std::net::TcpStream::connect(addr)?;

@@ -111,7 +111,7 @@ fn main() -> Result<()> {
     if let (Some(profile), false) = (&args.link, args.inside) {
         // Bring the link up, then run again inside the site's namespace (its instances and
         // this runner's API calls on loopback there; the hub across the link).
-        let _link = link_up(profile)?;
+        let _link = cairn_benches::instance::link_up(LINK, profile)?;
         let status = Command::new("ip")
             .args(["netns", "exec", &format!("{LINK}-b")])
             .arg(std::env::current_exe()?)
@@ -148,21 +148,6 @@ fn main() -> Result<()> {
         eprintln!("fanout: no chart: {e:#}");
     }
     Ok(())
-}
-
-/// The emulated link, up until dropped.
-fn link_up(profile: &str) -> Result<cairn_benches::Proc> {
-    use std::io::BufRead;
-    let mut child = Command::new(sibling("cairn-link")?)
-        .args(["up", "--name", LINK, "--replace", "--profile", profile])
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let proc = cairn_benches::Proc(child);
-    let mut line = String::new();
-    std::io::BufReader::new(stdout).read_line(&mut line)?;
-    ensure!(line.starts_with("cairn-link up"), "cairn-link: {line}");
-    Ok(proc)
 }
 
 /// Bytes the link has carried from the hub's side so far.

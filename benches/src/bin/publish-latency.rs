@@ -84,7 +84,7 @@ fn main() -> Result<()> {
     let cairn = sibling("cairn")?;
     let me = std::env::current_exe()?;
     let root = cairn_benches::fresh_dir(&args.dir)?;
-    let _link = link_up(&args.profile)?;
+    let _link = cairn_benches::instance::link_up(LINK, &args.profile)?;
     let (ns_a, ns_b) = (format!("{LINK}-a"), format!("{LINK}-b"));
 
     let hub = Inst::init(&cairn, &root.join("hub"), FEED, "pypi")?;
@@ -210,22 +210,6 @@ fn main() -> Result<()> {
         serde_json::to_string_pretty(&samples)?,
     )?;
     Ok(())
-}
-
-/// The emulated link, up until dropped.
-fn link_up(profile: &str) -> Result<Proc> {
-    let mut child = Command::new(sibling("cairn-link")?)
-        .args(["up", "--name", LINK, "--replace", "--profile", profile])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("cairn-link up (as root)")?;
-    let mut line = String::new();
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let proc = Proc(child);
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
-    ensure!(line.starts_with("cairn-link up"), "cairn-link: {line}");
-    Ok(proc)
 }
 
 fn watch(index: &str, file: &str, spec: &str, target: &Path) -> Result<()> {
