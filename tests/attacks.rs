@@ -219,22 +219,11 @@ fn hub() -> (Instance, Instance, u16, [String; 3], (Hash, u64)) {
         );
     }
     let large = Hash::of(&crate::util::bytes(0, 300_000));
-    let osv = hub.path("osv.json");
-    std::fs::write(
-        &osv,
+    hub.block(
         r#"{"id": "GHSA-evil-0001", "modified": "2026-01-01T00:00:00Z",
             "affected": [{"package": {"ecosystem": "PyPI", "name": "p1"}, "versions": ["1"]}]}"#,
-    )
-    .unwrap();
-    hub.ok(&["vuln", "import", osv.to_str().unwrap()]);
-    hub.ok(&[
-        "assessment",
-        "create",
-        "--vuln",
-        "GHSA-evil-0001",
-        "--type",
-        "Blocked",
-    ]);
+        &[],
+    );
     hub.ok(&[
         "peer",
         "add",

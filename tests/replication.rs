@@ -95,30 +95,13 @@ fn hub_and_two_spokes_converge_over_quic() {
         );
     }
     // Security staff assess a vulnerability on the hub.
-    let osv = hub.inst.path("osv.json");
-    std::fs::write(
-        &osv,
-        r#"{"id": "GHSA-test-0001", "modified": "2026-01-01T00:00:00Z", "summary": "bad",
-            "affected": [{"package": {"ecosystem": "PyPI", "name": "p1"}, "versions": ["1"]}]}"#,
-    )
-    .unwrap();
-    hub.inst.ok(&["vuln", "import", osv.to_str().unwrap()]);
     hub.inst
         .ok(&["assessment-type", "create", "Blocked", "--blocking"]);
-    let assessment = hub
-        .inst
-        .ok(&[
-            "assessment",
-            "create",
-            "--vuln",
-            "GHSA-test-0001",
-            "--type",
-            "Blocked",
-            "--comment",
-            "do not use",
-        ])
-        .trim()
-        .to_owned();
+    let assessment = hub.inst.block(
+        r#"{"id": "GHSA-test-0001", "modified": "2026-01-01T00:00:00Z", "summary": "bad",
+            "affected": [{"package": {"ecosystem": "PyPI", "name": "p1"}, "versions": ["1"]}]}"#,
+        &["--comment", "do not use"],
+    );
     let hub_root = hub.inst.root("demo");
     let hub_server = Server::start(&hub.inst);
     let servers: Vec<Server> = spokes.iter().map(|s| Server::start(&s.inst)).collect();

@@ -108,6 +108,19 @@ impl Instance {
         ]);
     }
 
+    /// Imports the OSV record `osv` (JSON) and blocks what it affects: a `Blocked` assessment
+    /// of it, with `args` added to `cairn assessment create`; the assessment's id.
+    pub fn block(&self, osv: &str, args: &[&str]) -> String {
+        let id: serde_json::Value = serde_json::from_str(osv).expect("OSV JSON");
+        let id = id["id"].as_str().expect("an OSV id").to_owned();
+        let path = self.path(&format!("{id}.json"));
+        std::fs::write(&path, osv).unwrap();
+        self.ok(&["vuln", "import", path.to_str().unwrap()]);
+        let mut create = vec!["assessment", "create", "--vuln", &id, "--type", "Blocked"];
+        create.extend_from_slice(args);
+        self.ok(&create).trim().to_owned()
+    }
+
     /// A new token with `scopes`; its secret.
     pub fn token(&self, scopes: &[&str]) -> String {
         let mut args = vec!["token", "create"];
