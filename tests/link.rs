@@ -412,7 +412,7 @@ fn sites_keep_working_when_the_hub_is_killed_mid_release() {
     });
 
     // The release: 40 packages of 400 kB (16 MB; about 1.3 s per relay at the link's rate).
-    // The hub is killed while the relays pull it.
+    // The hub is killed while the relays pull it (most runs; the counts are printed).
     for n in 0..40u64 {
         hubs[0].push(
             "demo",
@@ -422,7 +422,24 @@ fn sites_keep_working_when_the_hub_is_killed_mid_release() {
             &crate::util::bytes(100 + n, 400_000),
         );
     }
-    std::thread::sleep(Duration::from_millis(1500));
+    // The secondary hub mirrors the whole release before the first one dies: a relay takes
+    // the secondary's state only once it includes what the first had signed (a writer that is
+    // behind would undo a publish or a block on every site; `upstreams` and sync's tests
+    // cover that refusal). Its log shows a run that began once it held everything.
+    let hub1_root = hubs[0].root("demo")["root"].clone();
+    wait_until("the secondary hub holds the release", 60, &|| {
+        hubs[1].root("demo")["root"] == hub1_root
+    });
+    let caught_up_ms = cairn_benches::instance::unix_ms();
+    wait_until("a mirror run of the secondary hub after that", 30, &|| {
+        let log: Vec<serde_json::Value> =
+            serde_json::from_str(&hubs[1].ok(&["replication", "log", "--json"])).unwrap();
+        log.iter().any(|e| {
+            e["replication"] == "mirror"
+                && e["outcome"] == "ok"
+                && e["started_ms"].as_u64().unwrap_or(0) > caught_up_ms
+        })
+    });
     hub1.take().unwrap().kill();
     eprintln!(
         "at the kill: relays hold {} and {} packages, the secondary hub {}",

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::cbor;
-use crate::doc::{Checkpoint, PublicKey, SignedDocument, PAYLOAD_VERSION};
+use crate::doc::{Checkpoint, Covered, PublicKey, SignedDocument, PAYLOAD_VERSION};
 use crate::store::{now_ms, StoreError, CF_META};
 use crate::{Hash, Store, SYSTEM_FEED};
 
@@ -20,6 +20,10 @@ const CURSOR_PREFIX: &[u8] = b"cursor\0";
 const PEER_SEEN_PREFIX: &[u8] = b"peer-seen\0";
 const UPSTREAM_CHECKPOINT_PREFIX: &[u8] = b"upstream-checkpoint\0";
 const OWN_CHECKPOINT_PREFIX: &[u8] = b"own-checkpoint\0";
+const COVERS_PREFIX: &[u8] = b"covers\0";
+
+/// Most other writers one checkpoint names as covered.
+pub const MAX_COVERED_WRITERS: usize = 64;
 
 /// How long a checkpoint this instance signed is served again while its feed is unchanged,
 /// unless configured otherwise.
@@ -510,6 +514,7 @@ impl Store {
             seq: s.feed.seq,
             time: now,
             expires: now + ttl_secs,
+            covers: self.covered(feed)?,
         };
         let doc = SignedDocument::sign(&cp, self.identity().signing_key()).map_err(
             StoreError::signing("checkpoint".into(), "name a shorter feed"),
@@ -543,6 +548,7 @@ impl Store {
             let doc = SignedDocument::decode(&bytes)?;
             let cp: Checkpoint = doc.payload()?;
             let s = self.feed_summary(feed)?;
+            let covers = self.covered(feed)?;
             let now = now_ms() / 1000;
             let fresh =
                 now < cp.time + refresh_secs.min(ttl_secs / 2) && cp.expires == cp.time + ttl_secs;
@@ -552,6 +558,7 @@ impl Store {
                 && cp.count == s.root.count
                 && cp.epoch == s.feed.epoch
                 && cp.seq == s.feed.seq
+                && cp.covers == covers
             {
                 return Ok(doc);
             }
@@ -561,11 +568,22 @@ impl Store {
 
     /// Checks an upstream checkpoint for `feed` before applying anything: signed by a key
     /// trusted for the feed, for this feed, signed no later than a few minutes from `now_secs`,
-    /// not expired, and not older than the one held: a lower sequence number in the same
-    /// change-log epoch, or an earlier signing time in any epoch, is a rollback. A checkpoint
-    /// of exactly the state held (same epoch, sequence number and root) is not a rollback even
-    /// if it was signed earlier (two relays may pass on two signings of one state).
-    pub fn check_checkpoint(&self, feed: &str, bytes: &[u8], now_secs: u64) -> Result<Checkpoint> {
+    /// not expired, and not older than the one held. From the writer of the one held, a lower
+    /// sequence number in the same change-log epoch, or an earlier signing time, is a
+    /// rollback. From another writer, when this replica would become a copy of its state
+    /// (`replace`: a pull or a push), it must cover the one held (see [`Checkpoint::covers`]):
+    /// otherwise taking it would undo what the first writer made since the two last mirrored.
+    /// That holds until the writers mirror, or until the held checkpoint expires or its
+    /// signer is no longer trusted. A checkpoint of exactly the state held (same epoch,
+    /// sequence number and root) is not a rollback even if it was signed earlier (two relays
+    /// may pass on two signings of one state).
+    pub fn check_checkpoint(
+        &self,
+        feed: &str,
+        bytes: &[u8],
+        now_secs: u64,
+        replace: bool,
+    ) -> Result<Checkpoint> {
         let doc = SignedDocument::decode(bytes)?;
         let trusted = self.is_trusted(feed, &doc.signer())?;
         doc.check_trusted(feed, |_| trusted)?;
@@ -584,9 +602,32 @@ impl Store {
                 cp.time - now_secs
             )));
         }
-        if let Some((held, _)) = self.checkpoint(feed)? {
+        if let Some((held, held_doc)) = self.checkpoint(feed)? {
             let same_state = cp.epoch == held.epoch && cp.seq == held.seq && cp.root == held.root;
-            if !same_state && ((cp.epoch == held.epoch && cp.seq < held.seq) || cp.time < held.time)
+            let (signer, held_signer) = (doc.signer(), held_doc.signer());
+            if replace && signer != held_signer {
+                let covered = cp.covers.iter().any(|c| {
+                    c.key == *held_signer.as_bytes() && c.epoch == held.epoch && c.seq >= held.seq
+                });
+                if !same_state
+                    && !covered
+                    && held.expires > now_secs
+                    && self.is_trusted(feed, &held_signer)?
+                {
+                    return Err(reject(format!(
+                        "the state writer {} signed (at {}) does not include the one writer {} signed here (epoch {:016x}, seq {}, at {}): taking it would undo what {} made since the two last mirrored; keeping the state held until they mirror or that checkpoint expires (at {})",
+                        signer.short(),
+                        cp.time,
+                        held_signer.short(),
+                        held.epoch,
+                        held.seq,
+                        held.time,
+                        held_signer.short(),
+                        held.expires
+                    )));
+                }
+            } else if !same_state
+                && ((cp.epoch == held.epoch && cp.seq < held.seq) || cp.time < held.time)
             {
                 return Err(reject(format!(
                     "checkpoint (epoch {:016x}, seq {}, signed at {}) is older than the one held (epoch {:016x}, seq {}, signed at {}): refusing a rollback",
@@ -608,7 +649,7 @@ impl Store {
     /// checks, and it must match this replica's recomputed root and count. It is kept unless
     /// the one held is a later signing of the same state.
     pub fn accept_checkpoint(&self, feed: &str, bytes: &[u8], now_secs: u64) -> Result<Checkpoint> {
-        let cp = self.check_checkpoint(feed, bytes, now_secs)?;
+        let cp = self.check_checkpoint(feed, bytes, now_secs, true)?;
         let doc = SignedDocument::decode(bytes)?;
         let s = self.feed_summary(feed)?;
         if cp.root.as_bytes() != s.root.fingerprint.as_bytes() || cp.count != s.root.count {
@@ -746,6 +787,65 @@ impl Store {
         }
         let key = [PEER_SEEN_PREFIX, peer.as_bytes(), feed.as_bytes()].concat();
         self.db.put_cf(self.cf(CF_META), key, hlc.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// The other writers' states this instance's state of `feed` includes (see
+    /// [`Checkpoint::covers`]), sorted by key.
+    pub fn covered(&self, feed: &str) -> Result<Vec<Covered>> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(CF_META), prefixed(COVERS_PREFIX, feed.as_bytes()))?
+        {
+            Some(b) => cbor::from_canonical(&b, 1 << 16).map_err(meta_err("covered writers")),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Records that this instance's state of `feed` now includes the state a checkpoint
+    /// (already checked) attests, and every state that one covers: called when a mirror with
+    /// its signer converged. Its own key, keys not trusted for the feed, and writers beyond
+    /// [`MAX_COVERED_WRITERS`] are left out; a writer's cursor only moves forward within an
+    /// epoch, and a new epoch replaces the old one only when seen directly.
+    pub fn record_covered(&self, feed: &str, checkpoint: &[u8]) -> Result<()> {
+        let doc = SignedDocument::decode(checkpoint)?;
+        let cp: Checkpoint = doc.payload()?;
+        let me = *self.identity().public_key().as_bytes();
+        let mut covers = self.covered(feed)?;
+        let before = covers.clone();
+        let direct = Covered {
+            key: *doc.signer().as_bytes(),
+            epoch: cp.epoch,
+            seq: cp.seq,
+        };
+        let seen = std::iter::once((direct, true)).chain(cp.covers.iter().map(|c| (*c, false)));
+        for (c, direct) in seen {
+            let trusted = match PublicKey::from_bytes(c.key) {
+                Some(k) => self.is_trusted(feed, &k)?,
+                None => false,
+            };
+            if c.key == me || !trusted {
+                continue;
+            }
+            let full = covers.len() >= MAX_COVERED_WRITERS;
+            match covers.iter_mut().find(|h| h.key == c.key) {
+                Some(h) if h.epoch == c.epoch => h.seq = h.seq.max(c.seq),
+                Some(h) if direct => *h = c,
+                Some(_) => {}
+                None if !full => covers.push(c),
+                None => {}
+            }
+        }
+        covers.sort();
+        if covers == before {
+            return Ok(());
+        }
+        let bytes = cbor::to_canonical(&covers).map_err(meta_err("covered writers"))?;
+        self.db.put_cf(
+            self.cf(CF_META),
+            prefixed(COVERS_PREFIX, feed.as_bytes()),
+            bytes,
+        )?;
         Ok(())
     }
 
@@ -949,6 +1049,7 @@ mod tests {
             seq,
             time,
             expires,
+            covers: Vec::new(),
         };
         let sign = |c: &Checkpoint| {
             SignedDocument::sign(c, hub.identity().signing_key())
@@ -960,7 +1061,7 @@ mod tests {
             .accept_checkpoint("demo", &sign(&cp(7, 10, t - 100, t + 3600)), t)
             .unwrap();
         let check = |c: Checkpoint, expect: Option<&str>| {
-            let got = spoke.check_checkpoint("demo", &sign(&c), t);
+            let got = spoke.check_checkpoint("demo", &sign(&c), t, true);
             match (got, expect) {
                 (Ok(_), None) => {}
                 (Err(e), Some(part)) => assert!(e.to_string().contains(part), "{c:?}: {e}"),
@@ -979,5 +1080,143 @@ mod tests {
             .accept_checkpoint("demo", &sign(&cp(7, 10, t - 200, t + 3600)), t)
             .unwrap();
         assert_eq!(spoke.checkpoint("demo").unwrap().unwrap().0.time, t - 100);
+    }
+
+    /// Two writers of one feed: a replica holding the first's checkpoint takes the second's
+    /// state only once the second has mirrored what the first had signed (its checkpoint
+    /// covers the one held), or once the held checkpoint expired or its signer is no longer
+    /// trusted; a mirror's check does not ask for it.
+    #[test]
+    fn another_writers_checkpoint_must_cover_the_one_held() {
+        let (_d, hub1) = store();
+        let (_e, hub2) = store();
+        let (_f, spoke) = store();
+        let keys = [hub1.identity().public_key(), hub2.identity().public_key()];
+        for s in [&hub1, &hub2, &spoke] {
+            s.create_feed("demo", Ecosystem::Raw).unwrap();
+            for k in &keys {
+                s.trust_add("demo", k).unwrap();
+            }
+        }
+        let t = now();
+        let root = spoke.feed_summary("demo").unwrap().root;
+        let held = SignedDocument::sign(
+            &Checkpoint {
+                v: PAYLOAD_VERSION,
+                feed: "demo".into(),
+                root: Hash::from_bytes(*root.fingerprint.as_bytes()),
+                count: root.count,
+                epoch: 7,
+                seq: 10,
+                time: t - 100,
+                expires: t + 3600,
+                covers: Vec::new(),
+            },
+            hub1.identity().signing_key(),
+        )
+        .unwrap();
+        spoke.accept_checkpoint("demo", held.bytes(), t).unwrap();
+        let held_cp: Checkpoint = held.payload().unwrap();
+        assert!(held_cp.seq > 0);
+        // hub2 has not mirrored with hub1: its checkpoint (of another state: it signs at a
+        // later time, so the time rule alone would take it) is refused.
+        let sign2 = |covers: Vec<Covered>, time: u64, expires: u64| {
+            let mut cp: Checkpoint = hub2
+                .sign_checkpoint("demo", 3600)
+                .unwrap()
+                .payload()
+                .unwrap();
+            cp.root = Hash::from_bytes([9; 32]);
+            (cp.covers, cp.time, cp.expires) = (covers, time, expires);
+            SignedDocument::sign(&cp, hub2.identity().signing_key())
+                .unwrap()
+                .bytes()
+                .to_vec()
+        };
+        let err = spoke
+            .check_checkpoint("demo", &sign2(Vec::new(), t + 5, t + 3600), t + 10, true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not include"), "{err}");
+        // A mirror takes it (it merges; nothing of the first writer's is undone).
+        spoke
+            .check_checkpoint("demo", &sign2(Vec::new(), t + 5, t + 3600), t + 10, false)
+            .unwrap();
+        let covering = |seq: u64, epoch: u64| Covered {
+            key: *keys[0].as_bytes(),
+            epoch,
+            seq,
+        };
+        // Covering an earlier cursor of hub1, or another epoch, is not enough.
+        for c in [
+            covering(held_cp.seq.wrapping_sub(1), held_cp.epoch),
+            covering(held_cp.seq, held_cp.epoch ^ 1),
+        ] {
+            let got =
+                spoke.check_checkpoint("demo", &sign2(vec![c], t + 5, t + 3600), t + 10, true);
+            assert!(got.is_err(), "{c:?}");
+        }
+        // Covering the held cursor (or a later one) is, even if signed before the held one.
+        for seq in [held_cp.seq, held_cp.seq + 3] {
+            spoke
+                .check_checkpoint(
+                    "demo",
+                    &sign2(vec![covering(seq, held_cp.epoch)], t - 50, t + 3600),
+                    t + 10,
+                    true,
+                )
+                .unwrap();
+        }
+        // Once the held checkpoint expired, or hub1 is no longer trusted, hub2's is taken.
+        spoke
+            .check_checkpoint(
+                "demo",
+                &sign2(Vec::new(), t + 3700, t + 9000),
+                t + 3700,
+                true,
+            )
+            .unwrap();
+        spoke.trust_remove("demo", &keys[0]).unwrap();
+        spoke
+            .check_checkpoint("demo", &sign2(Vec::new(), t + 5, t + 3600), t + 10, true)
+            .unwrap();
+
+        // record_covered: a mirror that converged with hub1 records hub1's cursor and
+        // what hub1 covers (never its own key); the next checkpoint hub2 signs carries it.
+        hub2.record_covered("demo", held.bytes()).unwrap();
+        assert_eq!(
+            hub2.covered("demo").unwrap(),
+            vec![covering(held_cp.seq, held_cp.epoch)]
+        );
+        let again: Checkpoint = hub2
+            .own_checkpoint("demo", 3600, 300)
+            .unwrap()
+            .payload()
+            .unwrap();
+        assert_eq!(again.covers, vec![covering(held_cp.seq, held_cp.epoch)]);
+        let back: Checkpoint = {
+            hub1.record_covered(
+                "demo",
+                hub2.own_checkpoint("demo", 3600, 300).unwrap().bytes(),
+            )
+            .unwrap();
+            hub1.own_checkpoint("demo", 3600, 300)
+                .unwrap()
+                .payload()
+                .unwrap()
+        };
+        assert_eq!(
+            back.covers.len(),
+            1,
+            "hub1 covers hub2, not itself: {back:?}"
+        );
+        assert_eq!(back.covers[0].key, *keys[1].as_bytes());
+        // A cursor only moves forward within an epoch.
+        let mut older = held_cp.clone();
+        older.seq = 0;
+        older.covers = Vec::new();
+        let older = SignedDocument::sign(&older, hub1.identity().signing_key()).unwrap();
+        hub2.record_covered("demo", older.bytes()).unwrap();
+        assert_eq!(hub2.covered("demo").unwrap()[0].seq, held_cp.seq);
     }
 }

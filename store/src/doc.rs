@@ -957,6 +957,26 @@ pub struct Checkpoint {
     pub time: u64,
     /// Unix seconds after which it should not be relied on.
     pub expires: u64,
+    /// The other writers' states this one includes: for each, the change-log cursor of the
+    /// newest of its checkpoints this instance converged with in a mirror (sorted by key;
+    /// absent when empty). A replica holding one writer's checkpoint takes another writer's
+    /// state only if it covers the one held, so failing over to a writer that is behind
+    /// cannot undo what the first one published.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub covers: Vec<Covered>,
+}
+
+/// One writer's state another writer's checkpoint includes (see [`Checkpoint::covers`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Covered {
+    /// The writer's key.
+    #[serde(with = "serde_bytes_array")]
+    pub key: [u8; 32],
+    /// Its change-log epoch.
+    pub epoch: u64,
+    /// Its change-log sequence number: everything it had made by then is included.
+    pub seq: u64,
 }
 
 impl Payload for Checkpoint {

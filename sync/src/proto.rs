@@ -1488,7 +1488,7 @@ impl Session {
                 let mut job = FeedJob::new(&h.feed, rule, guard, false);
                 job.phase = Phase::Reconcile(Recon::Open);
                 job.run_base = sum.root.count;
-                if mode == Mode::Push {
+                if mode != Mode::Pull {
                     job.checkpoints.extend(h.checkpoint.clone());
                 }
                 if mode == Mode::Mirror {
@@ -1589,7 +1589,7 @@ impl Session {
                     .to_lowercase(),
                 )));
             };
-            if let Err(e) = store.check_checkpoint(&h.feed, cp, self.now_secs) {
+            if let Err(e) = store.check_checkpoint(&h.feed, cp, self.now_secs, mode == Mode::Push) {
                 tracing::warn!(feed = %h.feed, "refusing the peer's checkpoint: {e}");
                 return Ok(Err(Refusal::new(
                     code::BAD_DATA,
@@ -1622,7 +1622,7 @@ impl Session {
             )?;
             return Ok(false);
         };
-        match store.check_checkpoint(feed, &cp, self.now_secs) {
+        match store.check_checkpoint(feed, &cp, self.now_secs, self.mode == Mode::Pull) {
             Ok(_) => {
                 self.job(feed)?.checkpoints.push(cp);
                 Ok(true)
@@ -2170,7 +2170,7 @@ impl Session {
                 )));
             }
             // The upstream's state now; the one from its status may be older than what it sent.
-            match store.check_checkpoint(feed, &cp, now) {
+            match store.check_checkpoint(feed, &cp, now, true) {
                 Ok(_) => job.checkpoints.push(cp),
                 Err(e) => tracing::warn!(feed, "the peer's closing checkpoint is refused: {e}"),
             }
@@ -2221,6 +2221,11 @@ impl Session {
             store
                 .raise_peer_seen_hlc(&peer, feed, store.clock())
                 .map_err(store_err)?;
+            // This state now includes the peer's as its checkpoint attests: a replica holding
+            // the peer's checkpoint may take this instance's next one (wire-spec 11).
+            for cp in std::mem::take(&mut self.job(feed)?.checkpoints) {
+                store.record_covered(feed, &cp).map_err(store_err)?;
+            }
         }
         Ok(())
     }

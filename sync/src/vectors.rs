@@ -195,6 +195,7 @@ pub fn documents() -> Vec<(&'static str, Option<String>, SignedDocument)> {
             seq: 42,
             time: TIME,
             expires: TIME + 7 * 86_400,
+            covers: Vec::new(),
         },
         &key,
     ));

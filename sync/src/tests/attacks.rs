@@ -589,6 +589,7 @@ fn a_pull_without_a_checkpoint_or_with_an_expired_one_applies_nothing() {
                 seq: sum.feed.seq,
                 time: t - 7200,
                 expires: t - 3600,
+                covers: Vec::new(),
             },
             hub.identity().signing_key(),
         )
