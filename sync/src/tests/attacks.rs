@@ -850,3 +850,55 @@ fn documents_whose_signer_lost_trust_are_not_offered() {
         "{report:?}"
     );
 }
+
+/// Rollback through a second writer: a replica that holds the primary hub's checkpoint is
+/// offered the state of a secondary writer that has not mirrored the primary's latest
+/// publishes, signed later (a failover to a secondary that is behind, or a relay replaying
+/// the secondary's older state to undo a publish or lift a block). It applies nothing until
+/// the secondary's checkpoint covers the one held, i.e. the writers have mirrored.
+#[test]
+fn failing_over_to_a_writer_that_is_behind_undoes_nothing_until_it_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub1 = new_store(&dir.path().join("hub1"));
+    let hub2 = new_store(&dir.path().join("hub2"));
+    let spoke = new_store(&dir.path().join("spoke"));
+    for s in [&hub1, &hub2, &spoke] {
+        s.create_feed("demo", Ecosystem::Raw).unwrap();
+        for k in [&hub1, &hub2] {
+            s.trust_add("demo", &k.identity().public_key()).unwrap();
+        }
+    }
+    trust_each_other(&hub1, &hub2);
+    publish(&hub1, "demo", 0, 5, 10);
+    converge(&hub2, &hub1, config(Mode::Mirror, &["demo"]), lan(), "demo");
+    // hub1 publishes 5 more; the spoke takes them, hub2 does not (hub1 then goes down).
+    publish(&hub1, "demo", 5, 10, 10);
+    converge(&spoke, &hub1, config(Mode::Pull, &["demo"]), lan(), "demo");
+    publish(&hub2, "demo", 100, 101, 10);
+    let before = root(&spoke, "demo");
+    assert_eq!(before.count, 10);
+    let mut c = config(Mode::Pull, &["demo"]);
+    c.guard.allow = true;
+    let o = sim::run(&spoke, &hub2, c.clone(), &AllowAll, lan());
+    let err = o.initiator[0].error.clone().unwrap_or_default();
+    assert!(err.contains("does not include"), "{o:?}");
+    assert_eq!(
+        root(&spoke, "demo"),
+        before,
+        "nothing of hub2's state was applied"
+    );
+    // hub1 is back and the writers mirror: hub2's state now covers what the spoke holds.
+    converge(&hub2, &hub1, config(Mode::Mirror, &["demo"]), lan(), "demo");
+    converge(&spoke, &hub2, c.clone(), lan(), "demo");
+    assert_eq!(root(&spoke, "demo").count, 11);
+    let (cp, doc) = spoke.checkpoint("demo").unwrap().unwrap();
+    assert_eq!(doc.signer(), hub2.identity().public_key());
+    assert_eq!(cp.covers.len(), 1);
+    assert_eq!(cp.covers[0].key, *hub1.identity().public_key().as_bytes());
+    // And back to hub1 once it covers hub2's state: as the responder of the writers' next
+    // mirror it records the checkpoint hub2 opens with.
+    converge(&hub2, &hub1, config(Mode::Mirror, &["demo"]), lan(), "demo");
+    publish(&hub1, "demo", 200, 201, 10);
+    converge(&spoke, &hub1, c, lan(), "demo");
+    assert_eq!(root(&spoke, "demo").count, 12);
+}
