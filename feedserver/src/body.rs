@@ -162,6 +162,10 @@ impl VerifiedBlobs {
 #[derive(Debug)]
 pub struct VerifiedFiles {
     inner: Mutex<Lru<Remembered>>,
+    /// The most recently sent of those files, kept open: a hot download opens nothing. An
+    /// open file whose stamp moved (written to, or unlinked: that moves the change time too)
+    /// is closed at its next use.
+    open: Mutex<Lru<Arc<std::fs::File>>>,
     /// Files being hashed at once; more first downloads stream instead.
     verifying: Arc<Semaphore>,
 }
@@ -179,6 +183,8 @@ pub const REVERIFY: Duration = Duration::from_secs(60);
 pub const MAX_SENT_FILE: u64 = 64 << 20;
 /// Verifications remembered.
 const FILES_REMEMBERED: usize = 8192;
+/// Verified files kept open.
+const FILES_KEPT_OPEN: usize = 64;
 /// Bytes at the end of a file sent from memory after the check that it did not change.
 const TAIL: u64 = 64;
 
@@ -186,6 +192,7 @@ impl Default for VerifiedFiles {
     fn default() -> VerifiedFiles {
         VerifiedFiles {
             inner: Mutex::new(Lru::new(FILES_REMEMBERED)),
+            open: Mutex::new(Lru::new(FILES_KEPT_OPEN)),
             verifying: Arc::new(Semaphore::new(4)),
         }
     }
@@ -216,12 +223,28 @@ async fn file_body(
     if size == 0 || size > MAX_SENT_FILE || !zerocopy::available() {
         return Ok(None);
     }
-    // Verified before and unchanged: an open and an `fstat`, here (no disk read).
-    if let Some(r) = server.verified_files().get(&hash) {
-        if let Some(Ok(file)) = server.store().reopen_local_blob(&hash) {
+    // Verified before and unchanged: an `fstat` of the file kept open (or an open), here (no
+    // disk read).
+    let files = server.verified_files();
+    if let Some(r) = files.get(&hash) {
+        let kept = files.open.lock().get(&hash);
+        let was_kept = kept.is_some();
+        let file = match kept {
+            Some(f) => Some(f),
+            None => server
+                .store()
+                .reopen_local_blob(&hash)
+                .and_then(Result::ok)
+                .map(Arc::new),
+        };
+        if let Some(file) = file {
             if r.stamp.size() == size && FileStamp::of(&file).is_ok_and(|s| s == r.stamp) {
+                if !was_kept {
+                    files.open.lock().insert(hash, file.clone(), 1);
+                }
                 return Ok(zerocopy::file_body(file, r.tail, r.stamp));
             }
+            files.open.lock().remove(&hash);
         }
     }
     let s = server.clone();
@@ -249,7 +272,7 @@ async fn file_body(
                 tail: tail.clone(),
             },
         );
-        Ok(Some((file, tail, stamp)))
+        Ok(Some((Arc::new(file), tail, stamp)))
     })
     .await?;
     Ok(found.and_then(|(file, tail, stamp)| zerocopy::file_body(file, tail, stamp)))

@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -160,6 +160,8 @@ pub struct FeedServer {
     verified: body::VerifiedBlobs,
     /// Blob files verified recently.
     verified_files: body::VerifiedFiles,
+    /// Feed records by name, with the store's write sequence they were read at.
+    feeds: parking_lot::Mutex<HashMap<String, (u64, cairn_store::FeedRecord)>>,
 }
 
 /// The manifests of `feed` whose package name `keep` accepts, as served: a version signed by
@@ -217,6 +219,8 @@ type RenderedDoc = ([u64; 6], Arc<String>);
 
 /// Rendered documents kept at most (the cache starts over beyond).
 const MAX_RENDERED: usize = 10_000;
+/// Feed records kept at most (the cache starts over beyond).
+const MAX_FEEDS_CACHED: usize = 1024;
 
 impl FeedServer {
     /// A server for `store`.
@@ -252,6 +256,7 @@ impl FeedServer {
             blocklist: blocking::Cache::default(),
             rendered: parking_lot::Mutex::new(HashMap::new()),
             resolved: parking_lot::Mutex::new(HashMap::new()),
+            feeds: parking_lot::Mutex::new(HashMap::new()),
             verified: body::VerifiedBlobs::new(
                 usize::try_from(config.verified_cache_mib.saturating_mul(1 << 20))
                     .unwrap_or(usize::MAX),
@@ -350,7 +355,7 @@ impl FeedServer {
         key: &str,
         build: impl FnOnce() -> Result<String, ApiError>,
     ) -> Result<Arc<String>, ApiError> {
-        let system = self.store.feed(cairn_store::SYSTEM_FEED)?.cursor();
+        let system = self.feed_record(cairn_store::SYSTEM_FEED)?.cursor();
         let cursor = feed.cursor();
         let stamp = [
             cursor.epoch,
@@ -373,6 +378,26 @@ impl FeedServer {
         }
         cache.insert(cache_key, (stamp, body.clone()));
         Ok(body)
+    }
+
+    /// The record of feed `name`, read again only when something was written to the store
+    /// since it was last read: a download reads no feed record from RocksDB.
+    pub(crate) fn feed_record(&self, name: &str) -> Result<cairn_store::FeedRecord, ApiError> {
+        // The sequence is read before the record, so a write in between makes the next
+        // request read it again.
+        let seq = self.store.write_sequence();
+        if let Some((s, record)) = self.feeds.lock().get(name) {
+            if *s == seq {
+                return Ok(record.clone());
+            }
+        }
+        let record = self.store.feed(name)?;
+        let mut cache = self.feeds.lock();
+        if cache.len() >= MAX_FEEDS_CACHED {
+            cache.clear();
+        }
+        cache.insert(name.to_owned(), (seq, record.clone()));
+        Ok(record)
     }
 
     /// What a download of `key` resolved to within this second, with nothing written to the
@@ -417,11 +442,16 @@ impl FeedServer {
 
 async fn feed_request(
     State(server): State<Arc<FeedServer>>,
-    Path(params): Path<HashMap<String, String>>,
+    params: axum::extract::RawPathParams,
     request: Request,
 ) -> Response {
-    let feed = params.get("feed").map(String::as_str).unwrap_or("");
-    let rest = params.get("rest").map(String::as_str).unwrap_or("");
+    let param = |name: &str| {
+        params
+            .iter()
+            .find_map(|(k, v)| (k == name).then_some(v))
+            .unwrap_or("")
+    };
+    let (feed, rest) = (param("feed"), param("rest"));
     match dispatch(&server, feed, rest, request).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -446,7 +476,7 @@ async fn dispatch(
             "path `{rest}` must not contain `..`, `.`, `\\` or NUL segments or start with `/`"
         )));
     }
-    let record = server.store().feed(feed)?;
+    let record = server.feed_record(feed)?;
     let Some(ecosystem) = record.ecosystem() else {
         return Err(ApiError::not_found(format!(
             "`{feed}` is not a package feed"
@@ -480,15 +510,18 @@ async fn count(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    // Copied only when they will be logged: a download does no more work than it must.
+    let logged = tracing::enabled!(tracing::Level::DEBUG)
+        .then(|| (request.method().clone(), request.uri().path().to_owned()));
     let response = next.run(request).await;
     server.metrics.requests.fetch_add(1, Ordering::Relaxed);
     let status = response.status();
     if status.is_client_error() || status.is_server_error() {
         server.metrics.errors.fetch_add(1, Ordering::Relaxed);
     }
-    tracing::debug!(%method, %path, status = status.as_u16(), "http request");
+    if let Some((method, path)) = logged {
+        tracing::debug!(%method, %path, status = status.as_u16(), "http request");
+    }
     response
 }
 

@@ -97,11 +97,11 @@ pub fn available() -> bool {
 /// A body of the whole of `file` as it was when verified (`stamp`, its size included): its
 /// bytes but the last `tail.len()` sent from the file, then `tail`, those last bytes as they
 /// were verified (at least one); `None` when this task's connection cannot carry files.
-pub fn file_body(file: File, tail: Bytes, stamp: FileStamp) -> Option<Body> {
+pub fn file_body(file: Arc<File>, tail: Bytes, stamp: FileStamp) -> Option<Body> {
     let queue = QUEUE.try_with(|q| q.clone()).ok()?;
     Some(Body::new(FileBody {
         queue,
-        file: Arc::new(file),
+        file,
         offset: 0,
         left: stamp.size.saturating_sub(tail.len() as u64),
         tail: Some(tail),
