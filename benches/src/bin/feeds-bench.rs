@@ -1,9 +1,15 @@
 //! The feed server under load, side by side with the servers people run instead, all on
 //! loopback in one run: Cairn's PyPI simple page and a 1 MiB wheel against pypiserver, npm
 //! packuments and tarballs against verdaccio, and a 1 MiB raw file against nginx serving it
-//! from disk. `wrk` makes the load; each server gets the same packages.
+//! from disk. `wrk` makes the load; each server gets the same packages. With `--rounds N` each
+//! row is measured N times, Cairn and the other server taking turns, and the table gives the
+//! medians and the median of the rounds' ratios with their range: on a small machine the
+//! figures move by a fifth from one minute to the next, and turns put both servers in the same
+//! minutes. Each row also gives the server's CPU time per request (its processes and their
+//! children, from `/proc`), which moves far less than the throughput.
 //!
-//! `feeds-bench [--seconds 10] [--connections 32] [--dir DIR]`; needs `wrk`, `pypi-server`
+//! `feeds-bench [--seconds 10] [--connections 32] [--rounds 1] [--only ROW] [--dir DIR]`;
+//! needs `wrk`, `pypi-server`
 //! (pip install pypiserver), verdaccio (`--verdaccio PATH` to its bin, installed with npm) and
 //! `nginx` on the PATH. Writes `DIR/results.md` and `results.json`.
 
@@ -45,6 +51,10 @@ struct Args {
     /// chosen row uses are not started.
     #[arg(long)]
     only: Option<String>,
+    /// Measurements of each row: Cairn and the other server take turns, and the table gives
+    /// each figure's median and the median of the rounds' ratios (with their range).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 impl Args {
@@ -95,6 +105,44 @@ struct Measured {
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
+    /// The server's CPU time (its processes and their children) per request, microseconds.
+    cpu_us_per_request: f64,
+    /// Per round, Cairn's figure over this server's (empty for Cairn's own rows).
+    round_ratios: Vec<f64>,
+}
+
+/// The unit of `/proc/PID/stat`'s times: Linux reports them in 1/100 s on every architecture
+/// it runs on (`USER_HZ`, what `getconf CLK_TCK` prints).
+const USER_HZ: f64 = 100.0;
+
+/// CPU time used so far, in clock ticks, by process `pid` and its children.
+fn cpu_ticks(pid: u32) -> u64 {
+    let ticks_of = |stat: &str| -> Option<(u32, u64)> {
+        // The fields after the command name: state, ppid, ... utime is the 14th field.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ppid = f.get(1)?.parse().ok()?;
+        let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        Some((ppid, ticks))
+    };
+    let mut total = 0;
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return 0;
+    };
+    for e in dir.flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        if let Some((ppid, ticks)) = ticks_of(&stat) {
+            if p == pid || ppid == pid {
+                total += ticks;
+            }
+        }
+    }
+    total
 }
 
 fn parse_ms(s: &str) -> Option<f64> {
@@ -127,7 +175,14 @@ fn parse_size(s: &str) -> Option<f64> {
 }
 
 /// Runs wrk against `url` and reads its summary.
-fn wrk(args: &Args, what: &str, server: &str, url: &str, headers: &[&str]) -> Result<Measured> {
+fn wrk(
+    args: &Args,
+    what: &str,
+    (server, pid): (&str, u32),
+    url: &str,
+    headers: &[&str],
+) -> Result<Measured> {
+    let cpu_before = cpu_ticks(pid);
     let mut c = Command::new("wrk");
     c.args(["-t2", "-c", &args.connections.to_string(), "-d"])
         .arg(format!("{}s", args.seconds))
@@ -161,6 +216,8 @@ fn wrk(args: &Args, what: &str, server: &str, url: &str, headers: &[&str]) -> Re
     let non2xx = field("Non-2xx or 3xx responses:")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    let cpu_s = cpu_ticks(pid).saturating_sub(cpu_before) as f64 / USER_HZ;
+    let requests = rps * args.seconds as f64;
     let m = Measured {
         what: what.into(),
         server: server.into(),
@@ -170,10 +227,12 @@ fn wrk(args: &Args, what: &str, server: &str, url: &str, headers: &[&str]) -> Re
         p50_ms: pct("50%"),
         p99_ms: pct("99%"),
         errors: non2xx,
+        cpu_us_per_request: cpu_s * 1e6 / requests.max(1.0),
+        round_ratios: Vec::new(),
     };
     eprintln!(
-        "feeds-bench: {what} {server}: {:.0} req/s, {:.1} MiB/s, p99 {:.2} ms, {} non-2xx",
-        m.requests_per_s, m.mib_per_s, m.p99_ms, m.errors
+        "feeds-bench: {what} {server}: {:.0} req/s, {:.1} MiB/s, p99 {:.2} ms, {} non-2xx, {:.0} us CPU per request",
+        m.requests_per_s, m.mib_per_s, m.p99_ms, m.errors, m.cpu_us_per_request
     );
     Ok(m)
 }
@@ -402,8 +461,7 @@ fn main() -> Result<()> {
     let vd = format!("http://127.0.0.1:{v_port}");
     let ng = format!("http://127.0.0.1:{ng_port}");
     let html = "Accept: text/html";
-    let mut rows = Vec::new();
-    for (what, server, url, headers) in [
+    let table = [
         (
             "PyPI simple page",
             "cairn",
@@ -459,12 +517,26 @@ fn main() -> Result<()> {
             vec![],
         ),
         ("raw 1 MiB file", "nginx", format!("{ng}/1mib.bin"), vec![]),
-    ] {
-        if !args.chosen(what) {
-            continue;
+    ];
+    let pid = |server: &str| match server {
+        "cairn" => _cairn.0.id(),
+        "pypiserver" => _pypi.as_ref().map_or(0, |p| p.0.id()),
+        "verdaccio" => _verdaccio.as_ref().map_or(0, |p| p.0.id()),
+        _ => _nginx.0.id(),
+    };
+    // Each round measures every chosen row, Cairn and the other server in turn, so that both
+    // see the same state of the machine.
+    let mut samples: Vec<Vec<Measured>> = Vec::new();
+    for _ in 0..args.rounds.max(1) {
+        let mut round = Vec::new();
+        for (what, server, url, headers) in &table {
+            if args.chosen(what) {
+                round.push(wrk(&args, what, (server, pid(server)), url, headers)?);
+            }
         }
-        rows.push(wrk(&args, what, server, &url, &headers)?);
+        samples.push(round);
     }
+    let rows = medians(&samples);
     write_results(&root, &args, &rows)
 }
 
@@ -507,35 +579,102 @@ fn hex_lower(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// The median of `xs` (the mean of the middle two of an even count).
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    match xs.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => xs[n / 2],
+        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+    }
+}
+
+/// Whether a row compares bytes per second (downloads) rather than requests per second.
+fn by_throughput(what: &str) -> bool {
+    what.contains("MiB") || what.contains("tarball")
+}
+
+/// One row per measurement, each figure the median over the rounds, with each round's ratio
+/// of Cairn's figure to the other server's kept on the other server's row.
+fn medians(samples: &[Vec<Measured>]) -> Vec<Measured> {
+    let Some(first) = samples.first() else {
+        return Vec::new();
+    };
+    let mut rows = Vec::new();
+    for (i, m) in first.iter().enumerate() {
+        let all: Vec<&Measured> = samples.iter().filter_map(|r| r.get(i)).collect();
+        let med = |f: fn(&Measured) -> f64| median(all.iter().map(|m| f(m)).collect());
+        let cairn = first
+            .iter()
+            .position(|c| c.what == m.what && c.server == "cairn");
+        let round_ratios = match cairn {
+            Some(c) if m.server != "cairn" => samples
+                .iter()
+                .filter_map(|r| {
+                    let (c, o) = (r.get(c)?, r.get(i)?);
+                    Some(if by_throughput(&m.what) {
+                        c.mib_per_s / o.mib_per_s.max(1e-9)
+                    } else {
+                        c.requests_per_s / o.requests_per_s.max(1e-9)
+                    })
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        rows.push(Measured {
+            what: m.what.clone(),
+            server: m.server.clone(),
+            url: m.url.clone(),
+            requests_per_s: med(|m| m.requests_per_s),
+            mib_per_s: med(|m| m.mib_per_s),
+            p50_ms: med(|m| m.p50_ms),
+            p99_ms: med(|m| m.p99_ms),
+            errors: all.iter().map(|m| m.errors).sum(),
+            cpu_us_per_request: med(|m| m.cpu_us_per_request),
+            round_ratios,
+        });
+    }
+    rows
+}
+
 fn write_results(root: &Path, args: &Args, rows: &[Measured]) -> Result<()> {
     fs::write(
         root.join("results.json"),
         serde_json::to_string_pretty(rows)?,
     )?;
+    let rounds = args.rounds.max(1);
     let mut md = format!(
-        "wrk -t2 -c{} -d{}s --latency, loopback, one run\n\n| what | server | requests/s | MiB/s | p50 ms | p99 ms | non-2xx | Cairn against it |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "wrk -t2 -c{} -d{}s --latency, loopback, {rounds} round(s) (medians)\n\n| what | server | requests/s | MiB/s | p50 ms | p99 ms | non-2xx | CPU us/request | Cairn against it |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         args.connections, args.seconds
     );
     for r in rows {
-        let cairn = rows
-            .iter()
-            .find(|c| c.what == r.what && c.server == "cairn");
-        let ratio = match cairn {
-            Some(c) if r.server != "cairn" => {
-                if r.what.contains("MiB") || r.what.contains("tarball") {
-                    format!("{:.2}x the throughput", c.mib_per_s / r.mib_per_s.max(1e-9))
-                } else {
-                    format!(
-                        "{:.2}x the requests/s",
-                        c.requests_per_s / r.requests_per_s.max(1e-9)
-                    )
-                }
+        let ratio = if r.round_ratios.is_empty() {
+            String::new()
+        } else {
+            let unit = if by_throughput(&r.what) {
+                "the throughput"
+            } else {
+                "the requests/s"
+            };
+            let lo = r.round_ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = r.round_ratios.iter().copied().fold(0.0, f64::max);
+            let mut text = format!("{:.2}x {unit}", median(r.round_ratios.clone()));
+            if r.round_ratios.len() > 1 {
+                text.push_str(&format!(" (rounds {lo:.2}-{hi:.2}x)"));
             }
-            _ => String::new(),
+            text
         };
         md.push_str(&format!(
-            "| {} | {} | {:.0} | {:.1} | {:.2} | {:.2} | {} | {} |\n",
-            r.what, r.server, r.requests_per_s, r.mib_per_s, r.p50_ms, r.p99_ms, r.errors, ratio
+            "| {} | {} | {:.0} | {:.1} | {:.2} | {:.2} | {} | {:.0} | {} |\n",
+            r.what,
+            r.server,
+            r.requests_per_s,
+            r.mib_per_s,
+            r.p50_ms,
+            r.p99_ms,
+            r.errors,
+            r.cpu_us_per_request,
+            ratio
         ));
     }
     fs::write(root.join("results.md"), &md)?;
