@@ -825,6 +825,9 @@ pub struct RunLimits {
     pub min_progress_bytes: u64,
     /// Longest a run may take.
     pub max_run: Duration,
+    /// `max_run` is when the transfer window the run started in closes: a run cut then says
+    /// so, and resumes at the next window.
+    pub max_run_is_window_end: bool,
     /// Bytes of bulk frames (DOCS) held in memory before the session takes them.
     pub bulk_buffer_bytes: u32,
     /// Blob pieces verified and written at once (each holds a blocking thread).
@@ -840,6 +843,7 @@ impl Default for RunLimits {
             window: Duration::from_secs(60),
             min_progress_bytes: 64 << 10,
             max_run: Duration::from_secs(24 * 3600),
+            max_run_is_window_end: false,
             bulk_buffer_bytes: 16 << 20,
             concurrent_pieces: 32,
             max_receive_window: TransportOptions::default().window_bytes(),
@@ -881,10 +885,19 @@ impl Watchdog {
     fn check(&mut self) -> Result<(), TransportError> {
         let now = Instant::now();
         if now >= self.run_deadline {
-            return Err(TransportError::Stalled(format!(
-                "the run took longer than {} s",
-                self.limits.max_run.as_secs()
-            )));
+            return Err(TransportError::Stalled(
+                if self.limits.max_run_is_window_end {
+                    format!(
+                    "its transfer window closed after {} s; what was transferred is kept and the next window resumes it",
+                    self.limits.max_run.as_secs()
+                )
+                } else {
+                    format!(
+                        "the run took longer than {} s",
+                        self.limits.max_run.as_secs()
+                    )
+                },
+            ));
         }
         if now.duration_since(self.mark_at) >= self.limits.window {
             let p = self.progress();

@@ -555,7 +555,11 @@ async fn drive(
         WindowState::Open { rate, until } => {
             config.max_rate = rate;
             if let Some(until) = until {
-                limits.max_run = limits.max_run.min(until.max(Duration::from_secs(1)));
+                let until = until.max(Duration::from_secs(1));
+                if until < limits.max_run {
+                    limits.max_run = until;
+                    limits.max_run_is_window_end = true;
+                }
             }
         }
         WindowState::Closed(_) => config.max_rate = rep.max_rate.map_or(0, |r| r.0),
