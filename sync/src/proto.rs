@@ -934,10 +934,13 @@ impl Session {
         self.max_rate
     }
 
-    /// Responder: the feeds the initiator pulled in this run and asked to hear about when
-    /// they change (none unless HELLO asked, the mode is pull and the feed was accepted).
+    /// Responder: the feeds the initiator pulled or mirrored in this run and asked to hear
+    /// about when they change (none unless HELLO asked, the mode is pull or mirror and the
+    /// feed was accepted). A mirror peer told at once is a second writer that holds the first
+    /// one's writes, and covers its checkpoint, seconds after they were made: a failover to
+    /// it loses nothing it could have had.
     pub fn notify_feeds(&self) -> Vec<String> {
-        if self.role != Role::Responder || !self.notify || self.mode != Mode::Pull {
+        if self.role != Role::Responder || !self.notify || self.mode == Mode::Push {
             return Vec::new();
         }
         self.order
