@@ -10,24 +10,7 @@ use std::cmp::Ordering;
 
 use cairn_store::doc::{Ecosystem, OsvAffected};
 
-/// PEP 503 normalization of a Python project name: lowercase, runs of `-`, `_` and `.`
-/// become one `-`.
-pub fn normalize_pypi(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut sep = false;
-    for c in name.chars() {
-        if matches!(c, '-' | '_' | '.') {
-            sep = true;
-            continue;
-        }
-        if sep && !out.is_empty() {
-            out.push('-');
-        }
-        sep = false;
-        out.extend(c.to_lowercase());
-    }
-    out
-}
+pub use cairn_store::names::normalize_pypi;
 
 #[derive(Debug, PartialEq, Eq)]
 enum Part {

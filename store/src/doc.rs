@@ -48,11 +48,13 @@ pub enum DocType {
     KeyRotation,
     /// A signed tree head of an instance's transparency log of checkpoints.
     TreeHead,
+    /// A package version copied from one feed to another, and who did it.
+    Promotion,
 }
 
 impl DocType {
     /// Every type, for tables and tests.
-    pub const ALL: [DocType; 9] = [
+    pub const ALL: [DocType; 10] = [
         DocType::Manifest,
         DocType::Tombstone,
         DocType::Vulnerability,
@@ -62,6 +64,7 @@ impl DocType {
         DocType::Checkpoint,
         DocType::KeyRotation,
         DocType::TreeHead,
+        DocType::Promotion,
     ];
 
     /// The name used in envelopes and in the signature's domain separator.
@@ -76,6 +79,7 @@ impl DocType {
             DocType::Checkpoint => "checkpoint",
             DocType::KeyRotation => "key-rotation",
             DocType::TreeHead => "tree-head",
+            DocType::Promotion => "promotion",
         }
     }
 
@@ -935,6 +939,48 @@ pub struct Policy {
 
 impl Payload for Policy {
     const TYPE: DocType = DocType::Policy;
+}
+
+/// A package version copied from feed `from` to feed `to` (of the same ecosystem): `to` got a
+/// manifest of its own naming the same files, so the same blobs, as the one promoted. It
+/// lives in the system set under `promotion/TO/NAME/VERSION`, so every site sees where a
+/// version it serves came from, who moved it and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Promotion {
+    /// Payload version.
+    pub v: u64,
+    /// The ecosystem of both feeds.
+    pub ecosystem: Ecosystem,
+    /// The feed the version was promoted from.
+    pub from: String,
+    /// The feed it was promoted to.
+    pub to: String,
+    /// Package name as published.
+    pub name: String,
+    /// Version string.
+    pub version: String,
+    /// The id of the manifest promoted (in `from`).
+    pub source: Hash,
+    /// The id of the manifest the version has in `to`.
+    pub manifest: Hash,
+    /// Who promoted it: an admin token's id and label, or the operator of the command line.
+    pub by: String,
+    /// Unix seconds when it was promoted.
+    pub time: u64,
+    /// Hybrid logical clock at promotion.
+    pub hlc: u64,
+}
+
+impl Payload for Promotion {
+    const TYPE: DocType = DocType::Promotion;
+}
+
+impl Promotion {
+    /// The key it lives under in the system set.
+    pub fn key(&self) -> String {
+        format!("promotion/{}/{}/{}", self.to, self.name, self.version)
+    }
 }
 
 /// A feed's state as signed by its authority, for auditing replicas.

@@ -113,6 +113,25 @@ pub fn split_package_key(key: &str) -> Option<(&str, &str)> {
     key.rsplit_once('/')
 }
 
+/// PEP 503 normalization of a Python project name: lowercase, runs of `-`, `_` and `.`
+/// become one `-`.
+pub fn normalize_pypi(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut sep = false;
+    for c in name.chars() {
+        if matches!(c, '-' | '_' | '.') {
+            sep = true;
+            continue;
+        }
+        if sep && !out.is_empty() {
+            out.push('-');
+        }
+        sep = false;
+        out.extend(c.to_lowercase());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,8 +27,8 @@ use crate::blob::{
     self, RandomAccess, StagedBlob, BLOCK_SIZE, CHUNK_GROUP_BYTES, CHUNK_GROUP_LOG, INLINE_MAX,
 };
 use crate::doc::{
-    Assessment, AssessmentType, DocType, Manifest, Payload, Policy, SignedDocument, Tombstone,
-    Vulnerability, PAYLOAD_VERSION,
+    Assessment, AssessmentType, DocType, Manifest, Payload, Policy, Promotion, SignedDocument,
+    Tombstone, Vulnerability, PAYLOAD_VERSION,
 };
 use crate::hlc;
 use crate::names;
@@ -83,6 +83,7 @@ pub fn system_key(doc: &SignedDocument) -> Result<String> {
             doc.payload::<AssessmentType>().map_err(bad)?.name
         ),
         DocType::Policy => format!("policy/{}", doc.payload::<Policy>().map_err(bad)?.name),
+        DocType::Promotion => doc.payload::<Promotion>().map_err(bad)?.key(),
         DocType::Tombstone => doc.payload::<Tombstone>().map_err(bad)?.key,
         other => {
             return Err(StoreError::NotSystemDocument {
@@ -114,6 +115,11 @@ impl SystemPayload for AssessmentType {
     }
 }
 impl SystemPayload for Policy {
+    fn set_hlc(&mut self, hlc: u64) {
+        self.hlc = hlc;
+    }
+}
+impl SystemPayload for Promotion {
     fn set_hlc(&mut self, hlc: u64) {
         self.hlc = hlc;
     }
@@ -243,12 +249,18 @@ impl Store {
                 DocType::Vulnerability
                 | DocType::Assessment
                 | DocType::AssessmentType
-                | DocType::Policy,
+                | DocType::Policy
+                | DocType::Promotion,
             ) => {
                 let hlc = match doc.doc_type() {
                     DocType::Vulnerability => doc.payload::<Vulnerability>()?.hlc,
                     DocType::Assessment => doc.payload::<Assessment>()?.hlc,
                     DocType::AssessmentType => doc.payload::<AssessmentType>()?.hlc,
+                    DocType::Promotion => {
+                        let p = doc.payload::<Promotion>()?;
+                        p.check_names()?;
+                        p.hlc
+                    }
                     _ => doc.payload::<Policy>()?.hlc,
                 };
                 (system_key(&doc)?, EntryKind::Document, hlc, Vec::new())

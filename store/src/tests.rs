@@ -821,6 +821,95 @@ mod replication {
         );
         assert_eq!(b.feed_summary("extra").unwrap().root.count, 0);
     }
+
+    #[test]
+    fn a_promotion_copies_a_version_without_its_bytes_and_signs_a_record_that_replicates() {
+        let (_da, a, _db, b) = pair();
+        b.trust_add(SYSTEM_FEED, &a.identity().public_key())
+            .unwrap();
+        a.create_feed("release", Ecosystem::Raw).unwrap();
+        a.create_feed("wheels", Ecosystem::Pypi).unwrap();
+        a.publish("demo", package(&a, "tool", "1.0", &vec![7u8; 100_000]))
+            .unwrap();
+        let (source, staged) = a.manifest("demo", "tool", "1.0").unwrap().unwrap();
+        let p = a
+            .promote("demo", "release", "tool", "1.0", "token t1 (CI)")
+            .unwrap();
+        assert_eq!(p.outcome, PublishOutcome::Created);
+        assert_eq!(p.record.0, "promotion/release/tool/1.0");
+        let (id, promoted) = a.manifest("release", "tool", "1.0").unwrap().unwrap();
+        assert_eq!(id, p.manifest);
+        assert_eq!(promoted.feed, "release");
+        assert_eq!(
+            promoted.files, staged.files,
+            "the same blobs, nothing copied"
+        );
+        let history = a.promotions(Some("tool"), None).unwrap();
+        assert_eq!(history.len(), 1);
+        let r = &history[0];
+        assert_eq!(
+            (r.from.as_str(), r.to.as_str(), r.by.as_str()),
+            ("demo", "release", "token t1 (CI)")
+        );
+        assert_eq!((r.source, r.manifest), (source, id));
+        // Promoting again keeps the version and records it again.
+        let again = a
+            .promote("demo", "release", "tool", "1.0", "someone")
+            .unwrap();
+        assert_eq!(again.outcome, PublishOutcome::Unchanged);
+        assert_eq!(a.promotions(None, None).unwrap()[0].by, "someone");
+        // Refusals change nothing.
+        let before = a.feed_summary(SYSTEM_FEED).unwrap().root;
+        for (from, to, name) in [
+            ("demo", "wheels", "tool"),
+            ("demo", "demo", "tool"),
+            ("demo", "release", "absent"),
+            ("demo", SYSTEM_FEED, "tool"),
+            ("demo", "no-such-feed", "tool"),
+        ] {
+            assert!(
+                a.promote(from, to, name, "1.0", "x").is_err(),
+                "{from} -> {to} {name}"
+            );
+        }
+        assert_eq!(a.feed_summary(SYSTEM_FEED).unwrap().root, before);
+        // Other files under the same version in the target are a conflict, as in a publish.
+        a.publish("demo", package(&a, "other", "2", b"staged"))
+            .unwrap();
+        a.publish("release", package(&a, "other", "2", b"different"))
+            .unwrap();
+        assert!(matches!(
+            a.promote("demo", "release", "other", "2", "x"),
+            Err(StoreError::VersionExists { .. })
+        ));
+        // The record replicates with the system set and reads the same on the replica.
+        let r = copy_feed(&a, &b, SYSTEM_FEED, ApplyRule::Authoritative);
+        assert!(r.iter().all(|x| x.is_ok()), "{r:?}");
+        assert_eq!(
+            b.promotions(None, None).unwrap(),
+            a.promotions(None, None).unwrap()
+        );
+        assert!(a.verify().unwrap().ok());
+        assert!(b.verify().unwrap().ok());
+        // A forged history is refused: a record signed by a key not trusted for the system
+        // set, and one from a trusted key that promotes a feed to itself.
+        let held = b.feed_summary(SYSTEM_FEED).unwrap().root;
+        let (_dc, c) = store();
+        let mut forged = b.promotions(None, None).unwrap()[0].clone();
+        forged.by = "someone else".into();
+        let untrusted = SignedDocument::sign(&forged, c.identity().signing_key()).unwrap();
+        forged.from = forged.to.clone();
+        let to_itself = SignedDocument::sign(&forged, a.identity().signing_key()).unwrap();
+        let r = b
+            .apply_remote(
+                SYSTEM_FEED,
+                &[untrusted.bytes().to_vec(), to_itself.bytes().to_vec()],
+                ApplyRule::Authoritative,
+            )
+            .unwrap();
+        assert!(r.iter().all(|x| x.is_err()), "{r:?}");
+        assert_eq!(b.feed_summary(SYSTEM_FEED).unwrap().root, held);
+    }
 }
 
 #[test]

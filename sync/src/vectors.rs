@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 
 use cairn_store::doc::{
     Assessment, AssessmentType, Checkpoint, DocType, Ecosystem, FileEntry, KeyRotation, Manifest,
-    OsvAffected, OsvEvent, OsvPackage, OsvRange, Policy, SignedDocument, Tombstone, Vulnerability,
+    OsvAffected, OsvEvent, OsvPackage, OsvRange, Policy, Promotion, SignedDocument, Tombstone,
+    Vulnerability,
 };
 use cairn_store::tlog::{self, Nodes, TreeHead};
 use cairn_store::{merkle, Hash};
@@ -183,6 +184,22 @@ pub fn documents() -> Vec<(&'static str, Option<String>, SignedDocument)> {
         },
         &key,
     ));
+    let promotion = sign(SignedDocument::sign(
+        &Promotion {
+            v: 1,
+            ecosystem: Ecosystem::Pypi,
+            from: "staging".into(),
+            to: "pypi".into(),
+            name: "demo".into(),
+            version: "1.0".into(),
+            source: Hash::of(b"the staging manifest of demo 1.0"),
+            manifest: manifest.id(),
+            by: "token 5f3a (release CI)".into(),
+            time: TIME,
+            hlc: HLC + 7,
+        },
+        &key,
+    ));
     let leaves = feed_entries(&manifest, &tombstone);
     let summary = merkle::summarize(leaves.iter().map(|(k, d)| (k.as_str(), d)));
     let checkpoint = sign(SignedDocument::sign(
@@ -238,6 +255,11 @@ pub fn documents() -> Vec<(&'static str, Option<String>, SignedDocument)> {
         ),
         ("assessment", Some("assessment/a1".into()), assessment),
         ("policy", Some("policy/default".into()), policy),
+        (
+            "promotion",
+            Some("promotion/pypi/demo/1.0".into()),
+            promotion,
+        ),
         ("checkpoint", None, checkpoint),
         ("key-rotation", None, rotation),
         ("tree-head", None, tree_head),

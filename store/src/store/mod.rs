@@ -21,7 +21,8 @@
 //!
 //! The parts: `schema` (the layout above), `error`, `records` (the values handed in and
 //! out), `open` (creating and opening a directory), `trust`, `blobs`, `documents`, `feeds`
-//! (entries, Merkle summaries, the change log), `publish` (writes), `gc`, `verify`, and
+//! (entries, Merkle summaries, the change log), `publish` (writes), `promote` (a version
+//! copied between feeds, with its signed record), `gc`, `verify`, and
 //! `txn` (one write batch under the write lock).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -59,6 +60,7 @@ mod error;
 mod feeds;
 mod gc;
 mod open;
+mod promote;
 mod publish;
 mod records;
 mod schema;
@@ -68,6 +70,7 @@ mod verify;
 
 pub(crate) use documents::CheckedDocs;
 pub use error::*;
+pub use promote::Promoted;
 pub use records::*;
 pub use schema::*;
 pub(crate) use txn::Txn;

@@ -26,6 +26,7 @@ DOC_TYPES = {
     "assessment",
     "assessment-type",
     "policy",
+    "promotion",
     "checkpoint",
     "tree-head",
 }

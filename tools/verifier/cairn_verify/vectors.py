@@ -191,7 +191,9 @@ PAYLOAD_FIELDS = {
                    "created", "expires", "hlc"},
     "assessment-type": {"v", "name", "blocking", "description", "hlc"},
     "policy": {"v", "name", "feeds", "unassessed", "hlc"},
-    "checkpoint": {"v", "feed", "root", "count", "epoch", "seq", "time", "expires"},
+    "promotion": {"v", "ecosystem", "from", "to", "name", "version", "source", "manifest", "by",
+                  "time", "hlc"},
+    "checkpoint": {"v", "feed", "root", "count", "epoch", "seq", "time", "expires", "covers"},
     "key-rotation": {"v", "old", "new", "time"},
     "tree-head": {"v", "size", "root", "time"},
 }
@@ -210,6 +212,8 @@ def entry_key(doc_type, p):
         return f"assessment-type/{p['name']}"
     if doc_type == "policy":
         return f"policy/{p['name']}"
+    if doc_type == "promotion":
+        return f"promotion/{p['to']}/{p['name']}/{p['version']}"
     return None
 
 
