@@ -9,6 +9,7 @@ mod feeds;
 mod link;
 mod operations;
 mod packaging;
+mod promotion;
 mod replication;
 mod s3;
 mod sites;

@@ -22,6 +22,7 @@
 //! | `GET replication-log?limit=N` | the newest replication runs |
 //! | `GET vulnerabilities`, `POST vulnerabilities` (OSV JSON, one or an array), `DELETE vulnerabilities/ID` | vulnerability records |
 //! | `GET assessment-types`, `POST assessment-types` `{"name", "blocking", "description"}`, `DELETE assessment-types/NAME` | kinds of assessment, built-in ones included |
+//! | `GET promotions?name=N&version=V`, `POST promotions` `{"from", "to", "name", "version"}` | promotion records, newest first (of a package or version when given); promote a version to another feed of the same type without copying its files (`cairn promote`), the record naming the token |
 //! | `GET assessments`, `POST assessments` `{"vulnerability", "type", "comment", "author", "expires_days"}`, `DELETE assessments/ID` | decisions; they replicate with `@system` |
 
 use std::sync::Arc;
@@ -48,7 +49,10 @@ pub async fn route(
     }
 }
 
-fn require_admin(server: &FeedServer, headers: &HeaderMap) -> Result<(), ApiError> {
+fn require_admin(
+    server: &FeedServer,
+    headers: &HeaderMap,
+) -> Result<cairn_store::admin::TokenInfo, ApiError> {
     let Some(secret) = crate::auth::token_of(headers) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -65,7 +69,7 @@ fn require_admin(server: &FeedServer, headers: &HeaderMap) -> Result<(), ApiErro
             "the admin API needs a token with the admin scope",
         ));
     }
-    Ok(())
+    Ok(info)
 }
 
 async fn body_json(request: Request) -> Result<serde_json::Value, ApiError> {
@@ -209,7 +213,7 @@ async fn handle(
         .await?;
         return Ok(axum::Json(body).into_response());
     }
-    require_admin(server, request.headers())?;
+    let admin = require_admin(server, request.headers())?;
     let s = server.clone();
     let reply = match (&method, segments.as_slice()) {
         (&Method::GET, ["feeds"]) => {
@@ -565,6 +569,42 @@ async fn handle(
             };
             blocking(move || Ok(json!({ "id": s.store().create_assessment(new)? }))).await?
         }
+        (&Method::GET, ["promotions"]) => {
+            let (name, version) = {
+                let uri = request.uri();
+                let param = |n: &str| {
+                    query_param(uri, n)
+                        .map(|v| crate::audit::percent_decode(&v))
+                        .transpose()
+                };
+                (param("name")?, param("version")?)
+            };
+            blocking(move || {
+                let all = s.store().promotions(name.as_deref(), version.as_deref())?;
+                Ok(json!(all.iter().map(promotion_json).collect::<Vec<_>>()))
+            })
+            .await?
+        }
+        (&Method::POST, ["promotions"]) => {
+            let body = body_json(request).await?;
+            let (from, to) = (text(&body, "from")?, text(&body, "to")?);
+            let (name, version) = (text(&body, "name")?, text(&body, "version")?);
+            let by = if admin.label.is_empty() {
+                format!("token {}", admin.id)
+            } else {
+                format!("token {} ({})", admin.id, admin.label)
+            };
+            blocking(move || {
+                let p = s.store().promote(&from, &to, &name, &version, &by)?;
+                Ok(json!({
+                    "manifest": p.manifest.to_string(),
+                    "already_held": p.outcome == cairn_store::PublishOutcome::Unchanged,
+                    "record": p.record.0,
+                    "by": by,
+                }))
+            })
+            .await?
+        }
         (
             &Method::DELETE,
             [kind @ ("vulnerabilities" | "assessment-types" | "assessments"), id],
@@ -607,6 +647,21 @@ fn held_checkpoint(store: &cairn_store::Store, feed: &str) -> Result<serde_json:
         "expires_in_secs": cp.expires as i64 - now as i64,
         "covers_current_state": cp.root.as_bytes() == root.fingerprint.as_bytes() && cp.count == root.count,
     }))
+}
+
+/// A promotion record as the admin API and `cairn promotions --json` show it.
+pub fn promotion_json(p: &cairn_store::doc::Promotion) -> serde_json::Value {
+    json!({
+        "name": p.name,
+        "version": p.version,
+        "type": p.ecosystem.to_string(),
+        "from": p.from,
+        "to": p.to,
+        "source": p.source.to_string(),
+        "manifest": p.manifest.to_string(),
+        "by": p.by,
+        "time": p.time,
+    })
 }
 
 fn parse_key(text: &str) -> Result<cairn_store::PublicKey, ApiError> {

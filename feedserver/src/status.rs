@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cairn_store::admin::{duration_words as ago, ReplicationRecord};
+use cairn_store::doc::Promotion;
 
 use crate::pypi::escape;
 use crate::{blocking, ApiError, FeedServer};
@@ -48,7 +49,7 @@ pub async fn page(State(server): State<Arc<FeedServer>>) -> Response {
 async fn render(server: &Arc<FeedServer>) -> Result<String, ApiError> {
     let replications = server.replication_states();
     let s = server.clone();
-    let (key, feeds, peers, log, transparency) = blocking(move || {
+    let (key, feeds, peers, log, transparency, promotions) = blocking(move || {
         let store = s.store();
         let mut feeds = Vec::new();
         for f in store.list_feeds()? {
@@ -76,6 +77,7 @@ async fn render(server: &Arc<FeedServer>) -> Result<String, ApiError> {
             peers,
             log,
             transparency,
+            store.promotions(None, None)?,
         ))
     })
     .await?;
@@ -94,7 +96,7 @@ async fn render(server: &Arc<FeedServer>) -> Result<String, ApiError> {
 <p>Key <code>{key}</code>. This page refreshes itself every {REFRESH_SECS} s.</p></header>\
 <nav aria-label=\"Sections\"><a href=\"#replications\">Replications</a><a href=\"#feeds\">Feeds</a>\
 <a href=\"#peers\">Peers</a><a href=\"#transparency\">Transparency</a>\
-<a href=\"#log\">Recent runs</a></nav><main>",
+<a href=\"#promotions\">Promotions</a><a href=\"#log\">Recent runs</a></nav><main>",
         short = escape(&key.short()),
         key = escape(&key.to_string()),
     );
@@ -283,6 +285,9 @@ its key signed different states for different sites.</p><ul>",
     }
     h.push_str("</section>");
 
+    // Promotions, grouped by version (the newest promotion first).
+    h.push_str(&promotions_section(&promotions, now_secs));
+
     // The log.
     let _ = write!(
         h,
@@ -308,6 +313,55 @@ its key signed different states for different sites.</p><ul>",
         env!("CARGO_PKG_VERSION")
     );
     Ok(h)
+}
+
+/// Versions shown in the promotions section at most.
+const PROMOTED_VERSIONS: usize = 50;
+
+/// Each promoted version (newest first) with its promotions: from where to where, by whom,
+/// when.
+fn promotions_section(all: &[Promotion], now_secs: u64) -> String {
+    let mut h = String::from(
+        "<section aria-labelledby=\"promotions\"><h2 id=\"promotions\">Promotions</h2>",
+    );
+    if all.is_empty() {
+        h.push_str("<p>No version has been promoted.</p></section>");
+        return h;
+    }
+    let mut versions: Vec<(&str, &str)> = Vec::new();
+    for p in all {
+        if !versions.contains(&(p.name.as_str(), p.version.as_str())) {
+            versions.push((&p.name, &p.version));
+        }
+    }
+    h.push_str(
+        "<table><thead><tr><th scope=\"col\">Package</th><th scope=\"col\">Version</th>\
+<th scope=\"col\">History</th></tr></thead><tbody>",
+    );
+    for (name, version) in versions.iter().take(PROMOTED_VERSIONS) {
+        let steps: Vec<String> = all
+            .iter()
+            .filter(|p| p.name == *name && p.version == *version)
+            .map(|p| {
+                format!(
+                    "<code>{}</code> &rarr; <code>{}</code> by {}, {} ago",
+                    escape(&p.from),
+                    escape(&p.to),
+                    escape(&p.by),
+                    ago(now_secs.saturating_sub(p.time))
+                )
+            })
+            .collect();
+        let _ = write!(
+            h,
+            "<tr><td><code>{}</code></td><td><code>{}</code></td><td>{}</td></tr>",
+            escape(name),
+            escape(version),
+            steps.join("<br>")
+        );
+    }
+    h.push_str("</tbody></table></section>");
+    h
 }
 
 fn log_row(r: &ReplicationRecord, ended: &str) -> String {

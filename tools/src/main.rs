@@ -123,6 +123,31 @@ enum Command {
         /// Version.
         version: String,
     },
+    /// Copy a package version to another feed of the same type without copying its files,
+    /// with a signed promotion record (it replicates with `@system`).
+    Promote {
+        /// The feed it is in.
+        from: String,
+        /// The feed it goes to.
+        to: String,
+        /// Package name.
+        name: String,
+        /// Version.
+        version: String,
+        /// Who promotes it, for the record.
+        #[arg(long, default_value = "command line")]
+        by: String,
+    },
+    /// Promotion records, newest first: of every version, of a package, or of one version.
+    Promotions {
+        /// Package name.
+        name: Option<String>,
+        /// Version.
+        version: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Rehash every blob, check every signature, recompute every Merkle root.
     Verify {
         /// Machine-readable output.
@@ -415,6 +440,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// A promotion record as the command line and the admin API show it.
+fn promotion_json(p: &cairn_store::doc::Promotion) -> serde_json::Value {
+    cairn_feedserver::admin::promotion_json(p)
+}
+
 /// Runs a command that needs the store, writing to `out` and `err`: the same code serves the
 /// command line and a running server's control socket (which forwards the command line to
 /// it). Returns the exit code.
@@ -456,6 +486,45 @@ fn run_on_store(
                 "deleted {name} {version} from {feed} (tombstone {})",
                 d.doc
             )?;
+        }
+        Command::Promote {
+            from,
+            to,
+            name,
+            version,
+            by,
+        } => {
+            let p = store.promote(&from, &to, &name, &version, &by)?;
+            let what = match p.outcome {
+                cairn_store::PublishOutcome::Unchanged => "already held the same files",
+                _ => "holds it now",
+            };
+            writeln!(
+                out,
+                "promoted {name} {version} from {from} to {to}: {to} {what} (manifest {}); record {}",
+                p.manifest, p.record.0
+            )?;
+        }
+        Command::Promotions {
+            name,
+            version,
+            json,
+        } => {
+            let all = store.promotions(name.as_deref(), version.as_deref())?;
+            if json {
+                let rows: Vec<serde_json::Value> = all.iter().map(promotion_json).collect();
+                writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+            } else if all.is_empty() {
+                writeln!(out, "no promotions")?;
+            } else {
+                for p in all {
+                    writeln!(
+                        out,
+                        "{} {}: {} -> {} by {} at {}",
+                        p.name, p.version, p.from, p.to, p.by, p.time
+                    )?;
+                }
+            }
         }
         Command::Verify { json } => return verify(store, out, json, progress, on_verify),
         Command::Gc {
