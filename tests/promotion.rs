@@ -80,6 +80,20 @@ fn a_version_promoted_from_staging_to_release_installs_on_a_spoke_with_its_histo
         post(r#"{"from":"staging","to":"release","name":"cairn-beta","version":"2.0.0"}"#);
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("release CI"), "{text}");
+    // A token's label is free text of any length: the record keeps a bounded part of it.
+    let long = "é".repeat(300);
+    let long_admin = hub
+        .ok(&["token", "create", "--scope", "admin", "--label", &long])
+        .trim()
+        .to_owned();
+    let body = r#"{"from":"staging","to":"release","name":"cairn-alpha","version":"1.0.0"}"#;
+    let (status, text) = raw_http(
+        &hub_server.http,
+        &format!("POST /api/v1/promotions HTTP/1.1\r\nHost: HOST\r\nAuthorization: Bearer {long_admin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()),
+        body.as_bytes(),
+    );
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"already_held\":true"), "{text}");
     assert_eq!(
         blob_files(&hub),
         blobs_before,

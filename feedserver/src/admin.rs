@@ -589,10 +589,16 @@ async fn handle(
             let body = body_json(request).await?;
             let (from, to) = (text(&body, "from")?, text(&body, "to")?);
             let (name, version) = (text(&body, "name")?, text(&body, "version")?);
-            let by = if admin.label.is_empty() {
+            // A label is free text of any length; the record keeps at most 256 bytes of `by`.
+            let mut end = admin.label.len().min(160);
+            while !admin.label.is_char_boundary(end) {
+                end -= 1;
+            }
+            let label = &admin.label[..end];
+            let by = if label.is_empty() {
                 format!("token {}", admin.id)
             } else {
-                format!("token {} ({})", admin.id, admin.label)
+                format!("token {} ({label})", admin.id)
             };
             blocking(move || {
                 let p = s.store().promote(&from, &to, &name, &version, &by)?;

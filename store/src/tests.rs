@@ -852,12 +852,13 @@ mod replication {
             ("demo", "release", "token t1 (CI)")
         );
         assert_eq!((r.source, r.manifest), (source, id));
-        // Promoting again keeps the version and records it again.
+        // Promoting again changes nothing: the first record of how it got there stands.
         let again = a
             .promote("demo", "release", "tool", "1.0", "someone")
             .unwrap();
         assert_eq!(again.outcome, PublishOutcome::Unchanged);
-        assert_eq!(a.promotions(None, None).unwrap()[0].by, "someone");
+        assert_eq!(again.record, p.record);
+        assert_eq!(a.promotions(None, None).unwrap()[0].by, "token t1 (CI)");
         // Refusals change nothing.
         let before = a.feed_summary(SYSTEM_FEED).unwrap().root;
         for (from, to, name) in [

@@ -51,8 +51,8 @@ impl Store {
     /// system set a [`Promotion`] record naming both manifests, `by` and the time, both in one
     /// write batch. The source version must be live and signed by a key trusted for `from`;
     /// the feeds must hold the same ecosystem. A target that holds the version with the same
-    /// files keeps it (and gets a new record); one that holds other files for it refuses, as a
-    /// publish would.
+    /// files keeps it and the record of the promotion that brought it (a new one is written
+    /// only if there is none); one that holds other files for it refuses, as a publish would.
     pub fn promote(
         &self,
         from: &str,
@@ -136,12 +136,26 @@ impl Store {
             }
         }
         let published = txn.publish(to, ecosystem, package)?;
+        let key = record(published.doc).key();
+        if published.outcome == PublishOutcome::Unchanged {
+            // The target already held these files: the record of how they got there stands.
+            let system = self.feed(SYSTEM_FEED)?.id;
+            if let Some(held) = txn
+                .entry(system, &key)?
+                .filter(|v| v.kind == EntryKind::Document)
+            {
+                return Ok(Promoted {
+                    manifest: published.doc,
+                    outcome: published.outcome,
+                    record: (key, held.doc),
+                });
+            }
+        }
         let mut promotion = record(published.doc);
         promotion.hlc = txn.tick();
         let signed = SignedDocument::sign(&promotion, self.identity().signing_key()).map_err(
             StoreError::signing("promotion record".into(), "shorten `by`"),
         )?;
-        let key = promotion.key();
         txn.put_doc(&signed);
         txn.set_entry(
             SYSTEM_FEED,
