@@ -1015,7 +1015,8 @@ fn http_attacks_are_refused_and_change_nothing() {
 
 /// A blob file changed under a running server after downloads verified it (and had it sent
 /// from the file without a copy) is noticed at the next download and refused, however it was
-/// changed: in place with its modification time set back, or replaced by another file.
+/// changed: in place with its modification time set back, replaced by another file, or
+/// deleted while the server keeps it open.
 #[test]
 fn a_blob_changed_on_disk_under_a_running_server_is_refused() {
     use std::os::unix::fs::FileExt;
@@ -1068,7 +1069,16 @@ fn a_blob_changed_on_disk_under_a_running_server_is_refused() {
     assert_eq!(status, 500);
     assert!(String::from_utf8_lossy(&body).contains("failed verification"));
     std::fs::write(&blob, &original).unwrap();
+    assert_eq!(get(), (200, data.clone()));
+    // Deleted while the server keeps it open from the downloads before (an unlink moves the
+    // open file's change time too): nothing is sent from the descriptor it still holds.
     assert_eq!(get(), (200, data));
+    std::fs::remove_file(&blob).unwrap();
+    let (status, _) = get();
+    assert_eq!(
+        status, 500,
+        "a deleted blob file was sent from a descriptor kept open"
+    );
     server.stop();
 }
 

@@ -902,3 +902,58 @@ fn failing_over_to_a_writer_that_is_behind_undoes_nothing_until_it_catches_up() 
     converge(&spoke, &hub1, c, lan(), "demo");
     assert_eq!(root(&spoke, "demo").count, 12);
 }
+
+/// A forged history: an upstream passes on a promotion record (who moved which version into
+/// which feed) signed by a key the spoke does not trust for the system set. The spoke's run
+/// refuses it, keeps no record and changes nothing (records its hub signs replicate: the
+/// store's and the end-to-end promotion tests).
+#[test]
+fn a_promotion_record_signed_by_an_untrusted_key_is_refused() {
+    let (dir, hub, spoke) = small_pair();
+    let stranger = new_store(&dir.path().join("stranger"));
+    for f in ["staging", "release"] {
+        stranger.create_feed(f, Ecosystem::Raw).unwrap();
+    }
+    publish(&stranger, "staging", 0, 1, 10);
+    let (name, version) = stranger.entries("staging").unwrap()[0]
+        .key
+        .rsplit_once('/')
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .unwrap();
+    stranger
+        .promote(
+            "staging",
+            "release",
+            &name,
+            &version,
+            "someone claiming to be CI",
+        )
+        .unwrap();
+    // The hub trusts the stranger for the system set; the spoke trusts the hub alone.
+    hub.trust_add(SYSTEM_FEED, &stranger.identity().public_key())
+        .unwrap();
+    converge(
+        &hub,
+        &stranger,
+        config(Mode::Pull, &[SYSTEM_FEED]),
+        lan(),
+        SYSTEM_FEED,
+    );
+    assert_eq!(hub.promotions(None, None).unwrap().len(), 1);
+    let before = root(&spoke, SYSTEM_FEED);
+    let o = sim::run(
+        &spoke,
+        &hub,
+        config(Mode::Pull, &[SYSTEM_FEED]),
+        &AllowAll,
+        lan(),
+    );
+    let err = o
+        .initiator_error
+        .map(|e| e.to_string())
+        .or(o.initiator[0].error.clone())
+        .unwrap_or_default();
+    assert!(err.contains("not trusted"), "{err}");
+    assert!(spoke.promotions(None, None).unwrap().is_empty());
+    assert_eq!(root(&spoke, SYSTEM_FEED), before);
+}
