@@ -183,8 +183,12 @@ pub const REVERIFY: Duration = Duration::from_secs(60);
 pub const MAX_SENT_FILE: u64 = 64 << 20;
 /// Verifications remembered.
 const FILES_REMEMBERED: usize = 8192;
-/// Verified files kept open.
-const FILES_KEPT_OPEN: usize = 64;
+/// Bytes of verified files kept open: each counts at least [`KEPT_OPEN_MIN_WEIGHT`], so at
+/// most 64 are open, and a file deleted while open holds at most this much disk until it is
+/// used again or pushed out.
+const KEPT_OPEN_BYTES: usize = 256 << 20;
+/// The least a kept-open file counts for.
+const KEPT_OPEN_MIN_WEIGHT: usize = 4 << 20;
 /// Bytes at the end of a file sent from memory after the check that it did not change.
 const TAIL: u64 = 64;
 
@@ -192,7 +196,7 @@ impl Default for VerifiedFiles {
     fn default() -> VerifiedFiles {
         VerifiedFiles {
             inner: Mutex::new(Lru::new(FILES_REMEMBERED)),
-            open: Mutex::new(Lru::new(FILES_KEPT_OPEN)),
+            open: Mutex::new(Lru::new(KEPT_OPEN_BYTES)),
             verifying: Arc::new(Semaphore::new(4)),
         }
     }
@@ -240,7 +244,11 @@ async fn file_body(
         if let Some(file) = file {
             if r.stamp.size() == size && FileStamp::of(&file).is_ok_and(|s| s == r.stamp) {
                 if !was_kept {
-                    files.open.lock().insert(hash, file.clone(), 1);
+                    let weight = usize::try_from(size).unwrap_or(usize::MAX);
+                    files
+                        .open
+                        .lock()
+                        .insert(hash, file.clone(), weight.max(KEPT_OPEN_MIN_WEIGHT));
                 }
                 return Ok(zerocopy::file_body(file, r.tail, r.stamp));
             }
