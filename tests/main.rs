@@ -3,6 +3,7 @@
 
 mod alerts;
 mod attacks;
+mod bundles;
 mod cli;
 mod crash;
 mod feeds;

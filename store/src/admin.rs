@@ -682,6 +682,30 @@ impl Store {
         Ok(cp)
     }
 
+    /// Writes a checkpoint of `feed` that was checked and matches the state `txn` leaves into
+    /// `txn` (see [`Store::accept_checkpoint`]), unless the one held is a later signing of the
+    /// same state.
+    pub(crate) fn stage_checkpoint(
+        &self,
+        txn: &mut crate::store::Txn,
+        feed: &str,
+        cp: &Checkpoint,
+        doc: &SignedDocument,
+    ) -> Result<()> {
+        if let Some((held, _)) = self.checkpoint(feed)? {
+            let same_state = held.epoch == cp.epoch && held.seq == cp.seq && held.root == cp.root;
+            if same_state && held.time >= cp.time {
+                return Ok(());
+            }
+        }
+        txn.put_doc(doc);
+        txn.meta_put(
+            prefixed(CHECKPOINT_PREFIX, feed.as_bytes()),
+            doc.id().as_bytes().to_vec(),
+        );
+        Ok(())
+    }
+
     /// The checkpoint to give a peer that pulls `feed` from here. A replica passes on,
     /// unchanged, the writer's checkpoint it holds when that covers exactly its current state:
     /// downstream sites check the writer's signature end to end and never need to trust this

@@ -125,6 +125,13 @@ impl PublicKey {
     fn verifying_key(&self) -> Option<VerifyingKey> {
         VerifyingKey::from_bytes(&self.0).ok()
     }
+
+    /// Whether `signature` is this key's signature of `message` (for signed statements that
+    /// are not documents, such as a bundle's closing record).
+    pub fn verify(&self, message: &[u8], signature: &[u8; 64]) -> bool {
+        self.verifying_key()
+            .is_some_and(|k| k.verify(message, &Signature::from_bytes(signature)).is_ok())
+    }
 }
 
 impl From<&SigningKey> for PublicKey {
@@ -1075,7 +1082,7 @@ mod serde_bytes_vec {
     }
 }
 
-mod serde_bytes_array {
+pub(crate) mod serde_bytes_array {
     use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {

@@ -2,6 +2,7 @@
 //!
 //! - [`admin`]: tokens (hashed, scoped), peers, the replication log, checkpoints.
 //! - [`hash`]: BLAKE3 hashes, the names of blobs and documents.
+//! - [`bundle`]: signed air-gap bundles, written by export and checked whole before import.
 //! - [`blob`]: ingest (hash while writing), the [`blob::BlobBackend`] seam for large blobs,
 //!   verified-streaming outboards and the [`blob::VerifyingReader`].
 //! - [`cbor`]: deterministic CBOR (RFC 8949 section 4.2.1), encoding and checking.
@@ -45,6 +46,7 @@
 
 pub mod admin;
 pub mod blob;
+pub mod bundle;
 pub mod cbor;
 pub mod doc;
 pub mod hash;

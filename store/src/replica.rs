@@ -195,7 +195,11 @@ impl Store {
             .collect()
     }
 
-    fn check_received(&self, feed: &crate::FeedRecord, doc: SignedDocument) -> Result<VerifiedDoc> {
+    pub(crate) fn check_received(
+        &self,
+        feed: &crate::FeedRecord,
+        doc: SignedDocument,
+    ) -> Result<VerifiedDoc> {
         let trusted = self.is_trusted(&feed.name, &doc.signer())?;
         self.check_received_trusted(feed, doc, trusted)
     }

@@ -13,6 +13,7 @@ use cairn_store::doc::{Manifest, PublicKey};
 use cairn_store::{Ecosystem, Store, StoreOptions, TRUST_ALL};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+mod bundle;
 mod serve;
 mod system;
 
@@ -137,6 +138,41 @@ enum Command {
         /// Who promotes it, for the record.
         #[arg(long, default_value = "command line")]
         by: String,
+    },
+    /// Write a signed bundle for a site with no network: the feeds' documents, every blob
+    /// they name and a checkpoint per feed; full, or only the changes since an earlier bundle.
+    Export {
+        /// The bundle file (written under a temporary name, then renamed).
+        output: PathBuf,
+        /// A feed to include (repeatable; `@system` for system documents). Default: every
+        /// feed and `@system`.
+        #[arg(long = "feed")]
+        feeds: Vec<String>,
+        /// Only what changed since this earlier bundle of this instance.
+        #[arg(long)]
+        since_bundle: Option<PathBuf>,
+        /// Only what changed in FEED since a cursor, as `cairn root FEED` prints it
+        /// (FEED=EPOCH:SEQ; repeatable).
+        #[arg(long = "since", value_parser = bundle::parse_since)]
+        since: Vec<(String, cairn_store::Cursor)>,
+        /// Days the bundle's checkpoints stay valid; an import after that is refused.
+        #[arg(long, default_value_t = 30)]
+        valid_days: u64,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a bundle completely (signatures, trust, hashes, checkpoints) and apply it in one
+    /// step; an interrupted import resumes, a bundle older than what is held is refused.
+    Import {
+        /// The bundle file.
+        bundle: PathBuf,
+        /// Only check it; apply nothing.
+        #[arg(long)]
+        check: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Promotion records, newest first: of every version, of a package, or of one version.
     Promotions {
@@ -526,6 +562,30 @@ fn run_on_store(
                 }
             }
         }
+        Command::Export {
+            output,
+            feeds,
+            since_bundle,
+            since,
+            valid_days,
+            json,
+        } => bundle::export(
+            store,
+            out,
+            bundle::Export {
+                output,
+                feeds,
+                since_bundle,
+                since,
+                valid_days,
+                json,
+            },
+        )?,
+        Command::Import {
+            bundle: path,
+            check,
+            json,
+        } => bundle::import(store, out, &path, check, json, progress)?,
         Command::Verify { json } => return verify(store, out, json, progress, on_verify),
         Command::Gc {
             json,
@@ -669,6 +729,15 @@ fn rebase(command: &mut Command, cwd: &Path) {
             command: VulnCommand::Import { files },
         } => files.iter_mut().for_each(fix),
         Command::Get { output, .. } => fix(output),
+        Command::Export {
+            output,
+            since_bundle,
+            ..
+        } => {
+            fix(output);
+            since_bundle.iter_mut().for_each(fix);
+        }
+        Command::Import { bundle, .. } => fix(bundle),
         _ => {}
     }
 }

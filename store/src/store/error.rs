@@ -101,6 +101,9 @@ pub enum StoreError {
     /// A received blob was to be installed before every group arrived.
     #[error("blob {hash} is incomplete")]
     BlobIncomplete { hash: Hash },
+    /// An air-gap bundle failed a check: nothing in it was applied.
+    #[error("bundle refused (at byte {offset}): {reason}; nothing in it was applied")]
+    BundleRefused { offset: u64, reason: String },
     /// A document received from a peer does not fit where it was sent.
     #[error("rejected document {doc} for feed `{feed}`: {reason}")]
     RemoteRejected {

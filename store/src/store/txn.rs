@@ -13,6 +13,8 @@ pub(crate) struct Txn<'s> {
     entries: HashMap<Vec<u8>, Option<EntryValue>>,
     docs: HashMap<Hash, SignedDocument>,
     pub(crate) protect: Vec<Hash>,
+    /// The next feed id, once this batch has created a feed.
+    next_feed: Option<u64>,
 }
 
 impl<'s> Txn<'s> {
@@ -26,6 +28,7 @@ impl<'s> Txn<'s> {
             entries: HashMap::new(),
             docs: HashMap::new(),
             protect: Vec::new(),
+            next_feed: None,
         }
     }
 
@@ -42,6 +45,41 @@ impl<'s> Txn<'s> {
         self.feeds
             .get_mut(name)
             .ok_or_else(|| StoreError::FeedNotFound { feed: name.into() })
+    }
+
+    /// Creates a package feed in this batch (it exists for readers once the batch commits).
+    pub(crate) fn create_feed(&mut self, name: &str, ecosystem: Ecosystem) -> Result<()> {
+        names::check_feed_name(name)?;
+        if self.feeds.contains_key(name)
+            || self
+                .store
+                .db
+                .get_pinned_cf(self.store.cf(CF_FEEDS), name)?
+                .is_some()
+        {
+            return Err(StoreError::FeedExists { feed: name.into() });
+        }
+        let id = match self.next_feed {
+            Some(id) => id,
+            None => self.store.meta_u64(META_NEXT_FEED)?.unwrap_or(1),
+        };
+        self.next_feed = Some(id + 1);
+        let id32 = u32::try_from(id).map_err(|_| StoreError::CorruptRecord {
+            what: "meta",
+            detail: "feed ids exhausted".into(),
+        })?;
+        let rec = FeedRecord::new(id32, name, FeedKind::Package(ecosystem))?;
+        self.meta_put(META_NEXT_FEED.to_vec(), (id + 1).to_be_bytes().to_vec());
+        self.feeds.insert(name.to_owned(), rec);
+        Ok(())
+    }
+
+    /// The root summary of a feed as this batch leaves it.
+    pub(crate) fn root(&self, feed: u32) -> Result<NodeSummary> {
+        match self.nodes.get(&merkle_key(feed, &[])) {
+            Some(n) => Ok(*n),
+            None => self.store.node(feed, &[]),
+        }
     }
 
     pub(crate) fn entry(&self, feed: u32, key: &str) -> Result<Option<EntryValue>> {
