@@ -164,6 +164,7 @@ fn hello(token: &str, mode: Mode, feeds: &[&str], checkpoint: Option<Vec<u8>>) -
                 root: [0; 32],
                 count: 0,
                 since: None,
+                filter: None,
                 checkpoint: checkpoint.clone(),
                 collected: if mode == Mode::Mirror { u64::MAX } else { 0 },
             })

@@ -7,6 +7,7 @@ mod bundles;
 mod cli;
 mod crash;
 mod feeds;
+mod filtered;
 mod link;
 mod operations;
 mod packaging;

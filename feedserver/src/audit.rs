@@ -4,7 +4,7 @@
 //!
 //! | request | answer |
 //! | --- | --- |
-//! | `GET /verify/v1/feeds/FEED/checkpoint` | the signed checkpoint document (`application/cbor`, the exact bytes): the writer's when this instance holds one that covers its current state, else one this instance signs now |
+//! | `GET /verify/v1/feeds/FEED/checkpoint` | the signed checkpoint document (`application/cbor`, the exact bytes): the writer's when this instance holds one that covers its current state (for a filtered replica, the writer's checkpoint over its filter when the entries it selects are exactly those), else one this instance signs now |
 //! | `GET /verify/v1/feeds/FEED/entries?after=KEY&limit=N` | `{"feed", "entries": [{"key", "doc", "kind"}], "next"}`: the feed's entries in key order (byte order of the key), tombstones included, at most `limit` (default and most 10,000) after `after`; `next` is the `after` of the next page, absent on the last |
 //! | `GET /verify/v1/feeds/FEED/docs/ID` | a document an entry of FEED names (or its checkpoint), as its exact bytes |
 //! | `GET /verify/v1/feeds/FEED/blobs/HASH` | a blob a manifest of FEED names (`Range` works); sent verified like every download, so a blob damaged on this instance answers an error |
@@ -105,7 +105,7 @@ async fn handle(
             let ttl = cairn_store::admin::CHECKPOINT_TTL_SECS;
             blocking(move || {
                 s.store().feed(&feed)?;
-                Ok(cbor(s.store().checkpoint_to_serve(
+                Ok(cbor(s.store().checkpoint_to_audit(
                     &feed,
                     ttl,
                     cairn_store::admin::CHECKPOINT_REFRESH_SECS,

@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::cbor;
-use crate::doc::{Checkpoint, Covered, PublicKey, SignedDocument, PAYLOAD_VERSION};
+use crate::doc::{Checkpoint, Covered, Filter, PublicKey, SignedDocument, PAYLOAD_VERSION};
+use crate::merkle::{self, NodeSummary};
 use crate::store::{now_ms, StoreError, CF_META};
 use crate::{Hash, Store, SYSTEM_FEED};
 
@@ -21,6 +22,7 @@ const PEER_SEEN_PREFIX: &[u8] = b"peer-seen\0";
 const UPSTREAM_CHECKPOINT_PREFIX: &[u8] = b"upstream-checkpoint\0";
 const OWN_CHECKPOINT_PREFIX: &[u8] = b"own-checkpoint\0";
 const COVERS_PREFIX: &[u8] = b"covers\0";
+const OWN_FILTERED_PREFIX: &[u8] = b"own-filtered-checkpoint\0";
 
 /// Most other writers one checkpoint names as covered.
 pub const MAX_COVERED_WRITERS: usize = 64;
@@ -194,6 +196,15 @@ pub struct UpstreamCheckpoint {
 
 /// How long a checkpoint this instance signs stays valid unless configured otherwise.
 pub const CHECKPOINT_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// What [`Store::filtered_summary`] finds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilteredSummary {
+    /// The root over the selected entries.
+    pub root: NodeSummary,
+    /// The non-empty level-1 nodes, by first byte of the key hash, in order.
+    pub l1: Vec<(u8, NodeSummary)>,
+}
 
 /// A duration in seconds as a person says it: `45 s`, `12 min`, `3 h`, `2 d`.
 pub fn duration_words(secs: u64) -> String {
@@ -515,6 +526,7 @@ impl Store {
             time: now,
             expires: now + ttl_secs,
             covers: self.covered(feed)?,
+            filter: None,
         };
         let doc = SignedDocument::sign(&cp, self.identity().signing_key()).map_err(
             StoreError::signing("checkpoint".into(), "name a shorter feed"),
@@ -651,8 +663,11 @@ impl Store {
     pub fn accept_checkpoint(&self, feed: &str, bytes: &[u8], now_secs: u64) -> Result<Checkpoint> {
         let cp = self.check_checkpoint(feed, bytes, now_secs, true)?;
         let doc = SignedDocument::decode(bytes)?;
-        let s = self.feed_summary(feed)?;
-        if cp.root.as_bytes() != s.root.fingerprint.as_bytes() || cp.count != s.root.count {
+        let root = match &cp.filter {
+            Some(filter) => self.filtered_summary(feed, filter)?.root,
+            None => self.feed_summary(feed)?.root,
+        };
+        if cp.root.as_bytes() != root.fingerprint.as_bytes() || cp.count != root.count {
             return Err(StoreError::RemoteRejected {
                 feed: feed.into(),
                 doc: doc.id(),
@@ -706,6 +721,107 @@ impl Store {
         Ok(())
     }
 
+    /// The summary of the entries of `feed` that `filter` selects: the root and the non-empty
+    /// level-1 nodes (by the first byte of the key hash), in order. It reads every entry of
+    /// the feed, one level-1 bucket at a time.
+    pub fn filtered_summary(&self, feed: &str, filter: &Filter) -> Result<FilteredSummary> {
+        let f = self.feed(feed)?;
+        if f.ecosystem().is_none() {
+            return Err(StoreError::InvalidInput {
+                what: "filter",
+                detail: format!("feed `{feed}` is the system set, which is replicated whole"),
+            });
+        }
+        let mut out = FilteredSummary {
+            root: NodeSummary::default(),
+            l1: Vec::new(),
+        };
+        for b in 0..=255u8 {
+            let mut node = NodeSummary::default();
+            for (_, e) in self.entries_under(feed, &[b])? {
+                if filter.selects(&e.key) {
+                    node.insert(&merkle::leaf(&e.key, &e.value.doc));
+                }
+            }
+            if node.count > 0 {
+                out.root.fingerprint = out.root.fingerprint.add(&node.fingerprint);
+                out.root.count += node.count;
+                out.l1.push((b, node));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The checkpoint to give a peer that pulls the entries of `feed` that `filter` selects:
+    /// the one held from the feed's writer over exactly this filter when it matches this
+    /// instance's filtered state (passed on unchanged), else this instance's own over the
+    /// filtered state, reused while that stands still as [`Store::own_checkpoint`] does.
+    pub fn filtered_checkpoint_to_serve(
+        &self,
+        feed: &str,
+        filter: &Filter,
+        ttl_secs: u64,
+        refresh_secs: u64,
+    ) -> Result<Vec<u8>> {
+        let sum = self.filtered_summary(feed, filter)?;
+        let root = Hash::from_bytes(*sum.root.fingerprint.as_bytes());
+        if let Some((held, doc)) = self.checkpoint(feed)? {
+            if doc.signer() != self.identity().public_key()
+                && held.filter.as_ref() == Some(filter)
+                && held.root == root
+                && held.count == sum.root.count
+            {
+                return Ok(doc.bytes().to_vec());
+            }
+        }
+        let _log = self.tlog.lock();
+        let f = self.feed(feed)?;
+        let key = [
+            OWN_FILTERED_PREFIX,
+            feed.as_bytes(),
+            b"\0",
+            filter.digest().as_bytes(),
+        ]
+        .concat();
+        let now = now_ms() / 1000;
+        if let Some(bytes) = self.db.get_pinned_cf(self.cf(CF_META), &key)? {
+            let doc = SignedDocument::decode(&bytes)?;
+            let cp: Checkpoint = doc.payload()?;
+            let fresh =
+                now < cp.time + refresh_secs.min(ttl_secs / 2) && cp.expires == cp.time + ttl_secs;
+            if fresh
+                && doc.signer() == self.identity().public_key()
+                && cp.filter.as_ref() == Some(filter)
+                && cp.root == root
+                && cp.count == sum.root.count
+                && cp.epoch == f.epoch
+                && cp.seq == f.seq
+            {
+                return Ok(doc.bytes().to_vec());
+            }
+        }
+        let cp = Checkpoint {
+            v: PAYLOAD_VERSION,
+            feed: feed.into(),
+            root,
+            count: sum.root.count,
+            epoch: f.epoch,
+            seq: f.seq,
+            time: now,
+            expires: now + ttl_secs,
+            covers: Vec::new(),
+            filter: Some(filter.clone()),
+        };
+        let doc = SignedDocument::sign(&cp, self.identity().signing_key()).map_err(
+            StoreError::signing("checkpoint".into(), "use fewer or shorter filter patterns"),
+        )?;
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(self.cf(CF_META), key, doc.bytes());
+        self.log_append(&mut batch, &doc)?;
+        self.db.write(batch)?;
+        Ok(doc.bytes().to_vec())
+    }
+
     /// The checkpoint to give a peer that pulls `feed` from here. A replica passes on,
     /// unchanged, the writer's checkpoint it holds when that covers exactly its current state:
     /// downstream sites check the writer's signature end to end and never need to trust this
@@ -721,6 +837,7 @@ impl Store {
         if let Some((held, doc)) = self.checkpoint(feed)? {
             let s = self.feed_summary(feed)?;
             if doc.signer() != self.identity().public_key()
+                && held.filter.is_none()
                 && held.root.as_bytes() == s.root.fingerprint.as_bytes()
                 && held.count == s.root.count
             {
@@ -733,6 +850,29 @@ impl Store {
             .to_vec())
     }
 
+    /// The checkpoint an auditor is given for `feed`: as [`Store::checkpoint_to_serve`], except
+    /// that a filtered replica whose selected entries are exactly what the writer's filtered
+    /// checkpoint signs passes that one on (the auditor then checks the filtered set).
+    pub fn checkpoint_to_audit(
+        &self,
+        feed: &str,
+        ttl_secs: u64,
+        refresh_secs: u64,
+    ) -> Result<Vec<u8>> {
+        if let Some((held, doc)) = self.checkpoint(feed)? {
+            if let Some(filter) = &held.filter {
+                let sum = self.filtered_summary(feed, filter)?;
+                if doc.signer() != self.identity().public_key()
+                    && held.root.as_bytes() == sum.root.fingerprint.as_bytes()
+                    && held.count == sum.root.count
+                {
+                    return Ok(doc.bytes().to_vec());
+                }
+            }
+        }
+        self.checkpoint_to_serve(feed, ttl_secs, refresh_secs)
+    }
+
     /// The root of `feed` a downstream pulling now would take with a checkpoint from its
     /// writer: the current root, unless this instance replicates the feed from upstream and
     /// its copy is between two of the writer's checkpoints (then `None`: a downstream told to
@@ -742,7 +882,9 @@ impl Store {
         let root = *s.root.fingerprint.as_bytes();
         if let Some((held, doc)) = self.checkpoint(feed)? {
             if doc.signer() != self.identity().public_key()
-                && (held.root.as_bytes() != &root || held.count != s.root.count)
+                && (held.filter.is_some()
+                    || held.root.as_bytes() != &root
+                    || held.count != s.root.count)
             {
                 return Ok(None);
             }
@@ -1074,6 +1216,7 @@ mod tests {
             time,
             expires,
             covers: Vec::new(),
+            filter: None,
         };
         let sign = |c: &Checkpoint| {
             SignedDocument::sign(c, hub.identity().signing_key())
@@ -1135,6 +1278,7 @@ mod tests {
                 time: t - 100,
                 expires: t + 3600,
                 covers: Vec::new(),
+                filter: None,
             },
             hub1.identity().signing_key(),
         )

@@ -1017,6 +1017,115 @@ pub struct Checkpoint {
     /// cannot undo what the first one published.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub covers: Vec<Covered>,
+    /// For a filtered replication: the filter the checkpoint's root, count and covers are
+    /// over (the entries it selects); absent for the whole feed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Filter>,
+}
+
+/// Which entries of a package feed a filtered replication moves: by package name, each
+/// pattern a glob (`*` any run of characters, `?` one). Names and patterns compare as PyPI
+/// compares names, in every feed type: ASCII case is ignored and each run of `-`, `_` and
+/// `.` counts as one `-`. An entry is selected when `include` is empty or one of its
+/// patterns matches, and none of `exclude` does.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    /// Patterns of names to take (empty: every name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// Patterns of names to leave out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+}
+
+/// The most patterns in a filter's include or exclude list.
+pub const MAX_FILTER_PATTERNS: usize = 64;
+/// The longest filter pattern.
+pub const MAX_FILTER_PATTERN_BYTES: usize = 128;
+
+impl Filter {
+    /// The filter in its one form: patterns in byte order, each once. Refuses lists over
+    /// [`MAX_FILTER_PATTERNS`], patterns over [`MAX_FILTER_PATTERN_BYTES`], empty patterns
+    /// and patterns with characters no package name has (spaces, control characters).
+    pub fn canonical(mut self) -> Result<Filter, String> {
+        for (what, list) in [
+            ("include", &mut self.include),
+            ("exclude", &mut self.exclude),
+        ] {
+            if list.len() > MAX_FILTER_PATTERNS {
+                return Err(format!(
+                    "{} {what} patterns, over the limit of {MAX_FILTER_PATTERNS}",
+                    list.len()
+                ));
+            }
+            for p in list.iter() {
+                if p.is_empty()
+                    || p.len() > MAX_FILTER_PATTERN_BYTES
+                    || !p.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    return Err(format!(
+                        "{what} pattern {p:?} is not 1 to {MAX_FILTER_PATTERN_BYTES} printable ASCII characters"
+                    ));
+                }
+            }
+            list.sort();
+            list.dedup();
+        }
+        Ok(self)
+    }
+
+    /// Whether the filter selects every entry.
+    pub fn is_everything(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty()
+    }
+
+    /// Whether the entry under `key` (`name/version`) is selected. Keys without a version
+    /// (none in a package feed) are not.
+    pub fn selects(&self, key: &str) -> bool {
+        let Some((name, _)) = crate::names::split_package_key(key) else {
+            return false;
+        };
+        let norm = crate::names::normalize_pypi;
+        let name = norm(name);
+        let hit = |list: &[String]| {
+            list.iter()
+                .any(|p| glob(norm(p).as_bytes(), name.as_bytes()))
+        };
+        (self.include.is_empty() || hit(&self.include)) && !hit(&self.exclude)
+    }
+
+    /// A short stable name for the filter (BLAKE3 of its canonical CBOR).
+    pub fn digest(&self) -> Hash {
+        Hash::of(&crate::cbor::to_canonical(self).unwrap_or_default())
+    }
+}
+
+/// Glob match: `*` any run of bytes, `?` one byte, everything else itself.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 /// One writer's state another writer's checkpoint includes (see [`Checkpoint::covers`]).

@@ -28,12 +28,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use cairn_store::doc::{Checkpoint, Manifest, PublicKey};
+use cairn_store::doc::{Checkpoint, Filter, Manifest, PublicKey};
 use cairn_store::merkle;
 use cairn_store::replica::{
     group_count, Applied, ApplyRule, IncomingBlob, PieceWriter, PieceWritten, VerifiedDoc,
 };
-use cairn_store::{ChangesSince, Cursor, EntryKind, Hash, SignedDocument, Store, StoreError};
+use cairn_store::{
+    ChangesSince, Cursor, Entry, EntryKind, FeedSummary, Hash, SignedDocument, Store, StoreError,
+};
 use serde_bytes::ByteBuf;
 
 use crate::iblt::{self, Cell, Iblt, Item};
@@ -148,6 +150,8 @@ pub struct InitiatorConfig {
     pub feeds: Vec<String>,
     /// The responder's cursor per feed from the last completed pull.
     pub since: HashMap<String, Cursor>,
+    /// Pull: per feed, the entries to take (by package name); feeds without one are whole.
+    pub filters: HashMap<String, Filter>,
     /// Deletion guard rail for what this side receives.
     pub guard: GuardRail,
     /// Plan only: report adds, deletes and bytes, change nothing.
@@ -539,6 +543,8 @@ struct DiffPages {
 struct FeedJob {
     name: String,
     report: FeedReport,
+    /// A filtered pull: the entries of the feed this run moves and compares.
+    filter: Option<Filter>,
     /// How received documents meet what is held; `None` when this side receives none.
     rule: Option<ApplyRule>,
     /// Mirror: the peer's collected-tombstone clock for this feed, capped at what this side
@@ -828,7 +834,11 @@ impl Session {
             if s.jobs.contains_key(name) {
                 continue;
             }
-            let sum = store.feed_summary(name).map_err(store_err)?;
+            let filter = match config.mode {
+                Mode::Pull => config.filters.get(name).cloned(),
+                _ => None,
+            };
+            let sum = view_summary(store, name, filter.as_ref())?;
             let since = if config.mode == Mode::Pull {
                 config.since.get(name).copied()
             } else {
@@ -853,6 +863,7 @@ impl Session {
                 root: *sum.root.fingerprint.as_bytes(),
                 count: sum.root.count,
                 since: since.map(cursor_to_wire),
+                filter: filter.clone(),
                 checkpoint,
                 collected: if config.mode == Mode::Mirror {
                     sum.feed.collected_hlc
@@ -867,6 +878,7 @@ impl Session {
             };
             let mut job = FeedJob::new(name, rule, config.guard, config.dry_run);
             job.run_base = sum.root.count;
+            job.filter = filter;
             s.jobs.insert(name.clone(), job);
             s.order.push(name.clone());
         }
@@ -1212,8 +1224,10 @@ impl Session {
                 }
                 job.report.path = Path::Sketch;
                 job.new_round(Recon::Open);
-                let checkpoint = serve_checkpoint(store, mode, &feed, &self.limits)?;
-                let status = summary(store, &feed, mode, checkpoint)?;
+                let filter = job.filter.clone();
+                let checkpoint =
+                    serve_checkpoint(store, mode, &feed, &self.limits, filter.as_ref())?;
+                let status = summary(store, &feed, mode, checkpoint, filter.as_ref())?;
                 self.outbox.push_back(Frame::Summary { feed, status });
                 Ok(())
             }
@@ -1491,6 +1505,8 @@ impl Session {
                 let mut job = FeedJob::new(&h.feed, rule, guard, false);
                 job.phase = Phase::Reconcile(Recon::Open);
                 job.run_base = sum.root.count;
+                job.filter = h.filter.clone();
+                let filter = h.filter.as_ref();
                 if mode != Mode::Pull {
                     job.checkpoints.extend(h.checkpoint.clone());
                 }
@@ -1500,52 +1516,56 @@ impl Session {
                         .map_err(store_err)?;
                     job.peer_collected = h.collected.min(seen);
                 }
-                let status =
-                    if sum.root.fingerprint.as_bytes() == &h.root && sum.root.count == h.count {
-                        job.report.path = Path::Equal;
-                        job.phase = Phase::Final;
-                        job.local_done = true;
-                        job.peer_done = true;
-                        job.report.local_root = Some((h.root, h.count));
-                        job.report.peer_root = Some((h.root, h.count));
-                        FeedStatus::Equal {
-                            cursor: cursor_to_wire(sum.feed.cursor()),
-                            checkpoint: serve_checkpoint(store, mode, &h.feed, &limits)?,
+                let status = if sum.root.fingerprint.as_bytes() == &h.root
+                    && sum.root.count == h.count
+                {
+                    job.report.path = Path::Equal;
+                    job.phase = Phase::Final;
+                    job.local_done = true;
+                    job.peer_done = true;
+                    job.report.local_root = Some((h.root, h.count));
+                    job.report.peer_root = Some((h.root, h.count));
+                    FeedStatus::Equal {
+                        cursor: cursor_to_wire(sum.feed.cursor()),
+                        checkpoint: serve_checkpoint(store, mode, &h.feed, &limits, filter)?,
+                    }
+                } else {
+                    let log = match (mode, h.since) {
+                        (Mode::Pull, Some(since)) => {
+                            log_suffix(store, &h.feed, cursor_from_wire(since), log_budget, filter)?
                         }
-                    } else {
-                        let log = match (mode, h.since) {
-                            (Mode::Pull, Some(since)) => {
-                                log_suffix(store, &h.feed, cursor_from_wire(since), log_budget)?
-                            }
-                            _ => None,
-                        };
-                        match log {
-                            Some(changes) => {
-                                job.report.path = Path::Log;
-                                job.report.docs_sent +=
-                                    changes.iter().filter(|c| c.doc.is_some()).count() as u64;
-                                job.phase = Phase::Documents { receiving: false };
-                                for c in &changes {
-                                    if let Some(d) = &c.doc {
-                                        offer_blobs(&mut self.offered, d);
-                                    }
-                                }
-                                FeedStatus::Log {
-                                    root: *sum.root.fingerprint.as_bytes(),
-                                    count: sum.root.count,
-                                    cursor: cursor_to_wire(sum.feed.cursor()),
-                                    changes,
-                                    checkpoint: serve_checkpoint(store, mode, &h.feed, &limits)?,
-                                }
-                            }
-                            None => summary(
-                                store,
-                                &h.feed,
-                                mode,
-                                serve_checkpoint(store, mode, &h.feed, &limits)?,
-                            )?,
-                        }
+                        _ => None,
                     };
+                    match log {
+                        Some(changes) => {
+                            job.report.path = Path::Log;
+                            job.report.docs_sent +=
+                                changes.iter().filter(|c| c.doc.is_some()).count() as u64;
+                            job.phase = Phase::Documents { receiving: false };
+                            for c in &changes {
+                                if let Some(d) = &c.doc {
+                                    offer_blobs(&mut self.offered, d);
+                                }
+                            }
+                            FeedStatus::Log {
+                                root: *sum.root.fingerprint.as_bytes(),
+                                count: sum.root.count,
+                                cursor: cursor_to_wire(sum.feed.cursor()),
+                                changes,
+                                checkpoint: serve_checkpoint(
+                                    store, mode, &h.feed, &limits, filter,
+                                )?,
+                            }
+                        }
+                        None => summary(
+                            store,
+                            &h.feed,
+                            mode,
+                            serve_checkpoint(store, mode, &h.feed, &limits, filter)?,
+                            filter,
+                        )?,
+                    }
+                };
                 self.jobs.insert(h.feed.clone(), job);
                 Ok(status)
             }
@@ -1571,7 +1591,29 @@ impl Session {
         if let Err(r) = authorizer.authorize(token, &h.feed, mode) {
             return Ok(Err(r));
         }
-        let sum = match store.feed_summary(&h.feed) {
+        if let Some(f) = &h.filter {
+            let canonical = f.clone().canonical();
+            let why = match (&canonical, mode) {
+                (Err(e), _) => Some(e.clone()),
+                (Ok(c), _) if c != f => Some(
+                    "the filter is not in its canonical form (patterns sorted, each once)".into(),
+                ),
+                (_, Mode::Pull) if h.feed == cairn_store::SYSTEM_FEED => {
+                    Some("the system set is replicated whole".into())
+                }
+                (_, Mode::Pull) => None,
+                (_, m) => {
+                    Some(format!("a {m:?} cannot be filtered; only a pull can").to_lowercase())
+                }
+            };
+            if let Some(why) = why {
+                return Ok(Err(Refusal::new(
+                    code::BAD_DATA,
+                    format!("filter for `{}` refused: {why}", h.feed),
+                )));
+            }
+        }
+        let sum = match view_summary_store(store, &h.feed, h.filter.as_ref()) {
             Ok(s) => s,
             Err(StoreError::FeedNotFound { .. }) => {
                 return Ok(Err(Refusal::new(
@@ -1625,6 +1667,10 @@ impl Session {
             )?;
             return Ok(false);
         };
+        if let Err(e) = checkpoint_filter_matches(&cp, self.job(feed)?.filter.as_ref()) {
+            self.fail_feed(feed, code::BAD_DATA, format!("checkpoint refused: {e}"))?;
+            return Ok(false);
+        }
         match store.check_checkpoint(feed, &cp, self.now_secs, self.mode == Mode::Pull) {
             Ok(_) => {
                 self.job(feed)?.checkpoints.push(cp);
@@ -1656,7 +1702,8 @@ impl Session {
                 if !self.take_checkpoint(store, feed, checkpoint)? {
                     return Ok(());
                 }
-                let sum = store.feed_summary(feed).map_err(store_err)?;
+                let filter = self.job(feed)?.filter.clone();
+                let sum = view_summary(store, feed, filter.as_ref())?;
                 let job = self.job(feed)?;
                 job.report.path = Path::Equal;
                 job.report.peer_cursor = Some(cursor_from_wire(cursor));
@@ -1726,7 +1773,8 @@ impl Session {
                         "level-1 summary is not 256 records".into(),
                     ));
                 }
-                let mine = pack_l1(store, feed)?;
+                let filter = self.job(feed)?.filter.clone();
+                let mine = pack_l1(store, feed, filter.as_ref())?;
                 let job = self.job(feed)?;
                 job.phase = Phase::Reconcile(Recon::Open);
                 job.report.peer_cursor = Some(cursor_from_wire(cursor));
@@ -2087,7 +2135,8 @@ impl Session {
                 "a {mode:?} responder told this side to remove entries"
             )));
         }
-        let held = store.feed_summary(feed).map_err(store_err)?.root.count;
+        let filter = self.job(feed)?.filter.clone();
+        let held = view_summary(store, feed, filter.as_ref())?.root.count;
         let job = self.job(feed)?;
         job.diff_pages.pages += 1;
         job.diff_pages.wants.extend(wants);
@@ -2117,7 +2166,7 @@ impl Session {
                 .copied()
                 .filter(|k| absent.contains(k))
                 .collect();
-            let keys = keys_by_key8(store, feed, &absent_keys)?;
+            let keys = keys_by_key8(store, feed, &absent_keys, filter.as_ref())?;
             let Some(gone) = self.drop_stale(store, feed, &keys)? else {
                 return Ok(());
             };
@@ -2173,7 +2222,12 @@ impl Session {
                 )));
             }
             // The upstream's state now; the one from its status may be older than what it sent.
-            match store.check_checkpoint(feed, &cp, now, true) {
+            let filtered = checkpoint_filter_matches(&cp, job.filter.as_ref());
+            match filtered.and_then(|()| {
+                store
+                    .check_checkpoint(feed, &cp, now, true)
+                    .map_err(|e| e.to_string())
+            }) {
                 Ok(_) => job.checkpoints.push(cp),
                 Err(e) => tracing::warn!(feed, "the peer's closing checkpoint is refused: {e}"),
             }
@@ -2302,7 +2356,8 @@ impl Session {
         feed: &str,
         key8s: &[u64],
     ) -> Result<bool, SessionError> {
-        let keys = keys_by_key8(store, feed, key8s)?;
+        let filter = self.job(feed)?.filter.clone();
+        let keys = keys_by_key8(store, feed, key8s, filter.as_ref())?;
         if keys.is_empty() {
             return Ok(true);
         }
@@ -2315,7 +2370,8 @@ impl Session {
         feed: &str,
         key8s: &[u64],
     ) -> Result<(), SessionError> {
-        let mut queue: VecDeque<String> = keys_by_key8(store, feed, key8s)?.into();
+        let filter = self.job(feed)?.filter.clone();
+        let mut queue: VecDeque<String> = keys_by_key8(store, feed, key8s, filter.as_ref())?.into();
         let (docs, blobs) = self.next_batch(store, feed, &mut queue)?;
         let seq = self.next_docs_seq(feed)?;
         self.outbox.push_back(Frame::Docs {
@@ -2436,6 +2492,7 @@ impl Session {
             return Ok(());
         }
         let dry_run = job.dry_run;
+        let filter = job.filter.clone();
         let record = store.feed(feed).map_err(store_err)?;
         let mut verified = Vec::with_capacity(docs.len());
         let doc_bytes: u64 = docs.iter().map(|d| d.len() as u64).sum();
@@ -2456,6 +2513,19 @@ impl Session {
                     v.key(),
                     limits.max_blob_bytes
                 )));
+            }
+            if let Some(f) = &filter {
+                if !f.selects(v.key()) {
+                    tracing::warn!(
+                        feed,
+                        key = v.key(),
+                        "the peer sent an entry outside the filter"
+                    );
+                    return Err(SessionError::BadData(format!(
+                        "`{}` in `{feed}` is outside the filter this pull asked for",
+                        v.key()
+                    )));
+                }
             }
             verified.push(v);
         }
@@ -2763,7 +2833,8 @@ impl Session {
                 return Ok(());
             }
         }
-        let sum = store.feed_summary(feed).map_err(store_err)?;
+        let filter = self.job(feed)?.filter.clone();
+        let sum = view_summary(store, feed, filter.as_ref())?;
         let root = (*sum.root.fingerprint.as_bytes(), sum.root.count);
         let job = self.job(feed)?;
         // A pull by log that did not reach the upstream root (local extras): reconcile fully.
@@ -2786,8 +2857,9 @@ impl Session {
             return self.finish_feed(store, feed);
         }
         // The authoritative side of a pull says what its state is as it finishes.
+        let job_filter = job.filter.clone();
         let checkpoint = if role == Role::Responder && mode == Mode::Pull {
-            serve_checkpoint(store, mode, feed, &self.limits)?
+            serve_checkpoint(store, mode, feed, &self.limits, job_filter.as_ref())?
         } else {
             None
         };
@@ -2881,9 +2953,69 @@ fn offer_blobs(offered: &mut HashMap<Hash, u64>, doc: &[u8]) {
     }
 }
 
-fn pack_l1(store: &Store, feed: &str) -> Result<Vec<u8>, SessionError> {
+/// A feed's record and root as a run sees it: the whole feed, or the entries its filter
+/// selects.
+fn view_summary(
+    store: &Store,
+    feed: &str,
+    filter: Option<&Filter>,
+) -> Result<FeedSummary, SessionError> {
+    view_summary_store(store, feed, filter).map_err(store_err)
+}
+
+fn view_summary_store(
+    store: &Store,
+    feed: &str,
+    filter: Option<&Filter>,
+) -> Result<FeedSummary, StoreError> {
+    let mut sum = store.feed_summary(feed)?;
+    if let Some(f) = filter {
+        sum.root = store.filtered_summary(feed, f)?.root;
+    }
+    Ok(sum)
+}
+
+/// The entries under `prefix` as a run sees them (those its filter selects).
+fn view_entries_under(
+    store: &Store,
+    feed: &str,
+    prefix: &[u8],
+    filter: Option<&Filter>,
+) -> Result<Vec<(Hash, Entry)>, SessionError> {
+    let mut out = store.entries_under(feed, prefix).map_err(store_err)?;
+    if let Some(f) = filter {
+        out.retain(|(_, e)| f.selects(&e.key));
+    }
+    Ok(out)
+}
+
+/// Whether a checkpoint is over the filter the run asked for (none for the whole feed): a
+/// checkpoint of another set proves nothing about this one.
+fn checkpoint_filter_matches(cp: &[u8], filter: Option<&Filter>) -> Result<(), String> {
+    let got = SignedDocument::peek_payload::<Checkpoint>(cp)
+        .map_err(|e| format!("the checkpoint does not parse: {e}"))?
+        .filter;
+    if got.as_ref() == filter {
+        return Ok(());
+    }
+    let show = |f: Option<&Filter>| match f {
+        None => "the whole feed".to_owned(),
+        Some(f) => format!("include {:?} exclude {:?}", f.include, f.exclude),
+    };
+    Err(format!(
+        "the checkpoint is over {}, this pull asked for {}",
+        show(got.as_ref()),
+        show(filter)
+    ))
+}
+
+fn pack_l1(store: &Store, feed: &str, filter: Option<&Filter>) -> Result<Vec<u8>, SessionError> {
     let mut out = vec![0u8; 256 * L1_RECORD];
-    for (b, n) in store.merkle_children(feed, &[]).map_err(store_err)? {
+    let nodes = match filter {
+        Some(f) => store.filtered_summary(feed, f).map_err(store_err)?.l1,
+        None => store.merkle_children(feed, &[]).map_err(store_err)?,
+    };
+    for (b, n) in nodes {
         let at = b as usize * L1_RECORD;
         out[at..at + 4].copy_from_slice(&(n.count.min(u32::MAX as u64) as u32).to_be_bytes());
         out[at + 4..at + 12].copy_from_slice(&n.fingerprint.as_bytes()[..8]);
@@ -2896,13 +3028,14 @@ fn summary(
     feed: &str,
     mode: Mode,
     checkpoint: Option<Vec<u8>>,
+    filter: Option<&Filter>,
 ) -> Result<FeedStatus, SessionError> {
-    let sum = store.feed_summary(feed).map_err(store_err)?;
+    let sum = view_summary(store, feed, filter)?;
     Ok(FeedStatus::Summary {
         root: *sum.root.fingerprint.as_bytes(),
         count: sum.root.count,
         cursor: cursor_to_wire(sum.feed.cursor()),
-        l1: pack_l1(store, feed)?,
+        l1: pack_l1(store, feed, filter)?,
         checkpoint,
         collected: if mode == Mode::Mirror {
             sum.feed.collected_hlc
@@ -2944,9 +3077,21 @@ fn serve_checkpoint(
     mode: Mode,
     feed: &str,
     limits: &Limits,
+    filter: Option<&Filter>,
 ) -> Result<Option<Vec<u8>>, SessionError> {
     if mode == Mode::Push {
         return Ok(None);
+    }
+    if let Some(f) = filter {
+        return store
+            .filtered_checkpoint_to_serve(
+                feed,
+                f,
+                limits.checkpoint_ttl_secs,
+                limits.checkpoint_refresh_secs,
+            )
+            .map(Some)
+            .map_err(store_err);
     }
     store
         .checkpoint_to_serve(
@@ -2965,7 +3110,9 @@ fn log_suffix(
     feed: &str,
     since: Cursor,
     budget: &mut usize,
+    filter: Option<&Filter>,
 ) -> Result<Option<Vec<WireChange>>, SessionError> {
+    let selected = |key: &str| filter.is_none_or(|f| f.selects(key));
     match store
         .changes_since(feed, since, MAX_LOG_CHANGES + 1)
         .map_err(store_err)?
@@ -2979,6 +3126,7 @@ fn log_suffix(
             }
             let keys: Vec<String> = changes
                 .iter()
+                .filter(|c| selected(&c.key))
                 .map(|c| c.key.clone())
                 .collect::<std::collections::BTreeSet<_>>()
                 .into_iter()
@@ -3024,7 +3172,7 @@ fn collect_items(store: &Store, job: &mut FeedJob, buckets: &[u8]) -> Result<(),
     job.buckets = buckets.to_vec();
     for &b in buckets {
         job.bucket_starts.push((b, job.local_items.len()));
-        for (kh, e) in store.entries_under(&job.name, &[b]).map_err(store_err)? {
+        for (kh, e) in view_entries_under(store, &job.name, &[b], job.filter.as_ref())? {
             let leaf = merkle::leaf(&e.key, &e.value.doc);
             let item = Item::new(kh.as_bytes(), leaf.as_bytes());
             job.local_keys.entry(item.key).or_default().push(e.key);
@@ -3051,13 +3199,15 @@ fn sketch_frame(job: &mut FeedJob) -> Result<Frame, SessionError> {
 }
 
 /// The local keys whose key hash starts with each of the 8-byte prefixes.
-fn keys_by_key8(store: &Store, feed: &str, key8s: &[u64]) -> Result<Vec<String>, SessionError> {
+fn keys_by_key8(
+    store: &Store,
+    feed: &str,
+    key8s: &[u64],
+    filter: Option<&Filter>,
+) -> Result<Vec<String>, SessionError> {
     let mut keys = Vec::new();
     for k in key8s {
-        for (_, e) in store
-            .entries_under(feed, &k.to_be_bytes())
-            .map_err(store_err)?
-        {
+        for (_, e) in view_entries_under(store, feed, &k.to_be_bytes(), filter)? {
             keys.push(e.key);
         }
     }

@@ -106,6 +106,7 @@ fn config(mode: Mode, feeds: &[&str]) -> InitiatorConfig {
         mode,
         feeds: feeds.iter().map(|f| f.to_string()).collect(),
         since: HashMap::new(),
+        filters: HashMap::new(),
         guard: GuardRail::default(),
         dry_run: false,
         notify: false,
@@ -789,6 +790,7 @@ fn a_token_scoped_to_another_feed_is_refused_for_this_one() {
 }
 
 mod attacks;
+mod filters;
 
 mod phases {
     use super::*;

@@ -213,6 +213,7 @@ pub fn documents() -> Vec<(&'static str, Option<String>, SignedDocument)> {
             time: TIME,
             expires: TIME + 7 * 86_400,
             covers: Vec::new(),
+            filter: None,
         },
         &key,
     ));
@@ -418,6 +419,7 @@ pub fn frames() -> Vec<(&'static str, Frame)> {
         root,
         count,
         since,
+        filter: None,
         checkpoint,
         collected,
     };
@@ -450,6 +452,20 @@ pub fn frames() -> Vec<(&'static str, Frame)> {
                 Mode::Pull,
                 vec![feed_hello(None, None, 0)],
                 vec![ByteBuf::from(head.bytes().to_vec())],
+            ),
+        ),
+        (
+            "hello-filtered",
+            hello(
+                Mode::Pull,
+                vec![FeedHello {
+                    filter: Some(cairn_store::doc::Filter {
+                        include: vec!["cairn-*".into()],
+                        exclude: vec!["cairn-internal-?".into()],
+                    }),
+                    ..feed_hello(Some(cursor), None, 0)
+                }],
+                vec![],
             ),
         ),
         (

@@ -65,6 +65,10 @@ pub struct FeedHello {
     /// The responder's cursor as of the last completed pull of this feed, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<WireCursor>,
+    /// A filtered pull: the entries of the feed to compare and move (`root` and `count` are
+    /// over them, and so is the checkpoint the responder answers with).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<cairn_store::doc::Filter>,
     /// Push: the initiator's signed checkpoint of this feed.
     #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<Vec<u8>>,
@@ -561,6 +565,7 @@ mod tests {
                 root: [7; 32],
                 count: 3,
                 since: None,
+                filter: None,
                 checkpoint: None,
                 collected: 0,
             }],

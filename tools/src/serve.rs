@@ -131,6 +131,9 @@ pub fn load_config(data_dir: &Path, path: Option<&Path>) -> Result<Config> {
                 r.name
             );
         }
+        if let Err(e) = r.filters() {
+            bail!("{}: replication `{}`: {e}", path.display(), r.name);
+        }
     }
     Ok(config)
 }

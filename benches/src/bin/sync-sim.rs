@@ -77,6 +77,7 @@ fn pull(spoke: &Store, hub: &Store) -> sim::Outcome {
         mode: Mode::Pull,
         feeds: vec!["demo".into()],
         since: HashMap::new(),
+        filters: Default::default(),
         guard: GuardRail {
             allow: true,
             ..GuardRail::default()

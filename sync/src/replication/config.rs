@@ -204,6 +204,26 @@ pub struct ReplicationConfig {
     /// window ends. `cairn replicate NAME` runs at once whatever the time.
     #[serde(default)]
     pub windows: Vec<Window>,
+    /// Filtered pulls: per feed, which package names to take (`[[replication.filter]]` with
+    /// `feed`, `include` and `exclude` globs). A filtered pull compares and moves only the
+    /// entries its filter selects, never deletes entries outside it, and keeps the upstream
+    /// writer's checkpoint over exactly that set.
+    #[serde(default, rename = "filter")]
+    pub filters: Vec<FeedFilter>,
+}
+
+/// One `[[replication.filter]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedFilter {
+    /// The feed it applies to (a package feed the replication names).
+    pub feed: String,
+    /// Package-name globs to take (none: every name).
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Package-name globs to leave out.
+    #[serde(default)]
+    pub exclude: Vec<String>,
 }
 
 /// A rate in bytes per second, read from `"20mbit"`, `"2.5MB"`, `"512KiB"` or a number.
@@ -378,6 +398,37 @@ impl ReplicationConfig {
     /// The preferred upstream (the first listed).
     pub fn peer(&self) -> &str {
         self.peers.first().map(String::as_str).unwrap_or("")
+    }
+
+    /// The filters by feed, each in its canonical form; an error says what is wrong with one
+    /// (a filter outside a pull, on `@system`, on a feed the replication does not name, twice
+    /// for one feed, or with bad patterns).
+    pub fn filters(&self) -> Result<HashMap<String, cairn_store::doc::Filter>, String> {
+        let mut out = HashMap::new();
+        for f in &self.filters {
+            if self.mode != Mode::Pull {
+                return Err("only a pull can be filtered".into());
+            }
+            if f.feed == cairn_store::SYSTEM_FEED {
+                return Err("the system set is replicated whole; it cannot be filtered".into());
+            }
+            if !self.feeds.iter().any(|n| n == &f.feed || n == "*") {
+                return Err(format!(
+                    "a filter for feed `{}`, which it does not replicate",
+                    f.feed
+                ));
+            }
+            let filter = cairn_store::doc::Filter {
+                include: f.include.clone(),
+                exclude: f.exclude.clone(),
+            }
+            .canonical()
+            .map_err(|e| format!("feed `{}`: {e}", f.feed))?;
+            if out.insert(f.feed.clone(), filter).is_some() {
+                return Err(format!("two filters for feed `{}`", f.feed));
+            }
+        }
+        Ok(out)
     }
 
     /// Whether and how fast the replication may run at `unix_secs` (see `windows`).

@@ -32,6 +32,8 @@ pub enum ReplicationError {
     #[error("replication `{name}` is incoming: the peer `{peer}` runs it")]
     Incoming { name: String, peer: String },
     /// The configuration names a replication that does not exist.
+    #[error("replication `{name}`: {why}")]
+    Filter { name: String, why: String },
     #[error("no replication named `{0}` in the configuration")]
     Unknown(String),
     /// The replication names a peer that was never added.
@@ -62,6 +64,7 @@ impl ReplicationError {
         match self {
             ReplicationError::Incoming { .. }
             | ReplicationError::Unknown(_)
+            | ReplicationError::Filter { .. }
             | ReplicationError::Store(_) => false,
             ReplicationError::NoPeer(_)
             | ReplicationError::Address { .. }
@@ -425,11 +428,15 @@ pub async fn run(
                     .iter()
                     .find(|r| r.error.is_some() && !r.held_back)
                     .map(|r| format!("`{}`: {}", r.feed, r.error.clone().unwrap_or_default()));
+                let filters = rep.filters().unwrap_or_default();
                 for r in &reports {
                     if rep.mode == Mode::Pull && r.converged() && !options.dry_run {
                         if let Some(c) = r.peer_cursor {
                             let _ = store.set_replication_cursor(
-                                &cursor_key(rep, upstream),
+                                &filtered_cursor_key(
+                                    &cursor_key(rep, upstream),
+                                    filters.get(&r.feed),
+                                ),
                                 &r.feed,
                                 c,
                             );
@@ -480,6 +487,16 @@ fn cursor_key(rep: &ReplicationConfig, upstream: &str) -> String {
     }
 }
 
+/// The cursor key of `feed` in a filtered pull: the filter is part of it, so a changed
+/// filter starts from a full comparison (a change log since the old cursor would miss the
+/// entries the new filter adds).
+fn filtered_cursor_key(base: &str, filter: Option<&cairn_store::doc::Filter>) -> String {
+    match filter {
+        Some(f) => format!("{base}\0filter:{}", f.digest()),
+        None => base.to_owned(),
+    }
+}
+
 /// The key of `rep`'s warm connection to `upstream`.
 fn warm_key(rep: &ReplicationConfig, upstream: &str) -> String {
     format!("{}\0{upstream}", rep.name)
@@ -514,10 +531,15 @@ async fn drive(
             feeds.push(f.clone());
         }
     }
+    let filters = rep.filters().map_err(|why| ReplicationError::Filter {
+        name: rep.name.clone(),
+        why,
+    })?;
     let mut since = HashMap::new();
     if rep.mode == Mode::Pull {
         for f in &feeds {
-            if let Some(c) = store.replication_cursor(&cursor_key(rep, upstream), f)? {
+            let key = filtered_cursor_key(&cursor_key(rep, upstream), filters.get(f));
+            if let Some(c) = store.replication_cursor(&key, f)? {
                 since.insert(f.clone(), c);
             }
         }
@@ -538,6 +560,7 @@ async fn drive(
         mode: rep.mode,
         feeds,
         since,
+        filters,
         guard: GuardRail {
             max_delete_share: rep.max_delete_share,
             allow: options.allow_deletes,

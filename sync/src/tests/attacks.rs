@@ -51,6 +51,7 @@ fn hello(from: &Store, mode: Mode, token: &str, feeds: &[&str]) -> Frame {
                     root: *sum.root.fingerprint.as_bytes(),
                     count: sum.root.count,
                     since: None,
+                    filter: None,
                     checkpoint: (mode != Mode::Pull)
                         .then(|| from.sign_checkpoint(f, 3600).unwrap().bytes().to_vec()),
                     collected: 0,
@@ -590,6 +591,7 @@ fn a_pull_without_a_checkpoint_or_with_an_expired_one_applies_nothing() {
                 time: t - 7200,
                 expires: t - 3600,
                 covers: Vec::new(),
+                filter: None,
             },
             hub.identity().signing_key(),
         )
@@ -956,4 +958,57 @@ fn a_promotion_record_signed_by_an_untrusted_key_is_refused() {
     assert!(err.contains("not trusted"), "{err}");
     assert!(spoke.promotions(None, None).unwrap().is_empty());
     assert_eq!(root(&spoke, SYSTEM_FEED), before);
+}
+
+/// A filter where none may be (a mirror or push, the system set) or one over the limits is
+/// refused at HELLO with the reason, and the responder does nothing else for the feed.
+#[test]
+fn a_filter_in_a_write_on_the_system_set_or_over_the_limits_is_refused_at_hello() {
+    let (_d, hub, spoke) = small_pair();
+    publish(&hub, "demo", 0, 3, 10);
+    publish(&spoke, "demo", 10, 13, 10);
+    let pattern = |n: usize| (0..n).map(|i| format!("p{i}*")).collect::<Vec<_>>();
+    let mut too_many = cairn_store::doc::Filter {
+        include: pattern(cairn_store::doc::MAX_FILTER_PATTERNS + 1),
+        exclude: vec![],
+    };
+    too_many.include.sort();
+    let cases = [
+        (Mode::Mirror, "demo", pattern(1), "only a pull can"),
+        (Mode::Push, "demo", pattern(1), "only a pull can"),
+        (Mode::Pull, "@system", pattern(1), "replicated whole"),
+        (
+            Mode::Pull,
+            "demo",
+            vec!["has space".into()],
+            "printable ASCII",
+        ),
+        (
+            Mode::Pull,
+            "demo",
+            too_many.include.clone(),
+            "over the limit",
+        ),
+    ];
+    for (mode, feed, include, why) in cases {
+        let mut frame = hello(&spoke, mode, "good", &[feed]);
+        if let Frame::Hello { feeds, .. } = &mut frame {
+            feeds[0].filter = Some(cairn_store::doc::Filter {
+                include,
+                exclude: vec![],
+            });
+        }
+        let mut r = responder(&spoke);
+        r.handle(&hub, frame, Some(&AllowAll));
+        let out = drain(&mut r, &hub);
+        let reason = match &out[..] {
+            [Frame::HelloReply { feeds, .. }] => match &feeds[0] {
+                FeedStatus::Refused { code, reason } if *code == code::BAD_DATA => reason.clone(),
+                other => panic!("{mode:?} {feed}: {other:?}"),
+            },
+            other => panic!("{mode:?} {feed}: {other:?}"),
+        };
+        assert!(reason.contains(why), "{mode:?} {feed}: {reason}");
+    }
+    assert_eq!(root(&hub, "demo").count, 3);
 }

@@ -234,6 +234,50 @@ def check_log(log_url, cp_bytes, trusted, state_path, problem, out):
         json.dump(state, f)
 
 
+def fold(name):
+    """A name as filters compare it: ASCII case ignored, each run of - _ . one '-'."""
+    out = []
+    sep = False
+    for c in name:
+        if c in "-_.":
+            sep = True
+            continue
+        if sep and out:
+            out.append("-")
+        sep = False
+        out.append(c.lower())
+    return "".join(out)
+
+
+def glob(pattern, text):
+    """'*' any run of characters, '?' one, anything else itself."""
+    p = t = 0
+    star = None
+    while t < len(text):
+        if p < len(pattern) and pattern[p] == "*":
+            star = (p, t)
+            p += 1
+        elif p < len(pattern) and (pattern[p] == "?" or pattern[p] == text[t]):
+            p += 1
+            t += 1
+        elif star is not None:
+            p, t = star[0] + 1, star[1] + 1
+            star = (star[0], star[1] + 1)
+        else:
+            return False
+    return all(c == "*" for c in pattern[p:])
+
+
+def selects(flt, key):
+    """Whether a filtered checkpoint's filter selects the entry under key (name/version)."""
+    if "/" not in key:
+        return False
+    name = fold(key.rsplit("/", 1)[0])
+    hit = lambda pats: any(glob(fold(p), name) for p in pats)
+    include, exclude = flt.get("include", []), flt.get("exclude", [])
+    return (not include or hit(include)) and not hit(exclude)
+
+
 def verify(feed, trusted, sample, out, reference=None, log=None, log_state=None):
     problems = []
 
@@ -263,8 +307,18 @@ def verify(feed, trusted, sample, out, reference=None, log=None, log_state=None)
     if log is not None:
         check_log(log, cp_bytes, trusted, log_state, problem, out)
 
-    # The entries: their leaves sum to the root.
+    # The entries: their leaves sum to the root. A filtered checkpoint is over the entries
+    # its filter selects; the others are the spoke's own business.
     entries = list(feed.entries())
+    flt = cp.get("filter")
+    if flt is not None:
+        if not isinstance(flt, dict):
+            problem("checkpoint", feed.name, "its filter is not a map")
+            return problems
+        served = len(entries)
+        entries = [e for e in entries if selects(flt, e["key"])]
+        print(f"filter: include {flt.get('include', [])} exclude {flt.get('exclude', [])}: "
+              f"{len(entries)} of the {served} entries served are selected", file=out)
     total = 0
     seen = set()
     for e in entries:
@@ -284,7 +338,8 @@ def verify(feed, trusted, sample, out, reference=None, log=None, log_state=None)
 
     # Against a reference (the hub, say): which entries are missing, extra or different here.
     if reference is not None:
-        theirs = {e["key"]: e["doc"] for e in reference.entries()}
+        theirs = {e["key"]: e["doc"] for e in reference.entries()
+                  if flt is None or selects(flt, e["key"])}
         ours = {e["key"]: e["doc"] for e in entries}
         for key in sorted(theirs.keys() - ours.keys()):
             problem("missing", key, f"the reference has it (document {theirs[key]}), this instance does not serve it")

@@ -23,7 +23,8 @@ import nacl.signing
 FIELDS = {
     "hello": ["version", "token", "mode", "feeds", "heads", "notify", "max_rate"],
     "notify": ["feeds"],
-    "feed-hello": ["feed", "root", "count", "since", "checkpoint", "collected"],
+    "feed-hello": ["feed", "root", "count", "since", "filter", "checkpoint", "collected"],
+    "filter": ["include", "exclude"],
     "cursor": ["epoch", "seq"],
     "hello-reply": ["feeds", "log"],
     "log": ["head", "proofs", "heads"],
@@ -87,6 +88,8 @@ def check_frame(body):
     if name == "hello":
         for h in f["feeds"]:
             check_order("feed-hello", h)
+            if "filter" in h:
+                check_order("filter", h["filter"])
     if name == "hello-reply":
         for s in f["feeds"]:
             check_status(s)
@@ -193,7 +196,7 @@ PAYLOAD_FIELDS = {
     "policy": {"v", "name", "feeds", "unassessed", "hlc"},
     "promotion": {"v", "ecosystem", "from", "to", "name", "version", "source", "manifest", "by",
                   "time", "hlc"},
-    "checkpoint": {"v", "feed", "root", "count", "epoch", "seq", "time", "expires", "covers"},
+    "checkpoint": {"v", "feed", "root", "count", "epoch", "seq", "time", "expires", "covers", "filter"},
     "key-rotation": {"v", "old", "new", "time"},
     "tree-head": {"v", "size", "root", "time"},
 }
