@@ -194,6 +194,9 @@ pub struct UpstreamCheckpoint {
     pub received_ms: u64,
 }
 
+/// The most valid checkpoints over different filters this instance signs per feed.
+pub const MAX_FILTERED_CHECKPOINTS: usize = 256;
+
 /// How long a checkpoint this instance signs stays valid unless configured otherwise.
 pub const CHECKPOINT_TTL_SECS: u64 = 7 * 24 * 3600;
 
@@ -784,7 +787,14 @@ impl Store {
         ]
         .concat();
         let now = now_ms() / 1000;
-        if let Some(bytes) = self.db.get_pinned_cf(self.cf(CF_META), &key)? {
+        let held = self
+            .db
+            .get_pinned_cf(self.cf(CF_META), &key)?
+            .map(|b| b.to_vec());
+        if held.is_none() {
+            self.bound_filtered_checkpoints(feed, now)?;
+        }
+        if let Some(bytes) = held {
             let doc = SignedDocument::decode(&bytes)?;
             let cp: Checkpoint = doc.payload()?;
             let fresh =
@@ -848,6 +858,36 @@ impl Store {
             .own_checkpoint(feed, ttl_secs, refresh_secs)?
             .bytes()
             .to_vec())
+    }
+
+    /// Before a checkpoint over a filter not seen before is signed for `feed`: forgets the
+    /// expired ones, and refuses when [`MAX_FILTERED_CHECKPOINTS`] are still valid, so a
+    /// peer that asks for ever new filters cannot grow the transparency log by one entry per
+    /// request.
+    fn bound_filtered_checkpoints(&self, feed: &str, now: u64) -> Result<()> {
+        let prefix = [OWN_FILTERED_PREFIX, feed.as_bytes(), b"\0"].concat();
+        let mut live = 0usize;
+        let mut batch = rocksdb::WriteBatch::default();
+        for item in self.scan(CF_META, &prefix, None) {
+            let (k, v) = item?;
+            let expired =
+                SignedDocument::peek_payload::<Checkpoint>(&v).map_or(true, |cp| cp.expires <= now);
+            if expired {
+                batch.delete_cf(self.cf(CF_META), k);
+            } else {
+                live += 1;
+            }
+        }
+        self.db.write(batch)?;
+        if live >= MAX_FILTERED_CHECKPOINTS {
+            return Err(StoreError::InvalidInput {
+                what: "filter",
+                detail: format!(
+                    "this instance already holds {live} valid checkpoints over different filters of feed `{feed}`, the most it signs; use a filter another site uses, or wait until some expire"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The checkpoint an auditor is given for `feed`: as [`Store::checkpoint_to_serve`], except
@@ -1386,5 +1426,70 @@ mod tests {
         let older = SignedDocument::sign(&older, hub1.identity().signing_key()).unwrap();
         hub2.record_covered("demo", older.bytes()).unwrap();
         assert_eq!(hub2.covered("demo").unwrap()[0].seq, held_cp.seq);
+    }
+
+    #[test]
+    fn filtered_checkpoints_are_over_the_selected_entries_reused_and_bounded_per_feed() {
+        let (_d, s) = store();
+        s.create_feed("demo", Ecosystem::Raw).unwrap();
+        for name in ["cairn-a", "cairn-b", "other"] {
+            let blob = s.put_blob(name.as_bytes()).unwrap();
+            s.publish(
+                "demo",
+                crate::NewPackage {
+                    name: name.into(),
+                    version: "1".into(),
+                    files: vec![crate::NewFile {
+                        name: "f".into(),
+                        blob: blob.hash,
+                        size: blob.size,
+                        digests: Default::default(),
+                    }],
+                    metadata: Default::default(),
+                },
+            )
+            .unwrap();
+        }
+        let filter = |p: &str| Filter {
+            include: vec![p.into()],
+            exclude: vec![],
+        };
+        let f = filter("cairn-*");
+        let bytes = s
+            .filtered_checkpoint_to_serve("demo", &f, 3600, 300)
+            .unwrap();
+        let cp: Checkpoint = SignedDocument::decode(&bytes).unwrap().payload().unwrap();
+        assert_eq!(cp.filter.as_ref(), Some(&f));
+        assert_eq!(cp.count, 2);
+        assert_eq!(
+            cp.root.as_bytes(),
+            s.filtered_summary("demo", &f)
+                .unwrap()
+                .root
+                .fingerprint
+                .as_bytes()
+        );
+        // Asked again while nothing changed: the same signature.
+        assert_eq!(
+            s.filtered_checkpoint_to_serve("demo", &f, 3600, 300)
+                .unwrap(),
+            bytes
+        );
+        // Ever new filters: at most MAX_FILTERED_CHECKPOINTS valid ones per feed.
+        for i in 1..MAX_FILTERED_CHECKPOINTS {
+            s.filtered_checkpoint_to_serve("demo", &filter(&format!("x{i}")), 3600, 300)
+                .unwrap();
+        }
+        let e = s
+            .filtered_checkpoint_to_serve("demo", &filter("one-more"), 3600, 300)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the most it signs"), "{e}");
+        // A filter already held is still served.
+        assert!(s
+            .filtered_checkpoint_to_serve("demo", &f, 3600, 300)
+            .is_ok());
+        // The system set is never filtered.
+        assert!(s.filtered_summary(SYSTEM_FEED, &f).is_err());
     }
 }
