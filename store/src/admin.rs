@@ -739,10 +739,11 @@ impl Store {
             root: NodeSummary::default(),
             l1: Vec::new(),
         };
+        let matcher = filter.matcher();
         for b in 0..=255u8 {
             let mut node = NodeSummary::default();
             for (_, e) in self.entries_under(feed, &[b])? {
-                if filter.selects(&e.key) {
+                if matcher.selects(&e.key) {
                     node.insert(&merkle::leaf(&e.key, &e.value.doc));
                 }
             }
@@ -766,7 +767,25 @@ impl Store {
         ttl_secs: u64,
         refresh_secs: u64,
     ) -> Result<Vec<u8>> {
-        let sum = self.filtered_summary(feed, filter)?;
+        // The summary and the cursor of one state: read again while a write moved the feed.
+        let mut tries = 0;
+        let (sum, f) = loop {
+            let before = self.feed(feed)?;
+            let sum = self.filtered_summary(feed, filter)?;
+            let f = self.feed(feed)?;
+            if (f.epoch, f.seq) == (before.epoch, before.seq) {
+                break (sum, f);
+            }
+            tries += 1;
+            if tries >= 8 {
+                return Err(StoreError::InvalidInput {
+                    what: "filter",
+                    detail: format!(
+                        "feed `{feed}` kept changing while its filtered state was read"
+                    ),
+                });
+            }
+        };
         let root = Hash::from_bytes(*sum.root.fingerprint.as_bytes());
         if let Some((held, doc)) = self.checkpoint(feed)? {
             if doc.signer() != self.identity().public_key()
@@ -778,7 +797,6 @@ impl Store {
             }
         }
         let _log = self.tlog.lock();
-        let f = self.feed(feed)?;
         let key = [
             OWN_FILTERED_PREFIX,
             feed.as_bytes(),

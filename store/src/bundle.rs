@@ -50,7 +50,10 @@ pub const MAX_HEADER_BYTES: u64 = 1 << 20;
 /// The most feeds one bundle carries.
 pub const MAX_FEEDS: usize = 4096;
 /// The longest entry key a `REMOVE` record may carry.
-pub const MAX_KEY_BYTES: usize = 4096;
+pub const MAX_KEY_BYTES: usize = 1024;
+/// The most `REMOVE` records one bundle carries (an export with more makes the feed's
+/// section full instead).
+pub const MAX_REMOVES: u64 = 100_000;
 /// What the closing signature covers, before the digest.
 const SIGNING_DOMAIN: &[u8] = b"cairn/bundle/v1\0";
 /// Meta records: the cursor each feed was imported up to, per exporter.
@@ -264,9 +267,19 @@ impl Store {
         }
         let mut full_instead = Vec::new();
         let mut plans = Vec::with_capacity(feeds.len());
+        let mut removes = 0u64;
         for name in &feeds {
             let since = opts.since.get(name).copied();
-            plans.push(self.plan_feed(name, since, opts.ttl_secs, &mut full_instead)?);
+            let mut plan = self.plan_feed(name, since, opts.ttl_secs, &mut full_instead)?;
+            if removes + plan.section.removes > MAX_REMOVES {
+                full_instead.push((
+                    name.clone(),
+                    format!("the bundle would carry more than {MAX_REMOVES} removals"),
+                ));
+                plan = self.plan_feed(name, None, opts.ttl_secs, &mut full_instead)?;
+            }
+            removes += plan.section.removes;
+            plans.push(plan);
         }
         // The blobs every manifest names, once each, pinned until they are written.
         let mut blobs: Vec<(Hash, u64)> = Vec::new();
@@ -508,6 +521,15 @@ impl Store {
             let cp = self
                 .check_checkpoint(&f.name, &body, now, true)
                 .map_err(on)?;
+            if cp.filter.is_some() {
+                return Err(refused(
+                    at,
+                    format!(
+                        "the checkpoint of feed `{}` is over a filter: it says nothing about the whole feed a bundle carries",
+                        f.name
+                    ),
+                ));
+            }
             f.cp_doc = Some(SignedDocument::decode(&body).map_err(|e| on(e.into()))?);
             f.cp = Some(cp);
         }
@@ -586,8 +608,26 @@ impl Store {
                                 format!("more removals for feed `{}` than its header says", f.name),
                             ));
                         }
+                        if f.section.since.is_none() {
+                            return Err(refused(
+                                at,
+                                format!("a removal in the full section of feed `{}`", f.name),
+                            ));
+                        }
                         let key = String::from_utf8(body[2..].to_vec())
                             .map_err(|_| refused(at, "a removed key is not UTF-8"))?;
+                        if let Some(eco) = f.record.ecosystem() {
+                            let valid = names::split_package_key(&key).is_some_and(|(n, v)| {
+                                names::check_package_name(eco, n).is_ok()
+                                    && names::check_version(v).is_ok()
+                            });
+                            if !valid {
+                                return Err(refused(
+                                    at,
+                                    format!("removed key `{key}` is not a package version"),
+                                ));
+                            }
+                        }
                         if !f.keys.insert(key.clone()) {
                             return Err(refused(
                                 at,
@@ -693,6 +733,16 @@ impl Store {
         if header.feeds.is_empty() || header.feeds.len() > MAX_FEEDS {
             return Err(bad(format!("{} feeds", header.feeds.len())));
         }
+        let removes: u64 = header
+            .feeds
+            .iter()
+            .map(|s| s.removes)
+            .fold(0, u64::saturating_add);
+        if removes > MAX_REMOVES {
+            return Err(bad(format!(
+                "{removes} removals, over the limit of {MAX_REMOVES}"
+            )));
+        }
         let mut feeds = Vec::with_capacity(header.feeds.len());
         let mut seen = HashSet::new();
         for s in &header.feeds {
@@ -786,11 +836,24 @@ impl Store {
             let (Some(cp), Some(cp_doc)) = (&f.cp, &f.cp_doc) else {
                 return Err(refused(0, format!("no checkpoint for feed `{name}`")));
             };
+            // Checked again under the write lock: a pull may have taken a newer checkpoint, or a
+            // feed of another type appeared, since the bundle was read.
             let exists = match self.feed(name) {
-                Ok(_) => true,
+                Ok(held) if held.kind == f.record.kind => true,
+                Ok(held) => {
+                    return Err(refused(
+                        0,
+                        format!(
+                            "feed `{name}` is a {} feed here now",
+                            Section::kind_of(held.kind)
+                        ),
+                    ))
+                }
                 Err(StoreError::FeedNotFound { .. }) => false,
                 Err(e) => return Err(e),
             };
+            self.check_checkpoint(name, cp_doc.bytes(), now_ms() / 1000, true)
+                .map_err(|e| refused(0, format!("the checkpoint of feed `{name}`: {e}")))?;
             if !exists {
                 let FeedKind::Package(e) = f.record.kind else {
                     return Err(StoreError::FeedNotFound { feed: name.into() });
@@ -1400,8 +1463,65 @@ mod tests {
         let e = import(&site, sd.path(), &assemble(&removal, &relay))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("two records for"), "{e}");
+        assert!(e.contains("a removal in the full section"), "{e}");
         assert!(site.list_feeds().unwrap().is_empty());
+
+        // The hub's checkpoint over a filter that selects nothing, with every document left
+        // out: it would empty the feed on the site. A bundle carries whole feeds only.
+        let nothing = crate::doc::Filter {
+            include: vec!["nothing-matches".into()],
+            exclude: vec![],
+        };
+        let filtered = hub
+            .filtered_checkpoint_to_serve("demo", &nothing, 3600, 300)
+            .unwrap();
+        let mut emptied: Vec<(u8, Vec<u8>)> = Vec::new();
+        for (kind, body) in &recs {
+            match *kind {
+                DOC | BLOB if body.len() > 2 && (*kind == BLOB || body[..2] == [0, 0]) => {}
+                HEADER => {
+                    let mut h: Header = cbor::from_canonical(body, 1 << 20).unwrap();
+                    for s in &mut h.feeds {
+                        if s.name == "demo" {
+                            s.docs = 0;
+                        }
+                    }
+                    (h.blobs, h.blob_bytes) = (0, 0);
+                    emptied.push((HEADER, cbor::to_canonical(&h).unwrap()));
+                }
+                CHECKPOINT
+                    if SignedDocument::peek_payload::<Checkpoint>(body)
+                        .unwrap()
+                        .feed
+                        == "demo" =>
+                {
+                    emptied.push((CHECKPOINT, filtered.clone()));
+                }
+                _ => emptied.push((*kind, body.clone())),
+            }
+        }
+        site.create_feed("demo", Ecosystem::Raw).unwrap();
+        let own = site.put_blob(&b"own"[..]).unwrap();
+        site.publish(
+            "demo",
+            NewPackage {
+                name: "own".into(),
+                version: "1".into(),
+                files: vec![NewFile {
+                    name: "own.bin".into(),
+                    blob: own.hash,
+                    size: own.size,
+                    digests: Default::default(),
+                }],
+                metadata: Default::default(),
+            },
+        )
+        .unwrap();
+        let e = import(&site, sd.path(), &assemble(&emptied, &relay))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is over a filter"), "{e}");
+        assert_eq!(site.feed_summary("demo").unwrap().root.count, 1);
     }
 
     #[test]

@@ -1081,20 +1081,42 @@ impl Filter {
     }
 
     /// Whether the entry under `key` (`name/version`) is selected. Keys without a version
-    /// (none in a package feed) are not.
+    /// (none in a package feed) are not. For many keys, [`Filter::matcher`] folds the
+    /// patterns once.
+    pub fn selects(&self, key: &str) -> bool {
+        self.matcher().selects(key)
+    }
+
+    /// The filter with its patterns folded, to test many keys.
+    pub fn matcher(&self) -> FilterMatcher {
+        let fold = |l: &[String]| l.iter().map(|p| crate::names::normalize_pypi(p)).collect();
+        FilterMatcher {
+            include: fold(&self.include),
+            exclude: fold(&self.exclude),
+        }
+    }
+}
+
+/// A [`Filter`] ready to test keys.
+#[derive(Clone, Debug)]
+pub struct FilterMatcher {
+    include: Vec<String>,
+    exclude: Vec<String>,
+}
+
+impl FilterMatcher {
+    /// See [`Filter::selects`].
     pub fn selects(&self, key: &str) -> bool {
         let Some((name, _)) = crate::names::split_package_key(key) else {
             return false;
         };
-        let norm = crate::names::normalize_pypi;
-        let name = norm(name);
-        let hit = |list: &[String]| {
-            list.iter()
-                .any(|p| glob(norm(p).as_bytes(), name.as_bytes()))
-        };
+        let name = crate::names::normalize_pypi(name);
+        let hit = |list: &[String]| list.iter().any(|p| glob(p.as_bytes(), name.as_bytes()));
         (self.include.is_empty() || hit(&self.include)) && !hit(&self.exclude)
     }
+}
 
+impl Filter {
     /// A short stable name for the filter (BLAKE3 of its canonical CBOR).
     pub fn digest(&self) -> Hash {
         Hash::of(&crate::cbor::to_canonical(self).unwrap_or_default())

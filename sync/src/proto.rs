@@ -1613,6 +1613,29 @@ impl Session {
                 )));
             }
         }
+        // The filtered checkpoint is signed now, so that one the responder will not sign (over
+        // its bound of filters) refuses this feed rather than ending the session.
+        if let (Some(f), Mode::Pull) = (&h.filter, mode) {
+            match store.filtered_checkpoint_to_serve(
+                &h.feed,
+                f,
+                self.limits.checkpoint_ttl_secs,
+                self.limits.checkpoint_refresh_secs,
+            ) {
+                Ok(_) => {}
+                Err(e @ (StoreError::InvalidInput { .. } | StoreError::FeedNotFound { .. })) => {
+                    return Ok(Err(Refusal::new(
+                        if matches!(e, StoreError::FeedNotFound { .. }) {
+                            code::NO_SUCH_FEED
+                        } else {
+                            code::BAD_DATA
+                        },
+                        format!("filter for `{}` refused: {e}", h.feed),
+                    )))
+                }
+                Err(e) => return Err(store_err(e)),
+            }
+        }
         let sum = match view_summary_store(store, &h.feed, h.filter.as_ref()) {
             Ok(s) => s,
             Err(StoreError::FeedNotFound { .. }) => {
@@ -1634,6 +1657,12 @@ impl Session {
                     .to_lowercase(),
                 )));
             };
+            if let Err(e) = checkpoint_filter_matches(cp, None) {
+                return Ok(Err(Refusal::new(
+                    code::BAD_DATA,
+                    format!("checkpoint refused: {e}"),
+                )));
+            }
             if let Err(e) = store.check_checkpoint(&h.feed, cp, self.now_secs, mode == Mode::Push) {
                 tracing::warn!(feed = %h.feed, "refusing the peer's checkpoint: {e}");
                 return Ok(Err(Refusal::new(
@@ -1744,6 +1773,14 @@ impl Session {
                     .filter(|c| c.doc.is_none())
                     .map(|c| c.key.clone())
                     .collect();
+                if let Some(f) = &self.job(feed)?.filter {
+                    if let Some(k) = removed.iter().find(|k| !f.selects(k)) {
+                        tracing::warn!(feed, key = %k, "the peer's log removes an entry outside the filter");
+                        return Err(SessionError::BadData(format!(
+                            "the change log for `{feed}` removes `{k}`, which is outside the filter this pull asked for"
+                        )));
+                    }
+                }
                 if !removed.is_empty() && !self.remove_keys(store, feed, &removed)? {
                     return Ok(());
                 }
@@ -2984,7 +3021,8 @@ fn view_entries_under(
 ) -> Result<Vec<(Hash, Entry)>, SessionError> {
     let mut out = store.entries_under(feed, prefix).map_err(store_err)?;
     if let Some(f) = filter {
-        out.retain(|(_, e)| f.selects(&e.key));
+        let m = f.matcher();
+        out.retain(|(_, e)| m.selects(&e.key));
     }
     Ok(out)
 }

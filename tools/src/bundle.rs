@@ -9,6 +9,9 @@ use anyhow::{bail, Context, Result};
 use cairn_store::bundle::{self, ExportOptions};
 use cairn_store::{Cursor, Store};
 
+/// The longest a bundle's checkpoints may stay valid (ten years).
+const MAX_VALID_DAYS: u64 = 3650;
+
 /// `FEED=EPOCH:SEQ`, the cursor as `cairn root` prints it.
 pub(crate) fn parse_since(s: &str) -> Result<(String, Cursor), String> {
     let bad = || format!("`{s}` is not FEED=EPOCH:SEQ (the cursor `cairn root FEED` prints)");
@@ -50,7 +53,7 @@ pub(crate) fn export(store: &Store, out: &mut dyn Write, e: Export) -> Result<()
     let opts = ExportOptions {
         feeds: e.feeds,
         since,
-        ttl_secs: e.valid_days.max(1).saturating_mul(86_400),
+        ttl_secs: e.valid_days.clamp(1, MAX_VALID_DAYS) * 86_400,
     };
     // Written beside the target and renamed, so an interrupted export leaves no bundle.
     let tmp = e.output.with_file_name(format!(

@@ -31,9 +31,10 @@ pub enum ReplicationError {
     /// The replication is run by the peer.
     #[error("replication `{name}` is incoming: the peer `{peer}` runs it")]
     Incoming { name: String, peer: String },
-    /// The configuration names a replication that does not exist.
+    /// A filter of the replication cannot be used.
     #[error("replication `{name}`: {why}")]
     Filter { name: String, why: String },
+    /// The configuration names a replication that does not exist.
     #[error("no replication named `{0}` in the configuration")]
     Unknown(String),
     /// The replication names a peer that was never added.

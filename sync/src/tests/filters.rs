@@ -332,3 +332,127 @@ fn a_filter_is_refused_on_the_system_set_and_outside_a_pull() {
     assert!(err.contains("canonical"), "{o:?}");
     assert_eq!(root(&a, "demo").count, 0);
 }
+
+#[test]
+fn a_change_log_that_removes_an_entry_outside_the_filter_is_refused() {
+    let (_d, hub, a, _) = hub_and_spokes(3);
+    let own = a.put_blob(&b"mine"[..]).unwrap();
+    a.publish(
+        "demo",
+        NewPackage {
+            name: "alpha-local".into(),
+            version: "1".into(),
+            files: vec![NewFile {
+                name: "mine.bin".into(),
+                blob: own.hash,
+                size: own.size,
+                digests: BTreeMap::new(),
+            }],
+            metadata: BTreeMap::new(),
+        },
+    )
+    .unwrap();
+    let f = filter(&["beta-*"], &[]);
+    let o = sim::run(&a, &hub, pull_filtered(&f), &AllowAll, lan());
+    assert_ok(&o);
+    let cursor = o.initiator[0].peer_cursor.unwrap();
+    hub.delete("demo", "beta-1", "1").unwrap();
+    // The upstream's log also "removes" the spoke's own package, outside the filter.
+    let mut inject = |from_initiator: bool, frame: Frame| -> Vec<Frame> {
+        if from_initiator {
+            return vec![frame];
+        }
+        vec![match frame {
+            Frame::HelloReply { feeds, log } => Frame::HelloReply {
+                feeds: feeds
+                    .into_iter()
+                    .map(|s| match s {
+                        FeedStatus::Log {
+                            root,
+                            count,
+                            cursor,
+                            mut changes,
+                            checkpoint,
+                        } => {
+                            changes.push(crate::wire::WireChange {
+                                key: "alpha-local/1".into(),
+                                doc: None,
+                            });
+                            FeedStatus::Log {
+                                root,
+                                count,
+                                cursor,
+                                changes,
+                                checkpoint,
+                            }
+                        }
+                        other => other,
+                    })
+                    .collect(),
+                log,
+            },
+            other => other,
+        }]
+    };
+    let mut c = pull_filtered(&f);
+    c.since.insert("demo".into(), cursor);
+    let o = sim::run_tampered(&a, &hub, c, &AllowAll, lan(), &mut inject);
+    let err = format!("{:?} {:?}", o.initiator_error, o.initiator);
+    assert!(err.contains("outside the filter"), "{o:?}");
+    assert!(a.entry("demo", "alpha-local/1").unwrap().is_some());
+}
+
+#[test]
+fn a_push_carrying_a_filtered_checkpoint_is_refused() {
+    let (_d, hub, a, _) = hub_and_spokes(2);
+    a.trust_add("*", &hub.identity().public_key()).unwrap();
+    hub.trust_add("*", &a.identity().public_key()).unwrap();
+    // The pusher's checkpoint over a filter that selects nothing would make the final root
+    // check say nothing about what is pushed.
+    let nothing = filter(&["nothing-matches"], &[]);
+    let cp = a
+        .filtered_checkpoint_to_serve("demo", &nothing, 3600, 300)
+        .unwrap();
+    let mut swap = |from_initiator: bool, frame: Frame| -> Vec<Frame> {
+        if !from_initiator {
+            return vec![frame];
+        }
+        vec![match frame {
+            Frame::Hello {
+                version,
+                token,
+                mode,
+                mut feeds,
+                heads,
+                notify,
+                max_rate,
+            } => {
+                for h in &mut feeds {
+                    h.checkpoint = Some(cp.clone());
+                }
+                Frame::Hello {
+                    version,
+                    token,
+                    mode,
+                    feeds,
+                    heads,
+                    notify,
+                    max_rate,
+                }
+            }
+            other => other,
+        }]
+    };
+    let before = root(&hub, "demo");
+    let o = sim::run_tampered(
+        &a,
+        &hub,
+        config(Mode::Push, &["demo"]),
+        &AllowAll,
+        lan(),
+        &mut swap,
+    );
+    let err = o.initiator[0].error.clone().unwrap_or_default();
+    assert!(err.contains("the checkpoint is over include"), "{o:?}");
+    assert_eq!(root(&hub, "demo"), before);
+}
