@@ -485,28 +485,7 @@ impl Store {
         apply: bool,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Parsed> {
-        let file = File::open(path).map_err(io_err("opening", path))?;
-        let total = file
-            .metadata()
-            .map_err(io_err("reading the size of", path))?
-            .len();
-        let mut src = Source {
-            r: BufReader::with_capacity(1 << 20, file),
-            hasher: blake3::Hasher::new(),
-            offset: 0,
-        };
-        let mut magic = [0u8; 8];
-        src.read_hashed(&mut magic)?;
-        if &magic != MAGIC {
-            return Err(refused(0, "this is not a cairn bundle"));
-        }
-        let (kind, len) = src.head(true)?;
-        if kind != HEADER || len > MAX_HEADER_BYTES {
-            return Err(refused(8, "the bundle does not start with its header"));
-        }
-        let body = src.body(len)?;
-        let header: Header = cbor::from_canonical(&body, MAX_HEADER_BYTES as usize)
-            .map_err(|e| refused(17, format!("its header does not parse: {e}")))?;
+        let (mut src, header, total) = open_bundle(path)?;
         let mut parsed = self.check_header(header)?;
         let now = now_ms() / 1000;
         for f in &mut parsed.feeds {
@@ -957,9 +936,19 @@ impl Store {
 /// Reads the header of the bundle at `path` (for the cursors an incremental export continues
 /// from); the rest of the file is not read.
 pub fn read_header(path: &Path) -> Result<Header> {
+    Ok(open_bundle(path)?.1)
+}
+
+/// Opens the bundle at `path` and reads its magic and header: the reader (hashing from the
+/// first byte), the header, and the file's size.
+fn open_bundle(path: &Path) -> Result<(Source<BufReader<File>>, Header, u64)> {
     let file = File::open(path).map_err(io_err("opening", path))?;
+    let total = file
+        .metadata()
+        .map_err(io_err("reading the size of", path))?
+        .len();
     let mut src = Source {
-        r: BufReader::new(file),
+        r: BufReader::with_capacity(1 << 20, file),
         hasher: blake3::Hasher::new(),
         offset: 0,
     };
@@ -973,8 +962,9 @@ pub fn read_header(path: &Path) -> Result<Header> {
         return Err(refused(8, "the bundle does not start with its header"));
     }
     let body = src.body(len)?;
-    cbor::from_canonical(&body, MAX_HEADER_BYTES as usize)
-        .map_err(|e| refused(17, format!("its header does not parse: {e}")))
+    let header = cbor::from_canonical(&body, MAX_HEADER_BYTES as usize)
+        .map_err(|e| refused(17, format!("its header does not parse: {e}")))?;
+    Ok((src, header, total))
 }
 
 fn imported_key(exporter: &PublicKey, feed: &str) -> Vec<u8> {

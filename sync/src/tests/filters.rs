@@ -76,6 +76,50 @@ fn selected(hub: &Store, f: &Filter) -> Vec<String> {
     keys(hub).into_iter().filter(|k| f.selects(k)).collect()
 }
 
+/// A tamper that puts `cp` in place of the checkpoint of every summary status the responder
+/// sends (and, with `done`, of its DONE frames).
+fn swap_checkpoints(from_initiator: bool, frame: Frame, cp: &[u8], done: bool) -> Vec<Frame> {
+    if from_initiator {
+        return vec![frame];
+    }
+    let cp = Some(cp.to_vec());
+    vec![match frame {
+        Frame::HelloReply { feeds, log } => Frame::HelloReply {
+            feeds: feeds
+                .into_iter()
+                .map(|s| match s {
+                    FeedStatus::Summary {
+                        root,
+                        count,
+                        cursor,
+                        l1,
+                        collected,
+                        ..
+                    } => FeedStatus::Summary {
+                        root,
+                        count,
+                        cursor,
+                        l1,
+                        checkpoint: cp.clone(),
+                        collected,
+                    },
+                    other => other,
+                })
+                .collect(),
+            log,
+        },
+        Frame::Done {
+            feed, root, count, ..
+        } if done => Frame::Done {
+            feed,
+            root,
+            count,
+            checkpoint: cp,
+        },
+        other => other,
+    }]
+}
+
 fn assert_ok(o: &Outcome) {
     assert!(
         o.initiator_error.is_none() && o.responder_error.is_none(),
@@ -208,47 +252,8 @@ fn an_entry_withheld_by_a_relay_that_passes_on_the_hubs_checkpoint_is_detected()
         relay.remove_entries("demo", &["beta-4/1".into()]).unwrap(),
         1
     );
-    let mut forge = |from_initiator: bool, frame: Frame| -> Vec<Frame> {
-        if from_initiator {
-            return vec![frame];
-        }
-        let cp = Some(hub_cp.clone());
-        vec![match frame {
-            Frame::HelloReply { feeds, log } => Frame::HelloReply {
-                feeds: feeds
-                    .into_iter()
-                    .map(|s| match s {
-                        FeedStatus::Summary {
-                            root,
-                            count,
-                            cursor,
-                            l1,
-                            collected,
-                            ..
-                        } => FeedStatus::Summary {
-                            root,
-                            count,
-                            cursor,
-                            l1,
-                            checkpoint: cp.clone(),
-                            collected,
-                        },
-                        other => other,
-                    })
-                    .collect(),
-                log,
-            },
-            Frame::Done {
-                feed, root, count, ..
-            } => Frame::Done {
-                feed,
-                root,
-                count,
-                checkpoint: cp.clone(),
-            },
-            other => other,
-        }]
-    };
+    let mut forge =
+        |from_initiator: bool, frame: Frame| swap_checkpoints(from_initiator, frame, &hub_cp, true);
     let o = sim::run_tampered(
         &spoke,
         &relay,
@@ -264,38 +269,8 @@ fn an_entry_withheld_by_a_relay_that_passes_on_the_hubs_checkpoint_is_detected()
 
     // A checkpoint over another filter (or the whole feed) proves nothing about this set.
     let whole = hub.sign_checkpoint("demo", 3600).unwrap().bytes().to_vec();
-    let mut swap = |from_initiator: bool, frame: Frame| -> Vec<Frame> {
-        if from_initiator {
-            return vec![frame];
-        }
-        vec![match frame {
-            Frame::HelloReply { feeds, log } => Frame::HelloReply {
-                feeds: feeds
-                    .into_iter()
-                    .map(|s| match s {
-                        FeedStatus::Summary {
-                            root,
-                            count,
-                            cursor,
-                            l1,
-                            collected,
-                            ..
-                        } => FeedStatus::Summary {
-                            root,
-                            count,
-                            cursor,
-                            l1,
-                            checkpoint: Some(whole.clone()),
-                            collected,
-                        },
-                        other => other,
-                    })
-                    .collect(),
-                log,
-            },
-            other => other,
-        }]
-    };
+    let mut swap =
+        |from_initiator: bool, frame: Frame| swap_checkpoints(from_initiator, frame, &whole, false);
     let fresh = tempfile::tempdir().unwrap();
     let s3 = new_store(fresh.path());
     s3.create_feed("demo", Ecosystem::Raw).unwrap();
