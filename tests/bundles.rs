@@ -6,8 +6,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use crate::feeds::{
-    build_python_packages, cargo, cargo_registry, npm, npm_registry, pip_install, publish_crate,
-    publish_npm, run, twine_upload,
+    build_python_packages, cargo_app_prints, cargo_registry, npm, npm_registry, pip_install,
+    publish_crate, publish_npm, run, twine_upload,
 };
 use crate::util::{bytes, listing, serve_config, Instance, Server};
 
@@ -122,16 +122,17 @@ fn a_site_that_never_connects_installs_from_a_bundle_and_refuses_a_damaged_or_ol
         .current_dir(&app));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "7");
     cargo_registry(&cargo_home, &site_server.http);
-    let crate_app = site.path("crate-app");
-    std::fs::create_dir_all(crate_app.join("src")).unwrap();
-    std::fs::write(crate_app.join("Cargo.toml"), "[package]\nname = \"crate-app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\ncairn-lib = { version = \"=0.3.0\", registry = \"cairn\" }\n").unwrap();
-    std::fs::write(
-        crate_app.join("src/main.rs"),
-        "fn main() { println!(\"{}\", cairn_lib::seven()); }\n",
-    )
-    .unwrap();
-    let out = run(&mut cargo(&cargo_home, &crate_app, &["run", "--quiet"]));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "7");
+    assert_eq!(
+        cargo_app_prints(
+            &cargo_home,
+            &site.path("crate-app"),
+            "cairn-lib",
+            "=0.3.0",
+            "cairn",
+            "cairn_lib::seven()"
+        ),
+        "7"
+    );
 
     // Ten changes: the incremental bundle carries them and little more.
     let mut payload = 0;

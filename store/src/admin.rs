@@ -285,6 +285,11 @@ fn prefixed(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
     [prefix, rest].concat()
 }
 
+/// The meta record of this instance's last checkpoint of `feed`.
+fn own_key(feed: &str) -> Vec<u8> {
+    prefixed(OWN_CHECKPOINT_PREFIX, feed.as_bytes())
+}
+
 impl Store {
     // ---------------------------------------------------------------------------------------
     // Tokens
@@ -517,32 +522,8 @@ impl Store {
     }
 
     fn sign_checkpoint_locked(&self, feed: &str, ttl_secs: u64) -> Result<SignedDocument> {
-        let s = self.feed_summary(feed)?;
-        let now = now_ms() / 1000;
-        let cp = Checkpoint {
-            v: PAYLOAD_VERSION,
-            feed: feed.into(),
-            root: Hash::from_bytes(*s.root.fingerprint.as_bytes()),
-            count: s.root.count,
-            epoch: s.feed.epoch,
-            seq: s.feed.seq,
-            time: now,
-            expires: now + ttl_secs,
-            covers: self.covered(feed)?,
-            filter: None,
-        };
-        let doc = SignedDocument::sign(&cp, self.identity().signing_key()).map_err(
-            StoreError::signing("checkpoint".into(), "name a shorter feed"),
-        )?;
-        let mut batch = rocksdb::WriteBatch::default();
-        batch.put_cf(
-            self.cf(CF_META),
-            prefixed(OWN_CHECKPOINT_PREFIX, feed.as_bytes()),
-            doc.bytes(),
-        );
-        self.log_append(&mut batch, &doc)?;
-        self.db.write(batch)?;
-        Ok(doc)
+        let state = self.state_to_sign(feed)?;
+        self.own_checkpoint_of(own_key(feed), state, ttl_secs, None)
     }
 
     /// A checkpoint of this instance's current state of `feed`: the one it signed last while
@@ -556,29 +537,91 @@ impl Store {
         refresh_secs: u64,
     ) -> Result<SignedDocument> {
         let _log = self.tlog.lock();
-        if let Some(bytes) = self.db.get_pinned_cf(
-            self.cf(CF_META),
-            prefixed(OWN_CHECKPOINT_PREFIX, feed.as_bytes()),
-        )? {
-            let doc = SignedDocument::decode(&bytes)?;
-            let cp: Checkpoint = doc.payload()?;
-            let s = self.feed_summary(feed)?;
-            let covers = self.covered(feed)?;
-            let now = now_ms() / 1000;
-            let fresh =
-                now < cp.time + refresh_secs.min(ttl_secs / 2) && cp.expires == cp.time + ttl_secs;
-            if fresh
-                && doc.signer() == self.identity().public_key()
-                && cp.root.as_bytes() == s.root.fingerprint.as_bytes()
-                && cp.count == s.root.count
-                && cp.epoch == s.feed.epoch
-                && cp.seq == s.feed.seq
-                && cp.covers == covers
-            {
-                return Ok(doc);
+        let state = self.state_to_sign(feed)?;
+        self.own_checkpoint_of(own_key(feed), state, ttl_secs, Some(refresh_secs))
+    }
+
+    /// The current state of `feed` as a checkpoint says it, `time` and `expires` still 0.
+    fn state_to_sign(&self, feed: &str) -> Result<Checkpoint> {
+        let s = self.feed_summary(feed)?;
+        Ok(Checkpoint {
+            v: PAYLOAD_VERSION,
+            feed: feed.into(),
+            root: Hash::from_bytes(*s.root.fingerprint.as_bytes()),
+            count: s.root.count,
+            epoch: s.feed.epoch,
+            seq: s.feed.seq,
+            time: 0,
+            expires: 0,
+            covers: self.covered(feed)?,
+            filter: None,
+        })
+    }
+
+    /// This instance's checkpoint of `state` (whose `time` and `expires` are set here): with
+    /// `refresh_secs`, the one stored under the meta record `key` while it says exactly
+    /// `state` and is younger than `refresh_secs` (and than half of `ttl_secs`); else a new
+    /// one, stored under `key` and appended to the transparency log in the same batch. The
+    /// caller holds the log's lock.
+    fn own_checkpoint_of(
+        &self,
+        key: Vec<u8>,
+        state: Checkpoint,
+        ttl_secs: u64,
+        refresh_secs: Option<u64>,
+    ) -> Result<SignedDocument> {
+        let now = now_ms() / 1000;
+        if let Some(refresh_secs) = refresh_secs {
+            if let Some(bytes) = self.db.get_pinned_cf(self.cf(CF_META), &key)? {
+                let doc = SignedDocument::decode(&bytes)?;
+                let cp: Checkpoint = doc.payload()?;
+                let fresh = now < cp.time + refresh_secs.min(ttl_secs / 2)
+                    && cp.expires == cp.time + ttl_secs;
+                let same = cp
+                    == Checkpoint {
+                        time: cp.time,
+                        expires: cp.expires,
+                        ..state.clone()
+                    };
+                if fresh && same && doc.signer() == self.identity().public_key() {
+                    return Ok(doc);
+                }
             }
         }
-        self.sign_checkpoint_locked(feed, ttl_secs)
+        let advice = if state.filter.is_some() {
+            "use fewer or shorter filter patterns"
+        } else {
+            "name a shorter feed"
+        };
+        let cp = Checkpoint {
+            time: now,
+            expires: now + ttl_secs,
+            ..state
+        };
+        let doc = SignedDocument::sign(&cp, self.identity().signing_key())
+            .map_err(StoreError::signing("checkpoint".into(), advice))?;
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(self.cf(CF_META), key, doc.bytes());
+        self.log_append(&mut batch, &doc)?;
+        self.db.write(batch)?;
+        Ok(doc)
+    }
+
+    /// The writer's checkpoint this replica holds for `feed`, when it is over `filter` (none:
+    /// the whole feed) and says exactly `root`: what a replica passes on unchanged.
+    fn held_writer_checkpoint(
+        &self,
+        feed: &str,
+        filter: Option<&Filter>,
+        root: &NodeSummary,
+    ) -> Result<Option<SignedDocument>> {
+        Ok(self.checkpoint(feed)?.and_then(|(held, doc)| {
+            (doc.signer() != self.identity().public_key()
+                && held.filter.as_ref() == filter
+                && held.root.as_bytes() == root.fingerprint.as_bytes()
+                && held.count == root.count)
+                .then_some(doc)
+        }))
     }
 
     /// Checks an upstream checkpoint for `feed` before applying anything: signed by a key
@@ -786,15 +829,8 @@ impl Store {
                 });
             }
         };
-        let root = Hash::from_bytes(*sum.root.fingerprint.as_bytes());
-        if let Some((held, doc)) = self.checkpoint(feed)? {
-            if doc.signer() != self.identity().public_key()
-                && held.filter.as_ref() == Some(filter)
-                && held.root == root
-                && held.count == sum.root.count
-            {
-                return Ok(doc.bytes().to_vec());
-            }
+        if let Some(doc) = self.held_writer_checkpoint(feed, Some(filter), &sum.root)? {
+            return Ok(doc.bytes().to_vec());
         }
         let _log = self.tlog.lock();
         let key = [
@@ -804,50 +840,25 @@ impl Store {
             filter.digest().as_bytes(),
         ]
         .concat();
-        let now = now_ms() / 1000;
-        let held = self
-            .db
-            .get_pinned_cf(self.cf(CF_META), &key)?
-            .map(|b| b.to_vec());
-        if held.is_none() {
-            self.bound_filtered_checkpoints(feed, now)?;
+        if self.db.get_pinned_cf(self.cf(CF_META), &key)?.is_none() {
+            self.bound_filtered_checkpoints(feed, now_ms() / 1000)?;
         }
-        if let Some(bytes) = held {
-            let doc = SignedDocument::decode(&bytes)?;
-            let cp: Checkpoint = doc.payload()?;
-            let fresh =
-                now < cp.time + refresh_secs.min(ttl_secs / 2) && cp.expires == cp.time + ttl_secs;
-            if fresh
-                && doc.signer() == self.identity().public_key()
-                && cp.filter.as_ref() == Some(filter)
-                && cp.root == root
-                && cp.count == sum.root.count
-                && cp.epoch == f.epoch
-                && cp.seq == f.seq
-            {
-                return Ok(doc.bytes().to_vec());
-            }
-        }
-        let cp = Checkpoint {
+        let state = Checkpoint {
             v: PAYLOAD_VERSION,
             feed: feed.into(),
-            root,
+            root: Hash::from_bytes(*sum.root.fingerprint.as_bytes()),
             count: sum.root.count,
             epoch: f.epoch,
             seq: f.seq,
-            time: now,
-            expires: now + ttl_secs,
+            time: 0,
+            expires: 0,
             covers: Vec::new(),
             filter: Some(filter.clone()),
         };
-        let doc = SignedDocument::sign(&cp, self.identity().signing_key()).map_err(
-            StoreError::signing("checkpoint".into(), "use fewer or shorter filter patterns"),
-        )?;
-        let mut batch = rocksdb::WriteBatch::default();
-        batch.put_cf(self.cf(CF_META), key, doc.bytes());
-        self.log_append(&mut batch, &doc)?;
-        self.db.write(batch)?;
-        Ok(doc.bytes().to_vec())
+        Ok(self
+            .own_checkpoint_of(key, state, ttl_secs, Some(refresh_secs))?
+            .bytes()
+            .to_vec())
     }
 
     /// The checkpoint to give a peer that pulls `feed` from here. A replica passes on,
@@ -862,15 +873,9 @@ impl Store {
         ttl_secs: u64,
         refresh_secs: u64,
     ) -> Result<Vec<u8>> {
-        if let Some((held, doc)) = self.checkpoint(feed)? {
-            let s = self.feed_summary(feed)?;
-            if doc.signer() != self.identity().public_key()
-                && held.filter.is_none()
-                && held.root.as_bytes() == s.root.fingerprint.as_bytes()
-                && held.count == s.root.count
-            {
-                return Ok(doc.bytes().to_vec());
-            }
+        let root = self.feed_summary(feed)?.root;
+        if let Some(doc) = self.held_writer_checkpoint(feed, None, &root)? {
+            return Ok(doc.bytes().to_vec());
         }
         Ok(self
             .own_checkpoint(feed, ttl_secs, refresh_secs)?
@@ -917,15 +922,10 @@ impl Store {
         ttl_secs: u64,
         refresh_secs: u64,
     ) -> Result<Vec<u8>> {
-        if let Some((held, doc)) = self.checkpoint(feed)? {
-            if let Some(filter) = &held.filter {
-                let sum = self.filtered_summary(feed, filter)?;
-                if doc.signer() != self.identity().public_key()
-                    && held.root.as_bytes() == sum.root.fingerprint.as_bytes()
-                    && held.count == sum.root.count
-                {
-                    return Ok(doc.bytes().to_vec());
-                }
+        if let Some(filter) = self.checkpoint(feed)?.and_then(|(held, _)| held.filter) {
+            let root = self.filtered_summary(feed, &filter)?.root;
+            if let Some(doc) = self.held_writer_checkpoint(feed, Some(&filter), &root)? {
+                return Ok(doc.bytes().to_vec());
             }
         }
         self.checkpoint_to_serve(feed, ttl_secs, refresh_secs)

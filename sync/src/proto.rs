@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use cairn_store::doc::{Checkpoint, Filter, Manifest, PublicKey};
-use cairn_store::merkle;
+use cairn_store::merkle::{self, Fingerprint, NodeSummary};
 use cairn_store::replica::{
     group_count, Applied, ApplyRule, IncomingBlob, PieceWriter, PieceWritten, VerifiedDoc,
 };
@@ -1496,7 +1496,7 @@ impl Session {
                     reason: refusal.reason,
                 })
             }
-            Ok(sum) => {
+            Ok((sum, signed)) => {
                 let rule = match mode {
                     Mode::Pull => None,
                     Mode::Push => Some(ApplyRule::Authoritative),
@@ -1507,6 +1507,10 @@ impl Session {
                 job.run_base = sum.root.count;
                 job.filter = h.filter.clone();
                 let filter = h.filter.as_ref();
+                let checkpoint = match signed {
+                    Some(cp) => Some(cp),
+                    None => serve_checkpoint(store, mode, &h.feed, &limits, filter)?,
+                };
                 if mode != Mode::Pull {
                     job.checkpoints.extend(h.checkpoint.clone());
                 }
@@ -1527,7 +1531,7 @@ impl Session {
                     job.report.peer_root = Some((h.root, h.count));
                     FeedStatus::Equal {
                         cursor: cursor_to_wire(sum.feed.cursor()),
-                        checkpoint: serve_checkpoint(store, mode, &h.feed, &limits, filter)?,
+                        checkpoint,
                     }
                 } else {
                     let log = match (mode, h.since) {
@@ -1552,18 +1556,10 @@ impl Session {
                                 count: sum.root.count,
                                 cursor: cursor_to_wire(sum.feed.cursor()),
                                 changes,
-                                checkpoint: serve_checkpoint(
-                                    store, mode, &h.feed, &limits, filter,
-                                )?,
+                                checkpoint,
                             }
                         }
-                        None => summary(
-                            store,
-                            &h.feed,
-                            mode,
-                            serve_checkpoint(store, mode, &h.feed, &limits, filter)?,
-                            filter,
-                        )?,
+                        None => summary(store, &h.feed, mode, checkpoint, filter)?,
                     }
                 };
                 self.jobs.insert(h.feed.clone(), job);
@@ -1581,7 +1577,7 @@ impl Session {
         mode: Mode,
         h: &FeedHello,
         authorizer: Option<&dyn Authorizer>,
-    ) -> Result<Result<cairn_store::FeedSummary, Refusal>, SessionError> {
+    ) -> Result<Result<Admitted, Refusal>, SessionError> {
         let Some(authorizer) = authorizer else {
             return Ok(Err(Refusal::new(
                 code::UNAUTHORIZED,
@@ -1613,38 +1609,50 @@ impl Session {
                 )));
             }
         }
-        // The filtered checkpoint is signed now, so that one the responder will not sign (over
-        // its bound of filters) refuses this feed rather than ending the session.
-        if let (Some(f), Mode::Pull) = (&h.filter, mode) {
-            match store.filtered_checkpoint_to_serve(
+        let no_feed = || {
+            Ok(Err(Refusal::new(
+                code::NO_SUCH_FEED,
+                format!("feed `{}` does not exist on this peer", h.feed),
+            )))
+        };
+        // A filtered pull's checkpoint is signed here: one the responder will not sign (over
+        // its bound of filters) refuses this feed rather than ending the session, and its
+        // root and count are the filtered state's, read once.
+        let (sum, checkpoint) = match (&h.filter, mode) {
+            (Some(f), Mode::Pull) => match store.filtered_checkpoint_to_serve(
                 &h.feed,
                 f,
                 self.limits.checkpoint_ttl_secs,
                 self.limits.checkpoint_refresh_secs,
             ) {
-                Ok(_) => {}
-                Err(e @ (StoreError::InvalidInput { .. } | StoreError::FeedNotFound { .. })) => {
+                Ok(bytes) => {
+                    let cp: Checkpoint = SignedDocument::peek_payload(&bytes)
+                        .map_err(|e| store_err(StoreError::Document(e)))?;
+                    let feed = match store.feed(&h.feed) {
+                        Ok(feed) => feed,
+                        Err(StoreError::FeedNotFound { .. }) => return no_feed(),
+                        Err(e) => return Err(store_err(e)),
+                    };
+                    let root = NodeSummary {
+                        fingerprint: Fingerprint::from_bytes(*cp.root.as_bytes()),
+                        count: cp.count,
+                    };
+                    (FeedSummary { feed, root }, Some(bytes))
+                }
+                Err(StoreError::FeedNotFound { .. }) => return no_feed(),
+                Err(e @ StoreError::InvalidInput { .. }) => {
                     return Ok(Err(Refusal::new(
-                        if matches!(e, StoreError::FeedNotFound { .. }) {
-                            code::NO_SUCH_FEED
-                        } else {
-                            code::BAD_DATA
-                        },
+                        code::BAD_DATA,
                         format!("filter for `{}` refused: {e}", h.feed),
                     )))
                 }
                 Err(e) => return Err(store_err(e)),
-            }
-        }
-        let sum = match view_summary_store(store, &h.feed, h.filter.as_ref()) {
-            Ok(s) => s,
-            Err(StoreError::FeedNotFound { .. }) => {
-                return Ok(Err(Refusal::new(
-                    code::NO_SUCH_FEED,
-                    format!("feed `{}` does not exist on this peer", h.feed),
-                )))
-            }
-            Err(e) => return Err(store_err(e)),
+            },
+            _ => match store.feed_summary(&h.feed) {
+                Ok(sum) => (sum, None),
+                Err(StoreError::FeedNotFound { .. }) => return no_feed(),
+                Err(e) => return Err(store_err(e)),
+            },
         };
         if mode != Mode::Pull {
             let Some(cp) = &h.checkpoint else {
@@ -1671,7 +1679,7 @@ impl Session {
                 )));
             }
         }
-        Ok(Ok(sum))
+        Ok(Ok((sum, checkpoint)))
     }
 
     /// Checks the authoritative side's checkpoint for `feed` before anything of the feed is
@@ -1811,7 +1819,7 @@ impl Session {
                     ));
                 }
                 let filter = self.job(feed)?.filter.clone();
-                let mine = pack_l1(store, feed, filter.as_ref())?;
+                let mine = pack_l1(&view_l1(store, feed, filter.as_ref())?.1);
                 let job = self.job(feed)?;
                 job.phase = Phase::Reconcile(Recon::Open);
                 job.report.peer_cursor = Some(cursor_from_wire(cursor));
@@ -2997,17 +3005,9 @@ fn view_summary(
     feed: &str,
     filter: Option<&Filter>,
 ) -> Result<FeedSummary, SessionError> {
-    view_summary_store(store, feed, filter).map_err(store_err)
-}
-
-fn view_summary_store(
-    store: &Store,
-    feed: &str,
-    filter: Option<&Filter>,
-) -> Result<FeedSummary, StoreError> {
-    let mut sum = store.feed_summary(feed)?;
+    let mut sum = store.feed_summary(feed).map_err(store_err)?;
     if let Some(f) = filter {
-        sum.root = store.filtered_summary(feed, f)?.root;
+        sum.root = store.filtered_summary(feed, f).map_err(store_err)?.root;
     }
     Ok(sum)
 }
@@ -3047,18 +3047,33 @@ fn checkpoint_filter_matches(cp: &[u8], filter: Option<&Filter>) -> Result<(), S
     ))
 }
 
-fn pack_l1(store: &Store, feed: &str, filter: Option<&Filter>) -> Result<Vec<u8>, SessionError> {
+/// A feed's root and non-empty level-1 nodes as a run sees them (one read of the feed when
+/// filtered).
+fn view_l1(
+    store: &Store,
+    feed: &str,
+    filter: Option<&Filter>,
+) -> Result<(NodeSummary, Vec<(u8, NodeSummary)>), SessionError> {
+    Ok(match filter {
+        Some(f) => {
+            let s = store.filtered_summary(feed, f).map_err(store_err)?;
+            (s.root, s.l1)
+        }
+        None => (
+            store.feed_summary(feed).map_err(store_err)?.root,
+            store.merkle_children(feed, &[]).map_err(store_err)?,
+        ),
+    })
+}
+
+fn pack_l1(nodes: &[(u8, NodeSummary)]) -> Vec<u8> {
     let mut out = vec![0u8; 256 * L1_RECORD];
-    let nodes = match filter {
-        Some(f) => store.filtered_summary(feed, f).map_err(store_err)?.l1,
-        None => store.merkle_children(feed, &[]).map_err(store_err)?,
-    };
-    for (b, n) in nodes {
+    for &(b, n) in nodes {
         let at = b as usize * L1_RECORD;
         out[at..at + 4].copy_from_slice(&(n.count.min(u32::MAX as u64) as u32).to_be_bytes());
         out[at + 4..at + 12].copy_from_slice(&n.fingerprint.as_bytes()[..8]);
     }
-    Ok(out)
+    out
 }
 
 fn summary(
@@ -3068,15 +3083,16 @@ fn summary(
     checkpoint: Option<Vec<u8>>,
     filter: Option<&Filter>,
 ) -> Result<FeedStatus, SessionError> {
-    let sum = view_summary(store, feed, filter)?;
+    let record = store.feed(feed).map_err(store_err)?;
+    let (root, l1) = view_l1(store, feed, filter)?;
     Ok(FeedStatus::Summary {
-        root: *sum.root.fingerprint.as_bytes(),
-        count: sum.root.count,
-        cursor: cursor_to_wire(sum.feed.cursor()),
-        l1: pack_l1(store, feed, filter)?,
+        root: *root.fingerprint.as_bytes(),
+        count: root.count,
+        cursor: cursor_to_wire(record.cursor()),
+        l1: pack_l1(&l1),
         checkpoint,
         collected: if mode == Mode::Mirror {
-            sum.feed.collected_hlc
+            record.collected_hlc
         } else {
             0
         },
@@ -3251,6 +3267,10 @@ fn keys_by_key8(
     }
     Ok(keys)
 }
+
+/// A feed HELLO admitted: its state as the run sees it, and for a filtered pull the
+/// checkpoint signed while admitting it.
+type Admitted = (FeedSummary, Option<Vec<u8>>);
 
 /// Documents for one frame and the small blobs they name.
 type DocBatch = (Vec<ByteBuf>, Vec<SmallBlob>);
