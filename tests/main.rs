@@ -5,6 +5,7 @@ mod alerts;
 mod attacks;
 mod bundles;
 mod cli;
+mod connectors;
 mod crash;
 mod feeds;
 mod filtered;

@@ -408,6 +408,7 @@ async fn handle(
             .await?
         }
         (&Method::GET, ["replications"]) => json!(server.replication_states()),
+        (&Method::GET, ["connectors"]) => json!(server.connector_states()),
         (&Method::POST, ["replications", name, "run"]) => {
             let Some(ops) = server.operations() else {
                 return Err(ApiError::new(

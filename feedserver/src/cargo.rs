@@ -31,7 +31,9 @@ use serde_json::json;
 
 use crate::auth::Access;
 use crate::blocking::now_secs;
+use crate::connector::{Connector, UpstreamError};
 use crate::{blocking, ApiError, FeedRequest, FeedServer};
+use cairn_store::store::FeedRecord;
 
 /// Largest publish JSON accepted.
 const MAX_PUBLISH_JSON: u32 = 1 << 20;
@@ -104,32 +106,47 @@ pub(crate) async fn handle(
         }
         (&Method::GET | &Method::HEAD, ["api", "v1", "crates", name, version, "download"]) => {
             server.authorize(&headers, &feed.name, Access::Read)?;
+            names::check_package_name(Ecosystem::Cargo, name)?;
+            names::check_version(version)?;
+            let head = method == Method::HEAD;
             let (s, f, n) = (server.clone(), feed.name.clone(), name.to_string());
             let stored = blocking(move || Ok(stored_name(&s, &f, &n)?.unwrap_or(n))).await?;
-            let file = format!("{stored}-{version}.crate");
-            crate::pypi::serve_file(
-                server,
-                &feed,
-                Ecosystem::Cargo,
-                &stored,
-                version,
-                &file,
-                &headers,
-                method == Method::HEAD,
-                "application/x-tar",
-            )
-            .await
+            match serve_crate(server, &feed, &stored, version, &headers, head).await {
+                Err(e) if e.status == StatusCode::NOT_FOUND => {
+                    let (s, f, n) = (server.clone(), feed.clone(), name.to_string());
+                    let key = crate_key(name);
+                    let upstream =
+                        blocking(move || s.upstream_for(&f, &n, |x| crate_key(x) == key)).await?;
+                    let Some(c) = upstream else {
+                        return Err(e);
+                    };
+                    let stored = cache_from_upstream(server, &feed, &c, name, version).await?;
+                    serve_crate(server, &feed, &stored, version, &headers, head).await
+                }
+                other => other,
+            }
         }
         (&Method::GET, path) if is_index_path(path) => {
             server.authorize(&headers, &feed.name, Access::Read)?;
             let name = path.last().copied().unwrap_or("").to_owned();
-            let (s, f) = (server.clone(), feed.name.clone());
-            let lines = blocking(move || {
-                let record = s.store().feed(&f)?;
-                let key = format!("cargo-index {name}");
-                s.rendered(&record, &key, || index_lines(&s, &f, &name))
-            })
-            .await?;
+            names::check_package_name(Ecosystem::Cargo, &name)?;
+            let (s, f, n) = (server.clone(), feed.clone(), name.clone());
+            let key = crate_key(&name);
+            let upstream =
+                blocking(move || s.upstream_for(&f, &n, |x| crate_key(x) == key)).await?;
+            let (lines, reached) = match upstream {
+                Some(c) => upstream_index(server, &feed, &name, &c).await?,
+                None => {
+                    let (s, f) = (server.clone(), feed.name.clone());
+                    let lines = blocking(move || {
+                        let record = s.store().feed(&f)?;
+                        let key = format!("cargo-index {name}");
+                        s.rendered(&record, &key, || index_lines(&s, &f, &name))
+                    })
+                    .await?;
+                    (lines.to_string(), true)
+                }
+            };
             if lines.is_empty() {
                 return Err(ApiError::not_found(format!(
                     "no crate `{}` in feed `{}`",
@@ -137,17 +154,44 @@ pub(crate) async fn handle(
                     feed.name
                 )));
             }
-            Ok((
-                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                lines.to_string(),
-            )
-                .into_response())
+            let mut response =
+                ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], lines).into_response();
+            if !reached {
+                response.headers_mut().insert(
+                    crate::connector::UPSTREAM_HEADER,
+                    axum::http::HeaderValue::from_static("unreachable"),
+                );
+            }
+            Ok(response)
         }
         _ => Err(ApiError::not_found(format!(
             "no such Cargo registry resource `{rest}` in feed `{}`",
             feed.name
         ))),
     }
+}
+
+/// The `.crate` of `name` (as stored) `version`.
+async fn serve_crate(
+    server: &Arc<FeedServer>,
+    feed: &FeedRecord,
+    name: &str,
+    version: &str,
+    headers: &axum::http::HeaderMap,
+    head: bool,
+) -> Result<Response, ApiError> {
+    crate::pypi::serve_file(
+        server,
+        feed,
+        Ecosystem::Cargo,
+        name,
+        version,
+        &format!("{name}-{version}.crate"),
+        headers,
+        head,
+        "application/x-tar",
+    )
+    .await
 }
 
 /// The index directory of a crate name (lowercased): `1/a`, `2/ab`, `3/a/abc`, `ab/cd/abcd`.
@@ -170,7 +214,7 @@ fn is_index_path(path: &[&str]) -> bool {
 }
 
 /// Crate names are unique regardless of case and of `-` against `_`.
-fn crate_key(name: &str) -> String {
+pub(crate) fn crate_key(name: &str) -> String {
     name.to_ascii_lowercase().replace('_', "-")
 }
 
@@ -414,6 +458,191 @@ fn set_yanked(
     Ok(())
 }
 
+/// The upstream's index lines of crate `name`, parsed; lines that are not JSON objects with
+/// this crate's `name`, a version and a 64-digit `cksum` are left out.
+async fn upstream_lines(
+    c: &Connector,
+    name: &str,
+) -> Result<Vec<serde_json::Value>, UpstreamError> {
+    let url = c.url(&index_path(name))?;
+    let (body, _) = c.metadata(&url, "text/plain, */*").await?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| c.refused(UpstreamError::Refused(format!("{url} is not UTF-8"))))?;
+    let key = crate_key(name);
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| {
+            l["name"].as_str().is_some_and(|n| crate_key(n) == key)
+                && l["vers"]
+                    .as_str()
+                    .is_some_and(|v| names::check_version(v).is_ok())
+                && l["cksum"]
+                    .as_str()
+                    .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        })
+        .collect())
+}
+
+/// The index file of a feed with a connector: the versions held here and the upstream's
+/// others; and whether the upstream answered.
+async fn upstream_index(
+    server: &Arc<FeedServer>,
+    feed: &FeedRecord,
+    name: &str,
+    c: &Arc<Connector>,
+) -> Result<(String, bool), ApiError> {
+    let upstream = upstream_lines(c, name).await;
+    let reached = !matches!(upstream, Err(UpstreamError::Unreachable(_)));
+    let upstream = upstream.unwrap_or_default();
+    let (s, f, n) = (server.clone(), feed.name.clone(), name.to_owned());
+    let upstream_url = c.config().upstream.clone();
+    blocking(move || {
+        let mut out = index_lines(&s, &f, &n)?;
+        let held: std::collections::HashSet<String> = out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|l| l["vers"].as_str().map(str::to_owned))
+            .collect();
+        let blocks = s.blocklist.get(s.store())?;
+        let now = now_secs();
+        for mut line in upstream {
+            let v = line["vers"].as_str().unwrap_or_default().to_owned();
+            if held.contains(&v) {
+                continue;
+            }
+            if blocks.check(&f, Ecosystem::Cargo, &n, &v, now).is_some() {
+                line["yanked"] = json!(true);
+            }
+            out.push_str(&line.to_string());
+            out.push('\n');
+        }
+        if out.is_empty() && !reached {
+            return Err(
+                UpstreamError::Unreachable(format!("no copy of `{n}` is held here"))
+                    .api(&upstream_url),
+            );
+        }
+        Ok((out, reached))
+    })
+    .await
+}
+
+/// The download URL of a crate version by the upstream's `config.json` `dl` (a template with
+/// `{crate}`, `{version}`, `{prefix}`, `{lowerprefix}`, `{sha256-checksum}`, or a base URL
+/// that `/{crate}/{version}/download` is added to).
+fn download_url(dl: &str, name: &str, version: &str, cksum: &str) -> String {
+    const MARKERS: [&str; 5] = [
+        "{crate}",
+        "{version}",
+        "{prefix}",
+        "{lowerprefix}",
+        "{sha256-checksum}",
+    ];
+    if !MARKERS.iter().any(|m| dl.contains(m)) {
+        return format!("{}/{name}/{version}/download", dl.trim_end_matches('/'));
+    }
+    let prefix = index_path(name);
+    let prefix = prefix.rsplit_once('/').map_or("", |(p, _)| p);
+    let real_prefix = match name.len() {
+        1 | 2 => prefix.to_owned(),
+        3 => format!("3/{}", &name[..1]),
+        _ => format!("{}/{}", &name[..2], &name[2..4]),
+    };
+    dl.replace("{crate}", name)
+        .replace("{version}", version)
+        .replace("{prefix}", &real_prefix)
+        .replace("{lowerprefix}", prefix)
+        .replace("{sha256-checksum}", cksum)
+}
+
+/// Fetches the `.crate` of `name` `version` from the upstream into the feed unless it is here
+/// already, checked against the upstream's `cksum`, with the upstream's index line; the name
+/// it is stored under.
+async fn cache_from_upstream(
+    server: &Arc<FeedServer>,
+    feed: &FeedRecord,
+    c: &Arc<Connector>,
+    name: &str,
+    version: &str,
+) -> Result<String, ApiError> {
+    let _one = c
+        .one_at_a_time(&format!("{}/{}/{version}", feed.name, crate_key(name)))
+        .await;
+    let (s, f, n, v) = (
+        server.clone(),
+        feed.name.clone(),
+        name.to_owned(),
+        version.to_owned(),
+    );
+    let held = blocking(move || {
+        if let Some(b) = s
+            .blocklist
+            .get(s.store())?
+            .check(&f, Ecosystem::Cargo, &n, &v, now_secs())
+        {
+            return Err(crate::pypi::blocked(&n, &v, b));
+        }
+        Ok(manifests(&s, &f, &n)?
+            .into_iter()
+            .find(|m| m.version == v)
+            .map(|m| m.name))
+    })
+    .await?;
+    if let Some(stored) = held {
+        return Ok(stored);
+    }
+    let upstream = &c.config().upstream;
+    let lines = upstream_lines(c, name).await.map_err(|e| e.api(upstream))?;
+    let Some(mut line) = lines.into_iter().find(|l| l["vers"] == version) else {
+        return Err(ApiError::not_found(format!(
+            "{name} {version} is neither here nor upstream"
+        )));
+    };
+    let real = line["name"].as_str().unwrap_or(name).to_owned();
+    let cksum = line["cksum"]
+        .as_str()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let config_url = c.url("config.json").map_err(|e| e.api(upstream))?;
+    let (config, _) = c
+        .metadata(&config_url, "application/json")
+        .await
+        .map_err(|e| e.api(upstream))?;
+    let dl = serde_json::from_slice::<serde_json::Value>(&config)
+        .ok()
+        .and_then(|c| c["dl"].as_str().map(str::to_owned))
+        .ok_or_else(|| {
+            c.refused(UpstreamError::Refused(format!("{config_url} has no `dl`")))
+                .api(upstream)
+        })?;
+    let url = c
+        .url(&download_url(&dl, &real, version, &cksum))
+        .map_err(|e| e.api(upstream))?;
+    let limit = server.config().max_upload_bytes();
+    let fetched = c
+        .fetch(&url, limit, &server.store().dir().join("tmp"))
+        .await
+        .map_err(|e| e.api(upstream))?;
+    crate::connector::check_digest(c, &url, "sha256", &cksum, &fetched.sha256)?;
+    // Served as the upstream listed it; yanks here are this feed's own.
+    line["yanked"] = json!(false);
+    let metadata =
+        std::collections::BTreeMap::from([(INDEX_LINE.to_owned(), Value::Text(line.to_string()))]);
+    let pushed = crate::connector::publish_fetched(
+        server,
+        c,
+        &feed.name,
+        fetched,
+        format!("{real}-{version}.crate"),
+        (real, version.to_owned()),
+        &url,
+        metadata,
+    )
+    .await?;
+    Ok(pushed.name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,6 +656,27 @@ mod tests {
         assert!(is_index_path(&["se", "rd", "serde_json"]));
         assert!(!is_index_path(&["xx", "rd", "serde_json"]));
         assert!(!is_index_path(&["config.json"]));
+    }
+
+    #[test]
+    fn download_urls_follow_the_upstreams_template() {
+        let ck = "ab";
+        assert_eq!(
+            download_url("https://up/api/v1/crates", "Serde", "1.0.0", ck),
+            "https://up/api/v1/crates/Serde/1.0.0/download"
+        );
+        assert_eq!(
+            download_url("https://up/{prefix}/{lowerprefix}/{crate}/{crate}-{version}.crate?{sha256-checksum}", "Serde", "1.0.0", ck),
+            "https://up/Se/rd/se/rd/Serde/Serde-1.0.0.crate?ab"
+        );
+        assert_eq!(
+            download_url("https://up/{prefix}/{crate}", "abc", "1", ck),
+            "https://up/3/a/abc"
+        );
+        assert_eq!(
+            download_url("https://up/{prefix}/{crate}", "x", "1", ck),
+            "https://up/1/x"
+        );
     }
 
     #[test]

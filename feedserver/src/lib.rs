@@ -56,6 +56,7 @@ pub mod auth;
 pub mod blocking;
 pub mod body;
 pub mod cargo;
+pub mod connector;
 pub mod npm;
 pub mod push;
 pub mod pypi;
@@ -162,6 +163,8 @@ pub struct FeedServer {
     verified_files: body::VerifiedFiles,
     /// Feed records by name, with the store's write sequence they were read at.
     feeds: parking_lot::Mutex<HashMap<String, (u64, cairn_store::FeedRecord)>>,
+    /// The feeds' connectors to upstream registries, once started.
+    connectors: std::sync::OnceLock<HashMap<String, Arc<connector::Connector>>>,
 }
 
 /// The manifests of `feed` whose package name `keep` accepts, as served: a version signed by
@@ -262,6 +265,7 @@ impl FeedServer {
                     .unwrap_or(usize::MAX),
             ),
             verified_files: body::VerifiedFiles::default(),
+            connectors: std::sync::OnceLock::new(),
             config,
         })
     }
@@ -283,6 +287,81 @@ impl FeedServer {
                 let _ = self.alerter.set(a);
             }
         }
+    }
+
+    /// Starts the connectors of `configs` (once): each feed answers for what it lacks from
+    /// its upstream. Refuses two connectors on one feed, a connector on a pull replica and a
+    /// bad configuration.
+    pub fn start_connectors(&self, configs: &[connector::ConnectorConfig]) -> Result<(), String> {
+        let mut map = HashMap::new();
+        for c in configs {
+            if let Some(peer) = self.replicas.get(&c.feed) {
+                return Err(format!(
+                    "connector of feed `{}`: the feed is a pull replica of `{peer}`; configure the connector there",
+                    c.feed
+                ));
+            }
+            if let Ok(record) = self.store.feed(&c.feed) {
+                if !matches!(
+                    record.ecosystem(),
+                    Some(
+                        cairn_store::Ecosystem::Pypi
+                            | cairn_store::Ecosystem::Npm
+                            | cairn_store::Ecosystem::Cargo
+                    )
+                ) {
+                    return Err(format!(
+                        "connector of feed `{}`: only PyPI, npm and Cargo feeds have upstream registries",
+                        c.feed
+                    ));
+                }
+            }
+            let made = connector::Connector::new(c.clone())
+                .map_err(|e| format!("connector of feed `{}`: {e}", c.feed))?;
+            if map.insert(c.feed.clone(), Arc::new(made)).is_some() {
+                return Err(format!("feed `{}` has two connectors", c.feed));
+            }
+        }
+        self.connectors
+            .set(map)
+            .map_err(|_| "the connectors were started already".to_string())
+    }
+
+    /// Every connector's state, by feed.
+    pub fn connector_states(&self) -> Vec<connector::ConnectorState> {
+        let mut out: Vec<_> = self
+            .connectors
+            .get()
+            .map(|m| m.values().map(|c| c.state()).collect())
+            .unwrap_or_default();
+        out.sort_by(|a, b| a.feed.cmp(&b.feed));
+        out
+    }
+
+    /// The connector of `feed` if it should be asked about package `name`: none when the
+    /// name is private by configuration or has a version published here (not cached), so
+    /// an upstream package never takes the place of a local one. `same` tells names the
+    /// ecosystem counts as one.
+    pub(crate) fn upstream_for(
+        &self,
+        feed: &cairn_store::FeedRecord,
+        name: &str,
+        same: impl Fn(&str) -> bool,
+    ) -> Result<Option<Arc<connector::Connector>>, ApiError> {
+        let Some(c) = self.connectors.get().and_then(|m| m.get(&feed.name)) else {
+            return Ok(None);
+        };
+        if let Some(e) = feed.ecosystem() {
+            c.serving(e);
+        }
+        if c.is_local_name(name) {
+            return Ok(None);
+        }
+        let published_here = self
+            .manifests(&feed.name, same)?
+            .iter()
+            .any(|m| !m.metadata.contains_key(connector::CACHED_FROM));
+        Ok((!published_here).then(|| c.clone()))
     }
 
     /// The alerts, when a webhook is configured.

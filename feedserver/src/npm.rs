@@ -39,6 +39,7 @@ use serde_json::json;
 
 use crate::auth::Access;
 use crate::blocking::now_secs;
+use crate::connector::{Connector, UpstreamError};
 use crate::versions::compare;
 use crate::{blocking, ApiError, FeedRequest, FeedServer};
 
@@ -82,6 +83,26 @@ pub(crate) async fn handle(
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|a| a.contains(ABBREVIATED));
             let origin = crate::client_origin(&headers)?;
+            let content_type = if abbreviated {
+                ABBREVIATED
+            } else {
+                "application/json"
+            };
+            let (s, f, n) = (server.clone(), feed.clone(), name.clone());
+            let upstream = blocking(move || s.upstream_for(&f, &n, |x| x == n)).await?;
+            if let Some(c) = upstream {
+                let (doc, reached) =
+                    upstream_packument(server, &feed, &name, abbreviated, &c).await?;
+                let body = doc.replace(crate::ORIGIN_PLACEHOLDER, &origin);
+                let mut response = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+                if !reached {
+                    response.headers_mut().insert(
+                        crate::connector::UPSTREAM_HEADER,
+                        axum::http::HeaderValue::from_static("unreachable"),
+                    );
+                }
+                return Ok(response);
+            }
             let (s, f, n) = (server.clone(), feed.name.clone(), name.clone());
             // Cached per feed state, never per Host header: rendered with a placeholder origin
             // that the client's own replaces on the way out.
@@ -94,11 +115,6 @@ pub(crate) async fn handle(
                 })
             })
             .await?;
-            let content_type = if abbreviated {
-                ABBREVIATED
-            } else {
-                "application/json"
-            };
             let body = doc.replace(crate::ORIGIN_PLACEHOLDER, &origin);
             Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
         }
@@ -107,7 +123,7 @@ pub(crate) async fn handle(
             let version = version_of_file(&name, file).ok_or_else(|| {
                 ApiError::not_found(format!("`{file}` is not a tarball name of {name}"))
             })?;
-            crate::pypi::serve_file(
+            let served = crate::pypi::serve_file(
                 server,
                 &feed,
                 Ecosystem::Npm,
@@ -118,7 +134,30 @@ pub(crate) async fn handle(
                 method == Method::HEAD,
                 "application/octet-stream",
             )
-            .await
+            .await;
+            match served {
+                Err(e) if e.status == StatusCode::NOT_FOUND => {
+                    let (s, f, n) = (server.clone(), feed.clone(), name.clone());
+                    let upstream = blocking(move || s.upstream_for(&f, &n, |x| x == n)).await?;
+                    let Some(c) = upstream else {
+                        return Err(e);
+                    };
+                    cache_from_upstream(server, &feed, &c, &name, &version).await?;
+                    crate::pypi::serve_file(
+                        server,
+                        &feed,
+                        Ecosystem::Npm,
+                        &name,
+                        &version,
+                        file,
+                        &headers,
+                        method == Method::HEAD,
+                        "application/octet-stream",
+                    )
+                    .await
+                }
+                other => other,
+            }
         }
         (&Method::PUT, []) => {
             server.authorize(&headers, &feed.name, Access::Publish)?;
@@ -236,6 +275,27 @@ fn dist_tag_map(versions: &[Manifest]) -> BTreeMap<String, String> {
     tags
 }
 
+/// The members of a version an abbreviated packument keeps.
+const ABBREVIATED_KEEP: [&str; 17] = [
+    "name",
+    "version",
+    "dist",
+    "dependencies",
+    "optionalDependencies",
+    "devDependencies",
+    "bundleDependencies",
+    "bundledDependencies",
+    "peerDependencies",
+    "peerDependenciesMeta",
+    "bin",
+    "directories",
+    "engines",
+    "cpu",
+    "os",
+    "deprecated",
+    "_hasShrinkwrap",
+];
+
 fn packument(
     server: &FeedServer,
     feed: &str,
@@ -292,26 +352,7 @@ fn packument(
             );
         }
         if abbreviated {
-            const KEEP: [&str; 17] = [
-                "name",
-                "version",
-                "dist",
-                "dependencies",
-                "optionalDependencies",
-                "devDependencies",
-                "bundleDependencies",
-                "bundledDependencies",
-                "peerDependencies",
-                "peerDependenciesMeta",
-                "bin",
-                "directories",
-                "engines",
-                "cpu",
-                "os",
-                "deprecated",
-                "_hasShrinkwrap",
-            ];
-            obj.retain(|k, _| KEEP.contains(&k.as_str()));
+            obj.retain(|k, _| ABBREVIATED_KEEP.contains(&k.as_str()));
             if obj
                 .get("scripts")
                 .and_then(|s| s.as_object())
@@ -622,6 +663,205 @@ async fn dist_tags(
         }
         _ => Err(ApiError::not_found("no such dist-tags resource")),
     }
+}
+
+/// The upstream's packument of `name` (a JSON object with a `versions` object).
+async fn upstream_document(c: &Connector, name: &str) -> Result<serde_json::Value, UpstreamError> {
+    // A scoped name is one path segment upstream: `@scope%2fname`.
+    let url = c.url(&name.replace('/', "%2f"))?;
+    let (body, _) = c.metadata(&url, "application/json").await?;
+    let doc: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| c.refused(UpstreamError::Refused(format!("{url} is not JSON: {e}"))))?;
+    if !doc["versions"].is_object() {
+        return Err(c.refused(UpstreamError::Refused(format!(
+            "{url} is not a packument (no `versions` object)"
+        ))));
+    }
+    Ok(doc)
+}
+
+/// The packument of a feed with a connector: the versions held here and the upstream's
+/// others (those it gives a sha512 integrity for), every tarball under this feed's URLs, with
+/// the upstream's dist-tags where they point at a listed version; and whether the upstream
+/// answered. Rendered with the placeholder origin.
+async fn upstream_packument(
+    server: &Arc<FeedServer>,
+    feed: &FeedRecord,
+    name: &str,
+    abbreviated: bool,
+    c: &Arc<Connector>,
+) -> Result<(String, bool), ApiError> {
+    let upstream = upstream_document(c, name).await;
+    let reached = !matches!(upstream, Err(UpstreamError::Unreachable(_)));
+    let upstream = upstream.ok();
+    let (s, f, n) = (server.clone(), feed.name.clone(), name.to_owned());
+    let upstream_url = c.config().upstream.clone();
+    let doc = blocking(move || {
+        let base = format!("{}/feeds/{f}", crate::ORIGIN_PLACEHOLDER);
+        let mut out = match packument(&s, &f, &n, &base, abbreviated) {
+            Ok(v) => v,
+            Err(e) if e.status == StatusCode::NOT_FOUND => {
+                json!({ "_id": n, "name": n, "dist-tags": {}, "versions": {} })
+            }
+            Err(e) => return Err(e),
+        };
+        let blocks = s.blocklist.get(s.store())?;
+        let now = now_secs();
+        if let Some(up) = upstream {
+            let mut added = serde_json::Map::new();
+            let held = out["versions"].as_object().cloned().unwrap_or_default();
+            for (v, obj) in up["versions"].as_object().into_iter().flatten() {
+                if held.contains_key(v) || names::check_version(v).is_err() {
+                    continue;
+                }
+                let Some(mut o) = obj.as_object().cloned() else {
+                    continue;
+                };
+                let integrity = o
+                    .get("dist")
+                    .and_then(|d| d.get("integrity"))
+                    .and_then(|i| i.as_str())
+                    .filter(|i| i.starts_with("sha512-"))
+                    .map(str::to_owned);
+                let Some(integrity) = integrity else {
+                    continue;
+                };
+                let shasum = o.get("dist").and_then(|d| d.get("shasum")).cloned();
+                o.insert(
+                    "dist".into(),
+                    json!({
+                        "tarball": format!("{base}/{n}/-/{}", tarball_name(&n, v)),
+                        "integrity": integrity,
+                        "shasum": shasum.unwrap_or(json!("")),
+                    }),
+                );
+                o.insert("name".into(), json!(n));
+                o.insert("version".into(), json!(v));
+                if let Some(b) = blocks.check(&f, Ecosystem::Npm, &n, v, now) {
+                    o.insert(
+                        "deprecated".into(),
+                        json!(format!(
+                            "blocked by {} ({}): {}",
+                            b.vulnerability, b.assessment_type, b.reason
+                        )),
+                    );
+                }
+                if abbreviated {
+                    o.retain(|k, _| ABBREVIATED_KEEP.contains(&k.as_str()));
+                }
+                added.insert(v.clone(), serde_json::Value::Object(o));
+            }
+            if let Some(versions) = out["versions"].as_object_mut() {
+                versions.extend(added);
+            }
+            let listed = out["versions"].as_object().cloned().unwrap_or_default();
+            for (tag, v) in up["dist-tags"].as_object().into_iter().flatten() {
+                if v.as_str().is_some_and(|v| listed.contains_key(v)) {
+                    out["dist-tags"][tag] = v.clone();
+                }
+            }
+        }
+        if out["versions"].as_object().is_none_or(|v| v.is_empty()) {
+            return Err(if reached {
+                ApiError::not_found(format!("no package `{n}` in feed `{f}` or upstream"))
+            } else {
+                UpstreamError::Unreachable(format!("no copy of `{n}` is held here"))
+                    .api(&upstream_url)
+            });
+        }
+        Ok(out.to_string())
+    })
+    .await?;
+    Ok((doc, reached))
+}
+
+/// Fetches the tarball of `name` `version` from the upstream into the feed unless it is here
+/// already, checked against the upstream's sha512 integrity.
+async fn cache_from_upstream(
+    server: &Arc<FeedServer>,
+    feed: &FeedRecord,
+    c: &Arc<Connector>,
+    name: &str,
+    version: &str,
+) -> Result<(), ApiError> {
+    let file = tarball_name(name, version);
+    let _one = c
+        .one_at_a_time(&format!("{}/{name}/{file}", feed.name))
+        .await;
+    let (s, f, n, v) = (
+        server.clone(),
+        feed.name.clone(),
+        name.to_owned(),
+        version.to_owned(),
+    );
+    let held = blocking(move || {
+        if let Some(b) = s
+            .blocklist
+            .get(s.store())?
+            .check(&f, Ecosystem::Npm, &n, &v, now_secs())
+        {
+            return Err(crate::pypi::blocked(&n, &v, b));
+        }
+        Ok(s.store().manifest(&f, &n, &v)?.is_some())
+    })
+    .await?;
+    if held {
+        return Ok(());
+    }
+    let upstream = &c.config().upstream;
+    let doc = upstream_document(c, name)
+        .await
+        .map_err(|e| e.api(upstream))?;
+    let Some(dist) = doc["versions"].get(version).and_then(|v| v.get("dist")) else {
+        return Err(ApiError::not_found(format!(
+            "{name} {version} is neither here nor upstream"
+        )));
+    };
+    let integrity = dist["integrity"]
+        .as_str()
+        .and_then(|i| i.strip_prefix("sha512-"))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .filter(|b| b.len() == 64);
+    let Some(integrity) = integrity else {
+        return Err(c
+            .refused(UpstreamError::Refused(format!(
+                "{name} {version} has no sha512 integrity upstream; it cannot be checked, so it is not cached"
+            )))
+            .api(upstream));
+    };
+    let url = dist["tarball"]
+        .as_str()
+        .ok_or_else(|| {
+            c.refused(UpstreamError::Refused(format!(
+                "{name} {version} has no tarball URL upstream"
+            )))
+        })
+        .and_then(|t| c.url(t))
+        .map_err(|e| e.api(upstream))?;
+    let limit = server.config().max_upload_bytes();
+    let fetched = c
+        .fetch(&url, limit, &server.store().dir().join("tmp"))
+        .await
+        .map_err(|e| e.api(upstream))?;
+    crate::connector::check_digest(
+        c,
+        &url,
+        "sha512",
+        &hex::encode(&integrity),
+        &hex::encode(&fetched.sha512),
+    )?;
+    crate::connector::publish_fetched(
+        server,
+        c,
+        &feed.name,
+        fetched,
+        file,
+        (name.to_owned(), version.to_owned()),
+        &url,
+        BTreeMap::new(),
+    )
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -54,6 +54,39 @@ pub fn push(
     name: Option<String>,
     version: Option<String>,
 ) -> Result<Vec<Pushed>, ApiError> {
+    push_with(store, feed, files, name, version, &PushOptions::default())
+}
+
+/// What a push does besides [`push`]'s defaults.
+#[derive(Clone, Debug, Default)]
+pub struct PushOptions {
+    /// Every file must be a package of this name (as the ecosystem compares names) and
+    /// version, read from the file itself; anything else is refused before it is stored.
+    pub expect: Option<(String, String)>,
+    /// Metadata set on every version, over what the files give.
+    pub metadata: BTreeMap<String, ciborium::Value>,
+    /// Leave npm's `latest` where it is (a version cached from an upstream is not news).
+    pub keep_tags: bool,
+}
+
+/// Whether `a` and `b` name one package in `ecosystem`.
+pub(crate) fn same_package(ecosystem: Ecosystem, a: &str, b: &str) -> bool {
+    match ecosystem {
+        Ecosystem::Pypi => crate::versions::normalize_pypi(a) == crate::versions::normalize_pypi(b),
+        Ecosystem::Cargo => crate::cargo::crate_key(a) == crate::cargo::crate_key(b),
+        Ecosystem::Npm | Ecosystem::Raw => a == b,
+    }
+}
+
+/// [`push`] with `options`.
+pub fn push_with(
+    store: &Store,
+    feed: &str,
+    files: &[PushFile],
+    name: Option<String>,
+    version: Option<String>,
+    options: &PushOptions,
+) -> Result<Vec<Pushed>, ApiError> {
     let ecosystem = store
         .feed(feed)?
         .ecosystem()
@@ -112,8 +145,10 @@ pub fn push(
                 }
                 if ecosystem == Ecosystem::Npm && format == PackageFormat::NpmTarball {
                     // `npm publish` tags what it publishes `latest`.
-                    let (key, tags) = crate::npm::publish_tag_metadata();
-                    metadata.insert(key, tags);
+                    if !options.keep_tags {
+                        let (key, tags) = crate::npm::publish_tag_metadata();
+                        metadata.insert(key, tags);
+                    }
                     // Under the name the registry gives it (`npm pack` names a scoped
                     // package's tarball `scope-name-1.0.0.tgz`; the registry `name-1.0.0.tgz`).
                     stored_name = crate::npm::tarball_name(&info.name, &info.version);
@@ -129,6 +164,20 @@ pub fn push(
                 (info.name, info.version, metadata)
             }
         };
+        if let Some((n, v)) = &options.expect {
+            let same_version = match ecosystem {
+                Ecosystem::Pypi => crate::versions::compare(v, &pkg_version).is_eq(),
+                _ => *v == pkg_version,
+            };
+            if !same_package(ecosystem, n, &pkg_name) || !same_version {
+                return Err(bad(format!(
+                    "{} is {pkg_name} {pkg_version}, not {n} {v}",
+                    f.shown
+                )));
+            }
+        }
+        let mut metadata = metadata;
+        metadata.extend(options.metadata.clone());
         // A PyPI project keeps the spelling it was first published with, as an upload's.
         let pkg_name = spellings
             .get(&crate::versions::normalize_pypi(&pkg_name))

@@ -31,6 +31,7 @@ use sha2::Digest as _;
 
 use crate::auth::Access;
 use crate::blocking::{now_secs, Block};
+use crate::connector::{Connector, UpstreamError};
 use crate::versions::{compare, normalize_pypi};
 use crate::{blocking, ApiError, FeedRequest, FeedServer};
 
@@ -95,7 +96,7 @@ struct Listed {
     name: String,
     version: String,
     file: String,
-    size: u64,
+    size: Option<u64>,
     sha256: String,
     metadata_sha256: Option<String>,
     requires_python: Option<String>,
@@ -193,7 +194,7 @@ fn listed_files(
                 name: m.name.clone(),
                 version: m.version.clone(),
                 file: f.name.clone(),
-                size: f.size,
+                size: Some(f.size),
                 sha256: f.digests.get("sha256").cloned().unwrap_or_default(),
                 metadata_sha256: m
                     .files
@@ -223,20 +224,358 @@ async fn project_page(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let json = wants_json(headers);
+    let content_type = if json { JSON } else { HTML };
+    names::check_package_name(Ecosystem::Pypi, project)?;
+    let (s, f, p) = (server.clone(), feed.clone(), project.to_owned());
+    let upstream = blocking(move || s.upstream_for(&f, &p, |n| normalize_pypi(n) == p)).await?;
+    if let Some(c) = upstream {
+        let (body, reached) = upstream_project_page(server, feed, project, json, &c).await?;
+        let mut response = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+        if !reached {
+            response.headers_mut().insert(
+                crate::connector::UPSTREAM_HEADER,
+                axum::http::HeaderValue::from_static("unreachable"),
+            );
+        }
+        return Ok(response);
+    }
     let (s, f, p) = (server.clone(), feed.clone(), project.to_owned());
     let key = format!("pypi-project {project} {json}");
-    let body = blocking(move || s.rendered(&f, &key, || render_project(&s, &f, &p, json))).await?;
-    let content_type = if json { JSON } else { HTML };
+    let body = blocking(move || {
+        s.rendered(&f, &key, || {
+            render_project(&f, &p, listed_files(&s, &f, &p)?, json)
+        })
+    })
+    .await?;
     Ok(([(header::CONTENT_TYPE, content_type)], body.to_string()).into_response())
 }
 
-fn render_project(
-    server: &FeedServer,
+/// A file the upstream lists for a project.
+#[derive(Clone, Debug)]
+struct UpstreamFile {
+    file: String,
+    version: String,
+    url: reqwest::Url,
+    sha256: Option<String>,
+    requires_python: Option<String>,
+    yanked: Option<String>,
+    size: Option<u64>,
+}
+
+/// What the upstream can be asked for a project page in.
+const UPSTREAM_ACCEPT: &str = "application/vnd.pypi.simple.v1+json, text/html;q=0.5";
+
+/// The upstream's files of `project`, from its project page (PEP 691 JSON or PEP 503 HTML).
+async fn upstream_files(
+    c: &Connector,
+    project: &str,
+) -> Result<(reqwest::Url, Vec<UpstreamFile>), UpstreamError> {
+    let url = c.url(&format!("{project}/"))?;
+    let (body, kind) = c.metadata(&url, UPSTREAM_ACCEPT).await?;
+    let files = parse_upstream_page(&body, &kind, &url, project).map_err(|e| c.refused(e))?;
+    Ok((url, files))
+}
+
+/// The version in a file name of `project` (normalized): a wheel's second field, or what
+/// follows the name in an sdist's.
+fn version_in_file_name(project: &str, file: &str) -> Option<String> {
+    if let Some(stem) = file.strip_suffix(".whl") {
+        let mut parts = stem.split('-');
+        let (name, version) = (parts.next()?, parts.next()?);
+        return (normalize_pypi(name) == project).then(|| version.to_owned());
+    }
+    let stem = [".tar.gz", ".zip", ".tar.bz2", ".tgz"]
+        .iter()
+        .find_map(|ext| file.strip_suffix(ext))?;
+    stem.match_indices('-').find_map(|(i, _)| {
+        (normalize_pypi(&stem[..i]) == project).then(|| stem[i + 1..].to_owned())
+    })
+}
+
+fn parse_upstream_page(
+    body: &[u8],
+    kind: &str,
+    page: &reqwest::Url,
+    project: &str,
+) -> Result<Vec<UpstreamFile>, UpstreamError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| UpstreamError::Refused(format!("{page} is not UTF-8")))?;
+    // (label, href, requires-python, yanked, size) of each link.
+    type Link = (String, String, Option<String>, Option<String>, Option<u64>);
+    let mut raw: Vec<Link> = Vec::new();
+    if kind.contains("json") {
+        let doc: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| UpstreamError::Refused(format!("{page} is not JSON: {e}")))?;
+        for f in doc["files"].as_array().into_iter().flatten() {
+            let (Some(name), Some(href)) = (f["filename"].as_str(), f["url"].as_str()) else {
+                continue;
+            };
+            let mut href = href.to_owned();
+            if let Some(h) = f["hashes"]["sha256"].as_str() {
+                if !href.contains('#') {
+                    href = format!("{href}#sha256={h}");
+                }
+            }
+            let yanked = match &f["yanked"] {
+                serde_json::Value::String(r) => Some(r.clone()),
+                serde_json::Value::Bool(true) => Some(String::new()),
+                _ => None,
+            };
+            let rp = f["requires-python"].as_str().map(str::to_owned);
+            raw.push((name.to_owned(), href, rp, yanked, f["size"].as_u64()));
+        }
+    } else {
+        let lower = text.to_ascii_lowercase();
+        let mut at = 0;
+        while let Some(i) = lower[at..].find("<a ") {
+            let start = at + i;
+            let Some(end) = lower[start..].find('>').map(|e| start + e) else {
+                break;
+            };
+            let tag = &text[start..end];
+            let close = lower[end..].find("</a>").map_or(text.len(), |c| end + c);
+            let label = unescape(text[end + 1..close].trim());
+            at = close.min(text.len());
+            let Some(href) = html_attr(tag, "href") else {
+                continue;
+            };
+            raw.push((
+                label,
+                href,
+                html_attr(tag, "data-requires-python"),
+                html_attr(tag, "data-yanked"),
+                None,
+            ));
+        }
+    }
+    let mut out = Vec::new();
+    for (label, href, requires_python, yanked, size) in raw {
+        if out.len() >= 100_000 {
+            return Err(UpstreamError::Refused(format!(
+                "{page} lists more than 100000 files"
+            )));
+        }
+        let Ok(mut url) = page.join(&href) else {
+            continue;
+        };
+        let sha256 = url.fragment().and_then(|f| {
+            f.strip_prefix("sha256=")
+                .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+                .map(str::to_ascii_lowercase)
+        });
+        url.set_fragment(None);
+        let file = if label.is_empty() {
+            url.path_segments()
+                .and_then(|mut s| s.next_back())
+                .unwrap_or("")
+                .to_owned()
+        } else {
+            label
+        };
+        if names::check_file_name(&file).is_err() {
+            continue;
+        }
+        let Some(version) = version_in_file_name(project, &file) else {
+            continue;
+        };
+        if names::check_version(&version).is_err() {
+            continue;
+        }
+        out.push(UpstreamFile {
+            file,
+            version,
+            url,
+            sha256,
+            requires_python,
+            yanked,
+            size,
+        });
+    }
+    Ok(out)
+}
+
+/// The value of attribute `name` in an HTML start tag, unescaped.
+fn html_attr(tag: &str, name: &str) -> Option<String> {
+    let lower = tag.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(i) = lower[from..].find(name) {
+        let at = from + i;
+        from = at + name.len();
+        let before = lower[..at].chars().next_back();
+        if !before.is_some_and(char::is_whitespace) {
+            continue;
+        }
+        let rest = tag[from..].trim_start();
+        let Some(rest) = rest.strip_prefix('=') else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        let value = match rest.chars().next() {
+            Some(q @ ('"' | '\'')) => rest[1..].split(q).next().unwrap_or(""),
+            _ => rest.split(char::is_whitespace).next().unwrap_or(""),
+        };
+        return Some(unescape(value));
+    }
+    None
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&#x27;", "'")
+        .replace("&amp;", "&")
+}
+
+/// A project page of a feed with a connector: its files held here and the upstream's others,
+/// every one under this feed's URLs; and whether the upstream answered.
+async fn upstream_project_page(
+    server: &Arc<FeedServer>,
     feed: &FeedRecord,
     project: &str,
     json: bool,
+    c: &Arc<Connector>,
+) -> Result<(String, bool), ApiError> {
+    let upstream = upstream_files(c, project).await;
+    let reached = !matches!(upstream, Err(UpstreamError::Unreachable(_)));
+    let listed = match upstream {
+        Ok((_, files)) => files,
+        Err(UpstreamError::NotFound | UpstreamError::Unreachable(_)) => Vec::new(),
+        Err(e @ UpstreamError::Refused(_)) => {
+            tracing::warn!(feed = %feed.name, project, "upstream page refused: {e:?}");
+            Vec::new()
+        }
+    };
+    let (s, f, p) = (server.clone(), feed.clone(), project.to_owned());
+    let upstream_url = c.config().upstream.clone();
+    let body = blocking(move || {
+        let mut files = listed_files(&s, &f, &p)?;
+        let blocks = s.blocklist.get(s.store())?;
+        let now = now_secs();
+        let held: std::collections::HashSet<String> =
+            files.iter().map(|l| l.file.clone()).collect();
+        for u in listed {
+            if held.contains(&u.file) || u.sha256.is_none() {
+                continue;
+            }
+            let yanked = blocks
+                .check(&f.name, Ecosystem::Pypi, &p, &u.version, now)
+                .map(|b| format!("blocked: {} ({})", b.vulnerability, b.reason))
+                .or(u.yanked);
+            files.push(Listed {
+                name: p.clone(),
+                version: u.version,
+                file: u.file,
+                size: u.size,
+                sha256: u.sha256.unwrap_or_default(),
+                metadata_sha256: None,
+                requires_python: u.requires_python,
+                yanked,
+            });
+        }
+        files.sort_by(|a, b| compare(&a.version, &b.version).then_with(|| a.file.cmp(&b.file)));
+        if files.is_empty() && !reached {
+            return Err(
+                UpstreamError::Unreachable(format!("no copy of `{p}` is held here"))
+                    .api(&upstream_url),
+            );
+        }
+        render_project(&f, &p, files, json)
+    })
+    .await?;
+    Ok((body, reached))
+}
+
+/// Fetches `file` of `name` `version` from the upstream into the feed unless it is here
+/// already; the (name, version) it is stored under.
+async fn cache_from_upstream(
+    server: &Arc<FeedServer>,
+    feed: &FeedRecord,
+    c: &Arc<Connector>,
+    name: &str,
+    version: &str,
+    file: &str,
+) -> Result<(String, String), ApiError> {
+    let project = normalize_pypi(name);
+    let _one = c
+        .one_at_a_time(&format!("{}/{project}/{file}", feed.name))
+        .await;
+    let (s, f, p, v, fl) = (
+        server.clone(),
+        feed.name.clone(),
+        project.clone(),
+        version.to_owned(),
+        file.to_owned(),
+    );
+    // Stored meanwhile, or blocked: nothing to fetch.
+    let held = blocking(move || {
+        if let Some(b) = s
+            .blocklist
+            .get(s.store())?
+            .check(&f, Ecosystem::Pypi, &p, &v, now_secs())
+        {
+            return Err(blocked(&p, &v, b));
+        }
+        Ok(s.manifests(&f, |n| normalize_pypi(n) == p)?
+            .into_iter()
+            .find(|m| {
+                normalize_pypi(&m.name) == p
+                    && compare(&m.version, &v).is_eq()
+                    && m.files.iter().any(|x| x.name == fl)
+            })
+            .map(|m| (m.name, m.version)))
+    })
+    .await?;
+    if let Some(found) = held {
+        return Ok(found);
+    }
+    let upstream = &c.config().upstream;
+    let (_, files) = upstream_files(c, &project)
+        .await
+        .map_err(|e| e.api(upstream))?;
+    let Some(u) = files
+        .into_iter()
+        .find(|u| u.file == file && compare(&u.version, version).is_eq())
+    else {
+        return Err(ApiError::not_found(format!(
+            "{name} {version} has no file `{file}` here or upstream"
+        )));
+    };
+    let Some(published) = u.sha256.clone() else {
+        return Err(c
+            .refused(UpstreamError::Refused(format!(
+                "{} has no sha256 upstream; it cannot be checked, so it is not cached",
+                u.file
+            )))
+            .api(upstream));
+    };
+    let limit = server.config().max_upload_bytes();
+    let fetched = c
+        .fetch(&u.url, limit, &server.store().dir().join("tmp"))
+        .await
+        .map_err(|e| e.api(upstream))?;
+    crate::connector::check_digest(c, &u.url, "sha256", &published, &fetched.sha256)?;
+    let pushed = crate::connector::publish_fetched(
+        server,
+        c,
+        &feed.name,
+        fetched,
+        file.to_owned(),
+        (project, version.to_owned()),
+        &u.url,
+        BTreeMap::new(),
+    )
+    .await?;
+    Ok((pushed.name, pushed.version))
+}
+
+fn render_project(
+    feed: &FeedRecord,
+    project: &str,
+    files: Vec<Listed>,
+    json: bool,
 ) -> Result<String, ApiError> {
-    let files = listed_files(server, feed, project)?;
     if files.is_empty() {
         return Err(ApiError::not_found(format!(
             "no project `{project}` in feed `{}`",
@@ -382,7 +721,7 @@ async fn download(
     } else {
         "application/octet-stream"
     };
-    serve_file(
+    let served = serve_file(
         server,
         feed,
         Ecosystem::Pypi,
@@ -393,7 +732,33 @@ async fn download(
         head,
         content_type,
     )
-    .await
+    .await;
+    match served {
+        Err(e) if e.status == StatusCode::NOT_FOUND && !file.ends_with(METADATA_SUFFIX) => {
+            let project = normalize_pypi(name);
+            let (s, f, p) = (server.clone(), feed.clone(), project.clone());
+            let upstream =
+                blocking(move || s.upstream_for(&f, &p, |n| normalize_pypi(n) == p)).await?;
+            let Some(c) = upstream else {
+                return Err(e);
+            };
+            let (name, version) =
+                cache_from_upstream(server, feed, &c, name, version, file).await?;
+            serve_file(
+                server,
+                feed,
+                Ecosystem::Pypi,
+                &name,
+                &version,
+                file,
+                headers,
+                head,
+                content_type,
+            )
+            .await
+        }
+        other => other,
+    }
 }
 
 /// A file received in a multipart upload, on disk, with the digests computed as it arrived.
@@ -637,5 +1002,82 @@ impl std::fmt::Debug for Received {
             .field("file_name", &self.file_name)
             .field("size", &self.size)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page() -> reqwest::Url {
+        reqwest::Url::parse("http://up.example/simple/cairn-beta/").unwrap()
+    }
+
+    #[test]
+    fn versions_are_read_from_wheel_and_sdist_names_of_the_project_only() {
+        let v = |f| version_in_file_name("cairn-beta", f);
+        assert_eq!(
+            v("Cairn_Beta-2.0.0-py3-none-any.whl").as_deref(),
+            Some("2.0.0")
+        );
+        assert_eq!(v("cairn-beta-2.0.0rc1.tar.gz").as_deref(), Some("2.0.0rc1"));
+        assert_eq!(v("cairn.beta-1.0.zip").as_deref(), Some("1.0"));
+        assert_eq!(v("evil-2.0.0-py3-none-any.whl"), None);
+        assert_eq!(v("cairn-beta-evil-9.9.tar.gz").as_deref(), Some("evil-9.9"));
+        assert_eq!(v("cairn-beta.exe"), None);
+    }
+
+    #[test]
+    fn an_html_page_is_read_with_relative_links_hashes_and_attributes() {
+        let html = r#"<html><body>
+<a href="../../packages/cairn_beta-2.0.0-py3-none-any.whl#sha256=F0575D2FE3B6C07C11974FB7DD598B4E1328A3EFE14B52AA3F1323F3506F10DF" data-requires-python="&gt;=3.7" data-yanked="broken &amp; old">cairn_beta-2.0.0-py3-none-any.whl</a><br>
+<A HREF='/x/cairn-beta-1.0.tar.gz#md5=00'>cairn-beta-1.0.tar.gz</A>
+<a href="https://files.example/evil-1.0-py3-none-any.whl#sha256=0000000000000000000000000000000000000000000000000000000000000000">evil-1.0-py3-none-any.whl</a>
+<a href="../x/../../bad name.whl">bad/name.whl</a>
+<a data-x="é" href="cairn_beta-3.0-py3-none-any.whl">é</a>
+<a href="nothing
+"#;
+        let files =
+            parse_upstream_page(html.as_bytes(), "text/html", &page(), "cairn-beta").unwrap();
+        assert_eq!(files.len(), 2, "{files:?}");
+        assert_eq!(
+            files[0].url.as_str(),
+            "http://up.example/packages/cairn_beta-2.0.0-py3-none-any.whl"
+        );
+        assert_eq!(
+            files[0].sha256.as_deref(),
+            Some("f0575d2fe3b6c07c11974fb7dd598b4e1328a3efe14b52aa3f1323f3506f10df")
+        );
+        assert_eq!(files[0].requires_python.as_deref(), Some(">=3.7"));
+        assert_eq!(files[0].yanked.as_deref(), Some("broken & old"));
+        assert_eq!(
+            files[1].url.as_str(),
+            "http://up.example/x/cairn-beta-1.0.tar.gz"
+        );
+        assert_eq!(files[1].sha256, None, "only a sha256 is taken");
+    }
+
+    #[test]
+    fn a_json_page_is_read_and_garbage_is_refused_without_a_panic() {
+        let json = r#"{"meta":{"api-version":"1.1"},"name":"cairn-beta","files":[
+{"filename":"cairn_beta-2.0.0-py3-none-any.whl","url":"https://files.example/a/cairn_beta-2.0.0-py3-none-any.whl","hashes":{"sha256":"f0575d2fe3b6c07c11974fb7dd598b4e1328a3efe14b52aa3f1323f3506f10df"},"yanked":true,"size":1115},
+{"filename":7},{"url":"x"}]}"#;
+        let files = parse_upstream_page(json.as_bytes(), JSON, &page(), "cairn-beta").unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].size, Some(1115));
+        assert_eq!(files[0].yanked.as_deref(), Some(""));
+        assert!(files[0].sha256.is_some());
+        assert!(parse_upstream_page(b"{", JSON, &page(), "cairn-beta").is_err());
+        assert!(parse_upstream_page(&[0xff, 0xfe], "text/html", &page(), "x").is_err());
+        for junk in [
+            "<a ",
+            "<a href=",
+            "<a href='",
+            "<a>",
+            "<a href=\"\">",
+            "</a><a ",
+        ] {
+            let _ = parse_upstream_page(junk.as_bytes(), "text/html", &page(), "cairn-beta");
+        }
     }
 }

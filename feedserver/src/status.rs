@@ -168,6 +168,46 @@ async fn render(server: &Arc<FeedServer>) -> Result<String, ApiError> {
     }
     h.push_str("</section>");
 
+    // Connectors, when any is configured.
+    let connectors = server.connector_states();
+    if !connectors.is_empty() {
+        let _ = write!(
+            h,
+            "<section aria-labelledby=\"connectors\"><h2 id=\"connectors\">Connectors</h2>\
+<table><caption>Feeds that answer for what they lack from an upstream registry</caption><thead><tr>\
+<th scope=\"col\">Feed</th><th scope=\"col\">Upstream</th><th scope=\"col\">State</th>\
+<th scope=\"col\">Last answer</th><th scope=\"col\">Files cached</th><th scope=\"col\">Refused</th></tr></thead><tbody>"
+        );
+        for c in &connectors {
+            let (class, state) = match c.reachable {
+                Some(true) => ("ok", "reachable".to_string()),
+                Some(false) => (
+                    "failing",
+                    format!(
+                        "unreachable: serving what is held{}",
+                        c.last_error
+                            .as_ref()
+                            .map(|e| format!(" ({e})"))
+                            .unwrap_or_default()
+                    ),
+                ),
+                None => ("never", "not asked yet".to_string()),
+            };
+            let _ = write!(
+                h,
+                "<tr><th scope=\"row\">{feed}</th><td>{upstream}</td><td><span class=\"s {class}\">{state}</span></td>\
+<td>{last}</td><td class=\"n\">{cached}</td><td class=\"n\">{refused}</td></tr>",
+                feed = escape(&c.feed),
+                upstream = escape(&c.upstream),
+                state = escape(&state),
+                last = c.last_ok_ms.map_or("never".into(), |t| format!("{} ago", ago_ms(t))),
+                cached = c.files_cached,
+                refused = c.refused,
+            );
+        }
+        h.push_str("</tbody></table></section>");
+    }
+
     // Feeds.
     let _ = write!(
         h,

@@ -34,6 +34,9 @@ pub struct Config {
     /// The webhook told when things go wrong and right again.
     #[serde(default)]
     pub alerts: cairn_feedserver::alerts::AlertsConfig,
+    /// Feeds that answer for what they lack from an upstream registry.
+    #[serde(default, rename = "connector")]
+    pub connectors: Vec<cairn_feedserver::connector::ConnectorConfig>,
 }
 
 /// `[blobs]`: `backend = "local"` (the default, files under the data directory) or `"s3"`
@@ -108,6 +111,14 @@ pub fn load_config(data_dir: &Path, path: Option<&Path>) -> Result<Config> {
         .alerts
         .check()
         .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let mut connected = std::collections::HashSet::new();
+    for c in &config.connectors {
+        c.check()
+            .map_err(|e| anyhow!("{}: connector of feed `{}`: {e}", path.display(), c.feed))?;
+        if !connected.insert(&c.feed) {
+            bail!("{}: feed `{}` has two connectors", path.display(), c.feed);
+        }
+    }
     let mut names = std::collections::HashSet::new();
     for r in &config.replications {
         if !names.insert(&r.name) {
@@ -178,6 +189,9 @@ pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
             Some(Arc::new(Replications(replicator.clone()))),
         );
         feeds.start_alerts(config.alerts.clone());
+        feeds
+            .start_connectors(&config.connectors)
+            .map_err(|e| anyhow!("{e}"))?;
         let router = feeds.router();
         tokio::spawn(async move {
             if let Err(e) = cairn_feedserver::zerocopy::serve(http, router).await {

@@ -1,0 +1,637 @@
+//! Connectors: a package feed that names an upstream registry (a PyPI simple index, an npm
+//! registry or a Cargo sparse index) answers for the packages it lacks from that upstream.
+//!
+//! - A project page, packument or crate index file lists the upstream's versions beside the
+//!   ones held here, every file under this feed's own URLs. Upstream metadata is kept for
+//!   `metadata_ttl_secs`.
+//! - The first download of an upstream file fetches it once into a temporary file, checks it
+//!   against the digest the upstream published for it (PyPI's `sha256`, npm's `sha512`
+//!   integrity, Cargo's `cksum`) and against the name and version it was listed under, and
+//!   publishes it as an ordinary version signed by this instance, with `cached_from` in its
+//!   metadata. From then on it is served, blocked, replicated and kept like any other.
+//! - Dependency confusion (an upstream package taking the place of a private one of the same
+//!   name) is prevented two ways: a name with any version published here (not cached) is
+//!   never looked up upstream, and names matching the connector's `local` patterns never
+//!   are, even before their first version is published here.
+//! - When the upstream cannot be reached, the feed serves what it holds and says so in the
+//!   `Cairn-Upstream: unreachable` response header and on the status page.
+//! - Credentials go to the upstream's own origin only, never to a file host elsewhere.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use bytes::Bytes;
+use cairn_store::doc::{Ecosystem, Filter, FilterMatcher};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+
+use crate::ApiError;
+
+/// Metadata key of a cached version: the URL its file was fetched from.
+pub const CACHED_FROM: &str = "cached_from";
+/// The response header that says the upstream could not be reached.
+pub const UPSTREAM_HEADER: &str = "cairn-upstream";
+/// Largest upstream metadata document read (a project page, a packument, an index file).
+pub const MAX_METADATA_BYTES: usize = 64 << 20;
+/// Upstream metadata documents kept at most per connector (the cache starts over beyond).
+const MAX_METADATA_CACHED: usize = 4096;
+/// Bytes of upstream metadata kept at most per connector (the cache starts over beyond).
+const MAX_METADATA_CACHED_BYTES: usize = 256 << 20;
+/// How many times `timeout_secs` a whole file download may take (a trickle is cut).
+const FETCH_DEADLINE_FACTOR: u32 = 20;
+/// Upstream downloads under way at once per connector.
+const MAX_FETCHES: usize = 8;
+
+/// One `[[connector]]` of the configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorConfig {
+    /// The feed that answers from the upstream.
+    pub feed: String,
+    /// The upstream: a PyPI simple index (`https://pypi.org/simple/`), an npm registry
+    /// (`https://registry.npmjs.org/`) or a Cargo sparse index (the URL of its `config.json`'s
+    /// directory, `https://index.crates.io/`).
+    pub upstream: String,
+    /// HTTP Basic user name (with `password`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// HTTP Basic password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A token: `Bearer` for npm, the `Authorization` value itself for Cargo, the password of
+    /// user `__token__` for PyPI.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// How long upstream metadata is reused before it is asked for again.
+    #[serde(default = "default_ttl")]
+    pub metadata_ttl_secs: u64,
+    /// How long a connection or a read from the upstream may take.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// Name patterns (globs, compared as PyPI compares names) that are private: never looked
+    /// up upstream, even while no version of them is published here.
+    #[serde(default)]
+    pub local: Vec<String>,
+}
+
+fn default_ttl() -> u64 {
+    300
+}
+
+fn default_timeout() -> u64 {
+    30
+}
+
+impl ConnectorConfig {
+    /// Refuses a configuration that cannot work: a bad feed name or URL, half of a user name
+    /// and password, both kinds of credentials, bad patterns, absurd durations.
+    pub fn check(&self) -> Result<(), String> {
+        cairn_store::names::check_feed_name(&self.feed).map_err(|e| e.to_string())?;
+        let url = reqwest::Url::parse(&self.upstream)
+            .map_err(|e| format!("upstream `{}` is not a URL: {e}", self.upstream))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(format!(
+                "upstream `{}` is not an http or https URL",
+                self.upstream
+            ));
+        }
+        if self.username.is_some() != self.password.is_some() {
+            return Err("give both username and password, or neither".into());
+        }
+        if self.username.is_some() && self.token.is_some() {
+            return Err("give a token or a username and password, not both".into());
+        }
+        if !(1..=3600).contains(&self.timeout_secs) {
+            return Err("timeout_secs must be between 1 and 3600".into());
+        }
+        if self.metadata_ttl_secs > 30 * 86_400 {
+            return Err("metadata_ttl_secs must be at most 30 days".into());
+        }
+        self.local_filter()?;
+        Ok(())
+    }
+
+    fn local_filter(&self) -> Result<Option<FilterMatcher>, String> {
+        if self.local.is_empty() {
+            return Ok(None);
+        }
+        let filter = Filter {
+            include: self.local.clone(),
+            exclude: Vec::new(),
+        }
+        .canonical()
+        .map_err(|e| format!("local: {e}"))?;
+        Ok(Some(filter.matcher()))
+    }
+}
+
+/// What went wrong asking the upstream.
+#[derive(Debug)]
+pub enum UpstreamError {
+    /// It could not be reached, timed out or failed (5xx): serve what is held.
+    Unreachable(String),
+    /// It has no such thing.
+    NotFound,
+    /// It answered something this instance will not take: a digest mismatch, a document
+    /// too large or malformed, a file of another package.
+    Refused(String),
+}
+
+impl UpstreamError {
+    /// The client's error for it.
+    pub fn api(self, upstream: &str) -> ApiError {
+        match self {
+            UpstreamError::Unreachable(e) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("upstream {upstream} is unreachable: {e}"),
+            ),
+            UpstreamError::NotFound => {
+                ApiError::not_found(format!("upstream {upstream} has no such resource"))
+            }
+            UpstreamError::Refused(e) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("refused what upstream {upstream} sent: {e}"),
+            ),
+        }
+    }
+}
+
+/// A connector's state, for the status page and the admin API.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ConnectorState {
+    /// The feed.
+    pub feed: String,
+    /// The upstream's URL.
+    pub upstream: String,
+    /// Whether the last request to the upstream was answered (none made yet: absent).
+    pub reachable: Option<bool>,
+    /// When the upstream last answered (ms since the epoch).
+    pub last_ok_ms: Option<u64>,
+    /// The last failure to reach it, and when.
+    pub last_error: Option<String>,
+    /// When that failure was (ms since the epoch).
+    pub last_error_ms: Option<u64>,
+    /// Files fetched, checked and stored since the start.
+    pub files_cached: u64,
+    /// Files or documents refused since the start (digest mismatch, wrong package, too large).
+    pub refused: u64,
+}
+
+/// A file fetched from the upstream into a temporary file, with its digests.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The bytes.
+    pub file: tempfile::NamedTempFile,
+    /// How many.
+    pub size: u64,
+    /// SHA-256, hex.
+    pub sha256: String,
+    /// SHA-512, raw.
+    pub sha512: Vec<u8>,
+}
+
+/// A cached metadata document: its body and content type, or none when the upstream said
+/// it has no such document.
+type CachedDoc = Option<(Bytes, String)>;
+
+/// Documents by accept and URL with when they were fetched, and the bytes held in all.
+type MetadataCache = (HashMap<String, (Instant, CachedDoc)>, usize);
+
+/// One feed's connector.
+#[derive(Debug)]
+pub struct Connector {
+    config: ConnectorConfig,
+    base: reqwest::Url,
+    client: reqwest::Client,
+    local: Option<FilterMatcher>,
+    /// The feed's type, once a request told it (it picks how a token is sent).
+    ecosystem: Mutex<Option<Ecosystem>>,
+    /// Documents by accept and URL: when fetched, and the body and content type (none: the
+    /// upstream has no such document), with the bytes held in all.
+    metadata: Mutex<MetadataCache>,
+    state: Mutex<ConnectorState>,
+    fetches: tokio::sync::Semaphore,
+    inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Connector {
+    /// A connector for `config` (checked with [`ConnectorConfig::check`]).
+    pub fn new(config: ConnectorConfig) -> Result<Connector, String> {
+        config.check()?;
+        cairn_store::s3::install_tls_provider();
+        let mut base = reqwest::Url::parse(&config.upstream).map_err(|e| e.to_string())?;
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        let timeout = Duration::from_secs(config.timeout_secs);
+        let client = reqwest::Client::builder()
+            .connect_timeout(timeout)
+            .read_timeout(timeout)
+            .user_agent(concat!("cairn/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        let local = config.local_filter()?;
+        let state = ConnectorState {
+            feed: config.feed.clone(),
+            upstream: config.upstream.clone(),
+            ..ConnectorState::default()
+        };
+        Ok(Connector {
+            base,
+            client,
+            local,
+            ecosystem: Mutex::new(None),
+            metadata: Mutex::new((HashMap::new(), 0)),
+            state: Mutex::new(state),
+            fetches: tokio::sync::Semaphore::new(MAX_FETCHES),
+            inflight: Mutex::new(HashMap::new()),
+            config,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ConnectorConfig {
+        &self.config
+    }
+
+    /// The upstream's base URL (ending in `/`).
+    pub fn base(&self) -> &reqwest::Url {
+        &self.base
+    }
+
+    /// The state shown on the status page.
+    pub fn state(&self) -> ConnectorState {
+        self.state.lock().clone()
+    }
+
+    /// Whether package `name` is private by configuration (never looked up upstream).
+    pub fn is_local_name(&self, name: &str) -> bool {
+        self.local
+            .as_ref()
+            .is_some_and(|m| m.selects(&cairn_store::names::package_key(name, "0")))
+    }
+
+    /// `relative` resolved against the upstream's base URL.
+    pub fn url(&self, relative: &str) -> Result<reqwest::Url, UpstreamError> {
+        self.base
+            .join(relative)
+            .map_err(|e| UpstreamError::Refused(format!("`{relative}` makes no URL: {e}")))
+    }
+
+    fn reached(&self, ok: bool, error: Option<String>) {
+        let mut s = self.state.lock();
+        s.reachable = Some(ok);
+        if ok {
+            s.last_ok_ms = Some(now_ms());
+        } else {
+            s.last_error = error;
+            s.last_error_ms = Some(now_ms());
+        }
+    }
+
+    /// Counts a refusal of what the upstream sent.
+    pub fn refused(&self, e: UpstreamError) -> UpstreamError {
+        if let UpstreamError::Refused(reason) = &e {
+            tracing::warn!(feed = %self.config.feed, upstream = %self.config.upstream, "refused: {reason}");
+            self.state.lock().refused += 1;
+        }
+        e
+    }
+
+    fn request(&self, url: &reqwest::Url, accept: &str) -> reqwest::RequestBuilder {
+        let mut r = self
+            .client
+            .get(url.clone())
+            .header(reqwest::header::ACCEPT, accept);
+        // Credentials go to the upstream's own origin only.
+        if url.origin() == self.base.origin() {
+            if let (Some(u), Some(p)) = (&self.config.username, &self.config.password) {
+                r = r.basic_auth(u, Some(p));
+            } else if let Some(t) = &self.config.token {
+                r = match self.ecosystem_hint() {
+                    Some(Ecosystem::Cargo) => r.header(reqwest::header::AUTHORIZATION, t),
+                    Some(Ecosystem::Pypi) => r.basic_auth("__token__", Some(t)),
+                    _ => r.bearer_auth(t),
+                };
+            }
+        }
+        r
+    }
+
+    fn ecosystem_hint(&self) -> Option<Ecosystem> {
+        *self.ecosystem.lock()
+    }
+
+    /// Records the type of the feed it serves.
+    pub(crate) fn serving(&self, ecosystem: Ecosystem) {
+        *self.ecosystem.lock() = Some(ecosystem);
+    }
+
+    async fn send(
+        &self,
+        url: &reqwest::Url,
+        accept: &str,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let timeout = Duration::from_secs(self.config.timeout_secs);
+        let sent = tokio::time::timeout(timeout, self.request(url, accept).send()).await;
+        let response = match sent {
+            Err(_) => Err(format!(
+                "no answer from {url} within {} s",
+                timeout.as_secs()
+            )),
+            Ok(Err(e)) => Err(format!("{url}: {}", error_chain(&e))),
+            Ok(Ok(r)) => Ok(r),
+        };
+        let response = match response {
+            Ok(r) => r,
+            Err(e) => {
+                self.reached(false, Some(e.clone()));
+                return Err(UpstreamError::Unreachable(e));
+            }
+        };
+        let status = response.status();
+        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            let e = format!("{url} answered {status}");
+            self.reached(false, Some(e.clone()));
+            return Err(UpstreamError::Unreachable(e));
+        }
+        self.reached(true, None);
+        if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::GONE {
+            return Err(UpstreamError::NotFound);
+        }
+        if !status.is_success() {
+            return Err(self.refused(UpstreamError::Refused(format!("{url} answered {status}"))));
+        }
+        Ok(response)
+    }
+
+    /// A metadata document at `url` and its content type, reused for `metadata_ttl_secs`
+    /// (an answer that there is no such document too, so a flood of requests for names the
+    /// upstream lacks is not passed on). The whole read must end within `timeout_secs`.
+    pub async fn metadata(
+        &self,
+        url: &reqwest::Url,
+        accept: &str,
+    ) -> Result<(Bytes, String), UpstreamError> {
+        let key = format!("{accept} {url}");
+        let ttl = Duration::from_secs(self.config.metadata_ttl_secs);
+        if let Some((at, doc)) = self.metadata.lock().0.get(&key) {
+            if at.elapsed() < ttl {
+                return doc.clone().ok_or(UpstreamError::NotFound);
+            }
+        }
+        let timeout = Duration::from_secs(self.config.timeout_secs);
+        let read = match tokio::time::timeout(timeout, self.read_metadata(url, accept)).await {
+            Ok(r) => r,
+            Err(_) => {
+                let e = format!("{url} was not read whole within {} s", timeout.as_secs());
+                self.reached(false, Some(e.clone()));
+                Err(UpstreamError::Unreachable(e))
+            }
+        };
+        let doc = match read {
+            Ok(doc) => Some(doc),
+            Err(UpstreamError::NotFound) => None,
+            Err(e) => return Err(e),
+        };
+        let mut cache = self.metadata.lock();
+        let size = doc.as_ref().map_or(0, |(b, _)| b.len());
+        if cache.0.len() >= MAX_METADATA_CACHED || cache.1 + size > MAX_METADATA_CACHED_BYTES {
+            *cache = (HashMap::new(), 0);
+        }
+        if let Some((_, Some((old, _)))) = cache.0.insert(key, (Instant::now(), doc.clone())) {
+            cache.1 -= old.len();
+        }
+        cache.1 += size;
+        doc.ok_or(UpstreamError::NotFound)
+    }
+
+    async fn read_metadata(
+        &self,
+        url: &reqwest::Url,
+        accept: &str,
+    ) -> Result<(Bytes, String), UpstreamError> {
+        let mut response = self.send(url, accept).await?;
+        let kind = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_METADATA_BYTES as u64)
+        {
+            return Err(self.refused(UpstreamError::Refused(format!(
+                "{url} is larger than {MAX_METADATA_BYTES} bytes"
+            ))));
+        }
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > MAX_METADATA_BYTES {
+                        return Err(self.refused(UpstreamError::Refused(format!(
+                            "{url} is larger than {MAX_METADATA_BYTES} bytes"
+                        ))));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let e = format!("reading {url}: {}", error_chain(&e));
+                    self.reached(false, Some(e.clone()));
+                    return Err(UpstreamError::Unreachable(e));
+                }
+            }
+        }
+        Ok((Bytes::from(body), kind))
+    }
+
+    /// Fetches the file at `url` into a temporary file under `dir`, computing its digests;
+    /// refuses more than `limit` bytes, and cuts a download that takes longer than
+    /// [`FETCH_DEADLINE_FACTOR`] times `timeout_secs`.
+    pub async fn fetch(
+        &self,
+        url: &reqwest::Url,
+        limit: u64,
+        dir: &Path,
+    ) -> Result<Fetched, UpstreamError> {
+        let deadline = Duration::from_secs(self.config.timeout_secs) * FETCH_DEADLINE_FACTOR;
+        match tokio::time::timeout(deadline, self.fetch_within(url, limit, dir)).await {
+            Ok(r) => r,
+            Err(_) => {
+                let e = format!("{url} was not read whole within {} s", deadline.as_secs());
+                self.reached(false, Some(e.clone()));
+                Err(UpstreamError::Unreachable(e))
+            }
+        }
+    }
+
+    async fn fetch_within(
+        &self,
+        url: &reqwest::Url,
+        limit: u64,
+        dir: &Path,
+    ) -> Result<Fetched, UpstreamError> {
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(self.refused(UpstreamError::Refused(format!(
+                "{url} is not an http or https URL"
+            ))));
+        }
+        let _permit = self
+            .fetches
+            .acquire()
+            .await
+            .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+        let mut response = self.send(url, "application/octet-stream, */*").await?;
+        if response.content_length().is_some_and(|n| n > limit) {
+            return Err(self.refused(UpstreamError::Refused(format!(
+                "{url} is larger than the {limit}-byte upload limit"
+            ))));
+        }
+        let internal = |e: std::io::Error| UpstreamError::Unreachable(format!("writing: {e}"));
+        std::fs::create_dir_all(dir).map_err(internal)?;
+        let mut file = tempfile::NamedTempFile::new_in(dir).map_err(internal)?;
+        let (mut sha256, mut sha512) = (sha2::Sha256::new(), sha2::Sha512::new());
+        let mut size = 0u64;
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    size += chunk.len() as u64;
+                    if size > limit {
+                        return Err(self.refused(UpstreamError::Refused(format!(
+                            "{url} is larger than the {limit}-byte upload limit"
+                        ))));
+                    }
+                    sha256.update(&chunk);
+                    sha512.update(&chunk);
+                    file.write_all(&chunk).map_err(internal)?;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let e = format!("reading {url}: {}", error_chain(&e));
+                    self.reached(false, Some(e.clone()));
+                    return Err(UpstreamError::Unreachable(e));
+                }
+            }
+        }
+        file.flush().map_err(internal)?;
+        Ok(Fetched {
+            file,
+            size,
+            sha256: hex::encode(sha256.finalize()),
+            sha512: sha512.finalize().to_vec(),
+        })
+    }
+
+    /// Serializes the fetches of one file: the second request waits for the first and then
+    /// finds it stored.
+    pub async fn one_at_a_time(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self.inflight.lock();
+            if map.len() >= MAX_METADATA_CACHED {
+                map.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            map.entry(key.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    /// Counts a file stored.
+    pub fn cached(&self) {
+        self.state.lock().files_cached += 1;
+    }
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Publishes `fetched` (a file of `expect`'s package and version, fetched from `url`) to
+/// `feed` as a version cached from the upstream, with `metadata` besides; what the file
+/// says it is must be `expect`, or nothing is stored.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn publish_fetched(
+    server: &Arc<crate::FeedServer>,
+    connector: &Connector,
+    feed: &str,
+    fetched: Fetched,
+    file_name: String,
+    expect: (String, String),
+    url: &reqwest::Url,
+    mut metadata: std::collections::BTreeMap<String, ciborium::Value>,
+) -> Result<crate::push::Pushed, ApiError> {
+    metadata.insert(CACHED_FROM.into(), ciborium::Value::Text(url.to_string()));
+    let (s, f, shown) = (server.clone(), feed.to_owned(), url.to_string());
+    let pushed = crate::blocking(move || {
+        let file = crate::push::PushFile {
+            path: fetched.file.path().to_owned(),
+            file_name,
+            shown,
+        };
+        let options = crate::push::PushOptions {
+            expect: Some(expect),
+            metadata,
+            keep_tags: true,
+        };
+        let out = crate::push::push_with(s.store(), &f, &[file], None, None, &options);
+        drop(fetched);
+        out
+    })
+    .await;
+    match pushed {
+        Ok(mut v) if v.len() == 1 => {
+            let p = v.remove(0);
+            connector.cached();
+            tracing::info!(feed, name = %p.name, version = %p.version, %url, "cached from upstream");
+            Ok(p)
+        }
+        Ok(_) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "a cached file made other than one version",
+        )),
+        Err(e) if e.status == StatusCode::BAD_REQUEST => Err(connector
+            .refused(UpstreamError::Refused(e.message))
+            .api(&connector.config.upstream)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Refuses a fetched file whose digest is not the one the upstream published.
+pub(crate) fn check_digest(
+    connector: &Connector,
+    url: &reqwest::Url,
+    what: &str,
+    published: &str,
+    received: &str,
+) -> Result<(), ApiError> {
+    if published.eq_ignore_ascii_case(received) {
+        return Ok(());
+    }
+    Err(connector
+        .refused(UpstreamError::Refused(format!(
+            "{url}: its {what} is {received} but the upstream published {published}; nothing was stored"
+        )))
+        .api(&connector.config.upstream))
+}
