@@ -635,3 +635,84 @@ pub(crate) fn check_digest(
         )))
         .api(&connector.config.upstream))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(upstream: &str, local: &[&str]) -> ConnectorConfig {
+        ConnectorConfig {
+            feed: "pypi".into(),
+            upstream: upstream.into(),
+            username: None,
+            password: None,
+            token: None,
+            metadata_ttl_secs: 300,
+            timeout_secs: 30,
+            local: local.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn private_names_are_matched_as_pypi_folds_them_scopes_included() {
+        let c = Connector::new(config("http://up.example/simple", &["acme-*", "@acme/*"])).unwrap();
+        assert_eq!(c.base().as_str(), "http://up.example/simple/");
+        for private in ["acme-internal", "Acme_Internal", "acme.x", "@acme/lib"] {
+            assert!(c.is_local_name(private), "{private}");
+        }
+        for public in ["requests", "acme", "@other/lib", "not-acme-x"] {
+            assert!(!c.is_local_name(public), "{public}");
+        }
+        let none = Connector::new(config("http://up.example/", &[])).unwrap();
+        assert!(!none.is_local_name("acme-internal"));
+    }
+
+    #[test]
+    fn configurations_that_cannot_work_are_refused() {
+        let refused = |c: ConnectorConfig| c.check().unwrap_err();
+        assert!(refused(config("ftp://up.example/", &[])).contains("http"));
+        assert!(refused(config("not a url", &[])).contains("not a URL"));
+        assert!(refused(config("http://up.example/", &["has space"])).contains("local"));
+        let mut c = config("http://up.example/", &[]);
+        c.username = Some("u".into());
+        assert!(refused(c.clone()).contains("both"));
+        c.password = Some("p".into());
+        c.token = Some("t".into());
+        assert!(refused(c).contains("not both"));
+        let mut c = config("http://up.example/", &[]);
+        c.timeout_secs = 0;
+        assert!(refused(c).contains("timeout_secs"));
+        let mut c = config("http://up.example/", &[]);
+        c.feed = "../x".into();
+        assert!(c.check().is_err());
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_is_not_there_is_unreachable_and_says_so() {
+        // A port nothing listens on: bound, then closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let c = Connector::new(config(&format!("http://127.0.0.1:{port}/simple/"), &[])).unwrap();
+        let url = c.url("x/").unwrap();
+        assert!(matches!(
+            c.metadata(&url, "text/html").await,
+            Err(UpstreamError::Unreachable(_))
+        ));
+        let state = c.state();
+        assert_eq!(state.reachable, Some(false));
+        assert!(state.last_error.is_some());
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            c.fetch(&url, 10, dir.path()).await,
+            Err(UpstreamError::Unreachable(_))
+        ));
+        let ftp = reqwest::Url::parse("ftp://127.0.0.1/x").unwrap();
+        assert!(matches!(
+            c.fetch(&ftp, 10, dir.path()).await,
+            Err(UpstreamError::Refused(_))
+        ));
+    }
+}

@@ -15,6 +15,8 @@
 //! - [`auth`]: tokens as each client sends them (HTTP Basic with any user name and the token
 //!   as password, `Bearer`, or the bare token), checked against the store's hashed tokens.
 //! - [`blocking`]: the vulnerability assessments that refuse downloads.
+//! - [`connector`]: pull-through caching: a feed answers for what it lacks from an upstream
+//!   registry, each file checked against the upstream's digest and stored signed here.
 //! - [`admin`]: the JSON admin and status API (feeds, replications and their log, vulnerabilities,
 //!   assessment types, assessments), and `/metrics` in Prometheus text format.
 //! - [`body`]: downloads streamed from the store, verified chunk group by chunk group, or
