@@ -374,6 +374,9 @@ fn a_connector_refuses_a_changed_upstream_file_a_private_name_and_a_blocked_vers
     wheel(&up_dir, "acme-internal", "9.9.9", 666);
     wheel(&up_dir, "acme-secret", "9.9.9", 666);
     wheel(&up_dir, "risky", "1.0.0", 3);
+    // A public package with a patched build published here, listed together by `merge`.
+    wheel(&up_dir, "mixed", "1.0.0", 666);
+    wheel(&up_dir, "mixed", "2.0.0", 2);
     let pypi = pypiserver(&up_dir);
 
     let hub = Instance::new();
@@ -382,19 +385,21 @@ fn a_connector_refuses_a_changed_upstream_file_a_private_name_and_a_blocked_vers
         &hub,
         0,
         &format!(
-            "[[connector]]\nfeed = \"pypi\"\nupstream = \"{}\"\nlocal = [\"acme-secret*\"]\n",
+            "[[connector]]\nfeed = \"pypi\"\nupstream = \"{}\"\nlocal = [\"acme-secret*\"]\nmerge = [\"mixed\"]\n",
             pypi.url
         ),
     );
     let publish = hub.token(&["publish:*"]);
     let hub_server = Server::start(&hub);
-    let internal = wheel(&work.path("local"), "acme-internal", "1.0.0", 1);
-    let out = twine_upload(
-        &format!("{}/feeds/pypi/legacy/", hub_server.http),
-        &publish,
-        &internal,
-    );
-    assert!(out.status.success(), "{out:?}");
+    for (name, version) in [("acme-internal", "1.0.0"), ("mixed", "1.0.0")] {
+        let file = wheel(&work.path("local"), name, version, 1);
+        let out = twine_upload(
+            &format!("{}/feeds/pypi/legacy/", hub_server.http),
+            &publish,
+            &file,
+        );
+        assert!(out.status.success(), "{out:?}");
+    }
 
     // Dependency confusion: a name published here never comes from upstream, however high
     // the upstream's version; a private name never does, even unpublished.
@@ -427,6 +432,27 @@ fn a_connector_refuses_a_changed_upstream_file_a_private_name_and_a_blocked_vers
         "the local package, not the upstream's"
     );
 
+    // Where `merge` says so, the local versions are listed beside the upstream's, and a
+    // version held here keeps its own file.
+    let (status, page) = get(&hub_server.http, "/feeds/pypi/simple/mixed/");
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("mixed-1.0.0") && page.contains("mixed-2.0.0"),
+        "{page}"
+    );
+    for (spec, value) in [("mixed==1.0.0", 1), ("mixed", 2)] {
+        let target = work.path(&format!("pip-{value}"));
+        let out = pip_install(
+            &format!("{}/feeds/pypi/simple/", hub_server.http),
+            &target,
+            spec,
+        );
+        assert!(out.status.success(), "{out:?}");
+        let got = std::fs::read_to_string(target.join("mixed/__init__.py")).unwrap();
+        assert_eq!(got, format!("VALUE = {value}\n"), "{spec}");
+    }
+    assert_eq!(cached_from(&hub, "pypi").len(), 1, "mixed 2.0.0 only");
+
     // The upstream changes a file after listing it: its bytes no longer match the sha256 it
     // published, and nothing is stored.
     let (status, page) = get(&hub_server.http, "/feeds/pypi/simple/public-lib/");
@@ -443,14 +469,18 @@ fn a_connector_refuses_a_changed_upstream_file_a_private_name_and_a_blocked_vers
         page.contains("sha256") && page.contains("nothing was stored"),
         "{page}"
     );
-    assert!(cached_from(&hub, "pypi").is_empty());
+    assert_eq!(
+        cached_from(&hub, "pypi").len(),
+        1,
+        "the changed file was not stored"
+    );
     let (_, api) = get(&hub_server.http, "/");
     assert!(api.contains("Connectors"), "{api}");
     // Put back, it is fetched, checked and stored once.
     std::fs::write(&public, &original).unwrap();
     let (status, page) = get(&hub_server.http, path);
     assert_eq!(status, 200, "{page}");
-    assert_eq!(cached_from(&hub, "pypi").len(), 1);
+    assert_eq!(cached_from(&hub, "pypi").len(), 2);
 
     // A version blocked here is refused before anything is fetched, and listed as yanked.
     hub.block(
@@ -471,7 +501,7 @@ fn a_connector_refuses_a_changed_upstream_file_a_private_name_and_a_blocked_vers
     assert!(page.contains("CAIRN-2026-0101"), "{page}");
     assert_eq!(
         cached_from(&hub, "pypi").len(),
-        1,
+        2,
         "nothing more was cached"
     );
     hub_server.stop();

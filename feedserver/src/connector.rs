@@ -11,8 +11,9 @@
 //!   metadata. From then on it is served, blocked, replicated and kept like any other.
 //! - Dependency confusion (an upstream package taking the place of a private one of the same
 //!   name) is prevented two ways: a name with any version published here (not cached) is
-//!   never looked up upstream, and names matching the connector's `local` patterns never
-//!   are, even before their first version is published here.
+//!   never looked up upstream unless it matches the connector's `merge` patterns, and names
+//!   matching its `local` patterns never are, even before their first version is published
+//!   here.
 //! - When the upstream cannot be reached, the feed serves what it holds and says so in the
 //!   `Cairn-Upstream: unreachable` response header and on the status page.
 //! - Credentials go to the upstream's own origin only, never to a file host elsewhere.
@@ -77,6 +78,12 @@ pub struct ConnectorConfig {
     /// up upstream, even while no version of them is published here.
     #[serde(default)]
     pub local: Vec<String>,
+    /// Name patterns whose versions published here are listed beside the upstream's (a
+    /// patched build of a public package), instead of hiding them: a version held here wins
+    /// over the upstream's of the same version. Empty: every name published here shadows
+    /// the upstream's entirely.
+    #[serde(default)]
+    pub merge: Vec<String>,
 }
 
 fn default_ttl() -> u64 {
@@ -112,22 +119,24 @@ impl ConnectorConfig {
         if self.metadata_ttl_secs > 30 * 86_400 {
             return Err("metadata_ttl_secs must be at most 30 days".into());
         }
-        self.local_filter()?;
+        patterns("local", &self.local)?;
+        patterns("merge", &self.merge)?;
         Ok(())
     }
+}
 
-    fn local_filter(&self) -> Result<Option<FilterMatcher>, String> {
-        if self.local.is_empty() {
-            return Ok(None);
-        }
-        let filter = Filter {
-            include: self.local.clone(),
-            exclude: Vec::new(),
-        }
-        .canonical()
-        .map_err(|e| format!("local: {e}"))?;
-        Ok(Some(filter.matcher()))
+/// The matcher of a list of name globs (none for an empty list).
+fn patterns(what: &str, list: &[String]) -> Result<Option<FilterMatcher>, String> {
+    if list.is_empty() {
+        return Ok(None);
     }
+    let filter = Filter {
+        include: list.to_vec(),
+        exclude: Vec::new(),
+    }
+    .canonical()
+    .map_err(|e| format!("{what}: {e}"))?;
+    Ok(Some(filter.matcher()))
 }
 
 /// What went wrong asking the upstream.
@@ -209,6 +218,7 @@ pub struct Connector {
     base: reqwest::Url,
     client: reqwest::Client,
     local: Option<FilterMatcher>,
+    merge: Option<FilterMatcher>,
     /// The feed's type, once a request told it (it picks how a token is sent).
     ecosystem: Mutex<Option<Ecosystem>>,
     /// Documents by accept and URL: when fetched, and the body and content type (none: the
@@ -242,7 +252,8 @@ impl Connector {
             .user_agent(concat!("cairn/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("building the HTTP client: {e}"))?;
-        let local = config.local_filter()?;
+        let local = patterns("local", &config.local)?;
+        let merge = patterns("merge", &config.merge)?;
         let state = ConnectorState {
             feed: config.feed.clone(),
             upstream: config.upstream.clone(),
@@ -252,6 +263,7 @@ impl Connector {
             base,
             client,
             local,
+            merge,
             ecosystem: Mutex::new(None),
             metadata: Mutex::new((HashMap::new(), 0)),
             state: Mutex::new(state),
@@ -279,6 +291,13 @@ impl Connector {
     /// Whether package `name` is private by configuration (never looked up upstream).
     pub fn is_local_name(&self, name: &str) -> bool {
         self.local
+            .as_ref()
+            .is_some_and(|m| m.selects(&cairn_store::names::package_key(name, "0")))
+    }
+
+    /// Whether versions of `name` published here are listed beside the upstream's.
+    pub fn merges(&self, name: &str) -> bool {
+        self.merge
             .as_ref()
             .is_some_and(|m| m.selects(&cairn_store::names::package_key(name, "0")))
     }
@@ -650,6 +669,7 @@ mod tests {
             metadata_ttl_secs: 300,
             timeout_secs: 30,
             local: local.iter().map(|s| s.to_string()).collect(),
+            merge: Vec::new(),
         }
     }
 

@@ -341,9 +341,9 @@ impl FeedServer {
     }
 
     /// The connector of `feed` if it should be asked about package `name`: none when the
-    /// name is private by configuration or has a version published here (not cached), so
-    /// an upstream package never takes the place of a local one. `same` tells names the
-    /// ecosystem counts as one.
+    /// name is private by configuration (`local`), or has a version published here (not
+    /// cached) and is not one the connector merges, so an upstream package never takes the
+    /// place of a local one. `same` tells names the ecosystem counts as one.
     pub(crate) fn upstream_for(
         &self,
         feed: &cairn_store::FeedRecord,
@@ -358,6 +358,9 @@ impl FeedServer {
         }
         if c.is_local_name(name) {
             return Ok(None);
+        }
+        if c.merges(name) {
+            return Ok(Some(c.clone()));
         }
         let published_here = self
             .manifests(&feed.name, same)?

@@ -453,10 +453,10 @@ async fn upstream_project_page(
         let mut files = listed_files(&s, &f, &p)?;
         let blocks = s.blocklist.get(s.store())?;
         let now = now_secs();
-        let held: std::collections::HashSet<String> =
-            files.iter().map(|l| l.file.clone()).collect();
+        // A version held here is listed with its own files only.
+        let held: Vec<String> = files.iter().map(|l| l.version.clone()).collect();
         for u in listed {
-            if held.contains(&u.file) || u.sha256.is_none() {
+            if held.iter().any(|v| compare(v, &u.version).is_eq()) || u.sha256.is_none() {
                 continue;
             }
             let yanked = blocks
@@ -517,16 +517,25 @@ async fn cache_from_upstream(
         {
             return Err(blocked(&p, &v, b));
         }
+        // A version held here keeps its own files: the upstream's of it are not taken.
         Ok(s.manifests(&f, |n| normalize_pypi(n) == p)?
             .into_iter()
-            .find(|m| {
-                normalize_pypi(&m.name) == p
-                    && compare(&m.version, &v).is_eq()
-                    && m.files.iter().any(|x| x.name == fl)
-            })
-            .map(|m| (m.name, m.version)))
+            .find(|m| normalize_pypi(&m.name) == p && compare(&m.version, &v).is_eq())
+            .map(|m| {
+                let has = m.files.iter().any(|x| x.name == fl);
+                (m.name, m.version, has)
+            }))
     })
     .await?;
+    let held = match held {
+        Some((n, v, true)) => Some((n, v)),
+        Some((n, v, false)) => {
+            return Err(ApiError::not_found(format!(
+                "{n} {v} is held here without `{file}`; files of a version held here are not taken from upstream"
+            )))
+        }
+        None => None,
+    };
     if let Some(found) = held {
         return Ok(found);
     }
