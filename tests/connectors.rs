@@ -204,7 +204,7 @@ fn pip_npm_and_cargo_install_through_a_hubs_connectors_and_from_a_spoke_with_eve
     peer_spoke_with_hub(&hub, &spoke, "spoke", port);
     let replicate = hub.token(&["replicate:*"]);
     let connectors = format!(
-        "[[connector]]\nfeed = \"pypi\"\nupstream = \"{}\"\nmetadata_ttl_secs = 0\n\n[[connector]]\nfeed = \"npm\"\nupstream = \"{}\"\n\n[[connector]]\nfeed = \"crates\"\nupstream = \"{}/feeds/crates/\"\nmetadata_ttl_secs = 60\n",
+        "[[connector]]\nfeed = \"pypi\"\nupstream = \"{}\"\nmetadata_ttl_secs = 0\n\n[[connector]]\nfeed = \"npm\"\nupstream = \"{}\"\nmetadata_ttl_secs = 0\n\n[[connector]]\nfeed = \"crates\"\nupstream = \"{}/feeds/crates/\"\nmetadata_ttl_secs = 0\n",
         pypi.url, verdaccio.url, crates_server.http
     );
     serve_config(&hub, port, &connectors);
@@ -299,6 +299,20 @@ fn pip_npm_and_cargo_install_through_a_hubs_connectors_and_from_a_spoke_with_eve
         "{page}"
     );
     assert!(page.contains("cairn_beta-2.0.0-py3-none-any.whl"), "{page}");
+    // npm and cargo say so too.
+    for (path, holds) in [
+        ("/feeds/npm/@cairn%2flib", "lib-1.0.0.tgz"),
+        ("/feeds/crates/ca/ir/cairn-lib", "\"vers\":\"0.3.0\""),
+    ] {
+        let (status, page) = get(&hub_server.http, path);
+        assert_eq!(status, 200, "{path}: {page}");
+        assert!(
+            page.to_ascii_lowercase()
+                .contains("cairn-upstream: unreachable"),
+            "{path}: {page}"
+        );
+        assert!(page.contains(holds), "{path}: {page}");
+    }
     let (status, page) = get(&hub_server.http, "/feeds/pypi/simple/never-cached/");
     assert_eq!(status, 502, "{page}");
     let (_, page) = get(&hub_server.http, "/");
@@ -377,6 +391,9 @@ fn a_connector_refuses_a_changed_upstream_file_a_private_name_and_a_blocked_vers
     // A public package with a patched build published here, listed together by `merge`.
     wheel(&up_dir, "mixed", "1.0.0", 666);
     wheel(&up_dir, "mixed", "2.0.0", 2);
+    // A version with two files upstream.
+    let multi = wheel(&up_dir, "multi", "1.0.0", 4);
+    std::fs::copy(&multi, up_dir.join("multi-1.0.0-py2.py3-none-any.whl")).unwrap();
     let pypi = pypiserver(&up_dir);
 
     let hub = Instance::new();
@@ -482,6 +499,52 @@ fn a_connector_refuses_a_changed_upstream_file_a_private_name_and_a_blocked_vers
     assert_eq!(status, 200, "{page}");
     assert_eq!(cached_from(&hub, "pypi").len(), 2);
 
+    // Every file of an upstream version is cached as it is asked for, into one version.
+    for file in [
+        "multi-1.0.0-py3-none-any.whl",
+        "multi-1.0.0-py2.py3-none-any.whl",
+    ] {
+        let (status, page) = get(&hub_server.http, "/feeds/pypi/simple/multi/");
+        assert_eq!(status, 200, "{page}");
+        assert!(
+            page.contains("multi-1.0.0-py3-none-any.whl")
+                && page.contains("multi-1.0.0-py2.py3-none-any.whl"),
+            "{page}"
+        );
+        let (status, page) = get(
+            &hub_server.http,
+            &format!("/feeds/pypi/files/multi/1.0.0/{file}"),
+        );
+        assert_eq!(status, 200, "{file}: {page}");
+    }
+    let multi = hub
+        .ls("pypi")
+        .into_iter()
+        .find(|m| m["name"] == "multi")
+        .unwrap();
+    assert_eq!(
+        multi["files"].as_array().unwrap().len(),
+        4,
+        "two wheels, two METADATA"
+    );
+
+    // A name that becomes local hides what was cached of it before.
+    let local = wheel(&work.path("local"), "public-lib", "0.5.0", 5);
+    let out = twine_upload(
+        &format!("{}/feeds/pypi/legacy/", hub_server.http),
+        &publish,
+        &local,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let (status, page) = get(&hub_server.http, "/feeds/pypi/simple/public-lib/");
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("public_lib-0.5.0") && !page.contains("public_lib-1.0.0"),
+        "{page}"
+    );
+    let (status, page) = get(&hub_server.http, path);
+    assert_eq!(status, 404, "{page}");
+
     // A version blocked here is refused before anything is fetched, and listed as yanked.
     hub.block(
         r#"{"id":"CAIRN-2026-0101","modified":"2026-11-01T00:00:00Z","summary":"test","affected":[{"package":{"ecosystem":"PyPI","name":"risky"},"ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"0"},{"fixed":"2.0"}]}]}]}"#,
@@ -501,7 +564,7 @@ fn a_connector_refuses_a_changed_upstream_file_a_private_name_and_a_blocked_vers
     assert!(page.contains("CAIRN-2026-0101"), "{page}");
     assert_eq!(
         cached_from(&hub, "pypi").len(),
-        2,
+        3,
         "nothing more was cached"
     );
     hub_server.stop();

@@ -134,7 +134,7 @@ pub(crate) async fn handle(
             let key = crate_key(&name);
             let upstream =
                 blocking(move || s.upstream_for(&f, &n, |x| crate_key(x) == key)).await?;
-            let (lines, reached) = match upstream {
+            let (lines, note) = match upstream {
                 Some(c) => upstream_index(server, &feed, &name, &c).await?,
                 None => {
                     let (s, f) = (server.clone(), feed.name.clone());
@@ -144,7 +144,7 @@ pub(crate) async fn handle(
                         s.rendered(&record, &key, || index_lines(&s, &f, &name))
                     })
                     .await?;
-                    (lines.to_string(), true)
+                    (lines.to_string(), None)
                 }
             };
             if lines.is_empty() {
@@ -154,15 +154,9 @@ pub(crate) async fn handle(
                     feed.name
                 )));
             }
-            let mut response =
+            let response =
                 ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], lines).into_response();
-            if !reached {
-                response.headers_mut().insert(
-                    crate::connector::UPSTREAM_HEADER,
-                    axum::http::HeaderValue::from_static("unreachable"),
-                );
-            }
-            Ok(response)
+            Ok(crate::connector::with_note(response, note))
         }
         _ => Err(ApiError::not_found(format!(
             "no such Cargo registry resource `{rest}` in feed `{}`",
@@ -235,6 +229,9 @@ fn index_lines(server: &FeedServer, feed: &str, name: &str) -> Result<String, Ap
     let blocks = server.blocklist.get(server.store())?;
     let now = now_secs();
     let mut versions = manifests(server, feed, name)?;
+    if server.hides_cached(feed, &crate_key(name), &versions) {
+        versions.retain(|m| !crate::connector::is_cached(m));
+    }
     versions.sort_by(|a, b| crate::versions::compare(&a.version, &b.version));
     let mut out = String::new();
     for m in versions {
@@ -491,19 +488,32 @@ async fn upstream_index(
     feed: &FeedRecord,
     name: &str,
     c: &Arc<Connector>,
-) -> Result<(String, bool), ApiError> {
-    let upstream = upstream_lines(c, name).await;
-    let reached = !matches!(upstream, Err(UpstreamError::Unreachable(_)));
-    let upstream = upstream.unwrap_or_default();
+) -> Result<(String, Option<&'static str>), ApiError> {
+    let (upstream, problem) = crate::connector::listing(upstream_lines(c, name).await);
+    let note = problem.as_ref().map(UpstreamError::header);
     let (s, f, n) = (server.clone(), feed.name.clone(), name.to_owned());
     let upstream_url = c.config().upstream.clone();
     blocking(move || {
-        let mut out = index_lines(&s, &f, &n)?;
-        let held: std::collections::HashSet<String> = out
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        // The upstream's yanks hold for the versions cached from it too.
+        let yanked_upstream: std::collections::HashSet<String> = upstream
+            .iter()
+            .filter(|l| l["yanked"] == json!(true))
             .filter_map(|l| l["vers"].as_str().map(str::to_owned))
             .collect();
+        let mut held = std::collections::HashSet::new();
+        let mut out = String::new();
+        for line in index_lines(&s, &f, &n)?.lines() {
+            let Ok(mut l) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let v = l["vers"].as_str().unwrap_or_default().to_owned();
+            if yanked_upstream.contains(&v) {
+                l["yanked"] = json!(true);
+            }
+            held.insert(v);
+            out.push_str(&l.to_string());
+            out.push('\n');
+        }
         let blocks = s.blocklist.get(s.store())?;
         let now = now_secs();
         for mut line in upstream {
@@ -517,13 +527,10 @@ async fn upstream_index(
             out.push_str(&line.to_string());
             out.push('\n');
         }
-        if out.is_empty() && !reached {
-            return Err(
-                UpstreamError::Unreachable(format!("no copy of `{n}` is held here"))
-                    .api(&upstream_url),
-            );
+        if let (true, Some(e)) = (out.is_empty(), problem) {
+            return Err(e.api(&upstream_url));
         }
-        Ok((out, reached))
+        Ok((out, note))
     })
     .await
 }

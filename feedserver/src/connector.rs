@@ -35,6 +35,11 @@ use crate::ApiError;
 
 /// Metadata key of a cached version: the URL its file was fetched from.
 pub const CACHED_FROM: &str = "cached_from";
+/// Whether a version was cached from an upstream (not published here).
+pub fn is_cached(m: &cairn_store::doc::Manifest) -> bool {
+    m.metadata.contains_key(CACHED_FROM)
+}
+
 /// The response header that says the upstream could not be reached.
 pub const UPSTREAM_HEADER: &str = "cairn-upstream";
 /// Largest upstream metadata document read (a project page, a packument, an index file).
@@ -47,6 +52,8 @@ const MAX_METADATA_CACHED_BYTES: usize = 256 << 20;
 const FETCH_DEADLINE_FACTOR: u32 = 20;
 /// Upstream downloads under way at once per connector.
 const MAX_FETCHES: usize = 8;
+/// Upstream metadata reads under way at once per connector.
+const MAX_METADATA_READS: usize = 16;
 
 /// One `[[connector]]` of the configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -101,6 +108,12 @@ impl ConnectorConfig {
         cairn_store::names::check_feed_name(&self.feed).map_err(|e| e.to_string())?;
         let url = reqwest::Url::parse(&self.upstream)
             .map_err(|e| format!("upstream `{}` is not a URL: {e}", self.upstream))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(
+                "put the upstream's credentials in username and password or token, not in its URL (it is shown on the status page)"
+                    .into(),
+            );
+        }
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(format!(
                 "upstream `{}` is not an http or https URL",
@@ -170,6 +183,40 @@ impl UpstreamError {
     }
 }
 
+impl UpstreamError {
+    /// The `Cairn-Upstream` header value of a listing made without the upstream.
+    pub fn header(&self) -> &'static str {
+        match self {
+            UpstreamError::Unreachable(_) => "unreachable",
+            UpstreamError::Refused(_) => "refused",
+            UpstreamError::NotFound => "not-found",
+        }
+    }
+}
+
+/// What a listing takes from the upstream's answer: the document (the default when the
+/// upstream has none), and the failure that left it out, if any.
+pub(crate) fn listing<T: Default>(r: Result<T, UpstreamError>) -> (T, Option<UpstreamError>) {
+    match r {
+        Ok(t) => (t, None),
+        Err(UpstreamError::NotFound) => (T::default(), None),
+        Err(e) => (T::default(), Some(e)),
+    }
+}
+
+/// The listing response with the `Cairn-Upstream` header when the upstream was left out.
+pub(crate) fn with_note(
+    mut response: axum::response::Response,
+    note: Option<&'static str>,
+) -> axum::response::Response {
+    if let Some(n) = note {
+        response
+            .headers_mut()
+            .insert(UPSTREAM_HEADER, axum::http::HeaderValue::from_static(n));
+    }
+    response
+}
+
 /// A connector's state, for the status page and the admin API.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ConnectorState {
@@ -226,6 +273,7 @@ pub struct Connector {
     metadata: Mutex<MetadataCache>,
     state: Mutex<ConnectorState>,
     fetches: tokio::sync::Semaphore,
+    reads: tokio::sync::Semaphore,
     inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -268,6 +316,7 @@ impl Connector {
             metadata: Mutex::new((HashMap::new(), 0)),
             state: Mutex::new(state),
             fetches: tokio::sync::Semaphore::new(MAX_FETCHES),
+            reads: tokio::sync::Semaphore::new(MAX_METADATA_READS),
             inflight: Mutex::new(HashMap::new()),
             config,
         })
@@ -411,6 +460,18 @@ impl Connector {
                 return doc.clone().ok_or(UpstreamError::NotFound);
             }
         }
+        // One read per document at a time: the others wait for it and take its answer.
+        let _one = self.one_at_a_time(&key).await;
+        if let Some((at, doc)) = self.metadata.lock().0.get(&key) {
+            if at.elapsed() < ttl {
+                return doc.clone().ok_or(UpstreamError::NotFound);
+            }
+        }
+        let _permit = self
+            .reads
+            .acquire()
+            .await
+            .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
         let timeout = Duration::from_secs(self.config.timeout_secs);
         let read = match tokio::time::timeout(timeout, self.read_metadata(url, accept)).await {
             Ok(r) => r,
@@ -428,7 +489,18 @@ impl Connector {
         let mut cache = self.metadata.lock();
         let size = doc.as_ref().map_or(0, |(b, _)| b.len());
         if cache.0.len() >= MAX_METADATA_CACHED || cache.1 + size > MAX_METADATA_CACHED_BYTES {
-            *cache = (HashMap::new(), 0);
+            // Expired documents go first; only if that is not enough does it start over.
+            let (docs, bytes) = &mut *cache;
+            docs.retain(|_, (at, doc)| {
+                let keep = at.elapsed() < ttl;
+                if !keep {
+                    *bytes -= doc.as_ref().map_or(0, |(b, _)| b.len());
+                }
+                keep
+            });
+            if docs.len() >= MAX_METADATA_CACHED || *bytes + size > MAX_METADATA_CACHED_BYTES {
+                *cache = (HashMap::new(), 0);
+            }
         }
         if let Some((_, Some((old, _)))) = cache.0.insert(key, (Instant::now(), doc.clone())) {
             cache.1 -= old.len();
@@ -692,6 +764,7 @@ mod tests {
         let refused = |c: ConnectorConfig| c.check().unwrap_err();
         assert!(refused(config("ftp://up.example/", &[])).contains("http"));
         assert!(refused(config("not a url", &[])).contains("not a URL"));
+        assert!(refused(config("https://u:secret@up.example/", &[])).contains("credentials"));
         assert!(refused(config("http://up.example/", &["has space"])).contains("local"));
         let mut c = config("http://up.example/", &[]);
         c.username = Some("u".into());

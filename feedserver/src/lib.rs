@@ -365,8 +365,25 @@ impl FeedServer {
         let published_here = self
             .manifests(&feed.name, same)?
             .iter()
-            .any(|m| !m.metadata.contains_key(connector::CACHED_FROM));
+            .any(|m| !connector::is_cached(m));
         Ok((!published_here).then(|| c.clone()))
+    }
+
+    /// Whether the versions of a package cached from `feed`'s upstream are hidden, given
+    /// `versions` (all of the package's): they are when the feed has a connector and the name
+    /// is private by configuration, or has a version published here and is not merged. So a
+    /// version cached before a name became local never stands beside the local ones.
+    pub(crate) fn hides_cached(
+        &self,
+        feed: &str,
+        name: &str,
+        versions: &[cairn_store::doc::Manifest],
+    ) -> bool {
+        let Some(c) = self.connectors.get().and_then(|m| m.get(feed)) else {
+            return false;
+        };
+        c.is_local_name(name)
+            || (!c.merges(name) && versions.iter().any(|m| !connector::is_cached(m)))
     }
 
     /// The alerts, when a webhook is configured.

@@ -91,17 +91,10 @@ pub(crate) async fn handle(
             let (s, f, n) = (server.clone(), feed.clone(), name.clone());
             let upstream = blocking(move || s.upstream_for(&f, &n, |x| x == n)).await?;
             if let Some(c) = upstream {
-                let (doc, reached) =
-                    upstream_packument(server, &feed, &name, abbreviated, &c).await?;
+                let (doc, note) = upstream_packument(server, &feed, &name, abbreviated, &c).await?;
                 let body = doc.replace(crate::ORIGIN_PLACEHOLDER, &origin);
-                let mut response = ([(header::CONTENT_TYPE, content_type)], body).into_response();
-                if !reached {
-                    response.headers_mut().insert(
-                        crate::connector::UPSTREAM_HEADER,
-                        axum::http::HeaderValue::from_static("unreachable"),
-                    );
-                }
-                return Ok(response);
+                let response = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+                return Ok(crate::connector::with_note(response, note));
             }
             let (s, f, n) = (server.clone(), feed.name.clone(), name.clone());
             // Cached per feed state, never per Host header: rendered with a placeholder origin
@@ -242,6 +235,9 @@ async fn read_json(server: &FeedServer, request: Request) -> Result<serde_json::
 /// The versions of `name`, lowest first.
 fn versions(server: &FeedServer, feed: &str, name: &str) -> Result<Vec<Manifest>, ApiError> {
     let mut out = server.manifests(feed, |n| n == name)?;
+    if server.hides_cached(feed, name, &out) {
+        out.retain(|m| !crate::connector::is_cached(m));
+    }
     out.sort_by(|a, b| compare(&a.version, &b.version));
     Ok(out)
 }
@@ -690,10 +686,9 @@ async fn upstream_packument(
     name: &str,
     abbreviated: bool,
     c: &Arc<Connector>,
-) -> Result<(String, bool), ApiError> {
-    let upstream = upstream_document(c, name).await;
-    let reached = !matches!(upstream, Err(UpstreamError::Unreachable(_)));
-    let upstream = upstream.ok();
+) -> Result<(String, Option<&'static str>), ApiError> {
+    let (upstream, problem) = crate::connector::listing(upstream_document(c, name).await.map(Some));
+    let note = problem.as_ref().map(UpstreamError::header);
     let (s, f, n) = (server.clone(), feed.name.clone(), name.to_owned());
     let upstream_url = c.config().upstream.clone();
     let doc = blocking(move || {
@@ -709,6 +704,15 @@ async fn upstream_packument(
         let now = now_secs();
         if let Some(up) = upstream {
             let mut added = serde_json::Map::new();
+            // The upstream's deprecations hold for the versions cached from it too.
+            if let Some(versions) = out["versions"].as_object_mut() {
+                for (v, obj) in versions.iter_mut() {
+                    let note = up["versions"][v.as_str()]["deprecated"].clone();
+                    if note.is_string() && obj.get("deprecated").is_none() {
+                        obj["deprecated"] = note;
+                    }
+                }
+            }
             let held = out["versions"].as_object().cloned().unwrap_or_default();
             for (v, obj) in up["versions"].as_object().into_iter().flatten() {
                 if held.contains_key(v) || names::check_version(v).is_err() {
@@ -762,17 +766,15 @@ async fn upstream_packument(
             }
         }
         if out["versions"].as_object().is_none_or(|v| v.is_empty()) {
-            return Err(if reached {
-                ApiError::not_found(format!("no package `{n}` in feed `{f}` or upstream"))
-            } else {
-                UpstreamError::Unreachable(format!("no copy of `{n}` is held here"))
-                    .api(&upstream_url)
+            return Err(match problem {
+                None => ApiError::not_found(format!("no package `{n}` in feed `{f}` or upstream")),
+                Some(e) => e.api(&upstream_url),
             });
         }
         Ok(out.to_string())
     })
     .await?;
-    Ok((doc, reached))
+    Ok((doc, note))
 }
 
 /// Fetches the tarball of `name` `version` from the upstream into the feed unless it is here

@@ -165,11 +165,21 @@ pub fn push_with(
             }
         };
         if let Some((n, v)) = &options.expect {
+            // PEP 440 equality, local version label included (`1.0` is not `1.0+evil`).
+            let local = |v: &str| v.split_once('+').map(|(_, l)| l.to_ascii_lowercase());
             let same_version = match ecosystem {
-                Ecosystem::Pypi => crate::versions::compare(v, &pkg_version).is_eq(),
+                Ecosystem::Pypi => {
+                    crate::versions::compare(v, &pkg_version).is_eq()
+                        && local(v) == local(&pkg_version)
+                }
                 _ => *v == pkg_version,
             };
-            if !same_package(ecosystem, n, &pkg_name) || !same_version {
+            // A crate is named exactly as its index line names it (its file is named so).
+            let same_name = match ecosystem {
+                Ecosystem::Cargo => *n == pkg_name,
+                _ => same_package(ecosystem, n, &pkg_name),
+            };
+            if !same_name || !same_version {
                 return Err(bad(format!(
                     "{} is {pkg_name} {pkg_version}, not {n} {v}",
                     f.shown

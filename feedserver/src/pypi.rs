@@ -101,6 +101,8 @@ struct Listed {
     metadata_sha256: Option<String>,
     requires_python: Option<String>,
     yanked: Option<String>,
+    /// Cached from the feed's upstream.
+    cached: bool,
 }
 
 /// Which format the client asked for.
@@ -173,8 +175,10 @@ fn listed_files(
     let blocks = server.blocklist.get(server.store())?;
     let now = now_secs();
     let mut out = Vec::new();
-    for m in server.manifests(&feed.name, |n| normalize_pypi(n) == project)? {
-        if normalize_pypi(&m.name) != project {
+    let all = server.manifests(&feed.name, |n| normalize_pypi(n) == project)?;
+    let hide = server.hides_cached(&feed.name, project, &all);
+    for m in all {
+        if normalize_pypi(&m.name) != project || (hide && crate::connector::is_cached(&m)) {
             continue;
         }
         let text = |k: &str| match m.metadata.get(k) {
@@ -203,6 +207,7 @@ fn listed_files(
                     .and_then(|c| c.digests.get("sha256").cloned()),
                 requires_python: text("requires_python"),
                 yanked: yanked.clone(),
+                cached: crate::connector::is_cached(&m),
             });
         }
     }
@@ -229,15 +234,9 @@ async fn project_page(
     let (s, f, p) = (server.clone(), feed.clone(), project.to_owned());
     let upstream = blocking(move || s.upstream_for(&f, &p, |n| normalize_pypi(n) == p)).await?;
     if let Some(c) = upstream {
-        let (body, reached) = upstream_project_page(server, feed, project, json, &c).await?;
-        let mut response = ([(header::CONTENT_TYPE, content_type)], body).into_response();
-        if !reached {
-            response.headers_mut().insert(
-                crate::connector::UPSTREAM_HEADER,
-                axum::http::HeaderValue::from_static("unreachable"),
-            );
-        }
-        return Ok(response);
+        let (body, note) = upstream_project_page(server, feed, project, json, &c).await?;
+        let response = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+        return Ok(crate::connector::with_note(response, note));
     }
     let (s, f, p) = (server.clone(), feed.clone(), project.to_owned());
     let key = format!("pypi-project {project} {json}");
@@ -436,27 +435,36 @@ async fn upstream_project_page(
     project: &str,
     json: bool,
     c: &Arc<Connector>,
-) -> Result<(String, bool), ApiError> {
-    let upstream = upstream_files(c, project).await;
-    let reached = !matches!(upstream, Err(UpstreamError::Unreachable(_)));
-    let listed = match upstream {
-        Ok((_, files)) => files,
-        Err(UpstreamError::NotFound | UpstreamError::Unreachable(_)) => Vec::new(),
-        Err(e @ UpstreamError::Refused(_)) => {
-            tracing::warn!(feed = %feed.name, project, "upstream page refused: {e:?}");
-            Vec::new()
-        }
-    };
+) -> Result<(String, Option<&'static str>), ApiError> {
+    let (listed, problem) =
+        crate::connector::listing(upstream_files(c, project).await.map(|(_, f)| f));
+    let note = problem.as_ref().map(UpstreamError::header);
     let (s, f, p) = (server.clone(), feed.clone(), project.to_owned());
     let upstream_url = c.config().upstream.clone();
     let body = blocking(move || {
         let mut files = listed_files(&s, &f, &p)?;
         let blocks = s.blocklist.get(s.store())?;
         let now = now_secs();
-        // A version held here is listed with its own files only.
-        let held: Vec<String> = files.iter().map(|l| l.version.clone()).collect();
+        // A version published here is listed with its own files only; one cached from the
+        // upstream with all of the upstream's, and the upstream's yank.
+        let held: std::collections::HashSet<String> =
+            files.iter().map(|l| l.file.clone()).collect();
+        let local: Vec<String> = files
+            .iter()
+            .filter(|l| !l.cached)
+            .map(|l| l.version.clone())
+            .collect();
+        for l in files.iter_mut().filter(|l| l.cached && l.yanked.is_none()) {
+            l.yanked = listed
+                .iter()
+                .find(|u| u.file == l.file)
+                .and_then(|u| u.yanked.clone());
+        }
         for u in listed {
-            if held.iter().any(|v| compare(v, &u.version).is_eq()) || u.sha256.is_none() {
+            if held.contains(&u.file)
+                || local.iter().any(|v| compare(v, &u.version).is_eq())
+                || u.sha256.is_none()
+            {
                 continue;
             }
             let yanked = blocks
@@ -472,19 +480,17 @@ async fn upstream_project_page(
                 metadata_sha256: None,
                 requires_python: u.requires_python,
                 yanked,
+                cached: false,
             });
         }
         files.sort_by(|a, b| compare(&a.version, &b.version).then_with(|| a.file.cmp(&b.file)));
-        if files.is_empty() && !reached {
-            return Err(
-                UpstreamError::Unreachable(format!("no copy of `{p}` is held here"))
-                    .api(&upstream_url),
-            );
+        if let (true, Some(e)) = (files.is_empty(), problem) {
+            return Err(e.api(&upstream_url));
         }
         render_project(&f, &p, files, json)
     })
     .await?;
-    Ok((body, reached))
+    Ok((body, note))
 }
 
 /// Fetches `file` of `name` `version` from the upstream into the feed unless it is here
@@ -517,24 +523,30 @@ async fn cache_from_upstream(
         {
             return Err(blocked(&p, &v, b));
         }
-        // A version held here keeps its own files: the upstream's of it are not taken.
+        // A version published here keeps its own files: the upstream's of it are not taken.
+        // One cached from the upstream gets the upstream's other files as they are asked for.
         Ok(s.manifests(&f, |n| normalize_pypi(n) == p)?
             .into_iter()
             .find(|m| normalize_pypi(&m.name) == p && compare(&m.version, &v).is_eq())
             .map(|m| {
                 let has = m.files.iter().any(|x| x.name == fl);
-                (m.name, m.version, has)
+                (
+                    m.name.clone(),
+                    m.version.clone(),
+                    has,
+                    crate::connector::is_cached(&m),
+                )
             }))
     })
     .await?;
     let held = match held {
-        Some((n, v, true)) => Some((n, v)),
-        Some((n, v, false)) => {
+        Some((n, v, true, _)) => Some((n, v)),
+        Some((_, _, false, true)) | None => None,
+        Some((n, v, false, false)) => {
             return Err(ApiError::not_found(format!(
                 "{n} {v} is held here without `{file}`; files of a version held here are not taken from upstream"
             )))
         }
-        None => None,
     };
     if let Some(found) = held {
         return Ok(found);
@@ -677,6 +689,15 @@ pub(crate) async fn serve_file(
             let Some(entry) = manifest.files.iter().find(|e| e.name == file) else {
                 return Err(ApiError::not_found(format!("{n} {v} has no file `{file}`")));
             };
+            if crate::connector::is_cached(&manifest) {
+                let same = |x: &str| crate::push::same_package(ecosystem, x, &n);
+                let all = s.manifests(&f, same)?;
+                if s.hides_cached(&f, &n, &all) {
+                    return Err(ApiError::not_found(format!(
+                        "{n} {v} came from the upstream, and `{n}` is published here"
+                    )));
+                }
+            }
             let block = s
                 .blocklist
                 .get(s.store())?
