@@ -583,13 +583,7 @@ async fn cache_from_upstream(
         version.to_owned(),
     );
     let held = blocking(move || {
-        if let Some(b) = s
-            .blocklist
-            .get(s.store())?
-            .check(&f, Ecosystem::Cargo, &n, &v, now_secs())
-        {
-            return Err(crate::pypi::blocked(&n, &v, b));
-        }
+        s.refuse_blocked(&f, Ecosystem::Cargo, &n, &v)?;
         Ok(manifests(&s, &f, &n)?
             .into_iter()
             .find(|m| m.version == v)
@@ -626,25 +620,21 @@ async fn cache_from_upstream(
     let url = c
         .url(&download_url(&dl, &real, version, &cksum))
         .map_err(|e| e.api(upstream))?;
-    let limit = server.config().max_upload_bytes();
-    let fetched = c
-        .fetch(&url, limit, &server.store().dir().join("tmp"))
-        .await
-        .map_err(|e| e.api(upstream))?;
-    crate::connector::check_digest(c, &url, "sha256", &cksum, &fetched.sha256)?;
     // Served as the upstream listed it; yanks here are this feed's own.
     line["yanked"] = json!(false);
     let metadata =
         std::collections::BTreeMap::from([(INDEX_LINE.to_owned(), Value::Text(line.to_string()))]);
-    let pushed = crate::connector::publish_fetched(
+    let pushed = crate::connector::cache_file(
         server,
         c,
         &feed.name,
-        fetched,
-        format!("{real}-{version}.crate"),
-        (real, version.to_owned()),
-        &url,
-        metadata,
+        crate::connector::ToCache {
+            url,
+            digest: crate::connector::Published::Sha256(cksum),
+            file_name: format!("{real}-{version}.crate"),
+            expect: (real, version.to_owned()),
+            metadata,
+        },
     )
     .await?;
     Ok(pushed.name)

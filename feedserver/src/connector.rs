@@ -659,20 +659,67 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// Publishes `fetched` (a file of `expect`'s package and version, fetched from `url`) to
-/// `feed` as a version cached from the upstream, with `metadata` besides; what the file
-/// says it is must be `expect`, or nothing is stored.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn publish_fetched(
+/// The digest an upstream published for a file.
+#[derive(Clone, Debug)]
+pub(crate) enum Published {
+    /// SHA-256, hex (PyPI's `sha256`, Cargo's `cksum`).
+    Sha256(String),
+    /// SHA-512, raw (npm's `sha512-` integrity).
+    Sha512(Vec<u8>),
+}
+
+/// A file to cache from the upstream.
+#[derive(Debug)]
+pub(crate) struct ToCache {
+    /// Where it is.
+    pub(crate) url: reqwest::Url,
+    /// The digest it must have.
+    pub(crate) digest: Published,
+    /// Its name here.
+    pub(crate) file_name: String,
+    /// The package and version it must be, read from the file itself.
+    pub(crate) expect: (String, String),
+    /// Metadata set on the version besides what the file gives and `cached_from`.
+    pub(crate) metadata: std::collections::BTreeMap<String, ciborium::Value>,
+}
+
+/// Fetches `file` into a temporary file, checks it against the digest the upstream
+/// published and publishes it to `feed` as a version cached from the upstream (or a file
+/// added to one); nothing is stored unless the digest and the package and version inside
+/// are the ones expected.
+pub(crate) async fn cache_file(
     server: &Arc<crate::FeedServer>,
     connector: &Connector,
     feed: &str,
-    fetched: Fetched,
-    file_name: String,
-    expect: (String, String),
-    url: &reqwest::Url,
-    mut metadata: std::collections::BTreeMap<String, ciborium::Value>,
+    file: ToCache,
 ) -> Result<crate::push::Pushed, ApiError> {
+    let upstream = &connector.config.upstream;
+    let ToCache {
+        url,
+        digest,
+        file_name,
+        expect,
+        mut metadata,
+    } = file;
+    let fetched = connector
+        .fetch(
+            &url,
+            server.config().max_upload_bytes(),
+            &server.store().dir().join("tmp"),
+        )
+        .await
+        .map_err(|e| e.api(upstream))?;
+    let (what, published, received) = match &digest {
+        Published::Sha256(h) => ("sha256", h.to_ascii_lowercase(), fetched.sha256.clone()),
+        Published::Sha512(b) => ("sha512", hex::encode(b), hex::encode(&fetched.sha512)),
+    };
+    if published != received {
+        return Err(connector
+            .refused(UpstreamError::Refused(format!(
+                "{url}: its {what} is {received} but the upstream published {published}; nothing was stored"
+            )))
+            .api(upstream));
+    }
     metadata.insert(CACHED_FROM.into(), ciborium::Value::Text(url.to_string()));
     let (s, f, shown) = (server.clone(), feed.to_owned(), url.to_string());
     let pushed = crate::blocking(move || {
@@ -704,27 +751,9 @@ pub(crate) async fn publish_fetched(
         )),
         Err(e) if e.status == StatusCode::BAD_REQUEST => Err(connector
             .refused(UpstreamError::Refused(e.message))
-            .api(&connector.config.upstream)),
+            .api(upstream)),
         Err(e) => Err(e),
     }
-}
-
-/// Refuses a fetched file whose digest is not the one the upstream published.
-pub(crate) fn check_digest(
-    connector: &Connector,
-    url: &reqwest::Url,
-    what: &str,
-    published: &str,
-    received: &str,
-) -> Result<(), ApiError> {
-    if published.eq_ignore_ascii_case(received) {
-        return Ok(());
-    }
-    Err(connector
-        .refused(UpstreamError::Refused(format!(
-            "{url}: its {what} is {received} but the upstream published {published}; nothing was stored"
-        )))
-        .api(&connector.config.upstream))
 }
 
 #[cfg(test)]

@@ -369,6 +369,26 @@ impl FeedServer {
         Ok((!published_here).then(|| c.clone()))
     }
 
+    /// Refuses `name` `version` of `feed` when a blocking assessment covers it (403).
+    pub(crate) fn refuse_blocked(
+        &self,
+        feed: &str,
+        ecosystem: cairn_store::Ecosystem,
+        name: &str,
+        version: &str,
+    ) -> Result<(), ApiError> {
+        match self.blocklist.get(self.store())?.check(
+            feed,
+            ecosystem,
+            name,
+            version,
+            blocking::now_secs(),
+        ) {
+            Some(b) => Err(pypi::blocked(name, version, b)),
+            None => Ok(()),
+        }
+    }
+
     /// Whether the versions of a package cached from `feed`'s upstream are hidden, given
     /// `versions` (all of the package's): they are when the feed has a connector and the name
     /// is private by configuration, or has a version published here and is not merged. So a

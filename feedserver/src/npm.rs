@@ -271,6 +271,14 @@ fn dist_tag_map(versions: &[Manifest]) -> BTreeMap<String, String> {
     tags
 }
 
+/// The `deprecated` message of a version a blocking assessment covers.
+fn blocked_note(b: &crate::blocking::Block) -> serde_json::Value {
+    json!(format!(
+        "blocked by {} ({}): {}",
+        b.vulnerability, b.assessment_type, b.reason
+    ))
+}
+
 /// The members of a version an abbreviated packument keeps.
 const ABBREVIATED_KEEP: [&str; 17] = [
     "name",
@@ -339,13 +347,7 @@ fn packument(
             }),
         );
         if let Some(b) = blocks.check(feed, Ecosystem::Npm, name, &m.version, now) {
-            obj.insert(
-                "deprecated".into(),
-                json!(format!(
-                    "blocked by {} ({}): {}",
-                    b.vulnerability, b.assessment_type, b.reason
-                )),
-            );
+            obj.insert("deprecated".into(), blocked_note(b));
         }
         if abbreviated {
             obj.retain(|k, _| ABBREVIATED_KEEP.contains(&k.as_str()));
@@ -742,13 +744,7 @@ async fn upstream_packument(
                 o.insert("name".into(), json!(n));
                 o.insert("version".into(), json!(v));
                 if let Some(b) = blocks.check(&f, Ecosystem::Npm, &n, v, now) {
-                    o.insert(
-                        "deprecated".into(),
-                        json!(format!(
-                            "blocked by {} ({}): {}",
-                            b.vulnerability, b.assessment_type, b.reason
-                        )),
-                    );
+                    o.insert("deprecated".into(), blocked_note(b));
                 }
                 if abbreviated {
                     o.retain(|k, _| ABBREVIATED_KEEP.contains(&k.as_str()));
@@ -797,13 +793,7 @@ async fn cache_from_upstream(
         version.to_owned(),
     );
     let held = blocking(move || {
-        if let Some(b) = s
-            .blocklist
-            .get(s.store())?
-            .check(&f, Ecosystem::Npm, &n, &v, now_secs())
-        {
-            return Err(crate::pypi::blocked(&n, &v, b));
-        }
+        s.refuse_blocked(&f, Ecosystem::Npm, &n, &v)?;
         Ok(s.store().manifest(&f, &n, &v)?.is_some())
     })
     .await?;
@@ -840,27 +830,17 @@ async fn cache_from_upstream(
         })
         .and_then(|t| c.url(t))
         .map_err(|e| e.api(upstream))?;
-    let limit = server.config().max_upload_bytes();
-    let fetched = c
-        .fetch(&url, limit, &server.store().dir().join("tmp"))
-        .await
-        .map_err(|e| e.api(upstream))?;
-    crate::connector::check_digest(
-        c,
-        &url,
-        "sha512",
-        &hex::encode(&integrity),
-        &hex::encode(&fetched.sha512),
-    )?;
-    crate::connector::publish_fetched(
+    crate::connector::cache_file(
         server,
         c,
         &feed.name,
-        fetched,
-        file,
-        (name.to_owned(), version.to_owned()),
-        &url,
-        BTreeMap::new(),
+        crate::connector::ToCache {
+            url,
+            digest: crate::connector::Published::Sha512(integrity),
+            file_name: file,
+            expect: (name.to_owned(), version.to_owned()),
+            metadata: BTreeMap::new(),
+        },
     )
     .await?;
     Ok(())

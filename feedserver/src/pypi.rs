@@ -516,13 +516,7 @@ async fn cache_from_upstream(
     );
     // Stored meanwhile, or blocked: nothing to fetch.
     let held = blocking(move || {
-        if let Some(b) = s
-            .blocklist
-            .get(s.store())?
-            .check(&f, Ecosystem::Pypi, &p, &v, now_secs())
-        {
-            return Err(blocked(&p, &v, b));
-        }
+        s.refuse_blocked(&f, Ecosystem::Pypi, &p, &v)?;
         // A version published here keeps its own files: the upstream's of it are not taken.
         // One cached from the upstream gets the upstream's other files as they are asked for.
         Ok(s.manifests(&f, |n| normalize_pypi(n) == p)?
@@ -571,21 +565,17 @@ async fn cache_from_upstream(
             )))
             .api(upstream));
     };
-    let limit = server.config().max_upload_bytes();
-    let fetched = c
-        .fetch(&u.url, limit, &server.store().dir().join("tmp"))
-        .await
-        .map_err(|e| e.api(upstream))?;
-    crate::connector::check_digest(c, &u.url, "sha256", &published, &fetched.sha256)?;
-    let pushed = crate::connector::publish_fetched(
+    let pushed = crate::connector::cache_file(
         server,
         c,
         &feed.name,
-        fetched,
-        file.to_owned(),
-        (project, version.to_owned()),
-        &u.url,
-        BTreeMap::new(),
+        crate::connector::ToCache {
+            url: u.url,
+            digest: crate::connector::Published::Sha256(published),
+            file_name: file.to_owned(),
+            expect: (project, version.to_owned()),
+            metadata: BTreeMap::new(),
+        },
     )
     .await?;
     Ok((pushed.name, pushed.version))
