@@ -162,6 +162,8 @@ fn pip_npm_and_cargo_install_through_a_hubs_connectors_and_from_a_spoke_with_eve
     // The upstreams, each holding real packages.
     let work = Instance::new();
     let (wheel, sdist) = build_python_packages(&work);
+    // And a package the hub will come to publish itself.
+    wheel(wheel.parent().unwrap(), "shadowed", "2.0.0", 666);
     let pypi = pypiserver(wheel.parent().unwrap());
     let (verdaccio, npm_token) = verdaccio(&work.path("verdaccio"));
     let npm_up = work.path("npm-up");
@@ -203,6 +205,7 @@ fn pip_npm_and_cargo_install_through_a_hubs_connectors_and_from_a_spoke_with_eve
     let port = free_udp_port();
     peer_spoke_with_hub(&hub, &spoke, "spoke", port);
     let replicate = hub.token(&["replicate:*"]);
+    let publish = hub.token(&["publish:*"]);
     let connectors = format!(
         "[[connector]]\nfeed = \"pypi\"\nupstream = \"{}\"\nmetadata_ttl_secs = 0\n\n[[connector]]\nfeed = \"npm\"\nupstream = \"{}\"\nmetadata_ttl_secs = 0\n\n[[connector]]\nfeed = \"crates\"\nupstream = \"{}/feeds/crates/\"\nmetadata_ttl_secs = 0\n",
         pypi.url, verdaccio.url, crates_server.http
@@ -282,7 +285,27 @@ fn pip_npm_and_cargo_install_through_a_hubs_connectors_and_from_a_spoke_with_eve
     // The spoke replicates the cached versions like any others; then every upstream and the
     // hub stop, and the spoke goes on serving.
     let spoke_server = Server::start(&spoke);
+    // `shadowed` 2.0.0 is cached, then the hub publishes a `shadowed` of its own: the cached
+    // version is hidden on the hub and on the spoke, which has no connector to ask.
+    let shadowed = "/feeds/pypi/files/shadowed/2.0.0/shadowed-2.0.0-py3-none-any.whl";
+    assert_eq!(get(&hub_server.http, shadowed).0, 200);
+    let own = wheel(&work.path("own"), "shadowed", "1.0.0", 1);
+    let out = twine_upload(
+        &format!("{}/feeds/pypi/legacy/", hub_server.http),
+        &publish,
+        &own,
+    );
+    assert!(out.status.success(), "{out:?}");
     spoke.ok(&["replicate", "from-hub"]);
+    for server in [&hub_server.http, &spoke_server.http] {
+        let (status, page) = get(server, "/feeds/pypi/simple/shadowed/");
+        assert_eq!(status, 200, "{page}");
+        assert!(
+            page.contains("shadowed-1.0.0") && !page.contains("shadowed-2.0.0"),
+            "{page}"
+        );
+        assert_eq!(get(server, shadowed).0, 404, "{server}");
+    }
     for feed in ["pypi", "npm", "crates"] {
         assert_eq!(spoke.root(feed)["root"], hub.root(feed)["root"], "{feed}");
     }
@@ -469,6 +492,12 @@ fn a_connector_refuses_a_changed_upstream_file_a_private_name_and_a_blocked_vers
         assert_eq!(got, format!("VALUE = {value}\n"), "{spec}");
     }
     assert_eq!(cached_from(&hub, "pypi").len(), 1, "mixed 2.0.0 only");
+    // Marked so, a replica without the connector's configuration lists it too.
+    let merged = hub.ls("pypi");
+    let merged = merged
+        .iter()
+        .find(|m| m["name"] == "mixed" && m["version"] == "2.0.0");
+    assert_eq!(merged.unwrap()["metadata"]["cached_merged"], true);
 
     // The upstream changes a file after listing it: its bytes no longer match the sha256 it
     // published, and nothing is stored.

@@ -229,9 +229,8 @@ fn index_lines(server: &FeedServer, feed: &str, name: &str) -> Result<String, Ap
     let blocks = server.blocklist.get(server.store())?;
     let now = now_secs();
     let mut versions = manifests(server, feed, name)?;
-    if server.hides_cached(feed, &crate_key(name), &versions) {
-        versions.retain(|m| !crate::connector::is_cached(m));
-    }
+    let hidden = server.hidden_cached(feed, &crate_key(name), &versions);
+    versions.retain(|m| !hidden.hides(m));
     versions.sort_by(|a, b| crate::versions::compare(&a.version, &b.version));
     let mut out = String::new();
     for m in versions {

@@ -35,9 +35,33 @@ use crate::ApiError;
 
 /// Metadata key of a cached version: the URL its file was fetched from.
 pub const CACHED_FROM: &str = "cached_from";
+/// Metadata key of a version cached under the connector's `merge` patterns: listed beside
+/// versions of its name published here.
+pub const CACHED_MERGED: &str = "cached_merged";
+
 /// Whether a version was cached from an upstream (not published here).
 pub fn is_cached(m: &cairn_store::doc::Manifest) -> bool {
     m.metadata.contains_key(CACHED_FROM)
+}
+
+/// Which cached versions of one package are hidden ([`crate::FeedServer::hidden_cached`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Hidden {
+    /// The connector's decision, where the feed has one.
+    pub(crate) by_connector: Option<bool>,
+    /// Whether the package has a version published here (not cached).
+    pub(crate) published_here: bool,
+}
+
+impl Hidden {
+    /// Whether version `m` is hidden.
+    pub fn hides(&self, m: &cairn_store::doc::Manifest) -> bool {
+        is_cached(m)
+            && match self.by_connector {
+                Some(hide) => hide,
+                None => self.published_here && !m.metadata.contains_key(CACHED_MERGED),
+            }
+    }
 }
 
 /// The response header that says the upstream could not be reached.
@@ -721,6 +745,9 @@ pub(crate) async fn cache_file(
             .api(upstream));
     }
     metadata.insert(CACHED_FROM.into(), ciborium::Value::Text(url.to_string()));
+    if connector.merges(&expect.0) {
+        metadata.insert(CACHED_MERGED.into(), ciborium::Value::Bool(true));
+    }
     let (s, f, shown) = (server.clone(), feed.to_owned(), url.to_string());
     let pushed = crate::blocking(move || {
         let file = crate::push::PushFile {

@@ -389,21 +389,29 @@ impl FeedServer {
         }
     }
 
-    /// Whether the versions of a package cached from `feed`'s upstream are hidden, given
-    /// `versions` (all of the package's): they are when the feed has a connector and the name
-    /// is private by configuration, or has a version published here and is not merged. So a
-    /// version cached before a name became local never stands beside the local ones.
-    pub(crate) fn hides_cached(
+    /// Which of a package's versions cached from an upstream `feed` hides, given `versions`
+    /// (all of the package's), so a version cached before a name became local never stands
+    /// beside the local ones. With a connector: all of them when the name is private by
+    /// configuration, or has a version published here and is not merged. Without one (a
+    /// replica of the feed that cached them), the decision travels with each version: a
+    /// version cached under `merge` says so, and the others are hidden once the name has a
+    /// version published at the source.
+    pub(crate) fn hidden_cached(
         &self,
         feed: &str,
         name: &str,
         versions: &[cairn_store::doc::Manifest],
-    ) -> bool {
-        let Some(c) = self.connectors.get().and_then(|m| m.get(feed)) else {
-            return false;
-        };
-        c.is_local_name(name)
-            || (!c.merges(name) && versions.iter().any(|m| !connector::is_cached(m)))
+    ) -> connector::Hidden {
+        let published_here = versions.iter().any(|m| !connector::is_cached(m));
+        let by_connector = self
+            .connectors
+            .get()
+            .and_then(|m| m.get(feed))
+            .map(|c| c.is_local_name(name) || (!c.merges(name) && published_here));
+        connector::Hidden {
+            by_connector,
+            published_here,
+        }
     }
 
     /// The alerts, when a webhook is configured.

@@ -235,9 +235,8 @@ async fn read_json(server: &FeedServer, request: Request) -> Result<serde_json::
 /// The versions of `name`, lowest first.
 fn versions(server: &FeedServer, feed: &str, name: &str) -> Result<Vec<Manifest>, ApiError> {
     let mut out = server.manifests(feed, |n| n == name)?;
-    if server.hides_cached(feed, name, &out) {
-        out.retain(|m| !crate::connector::is_cached(m));
-    }
+    let hidden = server.hidden_cached(feed, name, &out);
+    out.retain(|m| !hidden.hides(m));
     out.sort_by(|a, b| compare(&a.version, &b.version));
     Ok(out)
 }

@@ -176,9 +176,9 @@ fn listed_files(
     let now = now_secs();
     let mut out = Vec::new();
     let all = server.manifests(&feed.name, |n| normalize_pypi(n) == project)?;
-    let hide = server.hides_cached(&feed.name, project, &all);
+    let hidden = server.hidden_cached(&feed.name, project, &all);
     for m in all {
-        if normalize_pypi(&m.name) != project || (hide && crate::connector::is_cached(&m)) {
+        if normalize_pypi(&m.name) != project || hidden.hides(&m) {
             continue;
         }
         let text = |k: &str| match m.metadata.get(k) {
@@ -682,7 +682,7 @@ pub(crate) async fn serve_file(
             if crate::connector::is_cached(&manifest) {
                 let same = |x: &str| crate::push::same_package(ecosystem, x, &n);
                 let all = s.manifests(&f, same)?;
-                if s.hides_cached(&f, &n, &all) {
+                if s.hidden_cached(&f, &n, &all).hides(&manifest) {
                     return Err(ApiError::not_found(format!(
                         "{n} {v} came from the upstream, and `{n}` is published here"
                     )));
