@@ -161,10 +161,10 @@ fn cached_from(inst: &Instance, feed: &str) -> Vec<String> {
 fn pip_npm_and_cargo_install_through_a_hubs_connectors_and_from_a_spoke_with_every_upstream_gone() {
     // The upstreams, each holding real packages.
     let work = Instance::new();
-    let (wheel, sdist) = build_python_packages(&work);
+    let (beta_wheel, alpha_sdist) = build_python_packages(&work);
     // And a package the hub will come to publish itself.
-    wheel(wheel.parent().unwrap(), "shadowed", "2.0.0", 666);
-    let pypi = pypiserver(wheel.parent().unwrap());
+    wheel(beta_wheel.parent().unwrap(), "shadowed", "2.0.0", 666);
+    let pypi = pypiserver(beta_wheel.parent().unwrap());
     let (verdaccio, npm_token) = verdaccio(&work.path("verdaccio"));
     let npm_up = work.path("npm-up");
     npm_home(&npm_up, &verdaccio.url, Some(&npm_token));
@@ -232,7 +232,7 @@ fn pip_npm_and_cargo_install_through_a_hubs_connectors_and_from_a_spoke_with_eve
     );
     let pypi_cached = cached_from(&hub, "pypi");
     assert_eq!(pypi_cached.len(), 2, "{pypi_cached:?}");
-    for file in [&wheel, &sdist] {
+    for file in [&beta_wheel, &alpha_sdist] {
         let name = file.file_name().unwrap().to_str().unwrap();
         assert!(
             pypi_cached.iter().any(|u| u.ends_with(name)),
