@@ -1,4 +1,4 @@
-//! The sans-IO core of `cairn/sync/2`: one [`Session`] per side of a connection.
+//! The sans-IO core of `cairn/sync/4`: one [`Session`] per side of a connection.
 //!
 //! A session is fed frames with [`Session::handle`] and yields frames with
 //! [`Session::poll_transmit`]; it owns no socket, reads no clock and draws no randomness (the
@@ -9,11 +9,12 @@
 //! 1. HELLO carries the initiator's root, count and, for pulls, the responder's cursor from
 //!    the last run. Equal roots end the feed here: one round trip.
 //! 2. The reply carries either the responder's change-log suffix (pull with a known cursor) or
-//!    its level-1 summary: 256 records of count and 8 bytes of fingerprint.
-//! 3. The initiator sends an IBLT sketch of its entries in the mismatched buckets, sized from
-//!    the number of mismatched buckets (or, when that is cheaper, the plain item list).
-//! 4. The responder subtracts its own sketch and peels it, learning exactly which keys differ
-//!    on each side, and answers with documents, removals and wants according to the mode.
+//!    its summary: a 12-cell IBLT of all its items and a 256-counter estimator of the difference.
+//! 3. The initiator subtracts its own 12-cell table. When that peels (a difference of a few
+//!    items), it sends the whole difference (DIFFERENCE); otherwise an IBLT sketch of all its
+//!    items sized from the estimate (or, when that is cheaper, the plain item list).
+//! 4. The responder peels the sketch (or takes the difference), knowing exactly which keys
+//!    differ on each side, and answers with documents, removals and wants according to the mode.
 //! 5. Whoever receives documents asks for the blob ranges it lacks, verifies every piece as it
 //!    arrives, and applies the documents once their blobs are stored. Then it says DONE.
 //!
@@ -38,10 +39,10 @@ use cairn_store::{
 };
 use serde_bytes::ByteBuf;
 
-use crate::iblt::{self, Cell, Iblt, Item};
+use crate::iblt::{self, Cell, Estimator, Iblt, Item, ESTIMATOR_COUNTERS, SUMMARY_CELLS};
 use crate::wire::{
     self, code, BlobRequest, FeedHello, FeedStatus, Frame, Mode, SmallBlob, WireChange, WireCursor,
-    CELL_BYTES, L1_RECORD,
+    CELL_BYTES, MAX_DIFFERENCE_ITEMS,
 };
 
 /// Most changes sent as a log suffix; beyond this the summary path is cheaper to reason about.
@@ -50,7 +51,7 @@ pub const MAX_LOG_CHANGES: usize = 4096;
 /// together; a feed over the rest of the budget gets the summary instead, so the reply stays
 /// well inside [`wire::MAX_FRAME`].
 pub const MAX_LOG_BYTES: usize = 4 << 20;
-/// Most feeds in one HELLO (the reply's level-1 summaries stay inside one frame); a run over
+/// Most feeds in one HELLO (the reply's summaries stay inside one frame); a run over
 /// more feeds is split into several sessions by the driver.
 pub const MAX_HELLO_FEEDS: usize = 1024;
 /// Most 8-byte key prefixes in one list of a DIFF page (1 MiB); longer lists take more pages.
@@ -467,11 +468,12 @@ pub enum Verdict {
 }
 
 /// The frames that name one feed, as wire-spec section 13 lists them.
-pub const FEED_FRAMES: [&str; 9] = [
+pub const FEED_FRAMES: [&str; 10] = [
     "SUMMARY-REQUEST",
     "SUMMARY",
     "SKETCH",
     "SKETCH-FAILED",
+    "DIFFERENCE",
     "ITEM-LIST",
     "DIFF",
     "DOCS",
@@ -493,7 +495,7 @@ pub fn verdict(role: Role, mode: Mode, phase: Phase, frame: &str) -> Verdict {
         "SUMMARY" => to_initiator && mode == Mode::Pull,
         "SKETCH-FAILED" | "DIFF" => to_initiator,
         "SUMMARY-REQUEST" => !to_initiator && mode == Mode::Pull,
-        "SKETCH" | "ITEM-LIST" => !to_initiator,
+        "SKETCH" | "ITEM-LIST" | "DIFFERENCE" => !to_initiator,
         "DOCS" => match mode {
             Mode::Pull => to_initiator,
             Mode::Push => !to_initiator,
@@ -509,7 +511,9 @@ pub fn verdict(role: Role, mode: Mode, phase: Phase, frame: &str) -> Verdict {
         return Ignore;
     }
     let accepted: &[&str] = match frame {
-        "SUMMARY" | "SKETCH-FAILED" | "DIFF" | "SKETCH" | "ITEM-LIST" => &["reconcile"],
+        "SUMMARY" | "SKETCH-FAILED" | "DIFF" | "SKETCH" | "ITEM-LIST" | "DIFFERENCE" => {
+            &["reconcile"]
+        }
         "SUMMARY-REQUEST" => &["final"],
         "DOCS" if to_initiator => &["reconcile", "documents"],
         "DOCS" => &["documents"],
@@ -564,6 +568,8 @@ struct FeedJob {
     dry_run: bool,
     /// Key prefixes (8 bytes of key hash) to our keys, for the buckets in play.
     local_keys: HashMap<u64, Vec<String>>,
+    /// Responder of a pull: the checkpoint its status carried, so DONE need not repeat it.
+    sent_checkpoint: Option<Vec<u8>>,
     local_items: Vec<Item>,
     /// Where each bucket's items start in `local_items` (initiator, for paging the list).
     bucket_starts: Vec<(u8, usize)>,
@@ -1227,6 +1233,7 @@ impl Session {
                 let filter = job.filter.clone();
                 let checkpoint =
                     serve_checkpoint(store, mode, &feed, &self.limits, filter.as_ref())?;
+                self.job(&feed)?.sent_checkpoint.clone_from(&checkpoint);
                 let status = summary(store, &feed, mode, checkpoint, filter.as_ref())?;
                 self.outbox.push_back(Frame::Summary { feed, status });
                 Ok(())
@@ -1251,6 +1258,9 @@ impl Session {
                     cells,
                 },
             ) => self.on_sketch(store, &feed, &buckets, seed, &cells),
+            (Role::Responder, Frame::Difference { feed, mine, yours }) => {
+                self.on_difference(store, &feed, &mine, &yours)
+            }
             (
                 Role::Responder,
                 Frame::ItemList {
@@ -1262,7 +1272,10 @@ impl Session {
             ) => self.on_item_list(store, &feed, &buckets, &items, last),
             (Role::Initiator, Frame::SketchFailed { feed }) => {
                 let job = self.job(&feed)?;
-                if job.report.path != Path::Sketch || job.phase != Phase::Reconcile(Recon::Open) {
+                if job.report.path != Path::Sketch
+                    || job.phase != Phase::Reconcile(Recon::Open)
+                    || job.sketch_cells == 0
+                {
                     return Err(SessionError::Protocol(format!(
                         "SKETCH-FAILED for `{feed}`, which has no sketch outstanding"
                     )));
@@ -1511,6 +1524,7 @@ impl Session {
                     Some(cp) => Some(cp),
                     None => serve_checkpoint(store, mode, &h.feed, &limits, filter)?,
                 };
+                job.sent_checkpoint.clone_from(&checkpoint);
                 if mode != Mode::Pull {
                     job.checkpoints.extend(h.checkpoint.clone());
                 }
@@ -1802,7 +1816,8 @@ impl Session {
                 root,
                 count,
                 cursor,
-                l1,
+                cells,
+                estimator,
                 checkpoint,
                 collected,
             } => {
@@ -1813,48 +1828,46 @@ impl Session {
                     let seen = store.peer_seen_hlc(&self.peer, feed).map_err(store_err)?;
                     self.job(feed)?.peer_collected = collected.min(seen);
                 }
-                if l1.len() != 256 * L1_RECORD {
-                    return Err(SessionError::Protocol(
-                        "level-1 summary is not 256 records".into(),
-                    ));
+                let seed = summary_seed(feed);
+                let theirs = Iblt::from_cells(unpack_cells(&cells)?, seed)
+                    .map_err(|e| SessionError::Protocol(e.to_string()))?;
+                let their_estimator = Estimator::from_bytes(&estimator).ok_or_else(|| {
+                    SessionError::Protocol(format!(
+                        "the estimator of `{feed}` is not {ESTIMATOR_COUNTERS} bytes"
+                    ))
+                })?;
+                if theirs.cells().len() != SUMMARY_CELLS {
+                    return Err(SessionError::Protocol(format!(
+                        "the summary table of `{feed}` is not {SUMMARY_CELLS} cells"
+                    )));
                 }
                 let filter = self.job(feed)?.filter.clone();
-                let mine = pack_l1(&view_l1(store, feed, filter.as_ref())?.1);
+                let (mine, my_estimator) = summary_sketch(store, feed, filter.as_ref())?;
                 let job = self.job(feed)?;
                 job.phase = Phase::Reconcile(Recon::Open);
                 job.report.peer_cursor = Some(cursor_from_wire(cursor));
                 job.report.peer_root = Some((root, count));
-                let mut mismatched = Vec::new();
-                let mut count_diff = 0u64;
-                for (b, (a, z)) in mine
-                    .chunks_exact(L1_RECORD)
-                    .zip(l1.chunks_exact(L1_RECORD))
-                    .enumerate()
-                {
-                    if a != z {
-                        mismatched.push(b as u8);
-                        let ca = u32::from_be_bytes([a[0], a[1], a[2], a[3]]);
-                        let cz = u32::from_be_bytes([z[0], z[1], z[2], z[3]]);
-                        count_diff += u64::from(ca.abs_diff(cz));
+                job.report.path = Path::Sketch;
+                job.report.sketch_cells += SUMMARY_CELLS as u64;
+                // A small difference peels from the summary's table at once: the responder
+                // hears it whole and answers as it would a sketch.
+                if let Ok((theirs_only, mine_only)) = subtract_tables(&theirs, &mine)?.decode() {
+                    let n = theirs_only.len() + mine_only.len();
+                    if n > 0 && n <= MAX_DIFFERENCE_ITEMS {
+                        self.outbox.push_back(Frame::Difference {
+                            feed: feed.to_owned(),
+                            mine: pack_items(&mine_only),
+                            yours: pack_items(&theirs_only),
+                        });
+                        return Ok(());
                     }
                 }
-                if mismatched.is_empty() {
-                    // Same level-1 summary but different roots: a fingerprint prefix collision.
-                    mismatched = (0..=255).collect();
-                }
-                // Differing keys from the share of mismatched buckets (balls in bins); a key whose
-                // entry changed is two items of the symmetric difference, an added or removed
-                // key (seen in the count differences) is one.
-                let m = mismatched.len() as f64;
-                let per_bucket = if mismatched.len() >= 256 {
-                    6.0
-                } else {
-                    -(1.0 - m / 256.0).ln()
-                };
-                let keys = (256.0 * per_bucket).max(count_diff as f64);
-                let items = (2.0 * keys - count_diff as f64).max(count_diff as f64);
-                let estimate = (items * 1.15).ceil() as usize + 4;
-                collect_items(store, job, &mismatched)?;
+                // Otherwise a sketch of every item, sized from the estimate (or a plain list
+                // when that is not smaller).
+                let estimate = their_estimator.difference(&my_estimator).ceil() as usize;
+                let all: Vec<u8> = (0..=255).collect();
+                let job = self.job(feed)?;
+                collect_items(store, job, &all)?;
                 job.sketch_cells = iblt::cells_for(estimate);
                 // A plain list is cheaper when our side of the buckets is small, and the only
                 // way when the difference is too large for one sketch frame.
@@ -1946,21 +1959,7 @@ impl Session {
         for i in &job.local_items {
             mine.insert(i);
         }
-        // Subtract with counts modulo 2^16, as they travelled.
-        let cells: Vec<Cell> = theirs
-            .cells()
-            .iter()
-            .zip(mine.cells())
-            .map(|(t, m)| Cell {
-                count: i64::from((t.count as u16).wrapping_sub(m.count as u16) as i16),
-                key_sum: t.key_sum ^ m.key_sum,
-                leaf_sum: t.leaf_sum ^ m.leaf_sum,
-                check_sum: t.check_sum ^ m.check_sum,
-            })
-            .collect();
-        let diff =
-            Iblt::from_cells(cells, seed).map_err(|e| SessionError::Protocol(e.to_string()))?;
-        match diff.decode() {
+        match subtract_tables(&theirs, &mine)?.decode() {
             Ok((theirs_only, mine_only)) => {
                 self.responder_resolve(store, feed, &theirs_only, &mine_only, true)
             }
@@ -1974,6 +1973,48 @@ impl Session {
                 Ok(())
             }
         }
+    }
+
+    /// The difference the initiator peeled from the `summary` status's table. Of the items it
+    /// says this side holds, only those that are entries here as named are taken: the rest
+    /// cannot be answered and the run's closing roots will tell.
+    fn on_difference(
+        &mut self,
+        store: &Store,
+        feed: &str,
+        mine: &[u8],
+        yours: &[u8],
+    ) -> Result<(), SessionError> {
+        let theirs_only = unpack_items(mine)?;
+        let claimed = unpack_items(yours)?;
+        if theirs_only.len() + claimed.len() > MAX_DIFFERENCE_ITEMS {
+            return Err(SessionError::Protocol(format!(
+                "DIFFERENCE for `{feed}` names {} items, over {MAX_DIFFERENCE_ITEMS}",
+                theirs_only.len() + claimed.len()
+            )));
+        }
+        let job = self.job(feed)?;
+        if job.phase != Phase::Reconcile(Recon::Open) {
+            return Err(SessionError::Protocol(format!(
+                "DIFFERENCE for `{feed}` after its difference was settled"
+            )));
+        }
+        job.report.path = Path::Sketch;
+        job.local_items.clear();
+        job.local_keys.clear();
+        job.bucket_starts.clear();
+        let mut mine_only = Vec::new();
+        for item in claimed {
+            for (kh, e) in
+                view_entries_under(store, feed, &item.key.to_be_bytes(), job.filter.as_ref())?
+            {
+                if Item::new(kh.as_bytes(), merkle::leaf(&e.key, &e.value.doc).as_bytes()) == item {
+                    job.local_keys.entry(item.key).or_default().push(e.key);
+                    mine_only.push(item);
+                }
+            }
+        }
+        self.responder_resolve(store, feed, &theirs_only, &mine_only, true)
     }
 
     /// One page of the initiator's item list: the difference in its buckets is answered at
@@ -2908,6 +2949,9 @@ impl Session {
         } else {
             None
         };
+        // One the initiator already holds from this run's status is not sent again.
+        let job = self.job(feed)?;
+        let checkpoint = checkpoint.filter(|cp| job.sent_checkpoint.as_ref() != Some(cp));
         self.outbox.push_back(Frame::Done {
             feed: feed.to_owned(),
             root: root.0,
@@ -3047,36 +3091,49 @@ fn checkpoint_filter_matches(cp: &[u8], filter: Option<&Filter>) -> Result<(), S
     ))
 }
 
-/// A feed's root and non-empty level-1 nodes as a run sees them (one read of the feed when
-/// filtered).
-fn view_l1(
+/// The seed of a feed's `summary` table: fixed per feed, so each side builds its own alike.
+pub(crate) fn summary_seed(feed: &str) -> u64 {
+    sketch_seed(feed, &[0xff; 32])
+}
+
+/// The `summary` status's table ([`SUMMARY_CELLS`] cells) and estimator of every item of the
+/// feed as the run sees it: one read of the feed, bucket by bucket, keeping nothing else.
+fn summary_sketch(
     store: &Store,
     feed: &str,
     filter: Option<&Filter>,
-) -> Result<(NodeSummary, Vec<(u8, NodeSummary)>), SessionError> {
-    Ok(match filter {
-        Some(f) => {
-            let s = store.filtered_summary(feed, f).map_err(store_err)?;
-            (s.root, s.l1)
+) -> Result<(Iblt, Estimator), SessionError> {
+    let mut table = Iblt::new(SUMMARY_CELLS, summary_seed(feed))
+        .map_err(|e| SessionError::Protocol(e.to_string()))?;
+    let mut estimator = Estimator::new();
+    for b in 0..=255u8 {
+        for (kh, e) in view_entries_under(store, feed, &[b], filter)? {
+            let item = Item::new(kh.as_bytes(), merkle::leaf(&e.key, &e.value.doc).as_bytes());
+            table.insert(&item);
+            estimator.insert(&item);
         }
-        None => (
-            store.feed_summary(feed).map_err(store_err)?.root,
-            store.merkle_children(feed, &[]).map_err(store_err)?,
-        ),
-    })
-}
-
-fn pack_l1(nodes: &[(u8, NodeSummary)]) -> Vec<u8> {
-    let mut out = vec![0u8; 256 * L1_RECORD];
-    for &(b, n) in nodes {
-        let at = b as usize * L1_RECORD;
-        out[at..at + 4].copy_from_slice(&(n.count.min(u32::MAX as u64) as u32).to_be_bytes());
-        out[at + 4..at + 12].copy_from_slice(&n.fingerprint.as_bytes()[..8]);
     }
-    out
+    Ok((table, estimator))
 }
 
-fn summary(
+/// A peer's table less this side's, with counts modulo 2^16 as they travelled.
+fn subtract_tables(theirs: &Iblt, mine: &Iblt) -> Result<Iblt, SessionError> {
+    let cells: Vec<Cell> = theirs
+        .cells()
+        .iter()
+        .zip(mine.cells())
+        .map(|(t, m)| Cell {
+            count: i64::from((t.count as u16).wrapping_sub(m.count as u16) as i16),
+            key_sum: t.key_sum ^ m.key_sum,
+            leaf_sum: t.leaf_sum ^ m.leaf_sum,
+            check_sum: t.check_sum ^ m.check_sum,
+        })
+        .collect();
+    Iblt::from_cells(cells, theirs.seed()).map_err(|e| SessionError::Protocol(e.to_string()))
+}
+
+/// The `summary` status of a feed as this side holds it.
+pub(crate) fn summary(
     store: &Store,
     feed: &str,
     mode: Mode,
@@ -3084,12 +3141,17 @@ fn summary(
     filter: Option<&Filter>,
 ) -> Result<FeedStatus, SessionError> {
     let record = store.feed(feed).map_err(store_err)?;
-    let (root, l1) = view_l1(store, feed, filter)?;
+    let root = match filter {
+        Some(f) => store.filtered_summary(feed, f).map_err(store_err)?.root,
+        None => store.feed_summary(feed).map_err(store_err)?.root,
+    };
+    let (table, estimator) = summary_sketch(store, feed, filter)?;
     Ok(FeedStatus::Summary {
         root: *root.fingerprint.as_bytes(),
         count: root.count,
         cursor: cursor_to_wire(record.cursor()),
-        l1: pack_l1(&l1),
+        cells: pack_cells(&table),
+        estimator: estimator.as_bytes().to_vec(),
         checkpoint,
         collected: if mode == Mode::Mirror {
             record.collected_hlc

@@ -240,6 +240,34 @@ fn hundred_differences_among_100k_cost_at_most_3_round_trips_and_200_bytes_each(
 }
 
 #[test]
+fn one_difference_among_100k_without_a_cursor_costs_under_1kb_more_than_a_noop() {
+    let (_d, hub, spoke) = big_copy();
+    let noop = converge(
+        &spoke,
+        &hub,
+        config(Mode::Pull, &["demo"]),
+        Link::far_lossy(),
+        "demo",
+    );
+    publish(&hub, "demo", 200_000, 200_001, 24);
+    let o = converge(
+        &spoke,
+        &hub,
+        config(Mode::Pull, &["demo"]),
+        Link::far_lossy(),
+        "demo",
+    );
+    assert_eq!(o.round_trips, 2, "{o:?}");
+    let extra = o.protocol_bytes() - noop.protocol_bytes();
+    assert!(extra < 1024, "{extra} bytes more than a no-op ({o:?})");
+    let r = &o.initiator[0];
+    // Peeled from the summary's own table: no sketch was sent.
+    assert_eq!(r.path, SyncPath::Sketch);
+    assert_eq!(r.sketch_cells, crate::iblt::SUMMARY_CELLS as u64);
+    assert_eq!(r.docs_applied, 1);
+}
+
+#[test]
 fn second_pull_uses_the_change_log() {
     let (_d, hub, spoke) = big_copy();
     let cursor = hub.feed("demo").unwrap().cursor();
@@ -866,7 +894,8 @@ mod phases {
                     root: [1; 32],
                     count: 1,
                     cursor: WireCursor { epoch: 0, seq: 0 },
-                    l1: vec![0; 3072],
+                    cells: vec![0; 12 * 26],
+                    estimator: vec![0; 256],
                     checkpoint: None,
                     collected: 0,
                 },
@@ -878,6 +907,11 @@ mod phases {
                 cells: Vec::new(),
             },
             "SKETCH-FAILED" => Frame::SketchFailed { feed },
+            "DIFFERENCE" => Frame::Difference {
+                feed,
+                mine: Vec::new(),
+                yours: Vec::new(),
+            },
             "ITEM-LIST" => Frame::ItemList {
                 feed,
                 buckets: vec![0; 32],
@@ -956,7 +990,7 @@ mod phases {
                 }
             }
         }
-        assert_eq!(seen.iter().sum::<usize>(), 2 * 3 * 7 * 9);
+        assert_eq!(seen.iter().sum::<usize>(), 2 * 3 * 7 * 10);
         assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
     }
 }

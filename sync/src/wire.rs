@@ -1,22 +1,23 @@
-//! Wire types of `cairn/sync/3` and their framing: a 4-byte big-endian length, then one CBOR
+//! Wire types of `cairn/sync/4` and their framing: a 4-byte big-endian length, then one CBOR
 //! item. The length is checked against [`MAX_FRAME`] before anything is allocated. These types
 //! are only for the wire; [`crate::proto`] converts them to and from store types explicitly.
 //! `wire-spec/README.md` is the normative description.
 
 use serde::{Deserialize, Serialize};
 
-/// Protocol version carried in HELLO (and in the ALPN `cairn/sync/3`).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// Protocol version carried in HELLO (and in the ALPN `cairn/sync/4`).
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The ALPN of this protocol version.
-pub const ALPN: &[u8] = b"cairn/sync/3";
+pub const ALPN: &[u8] = b"cairn/sync/4";
 /// Largest frame body accepted.
 pub const MAX_FRAME: usize = 8 << 20;
 /// Most feeds one NOTIFY names.
 pub const MAX_NOTIFY_FEEDS: usize = 1024;
 /// Nesting limit for frame bodies.
 pub const MAX_NESTING: usize = 16;
-/// Bytes of one level-1 summary record: count (u32 BE) and 8 bytes of fingerprint.
-pub const L1_RECORD: usize = 12;
+/// Most items a DIFFERENCE frame names, both sides together: what the `summary` status's
+/// table can give when it peels, with room to spare.
+pub const MAX_DIFFERENCE_ITEMS: usize = 64;
 /// Bytes of one packed IBLT cell: count modulo 2^16 (u16 BE), key, leaf, check (u64 BE each).
 pub const CELL_BYTES: usize = 26;
 
@@ -130,7 +131,8 @@ pub enum FeedStatus {
         #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
         checkpoint: Option<Vec<u8>>,
     },
-    /// The responder's level-1 summary: 256 records of [`L1_RECORD`] bytes.
+    /// The responder's summary of a feed it holds otherwise: a small table of all its items and
+    /// an estimator of the difference, for the initiator to peel at once or to size a sketch.
     Summary {
         /// Root.
         #[serde(with = "serde_bytes")]
@@ -139,9 +141,13 @@ pub enum FeedStatus {
         count: u64,
         /// Cursor.
         cursor: WireCursor,
-        /// Packed level-1 records, bucket 0 first.
+        /// An IBLT of every item, [`crate::iblt::SUMMARY_CELLS`] packed cells of
+        /// [`CELL_BYTES`], seeded from the feed name (wire-spec section 5).
         #[serde(with = "serde_bytes")]
-        l1: Vec<u8>,
+        cells: Vec<u8>,
+        /// The count sketch of every item: [`crate::iblt::ESTIMATOR_COUNTERS`] bytes.
+        #[serde(with = "serde_bytes")]
+        estimator: Vec<u8>,
         /// Pull: the responder's signed checkpoint.
         #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
         checkpoint: Option<Vec<u8>>,
@@ -241,6 +247,18 @@ pub enum Frame {
     SketchFailed {
         /// Feed.
         feed: String,
+    },
+    /// Initiator -> responder: the whole difference, peeled from the `summary` status's
+    /// table, for the responder to answer with DIFF as it would a sketch it decoded.
+    Difference {
+        /// Feed.
+        feed: String,
+        /// Packed items (16 bytes each) the initiator holds and the responder does not.
+        #[serde(with = "serde_bytes")]
+        mine: Vec<u8>,
+        /// Packed items the responder holds and the initiator does not.
+        #[serde(with = "serde_bytes")]
+        yours: Vec<u8>,
     },
     /// Every item of the sender in the named buckets, 16 bytes each (key hash 8, leaf 8). A
     /// long list travels as several pages, each covering whole buckets of its own.
@@ -430,6 +448,7 @@ impl Frame {
             Frame::Summary { .. } => "SUMMARY",
             Frame::Sketch { .. } => "SKETCH",
             Frame::SketchFailed { .. } => "SKETCH-FAILED",
+            Frame::Difference { .. } => "DIFFERENCE",
             Frame::ItemList { .. } => "ITEM-LIST",
             Frame::Diff { .. } => "DIFF",
             Frame::Docs { .. } => "DOCS",
@@ -451,6 +470,7 @@ impl Frame {
             | Frame::Summary { feed, .. }
             | Frame::Sketch { feed, .. }
             | Frame::SketchFailed { feed, .. }
+            | Frame::Difference { feed, .. }
             | Frame::ItemList { feed, .. }
             | Frame::Diff { feed, .. }
             | Frame::Docs { feed, .. }

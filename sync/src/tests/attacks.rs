@@ -384,27 +384,11 @@ fn initiator_after_summary(spoke: &Store, hub: &Store) -> Session {
     c.peer = hub.identity().public_key();
     let mut s = Session::initiator(spoke, c).unwrap();
     drain(&mut s, spoke);
-    let sum = hub.feed_summary("demo").unwrap();
-    let mut l1 = vec![0u8; 256 * 12];
-    for (b, n) in hub.merkle_children("demo", &[]).unwrap() {
-        let at = b as usize * 12;
-        l1[at..at + 4].copy_from_slice(&(n.count as u32).to_be_bytes());
-        l1[at + 4..at + 12].copy_from_slice(&n.fingerprint.as_bytes()[..8]);
-    }
+    let cp = hub.sign_checkpoint("demo", 3600).unwrap().bytes().to_vec();
     s.handle(
         spoke,
         Frame::HelloReply {
-            feeds: vec![FeedStatus::Summary {
-                root: *sum.root.fingerprint.as_bytes(),
-                count: sum.root.count,
-                cursor: crate::wire::WireCursor {
-                    epoch: sum.feed.epoch,
-                    seq: sum.feed.seq,
-                },
-                l1,
-                checkpoint: Some(hub.sign_checkpoint("demo", 3600).unwrap().bytes().to_vec()),
-                collected: 0,
-            }],
+            feeds: vec![crate::proto::summary(hub, "demo", Mode::Pull, Some(cp), None).unwrap()],
             log: None,
         },
         None,
@@ -1011,4 +995,87 @@ fn a_filter_in_a_write_on_the_system_set_or_over_the_limits_is_refused_at_hello(
         assert!(reason.contains(why), "{mode:?} {feed}: {reason}");
     }
     assert_eq!(root(&hub, "demo").count, 3);
+}
+
+/// A responder that answered HELLO for `demo` with its summary: what DIFFERENCE meets.
+fn responder_after_summary(hub: &Store, spoke: &Store) -> Session {
+    let mut s = responder(spoke);
+    s.handle(
+        hub,
+        hello(spoke, Mode::Pull, "good", &["demo"]),
+        Some(&AllowAll),
+    );
+    let reply = drain(&mut s, hub);
+    assert!(
+        matches!(&reply[0], Frame::HelloReply { feeds, .. } if matches!(feeds[0], FeedStatus::Summary { .. })),
+        "{reply:?}"
+    );
+    s
+}
+
+fn difference(mine: &[u8], yours: &[u8]) -> Frame {
+    Frame::Difference {
+        feed: "demo".into(),
+        mine: mine.to_vec(),
+        yours: yours.to_vec(),
+    }
+}
+
+#[test]
+fn a_difference_claiming_what_the_responder_does_not_hold_gets_nothing_and_a_long_one_is_refused() {
+    let (_d, hub, spoke) = small_pair();
+    publish(&hub, "demo", 0, 5, 10);
+    let held = hub.entries("demo").unwrap();
+    let real = {
+        let e = &held[0];
+        let kh = cairn_store::merkle::key_hash(&e.key);
+        let leaf = cairn_store::merkle::leaf(&e.key, &e.value.doc);
+        [&kh.as_bytes()[..8], &leaf.as_bytes()[..8]].concat()
+    };
+    // An item of a held key with another leaf, and one of no key at all: neither is answered.
+    let mut wrong_leaf = real.clone();
+    wrong_leaf[15] ^= 1;
+    let made_up = [7u8; 16];
+    let mut s = responder_after_summary(&hub, &spoke);
+    s.handle(
+        &hub,
+        difference(&[], &[wrong_leaf, made_up.to_vec()].concat()),
+        None,
+    );
+    let out = drain(&mut s, &hub);
+    assert!(s.error().is_none(), "{:?}", s.error());
+    let sent: usize = out
+        .iter()
+        .map(|f| match f {
+            Frame::Diff { docs, .. } | Frame::Docs { docs, .. } => docs.len(),
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(sent, 0, "{out:?}");
+    // Said twice, it is out of turn.
+    s.handle(&hub, difference(&[], &real), None);
+    assert!(
+        matches!(s.error(), Some(SessionError::Protocol(_))),
+        "{:?}",
+        s.error()
+    );
+
+    // The real item is answered with its document.
+    let mut s = responder_after_summary(&hub, &spoke);
+    s.handle(&hub, difference(&[], &real), None);
+    let out = drain(&mut s, &hub);
+    assert!(
+        out.iter()
+            .any(|f| matches!(f, Frame::Diff { docs, .. } if docs.len() == 1)),
+        "{out:?}"
+    );
+
+    // More items than a summary's table can give is a protocol error.
+    let mut s = responder_after_summary(&hub, &spoke);
+    s.handle(&hub, difference(&[3u8; 16 * 65], &[]), None);
+    assert_eq!(
+        error_code(&drain(&mut s, &hub)),
+        Some(crate::wire::code::PROTOCOL)
+    );
+    assert_eq!(root(&hub, "demo").count, 5);
 }

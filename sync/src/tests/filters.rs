@@ -92,14 +92,16 @@ fn swap_checkpoints(from_initiator: bool, frame: Frame, cp: &[u8], done: bool) -
                         root,
                         count,
                         cursor,
-                        l1,
+                        cells,
+                        estimator,
                         collected,
                         ..
                     } => FeedStatus::Summary {
                         root,
                         count,
                         cursor,
-                        l1,
+                        cells,
+                        estimator,
                         checkpoint: cp.clone(),
                         collected,
                     },

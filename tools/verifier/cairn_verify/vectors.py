@@ -31,12 +31,13 @@ FIELDS = {
     "equal": ["cursor", "checkpoint"],
     "log-status": ["root", "count", "cursor", "changes", "checkpoint"],
     "change": ["key", "doc"],
-    "summary-status": ["root", "count", "cursor", "l1", "checkpoint", "collected"],
+    "summary-status": ["root", "count", "cursor", "cells", "estimator", "checkpoint", "collected"],
     "refused": ["code", "reason"],
     "summary-request": ["feed"],
     "summary": ["feed", "status"],
     "sketch": ["feed", "buckets", "seed", "cells"],
     "sketch-failed": ["feed"],
+    "difference": ["feed", "mine", "yours"],
     "item-list": ["feed", "buckets", "items", "last"],
     "diff": ["feed", "docs", "remove", "want", "absent", "blobs", "last", "more"],
     "docs": ["feed", "docs", "blobs", "last", "seq"],
@@ -76,8 +77,8 @@ def check_status(s):
     if kind == "log":
         for c in body["changes"]:
             check_order("change", c)
-    if kind == "summary" and len(body["l1"]) != 3072:
-        raise Mismatch("summary l1 is not 3072 bytes")
+    if kind == "summary" and (len(body["cells"]) != 12 * 26 or len(body["estimator"]) != 256):
+        raise Mismatch("summary is not 12 cells of 26 bytes and 256 counters")
     if "cursor" in body:
         check_order("cursor", body["cursor"])
 
@@ -120,8 +121,9 @@ def check_values(name, f, feed, blob):
         (kind, body), = s.items()
         if "root" in body and (body["root"] != root or body["count"] != feed["root"]["count"]):
             raise Mismatch("root or count is not the vector feed's")
-        if kind == "summary" and body["l1"].hex() != feed["l1"]:
-            raise Mismatch("l1 is not the vector feed's")
+        if kind == "summary" and (body["cells"].hex() != feed["summary"]["cells"]
+                                  or body["estimator"].hex() != feed["summary"]["estimator"]):
+            raise Mismatch("the summary's table or estimator is not the vector feed's")
 
     if name == "hello":
         for h in f["feeds"]:
@@ -139,6 +141,10 @@ def check_values(name, f, feed, blob):
                     len(f["cells"]) // 26, f["seed"])
         if f["cells"] != want or f["buckets"].hex() != feed["buckets"]:
             raise Mismatch("cells are not the IBLT of the vector feed's items")
+    if name == "difference":
+        got = [b[i:i + 16] for b in (f["mine"], f["yours"]) for i in range(0, len(b), 16)]
+        if any(i not in items for i in got):
+            raise Mismatch("items are not the vector feed's")
     if name == "item-list":
         got = [f["items"][i:i + 16] for i in range(0, len(f["items"]), 16)]
         if any(i not in items for i in got):
@@ -264,7 +270,7 @@ def documents(data):
 
 
 # ---------------------------------------------------------------------------------------------
-# Merkle values, items, level-1 summary and the IBLT (sections 1, 2 and 5)
+# Merkle values, items, the summary's table and estimator, and the IBLT (sections 1, 2 and 5)
 
 M64 = (1 << 64) - 1
 
@@ -299,9 +305,24 @@ def iblt(items, cells, seed):
     return b"".join(struct.pack(">HQQQ", c[0] % 65536, c[1], c[2], c[3]) for c in table)
 
 
+ESTIMATOR_SALT = 0x636169726E657374
+
+
+def estimator(items):
+    counters = [0] * 256
+    for key, lf in items:
+        h = mix(key ^ mix(lf ^ ESTIMATOR_SALT))
+        counters[h & 0xFF] += -1 if h & 0x100 else 1
+    return bytes(c % 256 for c in counters)
+
+
+def summary_seed(feed):
+    return int.from_bytes(blake3.blake3(feed.encode() + b"\xff" * 32).digest()[:8], "big")
+
+
 def merkle(data):
     problems = []
-    total, count, l1, bits, items = 0, 0, {}, bytearray(32), []
+    total, count, bits, items = 0, 0, bytearray(32), []
     for e in data["entries"]:
         kh = blake3.blake3(e["key"].encode()).digest()
         lf = leaf(e["key"], bytes.fromhex(e["doc"]))
@@ -312,17 +333,13 @@ def merkle(data):
         items.append((int.from_bytes(kh[:8], "big"), int.from_bytes(lf[:8], "big")))
         total = (total + int.from_bytes(lf, "little")) % (1 << 256)
         count += 1
-        b = l1.setdefault(kh[0], [0, 0])
-        b[0] += 1
-        b[1] = (b[1] + int.from_bytes(lf, "little")) % (1 << 256)
         bits[kh[0] // 8] |= 1 << (kh[0] % 8)
     if data["root"] != {"count": count, "fingerprint": total.to_bytes(32, "little").hex()}:
         problems.append("merkle: root")
-    packed = bytearray(3072)
-    for b, (n, fp) in l1.items():
-        packed[b * 12:b * 12 + 12] = struct.pack(">I", n) + fp.to_bytes(32, "little")[:8]
-    if packed.hex() != data["l1"]:
-        problems.append("merkle: level-1 summary")
+    sm = data["summary"]
+    if (sm["seed"] != summary_seed("pypi") or iblt(items, 12, sm["seed"]).hex() != sm["cells"]
+            or estimator(items).hex() != sm["estimator"]):
+        problems.append("merkle: the summary's table or estimator")
     if bits.hex() != data["buckets"]:
         problems.append("merkle: bucket bitmap")
     t = data["iblt"]
