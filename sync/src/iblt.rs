@@ -137,8 +137,9 @@ impl Iblt {
         self.seed
     }
 
+    /// The item's checksum: 32 bits, as cells carry it.
     fn check(&self, item: &Item) -> u64 {
-        mix(item.key ^ mix(item.leaf ^ self.seed))
+        mix(item.key ^ mix(item.leaf ^ self.seed)) & 0xffff_ffff
     }
 
     fn positions(&self, item: &Item) -> [usize; HASH_COUNT] {

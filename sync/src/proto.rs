@@ -749,7 +749,7 @@ pub(crate) fn pack_cells(t: &Iblt) -> Vec<u8> {
         out.extend_from_slice(&(c.count as u16).to_be_bytes());
         out.extend_from_slice(&c.key_sum.to_be_bytes());
         out.extend_from_slice(&c.leaf_sum.to_be_bytes());
-        out.extend_from_slice(&c.check_sum.to_be_bytes());
+        out.extend_from_slice(&(c.check_sum as u32).to_be_bytes());
     }
     out
 }
@@ -777,7 +777,7 @@ fn unpack_cells(b: &[u8]) -> Result<Vec<Cell>, SessionError> {
             count: i64::from(u16::from_be_bytes([c[0], c[1]])),
             key_sum: u64_at(c, 2),
             leaf_sum: u64_at(c, 10),
-            check_sum: u64_at(c, 18),
+            check_sum: u64::from(u32::from_be_bytes([c[18], c[19], c[20], c[21]])),
         })
         .collect())
 }
@@ -2543,10 +2543,7 @@ impl Session {
                         self.stats.blobs_sent += 1;
                         self.stats.blob_bytes_sent += data.len() as u64;
                         self.stats.blob_bytes_due += data.len() as u64;
-                        blobs.push(SmallBlob {
-                            hash: *f.blob.as_bytes(),
-                            data,
-                        });
+                        blobs.push(SmallBlob { data });
                     }
                 }
             }
@@ -2615,21 +2612,39 @@ impl Session {
             }
             verified.push(v);
         }
-        // Small blobs: only those a document of this frame names, each against its hash.
+        // Small blobs: only those a document of this frame names. They travel without their
+        // hash: the bytes' hash must be one a document names, at the size it gives.
         let named: HashMap<Hash, u64> = verified
             .iter()
             .flat_map(|v| v.blobs().iter().copied())
             .collect();
+        let named_sizes: HashSet<u64> = named.values().copied().collect();
         let mut checked = Vec::with_capacity(small.len());
         for b in &small {
-            let want = Hash::from_bytes(b.hash);
             let size = b.data.len() as u64;
-            if named.get(&want) != Some(&size) || size > cairn_store::blob::INLINE_MAX {
+            if size > cairn_store::blob::INLINE_MAX {
                 return Err(SessionError::Protocol(format!(
-                    "small blob {want} of {size} bytes that no document of its frame names"
+                    "small blob of {size} bytes, over the inline limit"
                 )));
             }
-            checked.push((want, &b.data[..]));
+            let hash = Hash::of(&b.data);
+            if named.get(&hash) != Some(&size) {
+                if named_sizes.contains(&size) {
+                    // The size of a blob a document names, other bytes: changed on the way.
+                    tracing::warn!(
+                        feed,
+                        size,
+                        "peer sent a small blob whose bytes match no hash its documents name"
+                    );
+                    return Err(SessionError::BadData(format!(
+                        "a small blob of {size} bytes matches no blob its documents name: its bytes do not match its hash"
+                    )));
+                }
+                return Err(SessionError::Protocol(format!(
+                    "small blob {hash} of {size} bytes that no document of its frame names"
+                )));
+            }
+            checked.push((hash, &b.data[..]));
         }
         let mut pins = Vec::with_capacity(checked.len());
         if !checked.is_empty() {

@@ -894,7 +894,7 @@ mod phases {
                     root: [1; 32],
                     count: 1,
                     cursor: WireCursor { epoch: 0, seq: 0 },
-                    cells: vec![0; 12 * 26],
+                    cells: vec![0; 12 * 22],
                     estimator: vec![0; 256],
                     checkpoint: None,
                     collected: 0,

@@ -392,7 +392,6 @@ pub fn frames() -> Vec<(&'static str, Frame)> {
     let cp = || Some(checkpoint.bytes().to_vec());
     let small = blob_content(5);
     let small_blob = SmallBlob {
-        hash: *Hash::of(&small).as_bytes(),
         data: small.clone(),
     };
     let big = blob_content(100_000);

@@ -18,8 +18,9 @@ pub const MAX_NESTING: usize = 16;
 /// Most items a DIFFERENCE frame names, both sides together: what the `summary` status's
 /// table can give when it peels, with room to spare.
 pub const MAX_DIFFERENCE_ITEMS: usize = 64;
-/// Bytes of one packed IBLT cell: count modulo 2^16 (u16 BE), key, leaf, check (u64 BE each).
-pub const CELL_BYTES: usize = 26;
+/// Bytes of one packed IBLT cell: count modulo 2^16 (u16 BE), key and leaf (u64 BE each),
+/// check (u32 BE).
+pub const CELL_BYTES: usize = 22;
 
 /// Where content flows, from the initiator's point of view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -397,10 +398,7 @@ pub enum Frame {
 /// A small blob (at most one chunk group) sent whole beside the documents that name it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SmallBlob {
-    /// Blob hash; the receiver checks the bytes against it.
-    #[serde(with = "serde_bytes")]
-    pub hash: [u8; 32],
-    /// The bytes.
+    /// The bytes; their BLAKE3 hash must be a blob a document of the same frame names.
     #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }

@@ -469,13 +469,7 @@ fn documents_are_verified_before_any_blob_they_name_is_stored_or_asked_for() {
         let mut s = initiator_after_summary(&spoke, &hub);
         s.handle(
             &spoke,
-            diff_with(
-                vec![doc],
-                vec![SmallBlob {
-                    hash: *hash.as_bytes(),
-                    data: data.clone(),
-                }],
-            ),
+            diff_with(vec![doc], vec![SmallBlob { data: data.clone() }]),
             None,
         );
         let out = drain(&mut s, &spoke);
@@ -512,7 +506,6 @@ fn small_blobs_no_document_of_the_frame_names_are_refused() {
         diff_with(
             vec![doc],
             vec![SmallBlob {
-                hash: *Hash::of(&stray).as_bytes(),
                 data: stray.clone(),
             }],
         ),
@@ -539,13 +532,7 @@ fn a_small_blob_whose_bytes_do_not_match_the_name_its_document_gives_is_refused(
     let mut s = initiator_after_summary(&spoke, &hub);
     s.handle(
         &spoke,
-        diff_with(
-            vec![doc],
-            vec![SmallBlob {
-                hash: *named.as_bytes(),
-                data: forged,
-            }],
-        ),
+        diff_with(vec![doc], vec![SmallBlob { data: forged }]),
         None,
     );
     assert!(
@@ -639,7 +626,7 @@ fn a_withheld_entry_leaves_a_replica_no_checkpoint_covers() {
             // The document and the small blob it names, so the rest looks consistent.
             if let Some(gone) = docs.pop() {
                 let m: Manifest = SignedDocument::decode(&gone).unwrap().payload().unwrap();
-                blobs.retain(|b| b.hash != *m.files[0].blob.as_bytes());
+                blobs.retain(|b| Hash::of(&b.data) != m.files[0].blob);
             }
             vec![Frame::Diff {
                 feed,
