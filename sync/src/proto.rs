@@ -637,6 +637,7 @@ impl FeedJob {
         self.pending_removals.clear();
         self.pending_stale.clear();
         self.sketch_retries = 0;
+        self.sketch_cells = 0;
     }
 
     fn fail(&mut self, reason: String) {

@@ -1066,3 +1066,63 @@ fn a_difference_claiming_what_the_responder_does_not_hold_gets_nothing_and_a_lon
     );
     assert_eq!(root(&hub, "demo").count, 5);
 }
+
+#[test]
+fn a_summary_with_a_table_or_estimator_of_the_wrong_shape_is_refused_and_nothing_applied() {
+    let (_d, hub, spoke) = small_pair();
+    publish(&hub, "demo", 0, 3, 10);
+    let cp = hub.sign_checkpoint("demo", 3600).unwrap().bytes().to_vec();
+    let good = crate::proto::summary(&hub, "demo", Mode::Pull, Some(cp), None).unwrap();
+    let reshaped = |cells: usize, counters: usize| match good.clone() {
+        FeedStatus::Summary {
+            root,
+            count,
+            cursor,
+            cells: c,
+            estimator: e,
+            checkpoint,
+            collected,
+        } => FeedStatus::Summary {
+            root,
+            count,
+            cursor,
+            cells: c
+                .iter()
+                .copied()
+                .cycle()
+                .take(cells * crate::wire::CELL_BYTES)
+                .collect(),
+            estimator: e.iter().copied().cycle().take(counters).collect(),
+            checkpoint,
+            collected,
+        },
+        _ => unreachable!("a summary"),
+    };
+    for (what, status) in [
+        ("16 cells", reshaped(16, 256)),
+        ("no cells", reshaped(0, 256)),
+        ("255 counters", reshaped(12, 255)),
+        ("257 counters", reshaped(12, 257)),
+    ] {
+        let mut c = config(Mode::Pull, &["demo"]);
+        c.peer = hub.identity().public_key();
+        let mut s = Session::initiator(&spoke, c).unwrap();
+        drain(&mut s, &spoke);
+        s.handle(
+            &spoke,
+            Frame::HelloReply {
+                feeds: vec![status],
+                log: None,
+            },
+            None,
+        );
+        let out = drain(&mut s, &spoke);
+        assert!(
+            matches!(s.error(), Some(SessionError::Protocol(_))),
+            "{what}: {:?}",
+            s.error()
+        );
+        assert_eq!(error_code(&out), Some(code::PROTOCOL), "{what}");
+        assert_eq!(root(&spoke, "demo").count, 0, "{what}");
+    }
+}
