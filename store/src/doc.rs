@@ -291,7 +291,9 @@ impl Envelope {
             DocType::from_name(&type_name).ok_or_else(|| DocumentError::UnknownType {
                 found: type_name.chars().take(64).collect(),
             })?;
-        let signer = PublicKey::from_bytes(key).ok_or(DocumentError::InvalidKey)?;
+        // Not decompressed here: the signature check does it (decode_many once per signer),
+        // and an invalid key fails there as `InvalidKey`.
+        let signer = PublicKey(key);
         let sig: [u8; 64] = sig
             .as_slice()
             .try_into()
@@ -487,13 +489,32 @@ impl SignedDocument {
         })
     }
 
-    /// The signer named in envelope `bytes`, *without* checking the signature: for documents
-    /// read back from this store (checked when stored) on their way to a peer, which checks
-    /// them itself.
-    pub fn peek_signer(bytes: &[u8]) -> Result<PublicKey, DocumentError> {
+    /// The signer's key bytes named in envelope `bytes` and, when the document is a `P`
+    /// whose payload decodes, the payload, from one parse and checking neither the signature
+    /// nor the key: for planning, as [`SignedDocument::peek_payload`].
+    pub fn peek_signer_and_payload<P: Payload>(
+        bytes: &[u8],
+    ) -> Result<([u8; 32], Option<P>), DocumentError> {
+        let WireEnvelope(version, type_name, key, payload, _sig) =
+            cbor::from_canonical(bytes, MAX_DOCUMENT_BYTES)
+                .map_err(|e| DocumentError::MalformedEnvelope(e.to_string()))?;
+        if version != ENVELOPE_VERSION {
+            return Err(DocumentError::UnknownEnvelopeVersion { found: version });
+        }
+        let payload = match DocType::from_name(&type_name) {
+            Some(t) if t == P::TYPE => cbor::from_canonical(&payload, MAX_DOCUMENT_BYTES).ok(),
+            _ => None,
+        };
+        Ok((key, payload))
+    }
+
+    /// The signer's key bytes named in envelope `bytes`, checking neither the signature nor
+    /// the key ([`PublicKey::from_bytes`] does): for documents read back from this store
+    /// (checked when stored) on their way to a peer, which checks them itself.
+    pub fn peek_signer(bytes: &[u8]) -> Result<[u8; 32], DocumentError> {
         let WireEnvelope(_, _, key, _, _) = cbor::from_canonical(bytes, MAX_DOCUMENT_BYTES)
             .map_err(|e| DocumentError::MalformedEnvelope(e.to_string()))?;
-        PublicKey::from_bytes(key).ok_or(DocumentError::InvalidKey)
+        Ok(key)
     }
 
     /// The same payload signed by `key` instead: for an instance that moves to a new key and

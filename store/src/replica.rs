@@ -314,10 +314,18 @@ impl Store {
         rule: ApplyRule,
     ) -> Result<Vec<Result<(String, Applied)>>> {
         let f = self.feed(feed)?;
+        let mut trust: std::collections::HashMap<crate::PublicKey, bool> =
+            std::collections::HashMap::new();
         let checked = docs
             .into_iter()
             .map(|v| {
-                let trusted = self.is_trusted(&f.name, &v.doc.signer())?;
+                let signer = v.doc.signer();
+                let trusted = match trust.get(&signer) {
+                    Some(&t) => t,
+                    None => *trust
+                        .entry(signer)
+                        .or_insert(self.is_trusted(&f.name, &signer)?),
+                };
                 v.doc.check_trusted(&f.name, |_| trusted)?;
                 Ok(v)
             })

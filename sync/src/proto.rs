@@ -29,7 +29,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use cairn_store::doc::{Checkpoint, Filter, Manifest, PublicKey};
+use cairn_store::doc::{Checkpoint, DocumentError, Filter, Manifest, PublicKey};
 use cairn_store::merkle::{self, Fingerprint, NodeSummary};
 use cairn_store::replica::{
     group_count, Applied, ApplyRule, IncomingBlob, PieceWriter, PieceWritten, VerifiedDoc,
@@ -2502,8 +2502,10 @@ impl Session {
         let mut seen = HashSet::new();
         let mut bytes = 0;
         let budget = self.limits.doc_batch_bytes.clamp(1, DOC_BATCH_BYTES);
+        let feed_id = store.feed(feed).map_err(store_err)?.id;
+        let mut trust = SignerTrust::default();
         while let Some(key) = keys.front() {
-            let Some(v) = store.entry(feed, key).map_err(store_err)? else {
+            let Some(v) = store.entry_by_id(feed_id, key).map_err(store_err)? else {
                 keys.pop_front();
                 continue;
             };
@@ -2511,11 +2513,12 @@ impl Session {
                 .document_bytes(&v.doc)
                 .map_err(store_err)?
                 .ok_or_else(|| store_err(StoreError::missing_document("entry", key, &v.doc)))?;
-            if !offerable(store, feed, &d)? {
+            let (signer, manifest) = SignedDocument::peek_signer_and_payload::<Manifest>(&d)
+                .map_err(|e| store_err(StoreError::Document(e)))?;
+            if !trust.offerable(store, feed, signer)? {
                 keys.pop_front();
                 continue;
             }
-            let manifest = SignedDocument::peek_payload::<Manifest>(&d).ok();
             // A document goes with its small blobs: one whose blobs would not fit waits for the
             // next batch (asking for them would cost the peer a round of its own).
             let inline_need: usize = manifest.as_ref().map_or(0, |m| {
@@ -3040,12 +3043,39 @@ impl Session {
     }
 }
 
-/// Whether a stored document may go to a peer: its signer is still trusted for the feed (a
-/// document whose only signer lost that trust is neither served nor offered).
-fn offerable(store: &Store, feed: &str, doc: &[u8]) -> Result<bool, SessionError> {
-    match SignedDocument::peek_signer(doc) {
-        Ok(signer) => store.is_trusted(feed, &signer).map_err(store_err),
-        Err(e) => Err(store_err(StoreError::Document(e))),
+/// Whether stored documents may go to a peer: each one's signer is still trusted for the
+/// feed (a document whose only signer lost that trust is neither served nor offered). Each
+/// signer's key is checked and its trust read once per batch.
+#[derive(Default)]
+struct SignerTrust(HashMap<[u8; 32], bool>);
+
+impl SignerTrust {
+    fn offerable(
+        &mut self,
+        store: &Store,
+        feed: &str,
+        signer: [u8; 32],
+    ) -> Result<bool, SessionError> {
+        if let Some(&t) = self.0.get(&signer) {
+            return Ok(t);
+        }
+        let key = PublicKey::from_bytes(signer)
+            .ok_or_else(|| store_err(StoreError::Document(DocumentError::InvalidKey)))?;
+        let t = store.is_trusted(feed, &key).map_err(store_err)?;
+        self.0.insert(signer, t);
+        Ok(t)
+    }
+
+    /// [`SignerTrust::offerable`] of envelope `doc`.
+    fn offerable_doc(
+        &mut self,
+        store: &Store,
+        feed: &str,
+        doc: &[u8],
+    ) -> Result<bool, SessionError> {
+        let signer =
+            SignedDocument::peek_signer(doc).map_err(|e| store_err(StoreError::Document(e)))?;
+        self.offerable(store, feed, signer)
     }
 }
 
@@ -3265,6 +3295,7 @@ fn log_suffix(
                 .collect();
             let mut out = Vec::with_capacity(keys.len());
             let mut bytes = 0;
+            let mut trust = SignerTrust::default();
             for key in keys {
                 let doc = match store.entry(feed, &key).map_err(store_err)? {
                     Some(v) => Some(
@@ -3279,7 +3310,7 @@ fn log_suffix(
                 };
                 // A document no longer offered: the summary path leaves it out.
                 if let Some(d) = &doc {
-                    if !offerable(store, feed, d)? {
+                    if !trust.offerable_doc(store, feed, d)? {
                         return Ok(None);
                     }
                 }

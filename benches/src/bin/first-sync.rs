@@ -98,8 +98,19 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// Seconds and peak RSS (KiB) of the spoke's first sync of a hub of `n` entries.
-fn measure(bin: &Path, root: &Path, n: u64) -> Result<(f64, u64)> {
+/// What one first sync took.
+struct Measured {
+    secs: f64,
+    /// The spoke's peak RSS, KiB.
+    peak_kib: u64,
+    /// CPU seconds of the spoke (its last reading before it exited) and of the hub (during
+    /// the sync).
+    spoke_cpu: f64,
+    hub_cpu: f64,
+}
+
+/// The spoke's first sync of a hub of `n` entries.
+fn measure(bin: &Path, root: &Path, n: u64) -> Result<Measured> {
     let (hub, spoke) = (root.join("hub"), root.join("spoke"));
     let t = Instant::now();
     build_hub(&hub, n)?;
@@ -167,6 +178,7 @@ fn measure(bin: &Path, root: &Path, n: u64) -> Result<(f64, u64)> {
     let mut line = String::new();
     std::io::BufRead::read_line(&mut hub_out, &mut line)?;
     ensure!(line.contains("cairn serving"), "hub did not start: {line}");
+    let hub_cpu_before = cairn_benches::cpu_seconds(hub_proc.0.id());
     let started = Instant::now();
     let mut child = Command::new(bin)
         .arg("--data-dir")
@@ -176,10 +188,11 @@ fn measure(bin: &Path, root: &Path, n: u64) -> Result<(f64, u64)> {
         .stdout(Stdio::piped())
         .spawn()?;
     let pid = child.id();
-    let mut peak = 0;
+    let (mut peak, mut spoke_cpu) = (0, 0.0);
     let status = loop {
         if let Some(kib) = peak_rss_kib(pid) {
             peak = peak.max(kib);
+            spoke_cpu = cairn_benches::cpu_seconds(pid);
         }
         if let Some(s) = child.try_wait()? {
             break s;
@@ -191,6 +204,7 @@ fn measure(bin: &Path, root: &Path, n: u64) -> Result<(f64, u64)> {
         std::thread::sleep(Duration::from_millis(20));
     };
     let secs = started.elapsed().as_secs_f64();
+    let hub_cpu = cairn_benches::cpu_seconds(hub_proc.0.id()) - hub_cpu_before;
     let mut out = String::new();
     if let Some(mut o) = child.stdout.take() {
         use std::io::Read;
@@ -202,7 +216,12 @@ fn measure(bin: &Path, root: &Path, n: u64) -> Result<(f64, u64)> {
     );
     drop(hub_proc);
     drop(hub_out);
-    Ok((secs, peak))
+    Ok(Measured {
+        secs,
+        peak_kib: peak,
+        spoke_cpu,
+        hub_cpu,
+    })
 }
 
 fn main() -> Result<()> {
@@ -212,17 +231,28 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     for &n in &args.entries {
         let dir = root.join(format!("n{n}"));
-        let (secs, kib) = measure(&bin, &dir, n)?;
+        let m = measure(&bin, &dir, n)?;
         eprintln!(
-            "first-sync: {n} entries in {secs:.1} s, spoke peak RSS {} MiB",
-            kib >> 10
+            "first-sync: {n} entries in {:.1} s, spoke peak RSS {} MiB, CPU spoke {:.1} s hub {:.1} s",
+            m.secs,
+            m.peak_kib >> 10,
+            m.spoke_cpu,
+            m.hub_cpu
         );
-        rows.push((n, secs, kib));
+        rows.push((n, m));
         fs::remove_dir_all(&dir)?;
     }
-    println!("| entries | first sync | spoke peak RSS |\n| --- | --- | --- |");
-    for (n, secs, kib) in rows {
-        println!("| {n} | {secs:.1} s | {:.0} MiB |", kib as f64 / 1024.0);
+    println!(
+        "| entries | first sync | spoke peak RSS | spoke CPU | hub CPU |\n| --- | --- | --- | --- | --- |"
+    );
+    for (n, m) in rows {
+        println!(
+            "| {n} | {:.1} s | {:.0} MiB | {:.1} s | {:.1} s |",
+            m.secs,
+            m.peak_kib as f64 / 1024.0,
+            m.spoke_cpu,
+            m.hub_cpu
+        );
     }
     Ok(())
 }

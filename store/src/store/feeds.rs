@@ -157,7 +157,9 @@ impl Store {
         Ok(out)
     }
 
-    pub(crate) fn entry_by_id(&self, feed: u32, key: &str) -> Result<Option<EntryValue>> {
+    /// One entry of the feed whose id is `feed` ([`FeedRecord::id`]): for reading many
+    /// entries of one feed without reading its record for each.
+    pub fn entry_by_id(&self, feed: u32, key: &str) -> Result<Option<EntryValue>> {
         match self
             .db
             .get_pinned_cf(self.cf(CF_ENTRIES), entry_key(feed, key))?

@@ -74,12 +74,19 @@ impl Store {
             let mut o = Options::default();
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
             o.set_write_buffer_size(MEMTABLE_BUDGET / 2);
+            // The same for the memtables, for 2% of their size.
+            o.set_memtable_whole_key_filtering(true);
+            o.set_memtable_prefix_bloom_ratio(0.02);
             let mut table = rocksdb::BlockBasedOptions::default();
             table.set_block_cache(&cache);
             // Index and filter blocks are charged to the cache too, or they would grow with
             // the number of table files outside any bound.
             table.set_cache_index_and_filter_blocks(true);
             table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            // Most lookups while a replica fills are for what is not there yet (an entry, a
+            // Merkle node): a filter answers them without reading a data block of each table.
+            table.set_bloom_filter(10.0, false);
+            table.set_optimize_filters_for_memory(true);
             o.set_block_based_table_factory(&table);
             ColumnFamilyDescriptor::new(*name, o)
         });
