@@ -6,6 +6,8 @@ use super::*;
 const MEMTABLE_BUDGET: usize = 32 << 20;
 /// Bytes of the block cache the column families share.
 const BLOCK_CACHE_BYTES: usize = 32 << 20;
+/// Documents and inline blobs of at least this many bytes live in RocksDB's blob files.
+const BLOB_FILE_MIN_VALUE: u64 = 256;
 
 impl Store {
     /// Creates a new store in `dir`: instance key, database, the system feed, and trust in the
@@ -77,6 +79,16 @@ impl Store {
             // The same for the memtables, for 2% of their size.
             o.set_memtable_whole_key_filtering(true);
             o.set_memtable_prefix_bloom_ratio(0.02);
+            if [CF_DOCS, CF_BLOBS].contains(name) {
+                // Envelopes and small blobs are written once into blob files, and compactions
+                // move only their keys: a replica taking a whole feed does not rewrite its
+                // bytes level after level.
+                o.set_enable_blob_files(true);
+                o.set_min_blob_size(BLOB_FILE_MIN_VALUE);
+                o.set_enable_blob_gc(true);
+                // Hot documents stay in memory for the feed server, within the same budget.
+                o.set_blob_cache(&cache);
+            }
             let mut table = rocksdb::BlockBasedOptions::default();
             table.set_block_cache(&cache);
             // Index and filter blocks are charged to the cache too, or they would grow with
