@@ -224,8 +224,24 @@ impl RunSummary {
                 .error
                 .clone()
                 .or_else(|| self.feeds.iter().find_map(|f| f.error.clone()))
+                .or_else(|| (!ok).then(|| self.not_converged()))
                 .unwrap_or_default(),
         }
+    }
+
+    /// Why a run without an error failed: the feeds whose root still differed from the
+    /// peer's at its end (one side changed during the run, say).
+    fn not_converged(&self) -> String {
+        let feeds: Vec<String> = self
+            .feeds
+            .iter()
+            .filter(|f| !f.converged)
+            .map(|f| format!("`{}`", f.feed))
+            .collect();
+        format!(
+            "did not converge: {} still differed from the peer at the end of the run",
+            feeds.join(", ")
+        )
     }
 }
 
@@ -655,5 +671,43 @@ async fn connect_peer(
             })?;
             Ok((conn, f.presented))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_that_did_not_converge_says_so_in_its_log_record() {
+        let feed = |name: &str, converged| FeedSummary {
+            feed: name.into(),
+            converged,
+            ..FeedSummary::default()
+        };
+        let summary = RunSummary {
+            feeds: vec![feed("pypi", true), feed("npm", false)],
+            ..RunSummary::default()
+        };
+        assert!(!summary.ok(false));
+        let record = summary.log_record(0, summary.ok(false));
+        assert_eq!(record.outcome, "failed");
+        assert!(
+            record.error.contains("did not converge"),
+            "{}",
+            record.error
+        );
+        assert!(record.error.contains("`npm`") && !record.error.contains("`pypi`"));
+        // An error of the run stands first; a run that converged has none.
+        let failed = RunSummary {
+            error: Some("the peer went away".into()),
+            ..summary.clone()
+        };
+        assert_eq!(failed.log_record(0, false).error, "the peer went away");
+        let fine = RunSummary {
+            feeds: vec![feed("pypi", true)],
+            ..RunSummary::default()
+        };
+        assert_eq!(fine.log_record(0, fine.ok(false)).error, "");
     }
 }
