@@ -193,16 +193,21 @@ fn big_copy() -> (tempfile::TempDir, Store, Store) {
     (dir, hub, spoke)
 }
 
-#[test]
-fn noop_between_equal_feeds_of_100k_is_one_round_trip_under_1kb() {
-    let (_d, hub, spoke) = big_copy();
-    let o = converge(
-        &spoke,
-        &hub,
+/// `spoke` pulls feed `demo` from `hub` across a far, lossy link until they agree.
+fn pull_far(spoke: &Store, hub: &Store) -> Outcome {
+    converge(
+        spoke,
+        hub,
         config(Mode::Pull, &["demo"]),
         Link::far_lossy(),
         "demo",
-    );
+    )
+}
+
+#[test]
+fn noop_between_equal_feeds_of_100k_is_one_round_trip_under_1kb() {
+    let (_d, hub, spoke) = big_copy();
+    let o = pull_far(&spoke, &hub);
     assert_eq!(o.round_trips, 1, "{o:?}");
     assert!(
         o.bytes[0] + o.bytes[1] < 1024,
@@ -221,13 +226,7 @@ fn hundred_differences_among_100k_cost_at_most_3_round_trips_and_200_bytes_each(
             .unwrap();
     }
     let d = 100;
-    let o = converge(
-        &spoke,
-        &hub,
-        config(Mode::Pull, &["demo"]),
-        Link::far_lossy(),
-        "demo",
-    );
+    let o = pull_far(&spoke, &hub);
     assert!(o.round_trips <= 3, "{} round trips", o.round_trips);
     let per_diff = o.protocol_bytes() / d;
     assert!(
@@ -242,21 +241,9 @@ fn hundred_differences_among_100k_cost_at_most_3_round_trips_and_200_bytes_each(
 #[test]
 fn one_difference_among_100k_without_a_cursor_costs_under_1kb_more_than_a_noop() {
     let (_d, hub, spoke) = big_copy();
-    let noop = converge(
-        &spoke,
-        &hub,
-        config(Mode::Pull, &["demo"]),
-        Link::far_lossy(),
-        "demo",
-    );
+    let noop = pull_far(&spoke, &hub);
     publish(&hub, "demo", 200_000, 200_001, 24);
-    let o = converge(
-        &spoke,
-        &hub,
-        config(Mode::Pull, &["demo"]),
-        Link::far_lossy(),
-        "demo",
-    );
+    let o = pull_far(&spoke, &hub);
     assert_eq!(o.round_trips, 2, "{o:?}");
     let extra = o.protocol_bytes() - noop.protocol_bytes();
     assert!(extra < 1024, "{extra} bytes more than a no-op ({o:?})");
@@ -298,22 +285,10 @@ fn pull_replaces_local_extras_and_large_blobs_arrive_verified() {
     let (_d, hub, spoke) = small_pair();
     publish(&hub, "demo", 0, 200, 100);
     publish(&hub, "demo", 1000, 1003, 3_000_000);
-    let o = converge(
-        &spoke,
-        &hub,
-        config(Mode::Pull, &["demo"]),
-        Link::far_lossy(),
-        "demo",
-    );
+    let o = pull_far(&spoke, &hub);
     assert!(o.round_trips <= 3, "{o:?}");
     publish(&spoke, "demo", 5000, 5010, 10);
-    let o = converge(
-        &spoke,
-        &hub,
-        config(Mode::Pull, &["demo"]),
-        Link::far_lossy(),
-        "demo",
-    );
+    let o = pull_far(&spoke, &hub);
     assert_eq!(o.initiator[0].deletions, 10);
     assert!(spoke.verify().unwrap().ok());
     // Deletions travel as tombstones.

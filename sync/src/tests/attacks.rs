@@ -380,21 +380,28 @@ fn a_mirror_peer_cannot_claim_a_collected_clock_it_was_never_seen_at() {
 /// An initiator that has said HELLO for `demo` and got the responder's checkpoint and summary
 /// (from `hub`); the next frame it receives is the attack.
 fn initiator_after_summary(spoke: &Store, hub: &Store) -> Session {
+    let cp = hub.sign_checkpoint("demo", 3600).unwrap().bytes().to_vec();
+    let status = crate::proto::summary(hub, "demo", Mode::Pull, Some(cp), None).unwrap();
+    initiator_given(spoke, hub, status).0
+}
+
+/// A pull of `demo` by `spoke` from `hub` whose HELLO was answered with `status`, and what
+/// the initiator sent after it.
+fn initiator_given(spoke: &Store, hub: &Store, status: FeedStatus) -> (Session, Vec<Frame>) {
     let mut c = config(Mode::Pull, &["demo"]);
     c.peer = hub.identity().public_key();
     let mut s = Session::initiator(spoke, c).unwrap();
     drain(&mut s, spoke);
-    let cp = hub.sign_checkpoint("demo", 3600).unwrap().bytes().to_vec();
     s.handle(
         spoke,
         Frame::HelloReply {
-            feeds: vec![crate::proto::summary(hub, "demo", Mode::Pull, Some(cp), None).unwrap()],
+            feeds: vec![status],
             log: None,
         },
         None,
     );
-    drain(&mut s, spoke);
-    s
+    let out = drain(&mut s, spoke);
+    (s, out)
 }
 
 fn diff_with(docs: Vec<Vec<u8>>, blobs: Vec<SmallBlob>) -> Frame {
@@ -1104,19 +1111,7 @@ fn a_summary_with_a_table_or_estimator_of_the_wrong_shape_is_refused_and_nothing
         ("255 counters", reshaped(12, 255)),
         ("257 counters", reshaped(12, 257)),
     ] {
-        let mut c = config(Mode::Pull, &["demo"]);
-        c.peer = hub.identity().public_key();
-        let mut s = Session::initiator(&spoke, c).unwrap();
-        drain(&mut s, &spoke);
-        s.handle(
-            &spoke,
-            Frame::HelloReply {
-                feeds: vec![status],
-                log: None,
-            },
-            None,
-        );
-        let out = drain(&mut s, &spoke);
+        let (s, out) = initiator_given(&spoke, &hub, status);
         assert!(
             matches!(s.error(), Some(SessionError::Protocol(_))),
             "{what}: {:?}",
