@@ -444,7 +444,48 @@ fn version() -> &'static str {
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// The allocators' settings, read from the environment when the process starts:
+/// - RocksDB allocates with glibc's malloc: one arena rather than one per thread;
+/// - jemalloc: two arenas, and freed pages handed back at once rather than after 10 s.
+///
+/// Together they take about 20 MiB off a spoke's first sync (see the README's memory
+/// figures), at no measured cost to the feed server's throughput.
+const ALLOCATOR_ENV: [(&str, &str); 2] = [
+    ("MALLOC_ARENA_MAX", "1"),
+    (
+        "_RJEM_MALLOC_CONF",
+        "narenas:2,dirty_decay_ms:0,muzzy_decay_ms:0",
+    ),
+];
+
+/// Runs this binary again with [`ALLOCATOR_ENV`] when the first of them is not set (by the
+/// user, or by this). A setting the user gave is kept; if the binary cannot be run again,
+/// this one goes on as it is.
+fn exec_with_allocator_settings() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os(ALLOCATOR_ENV[0].0).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut args = std::env::args_os();
+    let mut cmd = std::process::Command::new(exe);
+    if let Some(arg0) = args.next() {
+        cmd.arg0(arg0);
+    }
+    cmd.args(args);
+    for (name, value) in ALLOCATOR_ENV {
+        if std::env::var_os(name).is_none() {
+            cmd.env(name, value);
+        }
+    }
+    // Returns only if it failed.
+    let _ = cmd.exec();
+}
+
 fn main() -> ExitCode {
+    exec_with_allocator_settings();
     let parsed = Cli::command()
         .version(version())
         .try_get_matches()
