@@ -1360,6 +1360,43 @@ mod tests {
     }
 
     #[test]
+    fn a_signer_key_off_the_curve_is_an_invalid_key_alone_and_in_a_batch() {
+        // The key is checked where the signature is, not when the envelope is parsed: it must
+        // still be `InvalidKey`, one document at a time and among good ones.
+        let bad_key = (0u8..=255)
+            .map(|b| {
+                let mut k = [0u8; 32];
+                k[0] = b;
+                k[1] = 0x80;
+                k
+            })
+            .find(|k| PublicKey::from_bytes(*k).is_none())
+            .expect("some 32 bytes are not a point");
+        let doc = SignedDocument::sign(&tombstone(), &key(1)).unwrap();
+        let bytes = reenvelope(&doc, |e| e.2 = bad_key);
+        assert!(matches!(
+            SignedDocument::decode(&bytes),
+            Err(DocumentError::InvalidKey)
+        ));
+        // 41 documents: enough for `decode_many` to use two threads when given them.
+        let mut batch: Vec<&[u8]> = vec![doc.bytes(); 41];
+        batch[20] = &bytes;
+        for threads in [1, 2] {
+            let out = SignedDocument::decode_many(&batch, threads);
+            for (i, r) in out.iter().enumerate() {
+                if i == 20 {
+                    assert!(
+                        matches!(r, Err(DocumentError::InvalidKey)),
+                        "{threads} threads: {r:?}"
+                    );
+                } else {
+                    assert!(r.is_ok(), "{threads} threads, document {i}: {r:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn other_key_is_untrusted() {
         let doc = SignedDocument::sign(&tombstone(), &key(1)).unwrap();
         let trusted = PublicKey::from(&key(2));
