@@ -25,6 +25,14 @@ struct Args {
     /// Where instances go.
     #[arg(long, default_value = "bench-scratch/first-sync")]
     dir: std::path::PathBuf,
+    /// Keep each hub built here (as `n<entries>`) and copy it for later runs instead of
+    /// building it again: a hub of 1,000,000 entries takes minutes to build.
+    #[arg(long)]
+    hub_cache: Option<std::path::PathBuf>,
+    /// Print the spoke's RSS every this many seconds while it syncs (0: never), to show
+    /// whether its memory grows with what it has taken.
+    #[arg(long, default_value_t = 0)]
+    rss_every: u64,
 }
 
 fn free_udp_port() -> Result<u16> {
@@ -110,11 +118,31 @@ struct Measured {
 }
 
 /// The spoke's first sync of a hub of `n` entries.
-fn measure(bin: &Path, root: &Path, n: u64) -> Result<Measured> {
+fn measure(bin: &Path, root: &Path, n: u64, args: &Args) -> Result<Measured> {
     let (hub, spoke) = (root.join("hub"), root.join("spoke"));
     let t = Instant::now();
-    build_hub(&hub, n)?;
-    eprintln!("first-sync: hub of {n} entries built in {:?}", t.elapsed());
+    match &args.hub_cache {
+        Some(cache) => {
+            let kept = cache.join(format!("n{n}"));
+            if !kept.join("db").exists() {
+                let building = cache.join(format!("n{n}.building"));
+                if building.exists() {
+                    fs::remove_dir_all(&building)?;
+                }
+                build_hub(&building, n)?;
+                fs::rename(&building, &kept)?;
+                eprintln!("first-sync: hub of {n} entries built in {:?}", t.elapsed());
+            }
+            fs::create_dir_all(root)?;
+            let copied = Command::new("cp").arg("-a").arg(&kept).arg(&hub).status()?;
+            ensure!(copied.success(), "copying {} failed", kept.display());
+            eprintln!("first-sync: hub of {n} entries copied in {:?}", t.elapsed());
+        }
+        None => {
+            build_hub(&hub, n)?;
+            eprintln!("first-sync: hub of {n} entries built in {:?}", t.elapsed());
+        }
+    }
     cairn_cli(bin, &spoke, &["init"])?;
     cairn_cli(bin, &spoke, &["feed", "create", "corpus", "--type", "raw"])?;
     let (hub_key, spoke_key) = (key_of(bin, &hub)?, key_of(bin, &spoke)?);
@@ -189,10 +217,27 @@ fn measure(bin: &Path, root: &Path, n: u64) -> Result<Measured> {
         .spawn()?;
     let pid = child.id();
     let (mut peak, mut spoke_cpu) = (0, 0.0);
+    let mut next_report = args.rss_every;
     let status = loop {
         if let Some(kib) = peak_rss_kib(pid) {
             peak = peak.max(kib);
             spoke_cpu = cairn_benches::cpu_seconds(pid);
+        }
+        if args.rss_every > 0 && started.elapsed().as_secs() >= next_report {
+            next_report += args.rss_every;
+            let rss = fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .map(|v| v.trim().to_owned())
+                })
+                .unwrap_or_default();
+            eprintln!(
+                "first-sync: {:>5} s: spoke RSS {rss}, peak {} MiB, CPU {spoke_cpu:.1} s",
+                started.elapsed().as_secs(),
+                peak >> 10
+            );
         }
         if let Some(s) = child.try_wait()? {
             break s;
@@ -231,7 +276,7 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     for &n in &args.entries {
         let dir = root.join(format!("n{n}"));
-        let m = measure(&bin, &dir, n)?;
+        let m = measure(&bin, &dir, n, &args)?;
         eprintln!(
             "first-sync: {n} entries in {:.1} s, spoke peak RSS {} MiB, CPU spoke {:.1} s hub {:.1} s",
             m.secs,
