@@ -638,13 +638,14 @@ fn run_on_store(
             } else {
                 writeln!(
                     out,
-                    "removed {} blobs ({} bytes), {} orphan files, {} documents, {} tombstones, {} interrupted transfers; {} blobs live{}",
+                    "removed {} blobs ({} bytes), {} orphan files, {} documents, {} tombstones, {} interrupted transfers; {} bytes of the database's blob files given back; {} blobs live{}",
                     r.blobs_removed,
                     r.bytes_freed,
                     r.orphan_files_removed,
                     r.docs_removed,
                     r.tombstones_removed,
                     r.partial_removed,
+                    r.blob_file_bytes_freed,
                     r.blobs_live,
                     if r.shared_orphans_removed > 0 {
                         format!("; {} blobs nobody sharing the bucket referenced", r.shared_orphans_removed)

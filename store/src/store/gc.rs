@@ -42,7 +42,40 @@ impl Store {
             pause = pause.max(again.longest_pause_us);
         }
         report.longest_pause_us = pause;
+        if report.docs_removed > 0 || report.blobs_removed > 0 {
+            report.blob_file_bytes_freed = self.reclaim_blob_files()?;
+        }
         Ok(report)
+    }
+
+    /// Compacts the column families whose values live in blob files with RocksDB's blob GC
+    /// on, so the oldest quarter of the blob files give up the space of removed values: their
+    /// live values move to new files and the old files go. The GC is off otherwise (see
+    /// `open`), because it rewrites live values in every compaction. Returns the bytes of
+    /// blob files this gave back. A crash meanwhile leaves RocksDB's files as they were
+    /// before or after the compaction, and the setting is not persisted either way.
+    fn reclaim_blob_files(&self) -> Result<u64> {
+        let mut freed = 0;
+        for name in [CF_DOCS, CF_BLOBS] {
+            let cf = self.cf(name);
+            let size = |db: &DB| {
+                db.property_int_value_cf(cf, "rocksdb.total-blob-file-size")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+            };
+            let before = size(&self.db);
+            self.db
+                .set_options_cf(cf, &[("enable_blob_garbage_collection", "true")])?;
+            let mut opts = rocksdb::CompactOptions::default();
+            opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+            self.db
+                .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &opts);
+            self.db
+                .set_options_cf(cf, &[("enable_blob_garbage_collection", "false")])?;
+            freed += before.saturating_sub(size(&self.db));
+        }
+        Ok(freed)
     }
 
     /// Removes interrupted transfers from `partial/`: a blob's `.data`, `.obao` and `.have`

@@ -347,6 +347,9 @@ pub struct GcReport {
     /// Interrupted blob transfers removed from `partial/`: untouched for a day, or of a blob
     /// stored since.
     pub partial_removed: u64,
+    /// Bytes of RocksDB's blob files (where documents and small blobs are kept) given back
+    /// by the compaction gc runs after it removed any.
+    pub blob_file_bytes_freed: u64,
     /// The longest time, in microseconds, gc held the store's write lock at once (publishes
     /// and replication wait for it meanwhile; gc takes it for at most 32 removals at a time).
     pub longest_pause_us: u64,
