@@ -471,8 +471,8 @@ fn gc_gives_back_the_blob_file_space_of_what_it_removed() {
             .sum()
     };
     // Eight generations of 40 packages of 3 KiB each (small blobs, kept in the database),
-    // each flushed to blob files of its own; half of each of the oldest two are deleted, so
-    // no blob file is all garbage and only moving the live half out frees space.
+    // each flushed to blob files of its own. Three in four of each of the oldest two are
+    // deleted, so no blob file is all garbage and only moving the live values out frees space.
     for generation in 0..8u32 {
         for i in 0..40u32 {
             let content = crate::rng::Xorshift::new(u64::from(generation * 1000 + i)).bytes(3072);
@@ -483,25 +483,35 @@ fn gc_gives_back_the_blob_file_space_of_what_it_removed() {
             s.db.flush_cf(s.cf(cf)).unwrap();
         }
     }
-    for generation in 0..2u32 {
-        for i in (0..40u32).step_by(2) {
-            s.delete("demo", &format!("p{generation}-{i}"), "1")
-                .unwrap();
+    let deleted = |generation: u32, i: u32| generation < 2 && i % 4 != 0;
+    let delete = |s: &Store, generations: std::ops::Range<u32>| {
+        for generation in generations {
+            for i in (0..40u32).filter(|&i| deleted(generation, i)) {
+                s.delete("demo", &format!("p{generation}-{i}"), "1")
+                    .unwrap();
+            }
         }
-    }
+    };
+    // A little garbage (30 blobs, under an eighth of the blob files) is only counted.
+    delete(&s, 0..1);
     let before = blob_files(&s);
     let r = s.gc_with(0).unwrap();
-    assert_eq!(r.blobs_removed, 40);
+    assert_eq!((r.blobs_removed, r.blob_file_bytes_freed), (30, 0));
+    assert_eq!(blob_files(&s), before);
+    // Twice as much is worth the compaction.
+    delete(&s, 1..2);
+    let r = s.gc_with(0).unwrap();
+    assert_eq!(r.blobs_removed, 30);
     let after = blob_files(&s);
-    // 40 blobs of 3 KiB and their documents went: at least the blobs' bytes came back.
+    // 60 blobs of 3 KiB and their documents went: at least the blobs' bytes came back.
     assert!(
-        r.blob_file_bytes_freed >= 40 * 3072 && before - after == r.blob_file_bytes_freed,
+        r.blob_file_bytes_freed >= 60 * 3072 && before - after == r.blob_file_bytes_freed,
         "blob files {before} -> {after} bytes, report says {} freed",
         r.blob_file_bytes_freed
     );
     // Everything still held reads back and checks.
     for generation in 0..8u32 {
-        for i in (0..40u32).filter(|i| generation >= 2 || i % 2 == 1) {
+        for i in (0..40u32).filter(|&i| !deleted(generation, i)) {
             let (_, m) = s
                 .manifest("demo", &format!("p{generation}-{i}"), "1")
                 .unwrap()

@@ -42,10 +42,36 @@ impl Store {
             pause = pause.max(again.longest_pause_us);
         }
         report.longest_pause_us = pause;
-        if report.docs_removed > 0 || report.blobs_removed > 0 {
-            report.blob_file_bytes_freed = self.reclaim_blob_files()?;
-        }
+        report.blob_file_bytes_freed = self.maybe_reclaim_blob_files()?;
         Ok(report)
+    }
+
+    /// Once the values gc removed from blob files since the last reclaim add up to an eighth
+    /// of the blob files' bytes, runs [`Store::reclaim_blob_files`]; what that did not give
+    /// back stays counted. Below that, the compaction would rewrite far more than it frees
+    /// (at 1,000,000 entries it takes about 2.5 minutes), so the garbage waits.
+    fn maybe_reclaim_blob_files(&self) -> Result<u64> {
+        let garbage = self.meta_u64(META_BLOB_GARBAGE)?.unwrap_or(0);
+        let total: u64 = [CF_DOCS, CF_BLOBS]
+            .iter()
+            .map(|name| {
+                self.db
+                    .property_int_value_cf(self.cf(name), "rocksdb.total-blob-file-size")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+            })
+            .sum();
+        if garbage == 0 || garbage < total / 8 {
+            return Ok(0);
+        }
+        let freed = self.reclaim_blob_files()?;
+        self.db.put_cf(
+            self.cf(CF_META),
+            META_BLOB_GARBAGE,
+            garbage.saturating_sub(freed).to_be_bytes(),
+        )?;
+        Ok(freed)
     }
 
     /// Compacts the column families whose values live in blob files with RocksDB's blob GC
@@ -53,7 +79,7 @@ impl Store {
     /// live values move to new files and the old files go. The GC is off otherwise (see
     /// `open`), because it rewrites live values in every compaction. Returns the bytes of
     /// blob files this gave back. A crash meanwhile leaves RocksDB's files as they were
-    /// before or after the compaction, and the setting is not persisted either way.
+    /// before or after the compaction, and `open` sets the GC off again.
     fn reclaim_blob_files(&self) -> Result<u64> {
         let mut freed = 0;
         for name in [CF_DOCS, CF_BLOBS] {
@@ -203,10 +229,10 @@ impl Store {
         for (cf, live) in [(CF_BLOBS, &live_blobs), (CF_DOCS, &live_docs)] {
             let mut candidates = Vec::new();
             for item in self.scan(cf, b"", Some(&snapshot)) {
-                let (k, _) = item?;
+                let (k, v) = item?;
                 if let Some(h) = Hash::from_slice(&k) {
                     if !live.contains(&h) {
-                        candidates.push(h);
+                        candidates.push((h, v.len() as u64));
                     }
                 }
             }
@@ -217,7 +243,8 @@ impl Store {
                 let protect = w.gc_protect.as_ref();
                 let mut batch = WriteBatch::default();
                 let mut removed_files = Vec::new();
-                for h in chunk {
+                let mut garbage = 0;
+                for (h, len) in chunk {
                     if pins.contains_key(h) || protect.is_some_and(|p| p.contains(h)) {
                         continue;
                     }
@@ -236,6 +263,17 @@ impl Store {
                         report.docs_removed += 1;
                     }
                     batch.delete_cf(self.cf(cf), h.as_bytes());
+                    if *len >= super::open::BLOB_FILE_MIN_VALUE {
+                        garbage += len;
+                    }
+                }
+                if garbage > 0 {
+                    let before = self.meta_u64(META_BLOB_GARBAGE)?.unwrap_or(0);
+                    batch.put_cf(
+                        self.cf(CF_META),
+                        META_BLOB_GARBAGE,
+                        before.saturating_add(garbage).to_be_bytes(),
+                    );
                 }
                 self.db.write(batch)?;
                 self.sync()?;

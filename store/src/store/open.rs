@@ -11,7 +11,7 @@ const MEMTABLE_BUDGET: usize = 24 << 20;
 /// blocks, hot blob-file values).
 const BLOCK_CACHE_BYTES: usize = 16 << 20;
 /// Documents and inline blobs of at least this many bytes live in RocksDB's blob files.
-const BLOB_FILE_MIN_VALUE: u64 = 256;
+pub(crate) const BLOB_FILE_MIN_VALUE: u64 = 256;
 
 impl Store {
     /// Creates a new store in `dir`: instance key, database, the system feed, and trust in the

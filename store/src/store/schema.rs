@@ -36,6 +36,9 @@ pub(crate) const META_NEXT_FEED: &[u8] = b"next-feed-id";
 pub(crate) const META_TRUST: &[u8] = b"trust\0";
 /// Where the store's large blobs live (`BlobsConfig::location`).
 pub(crate) const META_BLOBS: &[u8] = b"blobs";
+/// Bytes of values gc removed from RocksDB's blob files and has not given back yet (an
+/// estimate, for when to run the blob GC's compaction).
+pub(crate) const META_BLOB_GARBAGE: &[u8] = b"blob-garbage";
 
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
