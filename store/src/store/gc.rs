@@ -66,10 +66,14 @@ impl Store {
             return Ok(0);
         }
         let freed = self.reclaim_blob_files()?;
+        // Under the write lock, as the sweep's additions are: another gc may have counted more
+        // meanwhile.
+        let _w = self.write.lock();
+        let now = self.meta_u64(META_BLOB_GARBAGE)?.unwrap_or(0);
         self.db.put_cf(
             self.cf(CF_META),
             META_BLOB_GARBAGE,
-            garbage.saturating_sub(freed).to_be_bytes(),
+            now.saturating_sub(freed).to_be_bytes(),
         )?;
         Ok(freed)
     }
