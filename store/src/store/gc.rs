@@ -54,13 +54,7 @@ impl Store {
         let garbage = self.meta_u64(META_BLOB_GARBAGE)?.unwrap_or(0);
         let total: u64 = [CF_DOCS, CF_BLOBS]
             .iter()
-            .map(|name| {
-                self.db
-                    .property_int_value_cf(self.cf(name), "rocksdb.total-blob-file-size")
-                    .ok()
-                    .flatten()
-                    .unwrap_or(0)
-            })
+            .map(|name| self.blob_file_bytes(name))
             .sum();
         if garbage == 0 || garbage < total / 8 {
             return Ok(0);
@@ -88,13 +82,7 @@ impl Store {
         let mut freed = 0;
         for name in [CF_DOCS, CF_BLOBS] {
             let cf = self.cf(name);
-            let size = |db: &DB| {
-                db.property_int_value_cf(cf, "rocksdb.total-blob-file-size")
-                    .ok()
-                    .flatten()
-                    .unwrap_or(0)
-            };
-            let before = size(&self.db);
+            let before = self.blob_file_bytes(name);
             self.db
                 .set_options_cf(cf, &[("enable_blob_garbage_collection", "true")])?;
             let mut opts = rocksdb::CompactOptions::default();
@@ -103,9 +91,18 @@ impl Store {
                 .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &opts);
             self.db
                 .set_options_cf(cf, &[("enable_blob_garbage_collection", "false")])?;
-            freed += before.saturating_sub(size(&self.db));
+            freed += before.saturating_sub(self.blob_file_bytes(name));
         }
         Ok(freed)
+    }
+
+    /// Bytes of RocksDB's blob files of column family `name` (0 if RocksDB cannot say).
+    pub(crate) fn blob_file_bytes(&self, name: &str) -> u64 {
+        self.db
+            .property_int_value_cf(self.cf(name), "rocksdb.total-blob-file-size")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
     }
 
     /// Removes interrupted transfers from `partial/`: a blob's `.data`, `.obao` and `.have`
