@@ -456,8 +456,7 @@ fn gc_removes_only_unreferenced_blobs() {
 
 #[test]
 fn gc_gives_back_the_blob_file_space_of_what_it_removed() {
-    const CF_DOCS: &str = "docs";
-    const CF_BLOBS: &str = "blobs";
+    use crate::store::{CF_BLOBS, CF_DOCS};
     let (_d, s) = store();
     s.create_feed("demo", Ecosystem::Raw).unwrap();
     let blob_files = |s: &Store| -> u64 {

@@ -98,11 +98,12 @@ fn key_of(bin: &Path, dir: &Path) -> Result<String> {
         .context("no key in `cairn key show`")
 }
 
-fn peak_rss_kib(pid: u32) -> Option<u64> {
+/// A memory figure of process `pid` from `/proc/<pid>/status` (`VmHWM`, `VmRSS`), KiB.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
@@ -219,23 +220,16 @@ fn measure(bin: &Path, root: &Path, n: u64, args: &Args) -> Result<Measured> {
     let (mut peak, mut spoke_cpu) = (0, 0.0);
     let mut next_report = args.rss_every;
     let status = loop {
-        if let Some(kib) = peak_rss_kib(pid) {
+        if let Some(kib) = status_kib(pid, "VmHWM") {
             peak = peak.max(kib);
             spoke_cpu = cairn_benches::cpu_seconds(pid);
         }
         if args.rss_every > 0 && started.elapsed().as_secs() >= next_report {
             next_report += args.rss_every;
-            let rss = fs::read_to_string(format!("/proc/{pid}/status"))
-                .ok()
-                .and_then(|s| {
-                    s.lines()
-                        .find_map(|l| l.strip_prefix("VmRSS:"))
-                        .map(|v| v.trim().to_owned())
-                })
-                .unwrap_or_default();
             eprintln!(
-                "first-sync: {:>5} s: spoke RSS {rss}, peak {} MiB, CPU {spoke_cpu:.1} s",
+                "first-sync: {:>5} s: spoke RSS {} MiB, peak {} MiB, CPU {spoke_cpu:.1} s",
                 started.elapsed().as_secs(),
+                status_kib(pid, "VmRSS").unwrap_or(0) >> 10,
                 peak >> 10
             );
         }

@@ -93,8 +93,8 @@ impl Store {
                 // quarter of blob files in every compaction that meets them, garbage or not,
                 // which for a replica taking a large feed rewrote its bytes over and over
                 // (4.7 GB relocated 60% of the way into a first sync of 1,000,000 entries).
-                // `gc` turns it on for one compaction after it removed values
-                // (`Store::reclaim_blob_files`).
+                // `gc` turns it on for one compaction once the values it removed reach an
+                // eighth of the blob files (`Store::maybe_reclaim_blob_files`).
                 o.set_enable_blob_gc(false);
                 // Hot documents stay in memory for the feed server, within the same budget.
                 o.set_blob_cache(&cache);

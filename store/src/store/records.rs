@@ -348,7 +348,8 @@ pub struct GcReport {
     /// stored since.
     pub partial_removed: u64,
     /// Bytes of RocksDB's blob files (where documents and small blobs are kept) given back
-    /// by the compaction gc runs after it removed any.
+    /// by the compaction gc runs once the values it removed, over this and earlier runs,
+    /// reach an eighth of those files (0 below that).
     pub blob_file_bytes_freed: u64,
     /// The longest time, in microseconds, gc held the store's write lock at once (publishes
     /// and replication wait for it meanwhile; gc takes it for at most 32 removals at a time).
