@@ -139,6 +139,96 @@ fn the_link_carries_tcp_with_its_delay_partitions_and_cleans_up() {
     );
 }
 
+#[test]
+fn a_star_gives_each_site_its_own_leg_and_a_partition_cuts_only_the_hub() {
+    let name = "cstar";
+    let up = Up::start_with(
+        name,
+        &[
+            "--sites",
+            "3",
+            "--rate",
+            "50mbit",
+            "--rtt",
+            "60ms",
+            "--site-rtt",
+            "8ms",
+        ],
+    );
+    for ns in ["cstar-a", "cstar-s0", "cstar-s1", "cstar-s2"] {
+        assert!(namespaces().contains(ns), "{ns} made");
+    }
+    // A sink in the hub's namespace and one in site 1, each on every address of its namespace.
+    let sink = |ns: &str| {
+        let mut child = in_ns(ns, &["probe", "sink", "5003"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        child
+    };
+    let mut sinks = [sink("cstar-a"), sink("cstar-s1")];
+    let hub = "10.77.0.1:5003".to_owned();
+    let site1 = format!("{}:5003", cairn_benches::instance::star_site_addr(1));
+    let connect_us = |from: &str, to: &str| -> Option<u64> {
+        let out = in_ns(from, &["probe", "connect", to, "3"])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().parse().unwrap())
+    };
+    let to_hub = connect_us("cstar-s0", &hub).expect("site 0 reaches the hub");
+    assert!(
+        to_hub >= 60_000,
+        "the hub is the full 60 ms away: {to_hub} us"
+    );
+    let to_site = connect_us("cstar-s0", &site1).expect("site 0 reaches site 1");
+    assert!(
+        (8_000..60_000).contains(&to_site),
+        "another site is the 8 ms site round trip away, not through the hub: {to_site} us"
+    );
+    // The management network reaches every namespace from here, without the link.
+    let mgmt = cairn_benches::instance::star_mgmt_addr(cairn_benches::instance::star_site_addr(1));
+    let direct = Command::new(link_bin())
+        .args(["probe", "connect", &format!("{mgmt}:5003"), "1"])
+        .output()
+        .unwrap();
+    assert!(direct.status.success(), "management address {mgmt} reached");
+
+    // A partition cuts the hub off; the sites still reach each other.
+    link(&["partition", "--name", name]);
+    assert_eq!(connect_us("cstar-s0", &hub), None, "the hub is cut off");
+    assert!(connect_us("cstar-s2", &site1).is_some(), "sites still talk");
+    let stats: serde_json::Value =
+        serde_json::from_slice(&link(&["stats", "--name", name]).stdout).unwrap();
+    assert!(
+        stats["partitioned"] == true
+            && stats["b_to_a"]["drop_partition"].as_u64().unwrap() > 0
+            && stats["star"]["sites"] == 3
+            && stats["star"]["to_sites"]["packets"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+    link(&["heal", "--name", name]);
+    assert!(connect_us("cstar-s2", &hub).is_some(), "healed");
+    for s in &mut sinks {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    up.stop();
+    assert!(
+        !namespaces().contains("cstar-"),
+        "namespaces removed on exit"
+    );
+    assert!(
+        !std::path::Path::new("/sys/class/net/cstar-br").exists(),
+        "the management bridge removed on exit"
+    );
+}
+
 /// A `cairn serve` inside namespace `ns`, stopped on drop.
 fn serve_in(ns: &str, inst: &crate::util::Instance) -> crate::util::Server {
     let mut cmd = Command::new("ip");

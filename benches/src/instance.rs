@@ -122,8 +122,14 @@ pub fn serving_address(child: &mut std::process::Child, limit: Duration) -> Resu
 /// `cairn-link up --name NAME --replace --profile PROFILE` (as root), once it says it is up;
 /// the link goes down when the returned process is dropped.
 pub fn link_up(name: &str, profile: &str) -> Result<Proc> {
+    link_up_with(name, profile, &[])
+}
+
+/// [`link_up`] with more of `cairn-link up`'s options (`--sites N` for a star).
+pub fn link_up_with(name: &str, profile: &str, more: &[&str]) -> Result<Proc> {
     let mut child = Command::new(crate::sibling("cairn-link")?)
         .args(["up", "--name", name, "--replace", "--profile", profile])
+        .args(more)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -134,6 +140,19 @@ pub fn link_up(name: &str, profile: &str) -> Result<Proc> {
     BufReader::new(stdout).read_line(&mut line)?;
     ensure!(line.starts_with("cairn-link up"), "cairn-link: {line}");
     Ok(proc)
+}
+
+/// In a star of `cairn-link up --sites N`: the emulated address of site `i` (0-based),
+/// 10.77.(1 + i/250).(1 + i%250), behind its own leg. The hub is 10.77.0.1.
+pub fn star_site_addr(i: usize) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(10, 77, 1 + (i / 250) as u8, 1 + (i % 250) as u8)
+}
+
+/// The unshaped management address of the namespace whose emulated address is `emulated`
+/// (the same host part in 10.78.0.0/16, reachable from the initial namespace).
+pub fn star_mgmt_addr(emulated: std::net::Ipv4Addr) -> std::net::Ipv4Addr {
+    let [_, _, c, d] = emulated.octets();
+    std::net::Ipv4Addr::new(10, 78, c, d)
 }
 
 /// One plain HTTP/1.1 request; the status code and body.

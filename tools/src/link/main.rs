@@ -10,6 +10,7 @@
 //! start over namespaces left by a crashed run unless given `--replace`.
 
 mod shaper;
+mod star;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -83,6 +84,21 @@ enum Cmd {
         /// Remove namespaces of the same name left by an earlier run first.
         #[arg(long)]
         replace: bool,
+        /// A star instead of a pair: the hub in `NAME-a` (10.77.0.1) and this many sites in
+        /// `NAME-s0`, `NAME-s1`, ... (10.77.1.1, 10.77.1.2, ...: site i is
+        /// 10.77.(1 + i/250).(1 + i%250)), each behind an access leg of its own with the
+        /// profile's rate. The hub's leg carries the rest of the round trip, the loss and the
+        /// jitter; sites reach each other in `--site-rtt`. Every namespace also gets an
+        /// unshaped management address, the same host part in 10.78.0.0/16, on a bridge
+        /// `NAME-br` that the initial namespace reaches at 10.78.0.254.
+        #[arg(long, default_value_t = 0)]
+        sites: usize,
+        /// With `--sites`: the round trip between two sites of the star.
+        #[arg(long, default_value = "10ms")]
+        site_rtt: String,
+        /// With `--sites`: the rate of the hub's own leg (default unlimited).
+        #[arg(long)]
+        hub_rate: Option<String>,
     },
     /// Drop everything on the running link until `heal` (also: SIGUSR1 to `up`).
     Partition {
@@ -283,6 +299,30 @@ fn ns_names(name: &str) -> [String; 2] {
     [format!("{name}-a"), format!("{name}-b")]
 }
 
+/// The namespaces of a star's sites that exist now (`NAME-s<i>`).
+fn site_namespaces(name: &str) -> Vec<String> {
+    let prefix = format!("{name}-s");
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| {
+                    n.strip_prefix(&prefix)
+                        .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn bridge_name(name: &str) -> String {
+    format!("{name}-br")
+}
+
+fn device_exists(dev: &str) -> bool {
+    Path::new("/sys/class/net").join(dev).exists()
+}
+
 fn control_path(name: &str) -> PathBuf {
     PathBuf::from(format!("/run/cairn-link-{name}.sock"))
 }
@@ -307,10 +347,13 @@ fn ns_exists(ns: &str) -> bool {
 }
 
 fn remove_namespaces(name: &str) {
-    for ns in ns_names(name) {
+    for ns in ns_names(name).into_iter().chain(site_namespaces(name)) {
         if ns_exists(&ns) {
             let _ = ip(&["netns", "del", &ns]);
         }
+    }
+    if device_exists(&bridge_name(name)) {
+        let _ = ip(&["link", "del", &bridge_name(name)]);
     }
     let _ = std::fs::remove_file(control_path(name));
 }
@@ -346,35 +389,74 @@ impl Counters {
     }
 }
 
+/// The running link's counters. For a star, `a_to_b` and `b_to_a` are what the hub's leg
+/// carried from the hub and to it.
 #[derive(Serialize, Debug)]
 struct Stats {
     partitioned: bool,
     a_to_b: CounterSnapshot,
     b_to_a: CounterSnapshot,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    star: Option<StarStats>,
 }
 
-struct Link {
-    shapers: [Arc<Mutex<Shaper>>; 2],
-    counters: [Arc<Counters>; 2],
+#[derive(Serialize, Debug)]
+struct StarStats {
+    sites: usize,
+    /// Summed over the sites' legs, towards the sites.
+    to_sites: CounterSnapshot,
+    /// Packets to an address no leg owns.
+    unroutable: u64,
+}
+
+enum Link {
+    /// Two namespaces, a shaper each way.
+    Pair {
+        shapers: [Arc<Mutex<Shaper>>; 2],
+        counters: [Arc<Counters>; 2],
+    },
+    Star {
+        star: Arc<star::Star>,
+        sites: usize,
+    },
 }
 
 impl Link {
     fn set_partitioned(&self, on: bool) {
-        for s in &self.shapers {
-            if let Ok(mut s) = s.lock() {
-                s.set_partitioned(on);
+        match self {
+            Link::Pair { shapers, .. } => {
+                for s in shapers {
+                    if let Ok(mut s) = s.lock() {
+                        s.set_partitioned(on);
+                    }
+                }
             }
+            Link::Star { star, .. } => star.set_partitioned(on),
         }
     }
 
     fn stats(&self) -> Stats {
-        Stats {
-            partitioned: self.shapers[0]
-                .lock()
-                .map(|s| s.partitioned())
-                .unwrap_or(false),
-            a_to_b: self.counters[0].snapshot(),
-            b_to_a: self.counters[1].snapshot(),
+        match self {
+            Link::Pair { shapers, counters } => Stats {
+                partitioned: shapers[0].lock().map(|s| s.partitioned()).unwrap_or(false),
+                a_to_b: counters[0].snapshot(),
+                b_to_a: counters[1].snapshot(),
+                star: None,
+            },
+            Link::Star { star, sites } => {
+                let (a_to_b, b_to_a) = star.hub_counters();
+                let (to_sites, unroutable) = star.site_totals();
+                Stats {
+                    partitioned: star.partitioned(),
+                    a_to_b,
+                    b_to_a,
+                    star: Some(StarStats {
+                        sites: *sites,
+                        to_sites,
+                        unroutable,
+                    }),
+                }
+            }
         }
     }
 }
@@ -435,10 +517,18 @@ fn bridge(
     });
 }
 
-fn setup_namespace(ns: &str, dev: &str, addr: Ipv4Addr) -> Result<()> {
+fn setup_namespace(ns: &str, dev: &str, addr: Ipv4Addr, prefix: u8) -> Result<()> {
     ip(&["link", "set", "dev", dev, "netns", ns])?;
     ip(&["-n", ns, "link", "set", "lo", "up"])?;
-    ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
+    ip(&[
+        "-n",
+        ns,
+        "addr",
+        "add",
+        &format!("{addr}/{prefix}"),
+        "dev",
+        dev,
+    ])?;
     ip(&[
         "-n",
         ns,
@@ -477,21 +567,47 @@ fn setup_namespace(ns: &str, dev: &str, addr: Ipv4Addr) -> Result<()> {
     Ok(())
 }
 
-fn up(args: &LinkArgs, samples: Option<&Path>, replace: bool) -> Result<()> {
+/// The star's own options (`up --sites`).
+struct StarArgs {
+    sites: usize,
+    site_rtt: Nanos,
+    hub_rate: u64,
+}
+
+fn up(
+    args: &LinkArgs,
+    samples: Option<&Path>,
+    replace: bool,
+    star_args: Option<StarArgs>,
+) -> Result<()> {
     let settings = args.settings()?;
     let [ns_a, ns_b] = ns_names(&args.name);
     if !Path::new("/dev/net/tun").exists() {
         bail!("/dev/net/tun is missing: this needs TUN support (and root)");
     }
-    for ns in [&ns_a, &ns_b] {
-        if ns_exists(ns) {
-            if replace {
-                eprintln!("cairn-link: removing namespace {ns} left by an earlier run");
-            } else {
-                bail!(
-                    "namespace {ns} exists (from a run that did not clean up?); pass --replace to remove it"
-                );
-            }
+    if let Some(st) = &star_args {
+        // Device names (`NAME-t<i>`, `NAME-m<i>`) must fit the kernel's 15 bytes.
+        let longest = format!("{}-t{}", args.name, st.sites.saturating_sub(1));
+        if st.sites == 0 || st.sites > star::MAX_SITES || longest.len() > 15 {
+            bail!(
+                "--sites must be 1 to {} and `{longest}` at most 15 bytes (use a shorter --name)",
+                star::MAX_SITES
+            );
+        }
+    }
+    let left: Vec<String> = [&ns_a, &ns_b]
+        .into_iter()
+        .filter(|ns| ns_exists(ns))
+        .cloned()
+        .chain(site_namespaces(&args.name))
+        .collect();
+    for ns in &left {
+        if replace {
+            eprintln!("cairn-link: removing namespace {ns} left by an earlier run");
+        } else {
+            bail!(
+                "namespace {ns} exists (from a run that did not clean up?); pass --replace to remove it"
+            );
         }
     }
     if replace {
@@ -505,10 +621,6 @@ fn up(args: &LinkArgs, samples: Option<&Path>, replace: bool) -> Result<()> {
         }
     }
     let _cleanup = Cleanup(args.name.clone());
-    ip(&["netns", "add", &ns_a])?;
-    ip(&["netns", "add", &ns_b])?;
-    let dev_a = format!("{}-ta", args.name);
-    let dev_b = format!("{}-tb", args.name);
     let make = |dev: &str| -> Result<Arc<tun_rs::SyncDevice>> {
         let d = tun_rs::DeviceBuilder::new()
             .name(dev)
@@ -517,36 +629,53 @@ fn up(args: &LinkArgs, samples: Option<&Path>, replace: bool) -> Result<()> {
             .with_context(|| format!("creating TUN device {dev}"))?;
         Ok(Arc::new(d))
     };
-    let (tun_a, tun_b) = (make(&dev_a)?, make(&dev_b)?);
-    setup_namespace(&ns_a, &dev_a, ADDR_A)?;
-    setup_namespace(&ns_b, &dev_b, ADDR_B)?;
-
-    let profile = settings.profile();
-    let link = Arc::new(Link {
-        shapers: [
-            Arc::new(Mutex::new(Shaper::new(profile, settings.seed))),
-            Arc::new(Mutex::new(Shaper::new(
-                profile,
-                settings.seed.wrapping_add(1),
-            ))),
-        ],
-        counters: [Arc::default(), Arc::default()],
-    });
     let epoch = Instant::now();
-    bridge(
-        tun_a.clone(),
-        tun_b.clone(),
-        link.shapers[0].clone(),
-        link.counters[0].clone(),
-        epoch,
-    );
-    bridge(
-        tun_b,
-        tun_a,
-        link.shapers[1].clone(),
-        link.counters[1].clone(),
-        epoch,
-    );
+    let (link, banner) = match star_args {
+        None => {
+            ip(&["netns", "add", &ns_a])?;
+            ip(&["netns", "add", &ns_b])?;
+            let dev_a = format!("{}-ta", args.name);
+            let dev_b = format!("{}-tb", args.name);
+            let (tun_a, tun_b) = (make(&dev_a)?, make(&dev_b)?);
+            setup_namespace(&ns_a, &dev_a, ADDR_A, 24)?;
+            setup_namespace(&ns_b, &dev_b, ADDR_B, 24)?;
+            let profile = settings.profile();
+            let shapers = [
+                Arc::new(Mutex::new(Shaper::new(profile, settings.seed))),
+                Arc::new(Mutex::new(Shaper::new(
+                    profile,
+                    settings.seed.wrapping_add(1),
+                ))),
+            ];
+            let counters: [Arc<Counters>; 2] = [Arc::default(), Arc::default()];
+            bridge(
+                tun_a.clone(),
+                tun_b.clone(),
+                shapers[0].clone(),
+                counters[0].clone(),
+                epoch,
+            );
+            bridge(tun_b, tun_a, shapers[1].clone(), counters[1].clone(), epoch);
+            (
+                Link::Pair { shapers, counters },
+                format!(
+                    "{ns_a} {ADDR_A} <-> {ns_b} {ADDR_B}; {}",
+                    settings.describe()
+                ),
+            )
+        }
+        Some(st) => {
+            let (star, banner) = up_star(&args.name, &settings, &st, &make)?;
+            (
+                Link::Star {
+                    star,
+                    sites: st.sites,
+                },
+                banner,
+            )
+        }
+    };
+    let link = Arc::new(link);
 
     let stop = Arc::new(AtomicBool::new(false));
     if let Some(path) = samples {
@@ -604,10 +733,7 @@ fn up(args: &LinkArgs, samples: Option<&Path>, replace: bool) -> Result<()> {
             }
         });
     }
-    println!(
-        "cairn-link up: {ns_a} {ADDR_A} <-> {ns_b} {ADDR_B}; {}",
-        settings.describe()
-    );
+    println!("cairn-link up: {banner}");
     let _ = std::io::stdout().flush();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
@@ -630,6 +756,81 @@ fn up(args: &LinkArgs, samples: Option<&Path>, replace: bool) -> Result<()> {
         serde_json::to_string(&stats).unwrap_or_default()
     );
     Ok(())
+}
+
+/// Makes the star's namespaces, devices and management bridge and starts it; a line for the
+/// banner.
+fn up_star(
+    name: &str,
+    settings: &Settings,
+    st: &StarArgs,
+    make: &dyn Fn(&str) -> Result<Arc<tun_rs::SyncDevice>>,
+) -> Result<(Arc<star::Star>, String)> {
+    let bridge = bridge_name(name);
+    ip(&["link", "add", &bridge, "type", "bridge"])?;
+    ip(&["addr", "add", "10.78.0.254/16", "dev", &bridge])?;
+    ip(&["link", "set", &bridge, "up"])?;
+    // The hub's leg: the long haul. The sites' legs: their access rate and a short delay.
+    let site_delay = st.site_rtt / 4;
+    let hub_delay = (settings.rtt_ns / 2).saturating_sub(site_delay);
+    let hub_queue = if st.hub_rate == 0 {
+        settings.queue_bytes
+    } else {
+        ((st.hub_rate as f64 / 8.0 * settings.rtt_ns as f64 / 1e9) as u64).max(64 * MTU as u64)
+    };
+    let hub_profile = shaper::Profile {
+        rate_bps: st.hub_rate,
+        delay: hub_delay,
+        jitter: settings.jitter_ns,
+        queue_bytes: hub_queue,
+        loss: settings.loss,
+    };
+    let site_profile = shaper::Profile {
+        rate_bps: settings.rate_bps,
+        delay: site_delay,
+        jitter: 0,
+        queue_bytes: settings.queue_bytes,
+        loss: Loss::None,
+    };
+    let mut legs = Vec::with_capacity(st.sites + 1);
+    let mut tuns = Vec::with_capacity(st.sites + 1);
+    let members = std::iter::once((format!("{name}-a"), "a".to_owned(), star::HUB))
+        .chain((0..st.sites).map(|i| (format!("{name}-s{i}"), i.to_string(), star::site_addr(i))));
+    for (k, (ns, tag, addr)) in members.enumerate() {
+        ip(&["netns", "add", &ns])?;
+        let dev = format!("{name}-t{tag}");
+        tuns.push(make(&dev)?);
+        setup_namespace(&ns, &dev, addr, 16)?;
+        let veth = format!("{name}-m{tag}");
+        ip(&[
+            "link", "add", &veth, "type", "veth", "peer", "name", "mgmt", "netns", &ns,
+        ])?;
+        ip(&["link", "set", &veth, "master", &bridge, "up"])?;
+        let mgmt = format!("{}/16", star::mgmt_addr(addr));
+        ip(&["-n", &ns, "addr", "add", &mgmt, "dev", "mgmt"])?;
+        ip(&["-n", &ns, "link", "set", "mgmt", "up"])?;
+        let profile = if k == 0 { hub_profile } else { site_profile };
+        legs.push(star::Leg::new(
+            profile,
+            settings.seed.wrapping_add(2 * k as u64),
+        ));
+    }
+    let banner = format!(
+        "star {name}-a {} (hub) and {} sites {name}-s0.. from {}; each site {} Mbit/s, hub leg {}, {} ms RTT to the hub, {} ms between sites, loss {:.3}% on the hub leg; management 10.78.0.0/16 on {bridge}",
+        star::HUB,
+        st.sites,
+        star::site_addr(0),
+        settings.rate_bps as f64 / 1e6,
+        if st.hub_rate == 0 {
+            "unlimited".to_owned()
+        } else {
+            format!("{} Mbit/s", st.hub_rate as f64 / 1e6)
+        },
+        (hub_delay + site_delay) as f64 * 2.0 / 1e6,
+        site_delay as f64 * 4.0 / 1e6,
+        settings.loss_mean * 100.0
+    );
+    Ok((star::Star::start(legs, tuns), banner))
 }
 
 fn control(name: &str, command: &str) -> Result<String> {
@@ -966,7 +1167,25 @@ fn main() -> ExitCode {
             link,
             samples,
             replace,
-        } => up(&link, samples.as_deref(), replace).map(|_| true),
+            sites,
+            site_rtt,
+            hub_rate,
+        } => (|| {
+            let star = match sites {
+                0 => None,
+                sites => Some(StarArgs {
+                    sites,
+                    site_rtt: parse_duration(&site_rtt)?,
+                    hub_rate: hub_rate
+                        .as_deref()
+                        .map(parse_rate)
+                        .transpose()?
+                        .unwrap_or(0),
+                }),
+            };
+            up(&link, samples.as_deref(), replace, star)
+        })()
+        .map(|_| true),
         Cmd::Partition { name } => control(&name, "partition").map(|r| {
             println!("{r}");
             true
