@@ -7,9 +7,14 @@
 //! RSS, RSS once idle with the connections still warm (and its growth per connected spoke),
 //! and bytes sent as its replication log counts them.
 //!
-//! With `--link P2` (as root) the hub runs in namespace `cairnfan-a` and the relays and spokes
-//! in `cairnfan-b`, behind one emulated link (`cairn-link`): a region whose sites share one WAN
-//! path to the hub. The runner then also reports the bytes the link carried towards the site.
+//! With `--link P2` (as root) every instance runs in a network namespace of its own behind a
+//! link of its own (`cairn-link up --sites`, a star): each relay and spoke has the profile's
+//! access rate and reaches the hub in the profile's round trip, across the hub's leg, which
+//! carries the loss; relays and spokes reach each other in `--site-rtt` (a region). The runner
+//! talks to the instances over the link's unshaped management network and also reports the
+//! bytes the hub's leg carried from the hub. With `--shared-link` the hub runs in
+//! `cairnfan-a` and all relays and spokes together in `cairnfan-b`, behind one emulated link: a
+//! region whose sites share one WAN path to the hub.
 //!
 //! `fanout --spokes 10,30,100 --relays 0,4 --release-mib 64 [--link P2]` (see `--help`).
 //! Results go to `DIR/results.json`, `DIR/results.md` and `DIR/fanout.png`.
@@ -50,9 +55,19 @@ struct Args {
     /// Keep each run's instances (a copy of the release per spoke) instead of removing them.
     #[arg(long)]
     keep: bool,
-    /// Put the hub behind an emulated link with this profile (P1, P2, P3; as root).
+    /// Put every instance behind an emulated link of its own with this profile (P1, P2, P3;
+    /// as root).
     #[arg(long)]
     link: Option<String>,
+    /// With `--link`: one link shared by all relays and spokes instead of one each.
+    #[arg(long)]
+    shared_link: bool,
+    /// With `--link`: the round trip between two relays or spokes (a region).
+    #[arg(long, default_value = "10ms")]
+    site_rtt: String,
+    /// With `--link`: the rate of the hub's own leg (e.g. 1gbit; default unlimited).
+    #[arg(long)]
+    hub_rate: Option<String>,
     /// (Set by the runner when it runs itself inside the site's namespace.)
     #[arg(long, hide = true)]
     inside: bool,
@@ -61,6 +76,18 @@ struct Args {
 const LINK: &str = "cairnfan";
 /// The hub's QUIC and HTTP address with `--link`: namespace `cairnfan-a`.
 const LINK_HUB: &str = "10.77.0.1";
+
+/// Where the instances of a run are.
+#[derive(Clone, Copy, PartialEq)]
+enum Topology {
+    /// All on loopback.
+    Loopback,
+    /// The hub across one link from a namespace holding everything else.
+    Shared,
+    /// Each in its own namespace behind its own leg; site k of the star is relay k, then the
+    /// spokes.
+    Star,
+}
 
 const FEED: &str = "rel";
 
@@ -108,7 +135,12 @@ fn main() -> Result<()> {
         "--packages and --release-mib must be positive"
     );
     let cairn = sibling("cairn")?;
-    if let (Some(profile), false) = (&args.link, args.inside) {
+    let topology = match (&args.link, args.shared_link) {
+        (None, _) => Topology::Loopback,
+        (Some(_), true) => Topology::Shared,
+        (Some(_), false) => Topology::Star,
+    };
+    if let (Some(profile), false, Topology::Shared) = (&args.link, args.inside, topology) {
         // Bring the link up, then run again inside the site's namespace (its instances and
         // this runner's API calls on loopback there; the hub across the link).
         let _link = cairn_benches::instance::link_up(LINK, profile)?;
@@ -128,7 +160,19 @@ fn main() -> Result<()> {
         for &spokes in &args.spokes {
             eprintln!("fanout: {spokes} spokes, {relays} relays");
             let dir = root.join(format!("n{spokes}-r{relays}"));
-            let row = run(&cairn, &dir, spokes, relays, &release, &args)?;
+            // A star has as many sites as the run has relays and spokes: one link per run.
+            let _star = match (&args.link, topology) {
+                (Some(profile), Topology::Star) => {
+                    let sites = (relays + spokes).to_string();
+                    let mut more = vec!["--sites", &sites, "--site-rtt", &args.site_rtt];
+                    if let Some(r) = &args.hub_rate {
+                        more.extend(["--hub-rate", r.as_str()]);
+                    }
+                    Some(cairn_benches::instance::link_up_with(LINK, profile, &more)?)
+                }
+                _ => None,
+            };
+            let row = run(&cairn, &dir, spokes, relays, &release, &args, topology)?;
             print_row(&row);
             rows.push(row);
             // Each run's instances hold a copy of the release per spoke.
@@ -178,13 +222,68 @@ fn make_release(dir: &Path, packages: usize, mib: u64) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// `to` knows `of` as peer `name` on loopback `port` (0: it never dials it).
-fn add_peer(cairn: &Path, to: &Inst, name: &str, of: &Inst, port: u16) -> Result<()> {
-    to.add_peer(cairn, name, &of.key, &format!("127.0.0.1:{}", port.max(1)))
+/// Where an instance listens and how the runner reaches it.
+struct Place {
+    /// Its namespace, if not the runner's.
+    netns: Option<String>,
+    /// The host others dial for QUIC.
+    sync_host: String,
+    /// The host its HTTP server listens on (the runner's way in).
+    http_host: String,
 }
 
-fn write_config(inst: &Inst, port: u16, replication: &str) -> Result<()> {
-    inst.config(&format!("127.0.0.1:{port}"), "127.0.0.1:0", replication)
+impl Place {
+    /// Site `k` of the run's topology (relays first, then spokes); `None`: the hub.
+    fn of(topology: Topology, site: Option<usize>) -> Place {
+        use cairn_benches::instance::{star_mgmt_addr, star_site_addr};
+        match (topology, site) {
+            (Topology::Star, Some(k)) => Place {
+                netns: Some(format!("{LINK}-s{k}")),
+                sync_host: star_site_addr(k).to_string(),
+                http_host: star_mgmt_addr(star_site_addr(k)).to_string(),
+            },
+            (Topology::Star, None) => Place {
+                netns: Some(format!("{LINK}-a")),
+                sync_host: LINK_HUB.to_owned(),
+                http_host: star_mgmt_addr(LINK_HUB.parse().expect("an address")).to_string(),
+            },
+            (Topology::Shared, None) => Place {
+                netns: Some(format!("{LINK}-a")),
+                sync_host: LINK_HUB.to_owned(),
+                http_host: LINK_HUB.to_owned(),
+            },
+            (Topology::Loopback | Topology::Shared, _) => Place {
+                netns: None,
+                sync_host: "127.0.0.1".to_owned(),
+                http_host: "127.0.0.1".to_owned(),
+            },
+        }
+    }
+}
+
+/// `to` knows `of` as peer `name` at `place`, `port` (0: it never dials it).
+fn add_peer(
+    cairn: &Path,
+    to: &Inst,
+    name: &str,
+    of: &Inst,
+    place: &Place,
+    port: u16,
+) -> Result<()> {
+    to.add_peer(
+        cairn,
+        name,
+        &of.key,
+        &format!("{}:{}", place.sync_host, port.max(1)),
+    )
+}
+
+fn write_config(inst: &Inst, place: &Place, port: u16, replication: &str) -> Result<()> {
+    inst.config(
+        &format!("{}:{port}", place.sync_host),
+        &format!("{}:0", place.http_host),
+        replication,
+    )
 }
 
 fn root_of(addr: &str, admin: &str) -> Result<String> {
@@ -218,6 +317,7 @@ fn run(
     relays: usize,
     release: &[PathBuf],
     args: &Args,
+    topology: Topology,
 ) -> Result<Row> {
     fs::create_dir_all(dir)?;
     // Instances are made on two threads: each is a few CLI calls that open a store.
@@ -253,26 +353,33 @@ fn run(
     let relay_insts: Vec<Inst> = made.split_off(1);
     let hub = made.pop().ok_or_else(|| anyhow!("no hub"))?;
 
-    // With a link the hub is alone in its namespace, on a fixed port.
-    let (hub_host, hub_port) = match args.link {
-        Some(_) => (LINK_HUB, 7443),
-        None => ("127.0.0.1", free_udp_port()?),
+    // Behind a link the hub is alone in its namespace, on a fixed port; so is each site of a
+    // star.
+    let hub_place = Place::of(topology, None);
+    let relay_places: Vec<Place> = (0..relays).map(|j| Place::of(topology, Some(j))).collect();
+    let spoke_places: Vec<Place> = (0..spokes)
+        .map(|i| Place::of(topology, Some(relays + i)))
+        .collect();
+    let hub_port = match topology {
+        Topology::Loopback => free_udp_port()?,
+        Topology::Shared | Topology::Star => 7443,
     };
     let relay_ports: Vec<u16> = (0..relays)
-        .map(|_| free_udp_port())
+        .map(|_| match topology {
+            Topology::Star => Ok(7443),
+            Topology::Loopback | Topology::Shared => free_udp_port(),
+        })
         .collect::<Result<_>>()?;
+    let hub_addr = format!("{}:{hub_port}", hub_place.sync_host);
     let hub_token = hub.cli(cairn, &["token", "create", "--scope", "replicate:rel"])?;
-    hub.config(
-        &format!("{hub_host}:{hub_port}"),
-        &format!("{hub_host}:0"),
-        "",
-    )?;
+    write_config(&hub, &hub_place, hub_port, "")?;
     for (j, r) in relay_insts.iter().enumerate() {
-        add_peer(cairn, &hub, &format!("relay{j}"), r, 0)?;
-        r.add_peer(cairn, "hub", &hub.key, &format!("{hub_host}:{hub_port}"))?;
+        add_peer(cairn, &hub, &format!("relay{j}"), r, &relay_places[j], 0)?;
+        r.add_peer(cairn, "hub", &hub.key, &hub_addr)?;
         r.cli(cairn, &["trust", "add", &hub.key, "--feed", FEED])?;
         write_config(
             r,
+            &relay_places[j],
             relay_ports[j],
             &format!("[[replication]]\nname = \"up\"\npeer = \"hub\"\ntoken = \"{hub_token}\"\nfeeds = [\"{FEED}\"]\nmode = \"pull\"\ninterval_secs = 3600\n"),
         )?;
@@ -282,13 +389,27 @@ fn run(
         .map(|r| r.cli(cairn, &["token", "create", "--scope", "replicate:rel"]))
         .collect::<Result<_>>()?;
     for (i, s) in spoke_insts.iter().enumerate() {
-        add_peer(cairn, &hub, &format!("spoke{i}"), s, 0)?;
-        s.add_peer(cairn, "hub", &hub.key, &format!("{hub_host}:{hub_port}"))?;
+        add_peer(cairn, &hub, &format!("spoke{i}"), s, &spoke_places[i], 0)?;
+        s.add_peer(cairn, "hub", &hub.key, &hub_addr)?;
         s.cli(cairn, &["trust", "add", &hub.key, "--feed", FEED])?;
         let upstream = if relays > 0 {
             let j = i % relays;
-            add_peer(cairn, &relay_insts[j], &format!("spoke{i}"), s, 0)?;
-            add_peer(cairn, s, "relay", &relay_insts[j], relay_ports[j])?;
+            add_peer(
+                cairn,
+                &relay_insts[j],
+                &format!("spoke{i}"),
+                s,
+                &spoke_places[i],
+                0,
+            )?;
+            add_peer(
+                cairn,
+                s,
+                "relay",
+                &relay_insts[j],
+                &relay_places[j],
+                relay_ports[j],
+            )?;
             format!(
                 "peer = [\"relay\", \"hub\"]\ntoken = \"{}\"\ntokens = {{ hub = \"{hub_token}\" }}\n",
                 relay_tokens[j]
@@ -298,16 +419,20 @@ fn run(
         };
         write_config(
             s,
-            0,
+            &spoke_places[i],
+            match topology {
+                Topology::Star => 7443,
+                Topology::Loopback | Topology::Shared => 0,
+            },
             &format!("[[replication]]\nname = \"up\"\n{upstream}feeds = [\"{FEED}\"]\nmode = \"pull\"\ninterval_secs = 3600\n"),
         )?;
     }
 
-    let hub_ns = args.link.as_ref().map(|_| format!("{LINK}-a"));
-    let hub_run = hub.serve(cairn, hub_ns.as_deref())?;
+    let hub_run = hub.serve(cairn, hub_place.netns.as_deref())?;
     let relay_runs: Vec<Running> = relay_insts
         .iter()
-        .map(|r| r.serve(cairn, None))
+        .zip(&relay_places)
+        .map(|(r, p)| r.serve(cairn, p.netns.as_deref()))
         .collect::<Result<_>>()?;
     // Every downstream connected once, with nothing to pull yet, before the start figures.
     let wait_for_first_runs = |runs: &[Running], insts: &[Inst]| -> Result<()> {
@@ -339,8 +464,8 @@ fn run(
         relay_figs[j].rss_start = rss_bytes(*r).0;
         relay_figs[j].downstreams = (0..spokes).filter(|i| i % relays == j).count();
     }
-    for s in &spoke_insts {
-        spoke_runs.push(s.serve(cairn, None)?);
+    for (s, p) in spoke_insts.iter().zip(&spoke_places) {
+        spoke_runs.push(s.serve(cairn, p.netns.as_deref())?);
     }
     wait_for_first_runs(&spoke_runs, &spoke_insts)?;
     std::thread::sleep(Duration::from_secs(2));
