@@ -356,7 +356,56 @@ fn range_bytes(groups: &[(u64, u64)], size: u64) -> u64 {
 /// Documents of one feed still to send, by key.
 struct DocQueue {
     feed: String,
-    keys: VecDeque<String>,
+    keys: DocKeys,
+}
+
+/// The documents owed to the peer for one feed, as 8-byte key prefixes (the first 8 bytes of
+/// BLAKE3(key)): they become entries (those under each prefix that the run's filter selects,
+/// as they are when read) a few hundred at a time while frames are filled, so a long list costs
+/// 8 bytes an entry until it goes out, whatever the feed's size.
+#[derive(Default)]
+struct DocKeys {
+    key8s: VecDeque<u64>,
+    /// Read from the store, next to go.
+    entries: VecDeque<Entry>,
+    /// Keys not to send after all (dropped as stale while the list was made).
+    skip: HashSet<String>,
+}
+
+/// Prefixes a [`DocKeys`] reads at a time.
+const DOC_KEYS_READ: usize = 256;
+
+impl DocKeys {
+    fn new(key8s: impl IntoIterator<Item = u64>) -> DocKeys {
+        DocKeys {
+            key8s: key8s.into_iter().collect(),
+            ..DocKeys::default()
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.key8s.is_empty()
+    }
+
+    /// The next entry to send, reading the next prefixes when those read are used up.
+    fn front(
+        &mut self,
+        store: &Store,
+        feed: &str,
+        filter: Option<&Filter>,
+    ) -> Result<Option<&Entry>, SessionError> {
+        while self.entries.is_empty() && !self.key8s.is_empty() {
+            let n = self.key8s.len().min(DOC_KEYS_READ);
+            let batch: Vec<u64> = self.key8s.drain(..n).collect();
+            let m = filter.map(Filter::matcher);
+            for (_, e) in store.entries_at_key8s(feed, &batch).map_err(store_err)? {
+                if m.as_ref().is_none_or(|m| m.selects(&e.key)) && !self.skip.contains(&e.key) {
+                    self.entries.push_back(e);
+                }
+            }
+        }
+        Ok(self.entries.front())
+    }
 }
 
 /// One blob piece owed to the peer: chunk groups `start..end` of `hash`.
@@ -564,10 +613,8 @@ struct FeedJob {
     /// (push: extras to remove, as 8-byte key hashes; mirror: entries only this side holds,
     /// which may be stale).
     pending_removals: Vec<u64>,
-    pending_stale: Vec<String>,
+    pending_stale: Vec<u64>,
     dry_run: bool,
-    /// Key prefixes (8 bytes of key hash) to our keys, for the buckets in play.
-    local_keys: HashMap<u64, Vec<String>>,
     /// Responder of a pull: the checkpoint its status carried, so DONE need not repeat it.
     sent_checkpoint: Option<Vec<u8>>,
     local_items: Vec<Item>,
@@ -580,8 +627,8 @@ struct FeedJob {
     /// Responder: buckets item-list pages have covered this round (each may come once).
     listed_buckets: HashSet<u8>,
     diff_pages: DiffPages,
-    /// Responder: keys whose documents go with the last DIFF page of the round.
-    to_send: Vec<String>,
+    /// Responder: 8-byte key prefixes whose documents go with the last DIFF page of the round.
+    to_send: Vec<u64>,
     /// Responder: keys asked for in this round's DIFF pages.
     wants_sent: u64,
     batches: Vec<Batch>,
@@ -2002,7 +2049,6 @@ impl Session {
         }
         job.report.path = Path::Sketch;
         job.local_items.clear();
-        job.local_keys.clear();
         job.bucket_starts.clear();
         let mut mine_only = Vec::new();
         for item in claimed {
@@ -2010,7 +2056,6 @@ impl Session {
                 view_entries_under(store, feed, &item.key.to_be_bytes(), job.filter.as_ref())?
             {
                 if Item::new(kh.as_bytes(), merkle::leaf(&e.key, &e.value.doc).as_bytes()) == item {
-                    job.local_keys.entry(item.key).or_default().push(e.key);
                     mine_only.push(item);
                 }
             }
@@ -2081,19 +2126,15 @@ impl Session {
         let my_keys: HashSet<u64> = mine_only.iter().map(|i| i.key).collect();
         if mode != Mode::Push {
             let job = self.job(feed)?;
-            let mut keys: Vec<String> = mine_only
-                .iter()
-                .flat_map(|i| job.local_keys.get(&i.key).cloned().unwrap_or_default())
-                .collect();
+            job.to_send.extend(mine_only.iter().map(|i| i.key));
             if mode == Mode::Mirror {
-                let only_here: Vec<String> = mine_only
-                    .iter()
-                    .filter(|i| !their_keys.contains(&i.key))
-                    .flat_map(|i| job.local_keys.get(&i.key).cloned().unwrap_or_default())
-                    .collect();
-                job.pending_stale.extend(only_here);
+                job.pending_stale.extend(
+                    mine_only
+                        .iter()
+                        .map(|i| i.key)
+                        .filter(|k| !their_keys.contains(k)),
+                );
             }
-            job.to_send.append(&mut keys);
         }
         let remove: Vec<u64> = if mode == Mode::Pull {
             their_keys.difference(&my_keys).copied().collect()
@@ -2112,6 +2153,7 @@ impl Session {
             job.pending_removals
                 .extend(my_keys.difference(&their_keys).copied());
         }
+        let mut withheld = HashSet::new();
         if last {
             let job = self.job(feed)?;
             let (extras, only_here) = (
@@ -2122,11 +2164,12 @@ impl Session {
                 return Ok(());
             }
             if !only_here.is_empty() {
+                let filter = self.job(feed)?.filter.clone();
+                let only_here = keys_by_key8(store, feed, &only_here, filter.as_ref())?;
                 let Some(gone) = self.drop_stale(store, feed, &only_here)? else {
                     return Ok(());
                 };
-                let gone: HashSet<String> = gone.into_iter().collect();
-                self.job(feed)?.to_send.retain(|k| !gone.contains(k));
+                withheld.extend(gone);
             }
         }
         let absent: Vec<u64> = if mode == Mode::Mirror {
@@ -2150,8 +2193,12 @@ impl Session {
         for i in 0..pages {
             let final_page = last && i + 1 == pages;
             let (docs, blobs, docs_last) = if final_page {
-                let mut queue: VecDeque<String> =
-                    std::mem::take(&mut self.job(feed)?.to_send).into();
+                // In key-hash order: the store reads them in its own order.
+                let mut key8s = std::mem::take(&mut self.job(feed)?.to_send);
+                key8s.sort_unstable();
+                key8s.dedup();
+                let mut queue = DocKeys::new(key8s);
+                queue.skip = std::mem::take(&mut withheld);
                 let (docs, blobs) = self.next_batch(store, feed, &mut queue)?;
                 let done = queue.is_empty();
                 self.queue_docs(feed, queue);
@@ -2457,8 +2504,7 @@ impl Session {
         feed: &str,
         key8s: &[u64],
     ) -> Result<(), SessionError> {
-        let filter = self.job(feed)?.filter.clone();
-        let mut queue: VecDeque<String> = keys_by_key8(store, feed, key8s, filter.as_ref())?.into();
+        let mut queue = DocKeys::new(key8s.iter().copied());
         let (docs, blobs) = self.next_batch(store, feed, &mut queue)?;
         let seq = self.next_docs_seq(feed)?;
         self.outbox.push_back(Frame::Docs {
@@ -2473,7 +2519,7 @@ impl Session {
     }
 
     /// Keys whose documents follow in DOCS frames as the transport takes them.
-    fn queue_docs(&mut self, feed: &str, keys: VecDeque<String>) {
+    fn queue_docs(&mut self, feed: &str, keys: DocKeys) {
         if !keys.is_empty() {
             self.doc_queue.push_back(DocQueue {
                 feed: feed.to_owned(),
@@ -2495,28 +2541,26 @@ impl Session {
         &mut self,
         store: &Store,
         feed: &str,
-        keys: &mut VecDeque<String>,
+        keys: &mut DocKeys,
     ) -> Result<DocBatch, SessionError> {
         let mut docs = Vec::new();
         let mut blobs: Vec<SmallBlob> = Vec::new();
         let mut seen = HashSet::new();
         let mut bytes = 0;
         let budget = self.limits.doc_batch_bytes.clamp(1, DOC_BATCH_BYTES);
-        let feed_id = store.feed(feed).map_err(store_err)?.id;
+        let filter = self.job(feed)?.filter.clone();
         let mut trust = SignerTrust::default();
-        while let Some(key) = keys.front() {
-            let Some(v) = store.entry_by_id(feed_id, key).map_err(store_err)? else {
-                keys.pop_front();
-                continue;
-            };
+        while let Some(e) = keys.front(store, feed, filter.as_ref())? {
             let d = store
-                .document_bytes(&v.doc)
+                .document_bytes(&e.value.doc)
                 .map_err(store_err)?
-                .ok_or_else(|| store_err(StoreError::missing_document("entry", key, &v.doc)))?;
+                .ok_or_else(|| {
+                    store_err(StoreError::missing_document("entry", &e.key, &e.value.doc))
+                })?;
             let (signer, manifest) = SignedDocument::peek_signer_and_payload::<Manifest>(&d)
                 .map_err(|e| store_err(StoreError::Document(e)))?;
             if !trust.offerable(store, feed, signer)? {
-                keys.pop_front();
+                keys.entries.pop_front();
                 continue;
             }
             // A document goes with its small blobs: one whose blobs would not fit waits for the
@@ -2531,7 +2575,7 @@ impl Session {
             if bytes + d.len() + inline_need > budget && !docs.is_empty() {
                 break;
             }
-            keys.pop_front();
+            keys.entries.pop_front();
             bytes += d.len();
             if let Some(m) = manifest {
                 for f in m.files {
@@ -3326,20 +3370,17 @@ fn log_suffix(
     }
 }
 
-/// This side's items in `buckets`, grouped by bucket in order, with the keys behind each
-/// 8-byte key prefix.
+/// This side's items in `buckets`, grouped by bucket in order.
 fn collect_items(store: &Store, job: &mut FeedJob, buckets: &[u8]) -> Result<(), SessionError> {
     job.local_items.clear();
-    job.local_keys.clear();
     job.bucket_starts.clear();
     job.buckets = buckets.to_vec();
     for &b in buckets {
         job.bucket_starts.push((b, job.local_items.len()));
         for (kh, e) in view_entries_under(store, &job.name, &[b], job.filter.as_ref())? {
             let leaf = merkle::leaf(&e.key, &e.value.doc);
-            let item = Item::new(kh.as_bytes(), leaf.as_bytes());
-            job.local_keys.entry(item.key).or_default().push(e.key);
-            job.local_items.push(item);
+            job.local_items
+                .push(Item::new(kh.as_bytes(), leaf.as_bytes()));
         }
     }
     Ok(())
