@@ -73,6 +73,16 @@ struct Args {
     inside: bool,
 }
 
+impl Args {
+    fn topology(&self) -> Topology {
+        match (&self.link, self.shared_link) {
+            (None, _) => Topology::Loopback,
+            (Some(_), true) => Topology::Shared,
+            (Some(_), false) => Topology::Star,
+        }
+    }
+}
+
 const LINK: &str = "cairnfan";
 /// The hub's QUIC and HTTP address with `--link`: namespace `cairnfan-a`.
 const LINK_HUB: &str = "10.77.0.1";
@@ -126,6 +136,10 @@ struct Row {
     relay: Vec<Figures>,
     /// With `--link`: bytes the link carried from the hub's side during the release.
     link_bytes: Option<u64>,
+    /// CPU seconds of all spokes together during the release.
+    spokes_cpu_secs: f64,
+    /// With a star link: CPU seconds of the link emulator during the release.
+    link_cpu_secs: Option<f64>,
 }
 
 fn main() -> Result<()> {
@@ -135,11 +149,7 @@ fn main() -> Result<()> {
         "--packages and --release-mib must be positive"
     );
     let cairn = sibling("cairn")?;
-    let topology = match (&args.link, args.shared_link) {
-        (None, _) => Topology::Loopback,
-        (Some(_), true) => Topology::Shared,
-        (Some(_), false) => Topology::Star,
-    };
+    let topology = args.topology();
     if let (Some(profile), false, Topology::Shared) = (&args.link, args.inside, topology) {
         // Bring the link up, then run again inside the site's namespace (its instances and
         // this runner's API calls on loopback there; the hub across the link).
@@ -161,7 +171,7 @@ fn main() -> Result<()> {
             eprintln!("fanout: {spokes} spokes, {relays} relays");
             let dir = root.join(format!("n{spokes}-r{relays}"));
             // A star has as many sites as the run has relays and spokes: one link per run.
-            let _star = match (&args.link, topology) {
+            let star = match (&args.link, topology) {
                 (Some(profile), Topology::Star) => {
                     let sites = (relays + spokes).to_string();
                     let mut more = vec!["--sites", &sites, "--site-rtt", &args.site_rtt];
@@ -172,7 +182,9 @@ fn main() -> Result<()> {
                 }
                 _ => None,
             };
-            let row = run(&cairn, &dir, spokes, relays, &release, &args, topology)?;
+            let link_pid = star.as_ref().map(|p| p.0.id());
+            let row = run(&cairn, &dir, spokes, relays, &release, &args, link_pid)?;
+            drop(star);
             print_row(&row);
             rows.push(row);
             // Each run's instances hold a copy of the release per spoke.
@@ -317,8 +329,9 @@ fn run(
     relays: usize,
     release: &[PathBuf],
     args: &Args,
-    topology: Topology,
+    link_pid: Option<u32>,
 ) -> Result<Row> {
+    let topology = args.topology();
     fs::create_dir_all(dir)?;
     // Instances are made on two threads: each is a few CLI calls that open a store.
     let names: Vec<String> = std::iter::once("hub".to_owned())
@@ -471,6 +484,9 @@ fn run(
     std::thread::sleep(Duration::from_secs(2));
 
     let cpu0 = cpu_seconds(hub_pid);
+    let spoke_pids: Vec<u32> = spoke_runs.iter().map(Running::pid).collect();
+    let spokes_cpu0: f64 = spoke_pids.iter().map(|p| cpu_seconds(*p)).sum();
+    let link_cpu0 = link_pid.map(cpu_seconds);
     let relay_cpu0: Vec<f64> = relay_pids.iter().map(|p| cpu_seconds(*p)).collect();
     let link_before = match args.link {
         Some(_) => Some(link_bytes_to_site()?),
@@ -521,6 +537,8 @@ fn run(
         None => None,
     };
     hub_fig.cpu_secs = cpu_seconds(hub_pid) - cpu0;
+    let spokes_cpu_secs = spoke_pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - spokes_cpu0;
+    let link_cpu_secs = link_pid.zip(link_cpu0).map(|(p, c0)| cpu_seconds(p) - c0);
     for (j, p) in relay_pids.iter().enumerate() {
         relay_figs[j].cpu_secs = cpu_seconds(*p) - relay_cpu0[j];
     }
@@ -558,6 +576,8 @@ fn run(
         hub: hub_fig,
         relay: relay_figs,
         link_bytes,
+        spokes_cpu_secs,
+        link_cpu_secs,
     })
 }
 
@@ -572,7 +592,7 @@ fn print_row(r: &Row) {
 
 fn table(rows: &[Row]) -> String {
     let mut t = String::from(
-        "| spokes | relays | release | all converged | median spoke | verified | hub CPU | hub peak RSS | hub idle RSS (per downstream) | hub sent | on the link | relays: CPU, peak RSS, sent (each, max) |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| spokes | relays | release | all converged | median spoke | verified | hub CPU | hub peak RSS | hub idle RSS (per downstream) | hub sent | on the link | relays: CPU, peak RSS, sent (each, max) | spokes' CPU (all) | link emulator CPU |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for r in rows {
         let relays = if r.relay.is_empty() {
@@ -587,7 +607,7 @@ fn table(rows: &[Row]) -> String {
             )
         };
         t.push_str(&format!(
-            "| {} | {} | {:.0} MiB | {:.1} s | {:.1} s | {}/{} | {:.1} s | {:.0} MiB | {:.0} MiB ({:.2} MiB) | {:.0} MiB | {} | {} |\n",
+            "| {} | {} | {:.0} MiB | {:.1} s | {:.1} s | {}/{} | {:.1} s | {:.0} MiB | {:.0} MiB ({:.2} MiB) | {:.0} MiB | {} | {} | {:.1} s | {} |\n",
             r.spokes,
             r.relays,
             mib(r.release_bytes),
@@ -602,7 +622,10 @@ fn table(rows: &[Row]) -> String {
             mib(r.hub.bytes_sent),
             r.link_bytes
                 .map_or("-".to_owned(), |b| format!("{:.0} MiB", mib(b))),
-            relays
+            relays,
+            r.spokes_cpu_secs,
+            r.link_cpu_secs
+                .map_or("-".to_owned(), |c| format!("{c:.1} s"))
         ));
     }
     t

@@ -1,7 +1,8 @@
 //! A spoke's first sync of a feed of many small files, on loopback: its time and peak memory
 //! at several feed sizes, to show what the memory depends on. For each N: a hub of N entries
 //! (one file of 1-4 KiB each, as corpus T), `cairn serve` on it, a fresh spoke running
-//! `cairn replicate` once; the spoke's peak RSS is its `VmHWM`, read while it runs.
+//! `cairn replicate` once; the spoke's peak RSS is its `VmHWM`, read while it runs, and the
+//! hub's is its `VmHWM` before the sync and at its end.
 //!
 //! `first-sync --entries 100000,1000000`
 
@@ -116,6 +117,9 @@ struct Measured {
     /// the sync).
     spoke_cpu: f64,
     hub_cpu: f64,
+    /// The hub's resident set once serving, before the sync, and its peak by the end, KiB.
+    hub_start_kib: u64,
+    hub_peak_kib: u64,
 }
 
 /// The spoke's first sync of a hub of `n` entries.
@@ -208,6 +212,7 @@ fn measure(bin: &Path, root: &Path, n: u64, args: &Args) -> Result<Measured> {
     std::io::BufRead::read_line(&mut hub_out, &mut line)?;
     ensure!(line.contains("cairn serving"), "hub did not start: {line}");
     let hub_cpu_before = cairn_benches::cpu_seconds(hub_proc.0.id());
+    let hub_start_kib = status_kib(hub_proc.0.id(), "VmHWM").unwrap_or(0);
     let started = Instant::now();
     let mut child = Command::new(bin)
         .arg("--data-dir")
@@ -244,6 +249,7 @@ fn measure(bin: &Path, root: &Path, n: u64, args: &Args) -> Result<Measured> {
     };
     let secs = started.elapsed().as_secs_f64();
     let hub_cpu = cairn_benches::cpu_seconds(hub_proc.0.id()) - hub_cpu_before;
+    let hub_peak_kib = status_kib(hub_proc.0.id(), "VmHWM").unwrap_or(0);
     let mut out = String::new();
     if let Some(mut o) = child.stdout.take() {
         use std::io::Read;
@@ -260,6 +266,8 @@ fn measure(bin: &Path, root: &Path, n: u64, args: &Args) -> Result<Measured> {
         peak_kib: peak,
         spoke_cpu,
         hub_cpu,
+        hub_start_kib,
+        hub_peak_kib,
     })
 }
 
@@ -272,25 +280,29 @@ fn main() -> Result<()> {
         let dir = root.join(format!("n{n}"));
         let m = measure(&bin, &dir, n, &args)?;
         eprintln!(
-            "first-sync: {n} entries in {:.1} s, spoke peak RSS {} MiB, CPU spoke {:.1} s hub {:.1} s",
+            "first-sync: {n} entries in {:.1} s, spoke peak RSS {} MiB, CPU spoke {:.1} s hub {:.1} s, hub RSS {} MiB serving, peak {} MiB",
             m.secs,
             m.peak_kib >> 10,
             m.spoke_cpu,
-            m.hub_cpu
+            m.hub_cpu,
+            m.hub_start_kib >> 10,
+            m.hub_peak_kib >> 10
         );
         rows.push((n, m));
         fs::remove_dir_all(&dir)?;
     }
     println!(
-        "| entries | first sync | spoke peak RSS | spoke CPU | hub CPU |\n| --- | --- | --- | --- | --- |"
+        "| entries | first sync | spoke peak RSS | spoke CPU | hub CPU | hub RSS serving, peak |\n| --- | --- | --- | --- | --- | --- |"
     );
     for (n, m) in rows {
         println!(
-            "| {n} | {:.1} s | {:.0} MiB | {:.1} s | {:.1} s |",
+            "| {n} | {:.1} s | {:.0} MiB | {:.1} s | {:.1} s | {:.0} MiB, {:.0} MiB |",
             m.secs,
             m.peak_kib as f64 / 1024.0,
             m.spoke_cpu,
-            m.hub_cpu
+            m.hub_cpu,
+            m.hub_start_kib as f64 / 1024.0,
+            m.hub_peak_kib as f64 / 1024.0
         );
     }
     Ok(())
