@@ -243,6 +243,13 @@ pub struct ReplicationRecord {
     pub bytes_sent: u64,
     /// Bytes received on the connection.
     pub bytes_received: u64,
+    /// UDP payload bytes sent: `bytes_sent` plus QUIC's headers, acknowledgements and
+    /// retransmissions (0 in records older than the field).
+    #[serde(default)]
+    pub wire_bytes_sent: u64,
+    /// Bytes of packets QUIC declared lost and sent again.
+    #[serde(default)]
+    pub lost_bytes: u64,
     /// Documents sent.
     pub docs_sent: u64,
     /// Documents received and applied.

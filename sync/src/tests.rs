@@ -619,6 +619,11 @@ mod quic {
         assert!(reports[0].converged(), "{reports:?}");
         assert_eq!(root(&spoke, "demo"), root(&hub, "demo"));
         assert!(stats.bytes_received > 6_000_000, "{stats:?}");
+        // What went on the wire counts QUIC's own packets too: the acknowledgements of 6 MB.
+        assert!(
+            stats.wire_bytes_sent > stats.bytes_sent + 10_000,
+            "{stats:?}"
+        );
         assert!(spoke.verify().unwrap().ok());
         // A second run on the same (warm) connection finds the feeds equal: one round trip,
         // no handshake.
@@ -629,6 +634,11 @@ mod quic {
         assert_eq!(reports[0].path, crate::proto::Path::Equal);
         assert!(stats.bytes_sent + stats.bytes_received < 1024, "{stats:?}");
         assert_eq!(stats.rounds, 1, "a no-op is one round trip: {stats:?}");
+        // Counted for this run only, not since the connection opened.
+        assert!(
+            stats.wire_bytes_sent >= stats.bytes_sent && stats.wire_bytes_sent < 8192,
+            "{stats:?}"
+        );
         server.abort();
     }
 

@@ -509,8 +509,7 @@ pub fn server(
         ring::hmac::HMAC_SHA256,
         &reset,
     )));
-    let socket = std::net::UdpSocket::bind(addr)
-        .map_err(|e| TransportError::Setup(format!("binding {addr}: {e}")))?;
+    let socket = udp_socket(addr)?;
     quinn::Endpoint::new(
         endpoint_config,
         Some(config),
@@ -518,6 +517,38 @@ pub fn server(
         Arc::new(quinn::TokioRuntime),
     )
     .map_err(|e| TransportError::Setup(format!("binding {addr}: {e}")))
+}
+
+/// The UDP socket buffers an endpoint asks for, each way.
+pub const UDP_BUFFER_BYTES: usize = 8 << 20;
+
+/// A UDP socket bound to `addr` with buffers of [`UDP_BUFFER_BYTES`] each way, or as much of
+/// them as the kernel grants (`net.core.rmem_max`, `wmem_max`). With the kernel's default
+/// (about 208 KiB, 8 ms at 200 Mbit/s) a receiver that is off the CPU for a moment drops
+/// datagrams in its own socket, which QUIC then counts as loss on the path: its sending
+/// rate falls and the data goes again. A smaller grant is said once per process, with the
+/// setting to raise.
+fn udp_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, TransportError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let setup = |e: std::io::Error| TransportError::Setup(format!("binding {addr}: {e}"));
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(setup)?;
+    // Best effort: the kernel caps what it grants, and a smaller buffer still works.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
+    socket.bind(&addr.into()).map_err(setup)?;
+    // Linux reports twice what it grants (the other half is its bookkeeping).
+    let granted = socket.recv_buffer_size().unwrap_or(0) / 2;
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if granted < UDP_BUFFER_BYTES / 2 && !SAID.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            granted_kib = granted >> 10,
+            wanted_kib = UDP_BUFFER_BYTES >> 10,
+            "the kernel grants QUIC's socket a small receive buffer: a busy process will drop \
+             datagrams at high rates; raise net.core.rmem_max (and wmem_max) to 8388608"
+        );
+    }
+    Ok(socket.into())
 }
 
 /// Connects to a peer whose key must be `expected`.
@@ -667,8 +698,13 @@ async fn connect_with(
     }
     .parse()
     .map_err(|_| TransportError::Setup("bind address".into()))?;
-    let mut endpoint =
-        quinn::Endpoint::client(bind).map_err(|e| TransportError::Setup(e.to_string()))?;
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        udp_socket(bind)?,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|e| TransportError::Setup(e.to_string()))?;
     endpoint.set_default_client_config(config);
     let connecting = endpoint
         .connect(addr, "cairn")
@@ -720,6 +756,11 @@ pub struct RunStats {
     pub elapsed: Duration,
     /// The peer said during the run that a feed changed again ([`Frame::Notify`]).
     pub notified: bool,
+    /// UDP payload bytes the connection sent during the run: frames plus QUIC's headers,
+    /// acknowledgements and retransmissions.
+    pub wire_bytes_sent: u64,
+    /// Bytes of the packets QUIC declared lost during the run (and sent again).
+    pub lost_bytes: u64,
 }
 
 impl RunStats {
@@ -733,6 +774,8 @@ impl RunStats {
         self.rounds += o.rounds;
         self.elapsed += o.elapsed;
         self.notified |= o.notified;
+        self.wire_bytes_sent += o.wire_bytes_sent;
+        self.lost_bytes += o.lost_bytes;
     }
 }
 
@@ -1203,6 +1246,7 @@ async fn drive(
     send_budget: &SendBudget,
 ) -> Result<(Session, RunStats), TransportError> {
     let start = Instant::now();
+    let quic_before = conn.stats();
     let cap = Arc::new(AtomicU64::new(session.max_rate()));
     let tuner = tokio::spawn(tune_receive_window(
         conn.clone(),
@@ -1408,6 +1452,12 @@ async fn drive(
     stats.elapsed = start.elapsed();
     stats.blobs_sent = session.stats().blobs_sent;
     stats.blob_bytes_sent = session.stats().blob_bytes_sent;
+    let quic = conn.stats();
+    stats.wire_bytes_sent = quic.udp_tx.bytes.saturating_sub(quic_before.udp_tx.bytes);
+    stats.lost_bytes = quic
+        .path
+        .lost_bytes
+        .saturating_sub(quic_before.path.lost_bytes);
     progress.update(&stats, &session);
     Ok((session, stats))
 }
@@ -1690,5 +1740,39 @@ mod send_budget_tests {
         assert_eq!(budget.share(), 64 << 20);
         drop(b);
         assert_eq!(budget.active(), 0);
+    }
+}
+
+#[cfg(test)]
+mod socket_tests {
+    use super::{udp_socket, UDP_BUFFER_BYTES};
+
+    #[test]
+    fn endpoint_sockets_ask_for_large_buffers() {
+        let sock = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let max = |what: &str| -> usize {
+            std::fs::read_to_string(format!("/proc/sys/net/core/{what}"))
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let r = socket2::SockRef::from(&sock);
+        // Linux reports twice what it grants; it grants up to its maximum.
+        let (recv, send) = (
+            r.recv_buffer_size().unwrap() / 2,
+            r.send_buffer_size().unwrap() / 2,
+        );
+        assert!(
+            recv >= UDP_BUFFER_BYTES.min(max("rmem_max"))
+                && send >= UDP_BUFFER_BYTES.min(max("wmem_max")),
+            "granted {recv} / {send} bytes"
+        );
+        if max("rmem_max") > max("rmem_default") {
+            assert!(
+                recv > max("rmem_default"),
+                "more than the default of {} bytes: {recv}",
+                max("rmem_default")
+            );
+        }
     }
 }

@@ -980,7 +980,7 @@ fn print_summary(s: &serve::RunSummary, dry_run: bool) {
         }
     }
     println!(
-        "{} {} with {}: {} round trips, {} bytes sent, {} received, {} blobs ({} bytes) sent, in {} ms",
+        "{} {} with {}: {} round trips, {} bytes sent, {} received, {} blobs ({} bytes) sent, in {} ms; {} bytes on the wire, {} of them lost and sent again",
         s.replication,
         s.mode,
         s.peer,
@@ -989,7 +989,9 @@ fn print_summary(s: &serve::RunSummary, dry_run: bool) {
         s.bytes_received,
         s.blobs_sent,
         s.blob_bytes_sent,
-        s.elapsed_ms
+        s.elapsed_ms,
+        s.wire_bytes_sent,
+        s.lost_bytes
     );
 }
 

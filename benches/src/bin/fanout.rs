@@ -111,6 +111,8 @@ struct Figures {
     rss_idle: u64,
     cpu_secs: f64,
     bytes_sent: u64,
+    /// Bytes of packets QUIC declared lost and sent again, as its replication log counts them.
+    lost_bytes: u64,
     /// Spokes (or relays) connected to it.
     downstreams: usize,
 }
@@ -310,16 +312,21 @@ fn has_run(addr: &str, admin: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Bytes the instance's replication log says it sent in runs that started at or after `since`.
-fn bytes_sent_since(addr: &str, admin: &str, since: u64) -> u64 {
+/// Bytes the instance's replication log says it sent in runs that started at or after
+/// `since`, and of those, bytes of packets QUIC declared lost and sent again.
+fn sent_since(addr: &str, admin: &str, since: u64) -> (u64, u64) {
     api(addr, admin, "GET", "replication-log")
         .ok()
         .and_then(|v| v.as_array().cloned())
         .unwrap_or_default()
         .iter()
         .filter(|r| r["started_ms"].as_u64().unwrap_or(0) >= since)
-        .map(|r| r["bytes_sent"].as_u64().unwrap_or(0))
-        .sum()
+        .fold((0, 0), |(sent, lost), r| {
+            (
+                sent + r["bytes_sent"].as_u64().unwrap_or(0),
+                lost + r["lost_bytes"].as_u64().unwrap_or(0),
+            )
+        })
 }
 
 fn run(
@@ -544,11 +551,11 @@ fn run(
     }
     std::thread::sleep(Duration::from_secs(15));
     (hub_fig.rss_idle, hub_fig.rss_peak) = rss_bytes(hub_pid);
-    hub_fig.bytes_sent = bytes_sent_since(&hub_run.http, &hub.admin, since);
+    (hub_fig.bytes_sent, hub_fig.lost_bytes) = sent_since(&hub_run.http, &hub.admin, since);
     for (j, p) in relay_pids.iter().enumerate() {
         (relay_figs[j].rss_idle, relay_figs[j].rss_peak) = rss_bytes(*p);
-        relay_figs[j].bytes_sent =
-            bytes_sent_since(&relay_runs[j].http, &relay_insts[j].admin, since);
+        (relay_figs[j].bytes_sent, relay_figs[j].lost_bytes) =
+            sent_since(&relay_runs[j].http, &relay_insts[j].admin, since);
     }
     let mut verified = 0;
     for (r, inst) in spoke_runs.iter().zip(&spoke_insts) {
@@ -592,7 +599,7 @@ fn print_row(r: &Row) {
 
 fn table(rows: &[Row]) -> String {
     let mut t = String::from(
-        "| spokes | relays | release | all converged | median spoke | verified | hub CPU | hub peak RSS | hub idle RSS (per downstream) | hub sent | on the link | relays: CPU, peak RSS, sent (each, max) | spokes' CPU (all) | link emulator CPU |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| spokes | relays | release | all converged | median spoke | verified | hub CPU | hub peak RSS | hub idle RSS (per downstream) | hub sent (lost and sent again) | on the link | relays: CPU, peak RSS, sent (each, max) | spokes' CPU (all) | link emulator CPU |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for r in rows {
         let relays = if r.relay.is_empty() {
@@ -607,7 +614,7 @@ fn table(rows: &[Row]) -> String {
             )
         };
         t.push_str(&format!(
-            "| {} | {} | {:.0} MiB | {:.1} s | {:.1} s | {}/{} | {:.1} s | {:.0} MiB | {:.0} MiB ({:.2} MiB) | {:.0} MiB | {} | {} | {:.1} s | {} |\n",
+            "| {} | {} | {:.0} MiB | {:.1} s | {:.1} s | {}/{} | {:.1} s | {:.0} MiB | {:.0} MiB ({:.2} MiB) | {:.0} MiB ({:.1} MiB) | {} | {} | {:.1} s | {} |\n",
             r.spokes,
             r.relays,
             mib(r.release_bytes),
@@ -620,6 +627,7 @@ fn table(rows: &[Row]) -> String {
             mib(r.hub.rss_idle),
             mib(r.hub.idle_per_downstream()),
             mib(r.hub.bytes_sent),
+            mib(r.hub.lost_bytes),
             r.link_bytes
                 .map_or("-".to_owned(), |b| format!("{:.0} MiB", mib(b))),
             relays,

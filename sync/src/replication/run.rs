@@ -99,6 +99,13 @@ pub struct RunSummary {
     /// Blob payload bytes sent.
     #[serde(default)]
     pub blob_bytes_sent: u64,
+    /// UDP payload bytes sent: `bytes_sent` plus QUIC's headers, acknowledgements and
+    /// retransmissions.
+    #[serde(default)]
+    pub wire_bytes_sent: u64,
+    /// Bytes of packets QUIC declared lost and sent again.
+    #[serde(default)]
+    pub lost_bytes: u64,
     /// Wall time.
     pub elapsed_ms: u64,
     /// Set when the run as a whole failed.
@@ -198,6 +205,8 @@ impl RunSummary {
         self.rounds = stats.rounds;
         self.blobs_sent = stats.blobs_sent;
         self.blob_bytes_sent = stats.blob_bytes_sent;
+        self.wire_bytes_sent = stats.wire_bytes_sent;
+        self.lost_bytes = stats.lost_bytes;
     }
 
     /// The replication log's record of this run; `ok` is its outcome.
@@ -213,6 +222,8 @@ impl RunSummary {
             rounds: self.rounds,
             bytes_sent: self.bytes_sent,
             bytes_received: self.bytes_received,
+            wire_bytes_sent: self.wire_bytes_sent,
+            lost_bytes: self.lost_bytes,
             docs_sent: self.feeds.iter().map(|f| f.docs_sent).sum(),
             docs_received: self.feeds.iter().map(|f| f.docs_applied).sum(),
             blobs_sent: self.blobs_sent,
