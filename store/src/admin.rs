@@ -247,7 +247,7 @@ pub struct ReplicationRecord {
     /// retransmissions (0 in records older than the field).
     #[serde(default)]
     pub wire_bytes_sent: u64,
-    /// Bytes of packets QUIC declared lost and sent again.
+    /// Bytes of packets QUIC declared lost (their data was sent again).
     #[serde(default)]
     pub lost_bytes: u64,
     /// Documents sent.

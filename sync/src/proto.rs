@@ -2551,12 +2551,25 @@ impl Session {
         let filter = self.job(feed)?.filter.clone();
         let mut trust = SignerTrust::default();
         while let Some(e) = keys.front(store, feed, filter.as_ref())? {
-            let d = store
-                .document_bytes(&e.value.doc)
-                .map_err(store_err)?
-                .ok_or_else(|| {
-                    store_err(StoreError::missing_document("entry", &e.key, &e.value.doc))
-                })?;
+            let Some(d) = store.document_bytes(&e.value.doc).map_err(store_err)? else {
+                // Entries are read a little ahead of sending: this one may have changed since,
+                // and gc taken its old document. Send what it is now; a gap is an error.
+                let (key, doc) = (e.key.clone(), e.value.doc);
+                match store.entry(feed, &key).map_err(store_err)? {
+                    Some(now) if now.doc != doc => {
+                        if let Some(front) = keys.entries.front_mut() {
+                            front.value = now;
+                        }
+                    }
+                    None => {
+                        keys.entries.pop_front();
+                    }
+                    Some(_) => {
+                        return Err(store_err(StoreError::missing_document("entry", &key, &doc)))
+                    }
+                }
+                continue;
+            };
             let (signer, manifest) = SignedDocument::peek_signer_and_payload::<Manifest>(&d)
                 .map_err(|e| store_err(StoreError::Document(e)))?;
             if !trust.offerable(store, feed, signer)? {

@@ -757,9 +757,11 @@ pub struct RunStats {
     /// The peer said during the run that a feed changed again ([`Frame::Notify`]).
     pub notified: bool,
     /// UDP payload bytes the connection sent during the run: frames plus QUIC's headers,
-    /// acknowledgements and retransmissions.
+    /// acknowledgements and retransmissions (and anything else the connection carried
+    /// meanwhile, such as a NOTIFY).
     pub wire_bytes_sent: u64,
-    /// Bytes of the packets QUIC declared lost during the run (and sent again).
+    /// Bytes of the packets QUIC declared lost during the run (their frames, other than
+    /// acknowledgements, were sent again).
     pub lost_bytes: u64,
 }
 

@@ -117,7 +117,7 @@ struct Measured {
     /// the sync).
     spoke_cpu: f64,
     hub_cpu: f64,
-    /// The hub's resident set once serving, before the sync, and its peak by the end, KiB.
+    /// The hub's peak resident set once serving, before the sync, and by the end, KiB.
     hub_start_kib: u64,
     hub_peak_kib: u64,
 }
@@ -280,7 +280,7 @@ fn main() -> Result<()> {
         let dir = root.join(format!("n{n}"));
         let m = measure(&bin, &dir, n, &args)?;
         eprintln!(
-            "first-sync: {n} entries in {:.1} s, spoke peak RSS {} MiB, CPU spoke {:.1} s hub {:.1} s, hub RSS {} MiB serving, peak {} MiB",
+            "first-sync: {n} entries in {:.1} s, spoke peak RSS {} MiB, CPU spoke {:.1} s hub {:.1} s, hub peak RSS {} MiB before the sync, {} MiB by its end",
             m.secs,
             m.peak_kib >> 10,
             m.spoke_cpu,
@@ -292,7 +292,7 @@ fn main() -> Result<()> {
         fs::remove_dir_all(&dir)?;
     }
     println!(
-        "| entries | first sync | spoke peak RSS | spoke CPU | hub CPU | hub RSS serving, peak |\n| --- | --- | --- | --- | --- | --- |"
+        "| entries | first sync | spoke peak RSS | spoke CPU | hub CPU | hub peak RSS before, after |\n| --- | --- | --- | --- | --- | --- |"
     );
     for (n, m) in rows {
         println!(

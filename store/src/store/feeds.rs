@@ -138,14 +138,22 @@ impl Store {
         let mut out = Vec::new();
         for item in self.scan(CF_KEYHASH, &p, None) {
             let (k, v) = item?;
-            out.push(self.keyhash_entry(f.id, &k, &v)?);
+            let e = self
+                .keyhash_entry(f.id, &k, &v)?
+                .ok_or_else(|| StoreError::CorruptRecord {
+                    what: "keyhash",
+                    detail: format!("`{}` indexed but has no entry", String::from_utf8_lossy(&v)),
+                })?;
+            out.push(e);
         }
         Ok(out)
     }
 
     /// The entries under each of `key8s` (the first 8 bytes of BLAKE3(key), big-endian), in
     /// that order: what [`Store::entries_under`] gives for each, read with one iterator, so a
-    /// long ascending list costs a seek per prefix rather than an iterator.
+    /// long ascending list costs a seek per prefix rather than an iterator. An entry removed
+    /// between reading its index record and reading it is left out: a run sending documents
+    /// while another removes them sends what is there.
     pub fn entries_at_key8s(&self, feed: &str, key8s: &[u64]) -> Result<Vec<(Hash, Entry)>> {
         let f = self.feed(feed)?;
         let feed_p = feed_prefix(f.id);
@@ -160,7 +168,7 @@ impl Store {
                 if !k.starts_with(&p) {
                     break;
                 }
-                out.push(self.keyhash_entry(f.id, k, v)?);
+                out.extend(self.keyhash_entry(f.id, k, v)?);
                 it.next();
             }
             it.status()?;
@@ -168,8 +176,8 @@ impl Store {
         Ok(out)
     }
 
-    /// A `keyhash` record and the entry it indexes.
-    fn keyhash_entry(&self, feed: u32, k: &[u8], v: &[u8]) -> Result<(Hash, Entry)> {
+    /// A `keyhash` record and the entry it indexes (`None` when there is none now).
+    fn keyhash_entry(&self, feed: u32, k: &[u8], v: &[u8]) -> Result<Option<(Hash, Entry)>> {
         let kh =
             k.get(4..)
                 .and_then(Hash::from_slice)
@@ -181,13 +189,9 @@ impl Store {
             what: "keyhash",
             detail: "key is not utf-8".into(),
         })?;
-        let value = self
+        Ok(self
             .entry_by_id(feed, &key)?
-            .ok_or_else(|| StoreError::CorruptRecord {
-                what: "keyhash",
-                detail: format!("`{key}` indexed but has no entry"),
-            })?;
-        Ok((kh, Entry { key, value }))
+            .map(|value| (kh, Entry { key, value })))
     }
 
     /// One entry of the feed whose id is `feed` ([`FeedRecord::id`]): for reading many

@@ -103,7 +103,7 @@ pub struct RunSummary {
     /// retransmissions.
     #[serde(default)]
     pub wire_bytes_sent: u64,
-    /// Bytes of packets QUIC declared lost and sent again.
+    /// Bytes of packets QUIC declared lost (their data was sent again).
     #[serde(default)]
     pub lost_bytes: u64,
     /// Wall time.

@@ -352,6 +352,21 @@ fn remove_namespaces(name: &str) {
             let _ = ip(&["netns", "del", &ns]);
         }
     }
+    // A deleted namespace is freed by the kernel later; the host ends of a star's management
+    // veths go now, so a star brought up straight after finds their names free.
+    let veth = format!("{name}-m");
+    if let Ok(dir) = std::fs::read_dir("/sys/class/net") {
+        for dev in dir
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+        {
+            if dev.strip_prefix(&veth).is_some_and(|t| {
+                t == "a" || (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+            }) {
+                let _ = ip(&["link", "del", &dev]);
+            }
+        }
+    }
     if device_exists(&bridge_name(name)) {
         let _ = ip(&["link", "del", &bridge_name(name)]);
     }

@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 use super::shaper::{self, Nanos, Shaper, Verdict};
 use super::{CounterSnapshot, Counters};
 
-/// Most sites a star may have (addresses 10.77.1.1 to 10.77.40.250).
-pub const MAX_SITES: usize = 10_000;
+/// Most sites a star may have (addresses 10.77.1.1 to 10.77.4.250): with the hub, the
+/// management bridge's ports stay under Linux's limit of 1,023.
+pub const MAX_SITES: usize = 1_000;
 
 /// The emulated address of the hub.
 pub const HUB: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
@@ -217,7 +218,9 @@ impl Star {
                         continue;
                     };
                     // Offered at the time it left the first leg: events leave the heap in
-                    // time order, so each leg's down shaper sees time go forward.
+                    // time order, so each leg's down shaper sees time go forward (all but a
+                    // reader thread held up for longer than a leg's delay, which the shaper
+                    // tolerates: it never delivers before what it delivered last).
                     let verdict = match self.legs[to].down.lock() {
                         Ok(mut s) => s.offer(event.at, event.packet.len()),
                         Err(_) => return,
@@ -299,6 +302,6 @@ mod tests {
             Ipv4Addr::new(10, 78, 2, 2),
             "management addresses mirror the emulated ones"
         );
-        assert_eq!(site_addr(MAX_SITES - 1), Ipv4Addr::new(10, 77, 40, 250));
+        assert_eq!(site_addr(MAX_SITES - 1), Ipv4Addr::new(10, 77, 4, 250));
     }
 }
