@@ -23,17 +23,12 @@ impl Up {
 
     /// `cairn-link up --name NAME --replace ARGS`, once it says it is up.
     fn start_with(name: &str, args: &[&str]) -> Up {
-        let mut child = Command::new(link_bin())
-            .args(["up", "--name", name, "--replace"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let (child, line) = spawn_to_first_line(
+            Command::new(link_bin())
+                .args(["up", "--name", name, "--replace"])
+                .args(args)
+                .stderr(Stdio::null()),
+        );
         assert!(line.starts_with("cairn-link up"), "{line}");
         Up(child)
     }
@@ -51,6 +46,17 @@ impl Drop for Up {
     fn drop(&mut self) {
         self.terminate();
     }
+}
+
+/// Starts `cmd` with its stdout piped and waits for its first line (a sink's `ready`, the
+/// link's banner).
+fn spawn_to_first_line(cmd: &mut Command) -> (Child, String) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, line)
 }
 
 fn in_ns(ns: &str, args: &[&str]) -> Command {
@@ -91,14 +97,7 @@ fn the_link_carries_tcp_with_its_delay_partitions_and_cleans_up() {
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("--replace"));
 
-    let mut sink = in_ns("ctest-b", &["probe", "sink", "5002"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    BufReader::new(sink.stdout.take().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
+    let (mut sink, _) = spawn_to_first_line(&mut in_ns("ctest-b", &["probe", "sink", "5002"]));
     let connect = || {
         in_ns("ctest-a", &["probe", "connect", "10.77.0.2:5002", "3"])
             .output()
@@ -159,17 +158,7 @@ fn a_star_gives_each_site_its_own_leg_and_a_partition_cuts_only_the_hub() {
         assert!(namespaces().contains(ns), "{ns} made");
     }
     // A sink in the hub's namespace and one in site 1, each on every address of its namespace.
-    let sink = |ns: &str| {
-        let mut child = in_ns(ns, &["probe", "sink", "5003"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut ready = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut ready)
-            .unwrap();
-        child
-    };
+    let sink = |ns: &str| spawn_to_first_line(&mut in_ns(ns, &["probe", "sink", "5003"])).0;
     let mut sinks = [sink("cstar-a"), sink("cstar-s1")];
     let hub = "10.77.0.1:5003".to_owned();
     let site1 = format!("{}:5003", cairn_benches::instance::star_site_addr(1));
