@@ -97,7 +97,7 @@ fn the_link_carries_tcp_with_its_delay_partitions_and_cleans_up() {
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("--replace"));
 
-    let (mut sink, _) = spawn_to_first_line(&mut in_ns("ctest-b", &["probe", "sink", "5002"]));
+    let (sink, _) = spawn_to_first_line(&mut in_ns("ctest-b", &["probe", "sink", "5002"]));
     let connect = || {
         in_ns("ctest-a", &["probe", "connect", "10.77.0.2:5002", "3"])
             .output()
@@ -128,14 +128,17 @@ fn the_link_carries_tcp_with_its_delay_partitions_and_cleans_up() {
     );
     link(&["heal", "--name", name]);
     assert!(connect().status.success());
-    let _ = sink.kill();
-    let _ = sink.wait();
+    take_down(up, &mut [sink], "ctest-");
+}
 
+/// Stops the probes and the link; its namespaces (`PREFIX*`) are gone after.
+fn take_down(up: Up, probes: &mut [Child], prefix: &str) {
+    for p in probes {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
     up.stop();
-    assert!(
-        !namespaces().contains("ctest-"),
-        "namespaces removed on exit"
-    );
+    assert!(!namespaces().contains(prefix), "namespaces removed on exit");
 }
 
 #[test]
@@ -203,15 +206,7 @@ fn a_star_gives_each_site_its_own_leg_and_a_partition_cuts_only_the_hub() {
     );
     link(&["heal", "--name", name]);
     assert!(connect_us("cstar-s2", &hub).is_some(), "healed");
-    for s in &mut sinks {
-        let _ = s.kill();
-        let _ = s.wait();
-    }
-    up.stop();
-    assert!(
-        !namespaces().contains("cstar-"),
-        "namespaces removed on exit"
-    );
+    take_down(up, &mut sinks, "cstar-");
     assert!(
         !std::path::Path::new("/sys/class/net/cstar-br").exists(),
         "the management bridge removed on exit"
