@@ -373,7 +373,7 @@ struct DocKeys {
 }
 
 /// Prefixes a [`DocKeys`] reads at a time.
-const DOC_KEYS_READ: usize = 256;
+pub(crate) const DOC_KEYS_READ: usize = 256;
 
 impl DocKeys {
     fn new(key8s: impl IntoIterator<Item = u64>) -> DocKeys {
@@ -397,9 +397,8 @@ impl DocKeys {
         while self.entries.is_empty() && !self.key8s.is_empty() {
             let n = self.key8s.len().min(DOC_KEYS_READ);
             let batch: Vec<u64> = self.key8s.drain(..n).collect();
-            let m = filter.map(Filter::matcher);
-            for (_, e) in store.entries_at_key8s(feed, &batch).map_err(store_err)? {
-                if m.as_ref().is_none_or(|m| m.selects(&e.key)) && !self.skip.contains(&e.key) {
+            for (_, e) in view_entries_at_key8s(store, feed, &batch, filter)? {
+                if !self.skip.contains(&e.key) {
                     self.entries.push_back(e);
                 }
             }
@@ -3174,6 +3173,22 @@ fn view_entries_under(
     Ok(out)
 }
 
+/// The entries under each of `key8s` (8-byte key prefixes) as a run sees them, read with one
+/// iterator; an entry removed meanwhile is left out.
+fn view_entries_at_key8s(
+    store: &Store,
+    feed: &str,
+    key8s: &[u64],
+    filter: Option<&Filter>,
+) -> Result<Vec<(Hash, Entry)>, SessionError> {
+    let mut out = store.entries_at_key8s(feed, key8s).map_err(store_err)?;
+    if let Some(f) = filter {
+        let m = f.matcher();
+        out.retain(|(_, e)| m.selects(&e.key));
+    }
+    Ok(out)
+}
+
 /// Whether a checkpoint is over the filter the run asked for (none for the whole feed): a
 /// checkpoint of another set proves nothing about this one.
 fn checkpoint_filter_matches(cp: &[u8], filter: Option<&Filter>) -> Result<(), String> {
@@ -3422,13 +3437,10 @@ fn keys_by_key8(
     key8s: &[u64],
     filter: Option<&Filter>,
 ) -> Result<Vec<String>, SessionError> {
-    let mut keys = Vec::new();
-    for k in key8s {
-        for (_, e) in view_entries_under(store, feed, &k.to_be_bytes(), filter)? {
-            keys.push(e.key);
-        }
-    }
-    Ok(keys)
+    Ok(view_entries_at_key8s(store, feed, key8s, filter)?
+        .into_iter()
+        .map(|(_, e)| e.key)
+        .collect())
 }
 
 /// A feed HELLO admitted: its state as the run sees it, and for a filtered pull the
@@ -3440,6 +3452,13 @@ type DocBatch = (Vec<ByteBuf>, Vec<SmallBlob>);
 
 #[cfg(test)]
 impl Session {
+    /// Documents queued to send: entries read from the store and prefixes not read yet.
+    pub(crate) fn docs_queued(&self) -> (usize, usize) {
+        self.doc_queue.iter().fold((0, 0), |(read, pending), q| {
+            (read + q.keys.entries.len(), pending + q.keys.key8s.len())
+        })
+    }
+
     /// A session past HELLO whose one feed `feed` is in `phase`: for walking the phase table.
     pub(crate) fn with_feed_in_phase(
         role: Role,

@@ -1121,3 +1121,50 @@ fn a_summary_with_a_table_or_estimator_of_the_wrong_shape_is_refused_and_nothing
         assert_eq!(root(&spoke, "demo").count, 0, "{what}");
     }
 }
+
+#[test]
+fn a_peer_asking_for_a_whole_feed_does_not_make_the_responder_hold_it() {
+    // A first sync owes the peer every document: the responder keeps 8-byte prefixes and
+    // reads entries a few hundred at a time, so many such peers at once cost it little.
+    let (_d, hub, spoke) = small_pair();
+    publish(&hub, "demo", 0, 3000, 10);
+    let mut r = Session::responder(ResponderConfig {
+        peer: spoke.identity().public_key(),
+        now_secs: now(),
+        limits: Limits {
+            doc_batch_bytes: 16 << 10,
+            ..Limits::default()
+        },
+    });
+    r.handle(
+        &hub,
+        hello(&spoke, Mode::Pull, "good", &["demo"]),
+        Some(&AllowAll),
+    );
+    drain(&mut r, &hub);
+    r.handle(&hub, item_list(&spoke, "demo"), Some(&AllowAll));
+    let (mut most_read, mut most_pending) = r.docs_queued();
+    let mut sent = std::collections::HashSet::new();
+    let mut frames = 0;
+    while let Some(f) = r.poll_transmit(&hub) {
+        let (read, pending) = r.docs_queued();
+        most_read = most_read.max(read);
+        most_pending = most_pending.max(pending);
+        if let Frame::Diff { docs, .. } | Frame::Docs { docs, .. } = f {
+            frames += 1;
+            for d in docs {
+                assert!(sent.insert(d.into_vec()), "a document sent twice");
+            }
+        }
+    }
+    assert_eq!(sent.len(), 3000, "every document sent, in {frames} frames");
+    assert!(frames > 10, "{frames} frames");
+    assert!(
+        most_read <= crate::proto::DOC_KEYS_READ,
+        "{most_read} entries held at once"
+    );
+    assert!(
+        most_pending > 2000,
+        "the rest waited as prefixes: {most_pending}"
+    );
+}
