@@ -3165,12 +3165,8 @@ fn view_entries_under(
     prefix: &[u8],
     filter: Option<&Filter>,
 ) -> Result<Vec<(Hash, Entry)>, SessionError> {
-    let mut out = store.entries_under(feed, prefix).map_err(store_err)?;
-    if let Some(f) = filter {
-        let m = f.matcher();
-        out.retain(|(_, e)| m.selects(&e.key));
-    }
-    Ok(out)
+    let out = store.entries_under(feed, prefix).map_err(store_err)?;
+    Ok(as_the_run_sees(out, filter))
 }
 
 /// The entries under each of `key8s` (8-byte key prefixes) as a run sees them, read with one
@@ -3181,12 +3177,17 @@ fn view_entries_at_key8s(
     key8s: &[u64],
     filter: Option<&Filter>,
 ) -> Result<Vec<(Hash, Entry)>, SessionError> {
-    let mut out = store.entries_at_key8s(feed, key8s).map_err(store_err)?;
+    let out = store.entries_at_key8s(feed, key8s).map_err(store_err)?;
+    Ok(as_the_run_sees(out, filter))
+}
+
+/// Those of `entries` the run's filter selects.
+fn as_the_run_sees(mut entries: Vec<(Hash, Entry)>, filter: Option<&Filter>) -> Vec<(Hash, Entry)> {
     if let Some(f) = filter {
         let m = f.matcher();
-        out.retain(|(_, e)| m.selects(&e.key));
+        entries.retain(|(_, e)| m.selects(&e.key));
     }
-    Ok(out)
+    entries
 }
 
 /// Whether a checkpoint is over the filter the run asked for (none for the whole feed): a

@@ -82,6 +82,18 @@ fn item_list(from: &Store, feed: &str) -> Frame {
     }
 }
 
+/// `r` (a responder on `hub`) after `spoke`'s pull HELLO and its whole item list; the frames
+/// of the answer are left to poll.
+fn listed_for_pull(r: &mut Session, hub: &Store, spoke: &Store) {
+    r.handle(
+        hub,
+        hello(spoke, Mode::Pull, "good", &["demo"]),
+        Some(&AllowAll),
+    );
+    drain(r, hub);
+    r.handle(hub, item_list(spoke, "demo"), Some(&AllowAll));
+}
+
 /// The first large blob a feed's manifests name.
 fn a_blob(store: &Store, feed: &str) -> (Hash, u64) {
     for e in store.entries(feed).unwrap() {
@@ -215,13 +227,7 @@ fn blobs_are_served_once_and_only_for_documents_sent_in_the_run() {
     assert_eq!(pieces(&out), 0);
     // After the DIFF that sent its manifest: once, and not twice.
     let mut r = responder(&spoke);
-    r.handle(
-        &hub,
-        hello(&spoke, Mode::Pull, "good", &["demo"]),
-        Some(&AllowAll),
-    );
-    drain(&mut r, &hub);
-    r.handle(&hub, item_list(&spoke, "demo"), Some(&AllowAll));
+    listed_for_pull(&mut r, &hub, &spoke);
     let out = drain(&mut r, &hub);
     assert!(out
         .iter()
@@ -229,13 +235,7 @@ fn blobs_are_served_once_and_only_for_documents_sent_in_the_run() {
     r.handle(&hub, want(hash, size + 1), Some(&AllowAll));
     assert_eq!(error_code(&drain(&mut r, &hub)), Some(code::PROTOCOL));
     let mut r = responder(&spoke);
-    r.handle(
-        &hub,
-        hello(&spoke, Mode::Pull, "good", &["demo"]),
-        Some(&AllowAll),
-    );
-    drain(&mut r, &hub);
-    r.handle(&hub, item_list(&spoke, "demo"), Some(&AllowAll));
+    listed_for_pull(&mut r, &hub, &spoke);
     drain(&mut r, &hub);
     r.handle(&hub, want(hash, size), Some(&AllowAll));
     assert_eq!(pieces(&drain(&mut r, &hub)), 1);
@@ -1136,13 +1136,7 @@ fn a_peer_asking_for_a_whole_feed_does_not_make_the_responder_hold_it() {
             ..Limits::default()
         },
     });
-    r.handle(
-        &hub,
-        hello(&spoke, Mode::Pull, "good", &["demo"]),
-        Some(&AllowAll),
-    );
-    drain(&mut r, &hub);
-    r.handle(&hub, item_list(&spoke, "demo"), Some(&AllowAll));
+    listed_for_pull(&mut r, &hub, &spoke);
     let (mut most_read, mut most_pending) = r.docs_queued();
     let mut sent = std::collections::HashSet::new();
     let mut frames = 0;
