@@ -46,6 +46,13 @@ struct Args {
     /// Size of the release in MiB (split evenly between its packages).
     #[arg(long, default_value_t = 64)]
     release_mib: u64,
+    /// Make 7/8 of each package's payload zeros (every 4 KiB: 512 random bytes, then zeros).
+    /// Nothing in Cairn compresses: the bytes on the wire, their hashing and their encryption
+    /// are the same as for random payloads, while stores on a compressing filesystem (btrfs
+    /// with `compress-force`) take about an eighth of the disk. For releases of which one copy
+    /// per spoke would not fit on the machine's disk.
+    #[arg(long)]
+    compressible: bool,
     /// Give up on a run after this many seconds.
     #[arg(long, default_value_t = 1800)]
     timeout_secs: u64,
@@ -142,6 +149,8 @@ struct Row {
     spokes_cpu_secs: f64,
     /// With a star link: CPU seconds of the link emulator during the release.
     link_cpu_secs: Option<f64>,
+    /// Payloads 7/8 zeros (`--compressible`).
+    compressible: bool,
 }
 
 fn main() -> Result<()> {
@@ -166,7 +175,12 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let root = cairn_benches::fresh_dir(&args.dir)?;
-    let release = make_release(&root.join("release"), args.packages, args.release_mib)?;
+    let release = make_release(
+        &root.join("release"),
+        args.packages,
+        args.release_mib,
+        args.compressible,
+    )?;
     let mut rows = Vec::new();
     for &relays in &args.relays {
         for &spokes in &args.spokes {
@@ -199,7 +213,10 @@ fn main() -> Result<()> {
         root.join("results.json"),
         serde_json::to_string_pretty(&rows)?,
     )?;
-    let table = table(&rows);
+    let mut table = table(&rows);
+    if args.compressible {
+        table.push_str("\nPayloads 7/8 zeros (`--compressible`).\n");
+    }
     fs::write(root.join("results.md"), &table)?;
     println!("\n{table}");
     if let Err(e) = draw_chart(&root.join("fanout.png"), &rows) {
@@ -220,7 +237,10 @@ fn link_bytes_to_site() -> Result<u64> {
 }
 
 /// P wheels of about `mib / P` MiB each, incompressible; their paths.
-fn make_release(dir: &Path, packages: usize, mib: u64) -> Result<Vec<PathBuf>> {
+/// Bytes of each 4 KiB block of a `--compressible` payload that stay random.
+const COMPRESSIBLE_RANDOM: usize = 512;
+
+fn make_release(dir: &Path, packages: usize, mib: u64, compressible: bool) -> Result<Vec<PathBuf>> {
     fs::create_dir_all(dir)?;
     let each = ((mib << 20) / packages as u64) as usize;
     let mut out = Vec::new();
@@ -228,6 +248,13 @@ fn make_release(dir: &Path, packages: usize, mib: u64) -> Result<Vec<PathBuf>> {
     for i in 0..packages {
         let name = format!("fan-pkg-{i:03}");
         fill_bytes(1000 + i as u64, &mut payload);
+        if compressible {
+            for block in payload.chunks_mut(4096) {
+                if let Some(rest) = block.get_mut(COMPRESSIBLE_RANDOM..) {
+                    rest.fill(0);
+                }
+            }
+        }
         let wheel = cairn_store::package::fixtures::wheel_with_payload(&name, "1.0", &[], &payload);
         let path = dir.join(format!("{}-1.0-py3-none-any.whl", name.replace('-', "_")));
         fs::write(&path, wheel)?;
@@ -585,6 +612,7 @@ fn run(
         link_bytes,
         spokes_cpu_secs,
         link_cpu_secs,
+        compressible: args.compressible,
     })
 }
 
