@@ -49,7 +49,7 @@ struct Args {
     /// Make 7/8 of each package's payload zeros (every 4 KiB: 512 random bytes, then zeros).
     /// Nothing in Cairn compresses: the bytes on the wire, their hashing and their encryption
     /// are the same as for random payloads, while stores on a compressing filesystem (btrfs
-    /// with `compress-force`) take about an eighth of the disk. For releases of which one copy
+    /// with `compress-force`) take about a sixth of the disk. For releases of which one copy
     /// per spoke would not fit on the machine's disk.
     #[arg(long)]
     compressible: bool,
@@ -236,10 +236,10 @@ fn link_bytes_to_site() -> Result<u64> {
         .ok_or_else(|| anyhow!("no link counters"))
 }
 
-/// P wheels of about `mib / P` MiB each, incompressible; their paths.
 /// Bytes of each 4 KiB block of a `--compressible` payload that stay random.
 const COMPRESSIBLE_RANDOM: usize = 512;
 
+/// P wheels of about `mib / P` MiB each, incompressible unless `compressible`; their paths.
 fn make_release(dir: &Path, packages: usize, mib: u64, compressible: bool) -> Result<Vec<PathBuf>> {
     fs::create_dir_all(dir)?;
     let each = ((mib << 20) / packages as u64) as usize;
