@@ -42,7 +42,7 @@ use tracing::Instrument;
 
 use crate::proto::{
     Authorizer, FeedReport, InitiatorConfig, Limits, ResponderConfig, Session, SessionError,
-    MAX_HELLO_FEEDS,
+    MAX_HELLO_FEEDS, PIECE_GROUPS,
 };
 use crate::wire::{self, Frame, FrameReader, ALPN, MAX_FRAME};
 
@@ -395,12 +395,21 @@ async fn tune_receive_window(conn: quinn::Connection, max: u64, cap: Arc<AtomicU
 /// under a shared [`SendBudget`].
 pub const MIN_SEND_WINDOW: u64 = 1 << 20;
 
-/// What all the connections of an instance may hold in their send buffers together. quinn
-/// accepts writes until a connection's unacknowledged data reaches its send window, whatever
-/// the peer's credit; with a fixed 64 MiB window a hub serving a release to N spokes at once
-/// held up to N × 64 MiB. Each run that sends gets an equal share of the budget (never less
-/// than [`MIN_SEND_WINDOW`]) and no more than twice its congestion window, which is all a
-/// sender needs in flight to keep its path full.
+/// What a sending run holds outside quinn's buffers: the frame it is writing (a blob piece of
+/// [`PIECE_GROUPS`] chunk groups with its outboard, or a DOCS batch of at most
+/// [`crate::proto::DOC_BATCH_BYTES`]) and its 64 KiB read buffer. Its share of a
+/// [`SendBudget`] pays for this first.
+pub const HELD_PER_RUN: u64 =
+    PIECE_GROUPS * cairn_store::blob::CHUNK_GROUP_BYTES as u64 + (128 << 10);
+
+/// What all the connections of an instance may hold in their send buffers together, with the
+/// frame each sending run is writing. quinn accepts writes until a connection's
+/// unacknowledged data reaches its send window, whatever the peer's credit; with a fixed
+/// 64 MiB window a hub serving a release to N spokes at once held up to N × 64 MiB. Each run
+/// that sends gets an equal share of the budget, which pays for the frame it holds
+/// ([`HELD_PER_RUN`]) and its send window; the window is never less than [`MIN_SEND_WINDOW`]
+/// and no more than twice the congestion window, which is all a sender needs in flight to
+/// keep its path full.
 #[derive(Clone, Debug)]
 pub struct SendBudget(Arc<SendBudgetInner>);
 
@@ -436,6 +445,16 @@ impl SendBudget {
         (self.0.total / self.active().max(1)).max(MIN_SEND_WINDOW)
     }
 
+    /// The send window of an active run that `want`s that much: what its share leaves after
+    /// the frame it holds, at least [`MIN_SEND_WINDOW`].
+    fn window(&self, want: u64) -> u64 {
+        want.min(
+            self.share()
+                .saturating_sub(HELD_PER_RUN)
+                .max(MIN_SEND_WINDOW),
+        )
+    }
+
     fn enter(&self) -> ActiveSender {
         self.0.active.fetch_add(1, Ordering::Relaxed);
         ActiveSender(self.clone())
@@ -466,7 +485,7 @@ async fn tune_send_window(conn: quinn::Connection, max: u64, budget: SendBudget)
             .cwnd
             .saturating_mul(2)
             .clamp(MIN_SEND_WINDOW, max.max(MIN_SEND_WINDOW));
-        let window = want.min(budget.share());
+        let window = budget.window(want);
         if window != current {
             conn.set_send_window(window);
             current = window;
@@ -1725,7 +1744,7 @@ pub async fn serve_connection(
 
 #[cfg(test)]
 mod send_budget_tests {
-    use super::{SendBudget, MIN_SEND_WINDOW};
+    use super::{SendBudget, HELD_PER_RUN, MIN_SEND_WINDOW};
 
     #[test]
     fn a_send_budget_is_shared_equally_with_a_floor() {
@@ -1742,6 +1761,29 @@ mod send_budget_tests {
         assert_eq!(budget.share(), 64 << 20);
         drop(b);
         assert_eq!(budget.active(), 0);
+    }
+
+    #[test]
+    fn a_send_budget_pays_for_the_frame_each_run_holds() {
+        let total = 256u64 << 20;
+        let budget = SendBudget::new(total);
+        let mut runs = Vec::new();
+        for n in 1..=300u64 {
+            runs.push(budget.enter());
+            let window = budget.window(u64::MAX);
+            assert!(window >= MIN_SEND_WINDOW);
+            // Within the budget for as many runs as leave each at least the floor.
+            if total / n >= HELD_PER_RUN + MIN_SEND_WINDOW {
+                assert!(n * (window + HELD_PER_RUN) <= total, "{n} runs: {window}");
+            } else {
+                assert_eq!(window, MIN_SEND_WINDOW, "{n} runs");
+            }
+            // A run never gets more than it wants.
+            assert_eq!(budget.window(MIN_SEND_WINDOW), MIN_SEND_WINDOW);
+        }
+        // 100 runs sending at once (a hub's release to 100 spokes): 1.56 MiB of window each.
+        runs.truncate(100);
+        assert_eq!(budget.window(u64::MAX), total / 100 - HELD_PER_RUN);
     }
 }
 
