@@ -1162,3 +1162,29 @@ fn a_peer_asking_for_a_whole_feed_does_not_make_the_responder_hold_it() {
         "the rest waited as prefixes: {most_pending}"
     );
 }
+
+#[test]
+fn many_peers_pulling_at_once_cannot_make_a_sender_hold_more_than_its_send_budget() {
+    // Each run that sends holds the frame it is writing (HELD_PER_RUN) beside quinn's
+    // buffers; a hub serving 100 spokes at once went past its budget by that much per run.
+    use crate::transport::{SendBudget, HELD_PER_RUN, MIN_SEND_WINDOW};
+    let total = 256u64 << 20;
+    let budget = SendBudget::new(total);
+    let mut runs = Vec::new();
+    for n in 1..=300u64 {
+        runs.push(budget.enter());
+        let window = budget.window(u64::MAX);
+        assert!(window >= MIN_SEND_WINDOW);
+        // Within the budget for as many runs as leave each at least the floor.
+        if total / n >= HELD_PER_RUN + MIN_SEND_WINDOW {
+            assert!(n * (window + HELD_PER_RUN) <= total, "{n} runs: {window}");
+        } else {
+            assert_eq!(window, MIN_SEND_WINDOW, "{n} runs");
+        }
+        // A run never gets more than it wants.
+        assert_eq!(budget.window(MIN_SEND_WINDOW), MIN_SEND_WINDOW);
+    }
+    // 100 runs sending at once (a hub's release to 100 spokes): 1.56 MiB of window each.
+    runs.truncate(100);
+    assert_eq!(budget.window(u64::MAX), total / 100 - HELD_PER_RUN);
+}
