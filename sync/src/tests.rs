@@ -619,12 +619,21 @@ mod quic {
         assert!(reports[0].converged(), "{reports:?}");
         assert_eq!(root(&spoke, "demo"), root(&hub, "demo"));
         assert!(stats.bytes_received > 6_000_000, "{stats:?}");
-        // What went on the wire counts QUIC's own packets too: the acknowledgements of 6 MB.
+        // What went on the wire counts QUIC's own packets too: the acknowledgements of 6 MB
+        // (about 450 of them, one per ten packets or 25 ms).
         assert!(
-            stats.wire_bytes_sent > stats.bytes_sent + 10_000,
+            stats.wire_bytes_sent > stats.bytes_sent + 4_000,
             "{stats:?}"
         );
         assert!(spoke.verify().unwrap().ok());
+        // The receiver acknowledges about every tenth packet (ACK_FREQUENCY), not every second.
+        let quic = conn.stats();
+        assert!(
+            quic.frame_tx.acks * 5 < quic.udp_rx.datagrams,
+            "{} acknowledgements for {} datagrams",
+            quic.frame_tx.acks,
+            quic.udp_rx.datagrams
+        );
         // A second run on the same (warm) connection finds the feeds equal: one round trip,
         // no handshake.
         let (reports, stats) =
