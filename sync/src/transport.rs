@@ -22,11 +22,13 @@
 //! loss where loss-based controllers back off. The link benchmark measures these choices.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use cairn_store::doc::PublicKey;
 use cairn_store::identity::Identity;
 use cairn_store::replica::{PieceWriter, PieceWritten};
@@ -1167,7 +1169,7 @@ async fn read_uni(mut recv: quinn::RecvStream, tx: mpsc::Sender<Incoming>, budge
     let Ok(Some(writer)) = answer.await else {
         return;
     };
-    let (data_tx, data_rx) = mpsc::channel::<Vec<u8>>(16);
+    let (data_tx, data_rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
     let write = tokio::task::spawn_blocking(move || {
         writer.write_from(
             &groups,
@@ -1178,49 +1180,16 @@ async fn read_uni(mut recv: quinn::RecvStream, tx: mpsc::Sender<Incoming>, budge
             },
         )
     });
-    let mut left = len;
-    let mut failure = None;
-    let first = reader.take_pending();
-    let mut chunk = first;
-    loop {
-        if chunk.len() as u64 > left {
-            failure = Some(format!(
-                "blob stream for {} carries more than the {len} bytes its head announced",
-                Hash::from_bytes(hash)
-            ));
-            break;
-        }
-        left -= chunk.len() as u64;
-        if !chunk.is_empty() && data_tx.send(chunk).await.is_err() {
-            break;
-        }
-        if left == 0 {
-            match recv.read_chunk(CHUNK, true).await {
-                Ok(None) => {}
-                Ok(Some(_)) => {
-                    failure = Some(format!(
-                        "blob stream for {} carries more than the {len} bytes its head announced",
-                        Hash::from_bytes(hash)
-                    ))
-                }
-                Err(e) => failure = Some(format!("reading a blob stream: {e}")),
-            }
-            break;
-        }
-        match recv.read_chunk(CHUNK, true).await {
-            Ok(Some(c)) => {
-                let k = c.bytes.len();
-                n += k as u64;
-                budget.received.fetch_add(k as u64, Ordering::Relaxed);
-                chunk = c.bytes.to_vec();
-            }
-            Ok(None) => break,
-            Err(e) => {
-                failure = Some(format!("reading a blob stream: {e}"));
-                break;
-            }
-        }
-    }
+    let (read, failure) = forward_blob_stream(
+        &mut recv,
+        reader.take_pending(),
+        len,
+        Hash::from_bytes(hash),
+        &data_tx,
+        &budget.received,
+    )
+    .await;
+    n += read;
     // The writer sees the end of its input and finishes what verified.
     drop(data_tx);
     let Ok(written) = write.await else {
@@ -1240,6 +1209,95 @@ async fn read_uni(mut recv: quinn::RecvStream, tx: mpsc::Sender<Incoming>, budge
             bytes: n,
         })
         .await;
+}
+
+/// Where a blob stream's bytes come from: quinn's stream, or a script in tests.
+pub(crate) trait ChunkSource {
+    /// The next chunk as it arrived, `None` at the stream's end.
+    fn next_chunk(&mut self) -> impl Future<Output = Result<Option<Bytes>, String>> + Send;
+}
+
+impl ChunkSource for quinn::RecvStream {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, String> {
+        match self.read_chunk(64 * 1024, true).await {
+            Ok(c) => Ok(c.map(|c| c.bytes)),
+            Err(e) => Err(format!("reading a blob stream: {e}")),
+        }
+    }
+}
+
+/// The writer thread is handed a stream's bytes in batches of this: quinn yields about a
+/// packet at a time, and a receiver at a low rate (one of many spokes) would otherwise wake the
+/// writer, and copy into a buffer of its own, for every packet.
+pub(crate) const WRITE_BATCH: usize = 64 * 1024;
+/// Batches queued for a stream's writer: with the one being filled, at most
+/// (WRITE_QUEUE + 1) x WRITE_BATCH bytes, plus a chunk, wait per stream.
+const WRITE_QUEUE: usize = 8;
+
+/// Hands the body of a blob stream (`first`, then what `source` yields) to its writer in
+/// batches of [`WRITE_BATCH`], up to the `len` bytes its head announced; the stream must end
+/// there. What arrived before an early end or a fault still goes to the writer, which keeps
+/// the groups that verify (a later run resumes after them). Returns the bytes read from
+/// `source` and why the stream was refused, if it was.
+pub(crate) async fn forward_blob_stream(
+    source: &mut impl ChunkSource,
+    first: Vec<u8>,
+    len: u64,
+    hash: Hash,
+    data_tx: &mpsc::Sender<Vec<u8>>,
+    received: &AtomicU64,
+) -> (u64, Option<String>) {
+    let too_much =
+        || format!("blob stream for {hash} carries more than the {len} bytes its head announced");
+    let mut read = 0u64;
+    let mut left = len;
+    let mut failure = None;
+    let mut batch = first;
+    if batch.len() as u64 > left {
+        return (0, Some(too_much()));
+    }
+    left -= batch.len() as u64;
+    loop {
+        if (batch.len() >= WRITE_BATCH || left == 0)
+            && !batch.is_empty()
+            && data_tx.send(std::mem::take(&mut batch)).await.is_err()
+        {
+            break;
+        }
+        if left == 0 {
+            match source.next_chunk().await {
+                Ok(None) => {}
+                Ok(Some(_)) => failure = Some(too_much()),
+                Err(e) => failure = Some(e),
+            }
+            break;
+        }
+        match source.next_chunk().await {
+            Ok(Some(c)) => {
+                let k = c.len();
+                read += k as u64;
+                received.fetch_add(k as u64, Ordering::Relaxed);
+                if k as u64 > left {
+                    failure = Some(too_much());
+                    break;
+                }
+                left -= k as u64;
+                if batch.capacity() == 0 {
+                    batch.reserve(WRITE_BATCH.min((left as usize).saturating_add(k)) + 2048);
+                }
+                batch.extend_from_slice(&c);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = data_tx.send(batch).await;
+    }
+    (read, failure)
 }
 
 /// A blocking reader over chunks sent from an async task.

@@ -1188,3 +1188,118 @@ fn many_peers_pulling_at_once_cannot_make_a_sender_hold_more_than_its_send_budge
     runs.truncate(100);
     assert_eq!(budget.window(u64::MAX), total / 100 - HELD_PER_RUN);
 }
+
+/// A blob stream's body as a peer sends it: chunks, an end, or a fault.
+struct Script(std::collections::VecDeque<Result<Option<bytes::Bytes>, String>>);
+
+impl crate::transport::ChunkSource for Script {
+    async fn next_chunk(&mut self) -> Result<Option<bytes::Bytes>, String> {
+        self.0.pop_front().unwrap_or(Ok(None))
+    }
+}
+
+/// `chunks` chunks of `size` bytes (byte i of the stream is i mod 251), then `end`.
+fn script(chunks: usize, size: usize, end: Result<Option<bytes::Bytes>, String>) -> Script {
+    let mut steps: std::collections::VecDeque<_> = (0..chunks)
+        .map(|c| {
+            let bytes: Vec<u8> = (c * size..(c + 1) * size)
+                .map(|i| (i % 251) as u8)
+                .collect();
+            Ok(Some(bytes::Bytes::from(bytes)))
+        })
+        .collect();
+    steps.push_back(end);
+    Script(steps)
+}
+
+/// Runs a blob stream of announced length `len` from `source` into a writer's queue; returns
+/// what the writer was handed (each batch), the bytes read and the refusal.
+async fn forward(mut source: Script, len: u64) -> (Vec<Vec<u8>>, u64, Option<String>) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    let received = std::sync::atomic::AtomicU64::new(0);
+    let writer = tokio::spawn(async move {
+        let mut batches = Vec::new();
+        while let Some(b) = rx.recv().await {
+            batches.push(b);
+        }
+        batches
+    });
+    let (read, failure) = crate::transport::forward_blob_stream(
+        &mut source,
+        Vec::new(),
+        len,
+        Hash::from_bytes([7; 32]),
+        &tx,
+        &received,
+    )
+    .await;
+    drop(tx);
+    assert_eq!(received.load(std::sync::atomic::Ordering::Relaxed), read);
+    (writer.await.unwrap(), read, failure)
+}
+
+fn in_order(batches: &[Vec<u8>]) -> bool {
+    batches
+        .concat()
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == (i % 251) as u8)
+}
+
+#[tokio::test]
+async fn a_blob_stream_longer_than_its_head_announced_is_refused_at_the_announced_length() {
+    // 100 chunks of 1,200 bytes for a head that announced 50,000: the chunk that crosses the
+    // announced length is not handed on, and the stream is refused.
+    let (batches, _, failure) = forward(script(100, 1_200, Ok(None)), 50_000).await;
+    let failure = failure.expect("an over-long stream is refused");
+    assert!(
+        failure.contains("carries more than the 50000 bytes"),
+        "{failure}"
+    );
+    let handed: usize = batches.iter().map(Vec::len).sum();
+    assert_eq!(handed, 41 * 1_200);
+    assert!(in_order(&batches));
+    // Exactly the announced length, then one byte more after it: refused too.
+    let mut extra = script(10, 1_000, Ok(Some(bytes::Bytes::from_static(b"x"))));
+    extra.0.push_back(Ok(None));
+    let (batches, _, failure) = forward(extra, 10_000).await;
+    assert!(failure.unwrap().contains("carries more than"));
+    assert_eq!(batches.concat().len(), 10_000);
+}
+
+#[tokio::test]
+async fn a_blob_stream_cut_or_failing_midway_hands_on_what_arrived_before_it() {
+    // Cut after 36,000 of 100,000 bytes: all of them reach the writer, which keeps the groups
+    // that verify for a later run to resume after.
+    let (batches, read, failure) = forward(script(30, 1_200, Ok(None)), 100_000).await;
+    assert_eq!(failure, None);
+    assert_eq!(read, 36_000);
+    assert_eq!(batches.concat().len(), 36_000);
+    assert!(in_order(&batches));
+    // A transport fault midway: the fault is the refusal, and what came before is handed on.
+    let (batches, _, failure) =
+        forward(script(30, 1_200, Err("connection lost".into())), 100_000).await;
+    assert_eq!(failure.as_deref(), Some("connection lost"));
+    assert_eq!(batches.concat().len(), 36_000);
+}
+
+#[tokio::test]
+async fn a_blob_stream_of_packet_sized_chunks_wakes_its_writer_once_per_batch() {
+    // 1,000 chunks of 1,200 bytes (about a packet each): the writer is handed them in
+    // batches of WRITE_BATCH, not one by one, and in order.
+    let len = 1_000 * 1_200;
+    let (batches, read, failure) = forward(script(1_000, 1_200, Ok(None)), len as u64).await;
+    assert_eq!(failure, None);
+    assert_eq!(read, len as u64);
+    assert_eq!(batches.concat().len(), len);
+    assert!(in_order(&batches));
+    assert!(
+        batches.len() <= len / crate::transport::WRITE_BATCH + 1 && batches.len() <= 20,
+        "{} batches",
+        batches.len()
+    );
+    assert!(batches[..batches.len() - 1]
+        .iter()
+        .all(|b| b.len() >= crate::transport::WRITE_BATCH
+            && b.len() < crate::transport::WRITE_BATCH + 1_200));
+}
