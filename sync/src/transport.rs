@@ -1089,7 +1089,6 @@ impl StreamBudget {
 async fn read_uni(mut recv: quinn::RecvStream, tx: mpsc::Sender<Incoming>, budget: StreamBudget) {
     // Chunks are taken as quinn holds them (no buffer of our own per stream: a peer may keep
     // hundreds of streams open while they wait for the bulk budget).
-    const CHUNK: usize = 64 * 1024;
     let mut reader = FrameReader::default();
     let mut n = 0u64;
     let mut permit = None;
@@ -1116,7 +1115,7 @@ async fn read_uni(mut recv: quinn::RecvStream, tx: mpsc::Sender<Incoming>, budge
                 return;
             }
         }
-        match recv.read_chunk(CHUNK, true).await {
+        match recv.read_chunk(READ_CHUNK, true).await {
             Ok(Some(c)) => {
                 let k = c.bytes.len();
                 n += k as u64;
@@ -1211,6 +1210,9 @@ async fn read_uni(mut recv: quinn::RecvStream, tx: mpsc::Sender<Incoming>, budge
         .await;
 }
 
+/// The most a unidirectional stream's reader takes from quinn at once.
+const READ_CHUNK: usize = 64 * 1024;
+
 /// Where a blob stream's bytes come from: quinn's stream, or a script in tests.
 pub(crate) trait ChunkSource {
     /// The next chunk as it arrived, `None` at the stream's end.
@@ -1219,7 +1221,7 @@ pub(crate) trait ChunkSource {
 
 impl ChunkSource for quinn::RecvStream {
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, String> {
-        match self.read_chunk(64 * 1024, true).await {
+        match self.read_chunk(READ_CHUNK, true).await {
             Ok(c) => Ok(c.map(|c| c.bytes)),
             Err(e) => Err(format!("reading a blob stream: {e}")),
         }
