@@ -626,10 +626,17 @@ mod quic {
             "{stats:?}"
         );
         assert!(spoke.verify().unwrap().ok());
-        // The receiver acknowledges about every tenth packet (ACK_FREQUENCY), not every second.
+        // The receiver acknowledges about every tenth packet (ACK_FREQUENCY), not every second:
+        // every second gave 1,358 acknowledgements for 4,310 datagrams here. Fewer than ten
+        // packets in 25 ms on a loaded machine also sends one (885 for 4,308 seen in CI), so
+        // the bound is a quarter, between the two (locally about 130 for 4,310).
         let quic = conn.stats();
+        eprintln!(
+            "{} acknowledgements for {} datagrams",
+            quic.frame_tx.acks, quic.udp_rx.datagrams
+        );
         assert!(
-            quic.frame_tx.acks * 5 < quic.udp_rx.datagrams,
+            quic.frame_tx.acks * 4 < quic.udp_rx.datagrams,
             "{} acknowledgements for {} datagrams",
             quic.frame_tx.acks,
             quic.udp_rx.datagrams
