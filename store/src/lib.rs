@@ -59,6 +59,7 @@ pub mod replica;
 pub mod rng;
 pub mod rotation;
 pub mod s3;
+pub mod sig;
 pub mod store;
 pub mod system;
 pub mod tlog;
