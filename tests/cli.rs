@@ -358,6 +358,36 @@ fn rm_then_gc_frees_the_blob() {
     assert!(c.ok(&["verify"]).contains(": ok"));
 }
 
+/// `[server] worker_threads` outside 1..=1024, or an unknown `[server]` option, is refused by
+/// every command that reads the configuration, naming it; a valid one loads.
+#[test]
+fn server_options_are_checked() {
+    let c = Instance::new();
+    let toml = c.data().join("cairn.toml");
+    for (text, wanted) in [
+        (
+            "[server]\nworker_threads = 0\n",
+            "worker_threads must be between 1 and 1024",
+        ),
+        (
+            "[server]\nworker_threads = 5000\n",
+            "worker_threads must be between 1 and 1024",
+        ),
+        ("[server]\nthreads = 4\n", "unknown field `threads`"),
+    ] {
+        fs::write(&toml, text).unwrap();
+        let err = c.fails(&["replication", "list"], 2);
+        assert!(
+            err.contains(wanted) && err.contains("cairn.toml"),
+            "{text}: {err}"
+        );
+        let err = c.fails(&["serve"], 2);
+        assert!(err.contains(wanted), "{text}: {err}");
+    }
+    fs::write(&toml, "[server]\nworker_threads = 3\n").unwrap();
+    assert!(c.ok(&["replication", "list"]).contains("no replications"));
+}
+
 #[test]
 fn key_and_trust() {
     let c = Instance::new();

@@ -37,6 +37,32 @@ pub struct Config {
     /// Feeds that answer for what they lack from an upstream registry.
     #[serde(default, rename = "connector")]
     pub connectors: Vec<cairn_feedserver::connector::ConnectorConfig>,
+    /// The process itself.
+    #[serde(default)]
+    pub server: ServerSection,
+}
+
+/// `[server]`: the process that runs the feed server and the replications.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Threads of the runtime that runs QUIC, HTTP and the replications (default: one per
+    /// core). Blocking work (RocksDB, hashing, writing blobs) has threads of its own.
+    pub worker_threads: Option<usize>,
+}
+
+/// The most `[server] worker_threads` may ask for.
+const MAX_WORKER_THREADS: usize = 1024;
+
+impl ServerSection {
+    /// The runtime `cairn serve` and a standalone `cairn replicate` run on.
+    fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if let Some(n) = self.worker_threads {
+            builder.worker_threads(n);
+        }
+        builder.enable_all().build()
+    }
 }
 
 /// `[blobs]`: `backend = "local"` (the default, files under the data directory) or `"s3"`
@@ -107,6 +133,14 @@ pub fn load_config(data_dir: &Path, path: Option<&Path>) -> Result<Config> {
         ),
         _ => {}
     }
+    if let Some(n) = config.server.worker_threads {
+        if !(1..=MAX_WORKER_THREADS).contains(&n) {
+            bail!(
+                "{}: [server] worker_threads must be between 1 and {MAX_WORKER_THREADS}, not {n}",
+                path.display()
+            );
+        }
+    }
     config
         .alerts
         .check()
@@ -160,10 +194,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Runs the server until interrupted (SIGINT or SIGTERM).
 pub fn serve(data_dir: &Path, config: Config) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let runtime = config.server.runtime()?;
     runtime.block_on(async move {
         let store = Arc::new(Store::open(data_dir, config.store_options())?);
         let replicator = Replicator::new(
@@ -352,10 +383,7 @@ pub fn replicate(
         .ok_or_else(|| anyhow!("no replication named `{name}` in the configuration"))?
         .clone();
     let store = Store::open(data_dir, config.store_options())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let runtime = config.server.runtime()?;
     let progress = Progress::default();
     Ok(runtime.block_on(async {
         let run = replication::run(&store, &config.sync, &rep, options, &progress, None);
