@@ -157,6 +157,40 @@ mod tests {
         VerifyKey::new(k.verifying_key().to_bytes()).unwrap()
     }
 
+    /// `(message, signature)` pairs for [`VerifyKey::verify_all`].
+    fn pairs<'a>(messages: &'a [Vec<u8>], sigs: &'a [[u8; 64]]) -> Vec<(&'a [u8], &'a [u8; 64])> {
+        messages.iter().map(Vec::as_slice).zip(sigs).collect()
+    }
+
+    /// Two valid signatures, one's `s` raised by one and the other's lowered by one: each is
+    /// invalid, and the plain sum of their equations still holds. Only the random weights
+    /// tell: someone holding signed documents but no key (a relay) cannot get such a pair
+    /// past a batch.
+    #[test]
+    fn tweaks_that_cancel_in_a_sum_fail_the_batch() {
+        let k = key(9);
+        let v = vk(&k);
+        let messages: Vec<Vec<u8>> = vec![b"one".to_vec(), b"two".to_vec()];
+        let mut sigs: Vec<[u8; 64]> = messages.iter().map(|m| k.sign(m).to_bytes()).collect();
+        let s =
+            |sig: &[u8; 64]| Scalar::from_canonical_bytes(sig[32..].try_into().unwrap()).unwrap();
+        let (s0, s1) = (s(&sigs[0]) + Scalar::ONE, s(&sigs[1]) - Scalar::ONE);
+        sigs[0][32..].copy_from_slice(s0.as_bytes());
+        sigs[1][32..].copy_from_slice(s1.as_bytes());
+        for (m, sig) in messages.iter().zip(&sigs) {
+            assert!(!v.verify(m, sig));
+        }
+        // The unweighted sum of [s]B - R - [k]A over the pair is the identity.
+        let sum = (0..2)
+            .map(|i| {
+                let t = v.terms(&messages[i], &sigs[i]).unwrap();
+                EdwardsPoint::vartime_double_scalar_mul_basepoint(&t.k, &-v.point, &t.s) - t.r
+            })
+            .fold(EdwardsPoint::default(), |a, b| a + b);
+        assert!(sum.is_identity());
+        assert!(!v.verify_all(&pairs(&messages, &sigs)));
+    }
+
     #[test]
     fn rfc8032_signatures_are_valid_alone_and_together() {
         let k = key(3);
@@ -166,11 +200,7 @@ mod tests {
         for (m, s) in messages.iter().zip(&sigs) {
             assert!(v.verify(m, s));
         }
-        let items: Vec<(&[u8], &[u8; 64])> = messages
-            .iter()
-            .map(Vec::as_slice)
-            .zip(sigs.iter())
-            .collect();
+        let items = pairs(&messages, &sigs);
         assert!(v.verify_all(&items));
         assert!(v.verify_all(&items[..1]));
         assert!(v.verify_all(&[]));
@@ -192,22 +222,14 @@ mod tests {
                     _ => messages[bad][50] ^= 1,
                 }
                 assert!(!v.verify(&messages[bad], &sigs[bad]), "{bad} {edit}");
-                let items: Vec<(&[u8], &[u8; 64])> = messages
-                    .iter()
-                    .map(Vec::as_slice)
-                    .zip(sigs.iter())
-                    .collect();
+                let items = pairs(&messages, &sigs);
                 assert!(!v.verify_all(&items), "{bad} {edit}");
             }
         }
         // A signature from another key.
         let mut sigs = sigs.clone();
         sigs[3] = key(5).sign(&messages[3]).to_bytes();
-        let items: Vec<(&[u8], &[u8; 64])> = messages
-            .iter()
-            .map(Vec::as_slice)
-            .zip(sigs.iter())
-            .collect();
+        let items = pairs(&messages, &sigs);
         assert!(!v.verify_all(&items));
     }
 
@@ -259,11 +281,7 @@ mod tests {
             // EIGHT_TORSION[0] is the identity: that one is an ordinary signature.
             assert_eq!(strict.is_ok(), i == 0, "torsion {i}");
         }
-        let items: Vec<(&[u8], &[u8; 64])> = messages
-            .iter()
-            .map(Vec::as_slice)
-            .zip(sigs.iter())
-            .collect();
+        let items = pairs(&messages, &sigs);
         assert!(v.verify_all(&items));
     }
 

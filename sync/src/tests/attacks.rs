@@ -430,6 +430,75 @@ fn manifest(files: Vec<FileEntry>) -> Manifest {
     }
 }
 
+/// Adds `delta` (1 or -1) to the `s` half of an envelope's signature, its last 32 bytes,
+/// little-endian, as an integer: still canonical for any `s` but 0 and L - 1.
+fn shift_s(doc: &mut [u8], delta: i8) {
+    let n = doc.len();
+    for b in &mut doc[n - 32..] {
+        let (v, carry) = if delta > 0 {
+            b.overflowing_add(1)
+        } else {
+            b.overflowing_sub(1)
+        };
+        *b = v;
+        if !carry {
+            break;
+        }
+    }
+}
+
+/// A relay holds the hub's documents but not its key. Raising one signature's `s` by one and
+/// lowering another's by one makes both invalid while the plain sum of their verification
+/// equations still holds: a batch check without random weights would take the pair. The
+/// receiver refuses it and stores nothing; the same pair untouched is taken.
+#[test]
+fn signatures_tweaked_to_cancel_in_a_batch_are_refused() {
+    let (_d, hub, spoke) = small_pair();
+    publish(&hub, "demo", 0, 3, 10);
+    let data = b"payload of a genuine package".to_vec();
+    let hash = Hash::of(&data);
+    let sign = |version: &str| {
+        let m = Manifest {
+            version: version.into(),
+            ..manifest(vec![FileEntry {
+                name: format!("p-{version}.bin"),
+                blob: hash,
+                size: data.len() as u64,
+                digests: BTreeMap::new(),
+            }])
+        };
+        SignedDocument::sign(&m, hub.identity().signing_key())
+            .unwrap()
+            .bytes()
+            .to_vec()
+    };
+    let genuine = vec![sign("1"), sign("2")];
+    let mut tweaked = genuine.clone();
+    shift_s(&mut tweaked[0], 1);
+    shift_s(&mut tweaked[1], -1);
+    for (what, docs) in [("tweaked", tweaked), ("genuine", genuine)] {
+        let mut s = initiator_after_summary(&spoke, &hub);
+        s.handle(
+            &spoke,
+            diff_with(docs, vec![SmallBlob { data: data.clone() }]),
+            None,
+        );
+        let out = drain(&mut s, &spoke);
+        if what == "genuine" {
+            assert!(s.error().is_none(), "{:?}", s.error());
+            assert!(spoke.has_blob(&hash).unwrap());
+            continue;
+        }
+        match s.error() {
+            Some(SessionError::BadData(why)) => assert!(why.contains("signature"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(error_code(&out), Some(code::BAD_DATA));
+        assert!(!spoke.has_blob(&hash).unwrap(), "the blob was stored");
+        assert_eq!(root(&spoke, "demo").count, 0);
+    }
+}
+
 #[test]
 fn documents_are_verified_before_any_blob_they_name_is_stored_or_asked_for() {
     let (_d, hub, spoke) = small_pair();
