@@ -67,8 +67,16 @@ impl Inst {
         Ok(())
     }
 
-    /// `cairn serve`, in network namespace `netns` if given, once it says it is serving.
+    /// `cairn serve`, in network namespace `netns` if given, once it says it is serving. With
+    /// `CAIRN_LOG` set in the runner's environment, its log goes to `serve.log` in its data
+    /// directory.
     pub fn serve(&self, cairn: &Path, netns: Option<&str>) -> Result<Running> {
+        let stderr = match std::env::var_os("CAIRN_LOG") {
+            Some(_) => {
+                Stdio::from(std::fs::File::create(self.dir.join("serve.log")).context("serve.log")?)
+            }
+            None => Stdio::null(),
+        };
         let mut cmd = match netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -82,7 +90,7 @@ impl Inst {
             .arg(&self.dir)
             .arg("serve")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .context("starting cairn serve")?;
         let waited = serving_address(&mut child, Duration::from_secs(60));

@@ -5,7 +5,8 @@
 //!   to end: configuration, schedule, warm connections, one run, the responder's tokens, the
 //!   replication log, and the control socket;
 //! - [`transport`]: the QUIC driver (quinn + rustls) that runs a session over a connection:
-//!   streams, flow control, deadlines, progress;
+//!   streams, flow control, deadlines, progress; [`congestion`]: its default congestion
+//!   controller;
 //! - [`proto`]: the sans-IO core (no sockets, no clock, no randomness of its own) that
 //!   reconciles two feeds' Merkle summaries and change logs, verifies what it receives and
 //!   plans blob transfers;
@@ -14,6 +15,7 @@
 //!
 //! The normative description of the wire format is in `wire-spec/` at the repository root.
 
+pub mod congestion;
 pub mod iblt;
 pub mod proto;
 pub mod replication;

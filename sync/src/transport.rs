@@ -257,7 +257,8 @@ impl ClientCertVerifier for PinnedClients {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Congestion {
-    /// BBR (the default): paces at the measured bottleneck rate, not backing off on random loss.
+    /// BBR (the default): paces at the measured bottleneck rate, not backing off on random loss;
+    /// with a floor under its window (see [`crate::congestion`]).
     Bbr,
     /// CUBIC.
     Cubic,
@@ -326,9 +327,9 @@ impl TransportOptions {
             t.max_idle_timeout(Some(idle));
         }
         match self.congestion {
-            Congestion::Bbr => {
-                t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
-            }
+            Congestion::Bbr => t.congestion_controller_factory(Arc::new(
+                crate::congestion::FlooredBbrConfig::default(),
+            )),
             Congestion::Cubic => {
                 t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
             }
@@ -349,7 +350,7 @@ impl TransportOptions {
 /// 32 --link P2` converged in 162 s instead of 180 s with it, the hub spending 47 s of CPU
 /// instead of 56 and the link emulator 45 s instead of 60; the first sync of T at P2 sent
 /// 0.95 MB back instead of 3.0 MB.
-const ACK_ELICITING_THRESHOLD: u32 = 9;
+pub(crate) const ACK_ELICITING_THRESHOLD: u32 = 9;
 
 /// The smallest connection receive window the tuner sets in a run capped at a rate.
 const MIN_CAPPED_WINDOW: u64 = 64 << 10;
@@ -496,9 +497,11 @@ async fn tune_send_window(conn: quinn::Connection, max: u64, budget: SendBudget)
     }
     let _active = budget.enter();
     let mut current = 0u64;
+    let mut tick = 0u64;
+    let mut last = conn.stats();
     while conn.close_reason().is_none() {
-        let want = conn
-            .stats()
+        let stats = conn.stats();
+        let want = stats
             .path
             .cwnd
             .saturating_mul(2)
@@ -507,6 +510,21 @@ async fn tune_send_window(conn: quinn::Connection, max: u64, budget: SendBudget)
         if window != current {
             conn.set_send_window(window);
             current = window;
+        }
+        // Every 5 s, what the path did since: the figures that say whether a slow run is held
+        // by its congestion controller, its losses or its windows.
+        tick += 1;
+        if tick % 100 == 0 {
+            tracing::debug!(
+                cwnd = stats.path.cwnd,
+                rtt_ms = stats.path.rtt.as_millis() as u64,
+                send_window = current,
+                sent = stats.udp_tx.bytes - last.udp_tx.bytes,
+                lost_packets = stats.path.lost_packets - last.path.lost_packets,
+                congestion_events = stats.path.congestion_events - last.path.congestion_events,
+                "sending over the last 5 s"
+            );
+            last = stats;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -1351,11 +1369,10 @@ async fn drive(
         cap.clone(),
     ));
     let _stop_tuner = AbortOnDrop(tuner);
-    let send_tuner = tokio::spawn(tune_send_window(
-        conn.clone(),
-        limits.max_receive_window,
-        send_budget.clone(),
-    ));
+    let send_tuner = tokio::spawn(
+        tune_send_window(conn.clone(), limits.max_receive_window, send_budget.clone())
+            .instrument(tracing::Span::current()),
+    );
     let _stop_send_tuner = AbortOnDrop(send_tuner);
     let mut stats = RunStats::default();
     let budget = StreamBudget::new(&limits);
