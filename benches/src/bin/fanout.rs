@@ -17,7 +17,10 @@
 //! region whose sites share one WAN path to the hub.
 //!
 //! `fanout --spokes 10,30,100 --relays 0,4 --release-mib 64 [--link P2]` (see `--help`).
-//! Results go to `DIR/results.json`, `DIR/results.md` and `DIR/fanout.png`.
+//! Results go to `DIR/results.json`, `DIR/results.md` and `DIR/fanout.png`. With `CAIRN_LOG`
+//! set (e.g. `info,cairn_sync::transport=debug`, which adds each sending connection's window,
+//! RTT and losses every 5 s), each instance's log goes to `serve.log` in its data directory
+//! (kept with `--keep`).
 
 use std::collections::BTreeMap;
 use std::fs;
