@@ -281,9 +281,9 @@ pub struct TransportOptions {
     /// keeps quinn's defaults (for comparison).
     pub window_mib: u32,
     /// The credit a new connection grants its peer before a run's tuner sets the window, in
-    /// bytes (0: the whole window). A connection dialed for runs capped at a rate starts
-    /// small: credit granted cannot be taken back, and the peer's congestion controller would
-    /// otherwise have the whole window to burst into.
+    /// bytes (0: [`INITIAL_RECEIVE_WINDOW`]). Credit granted cannot be taken back, and the
+    /// peer's congestion controller has all of it to burst into. A connection dialed for runs
+    /// capped at a rate starts smaller still.
     pub initial_receive_window: u64,
 }
 
@@ -310,7 +310,7 @@ impl TransportOptions {
         if window > 0 {
             t.stream_receive_window(quinn::VarInt::from_u32((window / 2) as u32));
             let initial = match self.initial_receive_window {
-                0 => window,
+                0 => INITIAL_RECEIVE_WINDOW.min(window),
                 n => n.clamp(MIN_CAPPED_WINDOW, window),
             };
             t.receive_window(quinn::VarInt::from_u32(initial as u32));
@@ -356,6 +356,15 @@ pub(crate) const ACK_ELICITING_THRESHOLD: u32 = 9;
 const MIN_CAPPED_WINDOW: u64 = 64 << 10;
 /// The smallest connection receive window the tuner sets.
 const MIN_TUNED_WINDOW: u64 = 2 << 20;
+/// The credit a dialed connection grants before a run's tuner measures the path: enough for
+/// BBR's start-up to reach the bandwidth-delay product of 200 Mbit/s at 200 ms (5 MB) before
+/// the tuner's first adjustments, and the most it can put in flight unmeasured. It was the
+/// whole 64 MiB window, and in the first sync of T at P2 the hub's start-up then had 70 MB in
+/// flight on a path of 5 MB plus a 5 MB queue: 15,000-48,000 packets dropped at the
+/// bottleneck and a second at half rate while they went again. With 2 MiB the tuner held
+/// start-up back (full rate a second later); with 8 MiB there were no drops, and the run was
+/// no slower (README, "Transport tuning").
+pub const INITIAL_RECEIVE_WINDOW: u64 = 8 << 20;
 
 /// Keeps a connection's receive window at about twice the bandwidth-delay product measured on
 /// it (the peak receive rate of the last second times the smallest RTT seen), between 2 MiB
