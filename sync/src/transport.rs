@@ -1354,6 +1354,23 @@ impl std::io::Read for ChannelReader {
     }
 }
 
+/// One line per frame of a run, with the milliseconds since it started: control frames at
+/// debug level (a run's story under `CAIRN_LOG=debug`: how long its handshake, HELLO and
+/// reconciliation took before the documents flowed), bulk frames (DOCS, BLOB-PIECE), of which
+/// a first sync has thousands, at trace level.
+fn log_frame(what: &str, frame: &Frame, start: Instant) {
+    let ms = start.elapsed().as_millis() as u64;
+    match frame {
+        Frame::Docs { feed, docs, .. } => {
+            tracing::trace!(ms, feed = %feed, docs = docs.len(), "{what} {}", frame.name())
+        }
+        Frame::BlobPiece { data, .. } => {
+            tracing::trace!(ms, bytes = data.len(), "{what} {}", frame.name())
+        }
+        _ => tracing::debug!(ms, "{what} {}", frame.name()),
+    }
+}
+
 /// Drives `session` over `conn` until it is finished; the initiator passes the control stream
 /// it opened, the responder the one it accepted. Bulk streams are accepted only once HELLO is
 /// through, and the run fails as stalled when the peer moves too little (see [`RunLimits`]).
@@ -1404,6 +1421,7 @@ async fn drive(
                 // keeps per stream, and a cut run keeps what it received. A piece goes as a
                 // `blob-stream` head followed by its encoding, raw, which the receiver verifies
                 // and keeps chunk group by chunk group as it arrives.
+                log_frame("sent", &frame, start);
                 let (bulk, parts) = match frame {
                     Frame::BlobPiece {
                         hash,
@@ -1533,6 +1551,7 @@ async fn drive(
             }
             for (f, permit) in frames {
                 stats.frames_received += 1;
+                log_frame("received", &f, start);
                 let auth = authorizer.map(|a| a as &dyn Authorizer);
                 tokio::task::block_in_place(|| session.handle(store, f, auth));
                 drop(permit);

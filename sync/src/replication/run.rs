@@ -665,6 +665,7 @@ async fn connect_peer(
     let mut options = sync.transport();
     // A run capped at a rate grants its upstream a tenth of a second's worth to start with.
     options.initial_receive_window = max_rate / 10;
+    let dialed = std::time::Instant::now();
     let (conn, followed) = tokio::time::timeout(
         within,
         transport::connect_following(store.identity(), addr, peer.key, &options),
@@ -674,6 +675,12 @@ async fn connect_peer(
         peer: peer.name.clone(),
         secs: within.as_secs(),
     })??;
+    tracing::debug!(
+        peer = %peer.name,
+        %addr,
+        ms = dialed.elapsed().as_millis() as u64,
+        "connected"
+    );
     match followed {
         None => Ok((conn, peer.key)),
         Some(f) => {
