@@ -17,18 +17,21 @@
 //! as BBR intends. The floor is 20 datagrams (24 KB at QUIC's smallest, 29 KB at 1,452 B):
 //! 100 connections at their floor over a 200 ms path carry at most 15 MB/s.
 //!
-//! When BBR probes the RTT it would keep three quarters of its bandwidth-delay product (at
-//! least 4 datagrams) in flight, and it leaves the probe only once about that few are; with
-//! the floor above that, a crowded connection can stay in the probe with
-//! the floor as its window until its estimate grows past it. That costs nothing here: quinn's
-//! BBR takes the connection's smallest RTT ever seen, so the probe measures nothing new, and
-//! the floor is what such a connection would get anyway. The README's fan-out figures show
-//! where connections sit at the floor (crowded stretches, RTTs of 42 ms and more on a 10 ms
-//! path) and that none did on an idle path.
+//! The floor gives way while BBR probes the RTT. BBR then keeps three quarters of its
+//! bandwidth-delay product (at least 4 datagrams) in flight and leaves the probe only once
+//! about that few are, for 200 ms. With the floor under it, a connection whose estimate is low
+//! never gets that few in flight while it has data: it stays in the probe, at the floor, and
+//! the estimate it takes there (the floor per RTT) keeps it there. quinn's BBR enters its
+//! first probe at the first acknowledgement that is not application-limited, with the
+//! estimate of a connection that has carried a handshake and a HELLO: in the first sync of T
+//! at P2 the hub's connection stayed at the floor, 145 KB/s, for seven seconds. [`Floored`]
+//! follows BBR's schedule for the probe (the first acknowledgement not application-limited,
+//! then the first one ten seconds after the last probe began) and lifts the floor for 200 ms
+//! and two smoothed RTTs from each.
 
 use std::any::Any;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use quinn::congestion::{Bbr, BbrConfig, Controller, ControllerFactory, ControllerMetrics};
 use quinn_proto::RttEstimator;
@@ -38,6 +41,13 @@ const PACKETS_PER_ACK: u64 = crate::transport::ACK_ELICITING_THRESHOLD as u64 + 
 
 /// The window never falls below this many acknowledgements' worth of packets.
 const ACKS_IN_FLIGHT: u64 = 2;
+
+/// How often quinn's BBR probes the RTT (its `PROBE_RTT_INTERVAL`).
+const PROBE_RTT_INTERVAL: Duration = Duration::from_secs(10);
+/// How long BBR holds its window down once the probe has drained (`K_PROBE_RTT_TIME`).
+const PROBE_RTT_TIME: Duration = Duration::from_millis(200);
+/// The RTT assumed before one is measured (QUIC's initial RTT).
+const INITIAL_RTT: Duration = Duration::from_millis(333);
 
 /// The smallest window for datagrams of `mtu` bytes.
 pub fn window_floor(mtu: u16) -> u64 {
@@ -57,11 +67,23 @@ impl ControllerFactory for FlooredBbrConfig {
     }
 }
 
+/// BBR's RTT probe, as [`Floored`] follows it.
+#[derive(Clone, Copy, Debug)]
+struct Probe {
+    /// When the last probe began (as BBR counts it), if one has.
+    began: Option<Instant>,
+    /// The floor is lifted until then.
+    until: Option<Instant>,
+    /// The smoothed RTT, from the last acknowledgement.
+    rtt: Duration,
+}
+
 /// A controller (quinn's BBR) whose window is never below [`window_floor`] of the current
-/// datagram size.
+/// datagram size, except while it probes the RTT (see the module's text).
 pub struct Floored {
     inner: Box<dyn Controller>,
     floor: u64,
+    probe: Probe,
 }
 
 impl std::fmt::Debug for Floored {
@@ -69,6 +91,7 @@ impl std::fmt::Debug for Floored {
         f.debug_struct("Floored")
             .field("window", &self.inner.window())
             .field("floor", &self.floor)
+            .field("probe", &self.probe)
             .finish()
     }
 }
@@ -79,12 +102,30 @@ impl Floored {
         Floored {
             inner,
             floor: window_floor(mtu),
+            probe: Probe {
+                began: None,
+                until: None,
+                rtt: INITIAL_RTT,
+            },
+        }
+    }
+
+    /// Whether the floor is lifted now.
+    fn probing(&self) -> bool {
+        self.probe.until.is_some()
+    }
+
+    /// Ends a lifted floor whose time is up.
+    fn settle(&mut self, now: Instant) {
+        if self.probe.until.is_some_and(|until| now >= until) {
+            self.probe.until = None;
         }
     }
 }
 
 impl Controller for Floored {
     fn on_sent(&mut self, now: Instant, bytes: u64, last_packet_number: u64) {
+        self.settle(now);
         self.inner.on_sent(now, bytes, last_packet_number)
     }
 
@@ -96,6 +137,8 @@ impl Controller for Floored {
         app_limited: bool,
         rtt: &RttEstimator,
     ) {
+        self.probe.rtt = rtt.get();
+        self.settle(now);
         self.inner.on_ack(now, sent, bytes, app_limited, rtt)
     }
 
@@ -107,7 +150,18 @@ impl Controller for Floored {
         largest_packet_num_acked: Option<u64>,
     ) {
         self.inner
-            .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked)
+            .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
+        self.settle(now);
+        // BBR's own test for a probe: not application-limited, and none begun in the last
+        // ten seconds (or ever).
+        let due = self
+            .probe
+            .began
+            .is_none_or(|began| now.saturating_duration_since(began) > PROBE_RTT_INTERVAL);
+        if !app_limited && due {
+            self.probe.began = Some(now);
+            self.probe.until = Some(now + PROBE_RTT_TIME + 2 * self.probe.rtt);
+        }
     }
 
     fn on_congestion_event(
@@ -127,7 +181,11 @@ impl Controller for Floored {
     }
 
     fn window(&self) -> u64 {
-        self.inner.window().max(self.floor)
+        if self.probing() {
+            self.inner.window()
+        } else {
+            self.inner.window().max(self.floor)
+        }
     }
 
     fn metrics(&self) -> ControllerMetrics {
@@ -140,6 +198,7 @@ impl Controller for Floored {
         Box::new(Floored {
             inner: self.inner.clone_box(),
             floor: self.floor,
+            probe: self.probe,
         })
     }
 
@@ -201,6 +260,39 @@ mod tests {
         assert_eq!(updates.load(std::sync::atomic::Ordering::Relaxed), 1);
         assert_eq!(c.window(), 20 * 1452);
         assert_eq!(c.clone_box().window(), 20 * 1452);
+    }
+
+    #[test]
+    fn the_floor_gives_way_while_bbr_probes_the_rtt() {
+        let shrunk = Shrunk {
+            mtu: 1200,
+            mtu_updates: Arc::default(),
+        };
+        let mut c = Floored::new(Box::new(shrunk), 1200);
+        let t0 = Instant::now();
+        // Application-limited acknowledgements (a handshake, a HELLO) start no probe.
+        c.on_end_acks(t0, 0, true, Some(1));
+        assert_eq!(c.window(), 24_000);
+        // The first that is not: BBR probes, and the floor is lifted for 200 ms and two RTTs
+        // (the initial 333 ms before any is measured).
+        c.on_end_acks(t0, 24_000, false, Some(2));
+        assert_eq!(c.window(), 4 * 1200);
+        let lifted = PROBE_RTT_TIME + 2 * INITIAL_RTT;
+        c.on_sent(t0 + lifted - Duration::from_millis(1), 1200, 3);
+        assert_eq!(c.window(), 4 * 1200, "still probing");
+        c.on_sent(t0 + lifted, 1200, 4);
+        assert_eq!(c.window(), 24_000, "the probe is over");
+        // No other probe for ten seconds, then the next.
+        c.on_end_acks(t0 + Duration::from_secs(5), 24_000, false, Some(5));
+        assert_eq!(c.window(), 24_000);
+        let next = t0 + PROBE_RTT_INTERVAL + Duration::from_millis(1);
+        c.on_end_acks(next, 24_000, true, Some(6));
+        assert_eq!(c.window(), 24_000, "an application-limited ack starts none");
+        c.on_end_acks(next, 24_000, false, Some(7));
+        assert_eq!(c.window(), 4 * 1200);
+        assert_eq!(c.clone_box().window(), 4 * 1200, "copies keep the probe");
+        c.on_end_acks(next + lifted, 24_000, false, Some(8));
+        assert_eq!(c.window(), 24_000);
     }
 
     #[test]
