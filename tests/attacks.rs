@@ -433,23 +433,7 @@ fn hostile_upstream(
     spoke_key: &str,
     behave: impl Fn(Frame) -> Vec<(Duration, Vec<u8>)> + Send + Sync + 'static,
 ) -> (SocketAddr, std::thread::JoinHandle<()>) {
-    let identity = Identity::load(&me.data()).unwrap();
-    let spoke: PublicKey = spoke_key.parse().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let endpoint = rt
-        .block_on(async {
-            transport::server(
-                "127.0.0.1:0".parse().unwrap(),
-                &identity,
-                std::sync::Arc::new(move |k: &PublicKey| *k == spoke),
-                &transport::TransportOptions::default(),
-            )
-        })
-        .unwrap();
+    let (rt, endpoint) = hostile_endpoint(me, spoke_key);
     let addr = endpoint.local_addr().unwrap();
     let behave = std::sync::Arc::new(behave);
     let thread = std::thread::spawn(move || {
@@ -490,6 +474,94 @@ fn hostile_upstream(
         })
     });
     (addr, thread)
+}
+
+/// A QUIC endpoint on loopback with `me`'s key that accepts only `spoke`, and the runtime
+/// that drives it.
+fn hostile_endpoint(me: &Instance, spoke_key: &str) -> (tokio::runtime::Runtime, quinn::Endpoint) {
+    let identity = Identity::load(&me.data()).unwrap();
+    let spoke: PublicKey = spoke_key.parse().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let endpoint = rt
+        .block_on(async {
+            transport::server(
+                "127.0.0.1:0".parse().unwrap(),
+                &identity,
+                std::sync::Arc::new(move |k: &PublicKey| *k == spoke),
+                &transport::TransportOptions::default(),
+            )
+        })
+        .unwrap();
+    (rt, endpoint)
+}
+
+/// An upstream that answers a spoke's connection by pushing bulk streams at it before saying
+/// anything (endless data before HELLO-REPLY): the spoke reads none of them, and the upstream
+/// gets no more onto the wire than the credit the spoke granted at the handshake,
+/// [`transport::INITIAL_RECEIVE_WINDOW`] (it took 8.2 MiB of the 64 it tried to send); the
+/// run ends as stalled, storing nothing.
+#[test]
+fn an_upstream_cannot_push_more_than_the_initial_credit_before_its_reply() {
+    let relay = Instance::new();
+    let spoke = Instance::new();
+    let (rt, endpoint) = hostile_endpoint(&relay, &key_of(&spoke));
+    let addr = endpoint.local_addr().unwrap();
+    let flood = std::thread::spawn(move || {
+        rt.block_on(async move {
+            let Ok(Some(incoming)) =
+                tokio::time::timeout(Duration::from_secs(30), endpoint.accept()).await
+            else {
+                return 0u64;
+            };
+            let Ok(conn) = incoming.await else { return 0 };
+            // Wait for the spoke's HELLO to open the control stream, then flood, for at most
+            // 4 s: 64 streams of 1 MiB, as much of each as the spoke's credit lets through.
+            let Ok(Ok((_send, _recv))) =
+                tokio::time::timeout(Duration::from_secs(10), conn.accept_bi()).await
+            else {
+                return 0;
+            };
+            let chunk = vec![0x11u8; 64 << 10];
+            let before = conn.stats().udp_tx.bytes;
+            let _ = tokio::time::timeout(Duration::from_secs(4), async {
+                for _ in 0..64 {
+                    let Ok(mut uni) = conn.open_uni().await else {
+                        return;
+                    };
+                    for _ in 0..16 {
+                        if uni.write_all(&chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            })
+            .await;
+            // quinn takes writes into its send buffer (64 MiB here) whatever the peer's
+            // credit; what went on the wire is what the credit let through.
+            conn.stats().udp_tx.bytes - before
+        })
+    });
+    pull_from(&spoke, &key_of(&relay), addr, &key_of(&relay));
+    let r = replicate(&spoke);
+    assert!(!run_error(&r).is_empty(), "{r}");
+    let sent = flood.join().unwrap();
+    eprintln!(
+        "the upstream got {} KiB onto the wire; the spoke: {}",
+        sent >> 10,
+        run_error(&r)
+    );
+    assert!(sent > 1 << 20, "the flood did not start: {sent} bytes sent");
+    assert!(
+        sent < 2 * transport::INITIAL_RECEIVE_WINDOW,
+        "an upstream pushed {} MiB before HELLO-REPLY",
+        sent >> 20
+    );
+    assert_eq!(spoke.root("demo")["count"], 0);
+    assert!(spoke.ok(&["verify"]).contains(": ok"));
 }
 
 /// Makes `spoke` pull `demo` from the peer `up` at `addr` (pinned to `upstream_key`),
