@@ -359,9 +359,9 @@ const MIN_TUNED_WINDOW: u64 = 2 << 20;
 /// The credit a dialed connection grants before a run's tuner measures the path: enough for
 /// BBR's start-up to reach the bandwidth-delay product of 200 Mbit/s at 200 ms (5 MB) before
 /// the tuner's first adjustments, and the most it can put in flight unmeasured. It was the
-/// whole 64 MiB window, and in the first sync of T at P2 the hub's start-up then had 70 MB in
-/// flight on a path of 5 MB plus a 5 MB queue: 15,000-48,000 packets dropped at the
-/// bottleneck and a second at half rate while they went again. With 2 MiB the tuner held
+/// whole 64 MiB window, and in the first sync of T at P2 the hub's start-up then put far
+/// more in flight than a path of 5 MB and its 5 MB queue hold: 15,000-48,000 packets (up to
+/// 70 MB) dropped at the bottleneck and a second at half rate while they went again. With 2 MiB the tuner held
 /// start-up back (full rate a second later); with 8 MiB there were no drops, and the run was
 /// no slower (README, "Transport tuning").
 pub const INITIAL_RECEIVE_WINDOW: u64 = 8 << 20;
