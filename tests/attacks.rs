@@ -161,8 +161,10 @@ fn hello(token: &str, mode: Mode, feeds: &[&str], checkpoint: Option<Vec<u8>>) -
             .iter()
             .map(|f| FeedHello {
                 feed: (*f).into(),
+                // One entry claimed: a HELLO that holds nothing is answered `all`, with every
+                // document at once, and these frames drive the reconciliation.
                 root: [0; 32],
-                count: 0,
+                count: 1,
                 since: None,
                 filter: None,
                 checkpoint: checkpoint.clone(),
@@ -310,6 +312,25 @@ fn a_hostile_peer_gets_nothing_past_the_hub() {
     );
     assert_eq!(r.error_code(), Some(code::UNAUTHORIZED), "{r:?}");
     assert!(r.pieces <= 1, "{r:?}");
+    // A HELLO that holds nothing gets `all` and the documents at once; an item list after
+    // it is out of turn.
+    let mut empty = hello(&read, Mode::Pull, &["demo"], None);
+    if let Frame::Hello { feeds, .. } = &mut empty {
+        feeds[0].count = 0;
+    }
+    let r = peer.converse(frames(&[empty, all_items("demo")]), vec![], quick);
+    assert!(
+        r.frames.iter().any(|f| matches!(
+            f,
+            Frame::HelloReply { feeds, .. } if matches!(feeds[0], wire::FeedStatus::All { .. })
+        )),
+        "{r:?}"
+    );
+    assert!(
+        r.frames.iter().any(|f| matches!(f, Frame::Diff { .. })),
+        "{r:?}"
+    );
+    assert_eq!(r.error_code(), Some(code::PROTOCOL), "{r:?}");
 
     // Point 2: the read token every spoke holds used to push (an empty state would delete
     // every entry) or mirror with a claimed collected clock (dropping the assessment).

@@ -225,6 +225,8 @@ pub enum Path {
     Sketch,
     /// Full item list of the mismatched buckets.
     List,
+    /// A pull into a side that held nothing of the feed: every entry sent unasked.
+    All,
 }
 
 /// What happened to one feed in a run.
@@ -366,6 +368,9 @@ struct DocQueue {
 #[derive(Default)]
 struct DocKeys {
     key8s: VecDeque<u64>,
+    /// Buckets (first bytes of the key hash) whose every entry is still to go, read one
+    /// bucket at a time after `key8s`: a feed sent whole to a side that holds none of it.
+    buckets: VecDeque<u8>,
     /// Read from the store, next to go.
     entries: VecDeque<Entry>,
     /// Keys not to send after all (dropped as stale while the list was made).
@@ -383,8 +388,16 @@ impl DocKeys {
         }
     }
 
+    /// Every entry of the feed (that the run's filter selects), in key-hash order.
+    fn everything() -> DocKeys {
+        DocKeys {
+            buckets: (0..=255).collect(),
+            ..DocKeys::default()
+        }
+    }
+
     fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.key8s.is_empty()
+        self.entries.is_empty() && self.key8s.is_empty() && self.buckets.is_empty()
     }
 
     /// The next entry to send, reading the next prefixes when those read are used up.
@@ -394,10 +407,16 @@ impl DocKeys {
         feed: &str,
         filter: Option<&Filter>,
     ) -> Result<Option<&Entry>, SessionError> {
-        while self.entries.is_empty() && !self.key8s.is_empty() {
-            let n = self.key8s.len().min(DOC_KEYS_READ);
-            let batch: Vec<u64> = self.key8s.drain(..n).collect();
-            for (_, e) in view_entries_at_key8s(store, feed, &batch, filter)? {
+        while self.entries.is_empty() && !(self.key8s.is_empty() && self.buckets.is_empty()) {
+            let read = if self.key8s.is_empty() {
+                let b = self.buckets.pop_front().unwrap_or_default();
+                view_entries_under(store, feed, &[b], filter)?
+            } else {
+                let n = self.key8s.len().min(DOC_KEYS_READ);
+                let batch: Vec<u64> = self.key8s.drain(..n).collect();
+                view_entries_at_key8s(store, feed, &batch, filter)?
+            };
+            for (_, e) in read {
                 if !self.skip.contains(&e.key) {
                     self.entries.push_back(e);
                 }
@@ -475,6 +494,9 @@ pub enum Recon {
     },
     /// Responder: item-list pages are arriving.
     Listing,
+    /// Responder of a pull to an initiator that holds nothing of the feed: its status was
+    /// `all`, and every entry follows HELLO-REPLY without reconciliation.
+    All,
 }
 
 impl Phase {
@@ -1519,6 +1541,13 @@ impl Session {
             log: None,
         });
         for name in self.order.clone() {
+            if self
+                .jobs
+                .get(&name)
+                .is_some_and(|j| j.phase == Phase::Reconcile(Recon::All))
+            {
+                self.send_everything(store, &name)?;
+            }
             if self.jobs.contains_key(&name) {
                 self.maybe_done(store, &name)?;
                 self.finish_feed(store, &name)?;
@@ -1617,6 +1646,18 @@ impl Session {
                                 count: sum.root.count,
                                 cursor: cursor_to_wire(sum.feed.cursor()),
                                 changes,
+                                checkpoint,
+                            }
+                        }
+                        // An initiator that holds nothing of the feed gets all of it, with no
+                        // summary to build here or to peel there.
+                        None if mode == Mode::Pull && h.count == 0 => {
+                            job.phase = Phase::Reconcile(Recon::All);
+                            job.report.path = Path::All;
+                            FeedStatus::All {
+                                root: *sum.root.fingerprint.as_bytes(),
+                                count: sum.root.count,
+                                cursor: cursor_to_wire(sum.feed.cursor()),
                                 checkpoint,
                             }
                         }
@@ -1859,6 +1900,28 @@ impl Session {
                 }
                 self.maybe_done(store, feed)
             }
+            FeedStatus::All {
+                root,
+                count,
+                cursor,
+                checkpoint,
+            } => {
+                let (mode, held) = (self.mode, self.job(feed)?.run_base);
+                if mode != Mode::Pull || held != 0 {
+                    return Err(SessionError::Protocol(format!(
+                        "status `all` for `{feed}` in a {mode:?} from a side that held {held} entries"
+                    )));
+                }
+                if !self.take_checkpoint(store, feed, checkpoint)? {
+                    return Ok(());
+                }
+                let job = self.job(feed)?;
+                job.phase = Phase::Reconcile(Recon::Open);
+                job.report.peer_cursor = Some(cursor_from_wire(cursor));
+                job.report.peer_root = Some((root, count));
+                job.report.path = Path::All;
+                Ok(())
+            }
             FeedStatus::Summary {
                 root,
                 count,
@@ -2025,6 +2088,28 @@ impl Session {
     /// The difference the initiator peeled from the `summary` status's table. Of the items it
     /// says this side holds, only those that are entries here as named are taken: the rest
     /// cannot be answered and the run's closing roots will tell.
+    /// Responder of a pull whose status was `all`: the DIFF that ends the round, with the
+    /// first documents, and DOCS frames for the rest, read bucket by bucket as frames are
+    /// filled.
+    fn send_everything(&mut self, store: &Store, feed: &str) -> Result<(), SessionError> {
+        let mut queue = DocKeys::everything();
+        let (docs, blobs) = self.next_batch(store, feed, &mut queue)?;
+        let last = queue.is_empty();
+        self.queue_docs(feed, queue);
+        self.outbox.push_back(Frame::Diff {
+            feed: feed.to_owned(),
+            docs,
+            remove: Vec::new(),
+            want: Vec::new(),
+            absent: Vec::new(),
+            blobs,
+            last,
+            more: false,
+        });
+        self.job(feed)?.phase = Phase::Documents { receiving: false };
+        self.maybe_done(store, feed)
+    }
+
     fn on_difference(
         &mut self,
         store: &Store,
@@ -2243,7 +2328,7 @@ impl Session {
     ) -> Result<(), SessionError> {
         let mode = self.mode;
         let job = self.job(feed)?;
-        if !matches!(job.report.path, Path::Sketch | Path::List)
+        if !matches!(job.report.path, Path::Sketch | Path::List | Path::All)
             || job.phase != Phase::Reconcile(Recon::Open)
         {
             return Err(SessionError::Protocol(format!(
@@ -3456,7 +3541,10 @@ impl Session {
     /// Documents queued to send: entries read from the store and prefixes not read yet.
     pub(crate) fn docs_queued(&self) -> (usize, usize) {
         self.doc_queue.iter().fold((0, 0), |(read, pending), q| {
-            (read + q.keys.entries.len(), pending + q.keys.key8s.len())
+            (
+                read + q.keys.entries.len(),
+                pending + q.keys.key8s.len() + q.keys.buckets.len(),
+            )
         })
     }
 

@@ -5,7 +5,9 @@
 //! Streams are modelled as QUIC has them (wire-spec section 3): control frames travel in
 //! order on one stream; each bulk frame (DOCS, BLOB-PIECE) travels on a stream of its own,
 //! with its own delay ([`Link::bulk_jitter_us`]) and its own losses, so it may arrive after
-//! control frames sent later (a DONE overtaking the DOCS before it). A connection may be cut
+//! control frames sent later (a DONE overtaking the DOCS before it, DOCS overtaking the
+//! HELLO-REPLY of an `all`); as in the transport, a side takes no bulk frame before its session
+//! is through HELLO (or HELLO-REPLY), and one that arrives sooner waits until then. A connection may be cut
 //! ([`Link::cut_after_frames`]): the frames still in flight are lost, a piece partly written
 //! stays as written, and both sessions stop where they are, as after a crash or a broken path.
 //!
@@ -102,6 +104,8 @@ impl Outcome {
 struct InFlight {
     arrival: u64,
     order: u64,
+    /// DOCS or a blob piece: on a stream of its own.
+    bulk: bool,
     to_responder: bool,
     depth: u64,
     frame_bytes: Vec<u8>,
@@ -240,6 +244,7 @@ pub fn run_tampered(
                 queue.push(InFlight {
                     arrival,
                     order,
+                    bulk,
                     to_responder: side == 0,
                     depth,
                     frame_bytes: bytes,
@@ -250,6 +255,9 @@ pub fn run_tampered(
     send(0, 1, 0, &mut queue, &mut sessions, &mut out);
     let mut last_arrival = [0u64; 2];
     let mut steps = 0u64;
+    // Bulk frames that reached a side before its session was through HELLO (or HELLO-REPLY):
+    // the transport accepts no bulk stream until then, and they wait in flow control.
+    let mut held: [Vec<InFlight>; 2] = [Vec::new(), Vec::new()];
     while let Some(f) = queue.pop() {
         steps += 1;
         if steps > 50_000_000 {
@@ -274,6 +282,10 @@ pub fn run_tampered(
             break;
         }
         let now = f.arrival.max(last_arrival[to]);
+        if f.bulk && !sessions[to].hello_done() {
+            held[to].push(f);
+            continue;
+        }
         last_arrival[to] = now;
         let frame = match wire::decode_body(&f.frame_bytes[4..]) {
             Ok(fr) => fr,
@@ -294,6 +306,12 @@ pub fn run_tampered(
             out.elapsed_us = now;
         }
         send(to, f.depth + 1, now, &mut queue, &mut sessions, &mut out);
+        if sessions[to].hello_done() {
+            for mut h in held[to].drain(..) {
+                h.arrival = now;
+                queue.push(h);
+            }
+        }
     }
     out.round_trips = max_needed_depth.div_ceil(2);
     out.initiator = sessions[0].reports();

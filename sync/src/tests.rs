@@ -281,6 +281,42 @@ fn small_pair() -> (tempfile::TempDir, Store, Store) {
 }
 
 #[test]
+fn a_first_pull_takes_every_entry_at_once_without_reconciling() {
+    // The same feed pulled by a spoke that holds nothing of it and by one that holds one
+    // entry of its own: the first is answered `all` and skips the summary and item list.
+    let (d, hub, empty) = small_pair();
+    publish(&hub, "demo", 0, 2000, 100);
+    publish(&hub, "demo", 5000, 5002, 300_000);
+    let holding = new_store(&d.path().join("c"));
+    trust_each_other(&hub, &holding);
+    holding.create_feed("demo", Ecosystem::Raw).unwrap();
+    publish(&holding, "demo", 900_000, 900_001, 10);
+    let all = pull_far(&empty, &hub);
+    let mut c = config(Mode::Pull, &["demo"]);
+    c.guard.allow = true;
+    let listed = converge(&holding, &hub, c, Link::far_lossy(), "demo");
+    assert_eq!(all.initiator[0].path, SyncPath::All, "{all:?}");
+    assert_eq!(all.responder[0].path, SyncPath::All, "{all:?}");
+    assert_eq!(listed.initiator[0].path, SyncPath::List, "{listed:?}");
+    assert_eq!(all.initiator[0].docs_applied, 2002);
+    assert_eq!(listed.initiator[0].deletions, 1);
+    assert!(
+        all.round_trips < listed.round_trips,
+        "{} round trips against {}",
+        all.round_trips,
+        listed.round_trips
+    );
+    // The summary's table and estimator (520 B) and the item list stay home.
+    assert!(
+        all.protocol_bytes() + 500 < listed.protocol_bytes(),
+        "{} protocol bytes against {}",
+        all.protocol_bytes(),
+        listed.protocol_bytes()
+    );
+    assert!(empty.verify().unwrap().ok());
+}
+
+#[test]
 fn pull_replaces_local_extras_and_large_blobs_arrive_verified() {
     let (_d, hub, spoke) = small_pair();
     publish(&hub, "demo", 0, 200, 100);

@@ -521,6 +521,18 @@ pub fn frames() -> Vec<(&'static str, Frame)> {
             },
         ),
         (
+            "hello-reply-all",
+            Frame::HelloReply {
+                feeds: vec![FeedStatus::All {
+                    root,
+                    count,
+                    cursor,
+                    checkpoint: cp(),
+                }],
+                log: None,
+            },
+        ),
+        (
             "hello-reply-refused",
             Frame::HelloReply {
                 feeds: vec![FeedStatus::Refused {

@@ -156,6 +156,21 @@ pub enum FeedStatus {
         #[serde(default, skip_serializing_if = "is_zero")]
         collected: u64,
     },
+    /// Pull, to an initiator that holds nothing of the feed (count 0 in HELLO): there is
+    /// nothing to reconcile, so the responder sends every entry at once, in a DIFF after
+    /// HELLO-REPLY (wire-spec section 5).
+    All {
+        /// Root.
+        #[serde(with = "serde_bytes")]
+        root: [u8; 32],
+        /// Count.
+        count: u64,
+        /// Cursor.
+        cursor: WireCursor,
+        /// The responder's signed checkpoint.
+        #[serde(default, with = "serde_bytes", skip_serializing_if = "Option::is_none")]
+        checkpoint: Option<Vec<u8>>,
+    },
     /// This feed cannot be replicated with this peer.
     Refused {
         /// An error code.

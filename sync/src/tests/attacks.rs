@@ -82,8 +82,14 @@ fn item_list(from: &Store, feed: &str) -> Frame {
     }
 }
 
+/// Gives `spoke` an entry of `demo` that no hub holds, so that its HELLO does not say it holds
+/// nothing (which a pull answers with every entry at once) and the run reconciles.
+fn holding_one_of_its_own(spoke: &Store) {
+    publish(spoke, "demo", 900_000, 900_001, 10);
+}
+
 /// `r` (a responder on `hub`) after `spoke`'s pull HELLO and its whole item list; the frames
-/// of the answer are left to poll.
+/// of the answer are left to poll. `spoke` must hold something ([`holding_one_of_its_own`]).
 fn listed_for_pull(r: &mut Session, hub: &Store, spoke: &Store) {
     r.handle(
         hub,
@@ -212,6 +218,7 @@ fn a_refused_feed_is_gone_and_naming_it_ends_the_connection() {
 fn blobs_are_served_once_and_only_for_documents_sent_in_the_run() {
     let (_d, hub, spoke) = small_pair();
     publish(&hub, "demo", 0, 1, 100_000);
+    holding_one_of_its_own(&spoke);
     let (hash, size) = a_blob(&hub, "demo");
     // Asked for before any document named it.
     let mut r = responder(&spoke);
@@ -249,6 +256,7 @@ fn blobs_are_served_once_and_only_for_documents_sent_in_the_run() {
 fn ranges_must_be_inside_the_blob_and_in_order() {
     let (_d, hub, spoke) = small_pair();
     publish(&hub, "demo", 0, 1, 100_000);
+    holding_one_of_its_own(&spoke);
     let (hash, size) = a_blob(&hub, "demo");
     for groups in [vec![], vec![(3, 2)], vec![(0, 99)], vec![(2, 4), (0, 1)]] {
         let mut r = responder(&spoke);
@@ -650,7 +658,9 @@ fn a_pull_without_a_checkpoint_or_with_an_expired_one_applies_nothing() {
         let mut strip = |_to_responder: bool, f: Frame| match f {
             Frame::HelloReply { mut feeds, log } => {
                 for s in &mut feeds {
-                    if let FeedStatus::Summary { checkpoint, .. } = s {
+                    if let FeedStatus::Summary { checkpoint, .. }
+                    | FeedStatus::All { checkpoint, .. } = s
+                    {
                         *checkpoint = replace.clone();
                     }
                 }
@@ -1099,6 +1109,7 @@ fn a_difference_claiming_what_the_responder_does_not_hold_gets_nothing_and_a_lon
     let mut wrong_leaf = real.clone();
     wrong_leaf[15] ^= 1;
     let made_up = [7u8; 16];
+    holding_one_of_its_own(&spoke);
     let mut s = responder_after_summary(&hub, &spoke);
     s.handle(
         &hub,
@@ -1141,6 +1152,56 @@ fn a_difference_claiming_what_the_responder_does_not_hold_gets_nothing_and_a_lon
         Some(crate::wire::code::PROTOCOL)
     );
     assert_eq!(root(&hub, "demo").count, 5);
+}
+
+#[test]
+fn status_all_is_refused_by_an_initiator_that_holds_entries_or_does_not_pull() {
+    // `all` tells an initiator that it held nothing: one that holds entries would keep
+    // extras the responder does not have, and a push or a mirror is never answered so.
+    let (_d, hub, spoke) = small_pair();
+    publish(&hub, "demo", 0, 3, 10);
+    holding_one_of_its_own(&spoke);
+    let sum = hub.feed_summary("demo").unwrap();
+    let all = FeedStatus::All {
+        root: *sum.root.fingerprint.as_bytes(),
+        count: sum.root.count,
+        cursor: crate::wire::WireCursor {
+            epoch: sum.feed.epoch,
+            seq: sum.feed.seq,
+        },
+        checkpoint: Some(hub.sign_checkpoint("demo", 3600).unwrap().bytes().to_vec()),
+    };
+    let (s, out) = initiator_given(&spoke, &hub, all.clone());
+    assert!(
+        matches!(s.error(), Some(SessionError::Protocol(_))),
+        "{:?}",
+        s.error()
+    );
+    assert_eq!(error_code(&out), Some(code::PROTOCOL));
+    let (_d2, hub2, empty) = small_pair();
+    publish(&hub2, "demo", 0, 3, 10);
+    for mode in [Mode::Push, Mode::Mirror] {
+        let mut c = config(mode, &["demo"]);
+        c.peer = hub2.identity().public_key();
+        let mut s = Session::initiator(&empty, c).unwrap();
+        drain(&mut s, &empty);
+        s.handle(
+            &empty,
+            Frame::HelloReply {
+                feeds: vec![all.clone()],
+                log: None,
+            },
+            None,
+        );
+        assert!(
+            matches!(s.error(), Some(SessionError::Protocol(_))),
+            "{mode:?}: {:?}",
+            s.error()
+        );
+        assert_eq!(error_code(&drain(&mut s, &empty)), Some(code::PROTOCOL));
+    }
+    assert_eq!(root(&spoke, "demo").count, 1);
+    assert_eq!(root(&empty, "demo").count, 0);
 }
 
 #[test]
@@ -1193,43 +1254,56 @@ fn a_summary_with_a_table_or_estimator_of_the_wrong_shape_is_refused_and_nothing
 
 #[test]
 fn a_peer_asking_for_a_whole_feed_does_not_make_the_responder_hold_it() {
-    // A first sync owes the peer every document: the responder keeps 8-byte prefixes and
-    // reads entries a few hundred at a time, so many such peers at once cost it little.
-    let (_d, hub, spoke) = small_pair();
-    publish(&hub, "demo", 0, 3000, 10);
-    let mut r = Session::responder(ResponderConfig {
-        peer: spoke.identity().public_key(),
-        now_secs: now(),
-        limits: Limits {
-            doc_batch_bytes: 16 << 10,
-            ..Limits::default()
-        },
-    });
-    listed_for_pull(&mut r, &hub, &spoke);
-    let (mut most_read, mut most_pending) = r.docs_queued();
-    let mut sent = std::collections::HashSet::new();
-    let mut frames = 0;
-    while let Some(f) = r.poll_transmit(&hub) {
-        let (read, pending) = r.docs_queued();
-        most_read = most_read.max(read);
-        most_pending = most_pending.max(pending);
-        if let Frame::Diff { docs, .. } | Frame::Docs { docs, .. } = f {
-            frames += 1;
-            for d in docs {
-                assert!(sent.insert(d.into_vec()), "a document sent twice");
+    // A first sync owes the peer every document: the responder keeps 8-byte prefixes (after
+    // an item list) or bucket numbers (to a peer that holds nothing) and reads entries a few
+    // hundred at a time, so many such peers at once cost it little.
+    for listed in [true, false] {
+        let (_d, hub, spoke) = small_pair();
+        publish(&hub, "demo", 0, 3000, 10);
+        let mut r = Session::responder(ResponderConfig {
+            peer: spoke.identity().public_key(),
+            now_secs: now(),
+            limits: Limits {
+                doc_batch_bytes: 16 << 10,
+                ..Limits::default()
+            },
+        });
+        if listed {
+            holding_one_of_its_own(&spoke);
+            listed_for_pull(&mut r, &hub, &spoke);
+        } else {
+            r.handle(
+                &hub,
+                hello(&spoke, Mode::Pull, "good", &["demo"]),
+                Some(&AllowAll),
+            );
+        }
+        let (mut most_read, mut most_pending) = r.docs_queued();
+        let mut sent = std::collections::HashSet::new();
+        let mut frames = 0;
+        while let Some(f) = r.poll_transmit(&hub) {
+            let (read, pending) = r.docs_queued();
+            most_read = most_read.max(read);
+            most_pending = most_pending.max(pending);
+            if let Frame::Diff { docs, .. } | Frame::Docs { docs, .. } = f {
+                frames += 1;
+                for d in docs {
+                    assert!(sent.insert(d.into_vec()), "a document sent twice");
+                }
             }
         }
+        assert_eq!(sent.len(), 3000, "every document sent, in {frames} frames");
+        assert!(frames > 10, "{frames} frames");
+        assert!(
+            most_read <= crate::proto::DOC_KEYS_READ,
+            "listed {listed}: {most_read} entries held at once"
+        );
+        let rest = if listed { 2000 } else { 200 };
+        assert!(
+            most_pending > rest,
+            "listed {listed}: the rest waited as prefixes or buckets: {most_pending}"
+        );
     }
-    assert_eq!(sent.len(), 3000, "every document sent, in {frames} frames");
-    assert!(frames > 10, "{frames} frames");
-    assert!(
-        most_read <= crate::proto::DOC_KEYS_READ,
-        "{most_read} entries held at once"
-    );
-    assert!(
-        most_pending > 2000,
-        "the rest waited as prefixes: {most_pending}"
-    );
 }
 
 #[test]

@@ -105,6 +105,17 @@ fn swap_checkpoints(from_initiator: bool, frame: Frame, cp: &[u8], done: bool) -
                         checkpoint: cp.clone(),
                         collected,
                     },
+                    FeedStatus::All {
+                        root,
+                        count,
+                        cursor,
+                        ..
+                    } => FeedStatus::All {
+                        root,
+                        count,
+                        cursor,
+                        checkpoint: cp.clone(),
+                    },
                     other => other,
                 })
                 .collect(),

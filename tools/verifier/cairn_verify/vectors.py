@@ -32,6 +32,7 @@ FIELDS = {
     "log-status": ["root", "count", "cursor", "changes", "checkpoint"],
     "change": ["key", "doc"],
     "summary-status": ["root", "count", "cursor", "cells", "estimator", "checkpoint", "collected"],
+    "all-status": ["root", "count", "cursor", "checkpoint"],
     "refused": ["code", "reason"],
     "summary-request": ["feed"],
     "summary": ["feed", "status"],
@@ -72,8 +73,11 @@ def check_order(name, m):
 
 def check_status(s):
     (kind, body), = s.items()
-    check_order({"equal": "equal", "log": "log-status", "summary": "summary-status",
-                 "refused": "refused"}[kind], body)
+    statuses = {"equal": "equal", "log": "log-status", "summary": "summary-status",
+                "all": "all-status", "refused": "refused"}
+    if kind not in statuses:
+        raise Mismatch(f"unknown feed status {kind!r}")
+    check_order(statuses[kind], body)
     if kind == "log":
         for c in body["changes"]:
             check_order("change", c)
