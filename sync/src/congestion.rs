@@ -58,6 +58,17 @@ pub fn window_floor(mtu: u16) -> u64 {
 #[derive(Debug, Default)]
 pub struct FlooredBbrConfig(Arc<BbrConfig>);
 
+impl FlooredBbrConfig {
+    /// Controllers that start from a window of `initial_window` bytes (0: quinn's).
+    pub fn new(initial_window: u64) -> FlooredBbrConfig {
+        let mut config = BbrConfig::default();
+        if initial_window > 0 {
+            config.initial_window(initial_window);
+        }
+        FlooredBbrConfig(Arc::new(config))
+    }
+}
+
 impl ControllerFactory for FlooredBbrConfig {
     fn build(self: Arc<Self>, _now: Instant, current_mtu: u16) -> Box<dyn Controller> {
         Box::new(Floored::new(
@@ -293,6 +304,17 @@ mod tests {
         assert_eq!(c.clone_box().window(), 4 * 1200, "copies keep the probe");
         c.on_end_acks(next + lifted, 24_000, false, Some(8));
         assert_eq!(c.window(), 24_000);
+    }
+
+    #[test]
+    fn a_controller_starts_from_the_configured_window() {
+        let now = Instant::now();
+        let c = Arc::new(FlooredBbrConfig::new(1 << 20)).build(now, 1200);
+        assert_eq!(c.window(), 1 << 20);
+        assert_eq!(c.initial_window(), 1 << 20);
+        let quinns = Arc::new(FlooredBbrConfig::new(0)).build(now, 1200);
+        let plain = Bbr::new(Arc::new(BbrConfig::default()), 1200);
+        assert_eq!(quinns.window(), plain.window());
     }
 
     #[test]

@@ -26,6 +26,10 @@ pub struct SyncConfig {
     /// defaults, which cap a stream at about 1.25 MB in flight.
     #[serde(default = "default_window_mib")]
     pub window_mib: u32,
+    /// The congestion window a new connection starts with under BBR, in KiB: what it sends
+    /// in its first round trip before it has measured the path (0: quinn's 240 KB).
+    #[serde(default = "default_initial_window_kib")]
+    pub initial_window_kib: u64,
     /// What all connections together may hold in their send buffers, in MiB: each run that
     /// sends gets an equal share (at least 1 MiB) and no more than twice its congestion window.
     #[serde(default = "default_send_budget_mib")]
@@ -81,6 +85,9 @@ fn default_max_run_secs() -> u64 {
 fn default_max_peer_connections() -> usize {
     4
 }
+fn default_initial_window_kib() -> u64 {
+    transport::INITIAL_CONGESTION_WINDOW >> 10
+}
 fn default_window_mib() -> u32 {
     transport::DEFAULT_WINDOW_MIB
 }
@@ -119,6 +126,7 @@ impl SyncConfig {
             congestion: self.congestion,
             window_mib: self.window_mib,
             initial_receive_window: 0,
+            initial_congestion_window: self.initial_window_kib.saturating_mul(1 << 10),
         }
     }
 }
@@ -129,6 +137,7 @@ impl Default for SyncConfig {
             listen: default_listen(),
             congestion: default_congestion(),
             window_mib: default_window_mib(),
+            initial_window_kib: default_initial_window_kib(),
             send_budget_mib: default_send_budget_mib(),
             max_blob_mib: default_max_blob_mib(),
             stall_secs: default_stall_secs(),
