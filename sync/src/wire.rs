@@ -1,14 +1,14 @@
-//! Wire types of `cairn/sync/4` and their framing: a 4-byte big-endian length, then one CBOR
+//! Wire types of `cairn/sync/5` and their framing: a 4-byte big-endian length, then one CBOR
 //! item. The length is checked against [`MAX_FRAME`] before anything is allocated. These types
 //! are only for the wire; [`crate::proto`] converts them to and from store types explicitly.
 //! `wire-spec/README.md` is the normative description.
 
 use serde::{Deserialize, Serialize};
 
-/// Protocol version carried in HELLO (and in the ALPN `cairn/sync/4`).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// Protocol version carried in HELLO (and in the ALPN `cairn/sync/5`).
+pub const PROTOCOL_VERSION: u32 = 5;
 /// The ALPN of this protocol version.
-pub const ALPN: &[u8] = b"cairn/sync/4";
+pub const ALPN: &[u8] = b"cairn/sync/5";
 /// Largest frame body accepted.
 pub const MAX_FRAME: usize = 8 << 20;
 /// Most feeds one NOTIFY names.
