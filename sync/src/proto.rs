@@ -2085,9 +2085,6 @@ impl Session {
         }
     }
 
-    /// The difference the initiator peeled from the `summary` status's table. Of the items it
-    /// says this side holds, only those that are entries here as named are taken: the rest
-    /// cannot be answered and the run's closing roots will tell.
     /// Responder of a pull whose status was `all`: the DIFF that ends the round, with the
     /// first documents, and DOCS frames for the rest, read bucket by bucket as frames are
     /// filled.
@@ -2110,6 +2107,9 @@ impl Session {
         self.maybe_done(store, feed)
     }
 
+    /// The difference the initiator peeled from the `summary` status's table. Of the items it
+    /// says this side holds, only those that are entries here as named are taken: the rest
+    /// cannot be answered and the run's closing roots will tell.
     fn on_difference(
         &mut self,
         store: &Store,

@@ -6,10 +6,11 @@
 //! order on one stream; each bulk frame (DOCS, BLOB-PIECE) travels on a stream of its own,
 //! with its own delay ([`Link::bulk_jitter_us`]) and its own losses, so it may arrive after
 //! control frames sent later (a DONE overtaking the DOCS before it, DOCS overtaking the
-//! HELLO-REPLY of an `all`); as in the transport, a side takes no bulk frame before its session
-//! is through HELLO (or HELLO-REPLY), and one that arrives sooner waits until then. A connection may be cut
-//! ([`Link::cut_after_frames`]): the frames still in flight are lost, a piece partly written
-//! stays as written, and both sessions stop where they are, as after a crash or a broken path.
+//! HELLO-REPLY of an `all`); as in the transport, a side takes no bulk frame before its
+//! session is through HELLO (or HELLO-REPLY), and one that arrives sooner waits until then. A
+//! connection may be cut ([`Link::cut_after_frames`]): the frames still in flight are lost, a
+//! piece partly written stays as written, and both sessions stop where they are, as after a
+//! crash or a broken path.
 //!
 //! Round trips are counted causally: HELLO has depth 1 and a frame sent while handling a frame
 //! of depth `d` has depth `d + 1`; the run's round trips are half the deepest frame the
