@@ -757,7 +757,7 @@ impl std::fmt::Debug for Session {
     }
 }
 
-fn cursor_to_wire(c: Cursor) -> WireCursor {
+pub(crate) fn cursor_to_wire(c: Cursor) -> WireCursor {
     WireCursor {
         epoch: c.epoch,
         seq: c.seq,

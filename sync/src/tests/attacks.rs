@@ -1165,10 +1165,7 @@ fn status_all_is_refused_by_an_initiator_that_holds_entries_or_does_not_pull() {
     let all = FeedStatus::All {
         root: *sum.root.fingerprint.as_bytes(),
         count: sum.root.count,
-        cursor: crate::wire::WireCursor {
-            epoch: sum.feed.epoch,
-            seq: sum.feed.seq,
-        },
+        cursor: crate::proto::cursor_to_wire(sum.feed.cursor()),
         checkpoint: Some(hub.sign_checkpoint("demo", 3600).unwrap().bytes().to_vec()),
     };
     let (s, out) = initiator_given(&spoke, &hub, all.clone());
