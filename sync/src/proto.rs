@@ -1,4 +1,4 @@
-//! The sans-IO core of `cairn/sync/5`: one [`Session`] per side of a connection.
+//! The sans-IO core of `cairn/sync/6`: one [`Session`] per side of a connection.
 //!
 //! A session is fed frames with [`Session::handle`] and yields frames with
 //! [`Session::poll_transmit`]; it owns no socket, reads no clock and draws no randomness (the

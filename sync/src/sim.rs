@@ -80,7 +80,7 @@ pub struct Outcome {
     pub frames: [u64; 2],
     /// Wire bytes (length prefixes included) each way.
     pub bytes: [u64; 2],
-    /// Of those, payload: document envelopes and blob data.
+    /// Of those, payload: document envelopes (as packed on the wire) and blob data.
     pub payload_bytes: [u64; 2],
     /// Initiator's per-feed reports.
     pub initiator: Vec<FeedReport>,
@@ -97,7 +97,8 @@ pub struct Outcome {
 impl Outcome {
     /// Wire bytes that are not payload, both ways.
     pub fn protocol_bytes(&self) -> u64 {
-        self.bytes[0] + self.bytes[1] - self.payload_bytes[0] - self.payload_bytes[1]
+        (self.bytes[0] + self.bytes[1])
+            .saturating_sub(self.payload_bytes[0] + self.payload_bytes[1])
     }
 }
 
@@ -127,8 +128,9 @@ impl PartialOrd for InFlight {
 fn payload_of(f: &Frame) -> u64 {
     match f {
         Frame::BlobPiece { data, .. } => data.len() as u64,
+        // Documents count as what they take on the wire, packed.
         Frame::Diff { docs, blobs, .. } | Frame::Docs { docs, blobs, .. } => {
-            docs.iter().map(|d| d.len() as u64).sum::<u64>()
+            wire::packed_docs::pack(docs).len() as u64
                 + blobs.iter().map(|b| b.data.len() as u64).sum::<u64>()
         }
         Frame::HelloReply { feeds, .. } => feeds

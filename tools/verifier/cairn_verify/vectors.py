@@ -12,6 +12,7 @@ import json
 import os
 import struct
 import sys
+import zlib
 
 import blake3
 import cbor2
@@ -85,6 +86,27 @@ def check_status(s):
         raise Mismatch("summary is not 12 cells of 22 bytes and 256 counters")
     if "cursor" in body:
         check_order("cursor", body["cursor"])
+
+
+def unpack_docs(packed):
+    """The envelopes of a `packed-docs` field (section 2): empty, or raw DEFLATE of a CBOR
+    array of byte strings, inflating to at most 16 times its size plus 1,024 bytes."""
+    if not isinstance(packed, bytes):
+        raise Mismatch("docs is not a byte string")
+    if not packed:
+        return []
+    limit = min(16 * len(packed) + 1024, 8 << 20)
+    d = zlib.decompressobj(-15)
+    array = d.decompress(packed, limit + 1)
+    if len(array) > limit or d.unconsumed_tail:
+        raise Mismatch("packed documents inflate past their limit")
+    if not d.eof or d.unused_data:
+        raise Mismatch("packed documents are not one whole DEFLATE stream")
+    docs = cbor2.loads(array)
+    if cbor2.dumps(docs) != array or not isinstance(docs, list) or any(
+            not isinstance(x, bytes) for x in docs):
+        raise Mismatch("packed documents are not one array of byte strings")
+    return docs
 
 
 def check_frame(body):
@@ -182,7 +204,8 @@ def frames(path, docs_by_bytes, feed, blob):
             if again != raw[4:]:
                 raise Mismatch("re-encoding differs")
             # Documents carried are real: each is one of documents.json.
-            for d in list(f.get("docs", [])) + list(f.get("statements", [])):
+            carried = unpack_docs(f["docs"]) if kind in ("diff", "docs") else []
+            for d in carried + list(f.get("statements", [])):
                 if bytes(d) not in docs_by_bytes:
                     raise Mismatch("carries a document that is not a vector document")
         except Mismatch as e:
