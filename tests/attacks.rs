@@ -388,6 +388,32 @@ fn a_hostile_peer_gets_nothing_past_the_hub() {
         Some(code::VERSION)
     );
 
+    // A frame whose documents inflate a thousandfold (8 MiB of zeros packed into 8 KiB) is
+    // malformed: the hub stops inflating at 16 times the packed size.
+    let bomb = {
+        use std::io::Write;
+        let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        z.write_all(&vec![0u8; 8 << 20]).unwrap();
+        z.finish().unwrap()
+    };
+    assert!(bomb.len() * wire::MAX_DOCS_INFLATION < 8 << 20);
+    let docs = ciborium::Value::Map(vec![(
+        "docs".into(),
+        ciborium::Value::Map(vec![
+            ("feed".into(), "demo".into()),
+            ("docs".into(), ciborium::Value::Bytes(bomb)),
+            ("last".into(), true.into()),
+            ("seq".into(), 0.into()),
+        ]),
+    )]);
+    let mut body = Vec::new();
+    ciborium::ser::into_writer(&docs, &mut body).unwrap();
+    let mut bytes = frames(&[hello(&read, Mode::Pull, &["demo"], None)]);
+    bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(&body);
+    let r = peer.converse(bytes, vec![], quick);
+    assert_eq!(r.error_code(), Some(code::PROTOCOL), "{r:?}");
+
     // Point 8: bulk streams opened before HELLO are not read (the connection takes 1 MiB
     // before a run); a peer that says HELLO and then nothing is dropped once the stall window
     // passes.
@@ -436,6 +462,7 @@ fn a_hostile_peer_gets_nothing_past_the_hub() {
         "refused in this run",
         "no document sent",
         "stalled",
+        "inflate past",
     ] {
         assert!(log.contains(reason), "no log entry says `{reason}`: {log}");
     }

@@ -499,7 +499,7 @@ impl Frame {
 
 /// How many times its packed size a DOCS or DIFF frame's documents may inflate to (and never
 /// past [`MAX_FRAME`]). Envelopes of this protocol pack to about 45% of their size (the
-/// signature, key hash and blob hashes do not compress); the bound keeps a few bytes on the
+/// signatures and blob hashes do not compress); the bound keeps a few bytes on the
 /// wire from costing a receiver megabytes of memory and inflation.
 pub const MAX_DOCS_INFLATION: usize = 16;
 
