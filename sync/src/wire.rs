@@ -502,6 +502,9 @@ impl Frame {
 /// signatures and blob hashes do not compress); the bound keeps a few bytes on the
 /// wire from costing a receiver megabytes of memory and inflation.
 pub const MAX_DOCS_INFLATION: usize = 16;
+/// Bytes a DOCS or DIFF frame's documents may inflate to beyond [`MAX_DOCS_INFLATION`] times
+/// their packed size, so one small document is never refused.
+pub const DOCS_INFLATION_SLACK: usize = 1024;
 
 /// The documents of DOCS and DIFF frames travel as one byte string: empty for none, else the
 /// raw DEFLATE stream (RFC 1951) of the CBOR array of their envelopes. Envelopes of one feed
@@ -513,7 +516,7 @@ pub mod packed_docs {
     use serde::{Deserialize, Deserializer, Serializer};
     use serde_bytes::ByteBuf;
 
-    use super::{MAX_DOCS_INFLATION, MAX_FRAME, MAX_NESTING};
+    use super::{DOCS_INFLATION_SLACK, MAX_DOCS_INFLATION, MAX_FRAME, MAX_NESTING};
 
     /// Packs envelopes for the wire.
     pub fn pack(docs: &[ByteBuf]) -> Vec<u8> {
@@ -532,9 +535,9 @@ pub mod packed_docs {
         deflate.finish().unwrap_or_default()
     }
 
-    /// Unpacks what [`pack`] made, refusing a stream that is not DEFLATE, inflates past
-    /// [`MAX_DOCS_INFLATION`] times its size or [`super::MAX_FRAME`], or is not an array of
-    /// byte strings.
+    /// Unpacks what [`pack`] made, refusing a stream that is not one whole DEFLATE stream,
+    /// inflates past [`MAX_DOCS_INFLATION`] times its size (plus [`DOCS_INFLATION_SLACK`]) or
+    /// [`super::MAX_FRAME`], or is not an array of byte strings.
     pub fn unpack(packed: &[u8]) -> Result<Vec<ByteBuf>, String> {
         if packed.is_empty() {
             return Ok(Vec::new());
@@ -542,10 +545,11 @@ pub mod packed_docs {
         let limit = packed
             .len()
             .saturating_mul(MAX_DOCS_INFLATION)
-            .saturating_add(1024)
+            .saturating_add(DOCS_INFLATION_SLACK)
             .min(MAX_FRAME);
         let mut array = Vec::new();
-        flate2::read::DeflateDecoder::new(packed)
+        let mut inflate = flate2::read::DeflateDecoder::new(packed);
+        (&mut inflate)
             .take(limit as u64 + 1)
             .read_to_end(&mut array)
             .map_err(|e| format!("documents do not inflate: {e}"))?;
@@ -553,6 +557,12 @@ pub mod packed_docs {
             return Err(format!(
                 "documents inflate past {limit} bytes ({} packed)",
                 packed.len()
+            ));
+        }
+        if inflate.total_in() != packed.len() as u64 {
+            return Err(format!(
+                "{} bytes after the DEFLATE stream",
+                packed.len() as u64 - inflate.total_in().min(packed.len() as u64)
             ));
         }
         let mut rest = &array[..];
@@ -753,6 +763,11 @@ mod tests {
         assert!(packed_docs::unpack(&[0xff; 16]).is_err());
         assert!(packed_docs::unpack(&deflate(&[0x81, 0x01])).is_err());
         assert!(packed_docs::unpack(&deflate(&[0x80, 0x00])).is_err());
+        let mut trailing = packed_docs::pack(&envelopes(3));
+        assert_eq!(packed_docs::unpack(&trailing), Ok(envelopes(3)));
+        trailing.extend_from_slice(&[0; 4]);
+        let err = packed_docs::unpack(&trailing).unwrap_err();
+        assert!(err.contains("after the DEFLATE stream"), "{err}");
         // And inside a frame it is a malformed frame, not a panic.
         let mut frame = encode(&Frame::Docs {
             feed: "demo".into(),
