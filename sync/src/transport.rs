@@ -1147,6 +1147,8 @@ async fn read_uni(mut recv: quinn::RecvStream, tx: mpsc::Sender<Incoming>, budge
                     Ok(p) => permit = Some(p),
                     Err(_) => return,
                 }
+                // The budget holds the frame's size now: take it in one allocation.
+                reader.reserve_frame();
             }
         }
         match reader.next_frame() {
